@@ -1,0 +1,344 @@
+"""The ``ragqa`` command line.
+
+Every command has the same shape: options, progress on stderr for long work, a readable
+summary, and ``--json`` for exactly one JSON object on stdout. Exit status: 0 success,
+1 partial failure (some files failed), 2 bad input or a failed command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from api.settings import Settings
+from ingest.errors import IngestError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(help="ragqa: self-hosted retrieval-augmented question answering.", no_args_is_help=True, add_completion=False)
+collections_app = typer.Typer(help="List, show and delete collections.", no_args_is_help=True)
+documents_app = typer.Typer(help="List and delete the documents of a collection.", no_args_is_help=True)
+models_app = typer.Typer(help="Show the configured models (and prepare them with `ragqa models prepare`).")
+app.add_typer(collections_app, name="collections")
+app.add_typer(documents_app, name="documents")
+app.add_typer(models_app, name="models")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+logger = logging.getLogger("ragqa")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object (for scripts).")]
+CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
+
+
+class State:
+    settings: Settings | None = None
+
+
+def settings() -> Settings:
+    if State.settings is None:
+        State.settings = Settings()
+    return State.settings
+
+
+def workspace():
+    from ingest.workspace import Workspace
+
+    s = settings()
+    return Workspace(s.home, s.ingest)
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+
+
+def fail(message: str, as_json: bool = False, code: int = 2) -> None:
+    if as_json:
+        emit_json({"ok": False, "error": message})
+    else:
+        err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    home: Annotated[Optional[Path], typer.Option("--home", help="Workspace folder (default $RAGQA_HOME or ~/.ragqa).")] = None,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("transformers", "sentence_transformers", "httpx", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+    State.settings = Settings(home=home) if home is not None else Settings()
+
+
+# -- ingest -------------------------------------------------------------------------------
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Files, folders (searched recursively) or glob patterns.")],
+    collection: CollectionOpt,
+    index: Annotated[Optional[str], typer.Option(help="Index kind for a new collection: flat, ivf, hnsw, ivfpq.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest documents into a collection (created on first use); unchanged files are skipped."""
+    if index is not None:
+        if index not in ("flat", "ivf", "hnsw", "ivfpq"):
+            fail(f"unknown index kind {index!r}; use flat, ivf, hnsw or ivfpq", as_json)
+        settings().ingest.index.kind = index  # type: ignore[assignment]
+    try:
+        report = workspace().ingest(paths, collection, progress=not as_json)
+    except IngestError as exc:
+        fail(str(exc), as_json)
+        return
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        table = Table(title=f"ingest into {collection!r}", show_header=False)
+        for key, value in [
+            ("files added", len(report.added)),
+            ("files replaced", len(report.replaced)),
+            ("files unchanged (skipped)", len(report.unchanged)),
+            ("files failed", len(report.failed)),
+            ("unsupported files skipped", len(report.skipped_unsupported)),
+            ("documents", report.documents),
+            ("chunks", report.chunks),
+            ("chunks embedded / reused", f"{report.chunks_embedded} / {report.chunks_reused}"),
+            ("seconds", f"{report.seconds:.1f}"),
+        ]:
+            table.add_row(key, str(value))
+        out.print(table)
+        for f in report.failed:
+            err.print(f"[red]failed[/] {f.path}: {f.reason}", highlight=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+# -- search -------------------------------------------------------------------------------
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    collection: CollectionOpt,
+    k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many chunks.")] = 5,
+    source: Annotated[Optional[list[str]], typer.Option(help="Only chunks from this source path (repeatable).")] = None,
+    title: Annotated[Optional[list[str]], typer.Option(help="Only chunks with this title (repeatable).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the chunks nearest to a query, with scores, titles and sources."""
+    if not query.strip():
+        fail("the query is empty", as_json)
+    sources = [str(Path(s).expanduser().resolve()) if Path(s).expanduser().exists() else s for s in source or []]
+    try:
+        hits = workspace().search(query, collection, k, sources=sources or None, titles=title or None)
+    except IngestError as exc:
+        fail(str(exc), as_json)
+        return
+    if as_json:
+        emit_json({"query": query, "collection": collection, "k": k, "hits": [h.to_dict() for h in hits]})
+        return
+    if not hits:
+        out.print("no results")
+    for rank, h in enumerate(hits, 1):
+        heading = " > ".join(h.metadata.get("headings", []))
+        where = h.source + (f" (page {h.metadata['page']})" if "page" in h.metadata else "")
+        out.print(f"[bold]{rank}. {h.score:.3f}[/]  [cyan]{h.title}[/]" + (f" — {heading}" if heading else ""), highlight=False)
+        out.print(f"   [dim]{where}[/]", highlight=False)
+        snippet = " ".join(h.text.split())
+        out.print("   " + (snippet[:300] + ("…" if len(snippet) > 300 else "")), highlight=False)
+
+
+# -- collections --------------------------------------------------------------------------
+@collections_app.command("list")
+def collections_list(as_json: JsonOpt = False) -> None:
+    """List the collections in the workspace."""
+    ws = workspace()
+    infos = []
+    for name in ws.list_collections():
+        try:
+            with ws.open(name, readonly=True, check_embedder=False) as coll:
+                infos.append(coll.info())
+        except IngestError as exc:
+            infos.append({"name": name, "error": str(exc)})
+    if as_json:
+        emit_json({"collections": infos, "count": len(infos)})
+        return
+    table = Table("name", "documents", "chunks", "embedder", "index")
+    for i in infos:
+        table.add_row(i["name"], str(i.get("documents", "?")), str(i.get("chunks", "?")), i.get("embedder", i.get("error", "")), i.get("index_built", ""))
+    out.print(table if infos else "no collections yet: create one with `ragqa ingest PATH -c NAME`")
+
+
+@collections_app.command("show")
+def collections_show(name: Annotated[str, typer.Argument()], as_json: JsonOpt = False) -> None:
+    """Show a collection's settings and size."""
+    try:
+        with workspace().open(name, readonly=True, check_embedder=False) as coll:
+            info = coll.info()
+    except IngestError as exc:
+        fail(str(exc), as_json)
+        return
+    if as_json:
+        emit_json(info)
+        return
+    table = Table(show_header=False, title=name)
+    for key, value in info.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    out.print(table)
+
+
+@collections_app.command("delete")
+def collections_delete(
+    name: Annotated[str, typer.Argument()],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a collection and everything in it."""
+    if not yes and not as_json and sys.stdin.isatty():
+        typer.confirm(f"delete collection {name!r} and all its documents?", abort=True)
+    try:
+        workspace().delete(name)
+    except IngestError as exc:
+        fail(str(exc), as_json)
+    if as_json:
+        emit_json({"deleted": name, "ok": True})
+    else:
+        out.print(f"deleted collection {name!r}")
+
+
+# -- documents ----------------------------------------------------------------------------
+@documents_app.command("list")
+def documents_list(
+    collection: CollectionOpt,
+    source: Annotated[Optional[str], typer.Option(help="Only documents from this source path.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 1000,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the documents of a collection."""
+    if source and Path(source).expanduser().exists():
+        source = str(Path(source).expanduser().resolve())
+    try:
+        with workspace().open(collection, readonly=True, check_embedder=False) as coll:
+            rows = coll.store.list_documents(source=source, limit=limit)
+            total = coll.store.count_documents()
+    except IngestError as exc:
+        fail(str(exc), as_json)
+        return
+    if as_json:
+        emit_json({"collection": collection, "count": total, "data": [
+            {"doc_id": r.doc_id, "source": r.source, "key": r.key, "title": r.title, "chunks": r.n_chunks,
+             "chars": r.n_chars, "metadata": r.metadata} for r in rows]})
+        return
+    table = Table("doc_id", "title", "chunks", "source")
+    for r in rows:
+        table.add_row(r.doc_id, r.title, str(r.n_chunks), r.source + (f"#{r.key}" if r.key else ""))
+    out.print(table)
+    out.print(f"{len(rows)} of {total} documents")
+
+
+@documents_app.command("delete")
+def documents_delete(
+    collection: CollectionOpt,
+    doc_id: Annotated[Optional[list[str]], typer.Option("--id", help="Document id (repeatable).")] = None,
+    source: Annotated[Optional[list[str]], typer.Option(help="Every document from this source path (repeatable).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete documents by id or by source path; they disappear from search."""
+    if not doc_id and not source:
+        fail("name what to delete with --id DOC_ID or --source PATH", as_json)
+    sources = [str(Path(s).expanduser().resolve()) if Path(s).expanduser().exists() else s for s in source or []]
+    try:
+        with workspace().open(collection, check_embedder=False) as coll:
+            n = coll.delete_documents(doc_ids=doc_id or [], sources=sources)
+    except IngestError as exc:
+        fail(str(exc), as_json)
+        return
+    if as_json:
+        emit_json({"collection": collection, "deleted": n, "ok": n > 0})
+    else:
+        out.print(f"deleted {n} document(s) from {collection!r}")
+    if n == 0:
+        if not as_json:
+            err.print("nothing matched: check the ids with `ragqa documents list -c NAME`")
+        raise typer.Exit(1)
+
+
+# -- models -------------------------------------------------------------------------------
+def _model_rows() -> list[dict[str, Any]]:
+    from ingest.embedder import resolve_embedder_path
+    from rag.models import locate_generator
+
+    s = settings()
+    rows: list[dict[str, Any]] = []
+    try:
+        path = resolve_embedder_path(s.ingest.embedder.model)
+        rows.append({"role": "embedder", "model": s.ingest.embedder.model, "path": path, "ready": Path(path).exists()})
+    except IngestError as exc:
+        rows.append({"role": "embedder", "model": s.ingest.embedder.model, "path": None, "ready": False, "error": str(exc)})
+    try:
+        loc = locate_generator(s.generator, s.models_dir)
+        rows.append({"role": "generator", "model": loc.name, "path": loc.path, "source": loc.source, "kind": loc.kind, "ready": loc.ready})
+    except IngestError as exc:
+        rows.append({"role": "generator", "model": s.generator.model, "path": None, "ready": False, "error": str(exc)})
+    return rows
+
+
+def _print_models(rows: list[dict[str, Any]]) -> None:
+    table = Table("role", "model", "ready", "path")
+    for r in rows:
+        table.add_row(r["role"], r["model"], "yes" if r["ready"] else "no", str(r.get("path") or r.get("error")))
+    out.print(table)
+
+
+@models_app.callback(invoke_without_command=True)
+def models_main(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Show which models are configured, where they live and whether they are ready."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = _model_rows()
+    if as_json:
+        emit_json({"models": rows, "home": str(settings().home)})
+    else:
+        _print_models(rows)
+        if not all(r["ready"] for r in rows):
+            out.print("run `ragqa models prepare` to make them ready")
+
+
+@models_app.command("prepare")
+def models_prepare(as_json: JsonOpt = False) -> None:
+    """Prepare the models: convert the generator's GGUF once, build the embedder's caches."""
+    from rag.models import prepare_generator
+
+    s = settings()
+    try:
+        if not as_json:
+            err.print("preparing the embedder…")
+        workspace().embedder  # noqa: B018 - loads and caches converted artefacts
+        if not as_json:
+            err.print("preparing the generator (a GGUF is converted once, ~30-40 s)…")
+        prepare_generator(s.generator, s.models_dir)
+    except IngestError as exc:
+        fail(str(exc), as_json)
+    rows = _model_rows()
+    if as_json:
+        emit_json({"models": rows, "ok": all(r["ready"] for r in rows)})
+    else:
+        _print_models(rows)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

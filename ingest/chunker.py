@@ -1,0 +1,132 @@
+"""Split documents into chunks sized in the embedder's own tokens.
+
+Recursive splitting comes from langchain-text-splitters; this module adds what it lacks for
+ragqa: sentence boundaries that include CJK punctuation, heading paths carried into each
+chunk's metadata, and deterministic chunk ids.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ingest.config import ChunkingConfig
+from ingest.documents import Chunk, Document, stable_hash
+
+logger = logging.getLogger(__name__)
+
+# Tried in order: paragraphs, lines, sentence ends (Latin and CJK), clauses, words, characters.
+SEPARATORS: list[str] = [
+    r"\n\n+",
+    r"\n",
+    r"(?<=[。！？])",
+    r"(?<=[.!?])\s+",
+    r"(?<=[；;：:])\s*",
+    r"(?<=[，、,])\s*",
+    r"\s+",
+    r"",
+]
+
+
+class Chunker:
+    """Split :class:`Document` objects into :class:`Chunk` objects.
+
+    ``count_tokens`` measures a piece of text in the embedder's tokens (special tokens
+    excluded); ``max_tokens`` is what the embedder reads including its special tokens, so a
+    chunk never exceeds ``min(config.chunk_tokens, max_tokens - special_tokens)``.
+    """
+
+    def __init__(
+        self,
+        config: ChunkingConfig,
+        count_tokens: Callable[[str], int],
+        max_tokens: int | None = None,
+        special_tokens: int = 2,
+    ) -> None:
+        from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+        limit = config.chunk_tokens
+        if max_tokens is not None:
+            limit = min(limit, max_tokens - special_tokens)
+        if limit <= config.overlap_tokens:
+            raise ValueError(
+                f"chunk size {limit} tokens is not larger than the overlap {config.overlap_tokens}; "
+                "lower ingest.chunking.overlap_tokens"
+            )
+        self.config = config
+        self.limit = limit
+        self.count_tokens = count_tokens
+        self._splitter = RecursiveCharacterTextSplitter(
+            separators=SEPARATORS,
+            is_separator_regex=True,
+            keep_separator="end",
+            chunk_size=limit,
+            chunk_overlap=config.overlap_tokens,
+            length_function=count_tokens,
+            strip_whitespace=True,
+        )
+
+    @classmethod
+    def for_tokenizer(cls, config: ChunkingConfig, tokenizer: Any, max_tokens: int | None = None) -> "Chunker":
+        """A chunker that counts tokens with a Hugging Face tokenizer."""
+
+        def count(text: str) -> int:
+            return len(tokenizer.encode(text, add_special_tokens=False))
+
+        special = len(tokenizer.encode("", add_special_tokens=True))
+        return cls(config, count, max_tokens=max_tokens, special_tokens=special)
+
+    def split_text(self, text: str) -> list[tuple[int, str]]:
+        """Split ``text`` into ``(start_offset, chunk_text)`` pairs, in order."""
+        pieces = self._splitter.split_text(text)
+        out: list[tuple[int, str]] = []
+        cursor = 0
+        for piece in pieces:
+            start = text.find(piece, cursor)
+            if start < 0:  # whitespace normalisation moved it: fall back to a global search
+                start = max(text.find(piece), 0)
+            out.append((start, piece))
+            cursor = start + 1
+        return out
+
+    def chunk(self, doc: Document) -> list[Chunk]:
+        """Chunk one document; each chunk's metadata carries the title and heading path."""
+        if doc.sections:
+            text, starts, paths = _join_sections(doc.sections)
+        else:
+            text, starts, paths = doc.text, [0], [[]]
+        chunks: list[Chunk] = []
+        doc_id = doc.doc_id
+        for ordinal, (start, piece) in enumerate(self.split_text(text)):
+            headings = paths[max(bisect.bisect_right(starts, start) - 1, 0)]
+            meta: dict[str, Any] = {k: v for k, v in doc.metadata.items() if k != "sections"}
+            meta.update({"title": doc.title, "source": doc.source, "start": start})
+            if headings:
+                meta["headings"] = list(headings)
+            chunk_id = stable_hash(doc_id, str(ordinal), piece)
+            chunks.append(Chunk(chunk_id=chunk_id, doc_id=doc_id, ordinal=ordinal, text=piece, metadata=meta))
+        return chunks
+
+    def chunk_all(self, docs: Iterable[Document]) -> list[Chunk]:
+        return [c for d in docs for c in self.chunk(d)]
+
+
+def _join_sections(sections: list[tuple[list[str], str]]) -> tuple[str, list[int], list[list[str]]]:
+    """Join sections with blank lines; return the text, each section's start offset and path."""
+    parts: list[str] = []
+    starts: list[int] = []
+    paths: list[list[str]] = []
+    offset = 0
+    for path, body in sections:
+        body = body.strip()
+        if not body:
+            continue
+        if parts:
+            offset += 2
+        starts.append(offset)
+        paths.append(list(path))
+        parts.append(body)
+        offset += len(body)
+    return "\n\n".join(parts), starts or [0], paths or [[]]

@@ -1,0 +1,51 @@
+"""Validated configuration of the ingestion layer (built at the edge, passed down)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class EmbedderConfig(BaseModel):
+    model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Bundled name, local sentence-transformers folder, or hub id (where a hub is reachable).",
+    )
+    batch_size: int = Field(64, ge=1, le=4096)
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    max_seq_length: int | None = Field(None, ge=8, description="Override the embedder's token limit.")
+
+
+class ChunkingConfig(BaseModel):
+    chunk_tokens: int = Field(200, ge=16, description="Chunk size in the embedder's tokens.")
+    overlap_tokens: int = Field(24, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_smaller(self) -> "ChunkingConfig":
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError("overlap_tokens must be smaller than chunk_tokens")
+        return self
+
+
+class IndexConfig(BaseModel):
+    kind: Literal["flat", "ivf", "hnsw", "ivfpq"] = "flat"
+    nlist: int = Field(256, ge=1, description="IVF lists (capped by the corpus size when trained).")
+    nprobe: int = Field(16, ge=1)
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_search: int = Field(64, ge=1)
+    pq_m: int = Field(16, ge=1, description="PQ sub-quantisers (must divide the dimension).")
+    use_gpu: bool = Field(False, description="Move the index to a GPU when faiss was built with GPUs.")
+
+
+class LoaderConfig(BaseModel):
+    json_text_field: str = "text"
+    json_title_field: str = "title"
+    max_file_mb: float = Field(50.0, gt=0)
+
+
+class IngestConfig(BaseModel):
+    embedder: EmbedderConfig = EmbedderConfig()
+    chunking: ChunkingConfig = ChunkingConfig()
+    index: IndexConfig = IndexConfig()
+    loader: LoaderConfig = LoaderConfig()

@@ -1,0 +1,236 @@
+"""The ingestion pipeline: files -> documents -> chunks -> vectors -> collection.
+
+Each file is loaded, chunked and committed on its own (one transaction per file), so a bad
+file fails alone and a crash loses at most the files not yet committed. Vectors are computed
+in batches that span files, and chunks whose text is unchanged reuse their stored vectors.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ingest.chunker import Chunker
+from ingest.collection import Collection
+from ingest.config import LoaderConfig
+from ingest.documents import Chunk, Document
+from ingest.errors import IngestError, LoaderError, UnsupportedFileError
+from ingest.loaders import is_supported, load_file
+
+logger = logging.getLogger(__name__)
+
+# Flush the FAISS index to disk at least this often during a long run (seconds).
+FLUSH_EVERY_S = 30.0
+# Embed this many chunks at a time (across files) before committing their files.
+EMBED_BATCH_CHUNKS = 512
+
+
+@dataclass
+class FileFailure:
+    path: str
+    reason: str
+
+
+@dataclass
+class IngestReport:
+    collection: str
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[FileFailure] = field(default_factory=list)
+    skipped_unsupported: list[str] = field(default_factory=list)
+    documents: int = 0
+    chunks: int = 0
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict:
+        return {
+            "collection": self.collection,
+            "added": len(self.added),
+            "replaced": len(self.replaced),
+            "unchanged": len(self.unchanged),
+            "failed": [{"path": f.path, "reason": f.reason} for f in self.failed],
+            "skipped_unsupported": len(self.skipped_unsupported),
+            "documents": self.documents,
+            "chunks": self.chunks,
+            "chunks_embedded": self.chunks_embedded,
+            "chunks_reused": self.chunks_reused,
+            "seconds": round(self.seconds, 3),
+            "ok": self.ok,
+        }
+
+
+def expand_paths(paths: Sequence[str | Path]) -> tuple[list[Path], list[FileFailure], list[Path]]:
+    """Files named by ``paths`` (files, folders searched recursively, glob patterns).
+
+    Returns ``(files, failures, unsupported_in_folders)``. A named file that does not exist or
+    has an unsupported type is a failure; unsupported files found inside folders are skipped.
+    """
+    files: list[Path] = []
+    failures: list[FileFailure] = []
+    skipped: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(p: Path, named: bool) -> None:
+        rp = p.resolve()
+        if rp in seen:
+            return
+        if not is_supported(rp):
+            if named:
+                try:
+                    load_file(rp, LoaderConfig())  # raises the loader's own clear UnsupportedFileError
+                except LoaderError as exc:
+                    failures.append(FileFailure(str(rp), str(exc)))
+            else:
+                skipped.append(rp)
+            return
+        seen.add(rp)
+        files.append(rp)
+
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            for child in sorted(p.rglob("*")):
+                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(p).parts):
+                    add(child, named=False)
+        elif p.is_file():
+            add(p, named=True)
+        elif any(ch in str(raw) for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
+            if not matches:
+                failures.append(FileFailure(str(raw), "the pattern matched no files"))
+            for m in matches:
+                if m.is_file():
+                    add(m, named=False)
+        else:
+            failures.append(FileFailure(str(p), "no such file or folder"))
+    return files, failures, skipped
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+@dataclass
+class _Pending:
+    path: str
+    digest: str
+    size: int
+    docs: list[Document]
+    chunks: list[Chunk]
+    vectors: list[np.ndarray | None]
+    replaced: bool
+
+
+def ingest_paths(
+    paths: Sequence[str | Path],
+    collection: Collection,
+    embed: Callable[[list[str]], np.ndarray],
+    chunker: Chunker,
+    loader_config: LoaderConfig,
+    *,
+    progress: bool = False,
+    embed_batch_chunks: int = EMBED_BATCH_CHUNKS,
+) -> IngestReport:
+    """Ingest ``paths`` into ``collection``; never raises for a single bad file.
+
+    ``embed`` maps texts to normalised float32 vectors (n, dim).
+    """
+    t0 = time.perf_counter()
+    report = IngestReport(collection=collection.name)
+    files, failures, skipped = expand_paths(paths)
+    report.failed.extend(failures)
+    report.skipped_unsupported = [str(p) for p in skipped]
+
+    pending: list[_Pending] = []
+    n_pending_new = 0
+    last_flush = time.monotonic()
+
+    def commit_pending() -> None:
+        nonlocal pending, n_pending_new, last_flush
+        todo = [(p, i) for p in pending for i, v in enumerate(p.vectors) if v is None]
+        if todo:
+            try:
+                vecs = embed([p.chunks[i].text for p, i in todo])
+            except Exception as exc:  # e.g. out of memory: these files fail, the run goes on
+                logger.exception("embedding failed")
+                report.failed.extend(FileFailure(p.path, f"embedding failed: {exc}") for p in pending)
+                pending, n_pending_new = [], 0
+                return
+            for (p, i), v in zip(todo, vecs):
+                p.vectors[i] = v
+            report.chunks_embedded += len(todo)
+        for p in pending:
+            try:
+                matrix = np.stack(p.vectors) if p.vectors else np.zeros((0, collection.dim), np.float32)
+                collection.replace_file(p.path, p.digest, p.size, p.docs, p.chunks, matrix)
+            except Exception as exc:  # one file's failure must not sink the batch
+                logger.exception("could not store %s", p.path)
+                report.failed.append(FileFailure(p.path, f"could not store: {exc}"))
+                continue
+            (report.replaced if p.replaced else report.added).append(p.path)
+            report.documents += len(p.docs)
+            report.chunks += len(p.chunks)
+        pending, n_pending_new = [], 0
+        if time.monotonic() - last_flush > FLUSH_EVERY_S:
+            collection.flush()
+            last_flush = time.monotonic()
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(files), desc=f"ingest {collection.name}", unit="file")
+    try:
+        for path in files:
+            spath = str(path)
+            try:
+                digest, size = file_digest(path)
+                old = collection.file_hash(spath)
+                if old == digest:
+                    report.unchanged.append(spath)
+                    continue
+                docs = load_file(path, loader_config)
+                chunks = chunker.chunk_all(docs)
+                reuse = collection.store.embeddings_by_text(spath) if old is not None else {}
+                vectors = [reuse.get(c.text) for c in chunks]
+                report.chunks_reused += sum(v is not None for v in vectors)
+                pending.append(_Pending(spath, digest, size, docs, chunks, vectors, replaced=old is not None))
+                n_pending_new += sum(v is None for v in vectors)
+            except (LoaderError, UnsupportedFileError) as exc:
+                report.failed.append(FileFailure(spath, str(exc)))
+            except (OSError, IngestError, ValueError, UnicodeError) as exc:
+                logger.warning("failed to ingest %s: %s", spath, exc)
+                report.failed.append(FileFailure(spath, f"{type(exc).__name__}: {exc}"))
+            finally:
+                if bar is not None:
+                    bar.update(1)
+            if n_pending_new >= embed_batch_chunks:
+                commit_pending()
+        if pending:
+            commit_pending()
+    finally:
+        if bar is not None:
+            bar.close()
+        collection.flush()
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -1,0 +1,99 @@
+"""The workspace: one folder (``$RAGQA_HOME``) holding every collection and model cache.
+
+A :class:`Workspace` is the entry point the interfaces (CLI, API) use for ingestion: it
+opens collections, loads the embedder once, and runs the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from ingest.chunker import Chunker
+from ingest.collection import Collection, SearchHit, delete_collection, list_collections
+from ingest.config import IngestConfig
+from ingest.errors import CollectionNotFoundError
+from ingest.pipeline import IngestReport, ingest_paths
+
+logger = logging.getLogger(__name__)
+
+
+class Workspace:
+    def __init__(self, home: Path, config: IngestConfig) -> None:
+        self.home = Path(home).expanduser()
+        self.config = config
+        self._embedder = None
+
+    @property
+    def collections_dir(self) -> Path:
+        return self.home / "collections"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    # -- embedder -----------------------------------------------------------------------
+    @property
+    def embedder(self):
+        """The configured embedder, loaded on first use and then shared."""
+        if self._embedder is None:
+            from ingest.embedder import load_embedder
+
+            self._embedder = load_embedder(self.config.embedder, cache_dir=self.models_dir)
+        return self._embedder
+
+    def chunker_for(self, collection: Collection) -> Chunker:
+        emb = self.embedder
+        return Chunker.for_tokenizer(collection.chunking, emb.tokenizer, max_tokens=emb.max_tokens)
+
+    # -- collections --------------------------------------------------------------------
+    def list_collections(self) -> list[str]:
+        return list_collections(self.collections_dir)
+
+    def open(self, name: str, *, readonly: bool = False, check_embedder: bool = True) -> Collection:
+        embedder_name = self.embedder.name if check_embedder else None
+        return Collection.open(self.collections_dir, name, embedder_name=embedder_name, readonly=readonly)
+
+    def open_or_create(self, name: str) -> Collection:
+        try:
+            return self.open(name)
+        except CollectionNotFoundError:
+            emb = self.embedder
+            return Collection.create(
+                self.collections_dir,
+                name,
+                embedder_name=emb.name,
+                dim=emb.dim,
+                chunking=self.config.chunking,
+                index=self.config.index,
+            )
+
+    def delete(self, name: str) -> None:
+        delete_collection(self.collections_dir, name)
+
+    # -- work ---------------------------------------------------------------------------
+    def ingest(self, paths: Sequence[str | Path], name: str, *, progress: bool = False) -> IngestReport:
+        with self.open_or_create(name) as coll:
+            emb = self.embedder
+            return ingest_paths(
+                paths,
+                coll,
+                lambda texts: emb.embed_documents(texts, progress=progress and len(texts) > 64),
+                self.chunker_for(coll),
+                self.config.loader,
+                progress=progress,
+                embed_batch_chunks=max(64, 8 * self.config.embedder.batch_size),
+            )
+
+    def search(
+        self,
+        query: str,
+        name: str,
+        k: int = 5,
+        *,
+        sources: list[str] | None = None,
+        titles: list[str] | None = None,
+    ) -> list[SearchHit]:
+        with self.open(name, readonly=True) as coll:
+            return coll.search(self.embedder.embed_query(query), k, sources=sources, titles=titles)

