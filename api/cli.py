@@ -24,6 +24,7 @@ from ingest.errors import IngestError
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(help="ragqa: self-hosted retrieval-augmented question answering.", no_args_is_help=True, add_completion=False)
 collections_app = typer.Typer(help="List, show and delete collections.", no_args_is_help=True)
@@ -91,6 +92,7 @@ def ingest(
     paths: Annotated[list[str], typer.Argument(help="Files, folders (searched recursively) or glob patterns.")],
     collection: CollectionOpt,
     index: Annotated[Optional[str], typer.Option(help="Index kind for a new collection: flat, ivf, hnsw, ivfpq.")] = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Remove files ingested from these folders that no longer exist.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Ingest documents into a collection (created on first use); unchanged files are skipped."""
@@ -99,7 +101,7 @@ def ingest(
             fail(f"unknown index kind {index!r}; use flat, ivf, hnsw or ivfpq", as_json)
         settings().ingest.index.kind = index  # type: ignore[assignment]
     try:
-        report = workspace().ingest(paths, collection, progress=not as_json)
+        report = workspace().ingest(paths, collection, progress=not as_json, prune=prune)
     except IngestError as exc:
         fail(str(exc), as_json)
         return
@@ -113,6 +115,7 @@ def ingest(
             ("files unchanged (skipped)", len(report.unchanged)),
             ("files failed", len(report.failed)),
             ("unsupported files skipped", len(report.skipped_unsupported)),
+            ("files removed (--prune)", len(report.removed)),
             ("documents", report.documents),
             ("chunks", report.chunks),
             ("chunks embedded / reused", f"{report.chunks_embedded} / {report.chunks_reused}"),
@@ -156,6 +159,123 @@ def search(
         out.print(f"   [dim]{where}[/]", highlight=False)
         snippet = " ".join(h.text.split())
         out.print("   " + (snippet[:300] + ("…" if len(snippet) > 300 else "")), highlight=False)
+
+
+# -- ask and eval -------------------------------------------------------------------------
+def qa_pipeline():
+    """Workspace, retriever, generator and QA pipeline built from the settings."""
+    from rag.generator import Generator
+    from rag.qa import QAPipeline
+    from rag.retriever import Retriever
+
+    s = settings()
+    ws = workspace()
+    generator = Generator(s.generator, s.models_dir, s.adapters_dir)
+    return ws, QAPipeline(Retriever(ws.embedder, s.retriever), generator, s.qa)
+
+
+ModeOpt = Annotated[Optional[str], typer.Option("--mode", help="stuff, rag-sequence or rag-token (default from config).")]
+KOpt = Annotated[Optional[int], typer.Option("-k", min=1, max=64, help="Documents retrieved (default from config).")]
+AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="LoRA adapter name (see `ragqa adapters list`).")]
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    collection: CollectionOpt,
+    mode: ModeOpt = None,
+    k: KOpt = None,
+    adapter: AdapterOpt = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a question from a collection and print the answer with its sources."""
+    from rag.generator import AdapterError
+    from rag.qa import QAError
+
+    def on_token(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    try:
+        ws, qa = qa_pipeline()
+        with ws.open(collection, readonly=True) as coll:
+            if stream and not as_json:
+                sys.stdout.write("answer: ")
+            ans = qa.answer(coll, question, mode=mode, k=k, adapter=adapter,
+                            on_token=on_token if stream and not as_json else None)
+    except (IngestError, QAError, AdapterError) as exc:
+        fail(str(exc), as_json)
+        return
+    if as_json:
+        emit_json(ans.to_dict())
+        return
+    if stream:
+        sys.stdout.write("\n")
+        if ans.abstained or ans.answer != ans.raw_answer:
+            out.print(f"[bold]answer:[/] {ans.answer}", highlight=False)
+    else:
+        out.print(f"[bold]answer:[/] {ans.answer}", highlight=False)
+    if ans.abstained:
+        out.print(f"[yellow]abstained:[/] {ans.abstain_reason}", highlight=False)
+    out.print(f"[dim]mode {ans.mode} · model {ans.model} · adapter {ans.adapter or 'none'} · "
+              f"{ans.timings.get('total_s', 0):.2f} s[/]", highlight=False)
+    out.print("[bold]sources:[/]")
+    for c in ans.citations:
+        where = c.source + (f" (page {c.metadata['page']})" if "page" in c.metadata else "")
+        out.print(f" [{c.index}] {c.title} — score {c.score:.3f}, p(z|x) {c.posterior:.2f}, "
+                  f"share {c.contribution:.2f}\n     [dim]{where}[/]", highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Annotated[Path, typer.Option("--data", help="SQuAD-format JSON file.")],
+    collection: CollectionOpt,
+    mode: ModeOpt = None,
+    k: KOpt = None,
+    adapter: AdapterOpt = None,
+    n: Annotated[Optional[int], typer.Option("--n", min=1, help="Answerable questions sampled (fixed seed), plus as many unanswerable.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    calibrate_: Annotated[bool, typer.Option("--calibrate", help="Also fit abstention thresholds on this data.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate on SQuAD-format data: recall@k, EM, F1, abstention, latency, tokens/s."""
+    from rag.evaluate import calibrate, compute_metrics, load_squad, run_eval, sample_examples
+    from rag.generator import AdapterError
+    from rag.qa import QAError
+
+    try:
+        examples = sample_examples(load_squad(data), n, seed)
+    except ValueError as exc:
+        fail(str(exc), as_json)
+        return
+    if not examples:
+        fail(f"{data} holds no questions", as_json)
+    try:
+        ws, qa = qa_pipeline()
+        with ws.open(collection, readonly=True) as coll:
+            records = run_eval(qa, coll, examples, mode=mode, k=k, adapter=adapter, progress=not as_json)
+    except (IngestError, QAError, AdapterError) as exc:
+        fail(str(exc), as_json)
+        return
+    cfg = settings().qa
+    metrics = compute_metrics(records, cfg.abstain_min_score, cfg.abstain_min_logprob).to_dict()
+    metrics.update({"mode": mode or cfg.mode, "k": k or settings().retriever.k, "adapter": adapter, "collection": collection})
+    if calibrate_:
+        metrics["calibration"] = calibrate(records)
+    if as_json:
+        emit_json(metrics)
+        return
+    table = Table("metric", "value", title=f"eval {data.name} on {collection!r} ({metrics['mode']}, k={metrics['k']})")
+    for key in ("n", "n_unanswerable", "em", "f1", "recall_at_k", "abstain_precision", "abstain_recall",
+                "abstain_rate_answerable", "p50_s", "p95_s", "tokens_per_s"):
+        v = metrics[key]
+        table.add_row(key, "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
+    out.print(table)
+    if calibrate_:
+        c = metrics["calibration"]
+        out.print(f"calibrated thresholds: RAGQA_QA__ABSTAIN_MIN_SCORE={c['min_score']} "
+                  f"RAGQA_QA__ABSTAIN_MIN_LOGPROB={c['min_logprob']}")
 
 
 # -- collections --------------------------------------------------------------------------

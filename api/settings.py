@@ -14,7 +14,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from ingest.config import IngestConfig
-from rag.config import GeneratorConfig
+from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
 
 DEFAULT_HOME = Path("~/.ragqa")
 
@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     home: Path = Field(DEFAULT_HOME, description="Workspace folder holding all state (collections, model caches, ...).")
     ingest: IngestConfig = IngestConfig()
     generator: GeneratorConfig = GeneratorConfig()
+    retriever: RetrieverConfig = RetrieverConfig()
+    qa: QAConfig = QAConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -56,3 +58,7 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.home / "adapters"

@@ -222,6 +222,9 @@ class Collection:
         return out
 
     def _load_index(self) -> None:
+        if not self.readonly:  # temporary files of an interrupted index save
+            for tmp in self.path.glob("index-*.faiss.tmp"):
+                tmp.unlink(missing_ok=True)
         gen = self.store.generation
         files = self._index_files()
         if gen in files:

@@ -46,6 +46,7 @@ class IngestReport:
     unchanged: list[str] = field(default_factory=list)
     failed: list[FileFailure] = field(default_factory=list)
     skipped_unsupported: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
     documents: int = 0
     chunks: int = 0
     chunks_embedded: int = 0
@@ -64,6 +65,7 @@ class IngestReport:
             "unchanged": len(self.unchanged),
             "failed": [{"path": f.path, "reason": f.reason} for f in self.failed],
             "skipped_unsupported": len(self.skipped_unsupported),
+            "removed": len(self.removed),
             "documents": self.documents,
             "chunks": self.chunks,
             "chunks_embedded": self.chunks_embedded,
@@ -150,10 +152,12 @@ def ingest_paths(
     *,
     progress: bool = False,
     embed_batch_chunks: int = EMBED_BATCH_CHUNKS,
+    prune: bool = False,
 ) -> IngestReport:
     """Ingest ``paths`` into ``collection``; never raises for a single bad file.
 
-    ``embed`` maps texts to normalised float32 vectors (n, dim).
+    ``embed`` maps texts to normalised float32 vectors (n, dim). With ``prune``, files that were
+    ingested from one of the named folders but no longer exist there are removed.
     """
     t0 = time.perf_counter()
     report = IngestReport(collection=collection.name)
@@ -228,9 +232,24 @@ def ingest_paths(
                 commit_pending()
         if pending:
             commit_pending()
+        if prune:
+            report.removed = _prune(collection, paths, {str(f) for f in files})
     finally:
         if bar is not None:
             bar.close()
         collection.flush()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _prune(collection: Collection, paths: Sequence[str | Path], present: set[str]) -> list[str]:
+    """Remove files ingested from the named folders that are gone from them."""
+    folders = [str(Path(p).expanduser().resolve()) for p in paths if Path(p).expanduser().is_dir()]
+    gone = [
+        path for path in collection.store.file_paths()
+        if path not in present and any(path.startswith(f.rstrip("/") + "/") for f in folders) and not Path(path).exists()
+    ]
+    if gone:
+        collection.delete_documents(sources=gone)
+        logger.info("pruned %d file(s) no longer present", len(gone))
+    return gone

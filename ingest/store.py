@@ -145,6 +145,9 @@ class DocumentStore:
         row = self._db.execute("SELECT content_hash FROM files WHERE path=?", (path,)).fetchone()
         return row[0] if row else None
 
+    def file_paths(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT path FROM files ORDER BY path")]
+
     def embeddings_by_text(self, source: str) -> dict[str, np.ndarray]:
         """Existing chunk vectors of ``source``'s documents, keyed by chunk text (for reuse)."""
         rows = self._db.execute(

@@ -73,7 +73,7 @@ class Workspace:
         delete_collection(self.collections_dir, name)
 
     # -- work ---------------------------------------------------------------------------
-    def ingest(self, paths: Sequence[str | Path], name: str, *, progress: bool = False) -> IngestReport:
+    def ingest(self, paths: Sequence[str | Path], name: str, *, progress: bool = False, prune: bool = False) -> IngestReport:
         with self.open_or_create(name) as coll:
             emb = self.embedder
             return ingest_paths(
@@ -84,6 +84,7 @@ class Workspace:
                 self.config.loader,
                 progress=progress,
                 embed_batch_chunks=max(64, 8 * self.config.embedder.batch_size),
+                prune=prune,
             )
 
     def search(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -13,3 +15,55 @@ class GeneratorConfig(BaseModel):
     gguf_file: str | None = Field(None, description="GGUF file inside `model` when it is a GGUF folder.")
     device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = Field("auto", description="'auto' (float32 on CPU, bfloat16 on GPU), 'float32', 'bfloat16', 'float16'.")
+
+
+class BM25Config(BaseModel):
+    """The lexical half of the retriever (bm25s, Lucene's BM25 variant)."""
+
+    k1: float = Field(1.5, gt=0, description="Term-frequency saturation.")
+    b: float = Field(0.75, ge=0, le=1, description="Length normalisation.")
+    stopwords: bool = Field(True, description="Drop bm25s's English stopwords from chunks and queries.")
+    stem: bool = Field(True, description="Light English plural stemming (Harman's S-stemmer): 'Normans' matches 'Norman'.")
+    persist: bool = Field(
+        True,
+        description="Save the index under the collection as bm25-<generation>/ (bm25s's numpy+JSON format, no pickle).",
+    )
+
+
+class RetrieverConfig(BaseModel):
+    """Hybrid retrieval: dense (FAISS) + BM25, fused by reciprocal rank fusion."""
+
+    mode: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="Which retrievers run; 'hybrid' fuses both with RRF.")
+    k: int = Field(4, ge=1, le=1000, description="Chunks returned (K documents of the posterior).")
+    candidates: int = Field(20, ge=1, le=10000, description="Chunks each part fetches before fusion / MMR (at least k).")
+    rrf_k: int = Field(60, ge=0, description="RRF constant: score = sum over rankings of 1 / (rrf_k + rank).")
+    temperature: float = Field(
+        0.05,
+        gt=0,
+        description="Posterior p(z|x) = softmax(score / temperature); score = dense cosine "
+        "(bm25 mode: BM25 score / the best BM25 score of the returned chunks).",
+    )
+    mmr: bool = Field(False, description="Re-rank the fused candidates with maximal marginal relevance.")
+    mmr_lambda: float = Field(0.5, ge=0, le=1, description="MMR trade-off: 1 = relevance only, 0 = diversity only.")
+    bm25: BM25Config = BM25Config()
+
+
+class QAConfig(BaseModel):
+    """How answers are generated and when the system abstains."""
+
+    mode: Literal["stuff", "rag-sequence", "rag-token"] = Field("rag-token", description="Generation mode.")
+    max_new_tokens: int = Field(24, ge=1, le=4096, description="Answers are short: at most this many tokens.")
+    decoding: Literal["thorough", "fast"] = Field("thorough", description="RAG-Sequence decoding of Lewis et al.")
+    strategy: Literal["greedy", "beam", "sample"] = Field("greedy", description="RAG-Token search strategy.")
+    num_beams: int = Field(1, ge=1, le=32, description="Beams (rag-token beam search; per document for rag-sequence).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (strategy=sample).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (strategy=sample).")
+    seed: int | None = Field(None, description="Seed for sampling (reproducible answers).")
+    one_shot: bool = Field(True, description="Show the model one worked example in the prompt.")
+    max_context_tokens: int = Field(320, ge=16, description="Each retrieved chunk is cut to this many generator tokens.")
+    abstain_min_score: float | None = Field(
+        None, description="Abstain without generating when the best dense cosine is below this (calibrated with `ragqa eval`)."
+    )
+    abstain_min_logprob: float | None = Field(
+        None, description="Abstain when the answer's mean per-token marginal log-likelihood is below this."
+    )

@@ -29,7 +29,8 @@ def bundled_embedder_dir() -> Path:
 def tiny_st_model(tmp_path_factory) -> Path:
     """A tiny random sentence-transformers model (BERT, hidden 32) with MiniLM's tokenizer."""
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     root = tmp_path_factory.mktemp("tiny-st")
@@ -40,9 +41,9 @@ def tiny_st_model(tmp_path_factory) -> Path:
                      intermediate_size=64, max_position_embeddings=512)
     BertModel(cfg).save_pretrained(hf_dir)
     tok.save_pretrained(hf_dir)
-    word = models.Transformer(str(hf_dir), max_seq_length=128)
-    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
-    st = SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu")
+    word = Transformer(str(hf_dir), max_seq_length=128)
+    pool = Pooling(word.get_embedding_dimension(), pooling_mode="mean")
+    st = SentenceTransformer(modules=[word, pool, Normalize()], device="cpu")
     out = root / "st"
     st.save(str(out))
     return out
@@ -63,3 +64,27 @@ def ragqa_cmd() -> list[str]:
     """The CLI as a subprocess command (the venv's console script or python -m)."""
     exe = Path(sys.executable).with_name("ragqa")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "api.cli"]
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory) -> Path:
+    """A tiny random Llama with the bundled SmolLM2 tokenizer and chat template, as a local folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from rag.models import BUNDLED_GENERATORS, package_dir
+
+    package, gguf = BUNDLED_GENERATORS["SmolLM2-135M-Instruct"]
+    tok = AutoTokenizer.from_pretrained(package_dir(package), gguf_file=gguf)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True,
+                      initializer_range=0.5)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # never predict special tokens, so answers are visible text of full length
+        model.model.embed_tokens.weight[: max(tok.all_special_ids) + 1] = 0.0
+    out = tmp_path_factory.mktemp("tiny-llm")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

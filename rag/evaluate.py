@@ -1,0 +1,249 @@
+"""Evaluation on SQuAD-format data: retrieval recall@k, EM/F1, abstention, latency, speed.
+
+EM and F1 use the official SQuAD normalisation (lower-case, strip punctuation and the articles
+a/an/the, collapse white space) and take the best score over the gold answers. Unanswerable
+questions (SQuAD 2.0 ``is_impossible``) score abstention: precision = abstentions that were
+right / all abstentions, recall = unanswerable questions abstained on / all unanswerable.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import random
+import re
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+# -- official SQuAD scoring --------------------------------------------------------------
+def normalize_answer(s: str) -> str:
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1_score(prediction: str, gold: str) -> float:
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)
+    common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision = same / len(pred_tokens)
+    recall = same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def best_over_golds(metric: Callable[[str, str], float], prediction: str, golds: Sequence[str]) -> float:
+    return max((metric(prediction, g) for g in golds), default=0.0)
+
+
+# -- data ----------------------------------------------------------------------------------
+@dataclass
+class QAExample:
+    qid: str
+    question: str
+    answers: list[str]
+    title: str
+    context: str
+    impossible: bool
+
+
+def load_squad(path: Path) -> list[QAExample]:
+    """Every question of a SQuAD-format file (v1.1 or v2.0)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read SQuAD data from {path}: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise ValueError(f"{path} is not SQuAD format: expected {{'data': [{{'title', 'paragraphs'}}]}}")
+    out = []
+    for article in data["data"]:
+        for para in article.get("paragraphs", []):
+            for qa in para.get("qas", []):
+                answers = [a["text"] for a in qa.get("answers", []) if a.get("text")]
+                impossible = bool(qa.get("is_impossible", False)) or not answers
+                out.append(QAExample(str(qa.get("id", len(out))), qa["question"], answers, article.get("title", ""),
+                                     para.get("context", ""), impossible))
+    return out
+
+
+def sample_examples(examples: list[QAExample], n: int | None, seed: int = 0) -> list[QAExample]:
+    """``n`` answerable questions sampled with a fixed seed, plus as many unanswerable ones."""
+    answerable = [e for e in examples if not e.impossible]
+    impossible = [e for e in examples if e.impossible]
+    rng = random.Random(seed)
+    if n is not None:
+        answerable = rng.sample(answerable, min(n, len(answerable)))
+        impossible = rng.sample(impossible, min(n, len(impossible)))
+    return answerable + impossible
+
+
+# -- metrics ---------------------------------------------------------------------------------
+@dataclass
+class Record:
+    """One evaluated question: the answer (before thresholds) and the signals for abstention."""
+
+    qid: str
+    question: str
+    impossible: bool
+    golds: list[str]
+    prediction: str
+    model_abstained: bool
+    retrieval_hit: bool
+    max_score: float | None
+    mean_logprob: float | None
+    latency_s: float
+    generate_s: float
+    tokens: int
+
+    def abstains(self, min_score: float | None, min_logprob: float | None) -> bool:
+        if self.model_abstained:
+            return True
+        if min_score is not None and self.max_score is not None and self.max_score < min_score:
+            return True
+        if min_logprob is not None and self.mean_logprob is not None and self.mean_logprob < min_logprob:
+            return True
+        return False
+
+
+@dataclass
+class Metrics:
+    n: int
+    n_unanswerable: int
+    em: float
+    f1: float
+    recall_at_k: float
+    abstain_precision: float | None
+    abstain_recall: float | None
+    abstain_rate_answerable: float
+    p50_s: float
+    p95_s: float
+    tokens_per_s: float
+    min_score: float | None = None
+    min_logprob: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        d.update(self.extra)
+        return d
+
+
+def compute_metrics(records: list[Record], min_score: float | None = None, min_logprob: float | None = None) -> Metrics:
+    answerable = [r for r in records if not r.impossible]
+    impossible = [r for r in records if r.impossible]
+    em = f1 = 0.0
+    abstained_answerable = 0
+    for r in answerable:
+        if r.abstains(min_score, min_logprob):
+            abstained_answerable += 1
+            continue
+        em += best_over_golds(exact_match, r.prediction, r.golds)
+        f1 += best_over_golds(f1_score, r.prediction, r.golds)
+    n = max(len(answerable), 1)
+    abst_imp = sum(r.abstains(min_score, min_logprob) for r in impossible)
+    abst_all = abst_imp + abstained_answerable
+    lat = np.array([r.latency_s for r in records]) if records else np.zeros(1)
+    gen_s = sum(r.generate_s for r in records)
+    toks = sum(r.tokens for r in records)
+    return Metrics(
+        n=len(answerable),
+        n_unanswerable=len(impossible),
+        em=em / n,
+        f1=f1 / n,
+        recall_at_k=sum(r.retrieval_hit for r in answerable) / n,
+        abstain_precision=(abst_imp / abst_all) if impossible and abst_all else (0.0 if impossible else None),
+        abstain_recall=(abst_imp / len(impossible)) if impossible else None,
+        abstain_rate_answerable=abstained_answerable / n,
+        p50_s=float(np.percentile(lat, 50)),
+        p95_s=float(np.percentile(lat, 95)),
+        tokens_per_s=toks / gen_s if gen_s > 0 else 0.0,
+        min_score=min_score,
+        min_logprob=min_logprob,
+    )
+
+
+def calibrate(records: list[Record], max_f1_drop: float = 0.10) -> dict[str, Any]:
+    """Thresholds that catch the most unanswerable questions while answerable F1 drops < ``max_f1_drop``.
+
+    Searches the retrieval-score and answer-likelihood thresholds (each alone and both together)
+    over the observed values; returns the best pair and the metrics it gives on ``records``.
+    """
+    base = compute_metrics(records)
+    if not any(r.impossible for r in records):
+        return {"min_score": None, "min_logprob": None, "metrics": base.to_dict()}
+    scores = sorted({round(r.max_score, 4) for r in records if r.max_score is not None})
+    lps = sorted({round(r.mean_logprob, 4) for r in records if r.mean_logprob is not None})
+
+    def grid(values: list[float]) -> list[float | None]:
+        if not values:
+            return [None]
+        qs = np.quantile(values, np.linspace(0, 0.8, 33))
+        return [None] + sorted({float(q) for q in qs})
+
+    best: tuple[float, float, float | None, float | None] | None = None
+    for s in grid(scores):
+        for lp in grid(lps):
+            m = compute_metrics(records, s, lp)
+            if base.f1 > 0 and m.f1 < (1 - max_f1_drop) * base.f1:
+                continue
+            key = (m.abstain_recall or 0.0, m.abstain_precision or 0.0, s, lp)
+            if best is None or key[:2] > best[:2]:
+                best = key
+    if best is None:
+        return {"min_score": None, "min_logprob": None, "metrics": base.to_dict()}
+    _, _, s, lp = best
+    return {"min_score": s, "min_logprob": lp, "metrics": compute_metrics(records, s, lp).to_dict()}
+
+
+def retrieval_hit(texts: Sequence[str], golds: Sequence[str]) -> bool:
+    """A gold answer string appears (case-insensitively) in a retrieved chunk."""
+    low = [t.lower() for t in texts]
+    return any(g.lower() in t for g in golds for t in low)
+
+
+def run_eval(
+    pipeline,
+    collection,
+    examples: list[QAExample],
+    *,
+    mode: str | None = None,
+    k: int | None = None,
+    adapter: str | None = None,
+    progress: bool = False,
+) -> list[Record]:
+    """Answer every example with ``pipeline`` (a :class:`rag.qa.QAPipeline`) with thresholds off.
+
+    Thresholds are applied afterwards by :func:`compute_metrics`, so one pass serves both the
+    configured thresholds and :func:`calibrate`.
+    """
+    from tqdm.auto import tqdm
+
+    records = []
+    for ex in tqdm(examples, desc="eval", unit="q", disable=not progress):
+        ans = pipeline.answer(collection, ex.question, mode=mode, k=k, adapter=adapter, abstain=False)
+        records.append(Record(
+            qid=ex.qid, question=ex.question, impossible=ex.impossible, golds=ex.answers,
+            prediction=ans.answer, model_abstained=ans.abstained, retrieval_hit=retrieval_hit([c.text for c in ans.citations], ex.answers),
+            max_score=ans.max_retrieval_score, mean_logprob=ans.mean_token_logprob,
+            latency_s=ans.timings.get("total_s", 0.0), generate_s=ans.timings.get("generate_s", 0.0),
+            tokens=ans.generated_tokens,
+        ))
+    return records

@@ -1,0 +1,248 @@
+"""Question answering: retrieve evidence, generate a short answer in one of three modes, cite.
+
+Modes (Lewis et al. 2020 for the two RAG ones):
+
+* ``stuff`` — all K chunks in one prompt (the common baseline);
+* ``rag-sequence`` — one prompt per document; candidates ranked by
+  p(y|x) = sum_z p(z|x) prod_i p(y_i|x,z,y<i) ("thorough" or "fast" decoding);
+* ``rag-token`` — one prompt per document run as one batch; at every step the next-token
+  distributions are mixed by p(z|x).
+
+Abstention: when the best dense cosine of the evidence is below ``abstain_min_score`` the
+system says it does not know without generating; when the answer's mean per-token marginal
+log-likelihood is below ``abstain_min_logprob`` it withholds the answer; and when the model
+itself answers "I don't know" that is reported as an abstention.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ingest.collection import Collection
+from rag.config import QAConfig
+from rag.decoding import rag_sequence_generate, rag_token_generate
+from rag.generator import Generator
+from rag.prompts import ABSTAIN_TEXT, is_abstention
+from rag.retriever import Retrieval, Retriever
+
+logger = logging.getLogger(__name__)
+
+MODES = ("stuff", "rag-sequence", "rag-token")
+
+
+class QAError(ValueError):
+    """A question cannot be answered as asked (bad mode, empty question, ...)."""
+
+
+@dataclass
+class Citation:
+    """A chunk used as evidence: its retrieval score, posterior p(z|x) and share of the answer."""
+
+    index: int
+    chunk_id: str
+    doc_id: str
+    title: str
+    source: str
+    text: str
+    score: float
+    posterior: float
+    contribution: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Answer:
+    answer_id: str
+    question: str
+    answer: str
+    abstained: bool
+    mode: str
+    model: str
+    adapter: str | None
+    collection: str
+    citations: list[Citation]
+    logprob: float | None = None
+    mean_token_logprob: float | None = None
+    max_retrieval_score: float | None = None
+    abstain_reason: str | None = None
+    raw_answer: str = ""
+    generated_tokens: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def clean_answer(text: str) -> str:
+    """The first line of the model's reply without wrapping quotes or a trailing full stop."""
+    text = text.strip().split("\n")[0].strip()
+    text = re.sub(r"^(answer|a)\s*:\s*", "", text, flags=re.IGNORECASE)
+    for _ in range(2):
+        if text.endswith(".") and not re.search(r"(^|[\s.])[A-Z]\.$", text):
+            text = text[:-1].rstrip()
+        text = text.strip().strip('"“”\'`').strip()
+    return text
+
+
+class QAPipeline:
+    """Retriever + generator. One instance serves many questions (models load once)."""
+
+    def __init__(self, retriever: Retriever, generator: Generator, config: QAConfig | None = None) -> None:
+        self.retriever = retriever
+        self.generator = generator
+        self.config = config or QAConfig()
+
+    def _contexts(self, retrieval: Retrieval) -> list[str]:
+        """Chunk texts (with their title) cut to ``max_context_tokens`` generator tokens."""
+        tok = self.generator.tokenizer
+        limit = self.config.max_context_tokens
+        out = []
+        for c in retrieval.chunks:
+            text = c.text
+            ids = tok.encode(text, add_special_tokens=False)
+            if len(ids) > limit:
+                text = tok.decode(ids[:limit])
+            out.append(f"[{c.title}] {text}" if c.title else text)
+        return out
+
+    def answer(
+        self,
+        collection: Collection,
+        question: str,
+        *,
+        mode: str | None = None,
+        k: int | None = None,
+        adapter: str | None = None,
+        sources: list[str] | None = None,
+        titles: list[str] | None = None,
+        on_token: Callable[[str], None] | None = None,
+        abstain: bool = True,
+    ) -> Answer:
+        """Answer ``question`` from ``collection``; ``on_token`` receives text as it is generated."""
+        cfg = self.config
+        mode = mode or cfg.mode
+        if mode not in MODES:
+            raise QAError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        question = question.strip()
+        if not question:
+            raise QAError("the question is empty")
+        t0 = time.perf_counter()
+        retrieval = self.retriever.retrieve(collection, question, k, sources=sources, titles=titles)
+        t_ret = time.perf_counter() - t0
+        ans = Answer(
+            answer_id=uuid.uuid4().hex,
+            question=question,
+            answer="",
+            abstained=False,
+            mode=mode,
+            model=str(self.generator.name),
+            adapter=adapter,
+            collection=collection.name,
+            citations=[],
+            max_retrieval_score=retrieval.max_dense_score if retrieval.chunks else None,
+        )
+        posts = [float(c.posterior) for c in retrieval.chunks]
+        if not retrieval.chunks:
+            return self._abstain(ans, "the collection returned no evidence", t0, t_ret, on_token)
+        if abstain and cfg.abstain_min_score is not None and retrieval.max_dense_score < cfg.abstain_min_score:
+            ans.citations = self._citations(retrieval, posts)
+            return self._abstain(
+                ans, f"best evidence score {retrieval.max_dense_score:.3f} < {cfg.abstain_min_score:.3f}", t0, t_ret, on_token
+            )
+
+        gen = self.generator
+        contexts = self._contexts(retrieval)
+        doc_lp = torch.as_tensor(retrieval.log_posterior, dtype=torch.float32)
+        emitted: list[int] = []
+        streamed = [""]
+
+        def stream(token_id: int) -> None:
+            if on_token is None:
+                return
+            emitted.append(token_id)
+            text = gen.decode(emitted)
+            if len(text) > len(streamed[0]):
+                on_token(text[len(streamed[0]):])
+                streamed[0] = text
+
+        t1 = time.perf_counter()
+        with gen.session(adapter) as model:
+            if mode == "stuff":
+                prompts = [gen.prompt_ids(question, contexts, one_shot=cfg.one_shot)]
+                out = rag_token_generate(
+                    model, prompts, torch.zeros(1), max_new_tokens=cfg.max_new_tokens,
+                    eos_token_ids=gen.eos_token_ids, strategy=cfg.strategy, num_beams=cfg.num_beams,
+                    temperature=cfg.temperature, top_p=cfg.top_p, generator=self._rng(),
+                    stream_callback=stream, pad_token_id=gen.tokenizer.pad_token_id,
+                )
+                tokens, logprob, contrib = out.token_ids, out.logprob, posts
+            elif mode == "rag-token":
+                prompts = [gen.prompt_ids(question, [c], one_shot=cfg.one_shot) for c in contexts]
+                out = rag_token_generate(
+                    model, prompts, doc_lp, max_new_tokens=cfg.max_new_tokens,
+                    eos_token_ids=gen.eos_token_ids, strategy=cfg.strategy, num_beams=cfg.num_beams,
+                    temperature=cfg.temperature, top_p=cfg.top_p, generator=self._rng(),
+                    stream_callback=stream, pad_token_id=gen.tokenizer.pad_token_id,
+                )
+                tokens, logprob, contrib = out.token_ids, out.logprob, list(out.doc_contributions)
+            else:
+                prompts = [gen.prompt_ids(question, [c], one_shot=cfg.one_shot) for c in contexts]
+                hyps = rag_sequence_generate(
+                    model, prompts, doc_lp, max_new_tokens=cfg.max_new_tokens, eos_token_ids=gen.eos_token_ids,
+                    num_beams=cfg.num_beams, decoding=cfg.decoding, pad_token_id=gen.tokenizer.pad_token_id,
+                )
+                best = hyps[0]
+                tokens, logprob, contrib = best.token_ids, best.logprob, list(best.doc_posterior)
+                if on_token is not None:
+                    on_token(gen.decode(tokens))
+        t_gen = time.perf_counter() - t1
+        eos = set(gen.eos_token_ids)
+        n_answer = max(1, len([t for t in tokens if t not in eos]))
+        raw = gen.decode(tokens)
+        ans.raw_answer = raw
+        ans.generated_tokens = len(tokens)
+        ans.logprob = float(logprob)
+        ans.mean_token_logprob = float(logprob) / n_answer
+        ans.citations = self._citations(retrieval, contrib)
+        ans.timings = {"retrieve_s": t_ret, "generate_s": t_gen, "total_s": time.perf_counter() - t0}
+        if is_abstention(raw):
+            ans.answer, ans.abstained, ans.abstain_reason = ABSTAIN_TEXT, True, "the model found no answer in the evidence"
+        elif abstain and cfg.abstain_min_logprob is not None and ans.mean_token_logprob < cfg.abstain_min_logprob:
+            ans.answer, ans.abstained = ABSTAIN_TEXT, True
+            ans.abstain_reason = f"answer likelihood {ans.mean_token_logprob:.3f} < {cfg.abstain_min_logprob:.3f} per token"
+        else:
+            ans.answer = clean_answer(raw)
+        return ans
+
+    def _rng(self) -> torch.Generator | None:
+        if self.config.seed is None:
+            return None
+        return torch.Generator().manual_seed(self.config.seed)
+
+    @staticmethod
+    def _citations(retrieval: Retrieval, contributions: list[float]) -> list[Citation]:
+        out = []
+        for i, c in enumerate(retrieval.chunks):
+            share = contributions[i] if i < len(contributions) else 0.0
+            out.append(Citation(
+                index=i + 1, chunk_id=c.chunk_id, doc_id=c.doc_id, title=c.title, source=c.source, text=c.text,
+                score=float(c.dense_score if c.dense_score is not None and not math.isnan(c.dense_score) else c.score),
+                posterior=float(c.posterior), contribution=float(share), metadata=c.metadata,
+            ))
+        return out
+
+    def _abstain(self, ans: Answer, reason: str, t0: float, t_ret: float, on_token) -> Answer:
+        ans.answer, ans.abstained, ans.abstain_reason = ABSTAIN_TEXT, True, reason
+        ans.timings = {"retrieve_s": t_ret, "generate_s": 0.0, "total_s": time.perf_counter() - t0}
+        if on_token is not None:
+            on_token(ABSTAIN_TEXT)
+        return ans

@@ -1,0 +1,117 @@
+"""The QA pipeline on tiny in-process models: modes, citations, streaming, abstention, adapters."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig
+from ingest.workspace import Workspace
+from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
+from rag.generator import AdapterError, Generator
+from rag.qa import QAError, QAPipeline, clean_answer
+from rag.retriever import Retriever
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_st_model, tiny_llm):
+    root = tmp_path_factory.mktemp("qa")
+    docs = root / "docs"
+    docs.mkdir()
+    (docs / "paris.txt").write_text("Paris is the capital of France. The Eiffel Tower was finished in 1889.")
+    (docs / "rome.txt").write_text("Rome is the capital of Italy. The Colosseum held fifty thousand people.")
+    (docs / "oslo.txt").write_text("Oslo is the capital of Norway. It lies at the head of the Oslofjord.")
+    ws = Workspace(root / "home", IngestConfig(embedder=EmbedderConfig(model=str(tiny_st_model)),
+                                               chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8)))
+    assert ws.ingest([docs], "c").ok
+    gen = Generator(GeneratorConfig(model=str(tiny_llm)), root / "home" / "models", root / "home" / "adapters")
+    return ws, gen
+
+
+def pipeline(setup, **qa):
+    ws, gen = setup
+    return QAPipeline(Retriever(ws.embedder, RetrieverConfig(k=3)), gen, QAConfig(max_new_tokens=6, **qa))
+
+
+@pytest.mark.parametrize("mode", ["stuff", "rag-sequence", "rag-token"])
+def test_modes_answer_with_citations(setup, mode):
+    ws, _ = setup
+    qa = pipeline(setup)
+    with ws.open("c", readonly=True) as coll:
+        ans = qa.answer(coll, "What is the capital of France?", mode=mode)
+    assert ans.mode == mode and ans.collection == "c" and ans.adapter is None
+    assert len(ans.citations) == 3 and ans.answer_id
+    assert 0 < ans.generated_tokens <= 6 and math.isfinite(ans.logprob) and ans.logprob <= 0
+    assert sum(c.posterior for c in ans.citations) == pytest.approx(1.0, abs=1e-4)
+    assert sum(c.contribution for c in ans.citations) == pytest.approx(1.0, abs=1e-3)
+    assert ans.timings["total_s"] >= ans.timings["generate_s"] > 0
+
+
+def test_streaming_matches_final_answer(setup):
+    ws, gen = setup
+    qa = pipeline(setup)
+    pieces: list[str] = []
+    with ws.open("c", readonly=True) as coll:
+        ans = qa.answer(coll, "Which city is in Norway?", mode="rag-token", on_token=pieces.append)
+    assert ans.raw_answer, f"the tiny model produced no text: {ans}"
+    assert len(pieces) >= 1
+    assert "".join(pieces) == ans.raw_answer
+
+
+def test_abstains_when_evidence_is_weak(setup):
+    ws, _ = setup
+    qa = pipeline(setup, abstain_min_score=1.01)  # no cosine reaches it
+    with ws.open("c", readonly=True) as coll:
+        ans = qa.answer(coll, "What is the capital of France?")
+        assert ans.abstained and ans.answer == "I don't know." and "evidence score" in ans.abstain_reason
+        assert ans.timings["generate_s"] == 0.0 and ans.citations
+        forced = qa.answer(coll, "What is the capital of France?", abstain=False)
+    assert not forced.abstained or "model" in forced.abstain_reason
+
+
+def test_abstains_when_answer_is_unlikely(setup):
+    ws, _ = setup
+    qa = pipeline(setup, abstain_min_logprob=0.0)  # every real answer has log p < 0
+    with ws.open("c", readonly=True) as coll:
+        ans = qa.answer(coll, "What is the capital of Italy?")
+    assert ans.abstained and "likelihood" in ans.abstain_reason
+
+
+def test_bad_questions(setup):
+    ws, _ = setup
+    qa = pipeline(setup)
+    with ws.open("c", readonly=True) as coll:
+        with pytest.raises(QAError, match="empty"):
+            qa.answer(coll, "   ")
+        with pytest.raises(QAError, match="unknown mode"):
+            qa.answer(coll, "hi", mode="magic")
+
+
+def test_lora_adapter_changes_the_answer_distribution(setup, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    ws, gen = setup
+    base = AutoModelForCausalLM.from_pretrained(gen.config.model)
+    torch.manual_seed(1)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(gen.adapters_dir / "noisy")
+    assert gen.list_adapters() == ["noisy"]
+    qa = pipeline(setup)
+    with ws.open("c", readonly=True) as coll:
+        plain = qa.answer(coll, "What is the capital of France?", mode="rag-token")
+        adapted = qa.answer(coll, "What is the capital of France?", mode="rag-token", adapter="noisy")
+        again = qa.answer(coll, "What is the capital of France?", mode="rag-token")
+        with pytest.raises(AdapterError, match="not found"):
+            qa.answer(coll, "What is the capital of France?", adapter="missing")
+    assert adapted.adapter == "noisy"
+    assert adapted.logprob != pytest.approx(plain.logprob, abs=1e-6)
+    assert again.logprob == pytest.approx(plain.logprob, abs=1e-5)  # the adapter is off again
+
+
+def test_clean_answer():
+    assert clean_answer('"the 1889 World\'s Fair".\nMore text') == "the 1889 World's Fair"
+    assert clean_answer("Answer: Paris.") == "Paris"
+    assert clean_answer("U.S.") == "U.S."
