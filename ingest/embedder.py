@@ -308,14 +308,18 @@ def _onnx_plan(folder: pathlib.Path) -> dict[str, Any] | None:
                 return None
             pooling = modes[0]
     prompts_path = folder / "config_sentence_transformers.json"
-    if prompts_path.is_file() and _read_json(prompts_path).get("prompts"):
+    if prompts_path.is_file() and any((_read_json(prompts_path).get("prompts") or {}).values()):
         logger.info("ONNX backend does not apply prompts; using torch")
         return None
-    max_tokens = int(st_cfg.get("max_seq_length") or config.get("max_position_embeddings", 512))
+    # sentence-transformers reads the limit from sentence_bert_config, else from the tokenizer
+    positions = int(config.get("max_position_embeddings", 512))
+    tok_cfg_path = folder / "tokenizer_config.json"
+    tok_limit = _read_json(tok_cfg_path).get("model_max_length") if tok_cfg_path.is_file() else None
+    max_tokens = st_cfg.get("max_seq_length") or (tok_limit if isinstance(tok_limit, int) and tok_limit < 10**6 else None)
     return {
         "pooling": pooling,
         "dim": int(config["hidden_size"]),
-        "max_tokens": min(max_tokens, int(config.get("max_position_embeddings", max_tokens))),
+        "max_tokens": min(int(max_tokens or positions), positions),
         "lower": bool(st_cfg.get("do_lower_case", False)),
     }
 

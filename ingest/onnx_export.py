@@ -25,6 +25,7 @@ import os
 import pathlib
 import tempfile
 import time
+import warnings
 from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
@@ -131,7 +132,9 @@ def _export_raw(model_dir: str, dest: pathlib.Path, max_seq_length: int) -> tupl
     low, high = min(1000, config.vocab_size // 2), min(2000, config.vocab_size)
     ids = torch.randint(low, high, (2, 16), generator=gen)
     mask = torch.ones_like(ids)
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter is deprecated in torch >= 2.9 but still the one that needs no onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             wrapper,
             (ids, mask),

