@@ -27,6 +27,9 @@ demo: install
 	$(RAGQA) models prepare
 	$(RAGQA) ingest data/sample -c demo
 	$(RAGQA) search "How does the collection survive a crash?" -c demo -k 3
+	$(RAGQA) ask "Which FAISS index type is exact?" -c demo --stream
+	@echo
+	@echo "Done. Try: .venv/bin/ragqa ask \"What is RAG-Token?\" -c demo --mode rag-token"
 
 test: install
 	$(PY) -m pytest -q tests
