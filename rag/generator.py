@@ -81,8 +81,6 @@ class Generator:
         model.to(self.device).eval()
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
-        if torch.get_num_threads() > 1 and self.device.type == "cpu":
-            torch.set_num_threads(torch.get_num_threads())
         self._model = model
         self.load_seconds = time.perf_counter() - t0
         logger.info("loaded generator %s on %s (%s) in %.1f s", self.name, self.device, self.dtype, self.load_seconds)
