@@ -147,7 +147,7 @@ def ingest_paths(
     paths: Sequence[str | Path],
     collection: Collection,
     embed: Callable[[list[str]], np.ndarray],
-    chunker: Chunker,
+    chunker: Chunker | Callable[[], Chunker],
     loader_config: LoaderConfig,
     *,
     progress: bool = False,
@@ -156,11 +156,19 @@ def ingest_paths(
 ) -> IngestReport:
     """Ingest ``paths`` into ``collection``; never raises for a single bad file.
 
-    ``embed`` maps texts to normalised float32 vectors (n, dim). With ``prune``, files that were
+    ``embed`` maps texts to normalised float32 vectors (n, dim). ``chunker`` may be a factory,
+    called only when some file changed (so an unchanged re-ingest loads no model). With ``prune``, files that were
     ingested from one of the named folders but no longer exist there are removed.
     """
     t0 = time.perf_counter()
     report = IngestReport(collection=collection.name)
+    _chunker: list[Chunker] = [chunker] if isinstance(chunker, Chunker) else []
+
+    def get_chunker() -> Chunker:
+        if not _chunker:
+            _chunker.append(chunker())  # type: ignore[operator]
+        return _chunker[0]
+
     files, failures, skipped = expand_paths(paths)
     report.failed.extend(failures)
     report.skipped_unsupported = [str(p) for p in skipped]
@@ -214,7 +222,7 @@ def ingest_paths(
                     report.unchanged.append(spath)
                     continue
                 docs = load_file(path, loader_config)
-                chunks = chunker.chunk_all(docs)
+                chunks = get_chunker().chunk_all(docs)
                 reuse = collection.store.embeddings_by_text(spath) if old is not None else {}
                 vectors = [reuse.get(c.text) for c in chunks]
                 report.chunks_reused += sum(v is not None for v in vectors)

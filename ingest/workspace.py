@@ -51,8 +51,17 @@ class Workspace:
     def list_collections(self) -> list[str]:
         return list_collections(self.collections_dir)
 
+    @property
+    def embedder_name(self) -> str:
+        """The configured embedder's canonical name, known without loading the model."""
+        if self._embedder is not None:
+            return self._embedder.name
+        from ingest.embedder import canonical_name
+
+        return canonical_name(self.config.embedder.model)
+
     def open(self, name: str, *, readonly: bool = False, check_embedder: bool = True) -> Collection:
-        embedder_name = self.embedder.name if check_embedder else None
+        embedder_name = self.embedder_name if check_embedder else None
         return Collection.open(self.collections_dir, name, embedder_name=embedder_name, readonly=readonly)
 
     def open_or_create(self, name: str) -> Collection:
@@ -75,12 +84,12 @@ class Workspace:
     # -- work ---------------------------------------------------------------------------
     def ingest(self, paths: Sequence[str | Path], name: str, *, progress: bool = False, prune: bool = False) -> IngestReport:
         with self.open_or_create(name) as coll:
-            emb = self.embedder
+            # The model loads only when a file has changed: an unchanged re-ingest reads hashes only.
             return ingest_paths(
                 paths,
                 coll,
-                lambda texts: emb.embed_documents(texts, progress=progress and len(texts) > 64),
-                self.chunker_for(coll),
+                lambda texts: self.embedder.embed_documents(texts, progress=progress and len(texts) > 64),
+                lambda: self.chunker_for(coll),
                 self.config.loader,
                 progress=progress,
                 embed_batch_chunks=max(64, 8 * self.config.embedder.batch_size),

@@ -34,8 +34,10 @@ class TestPipeline:
         write(tmp_path / "docs" / "b.md", "# Beta\n\n" + para("beta", 4))
         first = ws.ingest([tmp_path / "docs"], "c")
         assert len(first.added) == 2 and first.chunks > 2 and first.ok
-        again = ws.ingest([tmp_path / "docs"], "c")
+        fresh = Workspace(ws.home, ws.config)  # a new process: nothing loaded yet
+        again = fresh.ingest([tmp_path / "docs"], "c")
         assert len(again.unchanged) == 2 and again.chunks_embedded == 0 and not again.added and not again.replaced
+        assert fresh._embedder is None  # an unchanged re-ingest loads no model
 
     def test_changed_file_replaces_exactly_its_chunks(self, ws, tmp_path):
         a = write(tmp_path / "a.txt", para("alpha", 6))
