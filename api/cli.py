@@ -456,6 +456,112 @@ def models_prepare(as_json: JsonOpt = False) -> None:
         _print_models(rows)
 
 
+# -- server and API keys --------------------------------------------------------------------
+keys_app = typer.Typer(help="Create, list and revoke the REST API's keys (stored hashed).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Bind address (default server.host: 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="Port (default server.port: 8000).")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve WITHOUT API keys (trusted machines only).")] = False,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Start the REST API (OpenAPI docs at /docs); models load once at start-up."""
+    import uvicorn
+
+    from api.app import create_app
+
+    s = settings()
+    if host is not None:
+        s.server.host = host
+    if port is not None:
+        s.server.port = port
+    if no_auth:
+        s.server.auth = False
+    logging.getLogger("api").setLevel(logging.INFO)
+    if s.server.auth:
+        from api.auth import open_key_store
+
+        store = open_key_store(s.home)
+        n_keys = len(store.list(include_revoked=False))
+        store.close()
+        if n_keys == 0:
+            err.print("[yellow]no API keys yet:[/] create one with `ragqa keys create NAME` (requests need "
+                      "`Authorization: Bearer <key>`), or start with --no-auth on a trusted machine", highlight=False)
+    else:
+        err.print("[bold red]WARNING: authentication is OFF (--no-auth): anyone who can reach "
+                  f"{s.server.host}:{s.server.port} can read, upload and delete every collection.[/]", highlight=False)
+    err.print(f"serving ragqa on http://{s.server.host}:{s.server.port} (docs: /docs, home: {s.home})", highlight=False)
+    uvicorn.run(create_app(s), host=s.server.host, port=s.server.port, log_level=log_level, timeout_graceful_shutdown=10)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A label for the key (who or what uses it).")],
+    collection: Annotated[Optional[list[str]], typer.Option("--collection", "-c", help="Limit the key to this collection (repeatable); default: all.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API key; its secret is shown once (only a hash is stored)."""
+    from api.auth import open_key_store
+
+    store = open_key_store(settings().home)
+    try:
+        key, secret = store.create(name, collection or None)
+    finally:
+        store.close()
+    if as_json:
+        emit_json({**key.to_dict(), "key": secret})
+        return
+    out.print(f"created key [bold]{key.key_id}[/] ({name}); collections: {', '.join(key.collections) if key.collections else 'all'}",
+              highlight=False)
+    out.print("the secret is shown only now; store it safely:")
+    out.print(secret, highlight=False)
+    out.print(f'use it as: curl -H "Authorization: Bearer {secret[:12]}…" http://127.0.0.1:8000/v1/collections', highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(as_json: JsonOpt = False) -> None:
+    """List API keys (ids, names, collections, revoked) — never their secrets."""
+    from api.auth import open_key_store
+
+    store = open_key_store(settings().home)
+    try:
+        keys = [k.to_dict() for k in store.list()]
+    finally:
+        store.close()
+    if as_json:
+        emit_json({"data": keys, "count": len(keys)})
+        return
+    table = Table("key_id", "name", "collections", "status", "last used")
+    import datetime as _dt
+
+    for k in keys:
+        used = _dt.datetime.fromtimestamp(k["last_used_at"]).isoformat(timespec="seconds") if k["last_used_at"] else "never"
+        table.add_row(k["key_id"], k["name"], ", ".join(k["collections"]) if k["collections"] else "all",
+                      "revoked" if k["revoked"] else "active", used)
+    out.print(table if keys else "no API keys yet: create one with `ragqa keys create NAME`")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `ragqa keys list`).")], as_json: JsonOpt = False) -> None:
+    """Revoke an API key; requests with it fail from now on."""
+    from api.auth import open_key_store
+
+    store = open_key_store(settings().home)
+    try:
+        ok = store.revoke(key_id)
+    finally:
+        store.close()
+    if not ok:
+        fail(f"no active key {key_id!r}; see `ragqa keys list`", as_json)
+    if as_json:
+        emit_json({"revoked": key_id, "ok": True})
+    else:
+        out.print(f"revoked key {key_id}")
+
+
 def main() -> None:
     app()
 

@@ -12,6 +12,9 @@ class EmbedderConfig(BaseModel):
         "all-MiniLM-L6-v2",
         description="Bundled name, local sentence-transformers folder, or hub id (where a hub is reachable).",
     )
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto", description="Embedding backend; auto = onnx-int8 on CPU (cached ONNX), torch fp16 on GPU."
+    )
     batch_size: int = Field(64, ge=1, le=4096)
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     max_seq_length: int | None = Field(None, ge=8, description="Override the embedder's token limit.")

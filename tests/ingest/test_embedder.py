@@ -204,7 +204,7 @@ class TestBundledModel:
         a, b, c = torch_minilm.embed_documents([*PARAPHRASE, UNRELATED])
         assert a @ b > a @ c + 0.3
 
-    @pytest.mark.parametrize("backend, threshold", [("onnx", 0.9999), ("onnx-int8", 0.98)])
+    @pytest.mark.parametrize("backend, threshold", [("onnx", 0.9999), ("onnx-int8", 0.97)])
     def test_onnx_backends_agree_with_torch(self, torch_minilm, bundled_cache, backend, threshold):
         emb = E.load_embedder(config(backend), cache_dir=bundled_cache)
         assert isinstance(emb, E.OnnxEmbedder) and emb.backend == backend

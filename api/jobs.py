@@ -1,0 +1,410 @@
+"""Upload jobs: a persistent queue in the server's SQLite file and the one worker that runs it.
+
+Life of an upload:
+
+1. The request's files are streamed to ``uploads/<collection>/.jobs/<job_id>/<name>`` (names
+   sanitised by :func:`sanitize_filename`; size and type checked on the way), then one job row and
+   one row per file are committed (status ``queued``) and the request answers 202 at once.
+2. The :class:`IngestWorker` thread takes queued jobs oldest first, one at a time (it is the
+   single writer of every collection). For each file it moves the upload to its stable place
+   ``uploads/<collection>/<name>`` and ingests that path, so the document's source is the same on
+   every re-upload of a file name and an unchanged re-upload is skipped by the pipeline's
+   content hash. Each file is one transaction in the collection; readers see it once committed.
+   The collection's write lock is taken per file and released in between (and while idle), so
+   deletes from the API interleave with a long job.
+3. A file that fails (corrupt, empty, unsupported) fails its own entry only; the previous
+   version of the file, if any, is put back.
+
+Restart: jobs found ``running`` are queued again and resume at their first unfinished file;
+a file whose upload is gone fails with a message; a job of a deleted collection fails. No job
+is ever dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from api.db import SqliteStore
+from ingest.errors import CollectionError, CollectionNotFoundError
+
+logger = logging.getLogger(__name__)
+
+STAGING = ".jobs"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_NAME = 120
+
+JOB_STATUSES = ("queued", "running", "done", "failed")
+FILE_STATUSES = ("pending", "added", "replaced", "unchanged", "failed")
+
+
+def sanitize_filename(name: str) -> str:
+    """A safe file name for an upload: no folders, no leading dot, only ``[A-Za-z0-9._-]``.
+
+    ``../../etc/passwd`` -> ``passwd``; ``C:\\docs\\a b.txt`` -> ``a_b.txt``; the suffix is kept
+    when the name is shortened. Never empty, never ``.``/``..``.
+    """
+    base = re.split(r"[/\\]", name or "")[-1]
+    base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
+    base = _UNSAFE.sub("_", base).strip("._-") or "upload"
+    stem, dot, suffix = base.rpartition(".")
+    if dot and stem:
+        suffix = "." + suffix.lower()
+    else:
+        stem, suffix = base, ""
+    if len(stem) + len(suffix) > MAX_NAME:
+        stem = stem[: MAX_NAME - len(suffix)]
+    return stem + suffix
+
+
+class UploadStorage:
+    """Where uploads live: ``<home>/uploads/<collection>/``; staging under ``.jobs/<job_id>/``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def collection_dir(self, collection: str) -> Path:
+        return self.root / collection
+
+    def staging_dir(self, collection: str, job_id: str) -> Path:
+        return self.collection_dir(collection) / STAGING / job_id
+
+    def stable_path(self, collection: str, filename: str) -> Path:
+        path = (self.collection_dir(collection) / filename).resolve()
+        base = self.collection_dir(collection).resolve()
+        if path.parent != base:  # defence in depth: sanitize_filename already makes this impossible
+            raise ValueError(f"refusing to write outside {base}: {filename!r}")
+        return path
+
+    def remove_collection(self, collection: str) -> None:
+        shutil.rmtree(self.collection_dir(collection), ignore_errors=True)
+
+
+class JobStore(SqliteStore):
+    schema = """
+    CREATE TABLE IF NOT EXISTS jobs (
+        job_id      TEXT PRIMARY KEY,
+        collection  TEXT NOT NULL,
+        key_id      TEXT,
+        status      TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        started_at  REAL,
+        finished_at REAL,
+        error       TEXT,
+        attempts    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at);
+    CREATE TABLE IF NOT EXISTS job_files (
+        job_id      TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
+        ordinal     INTEGER NOT NULL,
+        filename    TEXT NOT NULL,      -- sanitised
+        original    TEXT NOT NULL,      -- as sent by the client
+        size        INTEGER NOT NULL,
+        status      TEXT NOT NULL,
+        error       TEXT,
+        documents   INTEGER NOT NULL DEFAULT 0,
+        chunks      INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (job_id, ordinal)
+    );
+    """
+
+    def create(self, job_id: str, collection: str, files: list[dict[str, Any]], key_id: str | None) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO jobs(job_id, collection, key_id, status, created_at) VALUES(?,?,?,?,?)",
+                       (job_id, collection, key_id, "queued", time.time()))
+            db.executemany(
+                "INSERT INTO job_files(job_id, ordinal, filename, original, size, status) VALUES(?,?,?,?,?,?)",
+                [(job_id, i, f["filename"], f["original"], f["size"], "pending") for i, f in enumerate(files)],
+            )
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            job = self._db.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if job is None:
+                return None
+            files = self._db.execute("SELECT * FROM job_files WHERE job_id=? ORDER BY ordinal", (job_id,)).fetchall()
+        return _job_dict(job, files)
+
+    def list(self, collections: set[str] | None = None, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        sql, args = "SELECT job_id, collection FROM jobs", []
+        if status is not None:
+            sql += " WHERE status=?"
+            args.append(status)
+        sql += " ORDER BY created_at DESC"
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        out = []
+        for r in rows:
+            if collections is None or r["collection"] in collections:
+                job = self.get(r["job_id"])
+                if job is not None:
+                    out.append(job)
+            if len(out) >= limit:
+                break
+        return out
+
+    def claim_next(self) -> dict[str, Any] | None:
+        """The oldest queued job, now marked running (None when the queue is empty)."""
+        with self._tx() as db:
+            row = db.execute("SELECT job_id FROM jobs WHERE status='queued' ORDER BY created_at LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET status='running', started_at=COALESCE(started_at, ?), attempts=attempts+1 WHERE job_id=?",
+                       (time.time(), row["job_id"]))
+        return self.get(row["job_id"])
+
+    def status(self, job_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT status FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return row["status"] if row else None
+
+    def requeue(self, job_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET status='queued' WHERE job_id=? AND status='running'", (job_id,))
+
+    def set_file(self, job_id: str, ordinal: int, status: str, error: str | None = None, documents: int = 0, chunks: int = 0) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE job_files SET status=?, error=?, documents=?, chunks=? WHERE job_id=? AND ordinal=?",
+                       (status, error, documents, chunks, job_id, ordinal))
+
+    def finish(self, job_id: str, status: str | None = None, error: str | None = None) -> str:
+        """Close a job: ``failed`` when told or when every file failed, else ``done``."""
+        with self._tx() as db:
+            if status is None:
+                counts = {r[0]: r[1] for r in db.execute(
+                    "SELECT status, COUNT(*) FROM job_files WHERE job_id=? GROUP BY status", (job_id,))}
+                total = sum(counts.values())
+                status = "failed" if total and counts.get("failed", 0) == total else "done"
+                if status == "failed" and error is None:
+                    error = "every file failed; see the per-file errors"
+            if status == "failed":  # files never reached fail with the job
+                db.execute("UPDATE job_files SET status='failed', error=? WHERE job_id=? AND status='pending'",
+                           (error or "the job failed before this file was processed", job_id))
+            db.execute("UPDATE jobs SET status=?, error=?, finished_at=? WHERE job_id=? AND status IN ('queued','running')",
+                       (status, error, time.time(), job_id))
+        return status
+
+    def fail_collection(self, collection: str, reason: str) -> list[str]:
+        """Fail every unfinished job of ``collection`` (e.g. it was deleted)."""
+        with self._lock:
+            ids = [r[0] for r in self._db.execute(
+                "SELECT job_id FROM jobs WHERE collection=? AND status IN ('queued','running')", (collection,))]
+        for job_id in ids:
+            self.finish(job_id, "failed", reason)
+        return ids
+
+    def recover(self) -> list[str]:
+        """At start-up: jobs left ``running`` by a stopped or crashed server are queued again."""
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute("SELECT job_id FROM jobs WHERE status='running'")]
+            db.execute("UPDATE jobs SET status='queued' WHERE status='running'")
+        return ids
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        out = {s: 0 for s in JOB_STATUSES}
+        out.update({r[0]: r[1] for r in rows})
+        return out
+
+
+def _job_dict(job, files) -> dict[str, Any]:
+    counts = {s: 0 for s in FILE_STATUSES}
+    for f in files:
+        counts[f["status"]] = counts.get(f["status"], 0) + 1
+    total = len(files)
+    processed = total - counts["pending"]
+    return {
+        "job_id": job["job_id"],
+        "collection": job["collection"],
+        "key_id": job["key_id"],
+        "status": job["status"],
+        "created_at": job["created_at"],
+        "started_at": job["started_at"],
+        "finished_at": job["finished_at"],
+        "error": job["error"],
+        "progress": {
+            "total": total,
+            "processed": processed,
+            "fraction": round(processed / total, 4) if total else 1.0,
+            **{s: counts[s] for s in FILE_STATUSES if s != "pending"},
+        },
+        "files": [
+            {"filename": f["filename"], "original": f["original"], "size": f["size"], "status": f["status"],
+             "error": f["error"], "documents": f["documents"], "chunks": f["chunks"]}
+            for f in files
+        ],
+        "errors": [{"filename": f["filename"], "error": f["error"]} for f in files if f["status"] == "failed"],
+    }
+
+
+class WriterGate:
+    """In-process writer locks, one per collection: the worker holds one per file, deletes wait on it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, collection: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(collection, threading.Lock())
+
+    @contextmanager
+    def hold(self, collection: str, timeout: float = -1) -> Iterator[None]:
+        lock = self._lock(collection)
+        if not lock.acquire(timeout=timeout):
+            raise CollectionError(f"collection {collection!r} is being written by the ingestion worker; try again shortly")
+        try:
+            yield
+        finally:
+            lock.release()
+
+
+class IngestWorker:
+    """The single ingestion thread. ``submit()`` wakes it; ``stop()`` ends it after the current file."""
+
+    def __init__(self, workspace, jobs: JobStore, storage: UploadStorage, gate: WriterGate,
+                 on_file: Callable[[str, int], None] | None = None, on_job: Callable[[str], None] | None = None,
+                 busy_retry_s: float = 2.0) -> None:
+        self.workspace = workspace
+        self.jobs = jobs
+        self.storage = storage
+        self.gate = gate
+        self.on_file = on_file or (lambda result, chunks: None)
+        self.on_job = on_job or (lambda status: None)
+        self.busy_retry_s = busy_retry_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        resumed = self.jobs.recover()
+        if resumed:
+            logger.warning("resuming %d upload job(s) interrupted by a restart: %s", len(resumed), ", ".join(resumed))
+        self._thread = threading.Thread(target=self._run, name="ragqa-ingest-worker", daemon=True)
+        self._thread.start()
+        self.submit()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("ingestion worker still busy after %.0f s; its job resumes at the next start", timeout)
+
+    def submit(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until the queue is empty (for tests and benchmarks)."""
+        return self._idle.wait(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- loop ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                job = self.jobs.claim_next()
+            except Exception:
+                logger.exception("could not read the job queue")
+                job = None
+            if job is None:
+                self._idle.set()
+                self._wake.wait(timeout=5.0)
+                continue
+            try:
+                self._process(job)
+            except CollectionError as exc:
+                if "being written" in str(exc):  # another process (e.g. `ragqa ingest`) holds the lock
+                    logger.info("job %s waits: %s", job["job_id"], exc)
+                    self.jobs.requeue(job["job_id"])
+                    self._stop.wait(self.busy_retry_s)
+                else:
+                    self._finish(job["job_id"], "failed", str(exc))
+            except Exception as exc:  # never lose the worker to one bad job
+                logger.exception("job %s failed", job["job_id"])
+                self._finish(job["job_id"], "failed", f"{type(exc).__name__}: {exc}")
+
+    def _finish(self, job_id: str, status: str | None = None, error: str | None = None) -> None:
+        final = self.jobs.finish(job_id, status, error)
+        self.on_job(final)
+        job = self.jobs.get(job_id)
+        if job is not None:
+            shutil.rmtree(self.storage.staging_dir(job["collection"], job_id), ignore_errors=True)
+        logger.info("job %s %s", job_id, final)
+
+    def _process(self, job: dict[str, Any]) -> None:
+        from ingest.pipeline import ingest_paths
+
+        job_id, name = job["job_id"], job["collection"]
+        ws = self.workspace
+        for ordinal, f in enumerate(job["files"]):
+            if f["status"] != "pending":
+                continue  # done before a restart
+            if self._stop.is_set():
+                return  # stays 'running' -> queued again at the next start
+            if self.jobs.status(job_id) != "running":
+                return  # failed meanwhile (collection deleted)
+            staged = self.storage.staging_dir(name, job_id) / f["filename"]
+            stable = self.storage.stable_path(name, f["filename"])
+            with self.gate.hold(name):
+                try:
+                    coll = ws.open(name)
+                except CollectionNotFoundError:
+                    self._finish(job_id, "failed", f"collection {name!r} no longer exists")
+                    return
+                backup = stable.with_name(f".{stable.name}.prev")
+                try:
+                    if staged.exists():
+                        if stable.exists():
+                            os.replace(stable, backup)
+                        os.replace(staged, stable)
+                    elif not stable.exists():
+                        self.jobs.set_file(job_id, ordinal, "failed", "the uploaded file was lost (server restarted while it was staged); upload it again")
+                        self.on_file("failed", 0)
+                        continue
+                    existed = coll.file_hash(str(stable)) is not None
+                    report = ingest_paths(
+                        [stable], coll,
+                        lambda texts: ws.embedder.embed_documents(texts),
+                        ws.chunker_for(coll), ws.config.loader,
+                        embed_batch_chunks=max(64, 8 * ws.config.embedder.batch_size),
+                    )
+                finally:
+                    coll.close()
+                if report.failed:
+                    reason = report.failed[0].reason.replace(str(stable), f["filename"])
+                    self.jobs.set_file(job_id, ordinal, "failed", reason)
+                    if backup.exists():
+                        os.replace(backup, stable)  # keep the last good version on disk
+                    elif not existed:
+                        stable.unlink(missing_ok=True)
+                    self.on_file("failed", 0)
+                    continue
+                backup.unlink(missing_ok=True)
+                result = "unchanged" if report.unchanged else ("replaced" if report.replaced else "added")
+                self.jobs.set_file(job_id, ordinal, result, None, report.documents, report.chunks)
+                self.on_file(result, report.chunks)
+        self._finish(job_id)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex

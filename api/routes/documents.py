@@ -1,0 +1,65 @@
+"""Documents of a collection: upload (an ingestion job), list, delete by id or source."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, UploadFile, status
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import KeyDep, ServiceDep
+from api.routes import ERRORS
+from api.schemas import Deleted, DocumentPublic, DocumentsPublic, ErrorBody, JobAccepted
+from api.service import Upload
+
+router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"], responses=ERRORS)
+
+
+@router.post(
+    "",
+    response_model=JobAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Upload files; a background job ingests them (poll GET /v1/jobs/{job_id})",
+    responses={413: {"model": ErrorBody}, 415: {"model": ErrorBody}},
+)
+async def upload_documents(
+    name: str,
+    files: Annotated[list[UploadFile], File(description="One or more files (txt, md, html, pdf, docx, json, jsonl).")],
+    service: ServiceDep,
+    key: KeyDep,
+) -> JobAccepted:
+    uploads = [Upload(f.filename or "", f.file) for f in files]
+    try:
+        accepted = await run_in_threadpool(service.submit_upload, key, name, uploads)
+    finally:
+        for f in files:
+            await f.close()
+    return JobAccepted(**accepted)
+
+
+@router.get("", response_model=DocumentsPublic, summary="List documents (optionally of one source)")
+def list_documents(
+    name: str,
+    service: ServiceDep,
+    key: KeyDep,
+    source: Annotated[str | None, Query(description="A source path, or an uploaded file's name.")] = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DocumentsPublic:
+    rows, total = service.list_documents(key, name, source, limit, offset)
+    return DocumentsPublic(data=[DocumentPublic(**r) for r in rows], count=total)
+
+
+@router.delete("/{doc_id}", response_model=Deleted, summary="Delete one document by id")
+def delete_document(name: str, doc_id: str, service: ServiceDep, key: KeyDep) -> Deleted:
+    return Deleted(deleted=service.delete_documents(key, name, [doc_id], []))
+
+
+@router.delete("", response_model=Deleted, summary="Delete every document of a source (path or uploaded file name)")
+def delete_documents_by_source(
+    name: str,
+    service: ServiceDep,
+    key: KeyDep,
+    source: Annotated[list[str], Query(description="Source path or uploaded file name (repeatable).")],
+) -> Deleted:
+    return Deleted(deleted=service.delete_documents(key, name, [], source))

@@ -1,0 +1,108 @@
+"""OpenAI-compatible chat completions: any OpenAI client can use a collection as its "model".
+
+``model`` is a collection name or ``ragqa:<collection>``; the question is the last user message.
+The reply's content ends with the sources, and the response carries them as ``sources`` too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import KeyDep, ServiceDep
+from api.errors import Unprocessable, error_body
+from api.routes import ERRORS
+from api.routes.ask import SSE_HEADERS
+from api.schemas import ChatCompletionRequest
+
+router = APIRouter(prefix="/v1", tags=["openai"], responses=ERRORS)
+
+PREFIX = "ragqa:"
+
+
+def collection_of(model: str) -> str:
+    return model[len(PREFIX):] if model.startswith(PREFIX) else model
+
+
+def question_of(body: ChatCompletionRequest) -> str:
+    for msg in reversed(body.messages):
+        if msg.role != "user":
+            continue
+        if isinstance(msg.content, str):
+            return msg.content
+        if isinstance(msg.content, list):
+            return "\n".join(str(p.get("text", "")) for p in msg.content if p.get("type") == "text")
+    raise Unprocessable("messages hold no user message with text; the last user message is the question",
+                        code="no_question")
+
+
+def sources_of(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"index": c["index"], "title": c["title"], "source": c["source"], "score": c["score"], "text": c["text"]}
+            for c in answer["citations"]]
+
+
+def sources_text(answer: dict[str, Any]) -> str:
+    if not answer["citations"]:
+        return ""
+    lines = [f"[{c['index']}] {c['title'] or c['source']} ({c['source']})" for c in answer["citations"]]
+    return "\n\nSources:\n" + "\n".join(lines)
+
+
+def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+    obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+    return f"data: {json.dumps(obj, ensure_ascii=False, default=str)}\n\n"
+
+
+@router.get("/models", summary="Collections as OpenAI models")
+def list_models(service: ServiceDep, key: KeyDep) -> dict[str, Any]:
+    data = [{"id": f"{PREFIX}{c['name']}", "object": "model", "created": int(c.get("created_at") or 0), "owned_by": "ragqa"}
+            for c in service.list_collections(key)]
+    return {"object": "list", "data": data}
+
+
+@router.post("/chat/completions", summary="OpenAI-compatible chat completion over a collection")
+async def chat_completions(body: ChatCompletionRequest, service: ServiceDep, key: KeyDep):
+    collection = collection_of(body.model)
+    question = question_of(body)
+    await run_in_threadpool(service.validate_question, key, collection, question, None)
+    created = int(time.time())
+    if not body.stream:
+        ans = await service.answer_async(key, collection, question, endpoint="chat")
+        return {
+            "id": f"chatcmpl-{ans['answer_id']}",
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": ans["answer"] + sources_text(ans)},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": ans["generated_tokens"], "total_tokens": ans["generated_tokens"]},
+            "sources": sources_of(ans),
+            "ragqa": {"answer_id": ans["answer_id"], "abstained": ans["abstained"],
+                      "collection_generation": ans["collection_generation"]},
+        }
+
+    cid = f"chatcmpl-{uuid.uuid4().hex}"
+
+    async def events() -> AsyncIterator[str]:
+        yield _chunk(cid, created, body.model, {"role": "assistant", "content": ""})
+        async for kind, payload in service.answer_events(key, collection, question, endpoint="chat"):
+            if kind == "token":
+                yield _chunk(cid, created, body.model, {"content": payload})
+            elif kind == "answer":
+                yield _chunk(cid, created, body.model, {"content": sources_text(payload)}, "stop",
+                             sources=sources_of(payload),
+                             ragqa={"answer_id": payload["answer_id"], "abstained": payload["abstained"],
+                                    "answer": payload["answer"]})
+            else:
+                yield f"data: {json.dumps(error_body(payload.code, payload.message))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)

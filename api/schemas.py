@@ -1,0 +1,201 @@
+"""Request and response bodies of the REST API (schema ladder: ``*Create`` in, ``*Public`` out,
+lists as ``{data, count}``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors --------------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. collection_not_found.")
+    message: str = Field(description="What went wrong and what to do.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# -- collections ---------------------------------------------------------------------------
+class CollectionCreate(_In):
+    name: str = Field(description="1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.", examples=["docs"])
+    index: Literal["flat", "ivf", "hnsw", "ivfpq"] | None = Field(None, description="FAISS index kind (default from config).")
+
+
+class CollectionPublic(BaseModel):
+    name: str
+    embedder: str
+    dim: int
+    index: str = Field(description="Configured FAISS index kind.")
+    index_built: str = Field(description="Kind actually built for the current size (small collections stay flat).")
+    files: int
+    documents: int
+    chunks: int
+    generation: int = Field(description="Store generation: bumped by every committed change.")
+    created_at: float | None = None
+    chunking: dict[str, Any] = {}
+
+
+class CollectionsPublic(BaseModel):
+    data: list[CollectionPublic]
+    count: int
+
+
+class Deleted(BaseModel):
+    deleted: int
+    ok: bool = True
+
+
+# -- documents -----------------------------------------------------------------------------
+class DocumentPublic(BaseModel):
+    doc_id: str
+    source: str
+    filename: str = Field(description="File name of the source (the upload's sanitised name).")
+    key: str
+    title: str
+    chunks: int
+    chars: int
+    created_at: float
+    metadata: dict[str, Any] = {}
+
+
+class DocumentsPublic(BaseModel):
+    data: list[DocumentPublic]
+    count: int = Field(description="Documents in the collection (or matching the source filter).")
+
+
+# -- jobs ----------------------------------------------------------------------------------
+class JobFile(BaseModel):
+    filename: str
+    original: str
+    size: int
+    status: Literal["pending", "added", "replaced", "unchanged", "failed"]
+    error: str | None = None
+    documents: int = 0
+    chunks: int = 0
+
+
+class JobProgress(BaseModel):
+    total: int
+    processed: int
+    fraction: float
+    added: int
+    replaced: int
+    unchanged: int
+    failed: int
+
+
+class JobPublic(BaseModel):
+    job_id: str
+    collection: str
+    status: Literal["queued", "running", "done", "failed"]
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    progress: JobProgress
+    files: list[JobFile]
+    errors: list[dict[str, Any]] = Field(description="Per-file errors: [{filename, error}].")
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: str
+    collection: str
+    files: int
+    url: str = Field(description="Poll this for status and progress.")
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+# -- ask -----------------------------------------------------------------------------------
+class AskRequest(_In):
+    question: str = Field(min_length=1, examples=["Which FAISS index type is exact?"])
+    collection: str = Field(examples=["docs"])
+    mode: Literal["stuff", "rag-sequence", "rag-token"] | None = Field(None, description="Default from config.")
+    k: int | None = Field(None, ge=1, description="Chunks retrieved (default from config).")
+    adapter: str | None = Field(None, description="LoRA adapter name.")
+    stream: bool = Field(False, description="Answer as Server-Sent Events: `token` events, then one `answer` event.")
+
+
+class CitationPublic(BaseModel):
+    index: int
+    chunk_id: str
+    doc_id: str
+    title: str
+    source: str
+    text: str
+    score: float = Field(description="Dense cosine of the chunk to the question.")
+    posterior: float = Field(description="p(z|x) of the chunk.")
+    contribution: float = Field(description="The chunk's share of the answer.")
+    metadata: dict[str, Any] = {}
+
+
+class AnswerPublic(BaseModel):
+    answer_id: str
+    question: str
+    answer: str
+    abstained: bool
+    abstain_reason: str | None = None
+    collection: str
+    collection_generation: int
+    mode: str
+    model: str
+    adapter: str | None = None
+    k: int
+    citations: list[CitationPublic]
+    generated_tokens: int = 0
+    mean_token_logprob: float | None = None
+    timings: dict[str, float]
+
+
+# -- feedback ------------------------------------------------------------------------------
+class FeedbackCreate(_In):
+    rating: Literal["up", "down"]
+    correction: str | None = Field(None, max_length=10000, description="The answer it should have been.")
+    comment: str | None = Field(None, max_length=10000)
+
+
+class FeedbackPublic(BaseModel):
+    feedback_id: int
+    answer_id: str
+    rating: str
+    correction: str | None = None
+    comment: str | None = None
+    created_at: float
+
+
+# -- OpenAI-compatible ---------------------------------------------------------------------
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's request; unknown fields (temperature, max_tokens, ...) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(description="A collection name, or 'ragqa:<collection>'.", examples=["ragqa:docs"])
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+
+
+# -- health --------------------------------------------------------------------------------
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    version: str
+    auth: bool
+    models: dict[str, Any]
+    worker_alive: bool
+    jobs: dict[str, int]
+    collections: int

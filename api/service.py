@@ -1,0 +1,360 @@
+"""The server's use cases, behind the routes: collections, documents, uploads, questions, feedback.
+
+One :class:`RagService` per app, built in the lifespan by :func:`build_service`: the models load
+once (embedder, generator) and are shared by every request; model calls run in worker threads
+(the generator serialises itself with its session lock). Everything here speaks in plain
+Python values and :mod:`api.errors` exceptions; the routes only translate HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from api.answers import AnswerLog
+from api.auth import ApiKey, KeyStore
+from api.db import server_db_path
+from api.errors import NotFound, PayloadTooLarge, Unprocessable, UnsupportedMediaType, from_core
+from api.jobs import IngestWorker, JobStore, UploadStorage, WriterGate, new_job_id, sanitize_filename
+from api.metrics import Metrics
+from api.readers import ReaderCache
+from api.settings import Settings
+from ingest.errors import IngestError
+
+logger = logging.getLogger(__name__)
+
+COPY_BLOCK = 1 << 20
+
+
+@dataclass
+class Upload:
+    """One file of an upload request: its client-side name and a binary file object."""
+
+    filename: str
+    file: Any  # has .read(n)
+
+
+@dataclass
+class RagService:
+    settings: Settings
+    workspace: Any
+    qa: Any
+    readers: ReaderCache
+    jobs: JobStore
+    worker: IngestWorker
+    storage: UploadStorage
+    gate: WriterGate
+    answers: AnswerLog
+    keys: KeyStore
+    metrics: Metrics
+    started_at: float = field(default_factory=time.time)
+
+    # -- access -------------------------------------------------------------------------
+    def check_access(self, key: ApiKey, collection: str) -> None:
+        """Another tenant's collection does not exist for this key: 404, same as a missing one."""
+        if not key.allows(collection):
+            raise NotFound(f"collection {collection!r} not found", code="collection_not_found")
+
+    # -- collections --------------------------------------------------------------------
+    def _info(self, name: str) -> dict[str, Any]:
+        try:
+            with self.readers.lease(name) as (coll, _gen):
+                return coll.info()
+        except IngestError as exc:
+            raise from_core(exc) from exc
+
+    def list_collections(self, key: ApiKey) -> list[dict[str, Any]]:
+        out = []
+        for name in self.workspace.list_collections():
+            if not key.allows(name):
+                continue
+            try:
+                out.append(self._info(name))
+            except NotFound:
+                continue  # deleted meanwhile
+        return out
+
+    def get_collection(self, key: ApiKey, name: str) -> dict[str, Any]:
+        self.check_access(key, name)
+        return self._info(name)
+
+    def create_collection(self, key: ApiKey, name: str, index: str | None) -> dict[str, Any]:
+        from ingest.collection import Collection
+
+        self.check_access(key, name)
+        cfg = self.settings.ingest
+        index_cfg = cfg.index.model_copy(update={"kind": index}) if index else cfg.index
+        emb = self.workspace.embedder
+        try:
+            coll = Collection.create(self.workspace.collections_dir, name, embedder_name=emb.name, dim=emb.dim,
+                                     chunking=cfg.chunking, index=index_cfg)
+            coll.close()
+        except IngestError as exc:
+            raise from_core(exc) from exc
+        return self._info(name)
+
+    def delete_collection(self, key: ApiKey, name: str) -> None:
+        self.check_access(key, name)
+        try:
+            with self.gate.hold(name, timeout=self.settings.server.writer_wait_s):
+                self.readers.drop(name)
+                self.workspace.delete(name)
+                failed = self.jobs.fail_collection(name, f"collection {name!r} was deleted")
+                self.storage.remove_collection(name)
+        except IngestError as exc:
+            raise from_core(exc) from exc
+        if failed:
+            logger.info("deleting %s failed %d unfinished job(s)", name, len(failed))
+
+    # -- documents ----------------------------------------------------------------------
+    def list_documents(self, key: ApiKey, name: str, source: str | None, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        self.check_access(key, name)
+        source = self._resolve_source(name, source) if source else None
+        try:
+            with self.readers.lease(name) as (coll, _gen):
+                rows = coll.store.list_documents(source=source, limit=limit, offset=offset)
+                total = len(coll.store.list_documents(source=source)) if source else coll.store.count_documents()
+        except IngestError as exc:
+            raise from_core(exc) from exc
+        return [
+            {"doc_id": r.doc_id, "source": r.source, "filename": Path(r.source).name, "key": r.key, "title": r.title,
+             "chunks": r.n_chunks, "chars": r.n_chars, "created_at": r.created_at, "metadata": r.metadata}
+            for r in rows
+        ], total
+
+    def _resolve_source(self, name: str, source: str) -> str:
+        """A source as stored, or an uploaded file's name (mapped to its stable upload path)."""
+        if "/" in source or "\\" in source:
+            return source
+        return str(self.storage.stable_path(name, sanitize_filename(source)))
+
+    def delete_documents(self, key: ApiKey, name: str, doc_ids: list[str], sources: list[str]) -> int:
+        self.check_access(key, name)
+        if not doc_ids and not sources:
+            raise Unprocessable("name what to delete: a document id, or ?source=<source or uploaded file name>", code="nothing_to_delete")
+        resolved = [self._resolve_source(name, s) for s in sources]
+        try:
+            with self.gate.hold(name, timeout=self.settings.server.writer_wait_s):
+                with self.workspace.open(name, check_embedder=False) as coll:
+                    n = coll.delete_documents(doc_ids=doc_ids, sources=resolved)
+        except IngestError as exc:
+            raise from_core(exc) from exc
+        if n == 0:
+            what = ", ".join(doc_ids + sources)
+            raise NotFound(f"no document matched {what!r} in {name!r}; list them with GET /v1/collections/{name}/documents",
+                           code="document_not_found")
+        for s in resolved:  # an uploaded file removed from the collection goes from the disk too
+            p = Path(s)
+            if p.parent == self.storage.collection_dir(name).resolve():
+                p.unlink(missing_ok=True)
+        return n
+
+    # -- uploads ------------------------------------------------------------------------
+    def submit_upload(self, key: ApiKey, name: str, files: list[Upload]) -> dict[str, Any]:
+        """Stage the files and queue a job; raises 404/413/415/422 before anything is queued."""
+        cfg = self.settings.server
+        self.check_access(key, name)
+        if not (self.workspace.collections_dir / name / "store.sqlite").exists():
+            raise NotFound(f"collection {name!r} not found; create it with POST /v1/collections", code="collection_not_found")
+        if not files:
+            raise Unprocessable("no files in the upload; send them as multipart field 'files'", code="no_files")
+        if len(files) > cfg.max_files:
+            raise PayloadTooLarge(f"{len(files)} files in one upload; the limit is {cfg.max_files} (split the upload)",
+                                  code="too_many_files")
+        allowed = {s.lower() for s in cfg.allowed_suffixes}
+        names: list[str] = []
+        for f in files:
+            safe = sanitize_filename(f.filename or "")
+            suffix = Path(safe).suffix.lower()
+            if suffix not in allowed:
+                raise UnsupportedMediaType(
+                    f"{f.filename!r}: file type {suffix or '(none)'!r} is not accepted; allowed: {', '.join(sorted(allowed))}",
+                    code="unsupported_file_type")
+            if safe in names:
+                raise Unprocessable(f"two files in this upload are both named {safe!r}; rename one", code="duplicate_filename")
+            names.append(safe)
+        job_id = new_job_id()
+        staging = self.storage.staging_dir(name, job_id)
+        staging.mkdir(parents=True, exist_ok=True)
+        limit = int(cfg.max_upload_mb * (1 << 20))
+        rows = []
+        try:
+            for f, safe in zip(files, names):
+                size = 0
+                with open(staging / safe, "xb") as out:
+                    while block := f.file.read(COPY_BLOCK):
+                        size += len(block)
+                        if size > limit:
+                            raise PayloadTooLarge(f"{f.filename!r} is larger than the limit of {cfg.max_upload_mb:g} MB",
+                                                  code="file_too_large")
+                        out.write(block)
+                if size == 0:
+                    raise Unprocessable(f"{f.filename!r} is empty", code="empty_file")
+                rows.append({"filename": safe, "original": f.filename or "", "size": size})
+            self.jobs.create(job_id, name, rows, key.key_id)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.worker.submit()
+        return {"job_id": job_id, "status": "queued", "collection": name, "files": len(rows), "url": f"/v1/jobs/{job_id}"}
+
+    def get_job(self, key: ApiKey, job_id: str) -> dict[str, Any]:
+        job = self.jobs.get(job_id)
+        if job is None or not key.allows(job["collection"]):
+            raise NotFound(f"job {job_id!r} not found", code="job_not_found")
+        return job
+
+    def list_jobs(self, key: ApiKey, status: str | None, limit: int) -> list[dict[str, Any]]:
+        allowed = None if key.collections is None else set(key.collections)
+        return self.jobs.list(allowed, status, limit)
+
+    # -- questions ----------------------------------------------------------------------
+    def validate_question(self, key: ApiKey, collection: str, question: str, k: int | None) -> None:
+        cfg = self.settings.server
+        self.check_access(key, collection)
+        if len(question) > cfg.max_question_chars:
+            raise Unprocessable(f"the question has {len(question)} characters; the limit is {cfg.max_question_chars}",
+                                code="question_too_long")
+        if not question.strip():
+            raise Unprocessable("the question is empty", code="invalid_question")
+        if k is not None and k > cfg.max_k:
+            raise Unprocessable(f"k={k} is above the limit {cfg.max_k}", code="k_too_large")
+        try:
+            with self.readers.lease(collection):
+                pass  # 404 / 409 now, before a stream starts
+        except IngestError as exc:
+            raise from_core(exc) from exc
+
+    def answer(self, key: ApiKey, collection: str, question: str, *, mode: str | None = None, k: int | None = None,
+               adapter: str | None = None, endpoint: str = "ask", on_token: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Answer (blocking: call from a worker thread); logs the answer and returns its public dict."""
+        from rag.generator import AdapterError
+        from rag.qa import QAError
+        from rag.retriever import RetrieverError
+
+        t0 = time.perf_counter()
+        try:
+            with self.readers.lease(collection) as (coll, generation):
+                ans = self.qa.answer(coll, question, mode=mode, k=k, adapter=adapter, on_token=on_token)
+        except (IngestError, QAError, AdapterError, RetrieverError) as exc:
+            raise from_core(exc) from exc
+        out = ans.to_dict()
+        k_used = k if k is not None else self.settings.retriever.k
+        self.answers.log(out, generation=generation, k=k_used, endpoint=endpoint, key_id=key.key_id)
+        out["collection_generation"] = generation
+        out["k"] = k_used
+        out["timings"] = {**out.get("timings", {}), "server_s": time.perf_counter() - t0}
+        self.metrics.inc("ragqa_answers_total", endpoint=endpoint, mode=out["mode"], abstained=str(out["abstained"]).lower())
+        self.metrics.observe("ragqa_answer_duration_seconds", out["timings"]["server_s"], endpoint=endpoint)
+        return out
+
+    async def answer_async(self, key: ApiKey, collection: str, question: str, **kw: Any) -> dict[str, Any]:
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(lambda: self.answer(key, collection, question, **kw))
+
+    async def answer_events(self, key: ApiKey, collection: str, question: str, **kw: Any) -> AsyncIterator[tuple[str, Any]]:
+        """``("token", text)`` as the answer is generated, then ``("answer", dict)`` or ``("error", ApiError)``."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def put(item) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            try:
+                put(("answer", self.answer(key, collection, question, on_token=lambda t: put(("token", t)), **kw)))
+            except Exception as exc:  # reported in the stream: the response has started
+                if not hasattr(exc, "code"):
+                    logger.exception("streamed answer failed")
+                    exc = from_core(exc)
+                put(("error", exc))
+            finally:
+                put(("end", None))
+
+        future = loop.run_in_executor(None, work)
+        try:
+            while True:
+                kind, payload = await queue.get()
+                if kind == "end":
+                    break
+                yield kind, payload
+        finally:
+            if not future.done():  # the client left: the answer still completes and is logged
+                future.add_done_callback(lambda f: f.exception())
+
+    # -- feedback -----------------------------------------------------------------------
+    def add_feedback(self, key: ApiKey, answer_id: str, rating: str, correction: str | None, comment: str | None) -> dict[str, Any]:
+        ans = self.answers.get(answer_id)
+        if ans is None or not key.allows(ans["collection"]):
+            raise NotFound(f"answer {answer_id!r} not found", code="answer_not_found")
+        return self.answers.add_feedback(answer_id, rating, correction, comment, key.key_id)
+
+    # -- health -------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("ragqa")
+        except PackageNotFoundError:
+            v = "unknown"
+        gen = self.qa.generator
+        alive = self.worker.alive
+        return {
+            "status": "ok" if alive else "degraded",
+            "version": v,
+            "auth": self.settings.server.auth,
+            "models": {"embedder": self.workspace.embedder.name, "generator": str(gen.name),
+                       "generator_device": str(gen.device), "loaded": gen._model is not None},
+            "worker_alive": alive,
+            "jobs": self.jobs.counts(),
+            "collections": len(self.workspace.list_collections()),
+        }
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.readers.close()
+        for store in (self.jobs, self.answers, self.keys):
+            store.close()
+
+
+def build_service(settings: Settings, *, metrics: Metrics | None = None, start_worker: bool = True) -> RagService:
+    """Load the models once and open the server's stores (called by the app's lifespan)."""
+    from rag.generator import Generator
+    from rag.qa import QAPipeline
+    from rag.retriever import Retriever
+    from ingest.workspace import Workspace
+
+    t0 = time.perf_counter()
+    ws = Workspace(settings.home, settings.ingest)
+    ws.collections_dir.mkdir(parents=True, exist_ok=True)
+    _ = ws.embedder  # load now, not on the first request
+    generator = Generator(settings.generator, settings.models_dir, settings.adapters_dir).warm_up()
+    qa = QAPipeline(Retriever(ws.embedder, settings.retriever), generator, settings.qa)
+    db = server_db_path(settings.home)
+    metrics = metrics or Metrics()
+    jobs = JobStore(db)
+    storage = UploadStorage(settings.home / "uploads")
+    gate = WriterGate()
+    worker = IngestWorker(
+        ws, jobs, storage, gate,
+        on_file=lambda result, chunks: (metrics.inc("ragqa_ingest_files_total", result=result),
+                                        metrics.inc("ragqa_ingest_chunks_total", chunks)),
+        on_job=lambda status: metrics.inc("ragqa_ingest_jobs_total", status=status),
+    )
+    metrics.gauge("ragqa_jobs", lambda: {(("status", s),): float(n) for s, n in jobs.counts().items()})
+    service = RagService(
+        settings=settings, workspace=ws, qa=qa, readers=ReaderCache(ws, settings.server.reader_cache), jobs=jobs,
+        worker=worker, storage=storage, gate=gate, answers=AnswerLog(db), keys=KeyStore(db), metrics=metrics,
+    )
+    if start_worker:
+        worker.start()
+    logger.info("models loaded in %.1f s (embedder %s, generator %s)", time.perf_counter() - t0, ws.embedder.name, generator.name)
+    return service
+

