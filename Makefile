@@ -30,6 +30,7 @@ demo: install
 	$(RAGQA) ask "Which FAISS index type is exact?" -c demo --stream
 	@echo
 	@echo "Done. Try: .venv/bin/ragqa ask \"What is RAG-Token?\" -c demo --mode rag-token"
+	@echo "Serve it over HTTP: .venv/bin/ragqa keys create me && .venv/bin/ragqa serve   # docs at http://127.0.0.1:8000/docs"
 
 test: install
 	$(PY) -m pytest -q tests
