@@ -52,15 +52,15 @@ class QAConfig(BaseModel):
     """How answers are generated and when the system abstains."""
 
     mode: Literal["stuff", "rag-sequence", "rag-token"] = Field("rag-token", description="Generation mode.")
-    max_new_tokens: int = Field(24, ge=1, le=4096, description="Answers are short: at most this many tokens.")
+    max_new_tokens: int = Field(12, ge=1, le=4096, description="Answers are short: at most this many tokens.")
     decoding: Literal["thorough", "fast"] = Field("thorough", description="RAG-Sequence decoding of Lewis et al.")
     strategy: Literal["greedy", "beam", "sample"] = Field("greedy", description="RAG-Token search strategy.")
     num_beams: int = Field(1, ge=1, le=32, description="Beams (rag-token beam search; per document for rag-sequence).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (strategy=sample).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (strategy=sample).")
     seed: int | None = Field(None, description="Seed for sampling (reproducible answers).")
-    one_shot: bool = Field(True, description="Show the model one worked example in the prompt.")
-    max_context_tokens: int = Field(320, ge=16, description="Each retrieved chunk is cut to this many generator tokens.")
+    one_shot: bool = Field(False, description="Show the model one worked example in the prompt (off: the 135M model copies it).")
+    max_context_tokens: int = Field(200, ge=16, description="Each retrieved chunk is cut to this many generator tokens.")
     abstain_min_score: float | None = Field(
         None, description="Abstain without generating when the best dense cosine is below this (calibrated with `ragqa eval`)."
     )

@@ -82,10 +82,21 @@ class Answer:
         return asdict(self)
 
 
+_ANSWER_PREFIX = re.compile(
+    r"^(?:(?:the\s+)?answer(?:\s+to\s+(?:this|the)\s+question)?(?:\s+is)?\s*:|the\s+answer\s+is\b|a\s*:)\s*",
+    re.IGNORECASE,
+)
+
+
 def clean_answer(text: str) -> str:
-    """The first line of the model's reply without wrapping quotes or a trailing full stop."""
+    """The first sentence of the model's reply without an "The answer is:" lead-in, wrapping quotes
+    or a trailing full stop."""
     text = text.strip().split("\n")[0].strip()
-    text = re.sub(r"^(answer|a)\s*:\s*", "", text, flags=re.IGNORECASE)
+    for _ in range(3):  # "The answer is: The answer is: X"
+        text, n = _ANSWER_PREFIX.subn("", text, count=1)
+        if not n:
+            break
+    text = re.split(r"(?<=[a-z0-9)\"'”])\.\s+(?=[A-Z])", text, maxsplit=1)[0]
     for _ in range(2):
         if text.endswith(".") and not re.search(r"(^|[\s.])[A-Z]\.$", text):
             text = text[:-1].rstrip()
