@@ -31,7 +31,8 @@ def setup(tmp_path_factory, tiny_st_model, tiny_llm):
 
 def pipeline(setup, **qa):
     ws, gen = setup
-    return QAPipeline(Retriever(ws.embedder, RetrieverConfig(k=3)), gen, QAConfig(max_new_tokens=6, **qa))
+    options = {"max_new_tokens": 6, "abstain_min_score": None, "abstain_min_logprob": None, **qa}
+    return QAPipeline(Retriever(ws.embedder, RetrieverConfig(k=3)), gen, QAConfig(**options))
 
 
 @pytest.mark.parametrize("mode", ["stuff", "rag-sequence", "rag-token"])
