@@ -81,7 +81,7 @@ def _main(
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("transformers", "sentence_transformers", "httpx", "faiss"):
+    for noisy in ("transformers", "sentence_transformers", "httpx", "faiss", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
     State.settings = Settings(home=home) if home is not None else Settings()
 

@@ -44,6 +44,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
+
+def _quiet_bm25s() -> None:
+    """bm25s sets its own logger to DEBUG on import; keep it at our root level or above."""
+    logging.getLogger("bm25s").setLevel(max(logging.getLogger().getEffectiveLevel(), logging.INFO))
+
 __all__ = ["BM25Cache", "BM25Index", "build_bm25_index", "tokenize"]
 
 #: Bump when the tokenizer's output changes: persisted indexes of another version are rebuilt.
@@ -190,6 +195,8 @@ def build_bm25_index(texts: Sequence[str], ids: np.ndarray, sources: list[str], 
     if vocab:
         import bm25s
 
+        _quiet_bm25s()
+
         model = bm25s.BM25(k1=config.k1, b=config.b, method="lucene")
         model.index((token_ids, vocab), show_progress=False)  # ids + vocab: faster than bm25s's token path
     return BM25Index(model, ids, list(sources), list(titles), generation, tok)
@@ -247,6 +254,8 @@ def load_bm25_index(folder: Path, generation: int, config: BM25Config) -> BM25In
         model = None
         if meta.get("model"):
             import bm25s
+
+            _quiet_bm25s()
 
             model = bm25s.BM25.load(str(folder), allow_pickle=False, show_progress=False)
             if int(model.scores["num_docs"]) != n:
