@@ -61,12 +61,13 @@ class QAConfig(BaseModel):
     seed: int | None = Field(None, description="Seed for sampling (reproducible answers).")
     one_shot: bool = Field(False, description="Show the model one worked example in the prompt (off: the 135M model copies it).")
     max_context_tokens: int = Field(200, ge=16, description="Each retrieved chunk is cut to this many generator tokens.")
-    # Thresholds fitted by rag.evaluate.calibrate (bench/qa.py --calibrate --seed 1 --n 30: 30 answerable +
-    # 30 unanswerable SQuAD 2.0 questions, rag-token, all-MiniLM-L6-v2 + SmolLM2-135M-Instruct), a different
-    # sample from the one BENCHMARKS.md reports (seed 0). Re-calibrate for another embedder or generator.
+    # Off by default: thresholds fitted by rag.evaluate.calibrate on one SQuAD 2.0 sample (bench/qa.py
+    # --calibrate --seed 1 --n 30 gave min_score 0.507, min_logprob -0.675) withheld 45% of the answerable
+    # questions of another sample (seed 0; F1 0.146 -> 0.086). Calibrate on your own data with
+    # `ragqa eval --calibrate` and set RAGQA_QA__ABSTAIN_MIN_SCORE / RAGQA_QA__ABSTAIN_MIN_LOGPROB.
     abstain_min_score: float | None = Field(
-        0.507, description="Abstain without generating when the best dense cosine is below this (calibrated with `ragqa eval`)."
+        None, description="Abstain without generating when the best dense cosine is below this (calibrate with `ragqa eval --calibrate`)."
     )
     abstain_min_logprob: float | None = Field(
-        -0.675, description="Abstain when the answer's mean per-token marginal log-likelihood is below this."
+        None, description="Abstain when the answer's mean per-token marginal log-likelihood is below this."
     )
