@@ -212,7 +212,7 @@ def ask(
         return
     if stream:
         sys.stdout.write("\n")
-        if ans.abstained or ans.answer != ans.raw_answer:
+        if ans.answer.rstrip(".") != ans.raw_answer.strip().rstrip("."):  # cleaned or withheld: say so
             out.print(f"[bold]answer:[/] {ans.answer}", highlight=False)
     else:
         out.print(f"[bold]answer:[/] {ans.answer}", highlight=False)
