@@ -562,6 +562,14 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `r
         out.print(f"revoked key {key_id}")
 
 
+# The improve side lives in its own module; it imports the helpers above, so it is attached last.
+from api.cli_finetune import adapters_app, feedback_app, finetune_app  # noqa: E402
+
+app.add_typer(finetune_app, name="finetune")
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(feedback_app, name="feedback")
+
+
 def main() -> None:
     app()
 
