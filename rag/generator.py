@@ -25,6 +25,9 @@ from rag.prompts import chat_messages
 logger = logging.getLogger(__name__)
 
 
+ADAPTER_META = "ragqa_adapter.json"  # written by finetune.adapters next to the PEFT files
+
+
 class AdapterError(ValueError):
     """An adapter is missing or does not fit the base model."""
 
@@ -133,7 +136,8 @@ class Generator:
     def list_adapters(self) -> list[str]:
         if not self.adapters_dir.exists():
             return []
-        return sorted(p.name for p in self.adapters_dir.iterdir() if (p / "adapter_config.json").exists())
+        return sorted(p.name for p in self.adapters_dir.iterdir()
+                      if (p / "adapter_config.json").exists() and not p.name.startswith("."))
 
     def _load_adapter(self, name: str) -> None:
         path = self.adapter_path(name)
@@ -141,10 +145,19 @@ class Generator:
             known = ", ".join(self.list_adapters()) or "none"
             raise AdapterError(f"adapter {name!r} not found in {self.adapters_dir} (known: {known})")
         cfg = json.loads((path / "adapter_config.json").read_text())
-        base = cfg.get("base_model_name_or_path")
+        meta = json.loads((path / ADAPTER_META).read_text()) if (path / ADAPTER_META).exists() else {}
+        if meta.get("kind") == "reward":
+            raise AdapterError(f"adapter {name!r} is a reward model (for `ragqa finetune rlhf`), not a generator adapter")
+        base = meta.get("base_model")
+        if base and base != self.name:
+            raise AdapterError(
+                f"adapter {name!r} was trained on the generator {base!r}, but the configured generator is "
+                f"{self.name!r}; set RAGQA_GENERATOR__MODEL to {base!r} or train a new adapter"
+            )
         from peft import PeftModel
 
-        if base and Path(base).name != Path(str(self.name)).name and base != self.config.model:
+        base = cfg.get("base_model_name_or_path")
+        if not meta and base and Path(base).name != Path(str(self.name)).name and base != self.config.model:
             logger.warning("adapter %s was trained on %s, the generator is %s", name, base, self.name)
         try:
             if isinstance(self._model, PeftModel):

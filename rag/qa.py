@@ -21,7 +21,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -104,6 +104,21 @@ def clean_answer(text: str) -> str:
     return text
 
 
+def format_contexts(tokenizer, chunks: Sequence[Any], limit: int) -> list[str]:
+    """Chunk texts (with their title) cut to ``limit`` generator tokens: the prompt's context blocks.
+
+    Fine-tuning builds its prompts with this same function, so training sees what inference sees.
+    """
+    out = []
+    for c in chunks:
+        text = c.text
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) > limit:
+            text = tokenizer.decode(ids[:limit])
+        out.append(f"[{c.title}] {text}" if c.title else text)
+    return out
+
+
 class QAPipeline:
     """Retriever + generator. One instance serves many questions (models load once)."""
 
@@ -113,17 +128,7 @@ class QAPipeline:
         self.config = config or QAConfig()
 
     def _contexts(self, retrieval: Retrieval) -> list[str]:
-        """Chunk texts (with their title) cut to ``max_context_tokens`` generator tokens."""
-        tok = self.generator.tokenizer
-        limit = self.config.max_context_tokens
-        out = []
-        for c in retrieval.chunks:
-            text = c.text
-            ids = tok.encode(text, add_special_tokens=False)
-            if len(ids) > limit:
-                text = tok.decode(ids[:limit])
-            out.append(f"[{c.title}] {text}" if c.title else text)
-        return out
+        return format_contexts(self.generator.tokenizer, retrieval.chunks, self.config.max_context_tokens)
 
     def answer(
         self,

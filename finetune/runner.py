@@ -1,0 +1,208 @@
+"""What every fine-tune command shares: the base model, LoRA set-up, Trainer arguments,
+checkpoints and resume, resource accounting, and saving the adapter into the registry."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finetune.adapters import AdapterInfo, AdapterRegistry
+from finetune.config import BaseJob, LoraOptions
+from ingest.config import IngestConfig
+from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
+from rag.generator import Generator
+
+logger = logging.getLogger(__name__)
+
+
+class FinetuneError(RuntimeError):
+    """A fine-tune run cannot start or finish; the message says why and what to do."""
+
+
+@dataclass
+class Workspace:
+    """Where a fine-tune run reads its base model and writes its checkpoints and adapter."""
+
+    home: Path
+    generator: GeneratorConfig
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
+    qa: QAConfig = field(default_factory=QAConfig)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def adapters(self) -> AdapterRegistry:
+        return AdapterRegistry(self.home / "adapters")
+
+    def run_dir(self, kind: str, name: str) -> Path:
+        return self.home / "finetune-runs" / f"{kind}-{name}"
+
+    def context_source(self, collection: str, k: int, max_context_tokens: int | None, tokenizer):
+        """Retrieval of training contexts from ``collection`` with the configured retriever."""
+        from finetune.examples import ContextSource
+        from ingest.workspace import Workspace as IngestWorkspace
+        from rag.retriever import Retriever
+
+        iws = IngestWorkspace(self.home, self.ingest)
+        coll = iws.open(collection, readonly=True)  # raises a clear error for an unknown collection
+        return ContextSource(Retriever(iws.embedder, self.retriever), coll, k,
+                             max_context_tokens or self.qa.max_context_tokens, tokenizer)
+
+    def base_generator(self) -> Generator:
+        """A fresh generator (its own copy of the weights, so training never touches a served model)."""
+        gen = Generator(self.generator, self.models_dir, self.home / "adapters")
+        gen.warm_up()
+        return gen
+
+
+@dataclass
+class RunStats:
+    """Wall time and peak memory of a run."""
+
+    started: float = field(default_factory=time.perf_counter)
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    peak_gpu_mb: float | None = None
+
+    def stop(self) -> "RunStats":
+        self.seconds = time.perf_counter() - self.started
+        self.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        if torch.cuda.is_available():
+            self.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"train_seconds": round(self.seconds, 1), "peak_rss_mb": round(self.peak_rss_mb, 1),
+                "peak_gpu_mb": None if self.peak_gpu_mb is None else round(self.peak_gpu_mb, 1)}
+
+
+def num_layers(model: torch.nn.Module) -> int:
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "num_hidden_layers", None)
+    if n is None:
+        raise FinetuneError("cannot tell how many layers the model has (config.num_hidden_layers missing)")
+    return int(n)
+
+
+def lora_config(opts: LoraOptions, model: torch.nn.Module, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None):
+    """A peft LoraConfig from our options; ``top_layers`` restricts adapters to the last N blocks."""
+    from peft import LoraConfig
+
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in opts.target_modules if t not in names]
+    if missing:
+        raise FinetuneError(
+            f"target modules {missing} are not linear layers of this model (it has: {', '.join(sorted(names))}); "
+            "set lora.target_modules"
+        )
+    layers = None
+    if opts.top_layers:
+        n = num_layers(model)
+        layers = list(range(max(0, n - opts.top_layers), n))
+    return LoraConfig(
+        r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=list(opts.target_modules),
+        layers_to_transform=layers, task_type=task_type, modules_to_save=modules_to_save, bias="none",
+    )
+
+
+def trainer_kwargs(job: BaseJob, run_dir: Path, *, has_eval: bool) -> dict[str, Any]:
+    """Arguments shared by every TRL config class (SFTConfig, RewardConfig, DPOConfig, GRPOConfig...)."""
+    t = job.train
+    cuda = torch.cuda.is_available()
+    return dict(
+        output_dir=str(run_dir),
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type="linear",
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=1,
+        eval_strategy="epoch" if has_eval else "no",
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to="none",
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=t.gradient_checkpointing,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        remove_unused_columns=False,
+    )
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not run_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(run_dir))
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> str | None:
+    """The checkpoint to resume from (when asked and present); a stale run is cleared otherwise."""
+    ckpt = last_checkpoint(run_dir) if resume else None
+    if resume and ckpt is None:
+        logger.warning("no checkpoint under %s to resume from; starting afresh", run_dir)
+    if ckpt is None and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if ckpt:
+        logger.info("resuming from %s", ckpt)
+    return ckpt
+
+
+def check_output_free(ws: Workspace, job: BaseJob) -> None:
+    if ws.adapters.exists(job.output) and not job.overwrite:
+        raise FinetuneError(f"adapter {job.output!r} exists; pass --overwrite or choose another --output")
+
+
+def set_threads() -> None:
+    """Use every core for the CPU kernels (the tokenizer's thread pool stays off)."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def save_adapter(ws: Workspace, model, job: BaseJob, *, kind: str, base: Generator, meta: dict[str, Any],
+                 tokenizer=None) -> AdapterInfo:
+    """Save a PeftModel's adapter atomically under ``job.output`` with its ragqa metadata."""
+    reg = ws.adapters
+    staging = reg.staging_dir(job.output)
+    try:
+        model.save_pretrained(str(staging))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(staging))
+        full_meta = {
+            "kind": kind, "base_model": base.name, "base_model_path": str(base.config.model),
+            "options": job.model_dump(mode="json"), **meta,
+        }
+        return reg.commit(staging, job.output, full_meta, overwrite=job.overwrite)
+    except Exception:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
