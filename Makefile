@@ -30,9 +30,25 @@ demo: install
 	$(RAGQA) ask "Which FAISS index searches exactly, without approximation?" -c demo --stream
 	@echo
 	@echo "Done. Try: .venv/bin/ragqa ask \"What is RAG-Token?\" -c demo --mode rag-token"
-	@echo "Serve it over HTTP: .venv/bin/ragqa keys create me && .venv/bin/ragqa serve   # docs at http://127.0.0.1:8000/docs"
+	@echo "Serve it over HTTP: .venv/bin/ragqa keys create me && .venv/bin/ragqa serve"
+	@echo "Then open the web UI at http://127.0.0.1:8000/ (paste the key; API docs at http://127.0.0.1:8000/docs)"
 
+# The web UI tests drive Debian's Chromium (apt packages chromium + chromium-driver): installed here when missing.
 test: install
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	else \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; else SUDO=none; fi; \
+	  if [ "$$SUDO" = none ]; then \
+	    echo "NOTE: the web UI tests need Chromium; run as root: apt-get install -y chromium chromium-driver" \
+	         "(without it they are skipped, and fail when CI=true)"; \
+	  else \
+	    echo "Installing chromium and chromium-driver for the web UI tests (apt-get)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null \
+	      || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; } \
+	      || echo "NOTE: could not install chromium/chromium-driver; the web UI tests will be skipped (or fail when CI=true)"; \
+	  fi; \
+	fi
 	$(PY) -m pytest -q tests
 
 test-fast: install

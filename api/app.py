@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.errors import install_handlers
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import ask, collections, documents, feedback, health, jobs, openai
+from api.routes import adapters, ask, collections, documents, feedback, health, jobs, openai
 from api.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+#: The web UI: plain HTML, CSS and JS served as they are (no build step); it only calls the REST API.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 NO_AUTH_BANNER = (
     "\n" + "!" * 78 + "\n"
@@ -59,6 +65,17 @@ class BodyLimitMiddleware:
         await self.app(scope, _receive, send)
 
 
+def mount_web_ui(app: FastAPI) -> None:
+    """Serve the web UI: ``/`` is its page, ``/static/...`` its assets (no key needed to load them;
+    the page asks for one and sends it with every API call)."""
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
 def create_app(settings: Settings | None = None, *, start_worker: bool = True) -> FastAPI:
     """The app for ``settings`` (read from the environment when None). Models load at start-up."""
     settings = settings if settings is not None else Settings()
@@ -91,8 +108,9 @@ def create_app(settings: Settings | None = None, *, start_worker: bool = True) -
     app.state.settings = settings
     app.state.metrics = metrics
     install_handlers(app)
-    for module in (health, collections, documents, jobs, ask, feedback, openai):
+    for module in (health, collections, documents, jobs, ask, feedback, adapters, openai):
         app.include_router(module.router)
+    mount_web_ui(app)
     cfg = settings.server
     body_limit = int(cfg.max_files * cfg.max_upload_mb * (1 << 20)) + (1 << 20)
     app.add_middleware(BodyLimitMiddleware, limit=body_limit)

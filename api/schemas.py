@@ -174,6 +174,18 @@ class FeedbackPublic(BaseModel):
     created_at: float
 
 
+# -- adapters ------------------------------------------------------------------------------
+class AdapterPublic(BaseModel):
+    name: str = Field(description="Pass it as `adapter` to POST /v1/ask.")
+    base_model: str | None = Field(None, description="The model the adapter was trained on (adapter_config.json).")
+    metadata: dict[str, Any] = Field({}, description="The adapter's ragqa_adapter.json (how it was trained), if any.")
+
+
+class AdaptersPublic(BaseModel):
+    data: list[AdapterPublic]
+    count: int
+
+
 # -- OpenAI-compatible ---------------------------------------------------------------------
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")

@@ -1,0 +1,18 @@
+"""LoRA adapters the generator can use per request (``adapter`` of POST /v1/ask)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import KeyDep, ServiceDep
+from api.routes import ERRORS
+from api.schemas import AdapterPublic, AdaptersPublic
+
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"], responses=ERRORS)
+
+
+@router.get("", response_model=AdaptersPublic, summary="List the LoRA adapters in the workspace")
+async def list_adapters(service: ServiceDep, key: KeyDep) -> AdaptersPublic:
+    data = [AdapterPublic(**a) for a in await run_in_threadpool(service.list_adapters)]
+    return AdaptersPublic(data=data, count=len(data))
