@@ -177,7 +177,7 @@ class FeedbackPublic(BaseModel):
 # -- adapters ------------------------------------------------------------------------------
 class AdapterPublic(BaseModel):
     name: str = Field(description="Pass it as `adapter` to POST /v1/ask.")
-    base_model: str | None = Field(None, description="The model the adapter was trained on (adapter_config.json).")
+    base_model: str | None = Field(None, description="The model the adapter was trained on (ragqa_adapter.json, else adapter_config.json).")
     metadata: dict[str, Any] = Field({}, description="The adapter's ragqa_adapter.json (how it was trained), if any.")
 
 
