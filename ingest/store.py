@@ -266,6 +266,20 @@ class DocumentStore:
                 out[r[0]] = ChunkRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))
         return out
 
+    def get_chunks_by_chunk_id(self, chunk_ids: Sequence[str]) -> dict[str, ChunkRow]:
+        """Chunks by their ``chunk_id`` (ids not in the store are absent from the result)."""
+        out: dict[str, ChunkRow] = {}
+        ids = [str(i) for i in chunk_ids]
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for r in self._db.execute(
+                f"SELECT faiss_id, chunk_id, doc_id, ordinal, text, metadata FROM chunks WHERE chunk_id IN ({marks})",
+                part,
+            ):
+                out[r[1]] = ChunkRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))
+        return out
+
     def iter_chunks(self, batch: int = 1000) -> Iterator[ChunkRow]:
         cur = self._db.execute("SELECT faiss_id, chunk_id, doc_id, ordinal, text, metadata FROM chunks ORDER BY faiss_id")
         while rows := cur.fetchmany(batch):
