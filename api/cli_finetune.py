@@ -179,3 +179,240 @@ def feedback_export(
         ("sft file", paths["sft"]),
         ("preferences file", paths["preferences"]),
     ]))
+
+
+# -- trainers: sft, reward, dpo, rlhf, rag --------------------------------------------------------
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file of options (command-line options win).")]
+OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Adapter name (saved under $RAGQA_HOME/adapters/NAME).")]
+RankOpt = Annotated[Optional[int], typer.Option("--lora-r", min=1, help="LoRA rank (default 16).")]
+AlphaOpt = Annotated[Optional[float], typer.Option("--lora-alpha", help="LoRA alpha (default 32).")]
+DropoutOpt = Annotated[Optional[float], typer.Option("--lora-dropout", help="LoRA dropout (default 0.05).")]
+TargetsOpt = Annotated[Optional[str], typer.Option("--target-modules", help="Comma-separated linear layers to adapt.")]
+TopLayersOpt = Annotated[Optional[int], typer.Option("--top-layers", min=1, help="Adapt only the last N blocks (cheaper steps).")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Learning rate.")]
+EpochsOpt = Annotated[Optional[float], typer.Option("--epochs", help="Epochs over the data.")]
+MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimiser steps.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Examples per step.")]
+AccumOpt = Annotated[Optional[int], typer.Option("--grad-accum", min=1, help="Gradient accumulation steps.")]
+MaxLenOpt = Annotated[Optional[int], typer.Option("--max-length", min=16, help="Longest tokenised example.")]
+EvalSplitOpt = Annotated[Optional[float], typer.Option("--eval-split", help="Share of the data held out for eval.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Resume from the last checkpoint of this run.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing adapter of the same name.")]
+FromAdapterOpt = Annotated[Optional[str], typer.Option("--from-adapter", help="Start from this SFT adapter (also the reference).")]
+
+
+def _common(output, lora_r, lora_alpha, lora_dropout, target_modules, top_layers, lr, epochs, max_steps,
+            batch_size, grad_accum, max_length, eval_split, seed, resume, overwrite) -> dict[str, Any]:
+    return {
+        "output": output, "lora.r": lora_r, "lora.alpha": lora_alpha, "lora.dropout": lora_dropout,
+        "lora.target_modules": [t.strip() for t in target_modules.split(",") if t.strip()] if target_modules else None,
+        "lora.top_layers": top_layers, "train.learning_rate": lr, "train.epochs": epochs, "train.max_steps": max_steps,
+        "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.max_length": max_length,
+        "train.eval_split": eval_split, "train.seed": seed, "resume": resume or None, "overwrite": overwrite or None,
+    }
+
+
+def _finetune_workspace():
+    from finetune.runner import Workspace
+
+    s = settings()
+    return Workspace(s.home, s.generator, s.ingest, s.retriever, s.qa)
+
+
+def _run_training(kind: str, job_cls, config: Optional[Path], overrides: dict[str, Any], as_json: bool, runner) -> None:
+    """Validate options, run the trainer, print the summary; every known failure exits 2 with its reason."""
+    from finetune.adapters import AdapterRegistryError
+    from finetune.config import ConfigError, load_job
+    from finetune.data import DataError
+    from finetune.runner import FinetuneError
+    from rag.generator import AdapterError
+
+    try:
+        job = load_job(job_cls, config, overrides)
+        if not as_json:
+            err.print(f"[bold]{kind}[/]: training adapter {job.output!r} (progress below; Ctrl-C stops, --resume continues)")
+        result = runner(job, _finetune_workspace())
+    except (ConfigError, DataError, FinetuneError, AdapterRegistryError, AdapterError, IngestError) as exc:
+        fail(str(exc), as_json)
+        return
+    payload = {"ok": True, "kind": kind, **result.to_dict()}
+    if as_json:
+        emit_json(payload)
+        return
+    m = result.metrics
+    rows = [("adapter", f"{result.adapter.name}  ({result.adapter.path})")]
+    for key, value in m.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        rows.append((key, value))
+    out.print(_summary_table(f"finetune {kind}: done", rows))
+    out.print(f"use it: ragqa ask \"...\" -c COLLECTION --adapter {result.adapter.name}" if kind != "reward"
+              else f"use it: ragqa finetune rlhf --reward-model {result.adapter.name} --prompts FILE --output NAME")
+
+
+@finetune_app.command("sft")
+def finetune_sft(
+    data: Annotated[Optional[Path], typer.Option("--data", help="JSONL of {question, answer[, context|contexts]}.")] = None,
+    collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Build prompts from this collection's retrieval, as at inference.")] = None,
+    output: OutputOpt = None,
+    config: ConfigOpt = None,
+    k: Annotated[Optional[int], typer.Option("-k", min=1, help="Chunks retrieved per question (default 4).")] = None,
+    prompt_style: Annotated[Optional[str], typer.Option("--prompt-style", help="auto, per-document or stuffed.")] = None,
+    distractor_rate: Annotated[Optional[float], typer.Option("--distractor-rate", help="Share of distractor prompts (RAFT).")] = None,
+    lora_r: RankOpt = None, lora_alpha: AlphaOpt = None, lora_dropout: DropoutOpt = None, target_modules: TargetsOpt = None,
+    top_layers: TopLayersOpt = None, lr: LrOpt = None, epochs: EpochsOpt = None, max_steps: MaxStepsOpt = None,
+    batch_size: BatchOpt = None, grad_accum: AccumOpt = None, max_length: MaxLenOpt = None,
+    eval_split: EvalSplitOpt = None, seed: SeedOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """LoRA SFT on question/answer pairs; with -c, prompts hold retrieved chunks (incl. distractors), as at inference."""
+    from finetune.config import SFTJob
+    from finetune.sft import run_sft
+
+    overrides = _common(output, lora_r, lora_alpha, lora_dropout, target_modules, top_layers, lr, epochs, max_steps,
+                        batch_size, grad_accum, max_length, eval_split, seed, resume, overwrite)
+    overrides.update({"data": data, "collection": collection, "k": k, "prompt_style": prompt_style,
+                      "distractor_rate": distractor_rate})
+    _run_training("sft", SFTJob, config, overrides, as_json, run_sft)
+
+
+@finetune_app.command("reward")
+def finetune_reward(
+    data: Annotated[Optional[Path], typer.Option("--data", help="JSONL of {question, chosen, rejected[, context|contexts]}.")] = None,
+    output: OutputOpt = None,
+    config: ConfigOpt = None,
+    lora_r: RankOpt = None, lora_alpha: AlphaOpt = None, lora_dropout: DropoutOpt = None, target_modules: TargetsOpt = None,
+    top_layers: TopLayersOpt = None, lr: LrOpt = None, epochs: EpochsOpt = None, max_steps: MaxStepsOpt = None,
+    batch_size: BatchOpt = None, grad_accum: AccumOpt = None, max_length: MaxLenOpt = None,
+    eval_split: EvalSplitOpt = None, seed: SeedOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Reward model: scalar head on the generator backbone (LoRA), pairwise loss; reports held-out accuracy."""
+    from finetune.config import RewardJob
+    from finetune.reward import run_reward
+
+    overrides = _common(output, lora_r, lora_alpha, lora_dropout, target_modules, top_layers, lr, epochs, max_steps,
+                        batch_size, grad_accum, max_length, eval_split, seed, resume, overwrite)
+    overrides["data"] = data
+    _run_training("reward", RewardJob, config, overrides, as_json, run_reward)
+
+
+@finetune_app.command("dpo")
+def finetune_dpo(
+    data: Annotated[Optional[Path], typer.Option("--data", help="JSONL of {question, chosen, rejected[, context|contexts]}.")] = None,
+    output: OutputOpt = None,
+    config: ConfigOpt = None,
+    from_adapter: FromAdapterOpt = None,
+    beta: Annotated[Optional[float], typer.Option("--beta", help="DPO beta (default 0.1).")] = None,
+    lora_r: RankOpt = None, lora_alpha: AlphaOpt = None, lora_dropout: DropoutOpt = None, target_modules: TargetsOpt = None,
+    top_layers: TopLayersOpt = None, lr: LrOpt = None, epochs: EpochsOpt = None, max_steps: MaxStepsOpt = None,
+    batch_size: BatchOpt = None, grad_accum: AccumOpt = None, max_length: MaxLenOpt = None,
+    eval_split: EvalSplitOpt = None, seed: SeedOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Offline preference alignment (DPO), optionally continuing an SFT adapter (then also the reference)."""
+    from finetune.config import DPOJob
+    from finetune.dpo import run_dpo
+
+    overrides = _common(output, lora_r, lora_alpha, lora_dropout, target_modules, top_layers, lr, epochs, max_steps,
+                        batch_size, grad_accum, max_length, eval_split, seed, resume, overwrite)
+    overrides.update({"data": data, "from_adapter": from_adapter, "beta": beta})
+    _run_training("dpo", DPOJob, config, overrides, as_json, run_dpo)
+
+
+@finetune_app.command("rlhf")
+def finetune_rlhf(
+    reward_model: Annotated[Optional[str], typer.Option("--reward-model", help="Reward adapter from `ragqa finetune reward`.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="JSONL of {question[, context|contexts]}.")] = None,
+    output: OutputOpt = None,
+    config: ConfigOpt = None,
+    from_adapter: FromAdapterOpt = None,
+    algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="rloo (default) or grpo.")] = None,
+    beta: Annotated[Optional[float], typer.Option("--beta", help="KL penalty to the reference (default 0.05).")] = None,
+    num_generations: Annotated[Optional[int], typer.Option("--num-generations", min=2, help="Samples per prompt (default 4).")] = None,
+    max_completion_length: Annotated[Optional[int], typer.Option("--max-completion-length", min=1, help="Longest sampled answer.")] = None,
+    lora_r: RankOpt = None, lora_alpha: AlphaOpt = None, lora_dropout: DropoutOpt = None, target_modules: TargetsOpt = None,
+    top_layers: TopLayersOpt = None, lr: LrOpt = None, epochs: EpochsOpt = None, max_steps: MaxStepsOpt = None,
+    batch_size: BatchOpt = None, grad_accum: AccumOpt = None, max_length: MaxLenOpt = None,
+    seed: SeedOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Online RL (RLOO/GRPO) against a reward model with a KL penalty; reports reward and KL before/after."""
+    from finetune.config import RLHFJob
+    from finetune.rlhf import run_rlhf
+
+    overrides = _common(output, lora_r, lora_alpha, lora_dropout, target_modules, top_layers, lr, epochs, max_steps,
+                        batch_size, grad_accum, max_length, None, seed, resume, overwrite)
+    overrides.update({"reward_model": reward_model, "prompts": prompts, "from_adapter": from_adapter, "algorithm": algorithm,
+                      "beta": beta, "num_generations": num_generations, "max_completion_length": max_completion_length})
+    _run_training("rlhf", RLHFJob, config, overrides, as_json, run_rlhf)
+
+
+# -- adapters -----------------------------------------------------------------------------------
+def _registry():
+    from finetune.adapters import AdapterRegistry
+
+    return AdapterRegistry(settings().adapters_dir)
+
+
+@adapters_app.command("list")
+def adapters_list(as_json: JsonOpt = False) -> None:
+    """Trained adapters: name, kind, base model, headline metrics."""
+    adapters = [a.to_dict() for a in _registry().list()]
+    if as_json:
+        emit_json({"adapters": adapters})
+        return
+    if not adapters:
+        out.print("no adapters yet: train one with `ragqa finetune sft --data FILE.jsonl --output NAME`")
+        return
+    table = Table("name", "kind", "base model", "created", "metrics", "size")
+    import datetime as _dt
+
+    for a in adapters:
+        created = _dt.datetime.fromtimestamp(a["created_at"]).isoformat(timespec="minutes") if a["created_at"] else "-"
+        shown = {k: v for k, v in a["metrics"].items() if isinstance(v, (int, float)) and k in
+                 ("train_loss", "eval_loss", "eval_accuracy", "reward_after", "kl_after", "train_seconds")}
+        table.add_row(a["name"], a["kind"], str(a["base_model"]), created,
+                      ", ".join(f"{k}={v}" for k, v in shown.items()) or "-", f"{a['size_bytes'] / 2**20:.1f} MB")
+    out.print(table)
+
+
+@adapters_app.command("show")
+def adapters_show(name: Annotated[str, typer.Argument(help="Adapter name.")], as_json: JsonOpt = False) -> None:
+    """Everything recorded about an adapter: options, data hash, metrics."""
+    import json as _json
+
+    from finetune.adapters import AdapterRegistryError
+
+    try:
+        info = _registry().get(name)
+    except AdapterRegistryError as exc:
+        fail(str(exc), as_json)
+        return
+    if as_json:
+        emit_json(info.to_dict(full=True))
+        return
+    out.print(_json.dumps(info.to_dict(full=True), indent=2, default=str), highlight=False)
+
+
+@adapters_app.command("delete")
+def adapters_delete(
+    name: Annotated[str, typer.Argument(help="Adapter name.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete an adapter (its folder is removed)."""
+    from finetune.adapters import AdapterRegistryError
+
+    if not yes and not as_json and not typer.confirm(f"delete adapter {name!r}?"):
+        raise typer.Exit(1)
+    try:
+        _registry().delete(name)
+    except AdapterRegistryError as exc:
+        fail(str(exc), as_json)
+        return
+    if as_json:
+        emit_json({"ok": True, "deleted": name})
+    else:
+        out.print(f"deleted adapter {name}")

@@ -206,3 +206,53 @@ def save_adapter(ws: Workspace, model, job: BaseJob, *, kind: str, base: Generat
 
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def start_policy(ws: Workspace, from_adapter: str | None) -> tuple[Generator, torch.nn.Module]:
+    """The model preference training starts from: the base, or the base with ``from_adapter`` merged in.
+
+    With an adapter merged, a fresh LoRA on top has the SFT model as its "adapter off" view, which is
+    the reference model TRL uses for PEFT models (see :mod:`finetune.lora`).
+    """
+    from finetune.adapters import AdapterRegistryError
+    from finetune.lora import merge_adapter
+
+    gen = ws.base_generator()
+    model = gen.model
+    if from_adapter:
+        try:
+            info = ws.adapters.require_generator_adapter(from_adapter)
+        except AdapterRegistryError as exc:
+            raise FinetuneError(str(exc)) from exc
+        if info.base_model and info.base_model != gen.name:
+            raise FinetuneError(f"adapter {from_adapter!r} was trained on {info.base_model!r}, the generator is {gen.name!r}")
+        model = merge_adapter(model, info.path)
+        gen._model = model  # the generator's prompts and decoding now run the SFT model
+    return gen, model
+
+
+def save_continuation(ws: Workspace, peft_model, job: BaseJob, *, kind: str, base: Generator, meta: dict[str, Any],
+                      from_adapter: str | None) -> AdapterInfo:
+    """Save a LoRA trained on top of ``from_adapter`` as one adapter over the base (stacked), else as is."""
+    if not from_adapter:
+        return save_adapter(ws, peft_model, job, kind=kind, base=base, meta=meta)
+    from finetune.lora import stack_adapters
+
+    reg = ws.adapters
+    top = reg.staging_dir(job.output + "-top")
+    staging = reg.staging_dir(job.output)
+    try:
+        peft_model.save_pretrained(str(top))
+        stack_adapters(reg.path(from_adapter), top, staging)
+        full_meta = {"kind": kind, "base_model": base.name, "base_model_path": str(base.config.model),
+                     "from_adapter": from_adapter, "options": job.model_dump(mode="json"), **meta}
+        return reg.commit(staging, job.output, full_meta, overwrite=job.overwrite)
+    except Exception:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        import shutil
+
+        shutil.rmtree(top, ignore_errors=True)

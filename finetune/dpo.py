@@ -1,0 +1,106 @@
+"""Offline preference alignment with TRL's DPOTrainer, LoRA, optionally continuing an SFT adapter
+(which is then also the reference model; see :mod:`finetune.lora`)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from finetune.adapters import AdapterInfo
+from finetune.config import DPOJob
+from finetune.data import Example, file_sha256, read_jsonl
+from finetune.examples import cut, tokenize_pair
+from finetune.runner import (
+    FinetuneError,
+    RunStats,
+    Workspace,
+    check_output_free,
+    lora_config,
+    prepare_run_dir,
+    save_continuation,
+    set_threads,
+    start_policy,
+    trainable_parameters,
+    trainer_kwargs,
+)
+from finetune.sft import split
+from rag.generator import Generator
+from rag.prompts import chat_messages
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DPOResult:
+    adapter: AdapterInfo
+    metrics: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"adapter": self.adapter.to_dict(), "metrics": self.metrics}
+
+
+def dpo_features(gen: Generator, examples: list[Example], max_context_tokens: int, one_shot: bool,
+                 max_length: int) -> list[dict[str, Any]]:
+    """Conversational preference rows whose prompt is the inference prompt (TRL renders it with the
+    same chat template); pairs longer than ``max_length`` tokens are dropped."""
+    rows = []
+    for ex in examples:
+        contexts = [cut(gen.tokenizer, c, max_context_tokens) for c in ex.contexts]
+        longest = max(len(tokenize_pair(gen, ex.question, contexts, a, one_shot=one_shot)["input_ids"])
+                      for a in (ex.chosen, ex.rejected))
+        if longest > max_length:
+            continue
+        rows.append({"prompt": chat_messages(ex.question, contexts, one_shot=one_shot),
+                     "chosen": [{"role": "assistant", "content": ex.chosen}],
+                     "rejected": [{"role": "assistant", "content": ex.rejected}]})
+    return rows
+
+
+def _pick(metrics: dict[str, float], key: str) -> float | None:
+    v = metrics.get(f"eval_{key}")
+    return None if v is None else round(float(v), 4)
+
+
+def run_dpo(job: DPOJob, ws: Workspace) -> DPOResult:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    check_output_free(ws, job)
+    records = read_jsonl(job.data, "preference", min_examples=4)
+    set_threads()
+    gen, model = start_policy(ws, job.from_adapter)
+    tok = gen.tokenizer
+    rows = dpo_features(gen, records, ws.qa.max_context_tokens, ws.qa.one_shot, job.train.max_length)
+    if len(rows) < 4:
+        raise FinetuneError(f"only {len(rows)} preference pairs fit train.max_length={job.train.max_length}; need 4")
+    train_rows, eval_rows = split(rows, job.train.eval_split or 0.2, job.train.seed)
+    if not eval_rows:
+        cut_at = max(1, len(rows) // 4)
+        train_rows, eval_rows = rows[cut_at:], rows[:cut_at]
+    model.train()
+    run_dir = ws.run_dir("dpo", job.output)
+    resume = prepare_run_dir(run_dir, job.resume)
+    args = DPOConfig(**trainer_kwargs(job, run_dir, has_eval=True), beta=job.beta, max_length=job.train.max_length)
+    stats = RunStats()
+    trainer = DPOTrainer(model=model, args=args, processing_class=tok, train_dataset=Dataset.from_list(train_rows),
+                         eval_dataset=Dataset.from_list(eval_rows), peft_config=lora_config(job.lora, model))
+    before = trainer.evaluate()
+    out = trainer.train(resume_from_checkpoint=resume)
+    after = trainer.evaluate()
+    stats.stop()
+    trainable, total = trainable_parameters(trainer.model)
+    metrics = {
+        "train_loss": round(float(out.training_loss), 4), "steps": int(out.global_step), "beta": job.beta,
+        "pairs": len(rows), "train_pairs": len(train_rows), "eval_pairs": len(eval_rows),
+        "eval_loss_before": _pick(before, "loss"), "eval_loss": _pick(after, "loss"),
+        "accuracy_before": _pick(before, "rewards/accuracies"), "accuracy_after": _pick(after, "rewards/accuracies"),
+        "rewards_margin_before": _pick(before, "rewards/margins"), "rewards_margin_after": _pick(after, "rewards/margins"),
+        "from_adapter": job.from_adapter, "trainable_params": trainable, "total_params": total, **stats.to_dict(),
+    }
+    trainer.model.eval()
+    info = save_continuation(ws, trainer.model, job, kind="dpo", base=gen, from_adapter=job.from_adapter, meta={
+        "data": {"path": str(job.data), "sha256": file_sha256(job.data), "records": len(records)},
+        "metrics": metrics,
+    })
+    return DPOResult(info, metrics)

@@ -1,0 +1,201 @@
+"""Each fine-tune command on tiny data for a few steps, on tiny in-process models: the loss goes down,
+LoRA weights change, the adapter saves, reloads and changes the generator's output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune.adapters import AdapterRegistry
+from finetune.config import ConfigError, DPOJob, RLHFJob, RewardJob, SFTJob, load_job
+from finetune.data import DataError
+from finetune.runner import FinetuneError, Workspace
+from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig
+from ingest.workspace import Workspace as IngestWorkspace
+from rag.config import GeneratorConfig, QAConfig
+from rag.generator import AdapterError, Generator
+
+FACTS = [
+    ("What is the capital of France?", "Paris", "Paris is the capital of France. The Eiffel Tower was finished in 1889."),
+    ("What is the capital of Italy?", "Rome", "Rome is the capital of Italy. The Colosseum held fifty thousand people."),
+    ("What is the capital of Norway?", "Oslo", "Oslo is the capital of Norway. It lies at the head of the Oslofjord."),
+    ("When was the Eiffel Tower finished?", "1889", "Paris is the capital of France. The Eiffel Tower was finished in 1889."),
+    ("How many people did the Colosseum hold?", "fifty thousand", "Rome is the capital of Italy. The Colosseum held fifty thousand people."),
+    ("Where does Oslo lie?", "the head of the Oslofjord", "Oslo is the capital of Norway. It lies at the head of the Oslofjord."),
+]
+TRAIN = {"epochs": 1, "max_steps": 4, "batch_size": 3, "learning_rate": 5e-3, "eval_split": 0.0,
+         "logging_steps": 1, "save_steps": 2, "max_length": 256}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_st_model, tiny_llm):
+    root = tmp_path_factory.mktemp("ft")
+    home = root / "home"
+    docs = root / "docs"
+    docs.mkdir()
+    for i, ctx in enumerate(sorted({f[2] for f in FACTS})):
+        (docs / f"d{i}.txt").write_text(ctx)
+    ingest_cfg = IngestConfig(embedder=EmbedderConfig(model=str(tiny_st_model)),
+                              chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8))
+    assert IngestWorkspace(home, ingest_cfg).ingest([docs], "facts").ok
+    ws = Workspace(home, GeneratorConfig(model=str(tiny_llm)), ingest_cfg, qa=QAConfig(max_new_tokens=4))
+    sft = write_jsonl(root / "sft.jsonl", [{"question": q, "answer": a, "context": c} for q, a, c in FACTS] * 2)
+    prefs = write_jsonl(root / "prefs.jsonl", [
+        {"question": q, "chosen": a, "rejected": "I think it might be something else entirely, hard to say.", "context": c}
+        for q, a, c in FACTS] * 2)
+    prompts = write_jsonl(root / "prompts.jsonl", [{"question": q, "context": c} for q, _, c in FACTS])
+    return ws, {"sft": sft, "prefs": prefs, "prompts": prompts, "root": root}
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(env):
+    """'sft-a': SFT with prompts retrieved from the collection (trained once per module)."""
+    from finetune.sft import run_sft
+
+    ws, files = env
+    job = SFTJob(data=files["sft"], output="sft-a", collection="facts", k=2, train={**TRAIN, "max_steps": 6})
+    return run_sft(job, ws).metrics
+
+
+@pytest.fixture(scope="module")
+def reward_model(env):
+    """'rm': a reward model on the preference file (trained once per module)."""
+    from finetune.reward import run_reward
+
+    ws, files = env
+    return run_reward(RewardJob(data=files["prefs"], output="rm", train={**TRAIN, "max_steps": 8, "eval_split": 0.25}), ws).metrics
+
+
+def answer_logits(ws: Workspace, adapter: str | None) -> torch.Tensor:
+    gen = Generator(ws.generator, ws.models_dir, ws.home / "adapters")
+    ids = torch.tensor([gen.prompt_ids(FACTS[0][0], [FACTS[0][2]], one_shot=False)])
+    with gen.session(adapter) as model, torch.no_grad():
+        return model(input_ids=ids).logits[0, -1]
+
+
+def test_sft_with_collection_trains_saves_and_changes_output(env, sft_adapter):
+    ws, files = env
+    m = sft_adapter
+    assert m["steps"] == 6 and m["last_loss"] < m["first_loss"]
+    assert m["examples"]["examples"] == len(FACTS) * 2 and m["prompt_style"] == "per-document"
+    info = AdapterRegistry(ws.home / "adapters").get("sft-a")
+    assert info.kind == "sft" and info.base_model == str(ws.generator.model)
+    assert info.meta["data"]["sha256"] and info.meta["options"]["collection"] == "facts"
+    # LoRA B matrices start at zero: a changed output proves trained, saved and reloaded weights.
+    assert not torch.allclose(answer_logits(ws, None), answer_logits(ws, "sft-a"), atol=1e-4)
+
+
+def test_sft_answer_only_loss_matches_full_logits_loss(env, tiny_llm):
+    from transformers import AutoModelForCausalLM
+
+    from finetune.sft import answer_only_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llm)
+    ids = torch.randint(5, 200, (2, 12))
+    labels = ids.clone()
+    labels[:, :8] = -100
+    labels[1, 11] = -100
+    fast, _ = answer_only_loss(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    ref = model(input_ids=ids, labels=labels).loss
+    assert fast.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_sft_resume_from_checkpoint(env):
+    from finetune.sft import run_sft
+
+    ws, files = env
+    job = SFTJob(data=files["sft"], output="sft-r", train={**TRAIN, "max_steps": 2, "save_steps": 2})
+    run_sft(job, ws)
+    assert list(ws.run_dir("sft", "sft-r").glob("checkpoint-2"))
+    # A longer run with --resume continues from step 2 instead of starting over.
+    res = run_sft(job.model_copy(update={"resume": True, "overwrite": True,
+                                         "train": job.train.model_copy(update={"max_steps": 4})}), ws)
+    assert res.metrics["steps"] == 4
+
+
+def test_sft_bad_input_is_a_clear_error(env, sft_adapter, tmp_path):
+    from finetune.sft import run_sft
+
+    ws, files = env
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\nnot json\n{"question": "q2"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON[\s\S]*bad.jsonl:3: missing"):
+        run_sft(SFTJob(data=bad, output="x"), ws)
+    with pytest.raises(FinetuneError, match="exists"):
+        run_sft(SFTJob(data=files["sft"], output="sft-a"), ws)
+    from ingest.errors import IngestError
+
+    with pytest.raises(IngestError):
+        run_sft(SFTJob(data=files["sft"], output="y", collection="nope"), ws)
+    with pytest.raises(ConfigError, match="lora.r"):
+        load_job(SFTJob, None, {"data": "x", "output": "z", "lora.r": 0})
+    with pytest.raises(FinetuneError, match="target modules"):
+        run_sft(SFTJob(data=files["sft"], output="t", lora={"target_modules": ["nope_proj"]}, train=TRAIN), ws)
+
+
+def test_reward_model_learns_preferences(env, reward_model):
+    from finetune.reward import RewardScorer
+
+    ws, files = env
+    m = reward_model
+    assert m["steps"] == 8 and m["eval_pairs"] >= 1 and 0.0 <= m["eval_accuracy"] <= 1.0
+    assert AdapterRegistry(ws.home / "adapters").get("rm").kind == "reward"
+    gen = ws.base_generator()
+    scorer = RewardScorer(ws, "rm", gen)
+    q, a, c = FACTS[0]
+    good, bad = scorer.score(q, [c], [a, "I think it might be something else entirely, hard to say."])
+    assert good > bad
+    # A reward model is not a generator adapter.
+    with pytest.raises(AdapterError, match="reward model"):
+        with gen.session("rm"):
+            pass
+
+
+def test_dpo_from_sft_adapter_stacks_into_one_adapter(env, sft_adapter):
+    from finetune.dpo import run_dpo
+
+    ws, files = env
+    res = run_dpo(DPOJob(data=files["prefs"], output="dpo-a", from_adapter="sft-a", train={**TRAIN, "max_steps": 4}), ws)
+    m = res.metrics
+    assert m["steps"] == 4 and m["from_adapter"] == "sft-a"
+    cfg = json.loads((ws.home / "adapters" / "dpo-a" / "adapter_config.json").read_text())
+    assert cfg["r"] == 32  # the SFT adapter's 16 + DPO's 16, stacked
+    assert not torch.allclose(answer_logits(ws, "sft-a"), answer_logits(ws, "dpo-a"), atol=1e-5)
+
+
+def test_rlhf_rloo_against_reward_model(env, sft_adapter, reward_model):
+    from finetune.rlhf import run_rlhf
+
+    ws, files = env
+    job = RLHFJob(prompts=files["prompts"], reward_model="rm", output="rl-a", from_adapter="sft-a",
+                  num_generations=2, max_completion_length=4, train={**TRAIN, "max_steps": 2, "batch_size": 4})
+    m = run_rlhf(job, ws).metrics
+    assert m["steps"] == 2 and m["kl_before"] == pytest.approx(0.0, abs=1e-4)
+    for key in ("reward_before", "reward_after", "kl_after", "length_after"):
+        assert isinstance(m[key], float)
+    assert AdapterRegistry(ws.home / "adapters").get("rl-a").kind == "rlhf"
+    with pytest.raises(FinetuneError, match="not a reward model"):
+        run_rlhf(job.model_copy(update={"reward_model": "sft-a", "output": "rl-b"}), ws)
+
+
+def test_adapter_of_another_base_model_is_refused(env, sft_adapter):
+    ws, _ = env
+    meta_path = ws.home / "adapters" / "sft-a" / "ragqa_adapter.json"
+    meta = json.loads(meta_path.read_text())
+    other = dict(meta, base_model="SomeOtherModel-7B")
+    (ws.home / "adapters" / "sft-other").mkdir()
+    for f in (ws.home / "adapters" / "sft-a").iterdir():
+        (ws.home / "adapters" / "sft-other" / f.name).write_bytes(f.read_bytes())
+    (ws.home / "adapters" / "sft-other" / "ragqa_adapter.json").write_text(json.dumps(other))
+    gen = Generator(ws.generator, ws.models_dir, ws.home / "adapters")
+    with pytest.raises(AdapterError, match="SomeOtherModel-7B"):
+        with gen.session("sft-other"):
+            pass
