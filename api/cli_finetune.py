@@ -213,6 +213,10 @@ def _common(output, lora_r, lora_alpha, lora_dropout, target_modules, top_layers
     }
 
 
+import contextlib  # noqa: E402
+import sys  # noqa: E402
+
+
 def _finetune_workspace():
     from finetune.runner import Workspace
 
@@ -232,7 +236,9 @@ def _run_training(kind: str, job_cls, config: Optional[Path], overrides: dict[st
         job = load_job(job_cls, config, overrides)
         if not as_json:
             err.print(f"[bold]{kind}[/]: training adapter {job.output!r} (progress below; Ctrl-C stops, --resume continues)")
-        result = runner(job, _finetune_workspace())
+        # The trainers print their step logs; they go to stderr so stdout stays the summary (or one JSON object).
+        with contextlib.redirect_stdout(sys.stderr):
+            result = runner(job, _finetune_workspace())
     except (ConfigError, DataError, FinetuneError, AdapterRegistryError, AdapterError, IngestError) as exc:
         fail(str(exc), as_json)
         return
@@ -347,6 +353,32 @@ def finetune_rlhf(
     overrides.update({"reward_model": reward_model, "prompts": prompts, "from_adapter": from_adapter, "algorithm": algorithm,
                       "beta": beta, "num_generations": num_generations, "max_completion_length": max_completion_length})
     _run_training("rlhf", RLHFJob, config, overrides, as_json, run_rlhf)
+
+
+@finetune_app.command("rag")
+def finetune_rag(
+    data: Annotated[Optional[Path], typer.Option("--data", help="JSONL of {question, answer}.")] = None,
+    collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Collection the K documents come from.")] = None,
+    output: OutputOpt = None,
+    config: ConfigOpt = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="rag-token (default) or rag-sequence marginal likelihood.")] = None,
+    k: Annotated[Optional[int], typer.Option("-k", min=1, help="Documents marginalised over (default 4).")] = None,
+    train_query_encoder: Annotated[bool, typer.Option("--train-query-encoder", help="Also train the query side of the retriever.")] = False,
+    lora_r: RankOpt = None, lora_alpha: AlphaOpt = None, lora_dropout: DropoutOpt = None, target_modules: TargetsOpt = None,
+    top_layers: TopLayersOpt = None, lr: LrOpt = None, epochs: EpochsOpt = None, max_steps: MaxStepsOpt = None,
+    batch_size: BatchOpt = None, grad_accum: AccumOpt = None, max_length: MaxLenOpt = None,
+    seed: SeedOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """End-to-end RAG training: marginal NLL over the top-K documents (Lewis et al. 2020), LoRA on the generator."""
+    from finetune.config import RAGJob
+    from finetune.rag_e2e import run_rag
+
+    overrides = _common(output, lora_r, lora_alpha, lora_dropout, target_modules, top_layers, lr, epochs, max_steps,
+                        batch_size, grad_accum, max_length, None, seed, resume, overwrite)
+    overrides.update({"data": data, "collection": collection, "mode": mode, "k": k,
+                      "train_query_encoder": train_query_encoder or None})
+    _run_training("rag", RAGJob, config, overrides, as_json, run_rag)
 
 
 # -- adapters -----------------------------------------------------------------------------------
