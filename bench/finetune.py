@@ -158,14 +158,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         prefs_path, prompts_path = work / "preferences.jsonl", work / "prompts.jsonl"
         write_jsonl(prefs_path, prefs)
         write_jsonl(prompts_path, [{"question": p["question"], "context": p["context"]} for p in prefs[: args.prompt_n]])
-        rm, rm_wall = r.run("finetune", "reward", "--data", str(prefs_path), "--output", RM_NAME, "--overwrite", "--json")
+        rm, rm_wall = r.run("finetune", "reward", "--data", str(prefs_path), "--output", RM_NAME, "--epochs", "2",
+                            "--overwrite", "--json")
         res["reward"] = {"wall_s": rm_wall, **rm["metrics"]}
-        dpo, dpo_wall = r.run("finetune", "dpo", "--data", str(prefs_path), "--from-adapter", SFT_NAME,
+        dpo, dpo_wall = r.run("finetune", "dpo", "--data", str(prefs_path), "--from-adapter", SFT_NAME, "--epochs", "2",
                               "--output", DPO_NAME, "--overwrite", "--json")
         res["dpo"] = {"wall_s": dpo_wall, **dpo["metrics"]}
         res["dpo_eval"] = r.evaluate(held_path, args.mode, args.n, DPO_NAME)
         rl, rl_wall = r.run("finetune", "rlhf", "--reward-model", RM_NAME, "--prompts", str(prompts_path),
-                            "--from-adapter", SFT_NAME, "--output", RLHF_NAME, "--overwrite", "--json")
+                            "--from-adapter", SFT_NAME, "--epochs", "1", "--output", RLHF_NAME, "--overwrite", "--json")
         res["rlhf"] = {"wall_s": rl_wall, **rl["metrics"]}
         res["rlhf_eval"] = r.evaluate(held_path, args.mode, args.n, RLHF_NAME)
     if not args.home and not args.keep:
@@ -245,11 +246,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--held-out", type=int, default=2, help="index of the held-out article (default: the third)")
     p.add_argument("--mode", default="rag-token", help="generation mode evaluated")
-    p.add_argument("--n", type=int, default=80, help="answerable held-out questions (plus as many unanswerable)")
+    p.add_argument("--n", type=int, default=60, help="answerable held-out questions (plus as many unanswerable)")
     p.add_argument("--sft-args", default="", help="extra options for `ragqa finetune sft` (default: its own recipe)")
     p.add_argument("--preferences", action="store_true", help="also run reward -> rlhf and dpo")
-    p.add_argument("--pref-n", type=int, default=64, help="preference pairs")
-    p.add_argument("--prompt-n", type=int, default=32, help="RLHF prompts")
+    p.add_argument("--pref-n", type=int, default=48, help="preference pairs")
+    p.add_argument("--prompt-n", type=int, default=16, help="RLHF prompts")
     p.add_argument("--home", default=None, help="RAGQA_HOME (default: a temporary one)")
     p.add_argument("--models-from", default=None, help="prepared models folder to link (default ~/.ragqa/models)")
     p.add_argument("--keep", action="store_true", help="keep the temporary home")
