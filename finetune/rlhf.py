@@ -116,7 +116,7 @@ def run_rlhf(job: RLHFJob, ws: Workspace) -> RLHFResult:
     scorer = RewardScorer(ws, job.reward_model, gen)
     max_ctx = ws.qa.max_context_tokens
     rng = random.Random(job.train.seed)
-    eval_prompts = rng.sample(records, min(len(records), 8))
+    eval_prompts = rng.sample(records, min(len(records), 4))  # sampled before and after: keep it cheap on a CPU
     rows = [{"prompt": chat_messages(r.question, [cut(gen.tokenizer, c, max_ctx) for c in r.contexts], one_shot=ws.qa.one_shot),
              "question": r.question, "contexts": list(r.contexts)} for r in records]
     run_dir = ws.run_dir("rlhf", job.output)
