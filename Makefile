@@ -33,9 +33,10 @@ demo: install
 	@echo "Serve it over HTTP: .venv/bin/ragqa keys create me && .venv/bin/ragqa serve"
 	@echo "Then open the web UI at http://127.0.0.1:8000/ (paste the key; API docs at http://127.0.0.1:8000/docs)"
 
-# The web UI tests drive Debian's Chromium (apt packages chromium + chromium-driver): installed here when missing.
+# The web UI tests drive Debian's Chromium (apt packages chromium + chromium-driver) and the HTML loader tests read
+# the Python docs (python3.11-doc, also the ingestion benchmark's corpus): installed here when missing.
 test: install
-	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -d /usr/share/doc/python3.11/html ]; then :; \
 	else \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; else SUDO=none; fi; \
 	  if [ "$$SUDO" = none ]; then \
@@ -44,8 +45,8 @@ test: install
 	  else \
 	    echo "Installing chromium and chromium-driver for the web UI tests (apt-get)"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null \
-	      || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; } \
+	    $$SUDO apt-get install -y -q chromium chromium-driver python3.11-doc >/dev/null \
+	      || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver python3.11-doc >/dev/null; } \
 	      || echo "NOTE: could not install chromium/chromium-driver; the web UI tests will be skipped (or fail when CI=true)"; \
 	  fi; \
 	fi
