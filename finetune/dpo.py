@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from finetune.adapters import AdapterInfo
 from finetune.config import DPOJob
 from finetune.data import Example, file_sha256, read_jsonl
 from finetune.examples import cut, tokenize_pair
 from finetune.runner import (
+    TrainResult,
     FinetuneError,
     RunStats,
     Workspace,
@@ -20,24 +19,15 @@ from finetune.runner import (
     prepare_run_dir,
     save_continuation,
     set_threads,
+    split_holdout,
     start_policy,
     trainable_parameters,
     trainer_kwargs,
 )
-from finetune.sft import split
 from rag.generator import Generator
 from rag.prompts import chat_messages
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class DPOResult:
-    adapter: AdapterInfo
-    metrics: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"adapter": self.adapter.to_dict(), "metrics": self.metrics}
 
 
 def dpo_features(gen: Generator, examples: list[Example], max_context_tokens: int, one_shot: bool,
@@ -62,7 +52,7 @@ def _pick(metrics: dict[str, float], key: str) -> float | None:
     return None if v is None else round(float(v), 4)
 
 
-def run_dpo(job: DPOJob, ws: Workspace) -> DPOResult:
+def run_dpo(job: DPOJob, ws: Workspace) -> TrainResult:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -74,10 +64,7 @@ def run_dpo(job: DPOJob, ws: Workspace) -> DPOResult:
     rows = dpo_features(gen, records, ws.qa.max_context_tokens, ws.qa.one_shot, job.train.max_length)
     if len(rows) < 4:
         raise FinetuneError(f"only {len(rows)} preference pairs fit train.max_length={job.train.max_length}; need 4")
-    train_rows, eval_rows = split(rows, job.train.eval_split or 0.2, job.train.seed)
-    if not eval_rows:
-        cut_at = max(1, len(rows) // 4)
-        train_rows, eval_rows = rows[cut_at:], rows[:cut_at]
+    train_rows, eval_rows = split_holdout(rows, job.train.eval_split, job.train.seed, always=True)
     model.train()
     run_dir = ws.run_dir("dpo", job.output)
     resume = prepare_run_dir(run_dir, job.resume)
@@ -103,4 +90,4 @@ def run_dpo(job: DPOJob, ws: Workspace) -> DPOResult:
         "data": {"path": str(job.data), "sha256": file_sha256(job.data), "records": len(records)},
         "metrics": metrics,
     })
-    return DPOResult(info, metrics)
+    return TrainResult(info, metrics)

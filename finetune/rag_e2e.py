@@ -14,18 +14,17 @@ training; the posterior over them is recomputed from the trainable query encoder
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from finetune.adapters import AdapterInfo
 from finetune.config import RAGJob
 from finetune.data import file_sha256, read_jsonl
 from finetune.examples import contains_answer, tokenize_pair
 from finetune.runner import (
+    TrainResult,
     FinetuneError,
     RunStats,
     Workspace,
@@ -44,15 +43,6 @@ from rag.qa import format_contexts
 logger = logging.getLogger(__name__)
 
 QUERY_ENCODER_DIR = "query_encoder"
-
-
-@dataclass
-class RAGResult:
-    adapter: AdapterInfo
-    metrics: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"adapter": self.adapter.to_dict(), "metrics": self.metrics}
 
 
 # -- the loss (pure tensor code) ------------------------------------------------------------------
@@ -190,7 +180,7 @@ class RAGLoss(torch.nn.Module):
         return {"loss": marginal_nll(tok, doc_lp, mask, self.mode)}
 
 
-def run_rag(job: RAGJob, ws: Workspace) -> RAGResult:
+def run_rag(job: RAGJob, ws: Workspace) -> TrainResult:
     from transformers import Trainer, TrainingArguments
 
     check_output_free(ws, job)
@@ -272,7 +262,7 @@ def run_rag(job: RAGJob, ws: Workspace) -> RAGResult:
     })
     if qenc is not None:
         qenc.save(info.path / QUERY_ENCODER_DIR)
-    return RAGResult(info, metrics)
+    return TrainResult(info, metrics)
 
 
 @torch.no_grad()

@@ -4,17 +4,16 @@ on the pairwise loss -log sigmoid(r_chosen - r_rejected)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from finetune.adapters import AdapterInfo, AdapterRegistryError
+from finetune.adapters import AdapterRegistryError
 from finetune.config import RewardJob
 from finetune.data import Example, file_sha256, read_jsonl
 from finetune.examples import tokenize_pair
 from finetune.runner import (
+    TrainResult,
     FinetuneError,
     RunStats,
     Workspace,
@@ -23,23 +22,14 @@ from finetune.runner import (
     prepare_run_dir,
     save_adapter,
     set_threads,
+    split_holdout,
     trainable_parameters,
     trainer_kwargs,
 )
-from finetune.sft import split
 from rag.generator import Generator
 from rag.models import prepare_generator
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RewardResult:
-    adapter: AdapterInfo
-    metrics: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"adapter": self.adapter.to_dict(), "metrics": self.metrics}
 
 
 def preference_features(gen: Generator, examples: list[Example], max_context_tokens: int, one_shot: bool) -> list[dict[str, list[int]]]:
@@ -63,7 +53,7 @@ def load_backbone_classifier(ws: Workspace):
     return model
 
 
-def run_reward(job: RewardJob, ws: Workspace) -> RewardResult:
+def run_reward(job: RewardJob, ws: Workspace) -> TrainResult:
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
@@ -76,10 +66,7 @@ def run_reward(job: RewardJob, ws: Workspace) -> RewardResult:
     rows = [r for r in rows if max(len(r["chosen_ids"]), len(r["rejected_ids"])) <= job.train.max_length]
     if len(rows) < 4:
         raise FinetuneError(f"only {len(rows)} preference pairs fit train.max_length={job.train.max_length}; need 4")
-    train_rows, eval_rows = split(rows, job.train.eval_split or 0.2, job.train.seed)
-    if not eval_rows:  # tiny sets: still report accuracy on a held-out quarter
-        cut_at = max(1, len(rows) // 4)
-        train_rows, eval_rows = rows[cut_at:], rows[:cut_at]
+    train_rows, eval_rows = split_holdout(rows, job.train.eval_split, job.train.seed, always=True)
     model = load_backbone_classifier(ws)
     model.config.pad_token_id = tok.pad_token_id
     run_dir = ws.run_dir("reward", job.output)
@@ -108,7 +95,7 @@ def run_reward(job: RewardJob, ws: Workspace) -> RewardResult:
         "data": {"path": str(job.data), "sha256": file_sha256(job.data), "records": len(records)},
         "metrics": metrics,
     })
-    return RewardResult(info, metrics)
+    return TrainResult(info, metrics)
 
 
 class RewardScorer:

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from finetune.adapters import AdapterInfo
 from finetune.config import RLHFJob
 from finetune.data import Example, file_sha256, read_jsonl
 from finetune.examples import cut
 from finetune.reward import RewardScorer
 from finetune.runner import (
+    TrainResult,
     RunStats,
     Workspace,
     check_output_free,
@@ -32,15 +31,6 @@ from rag.generator import Generator
 from rag.prompts import chat_messages
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RLHFResult:
-    adapter: AdapterInfo
-    metrics: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"adapter": self.adapter.to_dict(), "metrics": self.metrics}
 
 
 def _completion_text(completion: Any) -> str:
@@ -105,7 +95,7 @@ def policy_stats(model, gen: Generator, scorer: RewardScorer, prompts: list[Exam
     return {"reward": sum(rewards) / n, "kl": sum(kls) / max(1, len(kls)), "length": sum(lengths) / max(1, len(lengths))}
 
 
-def run_rlhf(job: RLHFJob, ws: Workspace) -> RLHFResult:
+def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -155,4 +145,4 @@ def run_rlhf(job: RLHFJob, ws: Workspace) -> RLHFResult:
         "data": {"path": str(job.prompts), "sha256": file_sha256(job.prompts), "records": len(records)},
         "metrics": metrics,
     })
-    return RLHFResult(info, metrics)
+    return TrainResult(info, metrics)

@@ -66,6 +66,31 @@ class Workspace:
 
 
 @dataclass
+class TrainResult:
+    """What every fine-tune command returns: the saved adapter and the run's metrics."""
+
+    adapter: AdapterInfo
+    metrics: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"adapter": self.adapter.to_dict(), "metrics": self.metrics}
+
+
+def split_holdout(rows: list, eval_split: float, seed: int, *, always: bool = False) -> tuple[list, list]:
+    """(train, eval) with ``eval_split`` of the rows held out (seeded). Sets under 10 rows are not split,
+    unless ``always`` (pairwise accuracy needs held-out pairs): then at least 20%, at least one row."""
+    import random
+
+    share = max(eval_split, 0.2) if always else eval_split
+    if share <= 0 or (len(rows) < 10 and not always):
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = set(order[: max(1, int(round(len(rows) * share)))])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+@dataclass
 class RunStats:
     """Wall time and peak memory of a run."""
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-import random
-from dataclasses import dataclass
 from typing import Any
 
-from finetune.adapters import AdapterInfo
 from finetune.config import SFTJob
 from finetune.data import file_sha256, read_jsonl
 from finetune.examples import build_sft_examples
 from finetune.runner import (
+    TrainResult,
     FinetuneError,
     RunStats,
     Workspace,
@@ -21,20 +19,12 @@ from finetune.runner import (
     prepare_run_dir,
     save_adapter,
     set_threads,
+    split_holdout,
     trainable_parameters,
     trainer_kwargs,
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SFTResult:
-    adapter: AdapterInfo
-    metrics: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"adapter": self.adapter.to_dict(), "metrics": self.metrics}
 
 
 def answer_only_loss(model, inputs: dict[str, Any], num_items_in_batch=None) -> tuple[Any, Any]:
@@ -83,17 +73,7 @@ def sft_trainer_class():
     return AnswerOnlySFTTrainer
 
 
-def split(examples: list, eval_split: float, seed: int) -> tuple[list, list]:
-    if eval_split <= 0 or len(examples) < 10:
-        return examples, []
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, int(round(len(examples) * eval_split)))
-    held = set(order[:n_eval])
-    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
-
-
-def run_sft(job: SFTJob, ws: Workspace) -> SFTResult:
+def run_sft(job: SFTJob, ws: Workspace) -> TrainResult:
     from datasets import Dataset
     from peft import get_peft_model
     from trl import SFTConfig
@@ -120,7 +100,7 @@ def run_sft(job: SFTJob, ws: Workspace) -> SFTResult:
             f"only {len(examples)} usable training example(s) from {len(records)} records ({report.to_dict()}); "
             "check that answers occur in the contexts or the collection, or raise train.max_length"
         )
-    train_ex, eval_ex = split(examples, job.train.eval_split, job.train.seed)
+    train_ex, eval_ex = split_holdout(examples, job.train.eval_split, job.train.seed)
     logger.info("SFT: %d train / %d eval examples, %s", len(train_ex), len(eval_ex), report.to_dict())
 
     run_dir = ws.run_dir("sft", job.output)
@@ -166,7 +146,7 @@ def run_sft(job: SFTJob, ws: Workspace) -> SFTResult:
         "metrics": metrics,
     })
     logger.info("saved adapter %s to %s", info.name, info.path)
-    return SFTResult(info, metrics)
+    return TrainResult(info, metrics)
 
 
 def _losses(trainer) -> list[float]:
