@@ -571,6 +571,11 @@ app.add_typer(feedback_app, name="feedback")
 
 
 def main() -> None:
+    import warnings
+
+    # Library deprecation notices (e.g. transformers' past_key_values -> cache rename) are for developers;
+    # they would land in the middle of a streamed answer. Tests still see them.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     app()
 
 
