@@ -17,7 +17,8 @@ from finetune.adapters import AdapterInfo, AdapterRegistry
 from finetune.config import BaseJob, LoraOptions
 from ingest.config import IngestConfig
 from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
-from rag.generator import Generator
+from ingest.hardware import cpu_fast_bf16
+from rag.generator import Generator, pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,11 @@ class Workspace:
 
     def base_generator(self) -> Generator:
         """A fresh generator (its own copy of the weights, so training never touches a served model)."""
-        gen = Generator(self.generator, self.models_dir, self.home / "adapters")
+        config = self.generator
+        if config.dtype == "auto" and pick_device(config.device).type == "cpu":
+            # float32 master weights on a CPU; the trainer adds bf16 autocast where the CPU has AMX
+            config = config.model_copy(update={"dtype": "float32"})
+        gen = Generator(config, self.models_dir, self.home / "adapters")
         gen.warm_up()
         return gen
 
@@ -164,7 +169,7 @@ def trainer_kwargs(job: BaseJob, run_dir: Path, *, has_eval: bool) -> dict[str, 
         data_seed=t.seed,
         report_to="none",
         use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=torch.cuda.is_bf16_supported() if cuda else cpu_fast_bf16(),  # CPU: autocast, ~1.9x a step with AMX
         gradient_checkpointing=t.gradient_checkpointing,
         dataloader_num_workers=0,
         disable_tqdm=False,

@@ -60,7 +60,8 @@ def sft_trainer_class():
     class AnswerOnlySFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
-            loss, (correct, n) = answer_only_loss(model, inputs, num_items_in_batch)
+            with self.accelerator.autocast():  # the loss calls the backbone directly, past accelerate's wrapper
+                loss, (correct, n) = answer_only_loss(model, inputs, num_items_in_batch)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes
             n_all = self.accelerator.gather_for_metrics(n).sum()

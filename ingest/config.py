@@ -13,7 +13,12 @@ class EmbedderConfig(BaseModel):
         description="Bundled name, local sentence-transformers folder, or hub id (where a hub is reachable).",
     )
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
-        "auto", description="Embedding backend; auto = onnx-int8 on CPU (cached ONNX), torch fp16 on GPU."
+        "auto",
+        description="Embedding backend; auto = torch fp16 on GPU, torch bf16 on CPUs with AMX, else onnx-int8 (cached ONNX).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weights of the torch backend; auto = float16 on GPU, bfloat16 on CPUs with AMX, else float32.",
     )
     batch_size: int = Field(64, ge=1, le=4096)
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")

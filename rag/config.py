@@ -14,7 +14,9 @@ class GeneratorConfig(BaseModel):
     )
     gguf_file: str | None = Field(None, description="GGUF file inside `model` when it is a GGUF folder.")
     device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
-    dtype: str = Field("auto", description="'auto' (float32 on CPU, bfloat16 on GPU), 'float32', 'bfloat16', 'float16'.")
+    dtype: str = Field(
+        "auto", description="'auto' (bfloat16 on GPU and on CPUs with AMX, else float32), 'float32', 'bfloat16', 'float16'."
+    )
 
 
 class BM25Config(BaseModel):

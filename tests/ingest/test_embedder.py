@@ -7,9 +7,11 @@ import pathlib
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 import pytest
 
 from ingest import embedder as E
+from ingest import hardware
 from ingest import onnx_export
 from ingest.config import EmbedderConfig
 from ingest.errors import ModelNotFoundError
@@ -172,6 +174,26 @@ class TestOnnxTinyModel:
         emb = E.load_embedder(config("auto", model=str(tiny_st_model), device="cpu"))
         assert isinstance(emb, E.TorchEmbedder)
 
+    def test_auto_on_a_cpu_without_amx_uses_onnx_int8(self, tiny_st_model, tmp_path, monkeypatch):
+        monkeypatch.setenv(hardware.ENV_OVERRIDE, "0")
+        emb = E.load_embedder(config("auto", model=str(tiny_st_model), device="cpu"), cache_dir=tmp_path)
+        assert isinstance(emb, E.OnnxEmbedder) and emb.backend == "onnx-int8"
+
+    def test_auto_on_a_cpu_with_amx_uses_torch_bf16(self, tiny_st_model, tmp_path, monkeypatch):
+        monkeypatch.setenv(hardware.ENV_OVERRIDE, "1")
+        emb = E.load_embedder(config("auto", model=str(tiny_st_model), device="cpu"), cache_dir=tmp_path)
+        assert isinstance(emb, E.TorchEmbedder) and emb.dtype == "bfloat16"
+        assert next(emb.model.parameters()).dtype == torch.bfloat16
+        vecs = emb.embed_documents(TEXTS)
+        assert vecs.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+        assert not list(tmp_path.glob("onnx/*/model.onnx"))  # nothing exported that will not run
+
+    def test_explicit_dtype_wins_over_detection(self, tiny_st_model, monkeypatch):
+        monkeypatch.setenv(hardware.ENV_OVERRIDE, "1")
+        emb = E.load_embedder(config("torch", model=str(tiny_st_model), device="cpu", dtype="float32"))
+        assert emb.dtype == "float32" and next(emb.model.parameters()).dtype == torch.float32
+
 
 # -- the real bundled model -------------------------------------------------------------------------
 
@@ -183,7 +205,8 @@ def bundled_cache(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def torch_minilm():
-    return E.load_embedder(config("torch", device="cpu"))
+    """The float32 reference every other backend is compared with."""
+    return E.load_embedder(config("torch", device="cpu", dtype="float32"))
 
 
 @pytest.mark.slow
@@ -211,6 +234,13 @@ class TestBundledModel:
         assert (emb.name, emb.dim, emb.max_tokens) == (torch_minilm.name, 384, 256)
         texts = [*TEXTS, *PARAPHRASE]
         assert cosine_rows(emb.embed_documents(texts), torch_minilm.embed_documents(texts)).min() > threshold
+        a, b, c = emb.embed_documents([*PARAPHRASE, UNRELATED])
+        assert a @ b > a @ c + 0.3
+
+    def test_bf16_weights_agree_with_fp32(self, torch_minilm):
+        emb = E.load_embedder(config("torch", device="cpu", dtype="bfloat16"))
+        texts = [*TEXTS, *PARAPHRASE]
+        assert cosine_rows(emb.embed_documents(texts), torch_minilm.embed_documents(texts)).min() > 0.999
         a, b, c = emb.embed_documents([*PARAPHRASE, UNRELATED])
         assert a @ b > a @ c + 0.3
 
