@@ -240,7 +240,7 @@ def eval_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate on SQuAD-format data: recall@k, EM, F1, abstention, latency, tokens/s."""
-    from rag.evaluate import calibrate, compute_metrics, load_squad, run_eval, sample_examples
+    from rag.evaluate import calibrate, compute_metrics, load_squad, run_eval, sample_examples, thresholds
     from rag.generator import AdapterError
     from rag.qa import QAError
 
@@ -259,7 +259,7 @@ def eval_cmd(
         fail(str(exc), as_json)
         return
     cfg = settings().qa
-    metrics = compute_metrics(records, cfg.abstain_min_score, cfg.abstain_min_logprob).to_dict()
+    metrics = compute_metrics(records, **thresholds(cfg)).to_dict()
     metrics.update({"mode": mode or cfg.mode, "k": k or settings().retriever.k, "adapter": adapter, "collection": collection})
     if calibrate_:
         metrics["calibration"] = calibrate(records)
@@ -275,7 +275,8 @@ def eval_cmd(
     if calibrate_:
         c = metrics["calibration"]
         out.print(f"calibrated thresholds: RAGQA_QA__ABSTAIN_MIN_SCORE={c['min_score']} "
-                  f"RAGQA_QA__ABSTAIN_MIN_LOGPROB={c['min_logprob']}")
+                  f"RAGQA_QA__ABSTAIN_MIN_LOGPROB={c['min_logprob']} "
+                  f"RAGQA_QA__ABSTAIN_MAX_IDK_MARGIN={c['max_idk_margin']}")
 
 
 # -- collections --------------------------------------------------------------------------

@@ -49,6 +49,12 @@ def split_articles(squad: dict, held_out: int) -> tuple[list[dict], dict]:
     return train, {"version": squad.get("version", "v2.0"), "data": [arts[held_out]]}
 
 
+def majority_answer(answers: list[dict]) -> str:
+    """The answer most annotators gave (ties: the shortest): the usual single SQuAD training target."""
+    texts = [a["text"].strip() for a in answers if a.get("text", "").strip()]
+    return min(set(texts), key=lambda t: (-texts.count(t), len(t), t))
+
+
 def sft_records(articles: list[dict]) -> list[dict[str, Any]]:
     out = []
     for a in articles:
@@ -56,7 +62,7 @@ def sft_records(articles: list[dict]) -> list[dict[str, Any]]:
             for q in p["qas"]:
                 if q.get("is_impossible") or not q.get("answers"):
                     continue
-                out.append({"question": q["question"], "answer": q["answers"][0]["text"], "context": p["context"]})
+                out.append({"question": q["question"], "answer": majority_answer(q["answers"]), "context": p["context"]})
     return out
 
 

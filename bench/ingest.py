@@ -178,7 +178,10 @@ def ragqa_worker(action: str, collection: str, squad: pathlib.Path, limit: int |
     settings = Settings()
     ws = Workspace(settings.home, settings.ingest)
     emb = ws.embedder
-    info = {"embedder": emb.name, "backend": getattr(emb, "backend", type(emb).__name__)}
+    backend = getattr(emb, "backend", type(emb).__name__)
+    if getattr(emb, "dtype", None):  # the torch backend: its weight dtype (bf16 on AMX CPUs)
+        backend = f"{backend} {emb.dtype}"
+    info = {"embedder": emb.name, "backend": backend}
     if action == "prepare":
         emb.embed_query("warm up")
         print(json.dumps(info))

@@ -40,6 +40,7 @@ over K=4 documents (one batched prefill + one K-row forward per token) against K
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -202,7 +203,7 @@ def _record(ex, ans):
         model_abstained=ans.abstained, retrieval_hit=retrieval_hit([c.text for c in ans.citations], ex.answers),
         max_score=ans.max_retrieval_score, mean_logprob=ans.mean_token_logprob,
         latency_s=ans.timings.get("total_s", 0.0), generate_s=ans.timings.get("generate_s", 0.0),
-        tokens=ans.generated_tokens,
+        tokens=ans.generated_tokens, raw_prediction=ans.raw_answer, idk_margin=ans.idk_margin,
     )
 
 
@@ -322,7 +323,7 @@ def open_pipeline(home: pathlib.Path):
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from rag.evaluate import compute_metrics, load_squad, sample_examples
+    from rag.evaluate import compute_metrics, load_squad, sample_examples, thresholds
 
     home = pathlib.Path(args.home or os.environ.get("RAGQA_HOME") or tempfile.mkdtemp(prefix="ragqa-bench-qa-")).expanduser()
     settings, ws, qa = open_pipeline(home)
@@ -388,13 +389,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for s in systems:
         results["systems"][s] = rows[s].summary()
         results["systems"][s]["examples"] = rows[s].examples[:5]
+        results["systems"][s]["records"] = [dataclasses.asdict(r) for r in rows[s].records]  # --json: every answer
     for m in modes:
         recs = rows[m].records
         answerable_recs = [r for r in recs if not r.impossible]
         results["systems"][m]["recall_at_k"] = compute_metrics(answerable_recs).recall_at_k
         if m in abstain_modes:
             off = compute_metrics(recs)
-            on = compute_metrics(recs, cfg.abstain_min_score, cfg.abstain_min_logprob)
+            on = compute_metrics(recs, **thresholds(cfg))
             results["abstention"][m] = {"off": off.to_dict(), "on": on.to_dict()}
         if args.calibrate:
             from rag.evaluate import calibrate
@@ -493,7 +495,8 @@ def render(res: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> st
         lines.append("")
     if res["abstention"]:
         lines.append(f"Abstention on the unanswerable questions, thresholds = `QAConfig` defaults "
-                     f"(abstain_min_score={cfg['abstain_min_score']}, abstain_min_logprob={cfg['abstain_min_logprob']}), "
+                     f"(abstain_min_score={cfg['abstain_min_score']}, abstain_min_logprob={cfg['abstain_min_logprob']}, "
+                     f"abstain_max_idk_margin={cfg.get('abstain_max_idk_margin')}), "
                      f"calibrated with `bench/qa.py --calibrate --seed {args.calibration_seed}` on a different sample than "
                      f"this one (seed {res['seed']}); the model's own \"I don't know\" counts as an abstention in both rows:")
         lines.append("")
@@ -590,10 +593,11 @@ def main(argv: list[str] | None = None) -> int:
             c = a.get("calibration")
             if c:
                 print(f"{m}: RAGQA_QA__ABSTAIN_MIN_SCORE={c['min_score']} RAGQA_QA__ABSTAIN_MIN_LOGPROB={c['min_logprob']} "
+                      f"RAGQA_QA__ABSTAIN_MAX_IDK_MARGIN={c['max_idk_margin']} "
                       f"-> {json.dumps({k: c['metrics'][k] for k in ('f1', 'em', 'abstain_precision', 'abstain_recall', 'abstain_rate_answerable')})}")
                 print(f"   without thresholds: F1 {a['off']['f1']:.3f}")
         for s, r in res["systems"].items():
-            print(s, {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items() if k != "examples"})
+            print(s, {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items() if k not in ("examples", "records")})
         return 0
     body = render(res, args, argv)
     print(body)

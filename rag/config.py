@@ -73,3 +73,10 @@ class QAConfig(BaseModel):
     abstain_min_logprob: float | None = Field(
         None, description="Abstain when the answer's mean per-token marginal log-likelihood is below this."
     )
+    abstain_max_idk_margin: float | None = Field(
+        None,
+        description=(
+            "Abstain when the model prefers its own \"I don't know.\": mean per-token marginal log p(I don't know.) "
+            "minus the answer's is above this (the null-answer score of SQuAD 2.0 readers; 0 = whichever is likelier)."
+        ),
+    )

@@ -22,6 +22,7 @@ The maths lives in :mod:`rag.marginalize`; this module only runs the model.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 import logging
@@ -67,11 +68,14 @@ class RagSequenceHypothesis:
         logprob: marginal log p(y|x) (thorough), or its fast-decoding approximation.
         doc_posterior: ``K`` floats, p(z_k | x, y) — the citation weights of this answer
             (fast decoding: 0 for documents that did not generate it).
+        reference_logprob: marginal log p(reference|x) of the ``reference_ids`` passed to
+            :func:`rag_sequence_generate` (thorough decoding), the same on every hypothesis; or None.
     """
 
     token_ids: list[int]
     logprob: float
     doc_posterior: list[float]
+    reference_logprob: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,11 +88,14 @@ class RagTokenOutput:
             (of the model's distribution, before temperature / top-p).
         doc_contributions: ``K`` floats summing to 1, each document's share of the chosen
             tokens' probability averaged over tokens (see :func:`rag.marginalize.token_contributions`).
+        reference_logprob: log p(reference|x) under RAG-Token of the ``reference_ids`` passed to
+            :func:`rag_token_generate` (e.g. "I don't know."), or None.
     """
 
     token_ids: list[int]
     logprob: float
     doc_contributions: list[float]
+    reference_logprob: float | None = None
 
 
 # --------------------------------------------------------------------------- batching helpers
@@ -352,6 +359,7 @@ def rag_sequence_generate(
     num_beams: int = 1,
     decoding: Literal["thorough", "fast"] = "thorough",
     pad_token_id: int | None = None,
+    reference_ids: Sequence[int] | None = None,
 ) -> list[RagSequenceHypothesis]:
     """RAG-Sequence decoding: candidates per document, ranked by the marginal over documents.
 
@@ -372,6 +380,9 @@ def rag_sequence_generate(
         eos_token_ids: id(s) that end an answer (kept as the last token of a candidate).
         num_beams: beam width per document (1 = greedy).
         decoding: ``"thorough"`` or ``"fast"``.
+        reference_ids: a fixed continuation (e.g. the abstention text, with its eos) scored with the
+            candidates in thorough decoding (one more candidate row); its marginal is returned as
+            every hypothesis' ``reference_logprob``. It is a hypothesis only if it was also generated.
 
     Returns:
         Hypotheses sorted by decreasing ``logprob``.
@@ -417,6 +428,14 @@ def rag_sequence_generate(
             candidates.append(ids)
         origin.append((row, row // num_beams, index[key]))
 
+    n_generated = len(candidates)
+    ref_index = None
+    if reference_ids and decoding == "thorough":
+        ref_key = tuple(reference_ids)
+        if ref_key not in index:
+            index[ref_key] = len(candidates)
+            candidates.append(list(reference_ids))
+        ref_index = index[ref_key]
     n_cands = len(candidates)
     length = max(len(c) for c in candidates)
     mask = torch.zeros((n_cands, length), dtype=torch.bool, device=device)
@@ -433,10 +452,12 @@ def rag_sequence_generate(
         joint = torch.where(generated_by, doc_logprobs + token_lp.sum(-1), float("-inf"))
         posterior = torch.softmax(joint, dim=-1)
 
-    order = torch.argsort(marginal, descending=True).tolist()
+    reference = float(marginal[ref_index]) if ref_index is not None else None
+    order = [c for c in torch.argsort(marginal, descending=True).tolist() if c < n_generated]
     return [
         RagSequenceHypothesis(
-            token_ids=candidates[c], logprob=float(marginal[c]), doc_posterior=posterior[c].tolist()
+            token_ids=candidates[c], logprob=float(marginal[c]), doc_posterior=posterior[c].tolist(),
+            reference_logprob=reference,
         )
         for c in order
     ]
@@ -506,6 +527,26 @@ def _sample_token(
 
 
 @torch.inference_mode()
+@torch.inference_mode()
+def _score_fixed(model: torch.nn.Module, state: PrefillState, ids: Sequence[int]) -> torch.Tensor:
+    """Teacher-forced ``(R, T)`` log p(ids_i | prompt_r, ids_<i) for every row of a fresh prefill,
+    leaving ``state`` as it was: the T-1 appended cache positions are cropped off again."""
+    ids_t = torch.as_tensor(list(ids), dtype=torch.long, device=state.attention_mask.device)
+    first = state.next_logprobs[:, ids_t[0]].unsqueeze(-1)  # (R, 1)
+    if len(ids) == 1:
+        return first
+    rows, extra = state.num_rows, len(ids) - 1
+    mask = torch.cat([state.attention_mask, state.attention_mask.new_ones((rows, extra))], dim=-1)
+    offsets = torch.arange(extra, device=mask.device).unsqueeze(0)
+    logits = model(
+        input_ids=ids_t[:-1].unsqueeze(0).expand(rows, -1), attention_mask=mask,
+        position_ids=state.next_positions + offsets, past_key_values=state.past_key_values, use_cache=True,
+    ).logits.float()  # (R, T-1, V)
+    state.past_key_values.crop(-extra)
+    rest = torch.log_softmax(logits, dim=-1).gather(-1, ids_t[1:].expand(rows, -1).unsqueeze(-1)).squeeze(-1)
+    return torch.cat([first, rest], dim=-1)
+
+
 def rag_token_generate(
     model: torch.nn.Module,
     prompt_ids: Sequence[Sequence[int]],
@@ -521,6 +562,7 @@ def rag_token_generate(
     stream_callback: Callable[[int], None] | None = None,
     length_penalty: float = 1.0,
     pad_token_id: int | None = None,
+    reference_ids: Sequence[int] | None = None,
 ) -> RagTokenOutput:
     """RAG-Token decoding: mix the K documents' next-token distributions at every step.
 
@@ -540,6 +582,9 @@ def rag_token_generate(
         stream_callback: called with each chosen token id as soon as it is chosen (greedy / sample),
             except eos tokens; ignored for beam search, whose tokens are final only at the end.
         length_penalty: beam search ranks finished beams by ``logprob / len**length_penalty``.
+        reference_ids: a fixed continuation (e.g. the abstention text) whose RAG-Token log-probability
+            is computed from the same prefill (one extra forward of K rows x len tokens, then the
+            cache is cropped back) and returned as ``reference_logprob``.
 
     Returns:
         :class:`RagTokenOutput` (for beam search, the best finished beam).
@@ -556,8 +601,12 @@ def rag_token_generate(
     eos = set(_eos_list(eos_token_ids))
     state = prefill(model, prompt_ids, pad_token_id=pad_token_id)
     doc = doc_logprobs.to(device=state.next_logprobs.device, dtype=torch.float32)
+    reference = None
+    if reference_ids:
+        reference = float(rag_token_sequence_logprob(_score_fixed(model, state, reference_ids), doc))
     if strategy == "beam":
-        return _rag_token_beam(model, state, doc, max_new_tokens, eos, num_beams, length_penalty)
+        out = _rag_token_beam(model, state, doc, max_new_tokens, eos, num_beams, length_penalty)
+        return dataclasses.replace(out, reference_logprob=reference)
 
     n_docs = len(prompt_ids)
     tokens: list[int] = []
@@ -576,7 +625,7 @@ def rag_token_generate(
             stream_callback(token)
         if step + 1 < max_new_tokens:
             _advance(model, state, torch.full((n_docs,), token, dtype=torch.long))
-    return _token_output(tokens, torch.stack(chosen_lp, dim=-1), doc)
+    return dataclasses.replace(_token_output(tokens, torch.stack(chosen_lp, dim=-1), doc), reference_logprob=reference)
 
 
 def _token_output(tokens: list[int], token_lp: torch.Tensor, doc: torch.Tensor) -> RagTokenOutput:

@@ -9,6 +9,7 @@ right / all abstentions, recall = unanswerable questions abstained on / all unan
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import random
@@ -112,13 +113,19 @@ class Record:
     latency_s: float
     generate_s: float
     tokens: int
+    raw_prediction: str = ""  # the model's reply before clean_answer
+    idk_margin: float | None = None  # mean per-token log p("I don't know.") - the answer's
 
-    def abstains(self, min_score: float | None, min_logprob: float | None) -> bool:
+    def abstains(
+        self, min_score: float | None, min_logprob: float | None, max_idk_margin: float | None = None
+    ) -> bool:
         if self.model_abstained:
             return True
         if min_score is not None and self.max_score is not None and self.max_score < min_score:
             return True
         if min_logprob is not None and self.mean_logprob is not None and self.mean_logprob < min_logprob:
+            return True
+        if max_idk_margin is not None and self.idk_margin is not None and self.idk_margin > max_idk_margin:
             return True
         return False
 
@@ -138,6 +145,7 @@ class Metrics:
     tokens_per_s: float
     min_score: float | None = None
     min_logprob: float | None = None
+    max_idk_margin: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,19 +154,39 @@ class Metrics:
         return d
 
 
-def compute_metrics(records: list[Record], min_score: float | None = None, min_logprob: float | None = None) -> Metrics:
+def thresholds(config: Any) -> dict[str, float | None]:
+    """The abstention thresholds of a :class:`rag.config.QAConfig`, as keyword arguments of :func:`compute_metrics`."""
+    return {
+        "min_score": config.abstain_min_score,
+        "min_logprob": config.abstain_min_logprob,
+        "max_idk_margin": getattr(config, "abstain_max_idk_margin", None),
+    }
+
+
+@functools.lru_cache(maxsize=65536)
+def _em_f1(prediction: str, golds: tuple[str, ...]) -> tuple[float, float]:
+    return best_over_golds(exact_match, prediction, list(golds)), best_over_golds(f1_score, prediction, list(golds))
+
+
+def compute_metrics(
+    records: list[Record],
+    min_score: float | None = None,
+    min_logprob: float | None = None,
+    max_idk_margin: float | None = None,
+) -> Metrics:
     answerable = [r for r in records if not r.impossible]
     impossible = [r for r in records if r.impossible]
     em = f1 = 0.0
     abstained_answerable = 0
     for r in answerable:
-        if r.abstains(min_score, min_logprob):
+        if r.abstains(min_score, min_logprob, max_idk_margin):
             abstained_answerable += 1
             continue
-        em += best_over_golds(exact_match, r.prediction, r.golds)
-        f1 += best_over_golds(f1_score, r.prediction, r.golds)
+        e, f = _em_f1(r.prediction, tuple(r.golds))
+        em += e
+        f1 += f
     n = max(len(answerable), 1)
-    abst_imp = sum(r.abstains(min_score, min_logprob) for r in impossible)
+    abst_imp = sum(r.abstains(min_score, min_logprob, max_idk_margin) for r in impossible)
     abst_all = abst_imp + abstained_answerable
     lat = np.array([r.latency_s for r in records]) if records else np.zeros(1)
     gen_s = sum(r.generate_s for r in records)
@@ -177,40 +205,45 @@ def compute_metrics(records: list[Record], min_score: float | None = None, min_l
         tokens_per_s=toks / gen_s if gen_s > 0 else 0.0,
         min_score=min_score,
         min_logprob=min_logprob,
+        max_idk_margin=max_idk_margin,
     )
 
 
 def calibrate(records: list[Record], max_f1_drop: float = 0.10) -> dict[str, Any]:
     """Thresholds that catch the most unanswerable questions while answerable F1 drops < ``max_f1_drop``.
 
-    Searches the retrieval-score and answer-likelihood thresholds (each alone and both together)
-    over the observed values; returns the best pair and the metrics it gives on ``records``.
+    Searches the retrieval-score, answer-likelihood and "I don't know" margin thresholds (each alone
+    and together) over quantiles of the observed values; returns the best triple (most abstention
+    recall, then precision) and the metrics it gives on ``records``.
     """
     base = compute_metrics(records)
+    none = {"min_score": None, "min_logprob": None, "max_idk_margin": None}
     if not any(r.impossible for r in records):
-        return {"min_score": None, "min_logprob": None, "metrics": base.to_dict()}
-    scores = sorted({round(r.max_score, 4) for r in records if r.max_score is not None})
-    lps = sorted({round(r.mean_logprob, 4) for r in records if r.mean_logprob is not None})
+        return {**none, "metrics": base.to_dict()}
 
-    def grid(values: list[float]) -> list[float | None]:
+    def grid(values: list[float], upper: bool = False) -> list[float | None]:
         if not values:
             return [None]
-        qs = np.quantile(values, np.linspace(0, 0.8, 33))
-        return [None] + sorted({float(q) for q in qs})
+        qs = np.quantile(values, np.linspace(0.2, 1.0, 17) if upper else np.linspace(0, 0.8, 17))
+        return [None] + sorted({round(float(q), 4) for q in qs})
 
-    best: tuple[float, float, float | None, float | None] | None = None
-    for s in grid(scores):
-        for lp in grid(lps):
-            m = compute_metrics(records, s, lp)
-            if base.f1 > 0 and m.f1 < (1 - max_f1_drop) * base.f1:
-                continue
-            key = (m.abstain_recall or 0.0, m.abstain_precision or 0.0, s, lp)
-            if best is None or key[:2] > best[:2]:
-                best = key
+    scores = grid([r.max_score for r in records if r.max_score is not None])
+    lps = grid([r.mean_logprob for r in records if r.mean_logprob is not None])
+    margins = grid([r.idk_margin for r in records if r.idk_margin is not None], upper=True)
+    best: tuple[float, float, dict[str, float | None]] | None = None
+    for s in scores:
+        for lp in lps:
+            for mg in margins:
+                m = compute_metrics(records, s, lp, mg)
+                if base.f1 > 0 and m.f1 < (1 - max_f1_drop) * base.f1:
+                    continue
+                key = (m.abstain_recall or 0.0, m.abstain_precision or 0.0)
+                if best is None or key > best[:2]:
+                    best = (*key, {"min_score": s, "min_logprob": lp, "max_idk_margin": mg})
     if best is None:
-        return {"min_score": None, "min_logprob": None, "metrics": base.to_dict()}
-    _, _, s, lp = best
-    return {"min_score": s, "min_logprob": lp, "metrics": compute_metrics(records, s, lp).to_dict()}
+        return {**none, "metrics": base.to_dict()}
+    chosen = best[2]
+    return {**chosen, "metrics": compute_metrics(records, **chosen).to_dict()}
 
 
 def retrieval_hit(texts: Sequence[str], golds: Sequence[str]) -> bool:
@@ -244,6 +277,6 @@ def run_eval(
             prediction=ans.answer, model_abstained=ans.abstained, retrieval_hit=retrieval_hit([c.text for c in ans.citations], ex.answers),
             max_score=ans.max_retrieval_score, mean_logprob=ans.mean_token_logprob,
             latency_s=ans.timings.get("total_s", 0.0), generate_s=ans.timings.get("generate_s", 0.0),
-            tokens=ans.generated_tokens,
+            tokens=ans.generated_tokens, raw_prediction=ans.raw_answer, idk_margin=ans.idk_margin,
         ))
     return records

@@ -21,7 +21,7 @@ from ingest.errors import ModelNotFoundError
 from ingest.hardware import cpu_fast_bf16
 from rag.config import GeneratorConfig
 from rag.models import locate_generator, prepare_generator
-from rag.prompts import chat_messages
+from rag.prompts import ABSTAIN_TEXT, chat_messages
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,13 @@ class Generator:
             return list(ids)
         text = "\n\n".join(m["content"] for m in messages) + "\n\nAnswer:"
         return tok.encode(text)
+
+    @property
+    def abstention_ids(self) -> list[int]:
+        """The reply "I don't know." as the model would write it: its tokens, then end-of-turn."""
+        tok = self.tokenizer
+        end = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+        return list(tok.encode(ABSTAIN_TEXT, add_special_tokens=False)) + ([end] if end is not None else [])
 
     def decode(self, ids: Sequence[int]) -> str:
         eos = set(self.eos_token_ids)

@@ -72,6 +72,7 @@ class Answer:
     citations: list[Citation]
     logprob: float | None = None
     mean_token_logprob: float | None = None
+    idk_margin: float | None = None  # mean per-token log p("I don't know.") - the answer's (same marginal)
     max_retrieval_score: float | None = None
     abstain_reason: str | None = None
     raw_answer: str = ""
@@ -177,6 +178,7 @@ class QAPipeline:
 
         gen = self.generator
         contexts = self._contexts(retrieval)
+        idk = gen.abstention_ids
         doc_lp = torch.as_tensor(retrieval.log_posterior, dtype=torch.float32)
         emitted: list[int] = []
         streamed = [""]
@@ -198,26 +200,29 @@ class QAPipeline:
                     model, prompts, torch.zeros(1), max_new_tokens=cfg.max_new_tokens,
                     eos_token_ids=gen.eos_token_ids, strategy=cfg.strategy, num_beams=cfg.num_beams,
                     temperature=cfg.temperature, top_p=cfg.top_p, generator=self._rng(),
-                    stream_callback=stream, pad_token_id=gen.tokenizer.pad_token_id,
+                    stream_callback=stream, pad_token_id=gen.tokenizer.pad_token_id, reference_ids=idk,
                 )
-                tokens, logprob, contrib = out.token_ids, out.logprob, posts
+                tokens, logprob, contrib, idk_lp = out.token_ids, out.logprob, posts, out.reference_logprob
             elif mode == "rag-token":
                 prompts = [gen.prompt_ids(question, [c], one_shot=cfg.one_shot) for c in contexts]
                 out = rag_token_generate(
                     model, prompts, doc_lp, max_new_tokens=cfg.max_new_tokens,
                     eos_token_ids=gen.eos_token_ids, strategy=cfg.strategy, num_beams=cfg.num_beams,
                     temperature=cfg.temperature, top_p=cfg.top_p, generator=self._rng(),
-                    stream_callback=stream, pad_token_id=gen.tokenizer.pad_token_id,
+                    stream_callback=stream, pad_token_id=gen.tokenizer.pad_token_id, reference_ids=idk,
                 )
                 tokens, logprob, contrib = out.token_ids, out.logprob, list(out.doc_contributions)
+                idk_lp = out.reference_logprob
             else:
                 prompts = [gen.prompt_ids(question, [c], one_shot=cfg.one_shot) for c in contexts]
                 hyps = rag_sequence_generate(
                     model, prompts, doc_lp, max_new_tokens=cfg.max_new_tokens, eos_token_ids=gen.eos_token_ids,
                     num_beams=cfg.num_beams, decoding=cfg.decoding, pad_token_id=gen.tokenizer.pad_token_id,
+                    reference_ids=idk,
                 )
                 best = hyps[0]
                 tokens, logprob, contrib = best.token_ids, best.logprob, list(best.doc_posterior)
+                idk_lp = best.reference_logprob
                 if on_token is not None:
                     on_token(gen.decode(tokens))
         t_gen = time.perf_counter() - t1
@@ -228,6 +233,8 @@ class QAPipeline:
         ans.generated_tokens = len(tokens)
         ans.logprob = float(logprob)
         ans.mean_token_logprob = float(logprob) / n_answer
+        if idk_lp is not None:
+            ans.idk_margin = idk_lp / max(1, len(idk) - 1) - ans.mean_token_logprob
         ans.citations = self._citations(retrieval, contrib)
         ans.timings = {"retrieve_s": t_ret, "generate_s": t_gen, "total_s": time.perf_counter() - t0}
         if is_abstention(raw):
@@ -235,6 +242,15 @@ class QAPipeline:
         elif abstain and cfg.abstain_min_logprob is not None and ans.mean_token_logprob < cfg.abstain_min_logprob:
             ans.answer, ans.abstained = ABSTAIN_TEXT, True
             ans.abstain_reason = f"answer likelihood {ans.mean_token_logprob:.3f} < {cfg.abstain_min_logprob:.3f} per token"
+        elif (
+            abstain and cfg.abstain_max_idk_margin is not None and ans.idk_margin is not None
+            and ans.idk_margin > cfg.abstain_max_idk_margin
+        ):
+            ans.answer, ans.abstained = ABSTAIN_TEXT, True
+            ans.abstain_reason = (
+                f"the model finds \"I don't know\" likelier than its answer (margin {ans.idk_margin:.3f} "
+                f"> {cfg.abstain_max_idk_margin:.3f} per token)"
+            )
         else:
             ans.answer = clean_answer(raw)
         return ans

@@ -184,6 +184,21 @@ class TestRagTokenGreedy:
         assert out.doc_contributions == pytest.approx(contributions, abs=1e-5)
         assert sum(out.doc_contributions) == pytest.approx(1.0)
 
+    @pytest.mark.parametrize("strategy", ["greedy", "beam"])
+    def test_reference_is_scored_by_brute_force_and_leaves_the_answer_alone(self, model, strategy) -> None:
+        reference = [7, 3, 11, 5]
+        plain = rag_token_generate(model, PROMPTS, DOC_LOGPROBS, max_new_tokens=6, eos_token_ids=[], strategy=strategy)
+        out = rag_token_generate(
+            model, PROMPTS, DOC_LOGPROBS, max_new_tokens=6, eos_token_ids=[], strategy=strategy, reference_ids=reference
+        )
+        assert out.token_ids == plain.token_ids  # the cache was cropped back after scoring the reference
+        assert math.isclose(out.logprob, plain.logprob, abs_tol=1e-5)
+        assert plain.reference_logprob is None
+        prob, _ = _brute_rag_token(model, PROMPTS, DOC_LOGPROBS, reference)
+        assert math.isclose(out.reference_logprob, math.log(prob), abs_tol=1e-4)
+        one = rag_token_generate(model, PROMPTS, DOC_LOGPROBS, max_new_tokens=2, eos_token_ids=[], reference_ids=[9])
+        assert math.isclose(one.reference_logprob, math.log(_brute_rag_token(model, PROMPTS, DOC_LOGPROBS, [9])[0]), abs_tol=1e-4)
+
     def test_stops_at_eos_and_streams_other_tokens(self, model) -> None:
         free = rag_token_generate(model, PROMPTS, DOC_LOGPROBS, max_new_tokens=6, eos_token_ids=None)
         eos = free.token_ids[2]
@@ -323,6 +338,21 @@ class TestRagSequence:
             joint = [DOC_LOGPROBS[k].exp().item() * _brute_seq_prob(model, PROMPTS[k], h.token_ids) for k in range(4)]
             assert h.doc_posterior == pytest.approx([j / sum(joint) for j in joint], abs=1e-5)
         assert [h.logprob for h in hyps] == sorted((h.logprob for h in hyps), reverse=True)
+
+    def test_reference_is_scored_but_not_offered(self, model) -> None:
+        plain = rag_sequence_generate(model, PROMPTS, DOC_LOGPROBS, max_new_tokens=5, eos_token_ids=self.EOS)
+        reference = [7, 3, 11, 21]
+        hyps = rag_sequence_generate(
+            model, PROMPTS, DOC_LOGPROBS, max_new_tokens=5, eos_token_ids=self.EOS, reference_ids=reference
+        )
+        assert [(h.token_ids, round(h.logprob, 5)) for h in hyps] == [(h.token_ids, round(h.logprob, 5)) for h in plain]
+        expected = math.log(_brute_marginal(model, PROMPTS, DOC_LOGPROBS, reference))
+        assert all(math.isclose(h.reference_logprob, expected, abs_tol=1e-4) for h in hyps)
+        generated = hyps[0].token_ids  # a reference that was also generated keeps its place
+        again = rag_sequence_generate(
+            model, PROMPTS, DOC_LOGPROBS, max_new_tokens=5, eos_token_ids=self.EOS, reference_ids=generated
+        )
+        assert again[0].token_ids == generated and math.isclose(again[0].reference_logprob, again[0].logprob)
 
     def test_fast_greedy_uses_only_generation_scores(self, model) -> None:
         hyps = rag_sequence_generate(
