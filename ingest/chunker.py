@@ -72,8 +72,22 @@ class Chunker:
     def for_tokenizer(cls, config: ChunkingConfig, tokenizer: Any, max_tokens: int | None = None) -> "Chunker":
         """A chunker that counts tokens with a Hugging Face tokenizer."""
 
-        def count(text: str) -> int:
-            return len(tokenizer.encode(text, add_special_tokens=False))
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            # the Rust tokenizer directly: no Python wrapper per piece, no length limit (a piece longer
+            # than the embedder reads is counted in full, then split further)
+            from tokenizers import Tokenizer
+
+            fast = Tokenizer.from_str(backend.to_str())
+            fast.no_truncation()
+            fast.no_padding()
+
+            def count(text: str) -> int:
+                return len(fast.encode(text, add_special_tokens=False).ids)
+        else:
+
+            def count(text: str) -> int:
+                return len(tokenizer.encode(text, add_special_tokens=False))
 
         special = len(tokenizer.encode("", add_special_tokens=True))
         return cls(config, count, max_tokens=max_tokens, special_tokens=special)

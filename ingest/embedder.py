@@ -2,9 +2,11 @@
 
 Backends (chosen by ``EmbedderConfig.backend``, read with ``getattr`` so older configs work):
 
-- ``torch``: sentence-transformers; weights in fp16 on a GPU, bf16 on a CPU with AMX (hardware bf16
-  matmuls: 3.6x fp32 and 1.8x ``onnx-int8`` on a 2-core Xeon, cosine >= 0.9999 to fp32), else fp32
-  (``EmbedderConfig.dtype`` overrides).
+- ``torch``: weights in fp16 on a GPU, bf16 on a CPU with AMX (hardware bf16 matmuls: 3.6x fp32 and
+  1.8x ``onnx-int8`` on a 2-core Xeon, cosine >= 0.9999 to fp32), else fp32 (``EmbedderConfig.dtype``
+  overrides). On a CPU a BERT-like model runs as a plain transformers ``AutoModel`` with the same
+  tokenizer/batching/pooling as the ONNX path (:class:`TransformersEmbedder`: no sentence-transformers
+  import, ~4 s less start-up); anything else goes through sentence-transformers (:class:`TorchEmbedder`).
 - ``onnx``: the transformer exported once to ONNX, fused by the ONNX Runtime optimizer, run by ONNX
   Runtime in fp32 (same vectors as ``torch`` to ~1e-6); tokenisation with the Rust ``tokenizers``.
 - ``onnx-int8``: the same graph with int8 per-channel weights, the most sensitive three in fp32
@@ -21,6 +23,7 @@ back to ``torch`` with a log line. The default model, all-MiniLM-L6-v2, ships in
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -200,12 +203,15 @@ class TorchEmbedder(_BaseEmbedder):
         return _normalise(vecs)  # fp16 / bf16 weights: back to float32, renormalised
 
 
-class OnnxEmbedder(_BaseEmbedder):
-    """ONNX Runtime on CPU; Rust tokenizer; length-sorted batches under a padded-token budget."""
+class _PlannedEmbedder(_BaseEmbedder):
+    """A BERT-like sentence-transformers model run without sentence-transformers: Rust tokenizer,
+    length-sorted batches under a padded-token budget, the model's pooling in numpy, L2 norm.
+    Subclasses run the encoder (:meth:`_hidden`)."""
+
+    backend: str
 
     def __init__(
         self,
-        session: Any,
         fast_tokenizer: Any,
         pooling: str,
         name: str,
@@ -213,16 +219,16 @@ class OnnxEmbedder(_BaseEmbedder):
         dim: int,
         max_tokens: int,
         batch_size: int,
-        backend: str,
         token_budget: int = ONNX_TOKEN_BUDGET,
     ) -> None:
         super().__init__(name, path, dim, max_tokens, batch_size)
-        self.session = session
         self.fast_tokenizer = fast_tokenizer
         self.pooling = pooling
-        self.backend = backend
         self.token_budget = token_budget
-        self._inputs = {i.name for i in session.get_inputs()}
+
+    def _hidden(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``(batch, seq)`` int64 ids and mask -> ``(batch, seq, dim)`` float32 last hidden states."""
+        raise NotImplementedError
 
     def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
         """Indices sorted by length (longest first), cut so rows x longest <= budget and rows <= batch_size."""
@@ -265,17 +271,51 @@ class OnnxEmbedder(_BaseEmbedder):
                     k = int(lengths[i])
                     ids[row, :k] = encodings[i].ids
                     mask[row, :k] = 1
-                feeds = {"input_ids": ids, "attention_mask": mask}
-                if "token_type_ids" in self._inputs:
-                    feeds["token_type_ids"] = np.zeros_like(ids)
-                hidden = self.session.run(None, feeds)[0]
-                out[idx] = self._pool(hidden, mask)
+                out[idx] = self._pool(self._hidden(ids, mask), mask)
                 if bar is not None:
                     bar.update(len(idx))
         finally:
             if bar is not None:
                 bar.close()
         return _normalise(out)
+
+
+class OnnxEmbedder(_PlannedEmbedder):
+    """ONNX Runtime on CPU (``onnx`` fp32 or ``onnx-int8`` graphs)."""
+
+    def __init__(self, session: Any, fast_tokenizer: Any, pooling: str, *, backend: str, **kw: Any) -> None:
+        super().__init__(fast_tokenizer, pooling, **kw)
+        self.session = session
+        self.backend = backend
+        self._inputs = {i.name for i in session.get_inputs()}
+
+    def _hidden(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        return self.session.run(None, feeds)[0]
+
+
+class TransformersEmbedder(_PlannedEmbedder):
+    """The ``torch`` backend on a CPU: the encoder as a plain transformers ``AutoModel`` (weights in
+    ``dtype``), without importing sentence-transformers (~4 s of start-up on a 2-core machine)."""
+
+    backend = "torch"
+
+    def __init__(self, model: Any, fast_tokenizer: Any, pooling: str, *, dtype: str, **kw: Any) -> None:
+        super().__init__(fast_tokenizer, pooling, **kw)
+        self.model = model
+        self.dtype = dtype
+        self._type_ids = "token_type_ids" in inspect.signature(model.forward).parameters
+
+    def _hidden(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        import torch
+
+        feeds = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+        if self._type_ids:
+            feeds["token_type_ids"] = torch.zeros_like(feeds["input_ids"])
+        with torch.inference_mode():
+            return self.model(**feeds).last_hidden_state.float().numpy()
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -378,12 +418,40 @@ def _load_onnx(
         session,
         tok,
         plan["pooling"],
+        backend=backend,
         name=name,
         path=path,
         dim=plan["dim"],
         max_tokens=max_tokens,
         batch_size=config.batch_size,
-        backend=backend,
+    )
+
+
+def _load_transformers(config: EmbedderConfig, path: str, name: str) -> TransformersEmbedder | None:
+    """The torch backend on a CPU without sentence-transformers, where the model's plan allows it."""
+    folder = pathlib.Path(path)
+    plan = _onnx_plan(folder) if folder.is_dir() else None
+    if plan is None or plan["lower"]:
+        return None
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModel
+
+    dtype = torch_dtype_name(config, "cpu")
+    try:
+        model = AutoModel.from_pretrained(str(folder), dtype=getattr(torch, dtype), attn_implementation="sdpa")
+    except (OSError, ValueError) as exc:
+        logger.info("transformers cannot load %s (%s); using sentence-transformers", folder, exc)
+        return None
+    model.eval()
+    max_tokens = int(config.max_seq_length or plan["max_tokens"])
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.enable_truncation(max_length=max_tokens)
+    tok.no_padding()
+    logger.info("Loaded embedder %s (torch, cpu, %s)", name, dtype)
+    return TransformersEmbedder(
+        model, tok, plan["pooling"], dtype=dtype, name=name, path=path, dim=plan["dim"], max_tokens=max_tokens,
+        batch_size=config.batch_size,
     )
 
 
@@ -453,6 +521,10 @@ def load_embedder(config: EmbedderConfig, cache_dir: pathlib.Path | None = None)
         if embedder is not None:
             logger.info("Loaded embedder %s (%s, %d threads)", name, backend, _cpu_threads())
             return embedder
+    if device == "cpu":
+        planned = _load_transformers(config, path, name)
+        if planned is not None:
+            return planned
     return _load_torch(config, path, name, device)
 
 

@@ -172,7 +172,18 @@ class TestOnnxTinyModel:
 
     def test_auto_without_cache_dir_uses_torch(self, tiny_st_model):
         emb = E.load_embedder(config("auto", model=str(tiny_st_model), device="cpu"))
-        assert isinstance(emb, E.TorchEmbedder)
+        assert emb.backend == "torch"
+
+    def test_transformers_path_equals_sentence_transformers(self, tiny_st_model):
+        """The CPU torch backend skips sentence-transformers; same tokens, pooling and vectors."""
+        from sentence_transformers import SentenceTransformer
+
+        emb = E.load_embedder(config("torch", model=str(tiny_st_model), device="cpu", dtype="float32"))
+        assert isinstance(emb, E.TransformersEmbedder)
+        texts = [*TEXTS, *PARAPHRASE, "word " * 400]
+        ref = SentenceTransformer(str(tiny_st_model), device="cpu").encode(texts, normalize_embeddings=True)
+        np.testing.assert_allclose(emb.embed_documents(texts), ref, atol=2e-5)
+        np.testing.assert_allclose(emb.embed_query(TEXTS[0]), ref[0], atol=2e-5)
 
     def test_auto_on_a_cpu_without_amx_uses_onnx_int8(self, tiny_st_model, tmp_path, monkeypatch):
         monkeypatch.setenv(hardware.ENV_OVERRIDE, "0")
@@ -182,7 +193,7 @@ class TestOnnxTinyModel:
     def test_auto_on_a_cpu_with_amx_uses_torch_bf16(self, tiny_st_model, tmp_path, monkeypatch):
         monkeypatch.setenv(hardware.ENV_OVERRIDE, "1")
         emb = E.load_embedder(config("auto", model=str(tiny_st_model), device="cpu"), cache_dir=tmp_path)
-        assert isinstance(emb, E.TorchEmbedder) and emb.dtype == "bfloat16"
+        assert emb.backend == "torch" and emb.dtype == "bfloat16"
         assert next(emb.model.parameters()).dtype == torch.bfloat16
         vecs = emb.embed_documents(TEXTS)
         assert vecs.dtype == np.float32
@@ -236,6 +247,14 @@ class TestBundledModel:
         assert cosine_rows(emb.embed_documents(texts), torch_minilm.embed_documents(texts)).min() > threshold
         a, b, c = emb.embed_documents([*PARAPHRASE, UNRELATED])
         assert a @ b > a @ c + 0.3
+
+    def test_cpu_torch_path_equals_sentence_transformers(self, torch_minilm):
+        from sentence_transformers import SentenceTransformer
+
+        assert isinstance(torch_minilm, E.TransformersEmbedder)
+        ref = SentenceTransformer(torch_minilm.path, device="cpu")
+        texts = [*TEXTS, *PARAPHRASE, "word " * 400]
+        np.testing.assert_allclose(torch_minilm.embed_documents(texts), ref.encode(texts, normalize_embeddings=True), atol=1e-5)
 
     def test_bf16_weights_agree_with_fp32(self, torch_minilm):
         emb = E.load_embedder(config("torch", device="cpu", dtype="bfloat16"))
