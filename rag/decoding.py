@@ -360,6 +360,7 @@ def rag_sequence_generate(
     decoding: Literal["thorough", "fast"] = "thorough",
     pad_token_id: int | None = None,
     reference_ids: Sequence[int] | None = None,
+    stop: Callable[[list[int]], bool] | None = None,
 ) -> list[RagSequenceHypothesis]:
     """RAG-Sequence decoding: candidates per document, ranked by the marginal over documents.
 
@@ -383,6 +384,8 @@ def rag_sequence_generate(
         reference_ids: a fixed continuation (e.g. the abstention text, with its eos) scored with the
             candidates in thorough decoding (one more candidate row); its marginal is returned as
             every hypothesis' ``reference_logprob``. It is a hypothesis only if it was also generated.
+        stop: called with a row's generated tokens after each step; True ends that row (its tokens so
+            far are the candidate).
 
     Returns:
         Hypotheses sorted by decreasing ``logprob``.
@@ -413,6 +416,7 @@ def rag_sequence_generate(
         pad_token_id=pad,
         return_dict_in_generate=True,
         output_logits=decoding == "fast",
+        stopping_criteria=_row_stopping(stop, input_ids.shape[1]) if stop is not None else None,
     )
     generated = out.sequences[:, input_ids.shape[1] :]  # (K*num_beams, T'), row k*num_beams + j
     eos_set = set(eos)
@@ -461,6 +465,18 @@ def rag_sequence_generate(
         )
         for c in order
     ]
+
+
+def _row_stopping(stop: Callable[[list[int]], bool], prompt_len: int):
+    """A transformers StoppingCriteriaList that ends each row once ``stop(its generated ids)``."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.Tensor:
+            done = [stop(row[prompt_len:].tolist()) for row in input_ids]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Stop()])
 
 
 def _generation_scores(
@@ -563,6 +579,7 @@ def rag_token_generate(
     length_penalty: float = 1.0,
     pad_token_id: int | None = None,
     reference_ids: Sequence[int] | None = None,
+    stop: Callable[[list[int]], bool] | None = None,
 ) -> RagTokenOutput:
     """RAG-Token decoding: mix the K documents' next-token distributions at every step.
 
@@ -585,6 +602,8 @@ def rag_token_generate(
         reference_ids: a fixed continuation (e.g. the abstention text) whose RAG-Token log-probability
             is computed from the same prefill (one extra forward of K rows x len tokens, then the
             cache is cropped back) and returned as ``reference_logprob``.
+        stop: called with the tokens chosen so far after each step (greedy / sample); True ends the
+            answer there, like an eos token (e.g. once the first sentence is complete).
 
     Returns:
         :class:`RagTokenOutput` (for beam search, the best finished beam).
@@ -623,6 +642,8 @@ def rag_token_generate(
             break
         if stream_callback is not None:
             stream_callback(token)
+        if stop is not None and stop(tokens):
+            break
         if step + 1 < max_new_tokens:
             _advance(model, state, torch.full((n_docs,), token, dtype=torch.long))
     return dataclasses.replace(_token_output(tokens, torch.stack(chosen_lp, dim=-1), doc), reference_logprob=reference)

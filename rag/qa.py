@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from ingest.collection import Collection
 from rag.config import QAConfig
 from rag.decoding import rag_sequence_generate, rag_token_generate
 from rag.generator import Generator
+from rag.extract import clean_answer, reply_complete
 from rag.prompts import ABSTAIN_TEXT, is_abstention
 from rag.retriever import Retrieval, Retriever
 
@@ -81,28 +81,6 @@ class Answer:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-_ANSWER_PREFIX = re.compile(
-    r"^(?:(?:the\s+)?answer(?:\s+to\s+(?:this|the)\s+question)?(?:\s+is)?\s*:|the\s+answer\s+is\b|a\s*:)\s*",
-    re.IGNORECASE,
-)
-
-
-def clean_answer(text: str) -> str:
-    """The first sentence of the model's reply without an "The answer is:" lead-in, wrapping quotes
-    or a trailing full stop."""
-    text = text.strip().split("\n")[0].strip()
-    for _ in range(3):  # "The answer is: The answer is: X"
-        text, n = _ANSWER_PREFIX.subn("", text, count=1)
-        if not n:
-            break
-    text = re.split(r"(?<=[a-z0-9)\"'”])\.\s+(?=[A-Z])", text, maxsplit=1)[0]
-    for _ in range(2):
-        if text.endswith(".") and not re.search(r"(^|[\s.])[A-Z]\.$", text):
-            text = text[:-1].rstrip()
-        text = text.strip().strip('"“”\'`').strip()
-    return text
 
 
 def format_contexts(tokenizer, chunks: Sequence[Any], limit: int) -> list[str]:
@@ -179,6 +157,10 @@ class QAPipeline:
         gen = self.generator
         contexts = self._contexts(retrieval)
         idk = gen.abstention_ids
+
+        def stop(ids: list[int]) -> bool:  # the first sentence / line is all clean_answer keeps
+            return reply_complete(gen.decode(ids))
+
         doc_lp = torch.as_tensor(retrieval.log_posterior, dtype=torch.float32)
         emitted: list[int] = []
         streamed = [""]
@@ -200,7 +182,7 @@ class QAPipeline:
                     model, prompts, torch.zeros(1), max_new_tokens=cfg.max_new_tokens,
                     eos_token_ids=gen.eos_token_ids, strategy=cfg.strategy, num_beams=cfg.num_beams,
                     temperature=cfg.temperature, top_p=cfg.top_p, generator=self._rng(),
-                    stream_callback=stream, pad_token_id=gen.tokenizer.pad_token_id, reference_ids=idk,
+                    stream_callback=stream, pad_token_id=gen.tokenizer.pad_token_id, reference_ids=idk, stop=stop,
                 )
                 tokens, logprob, contrib, idk_lp = out.token_ids, out.logprob, posts, out.reference_logprob
             elif mode == "rag-token":
@@ -209,7 +191,7 @@ class QAPipeline:
                     model, prompts, doc_lp, max_new_tokens=cfg.max_new_tokens,
                     eos_token_ids=gen.eos_token_ids, strategy=cfg.strategy, num_beams=cfg.num_beams,
                     temperature=cfg.temperature, top_p=cfg.top_p, generator=self._rng(),
-                    stream_callback=stream, pad_token_id=gen.tokenizer.pad_token_id, reference_ids=idk,
+                    stream_callback=stream, pad_token_id=gen.tokenizer.pad_token_id, reference_ids=idk, stop=stop,
                 )
                 tokens, logprob, contrib = out.token_ids, out.logprob, list(out.doc_contributions)
                 idk_lp = out.reference_logprob
@@ -218,7 +200,7 @@ class QAPipeline:
                 hyps = rag_sequence_generate(
                     model, prompts, doc_lp, max_new_tokens=cfg.max_new_tokens, eos_token_ids=gen.eos_token_ids,
                     num_beams=cfg.num_beams, decoding=cfg.decoding, pad_token_id=gen.tokenizer.pad_token_id,
-                    reference_ids=idk,
+                    reference_ids=idk, stop=stop,
                 )
                 best = hyps[0]
                 tokens, logprob, contrib = best.token_ids, best.logprob, list(best.doc_posterior)
@@ -252,7 +234,7 @@ class QAPipeline:
                 f"> {cfg.abstain_max_idk_margin:.3f} per token)"
             )
         else:
-            ans.answer = clean_answer(raw)
+            ans.answer = clean_answer(raw, question)
         return ans
 
     def _rng(self) -> torch.Generator | None:

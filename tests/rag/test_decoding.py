@@ -199,6 +199,19 @@ class TestRagTokenGreedy:
         one = rag_token_generate(model, PROMPTS, DOC_LOGPROBS, max_new_tokens=2, eos_token_ids=[], reference_ids=[9])
         assert math.isclose(one.reference_logprob, math.log(_brute_rag_token(model, PROMPTS, DOC_LOGPROBS, [9])[0]), abs_tol=1e-4)
 
+    def test_stop_callback_ends_the_answer_where_it_says(self, model) -> None:
+        free = rag_token_generate(model, PROMPTS, DOC_LOGPROBS, max_new_tokens=6, eos_token_ids=[])
+        seen: list[list[int]] = []
+
+        def stop(ids: list[int]) -> bool:
+            seen.append(list(ids))
+            return len(ids) == 3
+
+        out = rag_token_generate(model, PROMPTS, DOC_LOGPROBS, max_new_tokens=6, eos_token_ids=[], stop=stop)
+        assert out.token_ids == free.token_ids[:3] and seen == [free.token_ids[:i] for i in (1, 2, 3)]
+        prob, _ = _brute_rag_token(model, PROMPTS, DOC_LOGPROBS, out.token_ids)
+        assert math.isclose(out.logprob, math.log(prob), abs_tol=1e-4)
+
     def test_stops_at_eos_and_streams_other_tokens(self, model) -> None:
         free = rag_token_generate(model, PROMPTS, DOC_LOGPROBS, max_new_tokens=6, eos_token_ids=None)
         eos = free.token_ids[2]
@@ -353,6 +366,15 @@ class TestRagSequence:
             model, PROMPTS, DOC_LOGPROBS, max_new_tokens=5, eos_token_ids=self.EOS, reference_ids=generated
         )
         assert again[0].token_ids == generated and math.isclose(again[0].reference_logprob, again[0].logprob)
+
+    def test_stop_callback_cuts_every_candidate(self, model) -> None:
+        hyps = rag_sequence_generate(
+            model, PROMPTS, DOC_LOGPROBS, max_new_tokens=5, eos_token_ids=self.EOS, stop=lambda ids: len(ids) >= 2
+        )
+        per_doc = {tuple(_brute_greedy(model, p, 5, set(self.EOS))[:2]) for p in PROMPTS}
+        assert {tuple(h.token_ids) for h in hyps} == per_doc
+        for h in hyps:
+            assert math.isclose(h.logprob, math.log(_brute_marginal(model, PROMPTS, DOC_LOGPROBS, h.token_ids)), abs_tol=1e-4)
 
     def test_fast_greedy_uses_only_generation_scores(self, model) -> None:
         hyps = rag_sequence_generate(

@@ -10,7 +10,7 @@ from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig
 from ingest.workspace import Workspace
 from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
 from rag.generator import AdapterError, Generator
-from rag.qa import QAError, QAPipeline, clean_answer
+from rag.qa import QAError, QAPipeline
 from rag.retriever import Retriever
 
 
@@ -110,9 +110,3 @@ def test_lora_adapter_changes_the_answer_distribution(setup, tmp_path):
     assert adapted.adapter == "noisy"
     assert adapted.logprob != pytest.approx(plain.logprob, abs=1e-6)
     assert again.logprob == pytest.approx(plain.logprob, abs=1e-5)  # the adapter is off again
-
-
-def test_clean_answer():
-    assert clean_answer('"the 1889 World\'s Fair".\nMore text') == "the 1889 World's Fair"
-    assert clean_answer("Answer: Paris.") == "Paris"
-    assert clean_answer("U.S.") == "U.S."
