@@ -55,6 +55,17 @@ def majority_answer(answers: list[dict]) -> str:
     return min(set(texts), key=lambda t: (-texts.count(t), len(t), t))
 
 
+def unanswerable_records(articles: list[dict], share: float, n_answerable: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``share`` x ``n_answerable`` of the articles' unanswerable questions, answered "I don't know."
+    over the paragraph they were written against (SQuAD 2.0's adversarial distractor)."""
+    from rag.prompts import ABSTAIN_TEXT
+
+    pool = [{"question": q["question"], "answer": ABSTAIN_TEXT, "context": p["context"]}
+            for a in articles for p in a["paragraphs"] for q in p["qas"] if q.get("is_impossible")]
+    k = min(len(pool), round(share * n_answerable))
+    return random.Random(seed).sample(pool, k) if k else []
+
+
 def sft_records(articles: list[dict]) -> list[dict[str, Any]]:
     out = []
     for a in articles:
@@ -139,12 +150,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     train_articles, held = split_articles(squad, args.held_out)
     train_path, held_path = work / "train.jsonl", work / "heldout.json"
     records = sft_records(train_articles)
-    write_jsonl(train_path, records)
+    idk = unanswerable_records(train_articles, args.unanswerable, len(records))
+    write_jsonl(train_path, records + idk)
     held_path.write_text(json.dumps(held), encoding="utf-8")
     res: dict[str, Any] = {
         "held_out_article": held["data"][0]["title"],
         "train_articles": [a["title"] for a in train_articles],
         "train_questions": len(records),
+        "train_unanswerable": len(idk),
         "mode": args.mode, "n": args.n,
     }
     r.run("models", "prepare", "--json", timeout=1800)
@@ -194,7 +207,9 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
         "",
         f"Command: `{common.command_line(pathlib.Path(__file__), argv)}`",
         "",
-        f"SFT on the {res['train_questions']} answerable questions of {', '.join(res['train_articles'])}; "
+        f"SFT on the {res['train_questions']} answerable questions of {', '.join(res['train_articles'])}"
+        + (f" plus {res['train_unanswerable']} of their unanswerable ones answered \"I don't know.\"; "
+           if res.get("train_unanswerable") else "; ") +
         f"evaluated with `ragqa eval --mode {res['mode']} --n {res['n']}` on the held-out article "
         f"**{res['held_out_article']}** ({base['n']} answerable + {base.get('n_unanswerable', 0)} unanswerable questions, "
         "fixed seed). The collection holds all three articles; training prompts are built from its retrieval "
@@ -253,6 +268,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--held-out", type=int, default=2, help="index of the held-out article (default: the third)")
     p.add_argument("--mode", default="rag-token", help="generation mode evaluated")
     p.add_argument("--n", type=int, default=60, help="answerable held-out questions (plus as many unanswerable)")
+    p.add_argument("--unanswerable", type=float, default=0.0,
+                   help="also train on this share (x answerable count) of the training articles' unanswerable questions, "
+                        "answered \"I don't know.\"")
     p.add_argument("--sft-args", default="", help="extra options for `ragqa finetune sft` (default: its own recipe)")
     p.add_argument("--preferences", action="store_true", help="also run reward -> rlhf and dpo")
     p.add_argument("--pref-n", type=int, default=48, help="preference pairs")

@@ -145,6 +145,15 @@ class Generator:
     def adapter_path(self, name: str) -> Path:
         return self.adapters_dir / name
 
+    def adapter_query_encoder(self, name: str) -> Path | None:
+        """The query encoder trained with adapter ``name`` (``ragqa finetune rag --train-query-encoder``), or None."""
+        meta_path = self.adapter_path(name) / ADAPTER_META
+        if not meta_path.exists():
+            return None
+        sub = json.loads(meta_path.read_text()).get("query_encoder")
+        folder = self.adapter_path(name) / sub if sub else None
+        return folder if folder is not None and folder.is_dir() else None
+
     def list_adapters(self) -> list[str]:
         if not self.adapters_dir.exists():
             return []

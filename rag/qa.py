@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -105,6 +106,25 @@ class QAPipeline:
         self.retriever = retriever
         self.generator = generator
         self.config = config or QAConfig()
+        self._query_encoders: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def query_embedder(self, adapter: str | None):
+        """The query encoder trained with ``adapter`` (loaded once), or None for the configured embedder."""
+        if not adapter:
+            return None
+        folder = self.generator.adapter_query_encoder(adapter)
+        if folder is None:
+            return None
+        with self._lock:
+            key = f"{adapter}:{folder.stat().st_mtime_ns}"
+            if key not in self._query_encoders:
+                from ingest.config import EmbedderConfig
+                from ingest.embedder import load_embedder
+
+                logger.info("adapter %s brings its own query encoder (%s)", adapter, folder)
+                self._query_encoders[key] = load_embedder(EmbedderConfig(model=str(folder)))
+            return self._query_encoders[key]
 
     def _contexts(self, retrieval: Retrieval) -> list[str]:
         return format_contexts(self.generator.tokenizer, retrieval.chunks, self.config.max_context_tokens)
@@ -131,7 +151,9 @@ class QAPipeline:
         if not question:
             raise QAError("the question is empty")
         t0 = time.perf_counter()
-        retrieval = self.retriever.retrieve(collection, question, k, sources=sources, titles=titles)
+        retrieval = self.retriever.retrieve(
+            collection, question, k, sources=sources, titles=titles, query_embedder=self.query_embedder(adapter)
+        )
         t_ret = time.perf_counter() - t0
         ans = Answer(
             answer_id=uuid.uuid4().hex,

@@ -281,8 +281,13 @@ class Retriever:
         sources: list[str] | None = None,
         titles: list[str] | None = None,
         mmr: bool | None = None,
+        query_embedder: QueryEmbedder | None = None,
     ) -> Retrieval:
-        """The top-``k`` chunks of ``collection`` for ``query`` (per-call arguments override the config)."""
+        """The top-``k`` chunks of ``collection`` for ``query`` (per-call arguments override the config).
+
+        ``query_embedder`` replaces the configured embedder for the query side only (a query encoder
+        fine-tuned against the collection's fixed document vectors); it must give vectors of the
+        collection's dimension."""
         cfg = self.config
         k = k if k is not None else cfg.k
         mode = mode if mode is not None else cfg.mode
@@ -294,7 +299,13 @@ class Retriever:
         self._check_embedder(collection)
         n_cand = max(cfg.candidates, k)
 
-        qvec = np.asarray(self.embedder.embed_query(query), dtype=np.float32).reshape(-1)
+        embedder = query_embedder if query_embedder is not None else self.embedder
+        qvec = np.asarray(embedder.embed_query(query), dtype=np.float32).reshape(-1)
+        if qvec.shape[0] != collection.dim:
+            raise RetrieverError(
+                f"the query encoder gives {qvec.shape[0]}-dimensional vectors but collection {collection.name!r} "
+                f"holds {collection.dim}-dimensional ones"
+            )
 
         dense: list[tuple[int, float]] = []
         if mode in ("dense", "hybrid"):

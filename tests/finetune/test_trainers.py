@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -267,3 +268,25 @@ def test_rag_training_with_query_encoder(env):
     info = AdapterRegistry(ws.home / "adapters").get("rag-a")
     assert info.kind == "rag" and (info.path / QUERY_ENCODER_DIR).is_dir()
     assert not torch.allclose(answer_logits(ws, None), answer_logits(ws, "rag-a"), atol=1e-4)
+
+    # Asking with the adapter retrieves with its trained query encoder (the documents stay as indexed).
+    from rag.qa import QAPipeline
+    from rag.retriever import Retriever
+
+    iws = IngestWorkspace(ws.home, ws.ingest)
+    gen = Generator(ws.generator, ws.models_dir, ws.home / "adapters")
+    qa = QAPipeline(Retriever(iws.embedder, ws.retriever), gen, ws.qa)
+    assert qa.query_embedder(None) is None and qa.query_embedder("sft-missing") is None
+    trained = qa.query_embedder("rag-a")
+    assert trained is not None and qa.query_embedder("rag-a") is trained  # loaded once
+    question = FACTS[0][0]
+    assert not np.allclose(trained.embed_query(question), iws.embedder.embed_query(question), atol=1e-5)
+    with iws.open("facts", readonly=True) as coll:
+        plain = qa.answer(coll, question, adapter=None, abstain=False)
+        tuned = qa.answer(coll, question, adapter="rag-a", abstain=False)
+        expected = qa.retriever.retrieve(coll, question, query_embedder=trained)
+        base = qa.retriever.retrieve(coll, question)
+    assert tuned.adapter == "rag-a" and plain.adapter is None
+    assert [c.posterior for c in tuned.citations] == pytest.approx([c.posterior for c in expected.chunks])
+    assert [c.posterior for c in plain.citations] == pytest.approx([c.posterior for c in base.chunks])
+    assert [c.score for c in tuned.citations] != pytest.approx([c.score for c in plain.citations], abs=1e-6)
