@@ -195,7 +195,7 @@ MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Stop af
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Examples per step.")]
 AccumOpt = Annotated[Optional[int], typer.Option("--grad-accum", min=1, help="Gradient accumulation steps.")]
 MaxLenOpt = Annotated[Optional[int], typer.Option("--max-length", min=16, help="Longest tokenised example.")]
-EvalSplitOpt = Annotated[Optional[float], typer.Option("--eval-split", help="Share of the data held out for eval.")]
+EvalSplitOpt = Annotated[Optional[float], typer.Option("--eval-split", help="Share of the data held out for eval (default 0: train on all).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Resume from the last checkpoint of this run.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing adapter of the same name.")]

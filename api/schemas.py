@@ -155,6 +155,10 @@ class AnswerPublic(BaseModel):
     citations: list[CitationPublic]
     generated_tokens: int = 0
     mean_token_logprob: float | None = None
+    idk_margin: float | None = Field(
+        None, description="Mean per-token log p(\"I don't know.\") minus the answer's; > 0: the model prefers to abstain."
+    )
+    max_retrieval_score: float | None = None
     timings: dict[str, float]
 
 

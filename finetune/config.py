@@ -50,7 +50,11 @@ class TrainOptions(BaseModel):
     max_length: int = Field(512, ge=16, description="Longest tokenised example; longer ones are cut from the context side.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    eval_split: float = Field(0.1, ge=0, lt=1, description="Share of the data held out to report eval loss/accuracy.")
+    eval_split: float = Field(
+        0.0, ge=0, lt=1,
+        description="Share of the data held out to report eval loss/accuracy each epoch (0 = train on all, as TRL and "
+        "LLaMA-Factory do by default; reward models always hold out >= 20% for pairwise accuracy).",
+    )
     seed: int = 0
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume with --resume).")

@@ -10,8 +10,11 @@ Modes (Lewis et al. 2020 for the two RAG ones):
 
 Abstention: when the best dense cosine of the evidence is below ``abstain_min_score`` the
 system says it does not know without generating; when the answer's mean per-token marginal
-log-likelihood is below ``abstain_min_logprob`` it withholds the answer; and when the model
-itself answers "I don't know" that is reported as an abstention.
+log-likelihood is below ``abstain_min_logprob``, or the model's own "I don't know." (scored from
+the same prefill under the same marginal) beats the answer per token by more than
+``abstain_max_idk_margin``, it withholds the answer; and when the model itself answers "I don't
+know" that is reported as an abstention. Answers are cut to their first sentence and cleaned by
+:mod:`rag.extract`; decoding stops as soon as that sentence is complete.
 """
 
 from __future__ import annotations
