@@ -33,8 +33,8 @@ import torch
 from ingest.collection import Collection
 from rag.config import QAConfig
 from rag.decoding import rag_sequence_generate, rag_token_generate
-from rag.generator import Generator
 from rag.extract import clean_answer, reply_complete
+from rag.generator import Generator
 from rag.prompts import ABSTAIN_TEXT, is_abstention
 from rag.retriever import Retrieval, Retriever
 
