@@ -379,6 +379,16 @@ def _cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _fast_tokenizer(folder: pathlib.Path, max_tokens: int) -> Any:
+    """The folder's Rust tokenizer, truncating at ``max_tokens`` (as sentence-transformers does), no padding."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.enable_truncation(max_length=max_tokens)
+    tok.no_padding()
+    return tok
+
+
 def _load_onnx(
     config: EmbedderConfig, path: str, name: str, backend: str, cache_dir: pathlib.Path | None
 ) -> OnnxEmbedder | None:
@@ -390,7 +400,6 @@ def _load_onnx(
         logger.info("ONNX backend: sentence_bert_config do_lower_case is not applied by the Rust tokenizer; using torch")
         return None
     import onnxruntime as ort
-    from tokenizers import Tokenizer
 
     from ingest.onnx_export import OnnxExportError, build_onnx
 
@@ -411,9 +420,7 @@ def _load_onnx(
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
 
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tok.enable_truncation(max_length=max_tokens)
-    tok.no_padding()
+    tok = _fast_tokenizer(folder, max_tokens)
     return OnnxEmbedder(
         session,
         tok,
@@ -434,7 +441,6 @@ def _load_transformers(config: EmbedderConfig, path: str, name: str) -> Transfor
     if plan is None or plan["lower"]:
         return None
     import torch
-    from tokenizers import Tokenizer
     from transformers import AutoModel
 
     dtype = torch_dtype_name(config, "cpu")
@@ -445,9 +451,7 @@ def _load_transformers(config: EmbedderConfig, path: str, name: str) -> Transfor
         return None
     model.eval()
     max_tokens = int(config.max_seq_length or plan["max_tokens"])
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tok.enable_truncation(max_length=max_tokens)
-    tok.no_padding()
+    tok = _fast_tokenizer(folder, max_tokens)
     logger.info("Loaded embedder %s (torch, cpu, %s)", name, dtype)
     return TransformersEmbedder(
         model, tok, plan["pooling"], dtype=dtype, name=name, path=path, dim=plan["dim"], max_tokens=max_tokens,
