@@ -17,6 +17,11 @@ class GeneratorConfig(BaseModel):
     dtype: str = Field(
         "auto", description="'auto' (bfloat16 on GPU and on CPUs with AMX, else float32), 'float32', 'bfloat16', 'float16'."
     )
+    int8_decode: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Decode steps read an int8 copy of the weights (half the bytes of bf16; prefill keeps bf16). "
+        "'auto': on for a bf16 model on a CPU, where decoding is memory-bound; 'on' needs a bf16 CPU model.",
+    )
 
 
 class BM25Config(BaseModel):
@@ -62,6 +67,13 @@ class QAConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (strategy=sample).")
     seed: int | None = Field(None, description="Seed for sampling (reproducible answers).")
     one_shot: bool = Field(False, description="Show the model one worked example in the prompt (off: the 135M model copies it).")
+    min_doc_posterior: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="rag-token / rag-sequence skip retrieved chunks whose p(z|x) is below this (their prompts are "
+        "never run) and renormalise p(z|x) over the rest; the best chunk always stays. 0 keeps all k.",
+    )
     max_context_tokens: int = Field(200, ge=16, description="Each retrieved chunk is cut to this many generator tokens.")
     # Off by default: thresholds fitted by rag.evaluate.calibrate on one SQuAD 2.0 sample (bench/qa.py
     # --calibrate --seed 1 --n 30 gave min_score 0.507, min_logprob -0.675) withheld 45% of the answerable

@@ -204,7 +204,10 @@ class PrefillState:
 
 def _forward(model: torch.nn.Module, **kwargs: object) -> torch.Tensor:
     """One forward; returns float32 logits of the last position, ``(R, V)``."""
-    if _accepts_logits_to_keep(type(model)):
+    # a PeftModel's forward takes **kwargs and hands them to the wrapped model: ask the wrapped model,
+    # or a prefill with an adapter would project every prompt position through the vocabulary head
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if _accepts_logits_to_keep(type(inner)):
         kwargs["logits_to_keep"] = 1
     out = model(**kwargs, use_cache=True)
     return out.logits[:, -1, :].float()

@@ -62,12 +62,15 @@ class Generator:
         self.adapters_dir = Path(adapters_dir) if adapters_dir else self.models_dir.parent / "adapters"
         self._model = None
         self._tokenizer = None
+        self._eos_ids: list[int] = []
+        self._abstention_ids: list[int] = []
         self._loaded_adapters: set[str] = set()
         self._lock = threading.RLock()
         self.name = config.model
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
         self.load_seconds = 0.0
+        self.int8_layers = 0
 
     # -- loading ------------------------------------------------------------------------
     def warm_up(self) -> "Generator":
@@ -87,9 +90,11 @@ class Generator:
                 "at a local Hugging Face model folder, or run `ragqa models prepare`."
             ) from exc
         model.to(self.device).eval()
+        self.int8_layers = self._maybe_int8_decode(model)
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._model = model
+        self._eos_ids, self._abstention_ids = self._special_ids(self._tokenizer, model)
         self.load_seconds = time.perf_counter() - t0
         logger.info("loaded generator %s on %s (%s) in %.1f s", self.name, self.device, self.dtype, self.load_seconds)
         return self
@@ -104,18 +109,39 @@ class Generator:
 
     @property
     def eos_token_ids(self) -> list[int]:
-        tok = self.tokenizer
+        """Ids that end an answer: the tokenizer's and generation config's eos, and ``<|im_end|>``."""
+        return list(self.warm_up()._eos_ids)
+
+    @staticmethod
+    def _special_ids(tok, model) -> tuple[list[int], list[int]]:
+        """(eos ids, abstention reply ids), computed once at load: ``get_vocab()`` builds a 49k-entry dict."""
         ids = {tok.eos_token_id}
-        gen_cfg = getattr(self.model, "generation_config", None)
+        gen_cfg = getattr(model, "generation_config", None)
         extra = getattr(gen_cfg, "eos_token_id", None)
         if isinstance(extra, int):
             ids.add(extra)
         elif extra:
             ids.update(extra)
-        im_end = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else None
+        vocab = tok.get_vocab()
+        im_end = vocab.get("<|im_end|>")
         if im_end is not None:
             ids.add(im_end)
-        return sorted(i for i in ids if i is not None)
+        eos = sorted(i for i in ids if i is not None)
+        end = im_end if im_end is not None else tok.eos_token_id
+        idk = list(tok.encode(ABSTAIN_TEXT, add_special_tokens=False)) + ([end] if end is not None else [])
+        return eos, idk
+
+    def _maybe_int8_decode(self, model) -> int:
+        setting = self.config.int8_decode
+        if setting == "off" or (setting == "auto" and not (self.device.type == "cpu" and self.dtype == torch.bfloat16)):
+            return 0
+        if self.device.type != "cpu" or self.dtype != torch.bfloat16:
+            logger.warning("int8_decode=on needs a bfloat16 model on the CPU (this one: %s on %s); left off",
+                           self.dtype, self.device)
+            return 0
+        from rag.int8_decode import convert_for_int8_decode
+
+        return convert_for_int8_decode(model)
 
     # -- prompts ------------------------------------------------------------------------
     def prompt_ids(self, question: str, contexts: Sequence[str], *, one_shot: bool = True) -> list[int]:
@@ -133,9 +159,7 @@ class Generator:
     @property
     def abstention_ids(self) -> list[int]:
         """The reply "I don't know." as the model would write it: its tokens, then end-of-turn."""
-        tok = self.tokenizer
-        end = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
-        return list(tok.encode(ABSTAIN_TEXT, add_special_tokens=False)) + ([end] if end is not None else [])
+        return list(self.warm_up()._abstention_ids)
 
     def decode(self, ids: Sequence[int]) -> str:
         eos = set(self.eos_token_ids)

@@ -102,6 +102,21 @@ def format_contexts(tokenizer, chunks: Sequence[Any], limit: int) -> list[str]:
     return out
 
 
+def kept_documents(doc_logprobs: torch.Tensor, min_posterior: float) -> list[int]:
+    """Indices of the documents whose p(z|x) >= ``min_posterior`` (always at least the best one).
+
+    Args:
+        doc_logprobs: ``(K,)`` log p(z|x), normalised.
+
+    The full mixture is ``(1 - e) * kept_mixture + e * dropped_mixture`` for the dropped prior mass e,
+    so every RAG-Token next-token distribution (and the RAG-Sequence marginal over answers) moves by at
+    most e in total variation, while each dropped document saves its whole prompt's prefill.
+    """
+    post = doc_logprobs.exp()
+    keep = [i for i, p in enumerate(post.tolist()) if p >= min_posterior]
+    return keep or [int(torch.argmax(doc_logprobs))]
+
+
 class QAPipeline:
     """Retriever + generator. One instance serves many questions (models load once)."""
 
@@ -182,11 +197,16 @@ class QAPipeline:
         gen = self.generator
         contexts = self._contexts(retrieval)
         idk = gen.abstention_ids
+        used = list(range(len(contexts)))
+        doc_lp = torch.as_tensor(retrieval.log_posterior, dtype=torch.float32)
+        if mode != "stuff":
+            used = kept_documents(doc_lp, cfg.min_doc_posterior)
+            doc_lp = torch.log_softmax(doc_lp[used], dim=0)
+            contexts = [contexts[i] for i in used]
 
         def stop(ids: list[int]) -> bool:  # the first sentence / line is all clean_answer keeps
             return reply_complete(gen.decode(ids))
 
-        doc_lp = torch.as_tensor(retrieval.log_posterior, dtype=torch.float32)
         emitted: list[int] = []
         streamed = [""]
 
@@ -242,7 +262,10 @@ class QAPipeline:
         ans.mean_token_logprob = float(logprob) / n_answer
         if idk_lp is not None:
             ans.idk_margin = idk_lp / max(1, len(idk) - 1) - ans.mean_token_logprob
-        ans.citations = self._citations(retrieval, contrib)
+        shares = [0.0] * len(retrieval.chunks)  # chunks skipped by min_doc_posterior contributed nothing
+        for i, share in zip(used, contrib):
+            shares[i] = share
+        ans.citations = self._citations(retrieval, shares)
         ans.timings = {"retrieve_s": t_ret, "generate_s": t_gen, "total_s": time.perf_counter() - t0}
         if is_abstention(raw):
             ans.answer, ans.abstained, ans.abstain_reason = ABSTAIN_TEXT, True, "the model found no answer in the evidence"

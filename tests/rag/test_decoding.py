@@ -425,3 +425,18 @@ def _cut(seq: list[int], eos: set[int]) -> list[int]:
         if tok in eos:
             return seq[: i + 1]
     return seq
+
+
+def test_prefill_through_a_peft_model_projects_only_the_last_position():
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(_tiny_llama(vocab_size=32, seed=3), LoraConfig(r=2, target_modules=["q_proj"])).eval()
+    head_rows = []
+    hook = peft_model.get_base_model().lm_head.register_forward_hook(
+        lambda module, args, out: head_rows.append(args[0].shape[1])
+    )
+    try:
+        prefill(peft_model, PROMPTS)
+    finally:
+        hook.remove()
+    assert head_rows == [1]  # logits_to_keep reached the wrapped model: not every prompt position

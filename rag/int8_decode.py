@@ -1,0 +1,138 @@
+"""int8 weights for the decode steps of a bf16 model on a CPU.
+
+A decode step multiplies a handful of token rows (K documents x beams) by every weight matrix
+of the model, so its time is the time to stream the weights from memory, not arithmetic: at
+bf16 the 135M generator reads 269 MB per step. :class:`Int8DecodeLinear` keeps the bf16 weight
+for the prefill (long prompts, where AMX bf16 matmuls are compute-bound and fast) and a per-output-
+channel int8 copy (symmetric, scale = max |w| / 127, the "weight-only int8" of torchao / gpt-fast)
+that the few-row decode forwards read instead: half the bytes. Activations stay bf16
+(``torch._weight_int8pack_mm`` dequantises inside the kernel).
+
+The module is an ``nn.Linear`` subclass with the same parameters, so PEFT wraps it like any
+linear layer (LoRA adds its update on top) and ``state_dict`` is unchanged; the int8 copy is a
+non-persistent buffer. If the weight changes (merging an adapter into it), call
+:func:`refresh_int8` or the int8 copy is stale.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+#: A forward of at most this many token rows uses the int8 weights (decode steps, beams, the
+#: abstention reference); longer ones (prefill) use the bf16 weight.
+MAX_INT8_ROWS = 32
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: ``weight ~= q * scale[:, None]``.
+
+    Args:
+        weight: ``(N, K)`` float weight.
+
+    Returns:
+        ``q`` ``(N, K)`` int8 and ``scale`` ``(N,)`` float32.
+    """
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+class Int8DecodeLinear(nn.Linear):
+    """A bf16 linear layer whose few-row forwards read an int8 copy of its weight."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.register_buffer("weight_int8", torch.empty(0, dtype=torch.int8), persistent=False)
+        self.register_buffer("weight_scale", torch.empty(0), persistent=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8DecodeLinear":
+        """Wrap ``linear`` without copying it: the new module shares its weight and bias parameters
+        (tied embeddings stay tied)."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = linear.in_features, linear.out_features
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new.register_buffer("weight_int8", torch.empty(0, dtype=torch.int8), persistent=False)
+        new.register_buffer("weight_scale", torch.empty(0), persistent=False)
+        new.refresh()
+        return new
+
+    def refresh(self) -> None:
+        """(Re)build the int8 copy from the current weight."""
+        q, scale = quantize_rows(self.weight)
+        self.weight_int8 = q.to(self.weight.device)
+        self.weight_scale = scale.to(device=self.weight.device, dtype=self.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features if x.numel() else 0
+        if 0 < rows <= MAX_INT8_ROWS and x.dtype == self.weight_scale.dtype and self.weight_int8.numel():
+            flat = x.reshape(rows, self.in_features).contiguous()
+            if flat.data_ptr() % 64:  # the kernel crashes on inputs that are not 32-byte aligned (torch 2.13)
+                flat = flat.clone()
+            out = torch._weight_int8pack_mm(flat, self.weight_int8, self.weight_scale)
+            if self.bias is not None:
+                out = out + self.bias
+            return out.view(*x.shape[:-1], self.out_features)
+        return super().forward(x)
+
+
+def _supported(linear: nn.Linear) -> bool:
+    """A bf16 weight on the CPU with K % 16 == 0: the kernel silently returns garbage for other K
+    (measured on torch 2.13), so :func:`_probe` also checks each K once against the reference."""
+    w = linear.weight
+    if w.dtype != torch.bfloat16 or w.device.type != "cpu" or linear.in_features % 16:
+        return False
+    return True
+
+
+@torch.no_grad()
+def _probe(in_features: int) -> bool:
+    """One small matmul against the reference; False if this torch build lacks or breaks the kernel."""
+    try:
+        gen = torch.Generator().manual_seed(0)
+        w = torch.randn(32, in_features, generator=gen)
+        q, s = quantize_rows(w)
+        x = torch.randn(3, in_features, generator=gen).to(torch.bfloat16)
+        got = torch._weight_int8pack_mm(x, q, s.to(torch.bfloat16)).float()
+        ref = x.float() @ (q.float() * s[:, None]).T
+        return bool(torch.allclose(got, ref, atol=0.05 * float(ref.abs().max()) + 1e-3, rtol=0.02))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+@torch.no_grad()
+def convert_for_int8_decode(model: nn.Module) -> int:
+    """Replace every supported ``nn.Linear`` of ``model`` (in place) by an :class:`Int8DecodeLinear`
+    sharing its parameters. Returns the number of layers converted (0 where the kernel is missing)."""
+    probes: dict[int, bool] = {}
+    targets = []
+    for name, module in model.named_modules():
+        if type(module) is nn.Linear and _supported(module):
+            k = module.in_features
+            if k not in probes:
+                probes[k] = _probe(k)
+            if probes[k]:
+                targets.append(name)
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, Int8DecodeLinear.from_linear(getattr(parent, child)))
+    if targets:
+        logger.info("int8 decode weights for %d linear layers", len(targets))
+    return len(targets)
+
+
+@torch.no_grad()
+def refresh_int8(model: nn.Module) -> None:
+    """Rebuild the int8 copies after the bf16 weights changed."""
+    for module in model.modules():
+        if isinstance(module, Int8DecodeLinear):
+            module.refresh()
