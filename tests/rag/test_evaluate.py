@@ -63,6 +63,16 @@ def test_calibrate_keeps_f1_and_catches_unanswerable():
     assert cal["metrics"]["abstain_recall"] == 1.0 and cal["metrics"]["f1"] == 1.0
 
 
+def test_calibrate_refuses_thresholds_no_better_than_chance():
+    levels = [0.1 + i / 20 for i in range(8)]
+    records = [rec(False, "Paris", score=0.9) for _ in range(2)]
+    records += [rec(False, "Lyon", score=s - 0.01) for s in levels]  # wrong answers, a bit less evidence
+    records += [rec(True, "Nice", score=s) for s in levels] + [rec(True, "Nice", score=0.95) for _ in range(2)]
+    cal = calibrate(records)  # every usable threshold withholds as many answerable as unanswerable questions
+    assert (cal["min_score"], cal["min_logprob"]) == (None, None)
+    assert cal["metrics"]["abstain_recall"] == 0.0
+
+
 def test_retrieval_hit():
     assert retrieval_hit(["The Normans came"], ["normans"])
     assert not retrieval_hit(["nothing"], ["Normans"])

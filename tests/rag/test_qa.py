@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig
 from ingest.workspace import Workspace
 from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
 from rag.generator import AdapterError, Generator
-from rag.qa import QAError, QAPipeline
+from rag.qa import QAError, QAPipeline, kept_documents
 from rag.retriever import Retriever
 
 
@@ -47,6 +48,30 @@ def test_modes_answer_with_citations(setup, mode):
     assert sum(c.posterior for c in ans.citations) == pytest.approx(1.0, abs=1e-4)
     assert sum(c.contribution for c in ans.citations) == pytest.approx(1.0, abs=1e-3)
     assert ans.timings["total_s"] >= ans.timings["generate_s"] > 0
+
+
+def test_kept_documents():
+    lp = torch.log(torch.tensor([0.02, 0.70, 0.08, 0.20]))
+    assert kept_documents(lp, 0.05) == [1, 2, 3]
+    assert kept_documents(lp, 0.0) == [0, 1, 2, 3]
+    assert kept_documents(lp, 0.9) == [1]  # the best document always stays
+
+
+@pytest.mark.parametrize("mode", ["rag-sequence", "rag-token"])
+def test_weak_documents_are_skipped(setup, mode):
+    ws, _ = setup
+    question = "What is the capital of France?"
+    with ws.open("c", readonly=True) as coll:
+        only_best = pipeline(setup, min_doc_posterior=0.99).answer(coll, question, mode=mode)
+        ks = Retriever(ws.embedder, RetrieverConfig(k=1))
+        alone = QAPipeline(ks, setup[1], QAConfig(max_new_tokens=6)).answer(coll, question, mode=mode, abstain=False)
+    # the same as retrieving the best chunk alone: one prompt, p(z|x) = 1
+    assert only_best.raw_answer == alone.raw_answer
+    assert only_best.logprob == pytest.approx(alone.logprob, abs=1e-4)
+    assert len(only_best.citations) == 3  # every retrieved chunk is still cited ...
+    shares = [c.contribution for c in only_best.citations]
+    best = max(range(3), key=lambda i: only_best.citations[i].posterior)
+    assert shares[best] == pytest.approx(1.0) and sum(shares) == pytest.approx(1.0)  # ... the others with share 0
 
 
 def test_streaming_matches_final_answer(setup):
