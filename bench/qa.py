@@ -516,11 +516,12 @@ def render(res: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> st
     lines.append("")
     if LC in sysres and modes:
         lc = sysres[LC]
-        best = max(modes, key=lambda m: sysres[m]["f1"])
+        # best by F1 at the reported precision (3 decimals), then EM, then the lower p50
+        best = max(modes, key=lambda m: (round(sysres[m]["f1"], 3), round(sysres[m]["em"], 3), -sysres[m]["p50_s"]))
         b = sysres[best]
         f1r = common.ratio(b["f1"], lc["f1"])
         p50r = common.ratio(b["p50_s"], lc["p50_s"])
-        lines.append(f"Targets (ragqa's best mode by F1: **{best}**):")
+        lines.append(f"Targets (ragqa's best mode by F1 to 3 decimals, then EM, then p50: **{best}**):")
         lines.append("")
         lines.append("| target | value | |")
         lines.append("|---|---|---|")

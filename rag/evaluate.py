@@ -252,6 +252,17 @@ def calibrate(records: list[Record], max_f1_drop: float = 0.10) -> dict[str, Any
     return {**chosen, "metrics": compute_metrics(records, **chosen).to_dict()}
 
 
+def roc_auc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
+    """How well a score ranks positives above negatives: P(random positive > random negative), ties
+    counting half (the Mann-Whitney U statistic over all pairs); 0.5 = no better than a coin."""
+    if not len(positive) or not len(negative):
+        return None
+    pos, neg = np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
 def retrieval_hit(texts: Sequence[str], golds: Sequence[str]) -> bool:
     """A gold answer string appears (case-insensitively) in a retrieved chunk."""
     low = [t.lower() for t in texts]

@@ -7,6 +7,7 @@ import pytest
 from rag.evaluate import (
     Record,
     calibrate,
+    roc_auc,
     compute_metrics,
     exact_match,
     f1_score,
@@ -71,6 +72,13 @@ def test_calibrate_refuses_thresholds_no_better_than_chance():
     cal = calibrate(records)  # every usable threshold withholds as many answerable as unanswerable questions
     assert (cal["min_score"], cal["min_logprob"]) == (None, None)
     assert cal["metrics"]["abstain_recall"] == 0.0
+
+
+def test_roc_auc():
+    assert roc_auc([3, 4], [1, 2]) == 1.0 and roc_auc([1, 2], [3, 4]) == 0.0
+    assert roc_auc([1, 2], [1, 2]) == 0.5
+    assert roc_auc([2], [1, 2, 3]) == 0.5  # one below, one tie, one above
+    assert roc_auc([], [1]) is None
 
 
 def test_retrieval_hit():
