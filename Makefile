@@ -27,7 +27,7 @@ demo: install
 	$(RAGQA) models prepare
 	$(RAGQA) ingest data/sample -c demo
 	$(RAGQA) search "How does the collection survive a crash?" -c demo -k 3
-	$(RAGQA) ask "Which FAISS index searches exactly, without approximation?" -c demo --stream
+	$(RAGQA) ask "What is the default FAISS index in ragqa?" -c demo --stream
 	@echo
 	@echo "Done. Try: .venv/bin/ragqa ask \"What is RAG-Token?\" -c demo --mode rag-token"
 	@echo "Serve it over HTTP: .venv/bin/ragqa keys create me && .venv/bin/ragqa serve"
