@@ -25,8 +25,9 @@ rotating per question so that load from other jobs on a shared machine hits all 
 
 Questions: ``rag.evaluate.sample_examples(..., n, seed)`` - ``n`` answerable questions (all systems) and
 ``n`` unanswerable ones (ragqa's abstention metrics, for the ``--abstain-modes``; LangChain has no
-abstention mechanism to score). The abstention thresholds are ``QAConfig``'s defaults, calibrated with
-``--calibrate`` on a different seed than the reported sample.
+abstention mechanism to score). Abstention is reported with thresholds off, with ``QAConfig``'s, and with
+thresholds that ``rag.evaluate.calibrate`` fits in the same run on ``--calibration-questions`` other
+questions of the file (disjoint from the reported sample), allowing ``--calibration-max-f1-drop``.
 
 Also measured: the memory bandwidth (numpy copy) against the generator's weight bytes, i.e. the
 memory-bandwidth bound on single-stream decode tokens/s, against measured decode tokens/s; and RAG-Token
