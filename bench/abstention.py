@@ -34,9 +34,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != pathlib.Path(__file__).resolve().parent]
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+
+def _load_common():
+    """Import bench/common.py by path; drop bench/ from sys.path so that ``import ingest`` finds ragqa's package."""
+    import importlib.util
+
+    here = pathlib.Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != here]
+    if str(here.parent) not in sys.path:
+        sys.path.insert(0, str(here.parent))
+    if "bench_common" in sys.modules:
+        return sys.modules["bench_common"]
+    spec = importlib.util.spec_from_file_location("bench_common", here / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_common"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+common = _load_common()
 logger = logging.getLogger("bench.abstention")
 
 START_MARKER = "<!-- abstention:start -->"
@@ -73,12 +90,7 @@ def signal_aucs(records: list[Any]) -> dict[str, dict[str, float | None]]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import random
 
-    from api.settings import Settings
-    from ingest.workspace import Workspace
     from rag.evaluate import calibrate, compute_metrics, load_squad, run_eval, sample_examples
-    from rag.generator import Generator
-    from rag.qa import QAPipeline
-    from rag.retriever import Retriever
 
     data = pathlib.Path(args.data)
     examples = load_squad(data)
@@ -88,13 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.calibration_questions:
         rest = random.Random(0).sample(rest, min(args.calibration_questions, len(rest)))
 
-    settings = Settings(home=pathlib.Path(args.home).expanduser())
-    ws = Workspace(settings.home, settings.ingest)
-    if args.collection not in ws.list_collections():
-        logger.info("ingesting %s into %s", data, args.collection)
-        ws.ingest([data], args.collection)
-    qa = QAPipeline(Retriever(ws.embedder, settings.retriever),
-                    Generator(settings.generator, settings.models_dir, settings.adapters_dir).warm_up(), settings.qa)
+    settings, ws, qa = common.open_pipeline(pathlib.Path(args.home).expanduser(), args.collection, data)
     with ws.open(args.collection, readonly=True) as coll:
         logger.info("reported sample: %d questions; calibration: %d", len(reported), len(rest))
         test = run_eval(qa, coll, reported, mode=args.mode, adapter=args.adapter, progress=True)
@@ -120,8 +126,6 @@ def _f(v: float | None, spec: str = ".2f") -> str:
 
 
 def render(res: dict[str, Any], argv: list[str]) -> str:
-    import bench_common as common
-
     who = f"adapter `{res['adapter']}`" if res["adapter"] else "base model"
     lines = [f"### {res['mode']}, {who}, data `{pathlib.Path(res['data']).name}`", ""]
     lines.append(f"Command: `{common.command_line(pathlib.Path(__file__), argv)}`  ")
@@ -163,14 +167,11 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import importlib.util
-
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    here = pathlib.Path(__file__).resolve().parent
     p.add_argument("--home", default=os.environ.get("RAGQA_HOME", "~/.ragqa"), help="RAGQA_HOME holding the collection")
     p.add_argument("--collection", default="squad")
-    p.add_argument("--data", default=str(here.parent / "data" / "benchmarks" / "squad2_dev_public.json"))
+    p.add_argument("--data", default=str(common.SQUAD))
     p.add_argument("--mode", default=None, help="generation mode (default: QAConfig.mode)")
     p.add_argument("--adapter", default=None)
     p.add_argument("--n", type=int, default=60, help="answerable questions of the reported sample (and as many unanswerable)")
@@ -181,10 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--append", action="store_true", help="with --write: add this run below the section's others")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    spec = importlib.util.spec_from_file_location("bench_common", here / "common.py")
-    common = importlib.util.module_from_spec(spec)
-    sys.modules["bench_common"] = common
-    spec.loader.exec_module(common)
 
     res = run(args)
     if args.json:
@@ -192,12 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     body = render(res, argv)
     print(body)
     if args.write:
-        if args.append:
-            text = common.BENCHMARKS_MD.read_text()
-            if START_MARKER in text:
-                old = text.split(START_MARKER, 1)[1].split(END_MARKER, 1)[0].strip("\n")
-                body = old + "\n\n" + body
-        common.update_markdown_section(common.BENCHMARKS_MD, START_MARKER, END_MARKER, body, SECTION_HEADING)
+        common.update_markdown_section(common.BENCHMARKS_MD, START_MARKER, END_MARKER, body, SECTION_HEADING,
+                                       append=args.append)
         print(f"\nwrote {common.BENCHMARKS_MD}")
     return 0
 

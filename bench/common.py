@@ -225,16 +225,22 @@ def update_markdown_section(
     end_marker: str,
     body: str,
     heading: str,
+    *,
+    append: bool = False,
 ) -> None:
-    """Replace the text between ``start_marker`` and ``end_marker`` in ``path`` with ``body``.
+    """Replace the text between ``start_marker`` and ``end_marker`` in ``path`` with ``body``
+    (``append``: add ``body`` below what is there, for scripts that keep several runs side by side).
 
     Creates the file (with a short header) or appends ``heading`` and the markers when missing.
     Everything outside the markers is left as it is (other scripts own other sections). Written
     atomically, re-read just before writing to keep concurrent edits of other sections.
     """
-    block = f"{start_marker}\n{body.rstrip()}\n{end_marker}"
     text = path.read_text(encoding="utf-8") if path.exists() else BENCHMARKS_HEADER
     start, end = text.find(start_marker), text.find(end_marker)
+    if append and start != -1 and end > start:
+        old = text[start + len(start_marker) : end].strip("\n")
+        body = f"{old}\n\n{body}" if old else body
+    block = f"{start_marker}\n{body.rstrip()}\n{end_marker}"
     if start != -1 and end != -1 and end > start:
         text = text[:start] + block + text[end + len(end_marker) :]
     else:
@@ -244,3 +250,21 @@ def update_markdown_section(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def open_pipeline(home: pathlib.Path, collection: str = "squad", data: pathlib.Path = SQUAD):
+    """ragqa's settings, workspace and QA pipeline under ``home``; ``collection`` is ingested from
+    ``data`` when missing. (ragqa modules are imported here, not at the top: see the module docstring.)"""
+    from api.settings import Settings
+    from ingest.workspace import Workspace
+    from rag.generator import Generator
+    from rag.qa import QAPipeline
+    from rag.retriever import Retriever
+
+    settings = Settings(home=home)
+    ws = Workspace(settings.home, settings.ingest)
+    if collection not in ws.list_collections():
+        logging.getLogger("bench").info("ingesting %s into %s/%s", data, settings.home, collection)
+        ws.ingest([data], collection)
+    generator = Generator(settings.generator, settings.models_dir, settings.adapters_dir).warm_up()
+    return settings, ws, QAPipeline(Retriever(ws.embedder, settings.retriever), generator, settings.qa)

@@ -305,21 +305,7 @@ def rag_token_vs_separate(pipeline, collection, questions: list[str], new_tokens
 
 def open_pipeline(home: pathlib.Path):
     """ragqa's workspace, collection (ingested from the SQuAD file when missing) and QA pipeline."""
-    from api.settings import Settings
-    from ingest.workspace import Workspace
-    from rag.generator import Generator
-    from rag.qa import QAPipeline
-    from rag.retriever import Retriever
-
-    settings = Settings(home=home)
-    ws = Workspace(settings.home, settings.ingest)
-    if COLLECTION not in ws.list_collections():
-        logger.info("ingesting %s into %s/%s", common.SQUAD, settings.home, COLLECTION)
-        ws.ingest([common.SQUAD], COLLECTION)
-    generator = Generator(settings.generator, settings.models_dir, settings.adapters_dir).warm_up()
-    retriever = Retriever(ws.embedder, settings.retriever)
-    qa = QAPipeline(retriever, generator, settings.qa)
-    return settings, ws, qa
+    return common.open_pipeline(home, COLLECTION, common.SQUAD)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

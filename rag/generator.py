@@ -162,8 +162,9 @@ class Generator:
         return list(self.warm_up()._abstention_ids)
 
     def decode(self, ids: Sequence[int]) -> str:
-        eos = set(self.eos_token_ids)
-        return self.tokenizer.decode([i for i in ids if i not in eos], skip_special_tokens=True).strip()
+        """Text of ``ids`` without end-of-turn / special tokens (called once per decoded token: keep it cheap)."""
+        eos = self.warm_up()._eos_ids
+        return self._tokenizer.decode([i for i in ids if i not in eos], skip_special_tokens=True).strip()
 
     # -- adapters -----------------------------------------------------------------------
     def adapter_path(self, name: str) -> Path:

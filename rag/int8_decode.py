@@ -48,6 +48,10 @@ class Int8DecodeLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._add_int8_buffers()
+
+    def _add_int8_buffers(self) -> None:
+        """Empty until :meth:`refresh`; not persistent, so ``state_dict`` stays a plain Linear's."""
         self.register_buffer("weight_int8", torch.empty(0, dtype=torch.int8), persistent=False)
         self.register_buffer("weight_scale", torch.empty(0), persistent=False)
 
@@ -60,8 +64,7 @@ class Int8DecodeLinear(nn.Linear):
         new.in_features, new.out_features = linear.in_features, linear.out_features
         new.weight = linear.weight
         new.bias = linear.bias
-        new.register_buffer("weight_int8", torch.empty(0, dtype=torch.int8), persistent=False)
-        new.register_buffer("weight_scale", torch.empty(0), persistent=False)
+        new._add_int8_buffers()
         new.refresh()
         return new
 
