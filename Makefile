@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo lint test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,8 +52,15 @@ test: install
 	fi
 	$(PY) -m pytest -q tests
 
+# The unit tier only (tests/conftest.py assigns the tiers): in-process, tiny models, under 2 minutes.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m unit tests
+
+# ruff (lint + import order) on the whole tree; mypy on the core packages listed in [tool.mypy] files.
+# Both are configured in pyproject.toml; .pre-commit-config.yaml runs the same two on commit.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) bench/ingest.py

@@ -1,4 +1,14 @@
-"""Shared fixtures: tiny models built in-process, isolated workspaces."""
+"""Shared fixtures (tiny models built in-process, isolated workspaces) and the test tiers.
+
+Every test gets exactly one tier marker (declared in pyproject.toml, enforced by --strict-markers):
+
+- ``web``: everything under tests/web (a real server and Chromium);
+- ``slow``: uses the real bundled models, marked ``@pytest.mark.slow`` in the test file;
+- ``integration``: starts a server or CLI subprocess, trains a model, or runs the job worker end to end,
+  marked ``@pytest.mark.integration`` (per test, or ``pytestmark`` for a whole module);
+- ``unit``: everything else, assigned here. `make test-fast` runs only this tier (``pytest -m unit``),
+  so a new test that is not fast and in-process must carry one of the markers above.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +23,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
+WEB_TESTS = Path(__file__).resolve().parent / "web"
+TIERS = ("unit", "integration", "slow", "web")
 DATA = ROOT / "data"
 SQUAD = DATA / "benchmarks" / "squad2_dev_public.json"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Give every test one tier: web by folder, slow/integration as marked in the file, unit otherwise."""
+    for item in items:
+        if WEB_TESTS in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.web)
+        tiers = [t for t in TIERS if item.get_closest_marker(t) is not None]
+        if not tiers:
+            item.add_marker(pytest.mark.unit)
+        elif len(tiers) > 1:
+            raise pytest.UsageError(f"{item.nodeid} has several tiers {tiers}: keep exactly one of {', '.join(TIERS)}")
 
 
 def bundled_embedder_dir() -> Path:

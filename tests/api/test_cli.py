@@ -36,6 +36,7 @@ def env(home):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_ingest_search_documents_collections(env, tmp_path):
     corpus = tmp_path / "sample"
     shutil.copytree(SAMPLE, corpus)
@@ -77,6 +78,7 @@ def test_ingest_search_documents_collections(env, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_bad_input_is_reported_and_the_rest_lands(env, tmp_path):
     good = tmp_path / "good.md"
     good.write_text("# Good\n\nThis file is fine and should be searchable.")
@@ -110,6 +112,7 @@ def test_models_command(env):
     assert roles["generator"]["ready"] is False  # not converted yet in an empty workspace
 
 
+@pytest.mark.integration
 def test_ask_and_eval_with_tiny_models(env, tmp_path, tiny_st_model, tiny_llm):
     env = dict(env, RAGQA_INGEST__EMBEDDER__MODEL=str(tiny_st_model), RAGQA_GENERATOR__MODEL=str(tiny_llm),
                RAGQA_QA__MAX_NEW_TOKENS="3")

@@ -49,6 +49,7 @@ def _wait_idle(service, timeout=60.0):
     raise AssertionError(service.jobs.counts())
 
 
+@pytest.mark.integration  # the job worker end to end
 def test_jobs_survive_a_restart(tmp_path, tiny_st_model, tiny_llm):
     home = tmp_path / "home"
     settings = make_settings(home, tiny_st_model, tiny_llm, auth=False)
@@ -89,6 +90,7 @@ def test_jobs_survive_a_restart(tmp_path, tiny_st_model, tiny_llm):
         assert c.get("/healthz").json()["auth"] is False
 
 
+@pytest.mark.integration  # the job worker end to end
 def test_asks_are_answered_while_a_job_runs(tmp_path, tiny_st_model, tiny_llm):
     """Readers use read-only handles: questions are answered during ingestion, from committed files."""
     home = tmp_path / "home"

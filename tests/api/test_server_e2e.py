@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import ragqa_cmd
 
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -127,6 +127,7 @@ def test_export_writes_files_that_parse(tmp_path):
     assert [(e.chosen, e.rejected, e.contexts) for e in prefs] == [(f"c{i}", f"a{i}", ["ctx"]) for i in range(3)]
 
 
+@pytest.mark.integration
 def test_cli_export(logged, env, tmp_path):
     out = tmp_path / "fb"
     summary, code = run_json(["feedback", "export", "--output-dir", str(out)], env)
@@ -161,6 +162,7 @@ def test_cli_export(logged, env, tmp_path):
     assert code == 2 and not none["ok"] and "no feedback yet on collection 'nothing'" in none["error"]
 
 
+@pytest.mark.integration
 def test_cli_errors(env, home, tmp_path):
     missing, code = run_json(["feedback", "export", "--output-dir", str(tmp_path / "x")], env)
     assert code == 2 and "no server database" in missing["error"]

@@ -218,6 +218,7 @@ class TestSynthesize:
             assert p.answer in p.context and p.question.endswith("?")
 
 
+@pytest.mark.integration
 def test_cli_synth(ws, tmp_path, tiny_st_model):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGQA_")}
     env.update({"RAGQA_HOME": str(ws.home), "RAGQA_INGEST__EMBEDDER__MODEL": str(tiny_st_model)})

@@ -11,13 +11,15 @@ import pytest
 import torch
 
 from finetune.adapters import AdapterRegistry
-from finetune.config import ConfigError, DPOJob, RLHFJob, RewardJob, SFTJob, load_job
+from finetune.config import ConfigError, DPOJob, RewardJob, RLHFJob, SFTJob, load_job
 from finetune.data import DataError
 from finetune.runner import FinetuneError, Workspace
 from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig
 from ingest.workspace import Workspace as IngestWorkspace
 from rag.config import GeneratorConfig, QAConfig
 from rag.generator import AdapterError, Generator
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # trains tiny models for a few steps
 
 FACTS = [
     ("What is the capital of France?", "Paris", "Paris is the capital of France. The Eiffel Tower was finished in 1889."),
@@ -257,8 +259,8 @@ def test_marginal_nll_matches_brute_force_on_tiny_model(env, tiny_llm, mode):
 
 
 def test_rag_training_with_query_encoder(env):
-    from finetune.rag_e2e import QUERY_ENCODER_DIR, run_rag
     from finetune.config import RAGJob
+    from finetune.rag_e2e import QUERY_ENCODER_DIR, run_rag
 
     ws, files = env
     job = RAGJob(data=files["sft"], output="rag-a", collection="facts", k=2, mode="rag-token",

@@ -60,6 +60,7 @@ def check(home: Path, name: str) -> tuple[int, set[str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_kill_during_ingest_then_resume(tmp_path, home, tiny_st_model):
     corpus = make_corpus(tmp_path)
     env = dict(os.environ, RAGQA_HOME=str(home), RAGQA_INGEST__EMBEDDER__MODEL=str(tiny_st_model),

@@ -7,12 +7,11 @@ import pathlib
 from types import SimpleNamespace
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from ingest import embedder as E
-from ingest import hardware
-from ingest import onnx_export
+from ingest import hardware, onnx_export
 from ingest.config import EmbedderConfig
 from ingest.errors import ModelNotFoundError
 from tests.conftest import bundled_embedder_dir

@@ -7,13 +7,13 @@ import pytest
 from rag.evaluate import (
     Record,
     calibrate,
-    roc_auc,
     compute_metrics,
     exact_match,
     f1_score,
     load_squad,
     normalize_answer,
     retrieval_hit,
+    roc_auc,
     sample_examples,
 )
 from tests.conftest import SQUAD

@@ -489,6 +489,7 @@ class _CachedQueries:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_squad_recall_at_4(tmp_path) -> None:
     from ingest.workspace import Workspace
 

@@ -9,8 +9,9 @@ import pytest
 
 from api.answers import AnswerLog
 from api.db import server_db_path
-
 from tests.web.conftest import in_ci, missing_browser
+
+pytestmark = pytest.mark.timeout(600)  # tier `web` comes from the folder (tests/conftest.py)
 
 if missing_browser() and not in_ci():  # under CI the `browser` fixture fails instead
     pytest.skip(missing_browser(), allow_module_level=True)
