@@ -15,16 +15,13 @@ import torch
 
 from finetune.adapters import AdapterInfo, AdapterRegistry
 from finetune.config import BaseJob, LoraOptions
+from finetune.errors import AdapterExistsError, AdapterRegistryError, FinetuneError
 from ingest.config import IngestConfig
 from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
 from ingest.hardware import cpu_fast_bf16
 from rag.generator import Generator, pick_device
 
 logger = logging.getLogger(__name__)
-
-
-class FinetuneError(RuntimeError):
-    """A fine-tune run cannot start or finish; the message says why and what to do."""
 
 
 @dataclass
@@ -202,7 +199,7 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> str | None:
 
 def check_output_free(ws: Workspace, job: BaseJob) -> None:
     if ws.adapters.exists(job.output) and not job.overwrite:
-        raise FinetuneError(f"adapter {job.output!r} exists; pass --overwrite or choose another --output")
+        raise AdapterExistsError(f"adapter {job.output!r} exists; pass --overwrite or choose another --output")
 
 
 def set_threads() -> None:
