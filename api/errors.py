@@ -117,7 +117,9 @@ CORE_ERRORS: dict[type[Exception], HttpMapping] = {
     finetune_errors.ConflictError: HttpMapping(409, "conflict"),
     finetune_errors.FinetuneError: HttpMapping(500, "finetune_error"),
 }
-CORE_ROOTS: tuple[type[Exception], ...] = (ingest_errors.IngestError, rag_errors.RagError, finetune_errors.FinetuneError)
+CORE_ROOTS: tuple[type[Exception], ...] = (
+    ingest_errors.IngestError, rag_errors.RagError, finetune_errors.FinetuneError,
+)
 
 
 def http_mapping(exc: BaseException) -> HttpMapping | None:

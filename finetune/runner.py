@@ -15,7 +15,7 @@ import torch
 
 from finetune.adapters import AdapterInfo, AdapterRegistry
 from finetune.config import BaseJob, LoraOptions
-from finetune.errors import AdapterExistsError, FinetuneError
+from finetune.errors import AdapterExistsError, FinetuneError, InvalidAdapterError
 from ingest.config import IngestConfig
 from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
 from ingest.hardware import cpu_fast_bf16
@@ -248,7 +248,9 @@ def start_policy(ws: Workspace, from_adapter: str | None) -> tuple[Generator, to
     if from_adapter:
         info = ws.adapters.require_generator_adapter(from_adapter)  # an AdapterRegistryError is a FinetuneError
         if info.base_model and info.base_model != gen.name:
-            raise FinetuneError(f"adapter {from_adapter!r} was trained on {info.base_model!r}, the generator is {gen.name!r}")
+            raise InvalidAdapterError(
+                f"adapter {from_adapter!r} was trained on {info.base_model!r}, the generator is {gen.name!r}"
+            )
         model = merge_adapter(model, info.path)
         gen.use_model(model)  # the generator's prompts and decoding now run the SFT model
     return gen, model

@@ -100,7 +100,7 @@ class AdapterStore:
         return AdapterEntry(name=name, path=path, meta=meta, base_model=base)
 
     def require(self, name: str) -> Path:
-        """The folder of adapter ``name``; :class:`rag.errors.AdapterNotFoundError` (listing the known ones) when absent."""
+        """The folder of adapter ``name``; :class:`rag.errors.AdapterNotFoundError` (naming the others) if absent."""
         path = self.path(name)
         if not (path / ADAPTER_CONFIG).is_file():
             known = ", ".join(self.names()) or "none"

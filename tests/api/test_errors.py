@@ -57,7 +57,8 @@ EXPECTED = [
 ]
 
 
-@pytest.mark.parametrize(("cls", "status", "code"), EXPECTED, ids=[f"{c.__module__}.{c.__name__}" for c, _, _ in EXPECTED])
+@pytest.mark.parametrize(("cls", "status", "code"), EXPECTED,
+                         ids=[f"{c.__module__}.{c.__name__}" for c, _, _ in EXPECTED])
 def test_each_class_maps_by_type(cls, status, code) -> None:
     err = from_core(cls("what went wrong; do this"))
     assert (err.status, err.code, err.message) == (status, code, "what went wrong; do this")
@@ -120,7 +121,8 @@ def test_handlers_answer_every_root_in_the_json_shape() -> None:
     assert len(CORE_ROOTS) == 3
     with TestClient(app, raise_server_exceptions=False) as client:
         want = {"ingest": (409, "collection_exists"), "rag": (404, "adapter_not_found"),
-                "finetune": (422, "invalid_input"), "model": (503, "model_unavailable"), "other": (500, "internal_error")}
+                "finetune": (422, "invalid_input"), "model": (503, "model_unavailable"),
+                "other": (500, "internal_error")}
         for what, (status, code) in want.items():
             r = client.get(f"/raise/{what}")
             assert r.status_code == status, (what, r.text)
