@@ -1,13 +1,15 @@
 """HTTP errors of the REST API, and the handlers that give every error one JSON shape.
 
 Every error body is ``{"error": {"code": "<machine_code>", "message": "<what to do>"}}``
-(validation errors add ``"details"``). Core exceptions (``ingest``/``rag``) are mapped here,
-so the core packages never see HTTP.
+(validation errors add ``"details"``). Core exceptions (``ingest``/``rag``/``finetune``) are mapped
+to HTTP by their TYPE in one table, :data:`CORE_ERRORS`, so the core packages never see HTTP: the
+most specific class of the exception's MRO found in the table decides the status and code.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ingest.errors import CollectionError, CollectionExistsError, CollectionNotFoundError, EmbedderMismatchError, IngestError
+from finetune import errors as finetune_errors
+from ingest import errors as ingest_errors
+from rag import errors as rag_errors
 
 logger = logging.getLogger(__name__)
 
@@ -71,32 +75,73 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
-def from_core(exc: Exception) -> ApiError:
-    """The HTTP error for an exception raised by ``ingest`` or ``rag``."""
-    from rag.generator import AdapterError
-    from rag.qa import QAError
-    from rag.retriever import RetrieverError
+@dataclass(frozen=True)
+class HttpMapping:
+    """How a core exception type answers over HTTP."""
 
+    status: int
+    code: str
+
+
+# Exception type -> HTTP status and machine code. Looked up along the exception's MRO, so a
+# subclass not listed answers as its nearest listed base (a kind, then its package's root).
+CORE_ERRORS: dict[type[Exception], HttpMapping] = {
+    # ingest
+    ingest_errors.CollectionNotFoundError: HttpMapping(404, "collection_not_found"),
+    ingest_errors.CollectionExistsError: HttpMapping(409, "collection_exists"),
+    ingest_errors.EmbedderMismatchError: HttpMapping(409, "embedder_mismatch"),
+    ingest_errors.CollectionBusyError: HttpMapping(409, "collection_busy"),
+    ingest_errors.InvalidCollectionNameError: HttpMapping(422, "invalid_collection_name"),
+    ingest_errors.LoaderError: HttpMapping(422, "invalid_document"),
+    ingest_errors.NotFoundError: HttpMapping(404, "not_found"),
+    ingest_errors.InvalidInputError: HttpMapping(422, "invalid_input"),
+    ingest_errors.ConflictError: HttpMapping(409, "conflict"),
+    ingest_errors.ModelUnavailableError: HttpMapping(503, "model_unavailable"),
+    ingest_errors.IngestError: HttpMapping(500, "ingest_error"),
+    # rag
+    rag_errors.AdapterNotFoundError: HttpMapping(404, "adapter_not_found"),
+    rag_errors.AdapterError: HttpMapping(422, "invalid_adapter"),
+    rag_errors.QAError: HttpMapping(422, "invalid_question"),
+    rag_errors.RetrieverError: HttpMapping(422, "invalid_question"),
+    rag_errors.NotFoundError: HttpMapping(404, "not_found"),
+    rag_errors.InvalidInputError: HttpMapping(422, "invalid_input"),
+    rag_errors.ConflictError: HttpMapping(409, "conflict"),
+    rag_errors.ModelUnavailableError: HttpMapping(503, "model_unavailable"),
+    rag_errors.RagError: HttpMapping(500, "rag_error"),
+    # finetune
+    finetune_errors.AdapterNotFoundError: HttpMapping(404, "adapter_not_found"),
+    finetune_errors.AdapterExistsError: HttpMapping(409, "adapter_exists"),
+    finetune_errors.InvalidAdapterError: HttpMapping(422, "invalid_adapter"),
+    finetune_errors.NotFoundError: HttpMapping(404, "not_found"),
+    finetune_errors.InvalidInputError: HttpMapping(422, "invalid_input"),
+    finetune_errors.ConflictError: HttpMapping(409, "conflict"),
+    finetune_errors.FinetuneError: HttpMapping(500, "finetune_error"),
+}
+CORE_ROOTS: tuple[type[Exception], ...] = (
+    ingest_errors.IngestError, rag_errors.RagError, finetune_errors.FinetuneError,
+)
+
+
+def http_mapping(exc: BaseException) -> HttpMapping | None:
+    """The table entry of ``exc``'s most specific listed class, or None for a non-core exception."""
+    for cls in type(exc).__mro__:
+        mapping = CORE_ERRORS.get(cls)
+        if mapping is not None:
+            return mapping
+    return None
+
+
+def from_core(exc: Exception) -> ApiError:
+    """The HTTP error for an exception raised by ``ingest``, ``rag`` or ``finetune`` (500 for anything else)."""
+    mapping = http_mapping(exc)
+    if mapping is None:
+        return ApiError("internal error; see the server log", code="internal_error", status=500)
     msg = str(exc)
-    if isinstance(exc, CollectionNotFoundError):
-        return NotFound(msg.split(" (known:")[0], code="collection_not_found")  # never list other tenants' names
-    if isinstance(exc, CollectionExistsError):
-        return Conflict(msg, code="collection_exists")
-    if isinstance(exc, EmbedderMismatchError):
-        return Conflict(msg, code="embedder_mismatch")
-    if isinstance(exc, CollectionError) and "being written" in msg:
-        return Conflict(msg, code="collection_busy")
-    if isinstance(exc, CollectionError) and "invalid collection name" in msg:
-        return Unprocessable(msg, code="invalid_collection_name")
-    if isinstance(exc, AdapterError):
-        if "not found" in msg:
-            return NotFound(msg.split(" (known:")[0], code="adapter_not_found")
-        return Unprocessable(msg, code="invalid_adapter")
-    if isinstance(exc, (QAError, RetrieverError)):
-        return Unprocessable(msg, code="invalid_question")
-    if isinstance(exc, IngestError):
-        return ApiError(msg, code="ingest_error", status=500)
-    return ApiError("internal error; see the server log", code="internal_error", status=500)
+    if mapping.status == 404:
+        msg = msg.split(" (known:")[0]  # never list other tenants' collections or adapters
+    if mapping.status >= 500:
+        logger.warning("%s: %s", type(exc).__name__, msg)
+    return ApiError(msg, code=mapping.code, status=mapping.status)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -127,10 +172,12 @@ def install_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(codes.get(exc.status_code, "http_error"), message),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(IngestError)
-    async def _ingest(request: Request, exc: IngestError) -> JSONResponse:
+    async def _core(request: Request, exc: Exception) -> JSONResponse:
         err = from_core(exc)
         return JSONResponse(error_body(err.code, err.message), status_code=err.status)
+
+    for root in CORE_ROOTS:
+        app.add_exception_handler(root, _core)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from api.db import SqliteStore
-from ingest.errors import CollectionError, CollectionNotFoundError
+from ingest.errors import CollectionBusyError, CollectionError, CollectionNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ class WriterGate:
     def hold(self, collection: str, timeout: float = -1) -> Iterator[None]:
         lock = self._lock(collection)
         if not lock.acquire(timeout=timeout):
-            raise CollectionError(f"collection {collection!r} is being written by the ingestion worker; try again shortly")
+            raise CollectionBusyError(f"collection {collection!r} is being written by the ingestion worker; try again shortly")
         try:
             yield
         finally:
@@ -332,13 +332,12 @@ class IngestWorker:
                 continue
             try:
                 self._process(job)
+            except CollectionBusyError as exc:  # another process (e.g. `ragqa ingest`) holds the lock
+                logger.info("job %s waits: %s", job["job_id"], exc)
+                self.jobs.requeue(job["job_id"])
+                self._stop.wait(self.busy_retry_s)
             except CollectionError as exc:
-                if "being written" in str(exc):  # another process (e.g. `ragqa ingest`) holds the lock
-                    logger.info("job %s waits: %s", job["job_id"], exc)
-                    self.jobs.requeue(job["job_id"])
-                    self._stop.wait(self.busy_retry_s)
-                else:
-                    self._finish(job["job_id"], "failed", str(exc))
+                self._finish(job["job_id"], "failed", str(exc))
             except Exception as exc:  # never lose the worker to one bad job
                 logger.exception("job %s failed", job["job_id"])
                 self._finish(job["job_id"], "failed", f"{type(exc).__name__}: {exc}")

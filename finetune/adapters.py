@@ -8,7 +8,6 @@ to a temporary name and renamed, so a crash never leaves half an adapter under a
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -16,16 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.generator import ADAPTER_META
+from finetune.errors import (
+    AdapterExistsError,
+    AdapterNotFoundError,
+    AdapterRegistryError,
+    InvalidAdapterError,
+)
+from rag.adapter_store import ADAPTER_CONFIG, ADAPTER_META, AdapterStore
+from rag.errors import AdapterError
 
 logger = logging.getLogger(__name__)
 
 META_FILE = ADAPTER_META
 GENERATOR_KINDS = ("sft", "dpo", "rlhf", "rag")
 
-
-class AdapterRegistryError(ValueError):
-    """An adapter is missing, exists already, or is of the wrong kind."""
+__all__ = ["AdapterInfo", "AdapterRegistry", "AdapterRegistryError", "GENERATOR_KINDS", "META_FILE"]
 
 
 @dataclass
@@ -50,56 +54,54 @@ class AdapterInfo:
 
 
 class AdapterRegistry:
+    """The fine-tune side of :class:`rag.adapter_store.AdapterStore`: adapter details for the CLI,
+    staging and atomic commit of new adapters, and :mod:`finetune.errors` types."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self.store = AdapterStore(self.root)
 
     def path(self, name: str) -> Path:
-        return self.root / name
+        try:
+            return self.store.path(name)
+        except AdapterError as exc:  # not a plain folder name
+            raise InvalidAdapterError(str(exc)) from exc
 
     def exists(self, name: str) -> bool:
-        return (self.path(name) / "adapter_config.json").exists()
+        return (self.path(name) / ADAPTER_CONFIG).is_file()
 
     def list(self) -> list[AdapterInfo]:
-        if not self.root.exists():
-            return []
-        return [self.get(p.name) for p in sorted(self.root.iterdir())
-                if p.is_dir() and not p.name.startswith(".") and (p / "adapter_config.json").exists()]
+        return [self.get(name) for name in self.store.names()]
 
     def get(self, name: str) -> AdapterInfo:
         path = self.path(name)
-        if not (path / "adapter_config.json").exists():
-            known = ", ".join(a.name for a in self.list()) or "none"
-            raise AdapterRegistryError(f"adapter {name!r} not found in {self.root} (known: {known})")
-        meta: dict[str, Any] = {}
-        if (path / META_FILE).exists():
-            try:
-                meta = json.loads((path / META_FILE).read_text())
-            except json.JSONDecodeError:
-                logger.warning("unreadable %s in %s", META_FILE, path)
-        peft_cfg = json.loads((path / "adapter_config.json").read_text())
+        if not self.exists(name):
+            known = ", ".join(self.store.names()) or "none"
+            raise AdapterNotFoundError(f"adapter {name!r} not found in {self.root} (known: {known})")
+        meta = self.store.meta(name)
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         return AdapterInfo(
             name=name, path=path, kind=meta.get("kind", "unknown"),
-            base_model=meta.get("base_model") or peft_cfg.get("base_model_name_or_path"),
+            base_model=meta.get("base_model") or self.store.peft_config(name).get("base_model_name_or_path"),
             created_at=meta.get("created_at"), metrics=meta.get("metrics", {}), meta=meta, size_bytes=size,
         )
 
     def require_generator_adapter(self, name: str) -> AdapterInfo:
         info = self.get(name)
         if info.kind == "reward":
-            raise AdapterRegistryError(f"adapter {name!r} is a reward model, not a generator adapter")
+            raise InvalidAdapterError(f"adapter {name!r} is a reward model, not a generator adapter")
         return info
 
     def delete(self, name: str) -> None:
-        path = self.path(name)
-        if not path.exists():
-            raise AdapterRegistryError(f"adapter {name!r} not found in {self.root}")
-        trash = self.root / f".deleting-{name}-{time.time_ns()}"
-        path.rename(trash)  # atomic: the name is gone at once, the files follow
-        shutil.rmtree(trash, ignore_errors=True)
+        self.path(name)  # a plain name, or InvalidAdapterError
+        try:
+            self.store.delete(name)
+        except AdapterError as exc:
+            raise AdapterNotFoundError(str(exc)) from exc
 
     def staging_dir(self, name: str) -> Path:
         """A fresh temporary folder to save adapter ``name`` into before :meth:`commit`."""
+        self.path(name)  # refuse a path-like name before any training output is written
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".staging-{name}-{time.time_ns()}"
         tmp.mkdir()
@@ -108,11 +110,11 @@ class AdapterRegistry:
     def commit(self, staging: Path, name: str, meta: dict[str, Any], *, overwrite: bool = False) -> AdapterInfo:
         """Write ``meta`` into ``staging`` and move it to its real name (replacing an old one if allowed)."""
         meta = {"name": name, "created_at": time.time(), **meta}
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        self.store.write_meta(staging, meta)
         target = self.path(name)
         if target.exists():
             if not overwrite:
-                raise AdapterRegistryError(f"adapter {name!r} exists; pass --overwrite or choose another --output")
+                raise AdapterExistsError(f"adapter {name!r} exists; pass --overwrite or choose another --output")
             old = self.root / f".deleting-{name}-{time.time_ns()}"
             target.rename(old)
             staging.rename(target)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune.errors import DataError
 
-class DataError(ValueError):
-    """A training file is missing, malformed, or too small; the message says where and what to do."""
+
 
 
 @dataclass

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.data import write_jsonl
+from finetune.errors import FeedbackError
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ PREFERENCES_FILE = "preferences.jsonl"
 
 ContextFetcher = Callable[[str, list[str]], Mapping[str, str]]
 """``fetch(collection, chunk_ids) -> {chunk_id: text}`` for citations logged without their text."""
-
-
-class FeedbackError(ValueError):
-    """There is no feedback to export, or none that makes a training example."""
 
 
 @dataclass

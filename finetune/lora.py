@@ -18,11 +18,9 @@ from pathlib import Path
 
 import torch
 
+from finetune.errors import LoraStackError
+
 logger = logging.getLogger(__name__)
-
-
-class LoraStackError(ValueError):
-    """Two adapters cannot be stacked (different layers or options)."""
 
 
 def _scaling(cfg: dict) -> float:

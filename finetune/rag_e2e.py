@@ -116,7 +116,7 @@ def build_rows(gen: Generator, records, source, k: int, max_ctx: int, one_shot: 
         if len(retrieval.chunks) < k:
             raise FinetuneError(f"the collection returned {len(retrieval.chunks)} chunks for k={k}; lower -k")
         contexts = format_contexts(gen.tokenizer, retrieval.chunks, max_ctx)
-        vecs = retriever._vectors(coll, [c.faiss_id for c in retrieval.chunks])
+        vecs = retriever.chunk_vectors(coll, [c.faiss_id for c in retrieval.chunks])
         seqs = [tokenize_pair(gen, rec.question, [c], rec.answer, one_shot=one_shot) for c in contexts]
         if max(len(s["input_ids"]) for s in seqs) > max_length:
             report["too_long"] += 1

@@ -15,16 +15,13 @@ import torch
 
 from finetune.adapters import AdapterInfo, AdapterRegistry
 from finetune.config import BaseJob, LoraOptions
+from finetune.errors import AdapterExistsError, FinetuneError, InvalidAdapterError
 from ingest.config import IngestConfig
 from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
 from ingest.hardware import cpu_fast_bf16
 from rag.generator import Generator, pick_device
 
 logger = logging.getLogger(__name__)
-
-
-class FinetuneError(RuntimeError):
-    """A fine-tune run cannot start or finish; the message says why and what to do."""
 
 
 @dataclass
@@ -202,7 +199,7 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> str | None:
 
 def check_output_free(ws: Workspace, job: BaseJob) -> None:
     if ws.adapters.exists(job.output) and not job.overwrite:
-        raise FinetuneError(f"adapter {job.output!r} exists; pass --overwrite or choose another --output")
+        raise AdapterExistsError(f"adapter {job.output!r} exists; pass --overwrite or choose another --output")
 
 
 def set_threads() -> None:
@@ -244,20 +241,18 @@ def start_policy(ws: Workspace, from_adapter: str | None) -> tuple[Generator, to
     With an adapter merged, a fresh LoRA on top has the SFT model as its "adapter off" view, which is
     the reference model TRL uses for PEFT models (see :mod:`finetune.lora`).
     """
-    from finetune.adapters import AdapterRegistryError
     from finetune.lora import merge_adapter
 
     gen = ws.base_generator()
     model = gen.model
     if from_adapter:
-        try:
-            info = ws.adapters.require_generator_adapter(from_adapter)
-        except AdapterRegistryError as exc:
-            raise FinetuneError(str(exc)) from exc
+        info = ws.adapters.require_generator_adapter(from_adapter)  # an AdapterRegistryError is a FinetuneError
         if info.base_model and info.base_model != gen.name:
-            raise FinetuneError(f"adapter {from_adapter!r} was trained on {info.base_model!r}, the generator is {gen.name!r}")
+            raise InvalidAdapterError(
+                f"adapter {from_adapter!r} was trained on {info.base_model!r}, the generator is {gen.name!r}"
+            )
         model = merge_adapter(model, info.path)
-        gen._model = model  # the generator's prompts and decoding now run the SFT model
+        gen.use_model(model)  # the generator's prompts and decoding now run the SFT model
     return gen, model
 
 

@@ -31,10 +31,12 @@ import numpy as np
 from ingest.config import ChunkingConfig, IndexConfig
 from ingest.documents import Chunk, Document
 from ingest.errors import (
+    CollectionBusyError,
     CollectionError,
     CollectionExistsError,
     CollectionNotFoundError,
     EmbedderMismatchError,
+    InvalidCollectionNameError,
 )
 from ingest.index import (
     build_index,
@@ -46,7 +48,7 @@ from ingest.index import (
     to_gpu_if_requested,
     write_index_atomic,
 )
-from ingest.store import SCHEMA_VERSION, ChunkRow, DocumentStore
+from ingest.store import SCHEMA_VERSION, ChunkRow, SQLiteDocumentStore
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ _INDEX_RE = re.compile(r"^index-(\d+)\.faiss$")
 
 def validate_name(name: str) -> str:
     if not NAME_RE.match(name) or name.endswith((".tmp", ".trash")):
-        raise CollectionError(
+        raise InvalidCollectionNameError(
             f"invalid collection name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
@@ -96,7 +98,7 @@ class SearchHit:
 class Collection:
     """Open with :meth:`create` or :meth:`open`; close with :meth:`close` (or a ``with`` block)."""
 
-    def __init__(self, path: Path, store: DocumentStore, *, readonly: bool, index_config: IndexConfig | None = None) -> None:
+    def __init__(self, path: Path, store: SQLiteDocumentStore, *, readonly: bool, index_config: IndexConfig | None = None) -> None:
         self.path = path
         self.name = path.name
         self.store = store
@@ -129,7 +131,7 @@ class Collection:
             raise CollectionExistsError(f"collection {name!r} already exists; choose another name or delete it first")
         tmp = collections_dir / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
         tmp.mkdir()
-        store = DocumentStore(tmp / "store.sqlite")
+        store = SQLiteDocumentStore(tmp / "store.sqlite")
         store.set_meta(
             {
                 "schema_version": SCHEMA_VERSION,
@@ -175,10 +177,10 @@ class Collection:
                 fcntl.flock(lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
                 lock_fh.close()
-                raise CollectionError(
+                raise CollectionBusyError(
                     f"collection {name!r} is being written by another process; wait for it to finish"
                 ) from exc
-        store = DocumentStore(path / "store.sqlite", readonly=readonly)
+        store = SQLiteDocumentStore(path / "store.sqlite", readonly=readonly)
         coll = cls(path, store, readonly=readonly)
         coll._lock_fh = lock_fh
         if embedder_name is not None and embedder_name != coll.embedder_name:
@@ -320,14 +322,7 @@ class Collection:
         if query.shape[1] != self.dim:
             raise CollectionError(f"query has dimension {query.shape[1]}, the collection {self.dim}")
         if sources or titles:
-            where, args = [], []
-            if sources:
-                where.append("d.source IN (%s)" % ",".join("?" * len(sources)))
-                args += list(sources)
-            if titles:
-                where.append("d.title IN (%s)" % ",".join("?" * len(titles)))
-                args += list(titles)
-            ids, vecs = self.store.all_vectors(self.dim, " AND ".join(where), args)
+            ids, vecs = self.store.all_vectors(self.dim, sources=sources or None, titles=titles or None)
             scores = vecs @ query[0]
             order = np.argsort(-scores)[:k]
             pairs = [(int(ids[i]), float(scores[i])) for i in order]
@@ -389,7 +384,7 @@ def delete_collection(collections_dir: Path, name: str) -> None:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise CollectionError(f"collection {name!r} is being written; try again when it is done") from exc
+            raise CollectionBusyError(f"collection {name!r} is being written; try again when it is done") from exc
         trash = collections_dir / f".{name}.{uuid.uuid4().hex[:8]}.trash"
         os.rename(path, trash)
     fsync_dir(collections_dir)

@@ -4,6 +4,10 @@ It holds the files, documents and chunks (text, metadata and the embedding vecto
 chunk), plus the collection's settings. Every change is one transaction that also bumps the
 store's ``generation``; the FAISS index file is stamped with the generation it reflects, so a
 crash between the two is detected and repaired from this store (see ``collection.py``).
+
+:class:`DocumentStore` is the contract the other packages read a collection's store through
+(haystack's ``document_stores/types/protocol.py`` is the model): id-based reads and typed
+filters, so no SQL leaves this module. :class:`SQLiteDocumentStore` implements it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -79,7 +83,66 @@ class ChunkRow:
     metadata: dict[str, Any]
 
 
-class DocumentStore:
+@runtime_checkable
+class DocumentStore(Protocol):
+    """What :mod:`rag`, :mod:`finetune` and :mod:`api` need from a collection's document store.
+
+    Chunks are addressed by their ``faiss_id`` (the id in the vector index) or their ``chunk_id``;
+    documents by ``doc_id`` or ``source`` (the file they came from). Filters are typed arguments:
+    ``None`` means "no filter", a sequence means "one of these" (an empty one matches nothing), and
+    several filters must all hold.
+    """
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every committed change (caches key on it)."""
+        ...
+
+    def count_documents(self) -> int: ...
+
+    def count_chunks(self) -> int: ...
+
+    def list_documents(self, source: str | None = None, limit: int | None = None, offset: int = 0) -> list[DocumentRow]:
+        """Documents (of one ``source``), ordered by source then key."""
+        ...
+
+    def get_chunks(self, faiss_ids: Sequence[int]) -> dict[int, ChunkRow]:
+        """Chunks by ``faiss_id`` (ids not in the store are absent from the result)."""
+        ...
+
+    def get_chunks_by_chunk_id(self, chunk_ids: Sequence[str]) -> dict[str, ChunkRow]:
+        """Chunks by ``chunk_id`` (ids not in the store are absent from the result)."""
+        ...
+
+    def iter_chunks(self, batch: int = 1000) -> Iterator[ChunkRow]:
+        """Every chunk, in ``faiss_id`` order."""
+        ...
+
+    def all_vectors(
+        self,
+        dim: int,
+        *,
+        faiss_ids: Sequence[int] | None = None,
+        doc_ids: Sequence[str] | None = None,
+        sources: Sequence[str] | None = None,
+        titles: Sequence[str] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Stored chunk vectors matching every given filter: ``(ids (n,) int64, vectors (n, dim) float32)``,
+        in ``faiss_id`` order."""
+        ...
+
+
+# Typed filter -> the column it constrains. Only these fixed names ever reach the SQL text;
+# the values travel as one JSON array parameter each.
+_VECTOR_FILTERS: dict[str, str] = {
+    "faiss_ids": "c.faiss_id",
+    "doc_ids": "c.doc_id",
+    "sources": "d.source",
+    "titles": "d.title",
+}
+
+
+class SQLiteDocumentStore:
     """A SQLite file in WAL mode with synchronous=FULL: a committed write survives kill -9."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
@@ -132,8 +195,8 @@ class DocumentStore:
             else:
                 self.db.execute("ROLLBACK")
 
-    def transaction(self) -> "DocumentStore._Tx":
-        return DocumentStore._Tx(self._db)
+    def transaction(self) -> "SQLiteDocumentStore._Tx":
+        return SQLiteDocumentStore._Tx(self._db)
 
     def _bump(self) -> int:
         gen = self.generation + 1
@@ -286,12 +349,37 @@ class DocumentStore:
             for r in rows:
                 yield ChunkRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))
 
-    def all_vectors(self, dim: int, where: str = "", args: Sequence[Any] = ()) -> tuple[np.ndarray, np.ndarray]:
-        """All (or filtered) chunk vectors: ``(ids (n,) int64, vectors (n, dim) float32)``."""
+    def all_vectors(
+        self,
+        dim: int,
+        *,
+        faiss_ids: Sequence[int] | None = None,
+        doc_ids: Sequence[str] | None = None,
+        sources: Sequence[str] | None = None,
+        titles: Sequence[str] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Stored chunk vectors matching every given filter (all without one):
+        ``(ids (n,) int64, vectors (n, dim) float32)`` in ``faiss_id`` order.
+
+        ``None`` leaves a field unfiltered; a sequence keeps the chunks whose field is one of its
+        values (an empty sequence keeps none).
+        """
+        given = {"faiss_ids": None if faiss_ids is None else [int(i) for i in faiss_ids],
+                 "doc_ids": None if doc_ids is None else [str(d) for d in doc_ids],
+                 "sources": None if sources is None else [str(s) for s in sources],
+                 "titles": None if titles is None else [str(t) for t in titles]}
+        where, args = [], []
+        for name, values in given.items():
+            if values is not None:
+                where.append(f"{_VECTOR_FILTERS[name]} IN (SELECT value FROM json_each(?))")
+                args.append(json.dumps(values))
         sql = "SELECT c.faiss_id, c.embedding FROM chunks c"
+        if given["sources"] is not None or given["titles"] is not None:
+            sql += " JOIN documents d ON c.doc_id=d.doc_id"
         if where:
-            sql += f" JOIN documents d ON c.doc_id=d.doc_id WHERE {where}"
-        rows = self._db.execute(sql, list(args)).fetchall()
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY c.faiss_id"
+        rows = self._db.execute(sql, args).fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         if not rows:
             return ids, np.zeros((0, dim), dtype=np.float32)

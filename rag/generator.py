@@ -7,7 +7,6 @@ Adapters are PEFT LoRA folders under the workspace; each is loaded once and swit
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -17,20 +16,15 @@ from pathlib import Path
 
 import torch
 
-from ingest.errors import ModelNotFoundError
 from ingest.hardware import cpu_fast_bf16
+from rag.adapter_store import AdapterStore
 from rag.config import GeneratorConfig
+from rag.errors import AdapterError as AdapterError  # re-exported: callers catch it from here
+from rag.errors import InvalidAdapterError, ModelNotFoundError
 from rag.models import locate_generator, prepare_generator
 from rag.prompts import ABSTAIN_TEXT, chat_messages
 
 logger = logging.getLogger(__name__)
-
-
-ADAPTER_META = "ragqa_adapter.json"  # written by finetune.adapters next to the PEFT files
-
-
-class AdapterError(ValueError):
-    """An adapter is missing or does not fit the base model."""
 
 
 def pick_device(setting: str) -> torch.device:
@@ -60,6 +54,7 @@ class Generator:
         self.config = config
         self.models_dir = Path(models_dir)
         self.adapters_dir = Path(adapters_dir) if adapters_dir else self.models_dir.parent / "adapters"
+        self.adapters = AdapterStore(self.adapters_dir)
         self._model = None
         self._tokenizer = None
         self._eos_ids: list[int] = []
@@ -168,41 +163,28 @@ class Generator:
 
     # -- adapters -----------------------------------------------------------------------
     def adapter_path(self, name: str) -> Path:
-        return self.adapters_dir / name
+        return self.adapters.path(name)
 
     def adapter_query_encoder(self, name: str) -> Path | None:
         """The query encoder trained with adapter ``name`` (``ragqa finetune rag --train-query-encoder``), or None."""
-        meta_path = self.adapter_path(name) / ADAPTER_META
-        if not meta_path.exists():
-            return None
-        sub = json.loads(meta_path.read_text()).get("query_encoder")
-        folder = self.adapter_path(name) / sub if sub else None
-        return folder if folder is not None and folder.is_dir() else None
+        return self.adapters.query_encoder(name)
 
     def list_adapters(self) -> list[str]:
-        if not self.adapters_dir.exists():
-            return []
-        return sorted(p.name for p in self.adapters_dir.iterdir()
-                      if (p / "adapter_config.json").exists() and not p.name.startswith("."))
+        return self.adapters.names()
+
+    def use_model(self, model: torch.nn.Module) -> None:
+        """Run prompts and decoding on ``model`` from now on (e.g. this generator's weights with an
+        adapter merged in, as a fine-tune run's starting policy). Loads the tokenizer first."""
+        self.warm_up()
+        with self._lock:
+            self._model = model
 
     def _load_adapter(self, name: str) -> None:
-        path = self.adapter_path(name)
-        if not (path / "adapter_config.json").exists():
-            known = ", ".join(self.list_adapters()) or "none"
-            raise AdapterError(f"adapter {name!r} not found in {self.adapters_dir} (known: {known})")
-        cfg = json.loads((path / "adapter_config.json").read_text())
-        meta = json.loads((path / ADAPTER_META).read_text()) if (path / ADAPTER_META).exists() else {}
-        if meta.get("kind") == "reward":
-            raise AdapterError(f"adapter {name!r} is a reward model (for `ragqa finetune rlhf`), not a generator adapter")
-        base = meta.get("base_model")
-        if base and base != self.name:
-            raise AdapterError(
-                f"adapter {name!r} was trained on the generator {base!r}, but the configured generator is "
-                f"{self.name!r}; set RAGQA_GENERATOR__MODEL to {base!r} or train a new adapter"
-            )
+        path = self.adapters.validate_for_generator(name, self.name)
         from peft import PeftModel
 
-        base = cfg.get("base_model_name_or_path")
+        meta = self.adapters.meta(name)
+        base = self.adapters.peft_config(name).get("base_model_name_or_path")
         if not meta and base and Path(base).name != Path(str(self.name)).name and base != self.config.model:
             logger.warning("adapter %s was trained on %s, the generator is %s", name, base, self.name)
         try:
@@ -211,7 +193,7 @@ class Generator:
             else:
                 self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise AdapterError(f"adapter {name!r} does not fit the generator {self.name!r}: {exc}") from exc
+            raise InvalidAdapterError(f"adapter {name!r} does not fit the generator {self.name!r}: {exc}") from exc
         self._model.eval()
         self._loaded_adapters.add(name)
 

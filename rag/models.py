@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.errors import ModelNotFoundError
+from rag.errors import ModelNotFoundError
 from rag.config import GeneratorConfig
 
 logger = logging.getLogger(__name__)

@@ -33,6 +33,7 @@ import torch
 from ingest.collection import Collection
 from rag.config import QAConfig
 from rag.decoding import rag_sequence_generate, rag_token_generate
+from rag.errors import QAError
 from rag.extract import clean_answer, reply_complete
 from rag.generator import Generator
 from rag.prompts import ABSTAIN_TEXT, is_abstention
@@ -41,10 +42,6 @@ from rag.retriever import Retrieval, Retriever
 logger = logging.getLogger(__name__)
 
 MODES = ("stuff", "rag-sequence", "rag-token")
-
-
-class QAError(ValueError):
-    """A question cannot be answered as asked (bad mode, empty question, ...)."""
 
 
 @dataclass

@@ -32,9 +32,11 @@ import numpy as np
 
 from rag.bm25 import BM25Cache, BM25Index
 from rag.config import RetrieverConfig
+from rag.errors import RetrieverError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ingest.collection import Collection
+    from ingest.store import ChunkRow
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +55,6 @@ __all__ = [
 
 Mode = Literal["hybrid", "dense", "bm25"]
 MODES: tuple[str, ...] = ("hybrid", "dense", "bm25")
-
-
-class RetrieverError(Exception):
-    """Retrieval cannot run as asked (wrong embedder for the collection, bad arguments)."""
 
 
 class QueryEmbedder(Protocol):
@@ -251,6 +249,31 @@ class Retrieval:
 # -- the retriever -------------------------------------------------------------------------------
 
 
+@dataclass
+class _Sparse:
+    """A BM25 search: the index, the score of every chunk ``(n_chunks,)`` and the ranked hits."""
+
+    index: BM25Index
+    scores: np.ndarray
+    ranked: list[tuple[int, float]]
+
+
+@dataclass
+class _Pool:
+    """The candidates that survived to the final selection, aligned by position.
+
+    ``hits``: ``(faiss_id, ranking score)``; ``vectors``: ``(n, d)`` stored vectors; ``cos``: ``(n,)``
+    their cosine with the query; ``ranking_scores``: ``(n,)`` float64.
+    """
+
+    hits: list[tuple[int, float]]
+    rows: dict[int, "ChunkRow"]
+    vectors: np.ndarray
+    cos: np.ndarray
+    ranking_scores: np.ndarray
+
+
+
 class Retriever:
     """Dense + BM25 retrieval over :class:`ingest.collection.Collection` objects.
 
@@ -292,13 +315,44 @@ class Retriever:
         k = k if k is not None else cfg.k
         mode = mode if mode is not None else cfg.mode
         mmr = mmr if mmr is not None else cfg.mmr
+        self._check_request(collection, mode, k)
+        n_cand = max(cfg.candidates, k)
+        qvec = self._embed_query(collection, query, query_embedder)
+
+        dense = self._dense_search(collection, qvec, n_cand, sources, titles) if mode in ("dense", "hybrid") else []
+        sparse = self._sparse_search(collection, query, n_cand, sources, titles) if mode in ("bm25", "hybrid") else None
+        ranked, rrf = self._fuse(mode, dense, sparse.ranked if sparse is not None else [])
+        pool = self._candidates(collection, qvec, ranked[:n_cand] if mmr else ranked[:k])
+        if pool is None:
+            return self._empty(query, mode)
+        order = self._mmr_order(qvec, pool, mode, k) if mmr else list(range(len(pool.hits)))
+        log_post, posterior_score = self._posterior(pool, order, mode)
+        chunks = self._chunks(pool, order, log_post, mode, dense, sparse, rrf)
+        return Retrieval(
+            query=query,
+            chunks=chunks,
+            log_posterior=log_post,
+            max_dense_score=float(max(c.dense_score for c in chunks)),
+            mode=mode,
+            posterior_score=posterior_score,
+            temperature=cfg.temperature,
+        )
+
+    def chunk_vectors(self, collection: "Collection", faiss_ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Stored vectors of chunks ``faiss_ids``: faiss id -> ``(dim,)`` float32 (missing ids are absent)."""
+        ids, vecs = collection.store.all_vectors(collection.dim, faiss_ids=[int(i) for i in faiss_ids])
+        return {int(i): v for i, v in zip(ids, vecs)}
+
+    # -- the steps of retrieve -------------------------------------------------------------------
+    def _check_request(self, collection: "Collection", mode: str, k: int) -> None:
         if mode not in MODES:
             raise RetrieverError(f"unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}")
         if k < 1:
             raise RetrieverError(f"k must be >= 1, got {k}")
         self._check_embedder(collection)
-        n_cand = max(cfg.candidates, k)
 
+    def _embed_query(self, collection: "Collection", query: str, query_embedder: QueryEmbedder | None) -> np.ndarray:
+        """The query vector ``(dim,)`` float32, always computed (every returned chunk gets its cosine)."""
         embedder = query_embedder if query_embedder is not None else self.embedder
         qvec = np.asarray(embedder.embed_query(query), dtype=np.float32).reshape(-1)
         if qvec.shape[0] != collection.dim:
@@ -306,66 +360,82 @@ class Retriever:
                 f"the query encoder gives {qvec.shape[0]}-dimensional vectors but collection {collection.name!r} "
                 f"holds {collection.dim}-dimensional ones"
             )
+        return qvec
 
-        dense: list[tuple[int, float]] = []
-        if mode in ("dense", "hybrid"):
-            dense = [(h.faiss_id, float(h.score)) for h in collection.search(qvec, n_cand, sources=sources, titles=titles)]
-        bm25: list[tuple[int, float]] = []
-        bm25_all: np.ndarray | None = None
-        index: BM25Index | None = None
-        if mode in ("bm25", "hybrid"):
-            index = self.bm25_cache.get(collection)
-            bm25_all = index.scores(query)
-            bm25 = index.top(bm25_all, n_cand, index.mask(sources, titles))
+    @staticmethod
+    def _dense_search(
+        collection: "Collection", qvec: np.ndarray, n: int, sources: list[str] | None, titles: list[str] | None
+    ) -> list[tuple[int, float]]:
+        """``(faiss_id, cosine)`` of the ``n`` nearest chunks under the filters, best first."""
+        return [(h.faiss_id, float(h.score)) for h in collection.search(qvec, n, sources=sources, titles=titles)]
 
-        dense_rank = {i: r for r, (i, _) in enumerate(dense, start=1)}
-        bm25_rank = {i: r for r, (i, _) in enumerate(bm25, start=1)}
-        rrf: dict[int, float] = {}
+    def _sparse_search(
+        self, collection: "Collection", query: str, n: int, sources: list[str] | None, titles: list[str] | None
+    ) -> "_Sparse":
+        """The BM25 scores of every chunk, and the ``n`` best that share a term with the query under the filters."""
+        index = self.bm25_cache.get(collection)
+        scores = index.scores(query)
+        return _Sparse(index, scores, index.top(scores, n, index.mask(sources, titles)))
+
+    def _fuse(
+        self, mode: str, dense: list[tuple[int, float]], bm25: list[tuple[int, float]]
+    ) -> tuple[list[tuple[int, float]], dict[int, float]]:
+        """The ranking that places the chunks (``(faiss_id, ranking score)``, best first), and the RRF
+        score of each chunk (empty unless ``hybrid``)."""
         if mode == "dense":
-            ranked = dense
-        elif mode == "bm25":
-            ranked = bm25
-        else:
-            ranked = rrf_fuse([[i for i, _ in dense], [i for i, _ in bm25]], cfg.rrf_k)
-            rrf = dict(ranked)
-        pool = ranked[:n_cand] if mmr else ranked[:k]
-        if not pool:
-            return self._empty(query, mode)
-
-        ids = [i for i, _ in pool]
-        rows = collection.store.get_chunks(ids)
-        vecs = self._vectors(collection, ids)
-        keep = [j for j, i in enumerate(ids) if i in rows and i in vecs]  # a concurrent delete
-        pool = [pool[j] for j in keep]
-        ids = [ids[j] for j in keep]
-        if not pool:
-            return self._empty(query, mode)
-        V = np.stack([vecs[i] for i in ids])  # (n, d)
-        cos = V @ qvec  # (n,)
-        ranking_scores = np.array([s for _, s in pool], dtype=np.float64)
-
-        if mmr:
-            if mode == "dense":
-                rel = cos.astype(np.float64)
-            else:  # RRF or BM25 scores, scaled so the best candidate has relevance 1
-                rel = ranking_scores / max(float(ranking_scores.max()), 1e-12)
-            order = mmr_select(qvec, V, rel, k, cfg.mmr_lambda)
-        else:
-            order = list(range(len(pool)))
-
+            return dense, {}
         if mode == "bm25":
-            sel = ranking_scores[order]
-            post_scores = sel / max(float(sel.max()), 1e-12)
-            posterior_score = "bm25"
-        else:
-            post_scores = cos[order].astype(np.float64)
-            posterior_score = "dense"
-        log_post = log_softmax_posterior(post_scores, cfg.temperature)
+            return bm25, {}
+        ranked = rrf_fuse([[i for i, _ in dense], [i for i, _ in bm25]], self.config.rrf_k)
+        return ranked, dict(ranked)
 
+    def _candidates(self, collection: "Collection", qvec: np.ndarray, hits: list[tuple[int, float]]) -> "_Pool | None":
+        """The stored rows and vectors of ``hits``, without chunks deleted meanwhile; None when none is left."""
+        if not hits:
+            return None
+        ids = [i for i, _ in hits]
+        rows = collection.store.get_chunks(ids)
+        vecs = self.chunk_vectors(collection, ids)
+        hits = [h for h in hits if h[0] in rows and h[0] in vecs]  # a concurrent delete
+        if not hits:
+            return None
+        V = np.stack([vecs[i] for i, _ in hits])  # (n, d)
+        return _Pool(hits=hits, rows=rows, vectors=V, cos=V @ qvec,
+                     ranking_scores=np.array([s for _, s in hits], dtype=np.float64))
+
+    def _mmr_order(self, qvec: np.ndarray, pool: "_Pool", mode: str, k: int) -> list[int]:
+        """Indices into ``pool`` picked by MMR: relevance is the cosine (dense) or the ranking score
+        scaled so the best candidate has relevance 1 (RRF or BM25)."""
+        if mode == "dense":
+            rel = pool.cos.astype(np.float64)
+        else:
+            rel = pool.ranking_scores / max(float(pool.ranking_scores.max()), 1e-12)
+        return mmr_select(qvec, pool.vectors, rel, k, self.config.mmr_lambda)
+
+    def _posterior(self, pool: "_Pool", order: list[int], mode: str) -> tuple[np.ndarray, str]:
+        """``(log p(z|x) (K,), name of the score it is a softmax of)`` for the chunks ``order`` picks."""
+        if mode == "bm25":
+            sel = pool.ranking_scores[order]
+            return log_softmax_posterior(sel / max(float(sel.max()), 1e-12), self.config.temperature), "bm25"
+        return log_softmax_posterior(pool.cos[order].astype(np.float64), self.config.temperature), "dense"
+
+    @staticmethod
+    def _chunks(
+        pool: "_Pool",
+        order: list[int],
+        log_post: np.ndarray,
+        mode: str,
+        dense: list[tuple[int, float]],
+        sparse: "_Sparse | None",
+        rrf: dict[int, float],
+    ) -> list[RetrievedChunk]:
+        """One :class:`RetrievedChunk` per picked candidate, with every component score and rank."""
+        dense_rank = {i: r for r, (i, _) in enumerate(dense, start=1)}
+        bm25_rank = {i: r for r, (i, _) in enumerate(sparse.ranked, start=1)} if sparse is not None else {}
         chunks: list[RetrievedChunk] = []
         for rank, (j, lp) in enumerate(zip(order, log_post), start=1):
-            i, score = pool[j]
-            row = rows[i]
+            i, score = pool.hits[j]
+            row = pool.rows[i]
             meta = row.metadata
             chunks.append(
                 RetrievedChunk(
@@ -376,8 +446,8 @@ class Retriever:
                     source=str(meta.get("source", "")),
                     metadata=meta,
                     score=float(score),
-                    dense_score=float(cos[j]),
-                    bm25_score=index.score_of(bm25_all, i) if index is not None and bm25_all is not None else None,
+                    dense_score=float(pool.cos[j]),
+                    bm25_score=sparse.index.score_of(sparse.scores, i) if sparse is not None else None,
                     posterior=float(math.exp(lp)),
                     rank=rank,
                     rrf_score=rrf.get(i) if mode == "hybrid" else None,
@@ -386,15 +456,7 @@ class Retriever:
                     faiss_id=i,
                 )
             )
-        return Retrieval(
-            query=query,
-            chunks=chunks,
-            log_posterior=log_post,
-            max_dense_score=float(max(c.dense_score for c in chunks)),
-            mode=mode,
-            posterior_score=posterior_score,
-            temperature=cfg.temperature,
-        )
+        return chunks
 
     # -- helpers ---------------------------------------------------------------------------------
     def _empty(self, query: str, mode: str) -> Retrieval:
@@ -422,15 +484,3 @@ class Retriever:
                 f"collection {collection.name!r} was built with embedder {collection.embedder_name!r}, "
                 f"not {name!r}; set RAGQA_INGEST__EMBEDDER__MODEL={collection.embedder_name} or re-ingest"
             )
-
-    @staticmethod
-    def _vectors(collection: "Collection", ids: list[int]) -> dict[int, np.ndarray]:
-        """Stored vectors of ``ids``: faiss id -> ``(dim,)`` float32."""
-        out: dict[int, np.ndarray] = {}
-        for start in range(0, len(ids), 500):
-            part = ids[start : start + 500]
-            got_ids, got = collection.store.all_vectors(
-                collection.dim, "c.faiss_id IN (%s)" % ",".join("?" * len(part)), part
-            )
-            out.update({int(i): v for i, v in zip(got_ids, got)})
-        return out

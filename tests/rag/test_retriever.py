@@ -450,7 +450,7 @@ class TestIngested:
             ret = r.retrieve(coll, q)
             assert ret.chunks[0].source == str(files[2])  # BM25 pulls it to the top whatever the random dense says
             for c in ret.chunks:  # dense cosine of every result = stored vector . query
-                ids, vecs = coll.store.all_vectors(coll.dim, "c.faiss_id = ?", [c.faiss_id])
+                ids, vecs = coll.store.all_vectors(coll.dim, faiss_ids=[c.faiss_id])
                 assert c.dense_score == pytest.approx(float(vecs[0] @ qv), abs=1e-5)
             dense = r.retrieve(coll, q, mode="dense")
             hits = coll.search(qv, 3)
