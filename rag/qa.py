@@ -108,8 +108,7 @@ def format_contexts(tokenizer, chunks: Sequence[Any], limit: int) -> list[str]:
 
 
 class _TextStreamer:
-    """Token ids -> ``on_token(new text)``: decodes everything so far and sends what was not sent yet
-    (a token that ends inside a multi-byte character is sent with the next one)."""
+    """Token ids -> ``on_token(new text)``: decodes every id so far and sends the text not sent yet."""
 
     def __init__(self, generator: Generator, on_token: Callable[[str], None] | None) -> None:
         self.generator = generator
@@ -269,9 +268,9 @@ class QAPipeline:
     def _decide(ans: Answer, rule: AbstentionRule) -> None:
         """The final answer: the model's own "I don't know", the rule's abstention, or the cleaned reply."""
         if is_abstention(ans.raw_answer):
-            ans.answer, ans.abstained, ans.abstain_reason = ABSTAIN_TEXT, True, "the model found no answer in the evidence"
-            return
-        reason = rule.answer_reason(ans.mean_token_logprob, ans.idk_margin)
+            reason: str | None = "the model found no answer in the evidence"
+        else:
+            reason = rule.answer_reason(ans.mean_token_logprob, ans.idk_margin)
         if reason is not None:
             ans.answer, ans.abstained, ans.abstain_reason = ABSTAIN_TEXT, True, reason
         else:
