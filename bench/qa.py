@@ -197,22 +197,12 @@ class SystemRows:
         }
 
 
-def _record(ex, ans):
-    from rag.evaluate import Record, retrieval_hit
-
-    return Record(
-        qid=ex.qid, question=ex.question, impossible=ex.impossible, golds=ex.answers, prediction=ans.answer,
-        model_abstained=ans.abstained, retrieval_hit=retrieval_hit([c.text for c in ans.citations], ex.answers),
-        max_score=ans.max_retrieval_score, mean_logprob=ans.mean_token_logprob,
-        latency_s=ans.timings.get("total_s", 0.0), generate_s=ans.timings.get("generate_s", 0.0),
-        tokens=ans.generated_tokens, raw_prediction=ans.raw_answer, idk_margin=ans.idk_margin,
-    )
-
-
 def _scores(prediction: str, golds: list[str]) -> tuple[float, float]:
-    from rag.evaluate import best_over_golds, exact_match, f1_score
+    """(F1, EM) of ``prediction``: the best over the gold answers, official SQuAD normalisation."""
+    from rag.evaluate import em_f1
 
-    return best_over_golds(f1_score, prediction, golds), best_over_golds(exact_match, prediction, golds)
+    em, f1 = em_f1(prediction, golds)
+    return f1, em
 
 
 # =============================================================================================
@@ -238,14 +228,14 @@ def decode_speed(model, prompt: list[int], steps: int = 32, rows: int = 1, repea
     """Tokens/s of pure decoding (after the prefill) for ``rows`` rows, best of ``repeat``."""
     import torch
 
-    from rag.decoding import _advance, prefill
+    from rag.decoding import advance, prefill
 
     best = 0.0
     for _ in range(repeat):
         state = prefill(model, [prompt] * rows)
         t = time.perf_counter()
         for _ in range(steps):
-            _advance(model, state, torch.zeros(rows, dtype=torch.long) + int(state.next_logprobs[0].argmax()))
+            advance(model, state, torch.zeros(rows, dtype=torch.long) + int(state.next_logprobs[0].argmax()))
         best = max(best, steps / (time.perf_counter() - t))
     return best
 
@@ -264,7 +254,7 @@ def rag_token_vs_separate(pipeline, collection, questions: list[str], new_tokens
     rt, sep = [], []
     for i, q in enumerate(questions):
         retrieval = pipeline.retriever.retrieve(collection, q, K)
-        prompts = [gen.prompt_ids(q, [c], one_shot=cfg.one_shot) for c in pipeline._contexts(retrieval)]
+        prompts = [gen.prompt_ids(q, [c], one_shot=cfg.one_shot) for c in pipeline.contexts(retrieval)]
         doc_lp = torch.as_tensor(retrieval.log_posterior, dtype=torch.float32)
         model = gen.model
 
@@ -308,140 +298,216 @@ def open_pipeline(home: pathlib.Path):
     return common.open_pipeline(home, COLLECTION, common.SQUAD)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
+@dataclass
+class BenchRun:
+    """What one run works on: ragqa's pipeline and open collection, the sample, and LangChain's chain."""
 
-    from rag.evaluate import compute_metrics, load_squad, sample_examples, thresholds
+    args: argparse.Namespace
+    settings: Any
+    ws: Any
+    qa: Any
+    modes: list[str]
+    abstain_modes: list[str]
+    examples: list[Any]
+    lc: LangChainQA | None = None
+    coll: Any = None
+
+    @property
+    def answerable(self) -> list[Any]:
+        return [e for e in self.examples if not e.impossible]
+
+    @property
+    def unanswerable(self) -> list[Any]:
+        return [e for e in self.examples if e.impossible]
+
+    @property
+    def systems(self) -> list[str]:
+        return ([LC] if self.lc else []) + list(self.modes)
+
+    def answer(self, ex, mode: str):
+        """ragqa's answer to ``ex`` in ``mode`` with thresholds off, as a ``rag.evaluate.Record``."""
+        from rag.evaluate import record_from_answer
+
+        return record_from_answer(ex, self.qa.answer(self.coll, ex.question, mode=mode, abstain=False))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from rag.evaluate import load_squad, sample_examples
 
     home = pathlib.Path(args.home or os.environ.get("RAGQA_HOME") or tempfile.mkdtemp(prefix="ragqa-bench-qa-")).expanduser()
     settings, ws, qa = open_pipeline(home)
-    modes = args.modes
-    abstain_modes = [m for m in (args.abstain_modes or [settings.qa.mode]) if m in modes]
-    examples = sample_examples(load_squad(common.SQUAD), args.n, args.seed)
-    answerable = [e for e in examples if not e.impossible]
-    unanswerable = [e for e in examples if e.impossible]
-
-    lc = None
+    b = BenchRun(
+        args=args, settings=settings, ws=ws, qa=qa, modes=args.modes,
+        abstain_modes=[m for m in (args.abstain_modes or [settings.qa.mode]) if m in args.modes],
+        examples=sample_examples(load_squad(common.SQUAD), args.n, args.seed),
+    )
     if not args.no_langchain and not args.calibrate:
         from rag.models import locate_generator
 
-        gen_dir = locate_generator(settings.generator, settings.models_dir).path
-        lc = LangChainQA(common.SQUAD, gen_dir, args.lc_max_new_tokens)
-
-    systems = ([LC] if lc else []) + list(modes)
-    rows = {s: SystemRows() for s in systems}
-    coll = ws.open(COLLECTION, readonly=True)
-    qa.retriever.warm_up(coll)
-    # Warm-up (untimed): one question through every system.
-    warm = answerable[0].question
-    if lc:
-        lc.answer(warm)
-    for m in modes:
-        qa.answer(coll, warm, mode=m, abstain=False)
-
+        b.lc = LangChainQA(common.SQUAD, locate_generator(settings.generator, settings.models_dir).path,
+                           args.lc_max_new_tokens)
+    b.coll = ws.open(COLLECTION, readonly=True)
+    qa.retriever.warm_up(b.coll)
+    warm_up(b)
     t_start = time.perf_counter()
-    for i, ex in enumerate(answerable):
-        order = systems[i % len(systems):] + systems[: i % len(systems)]
-        for s in order:
-            r = rows[s]
+    rows = answer_answerable(b, t_start)
+    answer_unanswerable(b, rows, t_start)
+    fitted = fit_thresholds(b) if b.abstain_modes and args.calibration_questions and not args.calibrate else {}
+    results = collect_results(b, rows, fitted)
+    b.coll.close()
+    if not args.calibrate and not args.no_speed:
+        results.update(measure_speed(b))
+    return results
+
+
+def warm_up(b: BenchRun) -> None:
+    """One question through every system, untimed."""
+    warm = b.answerable[0].question
+    if b.lc:
+        b.lc.answer(warm)
+    for m in b.modes:
+        b.qa.answer(b.coll, warm, mode=m, abstain=False)
+
+
+def answer_answerable(b: BenchRun, t_start: float) -> dict[str, SystemRows]:
+    """Every answerable question through every system, the order of the systems rotating per question."""
+    systems = b.systems
+    rows = {s: SystemRows() for s in systems}
+    for i, ex in enumerate(b.answerable):
+        for s in systems[i % len(systems):] + systems[: i % len(systems)]:
             if s == LC:
-                out = lc.answer(ex.question)
-                f1, em = _scores(out["answer"], ex.answers)
-                r.latency.append(out["latency_s"])
-                r.generate_s += out["generate_s"]
-                r.tokens += out["tokens"]
-                r.examples.append((ex.question, out["answer"], ex.answers))
+                _add_langchain_answer(rows[s], b.lc, ex)
             else:
-                ans = qa.answer(coll, ex.question, mode=s, abstain=False)
-                rec = _record(ex, ans)
-                r.records.append(rec)
-                f1, em = (0.0, 0.0) if ans.abstained else _scores(ans.answer, ex.answers)
-                r.latency.append(rec.latency_s)
-                r.generate_s += rec.generate_s
-                r.tokens += rec.tokens
-                r.examples.append((ex.question, ans.answer, ex.answers))
-            r.f1.append(f1)
-            r.em.append(em)
-        logger.info("answerable %d/%d done (%.0f s)", i + 1, len(answerable), time.perf_counter() - t_start)
-    for i, ex in enumerate(unanswerable):
-        order = abstain_modes[i % max(len(abstain_modes), 1):] + abstain_modes[: i % max(len(abstain_modes), 1)]
-        for m in order:
-            rows[m].records.append(_record(ex, qa.answer(coll, ex.question, mode=m, abstain=False)))
-        if abstain_modes:
-            logger.info("unanswerable %d/%d done (%.0f s)", i + 1, len(unanswerable), time.perf_counter() - t_start)
+                _add_ragqa_answer(rows[s], b.answer(ex, s), ex)
+        logger.info("answerable %d/%d done (%.0f s)", i + 1, len(b.answerable), time.perf_counter() - t_start)
+    return rows
 
-    # Thresholds fitted on every other question of the file (disjoint from the reported sample), then
-    # applied to the reported one: 60 questions are too few to fit them on (see rag.evaluate.calibrate).
+
+def _add_langchain_answer(r: SystemRows, lc: LangChainQA, ex) -> None:
+    out = lc.answer(ex.question)
+    f1, em = _scores(out["answer"], ex.answers)
+    r.latency.append(out["latency_s"])
+    r.generate_s += out["generate_s"]
+    r.tokens += out["tokens"]
+    r.examples.append((ex.question, out["answer"], ex.answers))
+    r.f1.append(f1)
+    r.em.append(em)
+
+
+def _add_ragqa_answer(r: SystemRows, rec, ex) -> None:
+    r.records.append(rec)
+    f1, em = (0.0, 0.0) if rec.model_abstained else _scores(rec.prediction, ex.answers)
+    r.latency.append(rec.latency_s)
+    r.generate_s += rec.generate_s
+    r.tokens += rec.tokens
+    r.examples.append((ex.question, rec.prediction, ex.answers))
+    r.f1.append(f1)
+    r.em.append(em)
+
+
+def answer_unanswerable(b: BenchRun, rows: dict[str, SystemRows], t_start: float) -> None:
+    """Every unanswerable question through the ``--abstain-modes`` (their records only)."""
+    modes = b.abstain_modes
+    for i, ex in enumerate(b.unanswerable):
+        shift = i % max(len(modes), 1)
+        for m in modes[shift:] + modes[:shift]:
+            rows[m].records.append(b.answer(ex, m))
+        if modes:
+            logger.info("unanswerable %d/%d done (%.0f s)", i + 1, len(b.unanswerable), time.perf_counter() - t_start)
+
+
+def fit_thresholds(b: BenchRun) -> dict[str, dict[str, Any]]:
+    """Thresholds fitted per abstention mode on other questions of the file (disjoint from the reported
+    sample), to be applied to the reported one: 60 questions are too few to fit them on (see
+    ``rag.evaluate.calibrate``)."""
+    from rag.evaluate import calibrate, load_squad
+
+    reported = {e.qid for e in b.examples}
+    rest = [e for e in load_squad(common.SQUAD) if e.qid not in reported]
+    rest = random.Random(b.args.seed).sample(rest, min(b.args.calibration_questions, len(rest)))
+    t_cal = time.perf_counter()
     fitted: dict[str, dict[str, Any]] = {}
-    if abstain_modes and args.calibration_questions and not args.calibrate:
-        from rag.evaluate import calibrate
+    for m in b.abstain_modes:
+        recs = []
+        for i, ex in enumerate(rest):
+            recs.append(b.answer(ex, m))
+            if (i + 1) % 50 == 0:
+                logger.info("calibration (%s) %d/%d (%.0f s)", m, i + 1, len(rest), time.perf_counter() - t_cal)
+        fitted[m] = calibrate(recs, max_f1_drop=b.args.calibration_max_f1_drop)
+        fitted[m]["n_questions"] = len(recs)
+        fitted[m]["n_unanswerable"] = sum(r.impossible for r in recs)
+    return fitted
 
-        reported = {e.qid for e in examples}
-        rest = [e for e in load_squad(common.SQUAD) if e.qid not in reported]
-        rest = random.Random(args.seed).sample(rest, min(args.calibration_questions, len(rest)))
-        t_cal = time.perf_counter()
-        for m in abstain_modes:
-            recs = []
-            for i, ex in enumerate(rest):
-                recs.append(_record(ex, qa.answer(coll, ex.question, mode=m, abstain=False)))
-                if (i + 1) % 50 == 0:
-                    logger.info("calibration (%s) %d/%d (%.0f s)", m, i + 1, len(rest), time.perf_counter() - t_cal)
-            fitted[m] = calibrate(recs, max_f1_drop=args.calibration_max_f1_drop)
-            fitted[m]["n_questions"] = len(recs)
-            fitted[m]["n_unanswerable"] = sum(r.impossible for r in recs)
 
-    cfg = settings.qa
-    results: dict[str, Any] = {"systems": {}, "abstention": {}, "config": cfg.model_dump(), "n": len(answerable),
-                               "n_unanswerable": len(unanswerable), "seed": args.seed, "abstain_modes": abstain_modes,
-                               "retriever": settings.retriever.model_dump(exclude={"bm25"})}
-    for s in systems:
+def collect_results(b: BenchRun, rows: dict[str, SystemRows], fitted: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per-system summaries and every record, recall@k, and the abstention metrics per mode."""
+    from rag.evaluate import compute_metrics
+
+    cfg = b.settings.qa
+    results: dict[str, Any] = {"systems": {}, "abstention": {}, "config": cfg.model_dump(), "n": len(b.answerable),
+                               "n_unanswerable": len(b.unanswerable), "seed": b.args.seed,
+                               "abstain_modes": b.abstain_modes,
+                               "retriever": b.settings.retriever.model_dump(exclude={"bm25"})}
+    for s in b.systems:
         results["systems"][s] = rows[s].summary()
         results["systems"][s]["examples"] = rows[s].examples[:5]
         results["systems"][s]["records"] = [dataclasses.asdict(r) for r in rows[s].records]  # --json: every answer
-    for m in modes:
+    for m in b.modes:
         recs = rows[m].records
-        answerable_recs = [r for r in recs if not r.impossible]
-        results["systems"][m]["recall_at_k"] = compute_metrics(answerable_recs).recall_at_k
-        if m in abstain_modes:
-            off = compute_metrics(recs)
-            on = compute_metrics(recs, **thresholds(cfg))
-            results["abstention"][m] = {"off": off.to_dict(), "on": on.to_dict()}
-            if m in fitted:
-                chosen = {k: fitted[m][k] for k in ("min_score", "min_logprob", "max_idk_margin")}
-                results["abstention"][m]["fitted"] = {
-                    "thresholds": chosen, "on_calibration_set": fitted[m]["metrics"],
-                    "n_questions": fitted[m]["n_questions"], "n_unanswerable": fitted[m]["n_unanswerable"],
-                    "max_f1_drop": args.calibration_max_f1_drop, "metrics": compute_metrics(recs, **chosen).to_dict(),
-                }
-        if args.calibrate:
+        results["systems"][m]["recall_at_k"] = compute_metrics([r for r in recs if not r.impossible]).recall_at_k
+        if m in b.abstain_modes:
+            results["abstention"][m] = abstention_metrics(recs, cfg, fitted.get(m), b.args.calibration_max_f1_drop)
+        if b.args.calibrate:
             from rag.evaluate import calibrate
 
-            results["abstention"].setdefault(m, {})["calibration"] = calibrate(recs) if m in abstain_modes else None
-    coll.close()
-
-    if not args.calibrate and not args.no_speed:
-        model = qa.generator.model
-        prompt = qa.generator.prompt_ids(answerable[0].question, ["context"] * 1)
-        weight_bytes = decode_weight_bytes(model)
-        bw = memory_bandwidth_gbs()
-        dec1 = decode_speed(model, prompt, rows=1)
-        dec4 = decode_speed(model, prompt, rows=K)
-        results["speed"] = {
-            "threads": torch.get_num_threads(),
-            "params": sum(p.numel() for p in model.parameters()),
-            "weight_bytes": weight_bytes,
-            "dtype": str(next(model.parameters()).dtype) + (" + int8 decode weights" if qa.generator.int8_layers else ""),
-            "bandwidth_gbs": bw,
-            "bound_tokens_per_s": bw * 1e9 / weight_bytes,
-            "decode_tokens_per_s": dec1,
-            "decode_steps_per_s_4rows": dec4,
-        }
-        coll = ws.open(COLLECTION, readonly=True)
-        results["rag_token_vs_separate"] = rag_token_vs_separate(
-            qa, coll, [e.question for e in answerable[: args.cost_questions]], args.cost_tokens
-        )
-        coll.close()
+            results["abstention"].setdefault(m, {})["calibration"] = calibrate(recs) if m in b.abstain_modes else None
     return results
+
+
+def abstention_metrics(recs: list[Any], cfg: Any, fitted: dict[str, Any] | None, max_f1_drop: float) -> dict[str, Any]:
+    """Abstention on ``recs`` with thresholds off, with ``cfg``'s, and with the ``fitted`` ones (if any)."""
+    from rag.evaluate import compute_metrics, thresholds
+
+    out: dict[str, Any] = {
+        "off": compute_metrics(recs).to_dict(),
+        "on": compute_metrics(recs, **thresholds(cfg)).to_dict(),
+    }
+    if fitted is not None:
+        chosen = {k: fitted[k] for k in ("min_score", "min_logprob", "max_idk_margin")}
+        out["fitted"] = {
+            "thresholds": chosen, "on_calibration_set": fitted["metrics"],
+            "n_questions": fitted["n_questions"], "n_unanswerable": fitted["n_unanswerable"],
+            "max_f1_drop": max_f1_drop, "metrics": compute_metrics(recs, **chosen).to_dict(),
+        }
+    return out
+
+
+def measure_speed(b: BenchRun) -> dict[str, Any]:
+    """Decode speed against the memory-bandwidth bound, and RAG-Token against K separate ``generate()`` calls."""
+    import torch
+
+    qa = b.qa
+    model = qa.generator.model
+    prompt = qa.generator.prompt_ids(b.answerable[0].question, ["context"] * 1)
+    weight_bytes = decode_weight_bytes(model)
+    bw = memory_bandwidth_gbs()
+    dec1 = decode_speed(model, prompt, rows=1)
+    dec4 = decode_speed(model, prompt, rows=K)
+    speed = {
+        "threads": torch.get_num_threads(),
+        "params": sum(p.numel() for p in model.parameters()),
+        "weight_bytes": weight_bytes,
+        "dtype": str(next(model.parameters()).dtype) + (" + int8 decode weights" if qa.generator.int8_layers else ""),
+        "bandwidth_gbs": bw,
+        "bound_tokens_per_s": bw * 1e9 / weight_bytes,
+        "decode_tokens_per_s": dec1,
+        "decode_steps_per_s_4rows": dec4,
+    }
+    coll = b.ws.open(COLLECTION, readonly=True)
+    questions = [e.question for e in b.answerable[: b.args.cost_questions]]
+    cost = rag_token_vs_separate(qa, coll, questions, b.args.cost_tokens)
+    coll.close()
+    return {"speed": speed, "rag_token_vs_separate": cost}
 
 
 def decode_weight_bytes(model) -> int:
@@ -471,8 +537,21 @@ def _met(ok: bool) -> str:
 
 
 def render(res: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> str:
+    """The markdown section: header, systems table, targets, abstention, speed, settings and sample answers."""
     sysres = res["systems"]
     modes = [m for m in ALL_MODES if m in sysres]
+    lines = _render_header(res, argv)
+    lines += _render_systems(sysres, modes, args)
+    if LC in sysres and modes:
+        lines += _render_targets(sysres, modes)
+    if res["abstention"]:
+        lines += _render_abstention(res)
+    lines += _render_speed(res)
+    lines += _render_samples(res, sysres, modes)
+    return "\n".join(lines)
+
+
+def _render_header(res: dict[str, Any], argv: list[str]) -> list[str]:
     lines = []
     lines.append(f"Command: `{common.command_line(pathlib.Path(__file__), argv)}`  ")
     lines.append(f"Date: {common.today()} · revision {common.git_revision()}  ")
@@ -482,13 +561,17 @@ def render(res: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> st
     vers = common.package_versions()
     lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v != "not installed"))
     lines.append("")
-    cfg = res["config"]
     lines.append(
         f"Data: data/benchmarks/squad2_dev_public.json, {res['n']} answerable questions (all systems) + "
         f"{res['n_unanswerable']} unanswerable (ragqa abstention, mode {', '.join(res['abstain_modes']) or 'none'}), "
         f"`sample_examples(seed={res['seed']})`; k=4 for every system; greedy decoding everywhere."
     )
     lines.append("")
+    return lines
+
+
+def _render_systems(sysres: dict[str, Any], modes: list[str], args: argparse.Namespace) -> list[str]:
+    lines = []
     lines.append("| system | F1 | EM | p50 latency (s) | p95 latency (s) | tokens/answer | tokens/s | recall@4 |")
     lines.append("|---|---|---|---|---|---|---|---|")
     for s in ([LC] if LC in sysres else []) + modes:
@@ -501,67 +584,86 @@ def render(res: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> st
                  "its answer re-tokenised (+1 end-of-turn). F1/EM: official SQuAD normalisation; an abstention on an "
                  "answerable question scores 0. ragqa recall@4: a gold answer string in a retrieved chunk.")
     lines.append("")
-    if LC in sysres and modes:
-        lc = sysres[LC]
-        # best by F1 at the reported precision (3 decimals), then EM, then the lower p50
-        best = max(modes, key=lambda m: (round(sysres[m]["f1"], 3), round(sysres[m]["em"], 3), -sysres[m]["p50_s"]))
-        b = sysres[best]
-        f1r = common.ratio(b["f1"], lc["f1"])
-        p50r = common.ratio(b["p50_s"], lc["p50_s"])
-        lines.append(f"Targets (ragqa's best mode by F1 to 3 decimals, then EM, then p50: **{best}**):")
-        lines.append("")
-        lines.append("| target | value | |")
-        lines.append("|---|---|---|")
-        lines.append(f"| F1 >= 1.5x LangChain's | {_f(b['f1'])} vs {_f(lc['f1'])} = {_f(f1r, '.2f')}x | "
-                     f"{_met(f1r is not None and f1r >= TARGET_F1_RATIO)} |")
-        lines.append(f"| EM > 0.05 | {_f(b['em'])} | {_met(b['em'] > TARGET_EM)} |")
-        lines.append(f"| p50 latency <= 0.5x LangChain's | {_f(b['p50_s'], '.2f')} s vs {_f(lc['p50_s'], '.2f')} s = "
-                     f"{_f(p50r, '.2f')}x | {_met(p50r is not None and p50r <= TARGET_P50_RATIO)} |")
-        for m in modes:
-            r = sysres[m]
-            lines.append(f"| ({m}) F1 ratio / p50 ratio | {_f(common.ratio(r['f1'], lc['f1']), '.2f')}x / "
-                         f"{_f(common.ratio(r['p50_s'], lc['p50_s']), '.2f')}x | |")
-        lines.append("")
-    if res["abstention"]:
-        fits = {m: a["fitted"] for m, a in res["abstention"].items() if a.get("fitted")}
-        lines.append(f"Abstention on the unanswerable questions of the reported sample (seed {res['seed']}). Rows: "
-                     f"thresholds off; `QAConfig`'s thresholds (abstain_min_score={cfg['abstain_min_score']}, "
-                     f"abstain_min_logprob={cfg['abstain_min_logprob']}, "
-                     f"abstain_max_idk_margin={cfg.get('abstain_max_idk_margin')}); and thresholds fitted in this run by "
-                     f"`rag.evaluate.calibrate` on other questions of the file (disjoint from the reported sample; "
-                     f"F1 drop allowed while fitting: {next(iter(fits.values()))['max_f1_drop']:.0%} if any). "
-                     if fits else
-                     f"Abstention on the unanswerable questions of the reported sample (seed {res['seed']}), thresholds off "
-                     f"and `QAConfig`'s (abstain_min_score={cfg['abstain_min_score']}, "
-                     f"abstain_min_logprob={cfg['abstain_min_logprob']}, abstain_max_idk_margin={cfg.get('abstain_max_idk_margin')}). ")
-        lines[-1] += "The model's own \"I don't know\" counts as an abstention in every row:"
-        lines.append("")
-        lines.append("| mode | thresholds | abstain precision | base rate (unanswerable share) | abstain recall | "
-                     "answerable F1 | F1 drop | abstained on answerable |")
-        lines.append("|---|---|---|---|---|---|---|---|")
-        for m, a in res["abstention"].items():
-            off = a["off"]
-            rows_ = [("off", off), ("QAConfig", a["on"])]
-            if a.get("fitted"):
-                fit = a["fitted"]
-                t = fit["thresholds"]
-                rows_.append((f"fitted on {fit['n_questions']} other questions (score {t['min_score']}, log-lik "
-                              f"{t['min_logprob']}, idk margin {t['max_idk_margin']})", fit["metrics"]))
-            base_rate = off["n_unanswerable"] / max(off["n"] + off["n_unanswerable"], 1)
-            ok_any = False
-            for label, mm in rows_:
-                drop = 1 - mm["f1"] / off["f1"] if off["f1"] else None
-                lines.append(f"| {m} | {label} | {_f(mm['abstain_precision'])} | {_f(base_rate)} | {_f(mm['abstain_recall'])} | "
-                             f"{_f(mm['f1'])} | {_f(drop, '.1%')} | {_f(mm['abstain_rate_answerable'], '.1%')} |")
-                if label != "off":
-                    ok_any |= (mm["abstain_precision"] or 0) > base_rate and (mm["abstain_recall"] or 0) >= TARGET_ABSTAIN_RECALL \
-                        and (drop is None or drop < TARGET_F1_DROP)
-            lines.append(f"| {m} target: precision > base rate, recall >= 0.3, F1 drop < 10% | | | | | | | {_met(ok_any)} |")
-            if a.get("fitted"):
-                c = a["fitted"]["on_calibration_set"]
-                lines.append(f"| {m} (on the calibration questions themselves) | fitted | {_f(c['abstain_precision'])} | | "
-                             f"{_f(c['abstain_recall'])} | {_f(c['f1'])} | | {_f(c['abstain_rate_answerable'], '.1%')} |")
-        lines.append("")
+    return lines
+
+
+def _render_targets(sysres: dict[str, Any], modes: list[str]) -> list[str]:
+    lines = []
+    lc = sysres[LC]
+    # best by F1 at the reported precision (3 decimals), then EM, then the lower p50
+    best = max(modes, key=lambda m: (round(sysres[m]["f1"], 3), round(sysres[m]["em"], 3), -sysres[m]["p50_s"]))
+    b = sysres[best]
+    f1r = common.ratio(b["f1"], lc["f1"])
+    p50r = common.ratio(b["p50_s"], lc["p50_s"])
+    lines.append(f"Targets (ragqa's best mode by F1 to 3 decimals, then EM, then p50: **{best}**):")
+    lines.append("")
+    lines.append("| target | value | |")
+    lines.append("|---|---|---|")
+    lines.append(f"| F1 >= 1.5x LangChain's | {_f(b['f1'])} vs {_f(lc['f1'])} = {_f(f1r, '.2f')}x | "
+                 f"{_met(f1r is not None and f1r >= TARGET_F1_RATIO)} |")
+    lines.append(f"| EM > 0.05 | {_f(b['em'])} | {_met(b['em'] > TARGET_EM)} |")
+    lines.append(f"| p50 latency <= 0.5x LangChain's | {_f(b['p50_s'], '.2f')} s vs {_f(lc['p50_s'], '.2f')} s = "
+                 f"{_f(p50r, '.2f')}x | {_met(p50r is not None and p50r <= TARGET_P50_RATIO)} |")
+    for m in modes:
+        r = sysres[m]
+        lines.append(f"| ({m}) F1 ratio / p50 ratio | {_f(common.ratio(r['f1'], lc['f1']), '.2f')}x / "
+                     f"{_f(common.ratio(r['p50_s'], lc['p50_s']), '.2f')}x | |")
+    lines.append("")
+    return lines
+
+
+def _render_abstention(res: dict[str, Any]) -> list[str]:
+    cfg = res["config"]
+    fits = {m: a["fitted"] for m, a in res["abstention"].items() if a.get("fitted")}
+    intro = (f"Abstention on the unanswerable questions of the reported sample (seed {res['seed']}). Rows: "
+             f"thresholds off; `QAConfig`'s thresholds (abstain_min_score={cfg['abstain_min_score']}, "
+             f"abstain_min_logprob={cfg['abstain_min_logprob']}, "
+             f"abstain_max_idk_margin={cfg.get('abstain_max_idk_margin')}); and thresholds fitted in this run by "
+             f"`rag.evaluate.calibrate` on other questions of the file (disjoint from the reported sample; "
+             f"F1 drop allowed while fitting: {next(iter(fits.values()))['max_f1_drop']:.0%} if any). "
+             if fits else
+             f"Abstention on the unanswerable questions of the reported sample (seed {res['seed']}), thresholds off "
+             f"and `QAConfig`'s (abstain_min_score={cfg['abstain_min_score']}, "
+             f"abstain_min_logprob={cfg['abstain_min_logprob']}, abstain_max_idk_margin={cfg.get('abstain_max_idk_margin')}). ")
+    lines = [intro + "The model's own \"I don't know\" counts as an abstention in every row:", ""]
+    lines.append("| mode | thresholds | abstain precision | base rate (unanswerable share) | abstain recall | "
+                 "answerable F1 | F1 drop | abstained on answerable |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for m, a in res["abstention"].items():
+        lines += _render_abstention_mode(m, a)
+    lines.append("")
+    return lines
+
+
+def _render_abstention_mode(m: str, a: dict[str, Any]) -> list[str]:
+    """The rows of one mode: off, QAConfig's, fitted (if any), whether the target is met, the fit on its own questions."""
+    lines = []
+    off = a["off"]
+    rows_ = [("off", off), ("QAConfig", a["on"])]
+    if a.get("fitted"):
+        fit = a["fitted"]
+        t = fit["thresholds"]
+        rows_.append((f"fitted on {fit['n_questions']} other questions (score {t['min_score']}, log-lik "
+                      f"{t['min_logprob']}, idk margin {t['max_idk_margin']})", fit["metrics"]))
+    base_rate = off["n_unanswerable"] / max(off["n"] + off["n_unanswerable"], 1)
+    ok_any = False
+    for label, mm in rows_:
+        drop = 1 - mm["f1"] / off["f1"] if off["f1"] else None
+        lines.append(f"| {m} | {label} | {_f(mm['abstain_precision'])} | {_f(base_rate)} | {_f(mm['abstain_recall'])} | "
+                     f"{_f(mm['f1'])} | {_f(drop, '.1%')} | {_f(mm['abstain_rate_answerable'], '.1%')} |")
+        if label != "off":
+            ok_any |= (mm["abstain_precision"] or 0) > base_rate and (mm["abstain_recall"] or 0) >= TARGET_ABSTAIN_RECALL \
+                and (drop is None or drop < TARGET_F1_DROP)
+    lines.append(f"| {m} target: precision > base rate, recall >= 0.3, F1 drop < 10% | | | | | | | {_met(ok_any)} |")
+    if a.get("fitted"):
+        c = a["fitted"]["on_calibration_set"]
+        lines.append(f"| {m} (on the calibration questions themselves) | fitted | {_f(c['abstain_precision'])} | | "
+                     f"{_f(c['abstain_recall'])} | {_f(c['f1'])} | | {_f(c['abstain_rate_answerable'], '.1%')} |")
+    return lines
+
+
+def _render_speed(res: dict[str, Any]) -> list[str]:
+    lines = []
     if "speed" in res:
         sp = res["speed"]
         lines.append(
@@ -581,6 +683,12 @@ def render(res: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> st
             f"{c['rag_token_s']:.2f} s vs {c['separate_s']:.2f} s per answer = {c['ratio']:.2f}x."
         )
         lines.append("")
+    return lines
+
+
+def _render_samples(res: dict[str, Any], sysres: dict[str, Any], modes: list[str]) -> list[str]:
+    cfg = res["config"]
+    lines = []
     lines.append(
         f"ragqa settings: `QAConfig` defaults (mode {cfg['mode']}, max_new_tokens {cfg['max_new_tokens']}, "
         f"max_context_tokens {cfg['max_context_tokens']}, one_shot {cfg['one_shot']}, "
@@ -592,7 +700,7 @@ def render(res: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> st
         for q, a, g in sysres[s]["examples"][:3]:
             a1 = " ".join(a.split())
             lines.append(f"- {s}: {q!r} -> {a1[:100]!r}{'…' if len(a1) > 100 else ''} (gold {g[0]!r})")
-    return "\n".join(lines)
+    return lines
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -11,7 +11,7 @@ import glob
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,84 +162,22 @@ def ingest_paths(
     """
     t0 = time.perf_counter()
     report = IngestReport(collection=collection.name)
-    _chunker: list[Chunker] = [chunker] if isinstance(chunker, Chunker) else []
-
-    def get_chunker() -> Chunker:
-        if not _chunker:
-            _chunker.append(chunker())  # type: ignore[operator]
-        return _chunker[0]
-
     files, failures, skipped = expand_paths(paths)
     report.failed.extend(failures)
     report.skipped_unsupported = [str(p) for p in skipped]
-
-    pending: list[_Pending] = []
-    n_pending_new = 0
-    last_flush = time.monotonic()
-
-    def commit_pending() -> None:
-        nonlocal pending, n_pending_new, last_flush
-        todo = [(p, i) for p in pending for i, v in enumerate(p.vectors) if v is None]
-        if todo:
-            try:
-                vecs = embed([p.chunks[i].text for p, i in todo])
-            except Exception as exc:  # e.g. out of memory: these files fail, the run goes on
-                logger.exception("embedding failed")
-                report.failed.extend(FileFailure(p.path, f"embedding failed: {exc}") for p in pending)
-                pending, n_pending_new = [], 0
-                return
-            for (p, i), v in zip(todo, vecs):
-                p.vectors[i] = v
-            report.chunks_embedded += len(todo)
-        for p in pending:
-            try:
-                matrix = np.stack(p.vectors) if p.vectors else np.zeros((0, collection.dim), np.float32)
-                collection.replace_file(p.path, p.digest, p.size, p.docs, p.chunks, matrix)
-            except Exception as exc:  # one file's failure must not sink the batch
-                logger.exception("could not store %s", p.path)
-                report.failed.append(FileFailure(p.path, f"could not store: {exc}"))
-                continue
-            (report.replaced if p.replaced else report.added).append(p.path)
-            report.documents += len(p.docs)
-            report.chunks += len(p.chunks)
-        pending, n_pending_new = [], 0
-        if time.monotonic() - last_flush > FLUSH_EVERY_S:
-            collection.flush()
-            last_flush = time.monotonic()
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(files), desc=f"ingest {collection.name}", unit="file")
+    batch = _IngestBatch(collection, embed, chunker, loader_config, report)
+    bar = _progress_bar(progress, len(files), collection.name)
     try:
         for path in files:
-            spath = str(path)
             try:
-                digest, size = file_digest(path)
-                old = collection.file_hash(spath)
-                if old == digest:
-                    report.unchanged.append(spath)
-                    continue
-                docs = load_file(path, loader_config)
-                chunks = get_chunker().chunk_all(docs)
-                reuse = collection.store.embeddings_by_text(spath) if old is not None else {}
-                vectors = [reuse.get(c.text) for c in chunks]
-                report.chunks_reused += sum(v is not None for v in vectors)
-                pending.append(_Pending(spath, digest, size, docs, chunks, vectors, replaced=old is not None))
-                n_pending_new += sum(v is None for v in vectors)
-            except (LoaderError, UnsupportedFileError) as exc:
-                report.failed.append(FileFailure(spath, str(exc)))
-            except (OSError, IngestError, ValueError, UnicodeError) as exc:
-                logger.warning("failed to ingest %s: %s", spath, exc)
-                report.failed.append(FileFailure(spath, f"{type(exc).__name__}: {exc}"))
+                batch.stage(path)
             finally:
                 if bar is not None:
                     bar.update(1)
-            if n_pending_new >= embed_batch_chunks:
-                commit_pending()
-        if pending:
-            commit_pending()
+            if batch.n_new >= embed_batch_chunks:
+                batch.commit()
+        if batch.pending:
+            batch.commit()
         if prune:
             report.removed = _prune(collection, paths, {str(f) for f in files})
     finally:
@@ -250,12 +188,113 @@ def ingest_paths(
     return report
 
 
+def _progress_bar(enabled: bool, total: int, name: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"ingest {name}", unit="file")
+
+
+class _IngestBatch:
+    """Files loaded and chunked but not committed yet, embedded together (across files) and then
+    committed one transaction per file; failures go to ``report``, never raise."""
+
+    def __init__(
+        self,
+        collection: Collection,
+        embed: Callable[[list[str]], np.ndarray],
+        chunker: Chunker | Callable[[], Chunker],
+        loader_config: LoaderConfig,
+        report: IngestReport,
+    ) -> None:
+        self.collection = collection
+        self.embed = embed
+        self._chunker = chunker if isinstance(chunker, Chunker) else None
+        self._chunker_factory = None if isinstance(chunker, Chunker) else chunker
+        self.loader_config = loader_config
+        self.report = report
+        self.pending: list[_Pending] = []
+        self.n_new = 0  # pending chunks without a stored vector
+        self.last_flush = time.monotonic()
+
+    def chunker(self) -> Chunker:
+        """The chunker, built on first use (an unchanged re-ingest loads no model)."""
+        if self._chunker is None:
+            self._chunker = self._chunker_factory()  # type: ignore[misc]
+        return self._chunker
+
+    def stage(self, path: Path) -> None:
+        """Load and chunk ``path`` unless its content is unchanged; a bad file is reported, not raised."""
+        spath = str(path)
+        try:
+            digest, size = file_digest(path)
+            old = self.collection.file_hash(spath)
+            if old == digest:
+                self.report.unchanged.append(spath)
+                return
+            docs = load_file(path, self.loader_config)
+            chunks = self.chunker().chunk_all(docs)
+            reuse = self.collection.store.embeddings_by_text(spath) if old is not None else {}
+            vectors = [reuse.get(c.text) for c in chunks]
+            self.report.chunks_reused += sum(v is not None for v in vectors)
+            self.pending.append(_Pending(spath, digest, size, docs, chunks, vectors, replaced=old is not None))
+            self.n_new += sum(v is None for v in vectors)
+        except (LoaderError, UnsupportedFileError) as exc:
+            self.report.failed.append(FileFailure(spath, str(exc)))
+        except (OSError, IngestError, ValueError, UnicodeError) as exc:
+            logger.warning("failed to ingest %s: %s", spath, exc)
+            self.report.failed.append(FileFailure(spath, f"{type(exc).__name__}: {exc}"))
+
+    def commit(self) -> None:
+        """Embed the pending chunks that need it, store each pending file, and flush now and then."""
+        if not self._embed_pending():
+            self.pending, self.n_new = [], 0
+            return
+        self._store_pending()
+        self.pending, self.n_new = [], 0
+        if time.monotonic() - self.last_flush > FLUSH_EVERY_S:
+            self.collection.flush()
+            self.last_flush = time.monotonic()
+
+    def _embed_pending(self) -> bool:
+        """Fill the missing vectors; False (every pending file failed) when embedding raised."""
+        todo = [(p, i) for p in self.pending for i, v in enumerate(p.vectors) if v is None]
+        if not todo:
+            return True
+        try:
+            vecs = self.embed([p.chunks[i].text for p, i in todo])
+        except Exception as exc:  # e.g. out of memory: these files fail, the run goes on
+            logger.exception("embedding failed")
+            self.report.failed.extend(FileFailure(p.path, f"embedding failed: {exc}") for p in self.pending)
+            return False
+        for (p, i), v in zip(todo, vecs):
+            p.vectors[i] = v
+        self.report.chunks_embedded += len(todo)
+        return True
+
+    def _store_pending(self) -> None:
+        report = self.report
+        for p in self.pending:
+            try:
+                matrix = np.stack(p.vectors) if p.vectors else np.zeros((0, self.collection.dim), np.float32)
+                self.collection.replace_file(p.path, p.digest, p.size, p.docs, p.chunks, matrix)
+            except Exception as exc:  # one file's failure must not sink the batch
+                logger.exception("could not store %s", p.path)
+                report.failed.append(FileFailure(p.path, f"could not store: {exc}"))
+                continue
+            (report.replaced if p.replaced else report.added).append(p.path)
+            report.documents += len(p.docs)
+            report.chunks += len(p.chunks)
+
+
 def _prune(collection: Collection, paths: Sequence[str | Path], present: set[str]) -> list[str]:
     """Remove files ingested from the named folders that are gone from them."""
     folders = [str(Path(p).expanduser().resolve()) for p in paths if Path(p).expanduser().is_dir()]
     gone = [
         path for path in collection.store.file_paths()
-        if path not in present and any(path.startswith(f.rstrip("/") + "/") for f in folders) and not Path(path).exists()
+        if path not in present and any(path.startswith(f.rstrip("/") + "/") for f in folders)
+        and not Path(path).exists()
     ]
     if gone:
         collection.delete_documents(sources=gone)

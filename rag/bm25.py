@@ -4,7 +4,7 @@ Tokenisation (:func:`tokenize`): NFKC, case-folded; words are runs of letters/di
 words dropped unless they are digits, as in bm25s); runs of CJK characters (Han, kana, Hangul)
 become overlapping character bigrams (a single CJK character stays a unigram) — the usual
 dictionary-free way to index Chinese/Japanese/Korean. Optional English stopwords (bm25s's list)
-and Harman's S-stemmer (plural folding: "Normans" -> "norman", "theories" -> "theory").
+and Harman's S-stemmer (:func:`rag.stemming.s_stem`, plural folding: "Normans" -> "norman", "theories" -> "theory").
 
 Caching: :class:`BM25Cache` keeps one index per collection folder, keyed by the store's
 ``generation``, so any ingest or delete (each bumps the generation) rebuilds it on next use.
@@ -20,7 +20,6 @@ File names: bm25s's ``data/indices/indptr.csc.index.npy``, ``vocab.index.json``,
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rag.config import BM25Config
+from rag.stemming import s_stem
 
 if TYPE_CHECKING:  # pragma: no cover
     from ingest.collection import Collection
@@ -67,20 +67,6 @@ def _stopwords() -> frozenset[str]:
     from bm25s.stopwords import STOPWORDS_EN
 
     return frozenset(STOPWORDS_EN)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def s_stem(word: str) -> str:
-    """Harman's (1991) S-stemmer: fold English plurals, leave everything else alone."""
-    if len(word) <= 3 or not word.isalpha():
-        return word
-    if word.endswith("ies") and not word.endswith(("eies", "aies")):
-        return word[:-3] + "y"
-    if word.endswith("es") and not word.endswith(("aes", "ees", "oes")):
-        return word[:-1]
-    if word.endswith("s") and not word.endswith(("us", "ss")):
-        return word[:-1]
-    return word
 
 
 def tokenize(text: str, *, stopwords: frozenset[str] = frozenset(), stem: bool = False) -> list[str]:

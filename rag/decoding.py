@@ -48,6 +48,7 @@ __all__ = [
     "PrefillState",
     "RagSequenceHypothesis",
     "RagTokenOutput",
+    "advance",
     "left_pad",
     "prefill",
     "rag_sequence_generate",
@@ -344,6 +345,12 @@ def score_continuations(
 # --------------------------------------------------------------------------- RAG-Sequence
 
 
+def advance(model: torch.nn.Module, state: PrefillState, tokens: torch.Tensor) -> None:
+    """One decoding step after :func:`prefill`: append ``tokens`` ``(R,)`` (one per row) to the rows of
+    ``state`` and update ``state.next_logprobs`` ``(R, V)`` in place."""
+    _advance(model, state, tokens)
+
+
 def _truncate_at_eos(ids: list[int], eos: set[int]) -> list[int]:
     for i, tok in enumerate(ids):
         if tok in eos:
@@ -403,10 +410,91 @@ def rag_sequence_generate(
         raise ValueError("rag_sequence_generate needs at least one eos token id (the model's end-of-turn token).")
     device = _model_device(model)
     pad = _pad_token_id(model, pad_token_id)
-    n_docs = len(prompt_ids)
     doc_logprobs = doc_logprobs.to(device=device, dtype=torch.float32)
 
-    input_ids, attention_mask = left_pad(prompt_ids, pad, device)
+    out, generated = _generate_candidates(
+        model, prompt_ids, max_new_tokens=max_new_tokens, eos=eos, pad=pad, num_beams=num_beams,
+        record_logits=decoding == "fast", stop=stop,
+    )
+    cands = _SequenceCandidates.from_generated(generated, eos, num_beams)
+    ref_index = cands.add_reference(reference_ids) if reference_ids and decoding == "thorough" else None
+    mask = cands.mask(device)
+    if decoding == "thorough":
+        marginal, posterior = _thorough_scores(model, prompt_ids, cands.ids, doc_logprobs, mask, pad)
+    else:
+        marginal, posterior = _fast_scores(out, generated, cands, doc_logprobs, mask, len(prompt_ids))
+    reference = float(marginal[ref_index]) if ref_index is not None else None
+    return _ranked_hypotheses(cands, marginal, posterior, reference)
+
+
+@dataclass
+class _SequenceCandidates:
+    """De-duplicated RAG-Sequence candidates.
+
+    Attributes:
+        ids: candidate token ids; the first ``n_generated`` were generated, a reference may follow.
+        index: candidate ids (as a tuple) -> position in ``ids``.
+        origin: ``(output row, document, candidate)`` for every row of the generate output.
+        n_generated: how many candidates came out of generation.
+    """
+
+    ids: list[list[int]]
+    index: dict[tuple[int, ...], int]
+    origin: list[tuple[int, int, int]]
+    n_generated: int
+
+    @classmethod
+    def from_generated(cls, generated: torch.Tensor, eos: Sequence[int], num_beams: int) -> _SequenceCandidates:
+        """Candidates of ``generated`` ``(K*num_beams, T')`` (row ``k*num_beams + j``), cut after their eos."""
+        eos_set = set(eos)
+        ids: list[list[int]] = []
+        index: dict[tuple[int, ...], int] = {}
+        origin: list[tuple[int, int, int]] = []
+        for row in range(generated.shape[0]):
+            row_ids = _truncate_at_eos(generated[row].tolist(), eos_set)
+            key = tuple(row_ids)
+            if key not in index:
+                index[key] = len(ids)
+                ids.append(row_ids)
+            origin.append((row, row // num_beams, index[key]))
+        return cls(ids, index, origin, len(ids))
+
+    def add_reference(self, reference_ids: Sequence[int]) -> int:
+        """The position of ``reference_ids`` among the candidates (appended when not generated)."""
+        key = tuple(reference_ids)
+        if key not in self.index:
+            self.index[key] = len(self.ids)
+            self.ids.append(list(reference_ids))
+        return self.index[key]
+
+    def mask(self, device: torch.device) -> torch.Tensor:
+        """``(C, T)`` bool, True on each candidate's real tokens (``T`` = the longest candidate)."""
+        length = max(len(c) for c in self.ids)
+        mask = torch.zeros((len(self.ids), length), dtype=torch.bool, device=device)
+        for c, ids in enumerate(self.ids):
+            mask[c, : len(ids)] = True
+        return mask
+
+
+def _generate_candidates(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    eos: list[int],
+    pad: int,
+    num_beams: int,
+    record_logits: bool,
+    stop: Callable[[list[int]], bool] | None,
+) -> tuple[object, torch.Tensor]:
+    """One ``model.generate`` call on the left-padded batch of the K prompts: greedy (``num_beams=1``)
+    or beam search with ``num_beams`` candidates per document.
+
+    Returns:
+        transformers' generate output (with the raw logits when ``record_logits``) and the generated
+        ids ``(K*num_beams, T')``, row ``k*num_beams + j``.
+    """
+    input_ids, attention_mask = left_pad(prompt_ids, pad, _model_device(model))
     out = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -418,52 +506,57 @@ def rag_sequence_generate(
         eos_token_id=eos,
         pad_token_id=pad,
         return_dict_in_generate=True,
-        output_logits=decoding == "fast",
+        output_logits=record_logits,
         stopping_criteria=_row_stopping(stop, input_ids.shape[1]) if stop is not None else None,
     )
-    generated = out.sequences[:, input_ids.shape[1] :]  # (K*num_beams, T'), row k*num_beams + j
-    eos_set = set(eos)
+    return out, out.sequences[:, input_ids.shape[1] :]
 
-    candidates: list[list[int]] = []
-    index: dict[tuple[int, ...], int] = {}
-    origin: list[tuple[int, int, int]] = []  # (output row, doc, candidate)
-    for row in range(generated.shape[0]):
-        ids = _truncate_at_eos(generated[row].tolist(), eos_set)
-        key = tuple(ids)
-        if key not in index:
-            index[key] = len(candidates)
-            candidates.append(ids)
-        origin.append((row, row // num_beams, index[key]))
 
-    n_generated = len(candidates)
-    ref_index = None
-    if reference_ids and decoding == "thorough":
-        ref_key = tuple(reference_ids)
-        if ref_key not in index:
-            index[ref_key] = len(candidates)
-            candidates.append(list(reference_ids))
-        ref_index = index[ref_key]
-    n_cands = len(candidates)
-    length = max(len(c) for c in candidates)
-    mask = torch.zeros((n_cands, length), dtype=torch.bool, device=device)
-    for c, ids in enumerate(candidates):
-        mask[c, : len(ids)] = True
+def _thorough_scores(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    candidates: list[list[int]],
+    doc_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    pad: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every candidate re-scored under every document (:func:`score_continuations`).
 
-    if decoding == "thorough":
-        token_lp = score_continuations(model, prompt_ids, candidates, pad_token_id=pad).permute(1, 0, 2)  # (C, K, T)
-        marginal = rag_sequence_logprob(token_lp, doc_logprobs, mask)  # (C,)
-        posterior = rag_sequence_doc_posterior(token_lp, doc_logprobs, mask)  # (C, K)
-    else:
-        token_lp, generated_by = _generation_scores(out, generated, origin, candidates, n_docs)
-        marginal = rag_sequence_fast_logprob(token_lp, doc_logprobs, generated_by, mask)  # (C,)
-        joint = torch.where(generated_by, doc_logprobs + token_lp.sum(-1), float("-inf"))
-        posterior = torch.softmax(joint, dim=-1)
+    Returns:
+        the marginal ``(C,)`` log sum_k p(z_k|x) p(y|x,z_k) and the posterior ``(C, K)`` p(z_k|x,y).
+    """
+    token_lp = score_continuations(model, prompt_ids, candidates, pad_token_id=pad).permute(1, 0, 2)  # (C, K, T)
+    return rag_sequence_logprob(token_lp, doc_logprobs, mask), rag_sequence_doc_posterior(token_lp, doc_logprobs, mask)
 
-    reference = float(marginal[ref_index]) if ref_index is not None else None
-    order = [c for c in torch.argsort(marginal, descending=True).tolist() if c < n_generated]
+
+def _fast_scores(
+    out: object,
+    generated: torch.Tensor,
+    cands: _SequenceCandidates,
+    doc_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    n_docs: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores recorded while generating, no extra forward: p(y|x,z_k)=0 under the documents whose
+    beam did not produce y.
+
+    Returns:
+        the marginal ``(C,)`` and the posterior ``(C, K)`` (0 for documents that did not generate y).
+    """
+    token_lp, generated_by = _generation_scores(out, generated, cands.origin, cands.ids, n_docs)
+    marginal = rag_sequence_fast_logprob(token_lp, doc_logprobs, generated_by, mask)  # (C,)
+    joint = torch.where(generated_by, doc_logprobs + token_lp.sum(-1), float("-inf"))
+    return marginal, torch.softmax(joint, dim=-1)
+
+
+def _ranked_hypotheses(
+    cands: _SequenceCandidates, marginal: torch.Tensor, posterior: torch.Tensor, reference: float | None
+) -> list[RagSequenceHypothesis]:
+    """The generated candidates sorted by decreasing marginal (a reference that was not generated is left out)."""
+    order = [c for c in torch.argsort(marginal, descending=True).tolist() if c < cands.n_generated]
     return [
         RagSequenceHypothesis(
-            token_ids=candidates[c], logprob=float(marginal[c]), doc_posterior=posterior[c].tolist(),
+            token_ids=cands.ids[c], logprob=float(marginal[c]), doc_posterior=posterior[c].tolist(),
             reference_logprob=reference,
         )
         for c in order

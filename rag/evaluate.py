@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from rag.abstention import AbstentionRule
+
 logger = logging.getLogger(__name__)
 
 
@@ -119,15 +121,26 @@ class Record:
     def abstains(
         self, min_score: float | None, min_logprob: float | None, max_idk_margin: float | None = None
     ) -> bool:
-        if self.model_abstained:
-            return True
-        if min_score is not None and self.max_score is not None and self.max_score < min_score:
-            return True
-        if min_logprob is not None and self.mean_logprob is not None and self.mean_logprob < min_logprob:
-            return True
-        if max_idk_margin is not None and self.idk_margin is not None and self.idk_margin > max_idk_margin:
-            return True
-        return False
+        return self.abstains_under(AbstentionRule(min_score, min_logprob, max_idk_margin))
+
+    def abstains_under(self, rule: AbstentionRule) -> bool:
+        """Whether ``rule`` abstains on this question (the model's own "I don't know" always does)."""
+        return rule.abstains(
+            model_abstained=self.model_abstained, max_score=self.max_score,
+            mean_logprob=self.mean_logprob, idk_margin=self.idk_margin,
+        )
+
+
+def record_from_answer(example: QAExample, answer: Any) -> Record:
+    """The :class:`Record` of ``example`` answered by :meth:`rag.qa.QAPipeline.answer` (``answer``)."""
+    return Record(
+        qid=example.qid, question=example.question, impossible=example.impossible, golds=example.answers,
+        prediction=answer.answer, model_abstained=answer.abstained,
+        retrieval_hit=retrieval_hit([c.text for c in answer.citations], example.answers),
+        max_score=answer.max_retrieval_score, mean_logprob=answer.mean_token_logprob,
+        latency_s=answer.timings.get("total_s", 0.0), generate_s=answer.timings.get("generate_s", 0.0),
+        tokens=answer.generated_tokens, raw_prediction=answer.raw_answer, idk_margin=answer.idk_margin,
+    )
 
 
 @dataclass
@@ -156,16 +169,17 @@ class Metrics:
 
 def thresholds(config: Any) -> dict[str, float | None]:
     """The abstention thresholds of a :class:`rag.config.QAConfig`, as keyword arguments of :func:`compute_metrics`."""
-    return {
-        "min_score": config.abstain_min_score,
-        "min_logprob": config.abstain_min_logprob,
-        "max_idk_margin": getattr(config, "abstain_max_idk_margin", None),
-    }
+    return AbstentionRule.from_config(config).as_kwargs()
 
 
 @functools.lru_cache(maxsize=65536)
 def _em_f1(prediction: str, golds: tuple[str, ...]) -> tuple[float, float]:
     return best_over_golds(exact_match, prediction, list(golds)), best_over_golds(f1_score, prediction, list(golds))
+
+
+def em_f1(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
+    """Best exact match and best F1 of ``prediction`` over the gold answers (cached)."""
+    return _em_f1(prediction, tuple(golds))
 
 
 def compute_metrics(
@@ -176,17 +190,18 @@ def compute_metrics(
 ) -> Metrics:
     answerable = [r for r in records if not r.impossible]
     impossible = [r for r in records if r.impossible]
+    rule = AbstentionRule(min_score, min_logprob, max_idk_margin)
     em = f1 = 0.0
     abstained_answerable = 0
     for r in answerable:
-        if r.abstains(min_score, min_logprob, max_idk_margin):
+        if r.abstains_under(rule):
             abstained_answerable += 1
             continue
         e, f = _em_f1(r.prediction, tuple(r.golds))
         em += e
         f1 += f
     n = max(len(answerable), 1)
-    abst_imp = sum(r.abstains(min_score, min_logprob, max_idk_margin) for r in impossible)
+    abst_imp = sum(r.abstains_under(rule) for r in impossible)
     abst_all = abst_imp + abstained_answerable
     lat = np.array([r.latency_s for r in records]) if records else np.zeros(1)
     gen_s = sum(r.generate_s for r in records)
@@ -289,11 +304,5 @@ def run_eval(
     records = []
     for ex in tqdm(examples, desc="eval", unit="q", disable=not progress):
         ans = pipeline.answer(collection, ex.question, mode=mode, k=k, adapter=adapter, abstain=False)
-        records.append(Record(
-            qid=ex.qid, question=ex.question, impossible=ex.impossible, golds=ex.answers,
-            prediction=ans.answer, model_abstained=ans.abstained, retrieval_hit=retrieval_hit([c.text for c in ans.citations], ex.answers),
-            max_score=ans.max_retrieval_score, mean_logprob=ans.mean_token_logprob,
-            latency_s=ans.timings.get("total_s", 0.0), generate_s=ans.timings.get("generate_s", 0.0),
-            tokens=ans.generated_tokens, raw_prediction=ans.raw_answer, idk_margin=ans.idk_margin,
-        ))
+        records.append(record_from_answer(ex, ans))
     return records

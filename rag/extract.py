@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from rag.stemming import s_stem
+
 _ANSWER_PREFIX = re.compile(
     r"^(?:(?:the\s+)?answer(?:\s+to\s+(?:this|the)\s+question)?(?:\s+is)?\s*:|the\s+answer\s+is\b|a\s*:)\s*",
     re.IGNORECASE,
@@ -32,20 +34,17 @@ def _content_words(text: str) -> list[str]:
     return [w for w in (m.group(0).lower() for m in _WORD.finditer(text)) if w not in _FUNCTION_WORDS]
 
 
-def _stem(word: str) -> str:
-    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
-
-
 def strip_restatement(text: str, question: str) -> str:
     """``text`` without a leading restatement of the question: when every content word before the
-    first copula (is / was / are / were [called]) occurs in ``question``, keep what follows it."""
+    first copula (is / was / are / were [called]) occurs in ``question`` (plurals folded by
+    :func:`rag.stemming.s_stem`), keep what follows it."""
     match = _COPULA.search(text)
     if match is None:
         return text
     subject, rest = text[: match.start()], text[match.end():].strip()
     words = _content_words(subject)
-    asked = {_stem(w) for w in _content_words(question)}
-    if not rest or not words or any(_stem(w) not in asked for w in words):
+    asked = {s_stem(w) for w in _content_words(question)}
+    if not rest or not words or any(s_stem(w) not in asked for w in words):
         return text
     return rest
 

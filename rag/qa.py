@@ -8,12 +8,16 @@ Modes (Lewis et al. 2020 for the two RAG ones):
 * ``rag-token`` — one prompt per document run as one batch; at every step the next-token
   distributions are mixed by p(z|x).
 
+Each mode is one :class:`rag.strategies.AnswerStrategy` (registry :data:`rag.strategies.STRATEGIES`);
+:class:`QAPipeline` does what they share: retrieval, the posterior, the abstention decision, citations.
+
 Abstention: when the best dense cosine of the evidence is below ``abstain_min_score`` the
 system says it does not know without generating; when the answer's mean per-token marginal
 log-likelihood is below ``abstain_min_logprob``, or the model's own "I don't know." (scored from
 the same prefill under the same marginal) beats the answer per token by more than
 ``abstain_max_idk_margin``, it withholds the answer; and when the model itself answers "I don't
-know" that is reported as an abstention. Answers are cut to their first sentence and cleaned by
+know" that is reported as an abstention. The thresholds are one :class:`rag.abstention.AbstentionRule`,
+the same that :mod:`rag.evaluate` applies. Answers are cut to their first sentence and cleaned by
 :mod:`rag.extract`; decoding stops as soon as that sentence is complete.
 """
 
@@ -31,17 +35,18 @@ from typing import Any
 import torch
 
 from ingest.collection import Collection
+from rag.abstention import AbstentionRule
 from rag.config import QAConfig
-from rag.decoding import rag_sequence_generate, rag_token_generate
 from rag.errors import QAError
 from rag.extract import clean_answer, reply_complete
 from rag.generator import Generator
 from rag.prompts import ABSTAIN_TEXT, is_abstention
 from rag.retriever import Retrieval, Retriever
+from rag.strategies import STRATEGIES, AnswerStrategy, Generated, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
-MODES = ("stuff", "rag-sequence", "rag-token")
+MODES = tuple(STRATEGIES)  # ("stuff", "rag-sequence", "rag-token")
 
 
 @dataclass
@@ -99,19 +104,23 @@ def format_contexts(tokenizer, chunks: Sequence[Any], limit: int) -> list[str]:
     return out
 
 
-def kept_documents(doc_logprobs: torch.Tensor, min_posterior: float) -> list[int]:
-    """Indices of the documents whose p(z|x) >= ``min_posterior`` (always at least the best one).
+class _TextStreamer:
+    """Token ids -> ``on_token(new text)``: decodes every id so far and sends the text not sent yet."""
 
-    Args:
-        doc_logprobs: ``(K,)`` log p(z|x), normalised.
+    def __init__(self, generator: Generator, on_token: Callable[[str], None] | None) -> None:
+        self.generator = generator
+        self.on_token = on_token
+        self.emitted: list[int] = []
+        self.streamed = ""
 
-    The full mixture is ``(1 - e) * kept_mixture + e * dropped_mixture`` for the dropped prior mass e,
-    so every RAG-Token next-token distribution (and the RAG-Sequence marginal over answers) moves by at
-    most e in total variation, while each dropped document saves its whole prompt's prefill.
-    """
-    post = doc_logprobs.exp()
-    keep = [i for i, p in enumerate(post.tolist()) if p >= min_posterior]
-    return keep or [int(torch.argmax(doc_logprobs))]
+    def __call__(self, token_id: int) -> None:
+        if self.on_token is None:
+            return
+        self.emitted.append(token_id)
+        text = self.generator.decode(self.emitted)
+        if len(text) > len(self.streamed):
+            self.on_token(text[len(self.streamed):])
+            self.streamed = text
 
 
 class QAPipeline:
@@ -141,7 +150,8 @@ class QAPipeline:
                 self._query_encoders[key] = load_embedder(EmbedderConfig(model=str(folder)))
             return self._query_encoders[key]
 
-    def _contexts(self, retrieval: Retrieval) -> list[str]:
+    def contexts(self, retrieval: Retrieval) -> list[str]:
+        """The context blocks of ``retrieval``'s chunks, as the prompts hold them (:func:`format_contexts`)."""
         return format_contexts(self.generator.tokenizer, retrieval.chunks, self.config.max_context_tokens)
 
     def answer(
@@ -157,10 +167,15 @@ class QAPipeline:
         on_token: Callable[[str], None] | None = None,
         abstain: bool = True,
     ) -> Answer:
-        """Answer ``question`` from ``collection``; ``on_token`` receives text as it is generated."""
+        """Answer ``question`` from ``collection``; ``on_token`` receives text as it is generated.
+
+        With ``abstain=False`` the thresholds are off (the model's own "I don't know" and an empty
+        retrieval still abstain); :func:`rag.evaluate.compute_metrics` applies them afterwards.
+        """
         cfg = self.config
         mode = mode or cfg.mode
-        if mode not in MODES:
+        strategy = STRATEGIES.get(mode)
+        if strategy is None:
             raise QAError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         question = question.strip()
         if not question:
@@ -170,7 +185,29 @@ class QAPipeline:
             collection, question, k, sources=sources, titles=titles, query_embedder=self.query_embedder(adapter)
         )
         t_ret = time.perf_counter() - t0
-        ans = Answer(
+        ans = self._new_answer(collection, question, mode, adapter, retrieval)
+        if not retrieval.chunks:
+            return self._abstain(ans, "the collection returned no evidence", t0, t_ret, on_token)
+        rule = AbstentionRule.from_config(cfg) if abstain else AbstentionRule()
+        reason = rule.evidence_reason(retrieval.max_dense_score)
+        if reason is not None:
+            ans.citations = self._citations(retrieval, [float(c.posterior) for c in retrieval.chunks])
+            return self._abstain(ans, reason, t0, t_ret, on_token)
+
+        used, request = self._request(strategy, question, retrieval, on_token)
+        t1 = time.perf_counter()
+        with self.generator.session(adapter) as model:
+            out = strategy.generate(model, self.generator, cfg, request)
+        t_gen = time.perf_counter() - t1
+        self._record_generation(ans, out, retrieval, used)
+        ans.timings = {"retrieve_s": t_ret, "generate_s": t_gen, "total_s": time.perf_counter() - t0}
+        self._decide(ans, rule)
+        return ans
+
+    def _new_answer(
+        self, collection: Collection, question: str, mode: str, adapter: str | None, retrieval: Retrieval
+    ) -> Answer:
+        return Answer(
             answer_id=uuid.uuid4().hex,
             question=question,
             answer="",
@@ -182,105 +219,59 @@ class QAPipeline:
             citations=[],
             max_retrieval_score=retrieval.max_dense_score if retrieval.chunks else None,
         )
-        posts = [float(c.posterior) for c in retrieval.chunks]
-        if not retrieval.chunks:
-            return self._abstain(ans, "the collection returned no evidence", t0, t_ret, on_token)
-        if abstain and cfg.abstain_min_score is not None and retrieval.max_dense_score < cfg.abstain_min_score:
-            ans.citations = self._citations(retrieval, posts)
-            return self._abstain(
-                ans, f"best evidence score {retrieval.max_dense_score:.3f} < {cfg.abstain_min_score:.3f}", t0, t_ret, on_token
-            )
 
+    def _request(
+        self, strategy: AnswerStrategy, question: str, retrieval: Retrieval, on_token: Callable[[str], None] | None
+    ) -> tuple[list[int], GenerationRequest]:
+        """The documents ``strategy`` reads (indices into ``retrieval.chunks``) and its generation request."""
         gen = self.generator
-        contexts = self._contexts(retrieval)
-        idk = gen.abstention_ids
-        used = list(range(len(contexts)))
+        contexts = self.contexts(retrieval)
         doc_lp = torch.as_tensor(retrieval.log_posterior, dtype=torch.float32)
-        if mode != "stuff":
-            used = kept_documents(doc_lp, cfg.min_doc_posterior)
-            doc_lp = torch.log_softmax(doc_lp[used], dim=0)
-            contexts = [contexts[i] for i in used]
+        selected = strategy.select_documents(doc_lp, self.config)
+        used = list(range(len(contexts))) if selected is None else selected
+        if selected is not None:
+            doc_lp = torch.log_softmax(doc_lp[selected], dim=0)
+            contexts = [contexts[i] for i in selected]
+        request = GenerationRequest(
+            question=question,
+            contexts=contexts,
+            doc_logprobs=doc_lp,
+            posteriors=[float(c.posterior) for c in retrieval.chunks],
+            reference_ids=gen.abstention_ids,
+            stop=lambda ids: reply_complete(gen.decode(ids)),  # the first sentence / line is all clean_answer keeps
+            stream=_TextStreamer(gen, on_token),
+            on_token=on_token,
+            rng=self._rng(),
+        )
+        return used, request
 
-        def stop(ids: list[int]) -> bool:  # the first sentence / line is all clean_answer keeps
-            return reply_complete(gen.decode(ids))
-
-        emitted: list[int] = []
-        streamed = [""]
-
-        def stream(token_id: int) -> None:
-            if on_token is None:
-                return
-            emitted.append(token_id)
-            text = gen.decode(emitted)
-            if len(text) > len(streamed[0]):
-                on_token(text[len(streamed[0]):])
-                streamed[0] = text
-
-        t1 = time.perf_counter()
-        with gen.session(adapter) as model:
-            if mode == "stuff":
-                prompts = [gen.prompt_ids(question, contexts, one_shot=cfg.one_shot)]
-                out = rag_token_generate(
-                    model, prompts, torch.zeros(1), max_new_tokens=cfg.max_new_tokens,
-                    eos_token_ids=gen.eos_token_ids, strategy=cfg.strategy, num_beams=cfg.num_beams,
-                    temperature=cfg.temperature, top_p=cfg.top_p, generator=self._rng(),
-                    stream_callback=stream, pad_token_id=gen.tokenizer.pad_token_id, reference_ids=idk, stop=stop,
-                )
-                tokens, logprob, contrib, idk_lp = out.token_ids, out.logprob, posts, out.reference_logprob
-            elif mode == "rag-token":
-                prompts = [gen.prompt_ids(question, [c], one_shot=cfg.one_shot) for c in contexts]
-                out = rag_token_generate(
-                    model, prompts, doc_lp, max_new_tokens=cfg.max_new_tokens,
-                    eos_token_ids=gen.eos_token_ids, strategy=cfg.strategy, num_beams=cfg.num_beams,
-                    temperature=cfg.temperature, top_p=cfg.top_p, generator=self._rng(),
-                    stream_callback=stream, pad_token_id=gen.tokenizer.pad_token_id, reference_ids=idk, stop=stop,
-                )
-                tokens, logprob, contrib = out.token_ids, out.logprob, list(out.doc_contributions)
-                idk_lp = out.reference_logprob
-            else:
-                prompts = [gen.prompt_ids(question, [c], one_shot=cfg.one_shot) for c in contexts]
-                hyps = rag_sequence_generate(
-                    model, prompts, doc_lp, max_new_tokens=cfg.max_new_tokens, eos_token_ids=gen.eos_token_ids,
-                    num_beams=cfg.num_beams, decoding=cfg.decoding, pad_token_id=gen.tokenizer.pad_token_id,
-                    reference_ids=idk, stop=stop,
-                )
-                best = hyps[0]
-                tokens, logprob, contrib = best.token_ids, best.logprob, list(best.doc_posterior)
-                idk_lp = best.reference_logprob
-                if on_token is not None:
-                    on_token(gen.decode(tokens))
-        t_gen = time.perf_counter() - t1
+    def _record_generation(self, ans: Answer, out: Generated, retrieval: Retrieval, used: list[int]) -> None:
+        """The raw answer, its likelihood signals and the citations (shares of the documents read)."""
+        gen = self.generator
         eos = set(gen.eos_token_ids)
-        n_answer = max(1, len([t for t in tokens if t not in eos]))
-        raw = gen.decode(tokens)
-        ans.raw_answer = raw
-        ans.generated_tokens = len(tokens)
-        ans.logprob = float(logprob)
-        ans.mean_token_logprob = float(logprob) / n_answer
-        if idk_lp is not None:
-            ans.idk_margin = idk_lp / max(1, len(idk) - 1) - ans.mean_token_logprob
+        n_answer = max(1, len([t for t in out.token_ids if t not in eos]))
+        ans.raw_answer = gen.decode(out.token_ids)
+        ans.generated_tokens = len(out.token_ids)
+        ans.logprob = float(out.logprob)
+        ans.mean_token_logprob = float(out.logprob) / n_answer
+        if out.reference_logprob is not None:
+            ans.idk_margin = out.reference_logprob / max(1, len(gen.abstention_ids) - 1) - ans.mean_token_logprob
         shares = [0.0] * len(retrieval.chunks)  # chunks skipped by min_doc_posterior contributed nothing
-        for i, share in zip(used, contrib):
+        for i, share in zip(used, out.contributions):
             shares[i] = share
         ans.citations = self._citations(retrieval, shares)
-        ans.timings = {"retrieve_s": t_ret, "generate_s": t_gen, "total_s": time.perf_counter() - t0}
-        if is_abstention(raw):
-            ans.answer, ans.abstained, ans.abstain_reason = ABSTAIN_TEXT, True, "the model found no answer in the evidence"
-        elif abstain and cfg.abstain_min_logprob is not None and ans.mean_token_logprob < cfg.abstain_min_logprob:
-            ans.answer, ans.abstained = ABSTAIN_TEXT, True
-            ans.abstain_reason = f"answer likelihood {ans.mean_token_logprob:.3f} < {cfg.abstain_min_logprob:.3f} per token"
-        elif (
-            abstain and cfg.abstain_max_idk_margin is not None and ans.idk_margin is not None
-            and ans.idk_margin > cfg.abstain_max_idk_margin
-        ):
-            ans.answer, ans.abstained = ABSTAIN_TEXT, True
-            ans.abstain_reason = (
-                f"the model finds \"I don't know\" likelier than its answer (margin {ans.idk_margin:.3f} "
-                f"> {cfg.abstain_max_idk_margin:.3f} per token)"
-            )
+
+    @staticmethod
+    def _decide(ans: Answer, rule: AbstentionRule) -> None:
+        """The final answer: the model's own "I don't know", the rule's abstention, or the cleaned reply."""
+        if is_abstention(ans.raw_answer):
+            reason: str | None = "the model found no answer in the evidence"
         else:
-            ans.answer = clean_answer(raw, question)
-        return ans
+            reason = rule.answer_reason(ans.mean_token_logprob, ans.idk_margin)
+        if reason is not None:
+            ans.answer, ans.abstained, ans.abstain_reason = ABSTAIN_TEXT, True, reason
+        else:
+            ans.answer = clean_answer(ans.raw_answer, ans.question)
 
     def _rng(self) -> torch.Generator | None:
         if self.config.seed is None:

@@ -11,8 +11,9 @@ from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig
 from ingest.workspace import Workspace
 from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
 from rag.generator import AdapterError, Generator
-from rag.qa import QAError, QAPipeline, kept_documents
+from rag.qa import QAError, QAPipeline
 from rag.retriever import Retriever
+from rag.strategies import kept_documents
 
 
 @pytest.fixture(scope="module")
