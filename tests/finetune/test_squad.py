@@ -98,7 +98,7 @@ class TestSquadTrainingData:
 
     def test_same_seed_same_files(self, squad_file, tmp_path):
         a = squad_training_data(squad_file, tmp_path / "a", unanswerable=0.5, preferences=5, seed=3)
-        b = squad_training_data(squad_file, tmp_path / "b", unanswerable=0.5, preferences=5, seed=3)
+        squad_training_data(squad_file, tmp_path / "b", unanswerable=0.5, preferences=5, seed=3)
         for name in ("sft.jsonl", "preferences.jsonl", "prompts.jsonl"):
             assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
         seeds = {tuple(r["question"] for r in lines(squad_training_data(
