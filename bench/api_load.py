@@ -57,14 +57,15 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def squad_items(path: pathlib.Path) -> tuple[list[tuple[str, str]], list[str]]:
-    """(file name, paragraph text) per SQuAD paragraph, and the answerable questions."""
-    data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    """(file name, paragraph text) per SQuAD paragraph, and the questions not marked impossible."""
+    sys.path.insert(0, str(common.ROOT))  # the ragqa packages first: bench/ingest.py would shadow `ingest`
+    from ingest.squad import iter_paragraphs, read_squad
+
     paragraphs, questions = [], []
-    for art in data:
-        for i, p in enumerate(art["paragraphs"]):
-            name = f"{art['title'][:40].replace(' ', '_')}-{i:03d}.txt"
-            paragraphs.append((name, f"{art['title']}\n\n{p['context']}\n"))
-            questions += [q["question"] for q in p["qas"] if not q.get("is_impossible")]
+    for art, p in iter_paragraphs(read_squad(path)):
+        name = f"{art.title[:40].replace(' ', '_')}-{p.index:03d}.txt"
+        paragraphs.append((name, f"{art.title}\n\n{p.context}\n"))
+        questions += [q.question for q in p.questions if not q.is_impossible]
     return paragraphs, questions
 
 

@@ -15,7 +15,6 @@ fp32 vectors (mean and min), and recall@1/@4 on data/benchmarks/squad2_dev_publi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import re
@@ -31,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from ingest.config import EmbedderConfig  # noqa: E402
 from ingest.embedder import load_embedder, resolve_embedder_path  # noqa: E402
+from ingest.squad import iter_paragraphs, read_squad  # noqa: E402
 
 DOCS = pathlib.Path("/usr/share/doc/python3.11/html")
 SECTIONS = ("tutorial", "faq", "howto", "reference")
@@ -65,15 +65,14 @@ def chunk(texts: list[str], tokenizer, size: int = 200, overlap: int = 24) -> tu
 
 
 def squad() -> tuple[list[str], list[str], np.ndarray]:
-    data = json.loads(SQUAD.read_text())
+    """Every paragraph, the questions not marked impossible, and each question's paragraph index."""
     paragraphs, questions, gold = [], [], []
-    for article in data["data"]:
-        for para in article["paragraphs"]:
-            for qa in para["qas"]:
-                if not qa.get("is_impossible"):
-                    questions.append(qa["question"])
-                    gold.append(len(paragraphs))
-            paragraphs.append(para["context"])
+    for _, para in iter_paragraphs(read_squad(SQUAD)):
+        for qa in para.questions:
+            if not qa.is_impossible:
+                questions.append(qa.question)
+                gold.append(len(paragraphs))
+        paragraphs.append(para.context)
     return paragraphs, questions, np.array(gold)
 
 

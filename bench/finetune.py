@@ -23,8 +23,6 @@ import argparse
 import json
 import logging
 import pathlib
-import random
-import re
 import shutil
 import sys
 import tempfile
@@ -33,6 +31,9 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+sys.path.insert(0, str(common.ROOT))  # the ragqa packages first: this file would shadow `finetune`
+from finetune.squad import squad_training_data  # noqa: E402
+
 logger = logging.getLogger("bench.finetune")
 
 START_MARKER = "<!-- finetune:start -->"
@@ -40,69 +41,6 @@ END_MARKER = "<!-- finetune:end -->"
 SECTION_HEADING = "## Fine-tuning"
 COLLECTION = "squad"
 SFT_NAME, RM_NAME, DPO_NAME, RLHF_NAME = "squad-sft", "squad-reward", "squad-dpo", "squad-rlhf"
-
-
-# -- data -----------------------------------------------------------------------------------------
-def split_articles(squad: dict, held_out: int) -> tuple[list[dict], dict]:
-    arts = squad["data"]
-    train = [a for i, a in enumerate(arts) if i != held_out]
-    return train, {"version": squad.get("version", "v2.0"), "data": [arts[held_out]]}
-
-
-def majority_answer(answers: list[dict]) -> str:
-    """The answer most annotators gave (ties: the shortest): the usual single SQuAD training target."""
-    texts = [a["text"].strip() for a in answers if a.get("text", "").strip()]
-    return min(set(texts), key=lambda t: (-texts.count(t), len(t), t))
-
-
-def unanswerable_records(articles: list[dict], share: float, n_answerable: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``share`` x ``n_answerable`` of the articles' unanswerable questions, answered "I don't know."
-    over the paragraph they were written against (SQuAD 2.0's adversarial distractor)."""
-    from rag.prompts import ABSTAIN_TEXT
-
-    pool = [{"question": q["question"], "answer": ABSTAIN_TEXT, "context": p["context"]}
-            for a in articles for p in a["paragraphs"] for q in p["qas"] if q.get("is_impossible")]
-    k = min(len(pool), round(share * n_answerable))
-    return random.Random(seed).sample(pool, k) if k else []
-
-
-def sft_records(articles: list[dict]) -> list[dict[str, Any]]:
-    out = []
-    for a in articles:
-        for p in a["paragraphs"]:
-            for q in p["qas"]:
-                if q.get("is_impossible") or not q.get("answers"):
-                    continue
-                out.append({"question": q["question"], "answer": majority_answer(q["answers"]), "context": p["context"]})
-    return out
-
-
-def sentence_around(context: str, start: int, answer: str) -> str:
-    """The sentence holding the answer: the long, unextracted reply a preference set should reject."""
-    bounds = [m.end() for m in re.finditer(r"[.!?]\s+", context)]
-    lo = max([b for b in bounds if b <= start], default=0)
-    hi = min([b for b in bounds if b > start + len(answer)], default=len(context))
-    return context[lo:hi].strip()
-
-
-def preference_records(articles: list[dict], n: int, seed: int) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    pool = []
-    for a in articles:
-        for p in a["paragraphs"]:
-            for q in p["qas"]:
-                if q.get("is_impossible") or not q.get("answers"):
-                    continue
-                ans = q["answers"][0]
-                sent = sentence_around(p["context"], ans["answer_start"], ans["text"])
-                if len(sent) > len(ans["text"]) + 20:
-                    pool.append({"question": q["question"], "chosen": ans["text"], "rejected": sent, "context": p["context"]})
-    rng.shuffle(pool)
-    return pool[:n]
-
-
-def write_jsonl(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 # -- steps ----------------------------------------------------------------------------------------
@@ -144,20 +82,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     home = prepare_home(args)
     env = common.offline_env(RAGQA_HOME=str(home))
     r = Runner(home, env)
-    work = home / "bench-data"
-    work.mkdir(exist_ok=True)
-    squad = json.loads(common.SQUAD.read_text(encoding="utf-8"))
-    train_articles, held = split_articles(squad, args.held_out)
-    train_path, held_path = work / "train.jsonl", work / "heldout.json"
-    records = sft_records(train_articles)
-    idk = unanswerable_records(train_articles, args.unanswerable, len(records))
-    write_jsonl(train_path, records + idk)
-    held_path.write_text(json.dumps(held), encoding="utf-8")
+    data = squad_training_data(common.SQUAD, home / "bench-data", held_out=[args.held_out],
+                               unanswerable=args.unanswerable, preferences=args.pref_n if args.preferences else 0,
+                               prompts=args.prompt_n, seed=0)
+    held_path = data.held_out_path
     res: dict[str, Any] = {
-        "held_out_article": held["data"][0]["title"],
-        "train_articles": [a["title"] for a in train_articles],
-        "train_questions": len(records),
-        "train_unanswerable": len(idk),
+        "held_out_article": data.held_out_articles[0],
+        "train_articles": data.train_articles,
+        "train_questions": data.answerable,
+        "train_unanswerable": data.unanswerable,
         "mode": args.mode, "n": args.n,
     }
     r.run("models", "prepare", "--json", timeout=1800)
@@ -165,7 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r.run("ingest", str(common.SQUAD), "-c", COLLECTION, "--json")
 
     res["base"] = r.evaluate(held_path, args.mode, args.n, None)
-    sft_args = ["finetune", "sft", "--data", str(train_path), "-c", COLLECTION, "--output", SFT_NAME, "--overwrite", "--json"]
+    sft_args = ["finetune", "sft", "--data", str(data.sft_path), "-c", COLLECTION, "--output", SFT_NAME, "--overwrite", "--json"]
     sft_args += args.sft_args.split() if args.sft_args else []
     sft, sft_wall = r.run(*sft_args)
     res["sft"] = {"wall_s": sft_wall, **sft["metrics"], "command": "ragqa " + " ".join(
@@ -173,10 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res["after"] = r.evaluate(held_path, args.mode, args.n, SFT_NAME)
 
     if args.preferences:
-        prefs = preference_records(train_articles, args.pref_n, seed=0)
-        prefs_path, prompts_path = work / "preferences.jsonl", work / "prompts.jsonl"
-        write_jsonl(prefs_path, prefs)
-        write_jsonl(prompts_path, [{"question": p["question"], "context": p["context"]} for p in prefs[: args.prompt_n]])
+        prefs_path, prompts_path = data.preferences_path, data.prompts_path
         rm, rm_wall = r.run("finetune", "reward", "--data", str(prefs_path), "--output", RM_NAME, "--epochs", "2",
                             "--overwrite", "--json")
         res["reward"] = {"wall_s": rm_wall, **rm["metrics"]}

@@ -85,15 +85,10 @@ TARGET_REINGEST = 0.05  # re-ingest of unchanged docs <= 5 % of the first ingest
 
 def _squad_questions(path: pathlib.Path, limit: int | None) -> list[dict[str, Any]]:
     """Answerable questions in file order: question, gold answers, gold (title, paragraph)."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    out: list[dict[str, Any]] = []
-    for article in data["data"]:
-        for i, paragraph in enumerate(article["paragraphs"]):
-            for qa in paragraph.get("qas", []):
-                answers = [a["text"] for a in qa.get("answers", []) if a.get("text")]
-                if qa.get("is_impossible") or not answers:
-                    continue
-                out.append({"question": qa["question"], "answers": answers, "title": article["title"], "paragraph": i})
+    from ingest.squad import iter_questions, read_squad
+
+    out = [{"question": q.question, "answers": q.answer_texts, "title": article.title, "paragraph": paragraph.index}
+           for article, paragraph, q in iter_questions(read_squad(path), answerable=True)]
     return out[:limit] if limit else out
 
 
@@ -134,11 +129,11 @@ def langchain_ingest_worker(kind: str, source: pathlib.Path, out: pathlib.Path) 
     else:
         from langchain_core.documents import Document
 
-        data = json.loads(source.read_text(encoding="utf-8"))
+        from ingest.squad import iter_paragraphs, read_squad
+
         docs = [
-            Document(page_content=p["context"], metadata={"source": str(source), "title": a["title"], "paragraph": i})
-            for a in data["data"]
-            for i, p in enumerate(a["paragraphs"])
+            Document(page_content=p.context, metadata={"source": str(source), "title": a.title, "paragraph": p.index})
+            for a, p in iter_paragraphs(read_squad(source))
         ]
     splitter = RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200)
     chunks = splitter.split_documents(docs)

@@ -23,6 +23,7 @@ import torch
 from finetune.config import RAGJob
 from finetune.data import file_sha256, read_jsonl
 from finetune.examples import contains_answer, tokenize_pair
+from finetune.losses import answer_logits
 from finetune.runner import (
     TrainResult,
     FinetuneError,
@@ -49,14 +50,9 @@ QUERY_ENCODER_DIR = "query_encoder"
 def answer_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``(N, L-1)`` log p(label_t | prefix) at every labelled position (0 elsewhere), projecting only
     labelled positions through the LM head. ``input_ids``/``labels``: ``(N, L)``, labels -100 = ignore."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(causal, causal.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
-    target = labels[:, 1:]
-    mask = target != -100
-    logits = causal.get_output_embeddings()(hidden[mask]).float()
-    picked = torch.log_softmax(logits, -1).gather(-1, target[mask].unsqueeze(-1)).squeeze(-1)
-    return torch.zeros(target.shape, dtype=picked.dtype, device=picked.device).masked_scatter(mask, picked)
+    logits, target, mask = answer_logits(model, input_ids, labels, attention_mask=attention_mask)
+    picked = torch.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    return torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(mask, picked)
 
 
 def gather_answer_tokens(token_lp: torch.Tensor, labels: torch.Tensor, n_docs: int) -> tuple[torch.Tensor, torch.Tensor]:

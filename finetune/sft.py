@@ -37,15 +37,10 @@ def answer_only_loss(model, inputs: dict[str, Any], num_items_in_batch=None) -> 
     import torch
     import torch.nn.functional as F
 
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(causal, causal.base_model_prefix)
-    head = causal.get_output_embeddings()
+    from finetune.losses import answer_logits
+
     kwargs = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
-    hidden = backbone(input_ids=inputs["input_ids"], use_cache=False, **kwargs).last_hidden_state
-    labels = inputs["labels"][:, 1:]
-    mask = labels != -100
-    logits = head(hidden[:, :-1][mask]).float()
-    target = labels[mask]
+    logits, target, mask = answer_logits(model, inputs["input_ids"], inputs["labels"], **kwargs)
     total = F.cross_entropy(logits, target, reduction="sum")
     denom = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
     with torch.no_grad():

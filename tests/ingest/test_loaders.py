@@ -13,6 +13,7 @@ from ingest.config import LoaderConfig
 from ingest.documents import Document
 from ingest.errors import EmptyDocumentError, LoaderError, UnsupportedFileError
 from ingest.loaders import LOADERS, SUPPORTED_SUFFIXES, is_supported, load_file
+from ingest.squad import SquadFormatError, iter_paragraphs, iter_questions, parse_squad, read_squad, to_json
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
@@ -626,6 +627,55 @@ class TestSquadLoader:
         assert len({d.doc_id for d in docs}) == 126
         raw = json.loads(SQUAD_BENCH.read_text(encoding="utf-8"))
         assert docs[0].text == raw["data"][0]["paragraphs"][0]["context"]  # verbatim: answer offsets hold
+
+
+class TestSquadReader:
+    def test_typed_articles_paragraphs_and_questions(self, tmp_path):
+        data = read_squad(write(tmp_path / "mini.json", json.dumps(MINI_SQUAD)))
+        assert data.version == "v2.0" and [a.title for a in data] == ["Normans", "Physics"]
+        assert [(a.title, p.index, p.context) for a, p in iter_paragraphs(data)] == [
+            ("Normans", 0, "The Normans were the people of Normandy."),
+            ("Normans", 1, "Rollo was their leader."),
+            ("Physics", 0, "Energy is conserved."),
+        ]
+        q1 = data.articles[0].paragraphs[0].questions[0]
+        assert (q1.qid, q1.question, q1.answer_texts, q1.answers[0].answer_start) == ("q1", "Who?", ["The Normans"], 0)
+        assert q1.answerable
+        assert [q.qid for _, _, q in iter_questions(data)] == ["q1", "q2"]
+        assert [q.qid for _, _, q in iter_questions(data, answerable=True)] == ["q1"]
+        assert [(a.title, q.qid) for a, _, q in iter_questions(data, answerable=False)] == [("Physics", "q2")]
+
+    def test_question_without_answers_is_unanswerable_and_ids_default_to_position(self):
+        obj = {"data": [{"title": "T", "paragraphs": [{"context": "c", "qas": [
+            {"question": "a?", "answers": [{"text": "", "answer_start": 0}]},
+            {"question": "b?", "answers": [{"text": "c", "answer_start": 0}]},
+        ]}]}]}
+        qs = [q for _, _, q in iter_questions(parse_squad(obj))]
+        assert [(q.qid, q.is_impossible, q.answerable) for q in qs] == [("0", False, False), ("1", False, True)]
+
+    def test_bad_entries_are_skipped_and_indices_kept(self, caplog):
+        obj = {"data": ["junk", {"title": "T", "paragraphs": ["junk", {"context": "x", "qas": [{"id": "no text"}]}]}]}
+        with caplog.at_level(logging.WARNING):
+            data = parse_squad(obj, "bad.json")
+        assert [(a.index, [p.index for p in a.paragraphs]) for a in data] == [(1, [1])]
+        assert data.articles[0].paragraphs[0].questions == ()
+        assert sum("skipped" in r.message for r in caplog.records) == 3
+
+    def test_not_squad_is_a_clear_error(self, tmp_path):
+        with pytest.raises(SquadFormatError, match="not SQuAD format"):
+            read_squad(write(tmp_path / "list.json", "[1, 2]"))
+        with pytest.raises(SquadFormatError, match="cannot read SQuAD data"):
+            read_squad(tmp_path / "missing.json")
+
+    def test_to_json_round_trips(self):
+        data = parse_squad(MINI_SQUAD)
+        assert parse_squad(to_json(data.articles[1:])).articles[0].paragraphs == data.articles[1].paragraphs
+
+    @pytest.mark.skipif(not SQUAD_BENCH.exists(), reason="benchmark file not present")
+    def test_benchmark_file(self):
+        data = read_squad(SQUAD_BENCH)
+        assert len(list(iter_paragraphs(data))) == 126
+        assert len(list(iter_questions(data, answerable=True))) == 473
 
 
 # --- the sample corpus ---------------------------------------------------------------------
