@@ -56,7 +56,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
 bench: install
-	$(PY) bench/ingest.py
+	$(PY) -m bench.ingest
 
 clean:
 	rm -rf $(VENV) build *.egg-info

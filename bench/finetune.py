@@ -30,8 +30,7 @@ import sys
 import tempfile
 from typing import Any
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common
 
 logger = logging.getLogger("bench.finetune")
 
