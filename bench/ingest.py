@@ -49,7 +49,6 @@ from typing import Any
 
 from bench import common
 
-
 logger = logging.getLogger("bench.ingest")
 
 START_MARKER = "<!-- ingest:start -->"
