@@ -63,7 +63,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 bench: install
-	$(PY) bench/ingest.py
+	$(PY) -m bench.ingest
 
 clean:
 	rm -rf $(VENV) build *.egg-info

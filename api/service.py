@@ -2,8 +2,9 @@
 
 One :class:`RagService` per app, built in the lifespan by :func:`build_service`: the models load
 once (embedder, generator) and are shared by every request; model calls run in worker threads
-(the generator serialises itself with its session lock). Everything here speaks in plain
-Python values and :mod:`api.errors` exceptions; the routes only translate HTTP.
+(the generator serialises itself with its session lock). Every use case returns a typed result
+(the response models of :mod:`api.schemas`) or raises an :mod:`api.errors` exception; the routes
+only translate HTTP.
 """
 
 from __future__ import annotations
@@ -22,9 +23,21 @@ from api.answers import AnswerLog
 from api.auth import ApiKey, KeyStore
 from api.db import server_db_path
 from api.errors import NotFound, PayloadTooLarge, Unprocessable, UnsupportedMediaType, from_core
+from api.factory import RagStack
 from api.jobs import IngestWorker, JobStore, UploadStorage, WriterGate, new_job_id, sanitize_filename
 from api.metrics import Metrics
 from api.readers import ReaderCache
+from api.schemas import (
+    AdapterPublic,
+    AnswerPublic,
+    CollectionPublic,
+    DocumentPublic,
+    DocumentsPublic,
+    FeedbackPublic,
+    Health,
+    JobAccepted,
+    JobPublic,
+)
 from api.settings import Settings
 from ingest.errors import IngestError
 
@@ -70,22 +83,22 @@ class RagService:
         except IngestError as exc:
             raise from_core(exc) from exc
 
-    def list_collections(self, key: ApiKey) -> list[dict[str, Any]]:
+    def list_collections(self, key: ApiKey) -> list[CollectionPublic]:
         out = []
         for name in self.workspace.list_collections():
             if not key.allows(name):
                 continue
             try:
-                out.append(self._info(name))
+                out.append(CollectionPublic.model_validate(self._info(name)))
             except NotFound:
                 continue  # deleted meanwhile
         return out
 
-    def get_collection(self, key: ApiKey, name: str) -> dict[str, Any]:
+    def get_collection(self, key: ApiKey, name: str) -> CollectionPublic:
         self.check_access(key, name)
-        return self._info(name)
+        return CollectionPublic.model_validate(self._info(name))
 
-    def create_collection(self, key: ApiKey, name: str, index: str | None) -> dict[str, Any]:
+    def create_collection(self, key: ApiKey, name: str, index: str | None) -> CollectionPublic:
         from ingest.collection import Collection
 
         self.check_access(key, name)
@@ -98,7 +111,7 @@ class RagService:
             coll.close()
         except IngestError as exc:
             raise from_core(exc) from exc
-        return self._info(name)
+        return CollectionPublic.model_validate(self._info(name))
 
     def delete_collection(self, key: ApiKey, name: str) -> None:
         self.check_access(key, name)
@@ -114,7 +127,7 @@ class RagService:
             logger.info("deleting %s failed %d unfinished job(s)", name, len(failed))
 
     # -- documents ----------------------------------------------------------------------
-    def list_documents(self, key: ApiKey, name: str, source: str | None, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    def list_documents(self, key: ApiKey, name: str, source: str | None, limit: int, offset: int) -> DocumentsPublic:
         self.check_access(key, name)
         source = self._resolve_source(name, source) if source else None
         try:
@@ -123,11 +136,12 @@ class RagService:
                 total = len(coll.store.list_documents(source=source)) if source else coll.store.count_documents()
         except IngestError as exc:
             raise from_core(exc) from exc
-        return [
-            {"doc_id": r.doc_id, "source": r.source, "filename": Path(r.source).name, "key": r.key, "title": r.title,
-             "chunks": r.n_chunks, "chars": r.n_chars, "created_at": r.created_at, "metadata": r.metadata}
+        data = [
+            DocumentPublic(doc_id=r.doc_id, source=r.source, filename=Path(r.source).name, key=r.key, title=r.title,
+                           chunks=r.n_chunks, chars=r.n_chars, created_at=r.created_at, metadata=r.metadata)
             for r in rows
-        ], total
+        ]
+        return DocumentsPublic(data=data, count=total)
 
     def _resolve_source(self, name: str, source: str) -> str:
         """A source as stored, or an uploaded file's name (mapped to its stable upload path)."""
@@ -157,7 +171,7 @@ class RagService:
         return n
 
     # -- uploads ------------------------------------------------------------------------
-    def submit_upload(self, key: ApiKey, name: str, files: list[Upload]) -> dict[str, Any]:
+    def submit_upload(self, key: ApiKey, name: str, files: list[Upload]) -> JobAccepted:
         """Stage the files and queue a job; raises 404/413/415/422 before anything is queued."""
         cfg = self.settings.server
         self.check_access(key, name)
@@ -203,17 +217,17 @@ class RagService:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         self.worker.submit()
-        return {"job_id": job_id, "status": "queued", "collection": name, "files": len(rows), "url": f"/v1/jobs/{job_id}"}
+        return JobAccepted(job_id=job_id, status="queued", collection=name, files=len(rows), url=f"/v1/jobs/{job_id}")
 
-    def get_job(self, key: ApiKey, job_id: str) -> dict[str, Any]:
+    def get_job(self, key: ApiKey, job_id: str) -> JobPublic:
         job = self.jobs.get(job_id)
         if job is None or not key.allows(job["collection"]):
             raise NotFound(f"job {job_id!r} not found", code="job_not_found")
-        return job
+        return JobPublic.model_validate(job)
 
-    def list_jobs(self, key: ApiKey, status: str | None, limit: int) -> list[dict[str, Any]]:
+    def list_jobs(self, key: ApiKey, status: str | None, limit: int) -> list[JobPublic]:
         allowed = None if key.collections is None else set(key.collections)
-        return self.jobs.list(allowed, status, limit)
+        return [JobPublic.model_validate(job) for job in self.jobs.list(allowed, status, limit)]
 
     # -- questions ----------------------------------------------------------------------
     def validate_question(self, key: ApiKey, collection: str, question: str, k: int | None) -> None:
@@ -233,8 +247,8 @@ class RagService:
             raise from_core(exc) from exc
 
     def answer(self, key: ApiKey, collection: str, question: str, *, mode: str | None = None, k: int | None = None,
-               adapter: str | None = None, endpoint: str = "ask", on_token: Callable[[str], None] | None = None) -> dict[str, Any]:
-        """Answer (blocking: call from a worker thread); logs the answer and returns its public dict."""
+               adapter: str | None = None, endpoint: str = "ask", on_token: Callable[[str], None] | None = None) -> AnswerPublic:
+        """Answer (blocking: call from a worker thread); logs the answer and returns its public form."""
         from rag.generator import AdapterError
         from rag.qa import QAError
         from rag.retriever import RetrieverError
@@ -253,15 +267,15 @@ class RagService:
         out["timings"] = {**out.get("timings", {}), "server_s": time.perf_counter() - t0}
         self.metrics.inc("ragqa_answers_total", endpoint=endpoint, mode=out["mode"], abstained=str(out["abstained"]).lower())
         self.metrics.observe("ragqa_answer_duration_seconds", out["timings"]["server_s"], endpoint=endpoint)
-        return out
+        return AnswerPublic.model_validate(out)
 
-    async def answer_async(self, key: ApiKey, collection: str, question: str, **kw: Any) -> dict[str, Any]:
+    async def answer_async(self, key: ApiKey, collection: str, question: str, **kw: Any) -> AnswerPublic:
         from starlette.concurrency import run_in_threadpool
 
         return await run_in_threadpool(lambda: self.answer(key, collection, question, **kw))
 
     async def answer_events(self, key: ApiKey, collection: str, question: str, **kw: Any) -> AsyncIterator[tuple[str, Any]]:
-        """``("token", text)`` as the answer is generated, then ``("answer", dict)`` or ``("error", ApiError)``."""
+        """``("token", text)`` as the answer is generated, then ``("answer", AnswerPublic)`` or ``("error", ApiError)``."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -291,14 +305,14 @@ class RagService:
                 future.add_done_callback(lambda f: f.exception())
 
     # -- feedback -----------------------------------------------------------------------
-    def add_feedback(self, key: ApiKey, answer_id: str, rating: str, correction: str | None, comment: str | None) -> dict[str, Any]:
+    def add_feedback(self, key: ApiKey, answer_id: str, rating: str, correction: str | None, comment: str | None) -> FeedbackPublic:
         ans = self.answers.get(answer_id)
         if ans is None or not key.allows(ans["collection"]):
             raise NotFound(f"answer {answer_id!r} not found", code="answer_not_found")
-        return self.answers.add_feedback(answer_id, rating, correction, comment, key.key_id)
+        return FeedbackPublic.model_validate(self.answers.add_feedback(answer_id, rating, correction, comment, key.key_id))
 
     # -- adapters -----------------------------------------------------------------------
-    def list_adapters(self) -> list[dict[str, Any]]:
+    def list_adapters(self) -> list[AdapterPublic]:
         """LoRA adapters in the workspace: folders of ``adapters_dir`` holding ``adapter_config.json``
         (hidden ones, such as an adapter still being written, are skipped), with their base model and
         their ``ragqa_adapter.json`` metadata (kind, training options, metrics) when present."""
@@ -310,11 +324,11 @@ class RagService:
             meta_file = path / "ragqa_adapter.json"
             meta = _read_json_object(meta_file) if meta_file.is_file() else {}
             base = meta.get("base_model") or _read_json_object(path / "adapter_config.json").get("base_model_name_or_path")
-            out.append({"name": path.name, "base_model": base, "metadata": meta})
+            out.append(AdapterPublic(name=path.name, base_model=base, metadata=meta))
         return out
 
     # -- health -------------------------------------------------------------------------
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
@@ -323,16 +337,16 @@ class RagService:
             v = "unknown"
         gen = self.qa.generator
         alive = self.worker.alive
-        return {
-            "status": "ok" if alive else "degraded",
-            "version": v,
-            "auth": self.settings.server.auth,
-            "models": {"embedder": self.workspace.embedder.name, "generator": str(gen.name),
-                       "generator_device": str(gen.device), "loaded": gen._model is not None},
-            "worker_alive": alive,
-            "jobs": self.jobs.counts(),
-            "collections": len(self.workspace.list_collections()),
-        }
+        return Health(
+            status="ok" if alive else "degraded",
+            version=v,
+            auth=self.settings.server.auth,
+            models={"embedder": self.workspace.embedder.name, "generator": str(gen.name),
+                    "generator_device": str(gen.device), "loaded": gen.loaded},
+            worker_alive=alive,
+            jobs=self.jobs.counts(),
+            collections=len(self.workspace.list_collections()),
+        )
 
     def close(self) -> None:
         self.worker.stop()
@@ -353,17 +367,12 @@ def _read_json_object(path: Path) -> dict[str, Any]:
 
 def build_service(settings: Settings, *, metrics: Metrics | None = None, start_worker: bool = True) -> RagService:
     """Load the models once and open the server's stores (called by the app's lifespan)."""
-    from rag.generator import Generator
-    from rag.qa import QAPipeline
-    from rag.retriever import Retriever
-    from ingest.workspace import Workspace
-
     t0 = time.perf_counter()
-    ws = Workspace(settings.home, settings.ingest)
+    stack = RagStack(settings)
+    ws = stack.workspace
     ws.collections_dir.mkdir(parents=True, exist_ok=True)
-    _ = ws.embedder  # load now, not on the first request
-    generator = Generator(settings.generator, settings.models_dir, settings.adapters_dir).warm_up()
-    qa = QAPipeline(Retriever(ws.embedder, settings.retriever), generator, settings.qa)
+    stack.warm_up()  # load now, not on the first request
+    qa, generator = stack.qa, stack.generator
     db = server_db_path(settings.home)
     metrics = metrics or Metrics()
     jobs = JobStore(db)

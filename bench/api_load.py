@@ -33,8 +33,7 @@ import tempfile
 import time
 from typing import Any
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common
 
 logger = logging.getLogger("bench.api_load")
 
@@ -186,12 +185,10 @@ async def run_load(base: str, key: str, args, paragraphs, questions) -> dict[str
 def check_searchable(home: pathlib.Path, paragraphs: list[tuple[str, str]]) -> tuple[int, list[str]]:
     """Each uploaded paragraph's document exists and its own text finds it in the top 3."""
     os.environ["RAGQA_HOME"] = str(home)
-    sys.path.insert(0, str(common.ROOT))
+    from api.factory import RagStack
     from api.settings import Settings
-    from ingest.workspace import Workspace
 
-    s = Settings(home=home)
-    ws = Workspace(s.home, s.ingest)
+    ws = RagStack(Settings(home=home)).workspace
     missing = []
     uploads = (home / "uploads" / "bench").resolve()
     with ws.open("bench", readonly=True) as coll:

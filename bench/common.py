@@ -133,12 +133,13 @@ def today() -> str:
 
 
 def command_line(script: pathlib.Path, argv: list[str]) -> str:
-    """The command that reproduces this run, relative to the repository root."""
+    """The command that reproduces this run, from the repository root (``python -m bench.<name>``)."""
     try:
-        rel = script.resolve().relative_to(ROOT)
+        module = ".".join(script.resolve().relative_to(ROOT).with_suffix("").parts)
+        target = ["-m", module]
     except ValueError:
-        rel = script
-    return " ".join([".venv/bin/python", shlex.quote(str(rel)), *map(shlex.quote, argv)])
+        target = [str(script)]
+    return " ".join([".venv/bin/python", *map(shlex.quote, target), *map(shlex.quote, argv)])
 
 
 # -- running and timing --------------------------------------------------------------------------
@@ -253,18 +254,16 @@ def update_markdown_section(
 
 
 def open_pipeline(home: pathlib.Path, collection: str = "squad", data: pathlib.Path = SQUAD):
-    """ragqa's settings, workspace and QA pipeline under ``home``; ``collection`` is ingested from
-    ``data`` when missing. (ragqa modules are imported here, not at the top: see the module docstring.)"""
+    """ragqa's settings, workspace and QA pipeline under ``home``, built by :class:`api.factory.RagStack`
+    with the models loaded; ``collection`` is ingested from ``data`` when missing. (ragqa modules are
+    imported here, not at the top: see the module docstring.)"""
+    from api.factory import RagStack
     from api.settings import Settings
-    from ingest.workspace import Workspace
-    from rag.generator import Generator
-    from rag.qa import QAPipeline
-    from rag.retriever import Retriever
 
-    settings = Settings(home=home)
-    ws = Workspace(settings.home, settings.ingest)
+    stack = RagStack(Settings(home=home))
+    ws = stack.workspace
     if collection not in ws.list_collections():
-        logging.getLogger("bench").info("ingesting %s into %s/%s", data, settings.home, collection)
+        logging.getLogger("bench").info("ingesting %s into %s/%s", data, stack.settings.home, collection)
         ws.ingest([data], collection)
-    generator = Generator(settings.generator, settings.models_dir, settings.adapters_dir).warm_up()
-    return settings, ws, QAPipeline(Retriever(ws.embedder, settings.retriever), generator, settings.qa)
+    stack.warm_up()
+    return stack.settings, ws, stack.qa

@@ -22,15 +22,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
+from ingest.config import EmbedderConfig
+from ingest.embedder import load_embedder, resolve_embedder_path
+from ingest.squad import iter_paragraphs, read_squad
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from ingest.config import EmbedderConfig  # noqa: E402
-from ingest.embedder import load_embedder, resolve_embedder_path  # noqa: E402
-from ingest.squad import iter_paragraphs, read_squad  # noqa: E402
 
 DOCS = pathlib.Path("/usr/share/doc/python3.11/html")
 SECTIONS = ("tutorial", "faq", "howto", "reference")

@@ -28,8 +28,7 @@ import sys
 import tempfile
 from typing import Any
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common
 
 sys.path.insert(0, str(common.ROOT))  # the ragqa packages first: this file would shadow `finetune`
 from finetune.squad import squad_training_data  # noqa: E402

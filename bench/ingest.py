@@ -47,23 +47,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-
-def _load_common():
-    """Import bench/common.py by path; drop bench/ from sys.path so that ``import ingest`` finds ragqa's package."""
-    import importlib.util
-
-    here = pathlib.Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != here]
-    if "common" in sys.modules and pathlib.Path(getattr(sys.modules["common"], "__file__", "")).resolve().parent == here:
-        return sys.modules["common"]
-    spec = importlib.util.spec_from_file_location("bench_common", here / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_common"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-common = _load_common()  # bench/common.py: light, stdlib only
+from bench import common
 
 logger = logging.getLogger("bench.ingest")
 
@@ -218,7 +202,6 @@ class Results:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.script = pathlib.Path(__file__).resolve()
         self.ragqa = common.venv_bin("ragqa")
         self.work = pathlib.Path(tempfile.mkdtemp(prefix="ragqa-bench-ingest-", dir=args.workdir))
         self.res = Results()
@@ -228,7 +211,7 @@ class Bench:
 
     # -- helpers ------------------------------------------------------------------------------
     def worker(self, *argv: str, env: dict[str, str] | None = None) -> common.Timed:
-        return common.run_timed([sys.executable, str(self.script), *argv], env=env or common.offline_env(), cwd=common.ROOT)
+        return common.run_timed([sys.executable, "-m", "bench.ingest", *argv], env=env or common.offline_env(), cwd=common.ROOT)
 
     def fresh_home(self, name: str) -> pathlib.Path:
         home = self.work / name

@@ -54,29 +54,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import common
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-
-def _load_common():
-    """Import bench/common.py by path; drop bench/ from sys.path so that ``import ingest`` finds ragqa's package."""
-    import importlib.util
-
-    here = pathlib.Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != here]
-    if str(here.parent) not in sys.path:
-        sys.path.insert(0, str(here.parent))
-    if "bench_common" in sys.modules:
-        return sys.modules["bench_common"]
-    spec = importlib.util.spec_from_file_location("bench_common", here / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_common"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-common = _load_common()
 logger = logging.getLogger("bench.qa")
 
 START_MARKER = "<!-- qa:start -->"

@@ -40,23 +40,23 @@ class TrainOptions(BaseModel):
     """The optimisation loop (transformers/TRL Trainer arguments)."""
 
     # Measured recipe (bench/finetune.py): 4 epochs at 4e-4 over all blocks, rank 16.
-    learning_rate: float = Field(4e-4, gt=0)
-    epochs: float = Field(4.0, gt=0)
+    learning_rate: float = Field(4e-4, gt=0, description="Learning rate.")
+    epochs: float = Field(4.0, gt=0, description="Epochs over the data.")
     max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1: run all epochs).")
     batch_size: int = Field(8, ge=1, description="Examples per device step.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     max_length: int = Field(512, ge=16, description="Longest tokenised example; longer ones are cut from the context side.")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of the steps spent warming up the learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     eval_split: float = Field(
         0.0, ge=0, lt=1,
         description="Share of the data held out to report eval loss/accuracy each epoch (0 = train on all, as TRL and "
         "LLaMA-Factory do by default; reward models always hold out >= 20% for pairwise accuracy).",
     )
-    seed: int = 0
-    logging_steps: int = Field(10, ge=1)
+    seed: int = Field(0, description="Random seed.")
+    logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume with --resume).")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less memory, slower).")
 
 
 class BaseJob(BaseModel):

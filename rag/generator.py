@@ -95,6 +95,11 @@ class Generator:
         return self
 
     @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory (asking does not load it)."""
+        return self._model is not None
+
+    @property
     def model(self):
         return self.warm_up()._model
 

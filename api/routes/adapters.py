@@ -7,12 +7,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import KeyDep, ServiceDep
 from api.routes import ERRORS
-from api.schemas import AdapterPublic, AdaptersPublic
+from api.schemas import AdaptersPublic
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"], responses=ERRORS)
 
 
 @router.get("", response_model=AdaptersPublic, summary="List the LoRA adapters in the workspace")
 async def list_adapters(service: ServiceDep, key: KeyDep) -> AdaptersPublic:
-    data = [AdapterPublic(**a) for a in await run_in_threadpool(service.list_adapters)]
+    data = await run_in_threadpool(service.list_adapters)
     return AdaptersPublic(data=data, count=len(data))

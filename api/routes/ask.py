@@ -36,14 +36,14 @@ async def ask(body: AskRequest, service: ServiceDep, key: KeyDep):
     await run_in_threadpool(service.validate_question, key, body.collection, body.question, body.k)
     kw = {"mode": body.mode, "k": body.k, "adapter": body.adapter}
     if not body.stream:
-        return AnswerPublic(**await service.answer_async(key, body.collection, body.question, **kw))
+        return await service.answer_async(key, body.collection, body.question, **kw)
 
     async def events() -> AsyncIterator[str]:
         async for kind, payload in service.answer_events(key, body.collection, body.question, **kw):
             if kind == "token":
                 yield sse("token", {"text": payload})
             elif kind == "answer":
-                yield sse("answer", AnswerPublic(**payload).model_dump())
+                yield sse("answer", payload.model_dump())
             else:
                 yield sse("error", error_body(payload.code, payload.message))
 

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import KeyDep, ServiceDep
 from api.routes import ERRORS
-from api.schemas import Deleted, DocumentPublic, DocumentsPublic, ErrorBody, JobAccepted
+from api.schemas import Deleted, DocumentsPublic, ErrorBody, JobAccepted
 from api.service import Upload
 
 router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"], responses=ERRORS)
@@ -34,7 +34,7 @@ async def upload_documents(
     finally:
         for f in files:
             await f.close()
-    return JobAccepted(**accepted)
+    return accepted
 
 
 @router.get("", response_model=DocumentsPublic, summary="List documents (optionally of one source)")
@@ -46,8 +46,7 @@ def list_documents(
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DocumentsPublic:
-    rows, total = service.list_documents(key, name, source, limit, offset)
-    return DocumentsPublic(data=[DocumentPublic(**r) for r in rows], count=total)
+    return service.list_documents(key, name, source, limit, offset)
 
 
 @router.delete("/{doc_id}", response_model=Deleted, summary="Delete one document by id")

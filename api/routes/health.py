@@ -13,7 +13,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", response_model=Health, summary="Liveness: models loaded, worker alive, job counts")
 def healthz(service: ServiceDep) -> Health:
-    return Health(**service.health())
+    return service.health()
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus text format")

@@ -20,10 +20,10 @@ def list_jobs(
     status: Annotated[Literal["queued", "running", "done", "failed"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> JobsPublic:
-    data = [JobPublic(**j) for j in service.list_jobs(key, status, limit)]
+    data = service.list_jobs(key, status, limit)
     return JobsPublic(data=data, count=len(data))
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="A job's status, progress and per-file errors")
 def get_job(job_id: str, service: ServiceDep, key: KeyDep) -> JobPublic:
-    return JobPublic(**service.get_job(key, job_id))
+    return service.get_job(key, job_id)

@@ -20,7 +20,7 @@ from api.deps import KeyDep, ServiceDep
 from api.errors import Unprocessable, error_body
 from api.routes import ERRORS
 from api.routes.ask import SSE_HEADERS
-from api.schemas import ChatCompletionRequest
+from api.schemas import AnswerPublic, ChatCompletionRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERRORS)
 
@@ -43,15 +43,15 @@ def question_of(body: ChatCompletionRequest) -> str:
                         code="no_question")
 
 
-def sources_of(answer: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"index": c["index"], "title": c["title"], "source": c["source"], "score": c["score"], "text": c["text"]}
-            for c in answer["citations"]]
+def sources_of(answer: AnswerPublic) -> list[dict[str, Any]]:
+    return [{"index": c.index, "title": c.title, "source": c.source, "score": c.score, "text": c.text}
+            for c in answer.citations]
 
 
-def sources_text(answer: dict[str, Any]) -> str:
-    if not answer["citations"]:
+def sources_text(answer: AnswerPublic) -> str:
+    if not answer.citations:
         return ""
-    lines = [f"[{c['index']}] {c['title'] or c['source']} ({c['source']})" for c in answer["citations"]]
+    lines = [f"[{c.index}] {c.title or c.source} ({c.source})" for c in answer.citations]
     return "\n\nSources:\n" + "\n".join(lines)
 
 
@@ -63,7 +63,7 @@ def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: st
 
 @router.get("/models", summary="Collections as OpenAI models")
 def list_models(service: ServiceDep, key: KeyDep) -> dict[str, Any]:
-    data = [{"id": f"{PREFIX}{c['name']}", "object": "model", "created": int(c.get("created_at") or 0), "owned_by": "ragqa"}
+    data = [{"id": f"{PREFIX}{c.name}", "object": "model", "created": int(c.created_at or 0), "owned_by": "ragqa"}
             for c in service.list_collections(key)]
     return {"object": "list", "data": data}
 
@@ -77,16 +77,16 @@ async def chat_completions(body: ChatCompletionRequest, service: ServiceDep, key
     if not body.stream:
         ans = await service.answer_async(key, collection, question, endpoint="chat")
         return {
-            "id": f"chatcmpl-{ans['answer_id']}",
+            "id": f"chatcmpl-{ans.answer_id}",
             "object": "chat.completion",
             "created": created,
             "model": body.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": ans["answer"] + sources_text(ans)},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": ans.answer + sources_text(ans)},
                          "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": ans["generated_tokens"], "total_tokens": ans["generated_tokens"]},
+            "usage": {"prompt_tokens": 0, "completion_tokens": ans.generated_tokens, "total_tokens": ans.generated_tokens},
             "sources": sources_of(ans),
-            "ragqa": {"answer_id": ans["answer_id"], "abstained": ans["abstained"],
-                      "collection_generation": ans["collection_generation"]},
+            "ragqa": {"answer_id": ans.answer_id, "abstained": ans.abstained,
+                      "collection_generation": ans.collection_generation},
         }
 
     cid = f"chatcmpl-{uuid.uuid4().hex}"
@@ -99,8 +99,8 @@ async def chat_completions(body: ChatCompletionRequest, service: ServiceDep, key
             elif kind == "answer":
                 yield _chunk(cid, created, body.model, {"content": sources_text(payload)}, "stop",
                              sources=sources_of(payload),
-                             ragqa={"answer_id": payload["answer_id"], "abstained": payload["abstained"],
-                                    "answer": payload["answer"]})
+                             ragqa={"answer_id": payload.answer_id, "abstained": payload.abstained,
+                                    "answer": payload.answer})
             else:
                 yield f"data: {json.dumps(error_body(payload.code, payload.message))}\n\n"
         yield "data: [DONE]\n\n"

@@ -1,4 +1,5 @@
-"""The `ragqa` command line end to end, as real subprocesses, on the sample corpus in data/."""
+"""The `ragqa` command line end to end, in-process with Typer's CliRunner, on the sample corpus in data/
+(one subprocess test checks the installed entry points)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,30 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from api.cli import app
 from tests.conftest import DATA, SQUAD, ragqa_cmd
 
 SAMPLE = DATA / "sample"
 
 
+class Result:
+    """What a command left: exit status, stdout and stderr (as a subprocess would see them)."""
+
+    def __init__(self, result) -> None:
+        self.returncode = result.exit_code
+        self.stdout = result.stdout
+        self.stderr = result.stderr
+
+
 def run(args, env, ok=(0,)):
-    proc = subprocess.run(ragqa_cmd() + args, env=env, capture_output=True, text=True, timeout=600)
+    result = CliRunner().invoke(app, args, env=env, catch_exceptions=False)
+    proc = Result(result)
     assert proc.returncode in ok, f"{args} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -30,9 +44,17 @@ def run_json(args, env, ok=(0,)):
 
 @pytest.fixture()
 def env(home):
-    e = dict(os.environ)
-    e["RAGQA_HOME"] = str(home)
-    return e
+    """Variables for the command (the ``home`` fixture already cleared the caller's RAGQA_*)."""
+    return {"RAGQA_HOME": str(home)}
+
+
+@pytest.mark.parametrize("cmd", [ragqa_cmd(), [sys.executable, "-m", "api.cli"]], ids=["ragqa", "python-m"])
+def test_entry_points_start(cmd, env):
+    proc = subprocess.run(cmd + ["finetune", "--help"], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("sft", "reward", "dpo", "rlhf", "rag", "synth"):
+        assert name in proc.stdout
 
 
 @pytest.mark.slow

@@ -1,0 +1,83 @@
+"""The one assembly point: settings -> workspace -> retriever -> generator -> QA pipeline.
+
+The CLI (``ctx.obj``), the server (:func:`api.service.build_service`) and the benchmarks
+(``bench/common.py``) all build their components through :class:`RagStack`, so the way the
+parts fit together is written once. Every part is built on first use (the CLI's quick commands
+never load a model); :meth:`RagStack.warm_up` loads the models now, as the server does at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from api.settings import Settings
+
+if TYPE_CHECKING:  # the real imports are inside the builders: importing this module loads no model code
+    from finetune.adapters import AdapterRegistry
+    from finetune.runner import Workspace as FinetuneWorkspace
+    from ingest.workspace import Workspace
+    from rag.generator import Generator
+    from rag.qa import QAPipeline
+    from rag.retriever import Retriever
+
+
+@dataclass
+class RagStack:
+    """The components of one ragqa installation, built from its :class:`~api.settings.Settings`."""
+
+    settings: Settings
+
+    @classmethod
+    def from_env(cls) -> RagStack:
+        """Settings read from the environment and config file (see :mod:`api.settings`)."""
+        return cls(Settings())
+
+    @cached_property
+    def workspace(self) -> Workspace:
+        """Collections and the embedder (loaded on first use of ``workspace.embedder``)."""
+        from ingest.workspace import Workspace
+
+        return Workspace(self.settings.home, self.settings.ingest)
+
+    @cached_property
+    def retriever(self) -> Retriever:
+        """The hybrid retriever over the workspace's embedder (loads the embedder)."""
+        from rag.retriever import Retriever
+
+        return Retriever(self.workspace.embedder, self.settings.retriever)
+
+    @cached_property
+    def generator(self) -> Generator:
+        """The generator with the workspace's adapters; its model loads on first use or :meth:`warm_up`."""
+        from rag.generator import Generator
+
+        s = self.settings
+        return Generator(s.generator, s.models_dir, s.adapters_dir)
+
+    @cached_property
+    def qa(self) -> QAPipeline:
+        """The QA pipeline: retriever + generator + the QA settings."""
+        from rag.qa import QAPipeline
+
+        return QAPipeline(self.retriever, self.generator, self.settings.qa)
+
+    def warm_up(self) -> RagStack:
+        """Load the embedder and the generator now rather than on the first question."""
+        _ = self.workspace.embedder
+        self.generator.warm_up()
+        return self
+
+    def adapters(self) -> AdapterRegistry:
+        """The trained LoRA adapters of the workspace."""
+        from finetune.adapters import AdapterRegistry
+
+        return AdapterRegistry(self.settings.adapters_dir)
+
+    def finetune_workspace(self) -> FinetuneWorkspace:
+        """Where fine-tune runs read the base model and write checkpoints and adapters."""
+        from finetune.runner import Workspace as FinetuneWorkspace
+
+        s = self.settings
+        return FinetuneWorkspace(s.home, s.generator, s.ingest, s.retriever, s.qa)
