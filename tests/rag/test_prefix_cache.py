@@ -287,7 +287,7 @@ def test_bundled_model_answers_identically_with_the_cache():
     data = json.loads(squad.read_text(encoding="utf-8"))
     paragraphs = [p for article in data["data"] for p in article["paragraphs"][:2]]
     contexts = [p["context"][:600] for p in paragraphs[:4]]
-    questions = [q["question"] for p in paragraphs[:2] for q in p["qas"][:2]]
+    questions = [paragraphs[0]["qas"][0]["question"], paragraphs[1]["qas"][0]["question"]]
     doc_lp = torch.log_softmax(torch.tensor([1.0, 0.5, 0.0, -0.5]), dim=0)
     with gen.session(None) as model:
         for question in questions:
