@@ -22,6 +22,13 @@ class GeneratorConfig(BaseModel):
         description="Decode steps read an int8 copy of the weights (half the bytes of bf16; prefill keeps bf16). "
         "'auto': on for a bf16 model on a CPU, where decoding is memory-bound; 'on' needs a bf16 CPU model.",
     )
+    prefix_cache_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="Budget of the prompt-prefix KV cache (system prompt + context chunk, reused across questions; "
+        "least recently used entries are evicted). 0 turns it off. SmolLM2-135M: ~46 KB per token in float32, "
+        "~12 MB per 265-token chunk prompt.",
+    )
 
 
 class BM25Config(BaseModel):

@@ -26,12 +26,14 @@ import dataclasses
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from rag.marginalize import (
     rag_sequence_doc_posterior,
@@ -41,6 +43,7 @@ from rag.marginalize import (
     rag_token_sequence_logprob,
     token_contributions,
 )
+from rag.prefix_cache import PrefixKV, PrefixSpec
 
 logger = logging.getLogger(__name__)
 
@@ -216,36 +219,169 @@ def _forward(model: torch.nn.Module, **kwargs: object) -> torch.Tensor:
 
 @torch.inference_mode()
 def prefill(
-    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], *, pad_token_id: int | None = None
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int | None = None,
+    prefix: PrefixSpec | None = None,
 ) -> PrefillState:
     """Run the K prompts once, as one left-padded batch, and keep their KV cache.
 
     Args:
         model: a causal LM (``AutoModelForCausalLM``).
         prompt_ids: K lists of token ids.
+        prefix: reuse cached KV states of the prompts' leading ``prefix.lengths[k]`` tokens
+            (see :func:`_assemble_prefix_cache`); the rest runs as one forward. None: no reuse.
 
     Returns:
         :class:`PrefillState` with ``next_logprobs`` ``(K, V)``: log p(first answer token | prompt_k),
-        equal (float tolerance) to running prompt k alone without padding.
+        equal (float tolerance) to running prompt k alone without padding. With ``prefix`` the layout
+        (left padding, attention mask, positions) is exactly that of the uncached path.
     """
     _check_prompts(prompt_ids)
     device = _model_device(model)
     input_ids, attention_mask = left_pad(prompt_ids, _pad_token_id(model, pad_token_id), device)
     position_ids = _positions_from_mask(attention_mask)
-    cache = DynamicCache(config=model.config)
-    logits = _forward(
-        model,
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        past_key_values=cache,
-    )
+    if prefix is None:
+        cache, cached = DynamicCache(config=model.config), 0
+        logits = _forward(
+            model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache
+        )
+    else:
+        with _full_weights():
+            cache, cached = _assemble_prefix_cache(model, prompt_ids, prefix)
+            if cache is None:
+                cache = DynamicCache(config=model.config)
+            logits = _forward(
+                model,
+                input_ids=input_ids[:, cached:],
+                attention_mask=attention_mask,
+                position_ids=position_ids[:, cached:],
+                past_key_values=cache,
+            )
     return PrefillState(
         next_logprobs=torch.log_softmax(logits, dim=-1),
         past_key_values=cache,
         attention_mask=attention_mask,
         next_positions=position_ids[:, -1:] + 1,
     )
+
+
+# --------------------------------------------------------------------------- prefix KV reuse
+
+
+@contextmanager
+def _full_weights() -> Iterator[None]:
+    """Forwards inside use the model's full-precision weights even when short.
+
+    :mod:`rag.int8_decode` serves forwards of at most ``MAX_INT8_ROWS`` token rows from an int8 copy
+    (decode steps); an uncached prefill is always longer. The cached path's forwards (a prefix
+    alone, the question suffix) can be short, and must use the weights the uncached prefill uses to
+    stay lossless. The model runs in one thread, so switching the module's threshold is safe.
+    """
+    from rag import int8_decode
+
+    previous = int8_decode.MAX_INT8_ROWS
+    int8_decode.MAX_INT8_ROWS = 0
+    try:
+        yield
+    finally:
+        int8_decode.MAX_INT8_ROWS = previous
+
+
+def _has_int8_layers(model: torch.nn.Module) -> bool:
+    from rag.int8_decode import Int8DecodeLinear
+
+    return any(isinstance(m, Int8DecodeLinear) for m in model.modules())
+
+
+def _plain_dynamic_cache(model: torch.nn.Module) -> bool:
+    """True when every layer of the model's cache is a plain growing KV layer (no sliding window,
+    no recurrent state): only then is a prompt prefix's KV a slice of the longer prompt's KV."""
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _prefix_kv(model: torch.nn.Module, ids: Sequence[int], spec: PrefixSpec, shared: int) -> PrefixKV:
+    """The KV of the prefix ``ids`` from ``spec.cache``, or computed alone (batch 1) and stored.
+
+    With ``0 < shared < len(ids)`` the first ``shared`` tokens' KV is itself looked up / stored and
+    the rest is computed by continuing from it (the shared system prompt is computed once).
+    """
+    kv = spec.cache.get(spec.namespace, ids)
+    if kv is not None:
+        return kv
+    device = _model_device(model)
+    cache = DynamicCache(config=model.config)
+    start = 0
+    if 0 < shared < len(ids):
+        for layer, (k, v) in zip(cache.layers, _prefix_kv(model, ids[:shared], spec, 0)):
+            layer.update(k.unsqueeze(0), v.unsqueeze(0))  # the next update concatenates: stored tensors stay
+        start = shared
+    _forward(
+        model,
+        input_ids=torch.tensor([list(ids[start:])], dtype=torch.long, device=device),
+        attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
+        position_ids=torch.arange(start, len(ids), device=device).unsqueeze(0),
+        past_key_values=cache,
+    )
+    kv = tuple((layer.keys[0], layer.values[0]) for layer in cache.layers)
+    spec.cache.put(spec.namespace, ids, kv)
+    return kv
+
+
+def _assemble_prefix_cache(
+    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], spec: PrefixSpec
+) -> tuple[DynamicCache | None, int]:
+    """A batched cache of the first ``C`` columns of the left-padded batch, from per-prompt prefix KVs.
+
+    Layout: the uncached batch is ``(K, L)`` with prompt k right-aligned (``L = max_k L_k``). The
+    uncached tokens of the rows (``L_k - P_k``, ``P_k`` = cacheable length, at most ``L_k - 1`` so
+    that a forward remains) fit in the last ``W = max_k (L_k - P_k)`` columns; the first
+    ``C = L - W`` columns hold, for row k, its first ``max(0, L_k - W) <= P_k`` tokens, whose KV is
+    a slice of its prefix KV (a position's key and value depend only on the tokens up to it). Those
+    slices are left-padded with zeros (masked) to ``C``. The caller runs columns ``C:`` as one
+    forward with the full attention mask and position ids, so the result equals the uncached
+    layout exactly.
+
+    Returns:
+        ``(cache, C)`` with the cache's batch size K and length C, or ``(None, 0)`` when nothing is
+        reusable (cache off, no cacheable tokens, or a model whose cache is not plain KV).
+    """
+    if len(spec.lengths) != len(prompt_ids):
+        raise ValueError(f"prefix.lengths has {len(spec.lengths)} entries for {len(prompt_ids)} prompts; pass one per prompt.")
+    shared = spec.shared_lengths if spec.shared_lengths is not None else [0] * len(prompt_ids)
+    if len(shared) != len(prompt_ids):
+        raise ValueError(f"prefix.shared_lengths has {len(shared)} entries for {len(prompt_ids)} prompts.")
+    if not spec.cache.enabled or not _plain_dynamic_cache(model):
+        return None, 0
+    total = [len(p) for p in prompt_ids]
+    cacheable = [max(0, min(int(n), t - 1)) for n, t in zip(spec.lengths, total)]
+    window = max(t - n for t, n in zip(total, cacheable))
+    columns = max(total) - window
+    if columns <= 0:
+        return None, 0
+    used = [max(0, t - window) for t in total]  # cached tokens of each row in the first C columns
+    kvs = [
+        _prefix_kv(model, list(p[:n]), spec, int(s)) if u > 0 else None
+        for p, n, s, u in zip(prompt_ids, cacheable, shared, used)
+    ]
+    ref = next(kv for kv in kvs if kv is not None)
+    cache = DynamicCache(config=model.config)
+    for i, layer in enumerate(cache.layers):
+        heads, _, dim = ref[i][0].shape
+        parts = []
+        for which in (0, 1):
+            rows = []
+            for kv, u in zip(kvs, used):
+                pad = ref[i][which].new_zeros((heads, columns - u, dim))
+                rows.append(torch.cat([pad, kv[i][which][:, :u]], dim=1) if kv is not None else pad)
+            parts.append(torch.stack(rows))
+        layer.update(parts[0], parts[1])
+    return cache, columns
 
 
 @torch.inference_mode()
@@ -279,6 +415,7 @@ def score_continuations(
     *,
     pad_token_id: int | None = None,
     max_rows_per_forward: int = 64,
+    prefix: PrefixSpec | None = None,
 ) -> torch.Tensor:
     """Teacher-forced log-probabilities of C candidate continuations under each of K prompts.
 
@@ -295,6 +432,7 @@ def score_continuations(
         prompt_ids: K lists of token ids.
         continuation_ids: C lists of token ids (lengths T_c, may be 0).
         max_rows_per_forward: memory bound on rows per candidate forward (logits are rows x T x V).
+        prefix: reuse cached prompt-prefix KV states in the prefill (see :func:`prefill`).
 
     Returns:
         ``(K, C, T)`` float32 with ``T = max_c T_c``: entry ``[k, c, i]`` is
@@ -303,7 +441,7 @@ def score_continuations(
     _check_prompts(prompt_ids)
     n_docs, n_cands = len(prompt_ids), len(continuation_ids)
     length = max((len(c) for c in continuation_ids), default=0)
-    state = prefill(model, prompt_ids, pad_token_id=pad_token_id)
+    state = prefill(model, prompt_ids, pad_token_id=pad_token_id, prefix=prefix)
     device = state.attention_mask.device
     result = torch.zeros((n_docs, n_cands, length), dtype=torch.float32, device=device)
     if n_cands == 0 or length == 0:
@@ -371,6 +509,7 @@ def rag_sequence_generate(
     pad_token_id: int | None = None,
     reference_ids: Sequence[int] | None = None,
     stop: Callable[[list[int]], bool] | None = None,
+    prefix: PrefixSpec | None = None,
 ) -> list[RagSequenceHypothesis]:
     """RAG-Sequence decoding: candidates per document, ranked by the marginal over documents.
 
@@ -396,6 +535,8 @@ def rag_sequence_generate(
             every hypothesis' ``reference_logprob``. It is a hypothesis only if it was also generated.
         stop: called with a row's generated tokens after each step; True ends that row (its tokens so
             far are the candidate).
+        prefix: reuse cached prompt-prefix KV states (the candidates' generation and the thorough
+            re-scoring both start from them; see :func:`prefill`).
 
     Returns:
         Hypotheses sorted by decreasing ``logprob``.
@@ -414,13 +555,13 @@ def rag_sequence_generate(
 
     out, generated = _generate_candidates(
         model, prompt_ids, max_new_tokens=max_new_tokens, eos=eos, pad=pad, num_beams=num_beams,
-        record_logits=decoding == "fast", stop=stop,
+        record_logits=decoding == "fast", stop=stop, prefix=prefix,
     )
     cands = _SequenceCandidates.from_generated(generated, eos, num_beams)
     ref_index = cands.add_reference(reference_ids) if reference_ids and decoding == "thorough" else None
     mask = cands.mask(device)
     if decoding == "thorough":
-        marginal, posterior = _thorough_scores(model, prompt_ids, cands.ids, doc_logprobs, mask, pad)
+        marginal, posterior = _thorough_scores(model, prompt_ids, cands.ids, doc_logprobs, mask, pad, prefix)
     else:
         marginal, posterior = _fast_scores(out, generated, cands, doc_logprobs, mask, len(prompt_ids))
     reference = float(marginal[ref_index]) if ref_index is not None else None
@@ -486,6 +627,7 @@ def _generate_candidates(
     num_beams: int,
     record_logits: bool,
     stop: Callable[[list[int]], bool] | None,
+    prefix: PrefixSpec | None = None,
 ) -> tuple[object, torch.Tensor]:
     """One ``model.generate`` call on the left-padded batch of the K prompts: greedy (``num_beams=1``)
     or beam search with ``num_beams`` candidates per document.
@@ -508,6 +650,7 @@ def _generate_candidates(
         return_dict_in_generate=True,
         output_logits=record_logits,
         stopping_criteria=_row_stopping(stop, input_ids.shape[1]) if stop is not None else None,
+        **_generate_prefix_kwargs(model, prompt_ids, prefix, num_beams),
     )
     return out, out.sequences[:, input_ids.shape[1] :]
 
@@ -519,13 +662,16 @@ def _thorough_scores(
     doc_logprobs: torch.Tensor,
     mask: torch.Tensor,
     pad: int,
+    prefix: PrefixSpec | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every candidate re-scored under every document (:func:`score_continuations`).
 
     Returns:
         the marginal ``(C,)`` log sum_k p(z_k|x) p(y|x,z_k) and the posterior ``(C, K)`` p(z_k|x,y).
     """
-    token_lp = score_continuations(model, prompt_ids, candidates, pad_token_id=pad).permute(1, 0, 2)  # (C, K, T)
+    token_lp = score_continuations(
+        model, prompt_ids, candidates, pad_token_id=pad, prefix=prefix
+    ).permute(1, 0, 2)  # (C, K, T)
     return rag_sequence_logprob(token_lp, doc_logprobs, mask), rag_sequence_doc_posterior(token_lp, doc_logprobs, mask)
 
 
@@ -561,6 +707,33 @@ def _ranked_hypotheses(
         )
         for c in order
     ]
+
+
+def _generate_prefix_kwargs(
+    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], prefix: PrefixSpec | None, num_beams: int
+) -> dict[str, object]:
+    """``model.generate`` keyword arguments that start candidate generation from cached prompt
+    prefixes: ``past_key_values`` holding the first C columns of the left-padded batch (rows repeated
+    ``num_beams`` times, as generate expands the prompts), so generate prefills only the rest."""
+    if prefix is None:
+        return {}
+    with _full_weights():
+        cache, columns = _assemble_prefix_cache(model, prompt_ids, prefix)
+    if cache is None:
+        return {}
+    if len(prompt_ids) * (max(len(p) for p in prompt_ids) - columns) <= _int8_rows() and _has_int8_layers(model):
+        # generate's first forward would be short enough for the int8 decode weights, unlike the
+        # uncached prompt forward: not lossless, so generate prefills the prompts itself
+        return {}
+    if num_beams > 1:
+        cache.batch_repeat_interleave(num_beams)
+    return {"past_key_values": cache}
+
+
+def _int8_rows() -> int:
+    from rag.int8_decode import MAX_INT8_ROWS
+
+    return MAX_INT8_ROWS
 
 
 def _row_stopping(stop: Callable[[list[int]], bool], prompt_len: int):
@@ -676,6 +849,7 @@ def rag_token_generate(
     pad_token_id: int | None = None,
     reference_ids: Sequence[int] | None = None,
     stop: Callable[[list[int]], bool] | None = None,
+    prefix: PrefixSpec | None = None,
 ) -> RagTokenOutput:
     """RAG-Token decoding: mix the K documents' next-token distributions at every step.
 
@@ -700,6 +874,7 @@ def rag_token_generate(
             cache is cropped back) and returned as ``reference_logprob``.
         stop: called with the tokens chosen so far after each step (greedy / sample); True ends the
             answer there, like an eos token (e.g. once the first sentence is complete).
+        prefix: reuse cached prompt-prefix KV states in the prefill (see :func:`prefill`).
 
     Returns:
         :class:`RagTokenOutput` (for beam search, the best finished beam).
@@ -714,7 +889,7 @@ def rag_token_generate(
     if strategy == "beam" and num_beams < 1:
         raise ValueError("num_beams must be >= 1.")
     eos = set(_eos_list(eos_token_ids))
-    state = prefill(model, prompt_ids, pad_token_id=pad_token_id)
+    state = prefill(model, prompt_ids, pad_token_id=pad_token_id, prefix=prefix)
     doc = doc_logprobs.to(device=state.next_logprobs.device, dtype=torch.float32)
     reference = None
     if reference_ids:

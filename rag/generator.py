@@ -7,6 +7,8 @@ Adapters are PEFT LoRA folders under the workspace; each is loaded once and swit
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -22,7 +24,8 @@ from rag.config import GeneratorConfig
 from rag.errors import AdapterError as AdapterError  # re-exported: callers catch it from here
 from rag.errors import InvalidAdapterError, ModelNotFoundError
 from rag.models import locate_generator, prepare_generator
-from rag.prompts import ABSTAIN_TEXT, chat_messages
+from rag.prefix_cache import PrefixKVCache, PrefixSpec
+from rag.prompts import ABSTAIN_TEXT, PROMPT_TEMPLATE_VERSION, chat_messages, user_message_parts
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,9 @@ class Generator:
         self.dtype = pick_dtype(config.dtype, self.device)
         self.load_seconds = 0.0
         self.int8_layers = 0
+        self.prefix_cache = PrefixKVCache(config.prefix_cache_bytes)
+        self._adapter_fingerprints: dict[str, tuple[object, str]] = {}  # name -> (its loaded peft config, sha256)
+        self._head_lens: dict[bool, int] = {}
 
     # -- loading ------------------------------------------------------------------------
     def warm_up(self) -> "Generator":
@@ -92,6 +98,7 @@ class Generator:
         self._eos_ids, self._abstention_ids = self._special_ids(self._tokenizer, model)
         self.load_seconds = time.perf_counter() - t0
         logger.info("loaded generator %s on %s (%s) in %.1f s", self.name, self.device, self.dtype, self.load_seconds)
+        self._log_prefix_cache(model)
         return self
 
     @property
@@ -145,16 +152,117 @@ class Generator:
 
     # -- prompts ------------------------------------------------------------------------
     def prompt_ids(self, question: str, contexts: Sequence[str], *, one_shot: bool = True) -> list[int]:
-        """Token ids of the chat prompt for ``question`` over ``contexts`` (generation prompt added)."""
-        messages = chat_messages(question, contexts, one_shot=one_shot)
+        """Token ids of the chat prompt for ``question`` over ``contexts`` (generation prompt added):
+        exactly ``prefix_ids + suffix_ids`` of :meth:`prompt_parts`."""
+        prefix, suffix = self.prompt_parts(question, contexts, one_shot=one_shot)
+        return prefix + suffix
+
+    def prompt_parts(
+        self, question: str, contexts: Sequence[str], *, one_shot: bool = True
+    ) -> tuple[list[int], list[int]]:
+        """The prompt split where the question starts: ``(prefix_ids, suffix_ids)``.
+
+        The prefix (system turn, optional worked example, the user turn up to the end of its context
+        blocks) is the same for every question over the same contexts, so its KV state is cacheable
+        (:mod:`rag.prefix_cache`); the suffix is ``"\n\nQuestion: ..."`` and the assistant header.
+        """
+        head, context, tail = self._prompt_segments(question, contexts, one_shot)
+        return head + context, tail
+
+    def _prompt_segments(
+        self, question: str, contexts: Sequence[str], one_shot: bool
+    ) -> tuple[list[int], list[int], list[int]]:
+        """``(shared head, context block, question tail)`` token ids, each tokenized on its own.
+
+        The split points are token boundaries of the joint tokenization: the head ends before the
+        last user turn's text (after a special token / newline) and the context block ends before
+        ``"\n\nQuestion:"``, where a byte-level BPE pre-tokenizer always splits. Measured on the
+        bundled SmolLM2 tokenizer: identical to the joint ids for every SQuAD paragraph. A template
+        that rewrites the user text gets no split (empty head and context).
+        """
         tok = self.tokenizer
+        context_text, question_text = user_message_parts(question, contexts)
+        messages = chat_messages(question, contexts, one_shot=one_shot)
         if getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
-                ids = ids["input_ids"]
-            return list(ids)
-        text = "\n\n".join(m["content"] for m in messages) + "\n\nAnswer:"
-        return tok.encode(text)
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            at = text.rfind(context_text + question_text)
+            if at < 0:
+                return [], [], self._encode(text)
+            cut = at + len(context_text)
+            return self._encode(text[:at]), self._encode(text[at:cut]), self._encode(text[cut:])
+        # no chat template: plain turns, the model's special tokens (BOS) at the very start
+        head = "\n\n".join(m["content"] for m in messages[:-1]) + "\n\n"
+        head_ids = tok.encode(head)
+        return head_ids, self._encode(context_text), self._encode(question_text + "\n\nAnswer:")
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+    # -- prompt-prefix KV cache -----------------------------------------------------------
+    def cache_namespace(self, adapter: str | None = None) -> tuple:
+        """What, besides the prompt's token ids, a cached prefix KV depends on: model, adapter and a
+        fingerprint of its loaded weights, dtype, device and prompt template version.
+
+        Call it inside :meth:`session` (the adapter must be loaded). The fingerprint hashes the
+        adapter weights held in memory once per load, so an adapter retrained and reloaded under
+        the same name gets a new namespace and never hits entries of its old weights.
+        """
+        fingerprint = self._adapter_fingerprint(adapter) if adapter else None
+        return (str(self.name), adapter, fingerprint, str(self.dtype), str(self.device), PROMPT_TEMPLATE_VERSION)
+
+    def prefix_spec(
+        self, parts: Sequence[tuple[Sequence[int], Sequence[int]]], *, adapter: str | None = None, one_shot: bool = True
+    ) -> PrefixSpec | None:
+        """The :class:`PrefixSpec` of prompts given as :meth:`prompt_parts` pairs (built with the same
+        ``one_shot``), or None when the cache is off (``GeneratorConfig.prefix_cache_bytes = 0``).
+        The system turn (+ example, + user header) is the shared level, cached once for all chunks."""
+        if not self.prefix_cache.enabled:
+            return None
+        shared = self._shared_head_len(one_shot)
+        lengths = [len(prefix) for prefix, _ in parts]
+        return PrefixSpec(self.prefix_cache, self.cache_namespace(adapter), lengths, [min(shared, n) for n in lengths])
+
+    def _shared_head_len(self, one_shot: bool) -> int:
+        """Tokens of the head every prompt starts with (it does not depend on question or contexts)."""
+        if one_shot not in self._head_lens:
+            self._head_lens[one_shot] = len(self._prompt_segments("?", ["."], one_shot)[0])
+        return self._head_lens[one_shot]
+
+    def _adapter_fingerprint(self, name: str) -> str:
+        """sha256 of adapter ``name``'s weights as loaded in the model, computed once per load
+        (a reload creates a new adapter config object, which renews the fingerprint)."""
+        model = self.warm_up()._model
+        config = getattr(model, "peft_config", {}).get(name)
+        if config is None:
+            raise ValueError(f"adapter {name!r} is not loaded: call cache_namespace inside Generator.session({name!r}).")
+        known = self._adapter_fingerprints.get(name)
+        if known is not None and known[0] is config:
+            return known[1]
+        from peft import get_peft_model_state_dict
+
+        digest = hashlib.sha256()
+        state = get_peft_model_state_dict(model, adapter_name=name)
+        for key in sorted(state):
+            tensor = state[key].detach().cpu().contiguous()
+            digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+        self._adapter_fingerprints[name] = (config, digest.hexdigest())
+        return digest.hexdigest()
+
+    def _log_prefix_cache(self, model) -> None:
+        cfg = model.config
+        layers = getattr(cfg, "num_hidden_layers", 0)
+        heads = getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_attention_heads", 0)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // max(1, getattr(cfg, "num_attention_heads", 1))
+        per_token = 2 * layers * heads * head_dim * torch.empty((), dtype=self.dtype).element_size()
+        if not self.prefix_cache.enabled:
+            logger.info("prompt-prefix KV cache off (prefix_cache_bytes=0)")
+            return
+        logger.info(
+            "prompt-prefix KV cache: budget %.0f MiB, %.1f KiB per token (~%.1f MiB per 265-token chunk prompt, "
+            "~%d such entries)", self.prefix_cache.max_bytes / 2**20, per_token / 1024, 265 * per_token / 2**20,
+            self.prefix_cache.max_bytes // max(1, 265 * per_token),
+        )
 
     @property
     def abstention_ids(self) -> list[int]:

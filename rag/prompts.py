@@ -14,6 +14,13 @@ from collections.abc import Sequence
 
 ABSTAIN_TEXT = "I don't know."
 
+PROMPT_TEMPLATE_VERSION = 1
+"""Bump on any change to how prompts are rendered: cached prompt-prefix KV states
+(:mod:`rag.prefix_cache`) are keyed by it, besides the prompt's token ids."""
+
+QUESTION_MARKER = "\n\nQuestion: "
+"""Where the question-dependent part of the user message starts (everything before it is cacheable)."""
+
 SYSTEM = (
     "Answer with a few words copied from the context. "
     "If the context does not contain the answer, reply: I don't know."
@@ -28,8 +35,13 @@ EXAMPLE_ANSWER = "the 1889 World's Fair"
 
 
 def user_message(question: str, contexts: Sequence[str]) -> str:
+    return "".join(user_message_parts(question, contexts))
+
+
+def user_message_parts(question: str, contexts: Sequence[str]) -> tuple[str, str]:
+    """The user message split where the question starts: ``(context part, question part)``."""
     blocks = "\n\n".join(c.strip() for c in contexts)
-    return f"Context:\n{blocks}\n\nQuestion: {question.strip()}"
+    return f"Context:\n{blocks}", f"{QUESTION_MARKER}{question.strip()}"
 
 
 def chat_messages(question: str, contexts: Sequence[str], *, one_shot: bool = True) -> list[dict[str, str]]:
