@@ -311,7 +311,7 @@ class RequestHandle:
 
     _ids = itertools.count(1)
 
-    def __init__(self, scheduler: "Scheduler", rows: int, adapter: str | None, deadline_s: float | None) -> None:
+    def __init__(self, scheduler: Scheduler, rows: int, adapter: str | None, deadline_s: float | None) -> None:
         self.id = next(self._ids)
         self.rows = rows
         self.adapter = adapter
@@ -354,7 +354,7 @@ class RequestHandle:
         """Seconds from submit to the first chosen token, once there is one."""
         return None if self.first_token_at is None else self.first_token_at - self.submitted_at
 
-    def add_done_callback(self, fn: Callable[["RequestHandle"], None]) -> None:
+    def add_done_callback(self, fn: Callable[[RequestHandle], None]) -> None:
         self._future.add_done_callback(lambda _f: fn(self))
 
     def _expired(self, now: float) -> bool:
@@ -502,7 +502,7 @@ class Scheduler:
     def running(self) -> bool:
         return self._thread.is_alive()
 
-    def __enter__(self) -> "Scheduler":
+    def __enter__(self) -> Scheduler:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -585,7 +585,7 @@ class Scheduler:
             try:
                 with self.session(handle.adapter) as model:
                     value = job.call(model)
-            except Exception as exc:  # noqa: BLE001 - the error belongs to this request only
+            except Exception as exc:  # the error belongs to this request only
                 logger.warning("request %d failed: %s", handle.id, exc)
                 self._finish(handle, "failed", error=exc)
             else:
@@ -606,7 +606,7 @@ class Scheduler:
                 generator=request.generator, stream_callback=request.stream_callback, stop=request.stop,
             )
             token = self._choose(handle, stepper, state.next_logprobs)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             logger.warning("request %d failed at admission: %s", handle.id, exc)
             self._finish(handle, "failed", error=exc)
             return
@@ -620,7 +620,7 @@ class Scheduler:
             return
         try:
             group.state = concat_states(group.state, state)
-        except Exception as exc:  # noqa: BLE001 - e.g. a prefill_fn returning an incompatible cache
+        except Exception as exc:  # e.g. a prefill_fn returning an incompatible cache
             logger.warning("request %d cannot join the batch: %s", handle.id, exc)
             self._finish(handle, "failed", error=exc)
             return
@@ -670,7 +670,7 @@ class Scheduler:
         try:
             with self.session(group.adapter) as model:
                 _advance(model, group.state, tokens)
-        except Exception as exc:  # noqa: BLE001 - fail this forward's requests, keep serving
+        except Exception as exc:  # fail this forward's requests, keep serving
             logger.exception("a batched forward of %d rows (adapter %s) failed", group.rows, group.adapter)
             del self._groups[group.adapter]
             error = SchedulerError(f"the batched forward failed: {type(exc).__name__}: {exc}")
@@ -689,7 +689,7 @@ class Scheduler:
             rows = member.handle.rows
             try:
                 token = self._choose(member.handle, member.stepper, group.state.next_logprobs[offset : offset + rows])
-            except Exception as exc:  # noqa: BLE001 - a stream callback or stop rule of this request
+            except Exception as exc:  # a stream callback or stop rule of this request
                 logger.warning("request %d failed: %s", member.handle.id, exc)
                 leaving.add(id(member))
                 finished.append((member, "failed", exc))
@@ -749,5 +749,5 @@ class Scheduler:
                     queued_s=(handle.admitted_at or now) - handle.submitted_at, ttft_s=handle.ttft_s,
                     total_s=now - handle.submitted_at,
                 ))
-            except Exception:  # noqa: BLE001 - a metrics hook must not break serving
+            except Exception:  # a metrics hook must not break serving
                 logger.exception("on_request_done raised")

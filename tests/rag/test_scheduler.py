@@ -300,7 +300,9 @@ class TestBackpressure:
             scheduler.submit(GenerationRequest(PROMPTS_4 + [[1]], torch.zeros(5), max_new_tokens=2))
 
     def test_deadline_fails_the_request_and_frees_its_rows(self, model, make_scheduler):
-        slow = lambda token: time.sleep(0.05)  # noqa: E731 - a slow client-side stream
+        def slow(token: int) -> None:  # a slow client-side stream
+            time.sleep(0.05)
+
         scheduler = make_scheduler(model_session(model), max_batch_rows=4)
         late = scheduler.submit(GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=60, eos_token_ids=[],
                                                   stream_callback=slow, deadline_s=0.2))
