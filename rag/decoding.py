@@ -51,11 +51,14 @@ __all__ = [
     "PrefillState",
     "RagSequenceHypothesis",
     "RagTokenOutput",
+    "RagTokenStepper",
     "advance",
+    "choose_rag_token",
     "left_pad",
     "prefill",
     "rag_sequence_generate",
     "rag_token_generate",
+    "rag_token_reference_logprob",
     "score_continuations",
 ]
 
@@ -812,7 +815,6 @@ def _sample_token(
 
 
 @torch.inference_mode()
-@torch.inference_mode()
 def _score_fixed(model: torch.nn.Module, state: PrefillState, ids: Sequence[int]) -> torch.Tensor:
     """Teacher-forced ``(R, T)`` log p(ids_i | prompt_r, ids_<i) for every row of a fresh prefill,
     leaving ``state`` as it was: the T-1 appended cache positions are cropped off again."""
@@ -830,6 +832,99 @@ def _score_fixed(model: torch.nn.Module, state: PrefillState, ids: Sequence[int]
     state.past_key_values.crop(-extra)
     rest = torch.log_softmax(logits, dim=-1).gather(-1, ids_t[1:].expand(rows, -1).unsqueeze(-1)).squeeze(-1)
     return torch.cat([first, rest], dim=-1)
+
+
+def rag_token_reference_logprob(
+    model: torch.nn.Module, state: PrefillState, reference_ids: Sequence[int], doc_logprobs: torch.Tensor
+) -> float:
+    """log p(reference|x) under RAG-Token, teacher-forced from a fresh prefill (``state`` is left as it was).
+
+    Args:
+        state: the K rows right after :func:`prefill` (no token appended yet).
+        reference_ids: the T token ids of the fixed continuation (e.g. the abstention reply), T >= 1.
+        doc_logprobs: ``(K,)`` log p(z|x), on the device of ``state``.
+    """
+    return float(rag_token_sequence_logprob(_score_fixed(model, state, reference_ids), doc_logprobs))
+
+
+def choose_rag_token(
+    next_logprobs: torch.Tensor,
+    doc_logprobs: torch.Tensor,
+    *,
+    strategy: Literal["greedy", "sample"] = "greedy",
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> int:
+    """The next RAG-Token token: argmax (greedy) or a draw (temperature + top-p) of the mixture.
+
+    Args:
+        next_logprobs: ``(K, V)`` log p(.|x, z_k, y_<i), one row per document.
+        doc_logprobs: ``(K,)`` log p(z|x).
+    """
+    mixed = rag_token_next_logprobs(next_logprobs, doc_logprobs)  # (V,)
+    if strategy == "greedy":
+        return int(torch.argmax(mixed))
+    return _sample_token(mixed, temperature, top_p, generator)
+
+
+class RagTokenStepper:
+    """The bookkeeping of one greedy / sampled RAG-Token answer, one step at a time.
+
+    Shared by :func:`rag_token_generate` (one answer) and :mod:`rag.scheduler` (many answers in one
+    batch), so both choose, stream and stop identically. The caller owns the model: after each
+    :meth:`step` that returns a token it appends that token to the answer's K rows and calls
+    :meth:`step` again with the rows' new next-token log-probs.
+    """
+
+    def __init__(
+        self,
+        doc_logprobs: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        eos_token_ids: int | Sequence[int] | None,
+        strategy: Literal["greedy", "sample"] = "greedy",
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        stream_callback: Callable[[int], None] | None = None,
+        stop: Callable[[list[int]], bool] | None = None,
+    ) -> None:
+        self.doc = doc_logprobs
+        self.max_new_tokens = max_new_tokens
+        self.eos = set(_eos_list(eos_token_ids))
+        self.strategy, self.temperature, self.top_p, self.generator = strategy, temperature, top_p, generator
+        self.stream_callback, self.stop = stream_callback, stop
+        self.tokens: list[int] = []
+        self._chosen_lp: list[torch.Tensor] = []  # each (K,): log p(y_i | x, z_k, y_<i)
+
+    def step(self, next_logprobs: torch.Tensor) -> int | None:
+        """Choose the next token from ``next_logprobs`` ``(K, V)``.
+
+        Returns:
+            The token to append to every row before the next step, or None when the answer is
+            complete (eos, ``stop`` or ``max_new_tokens``); the chosen token is recorded either way.
+        """
+        token = choose_rag_token(
+            next_logprobs, self.doc, strategy=self.strategy, temperature=self.temperature, top_p=self.top_p,
+            generator=self.generator,
+        )
+        self.tokens.append(token)
+        self._chosen_lp.append(next_logprobs[:, token])
+        if token in self.eos:
+            return None
+        if self.stream_callback is not None:
+            self.stream_callback(token)
+        if self.stop is not None and self.stop(self.tokens):
+            return None
+        if len(self.tokens) >= self.max_new_tokens:
+            return None
+        return token
+
+    def output(self, reference_logprob: float | None = None) -> RagTokenOutput:
+        """The answer so far (call after :meth:`step` returned None)."""
+        out = _token_output(self.tokens, torch.stack(self._chosen_lp, dim=-1), self.doc)
+        return dataclasses.replace(out, reference_logprob=reference_logprob)
 
 
 def rag_token_generate(
@@ -891,33 +986,19 @@ def rag_token_generate(
     eos = set(_eos_list(eos_token_ids))
     state = prefill(model, prompt_ids, pad_token_id=pad_token_id, prefix=prefix)
     doc = doc_logprobs.to(device=state.next_logprobs.device, dtype=torch.float32)
-    reference = None
-    if reference_ids:
-        reference = float(rag_token_sequence_logprob(_score_fixed(model, state, reference_ids), doc))
+    reference = rag_token_reference_logprob(model, state, reference_ids, doc) if reference_ids else None
     if strategy == "beam":
         out = _rag_token_beam(model, state, doc, max_new_tokens, eos, num_beams, length_penalty)
         return dataclasses.replace(out, reference_logprob=reference)
 
     n_docs = len(prompt_ids)
-    tokens: list[int] = []
-    chosen_lp: list[torch.Tensor] = []  # each (K,): log p(y_i | x, z_k, y_<i)
-    for step in range(max_new_tokens):
-        mixed = rag_token_next_logprobs(state.next_logprobs, doc)  # (V,)
-        if strategy == "greedy":
-            token = int(torch.argmax(mixed))
-        else:
-            token = _sample_token(mixed, temperature, top_p, generator)
-        tokens.append(token)
-        chosen_lp.append(state.next_logprobs[:, token])
-        if token in eos:
-            break
-        if stream_callback is not None:
-            stream_callback(token)
-        if stop is not None and stop(tokens):
-            break
-        if step + 1 < max_new_tokens:
-            _advance(model, state, torch.full((n_docs,), token, dtype=torch.long))
-    return dataclasses.replace(_token_output(tokens, torch.stack(chosen_lp, dim=-1), doc), reference_logprob=reference)
+    stepper = RagTokenStepper(
+        doc, max_new_tokens=max_new_tokens, eos_token_ids=eos, strategy=strategy, temperature=temperature,
+        top_p=top_p, generator=generator, stream_callback=stream_callback, stop=stop,
+    )
+    while (token := stepper.step(state.next_logprobs)) is not None:
+        _advance(model, state, torch.full((n_docs,), token, dtype=torch.long))
+    return stepper.output(reference)
 
 
 def _token_output(tokens: list[int], token_lp: torch.Tensor, doc: torch.Tensor) -> RagTokenOutput:

@@ -1,0 +1,753 @@
+"""Continuous batching: one scheduler thread owns the model and decodes many answers at once.
+
+Concurrent requests join a shared decode loop. Every step runs ONE forward of one token per row
+over the rows of all active requests (``K`` rows for a RAG-Token answer over K documents, 1 row
+for the "stuff" mode), then each request chooses its next token with the same
+:class:`rag.decoding.RagTokenStepper` that :func:`rag.decoding.rag_token_generate` uses, so a
+batched greedy answer is the solo answer (token ids identical, log-probs to float tolerance).
+Between steps, waiting requests are admitted FIFO while rows are free (``max_batch_rows``): each
+is prefilled alone (``prefill_fn``), its reference continuation ("I don't know.") is scored from
+that prefill, its first token is chosen, and its rows join the batch. Finished, cancelled and
+expired requests leave at once.
+
+Batch layout (TGI v1 "batch concatenate"): one merged :class:`transformers.DynamicCache` per
+adapter group, rows right-aligned. On admit the shorter of (merged cache, new cache) is
+left-padded along the sequence axis (keys / values of every layer and the attention mask) and
+the two are concatenated along the batch axis; on leave the remaining rows are kept
+(``reorder_cache``) and leading columns that are padding in every row are dropped. Position ids
+stay per row (``cumsum(mask) - 1`` at prefill, +1 per step), so padding never changes a row's
+logits. Helpers: :func:`pad_state_left`, :func:`concat_states`, :func:`keep_rows`.
+
+Adapters — per-adapter groups: the requests of one adapter (``None`` = the base model) share a
+merged batch; a step runs one forward per group inside ``session(adapter)``, the caller's context
+manager that activates the adapter (PEFT ``set_adapter`` / ``disable_adapter()``; pass
+``Generator.session``, or :func:`model_session` for a bare model). Groups never mix adapters in a
+forward, so it works with any PEFT version and with :mod:`rag.int8_decode` (its
+``Int8DecodeLinear`` is wrapped by LoRA like any linear layer). Note: int8 weights are read only
+by forwards of at most ``rag.int8_decode.MAX_INT8_ROWS`` token rows; a bigger decode batch runs on
+the bf16 weights (correct, but not token-identical to an int8 solo answer and slower per row).
+
+Beam search and other whole-answer jobs (e.g. :func:`rag.decoding.rag_sequence_generate`) run
+exclusively in the scheduler thread between two steps (:meth:`Scheduler.submit_call`); a
+``strategy="beam"`` request is served that way.
+
+Backpressure: at most ``max_queue`` waiting requests (:class:`QueueFullError` at submit), a
+per-request ``deadline_s`` (:class:`DeadlineExceededError`, rows freed at the next step) and
+:meth:`RequestHandle.cancel`. An exception in one request (prefill, stream callback, stop rule)
+fails that request only; a failed batched forward fails the requests of that forward; the loop
+keeps running. :meth:`Scheduler.close` fails whatever is left and joins the thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from transformers.cache_utils import DynamicLayer
+
+from rag.decoding import (
+    PrefillState,
+    RagTokenOutput,
+    RagTokenStepper,
+    _advance,
+    _check_prompts,
+    prefill,
+    rag_token_generate,
+    rag_token_reference_logprob,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DeadlineExceededError",
+    "GenerationRequest",
+    "ModelSession",
+    "QueueFullError",
+    "RequestCancelledError",
+    "RequestHandle",
+    "RequestMetrics",
+    "Scheduler",
+    "SchedulerClosedError",
+    "SchedulerError",
+    "SchedulerStats",
+    "concat_states",
+    "keep_rows",
+    "model_session",
+    "pad_state_left",
+]
+
+#: ``session(adapter)`` -> a context manager yielding the model with ``adapter`` active (None = base model).
+ModelSession = Callable[[str | None], AbstractContextManager[torch.nn.Module]]
+PrefillFn = Callable[[torch.nn.Module, Sequence[Sequence[int]]], PrefillState]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class SchedulerError(RuntimeError):
+    """A request could not be served by the scheduler."""
+
+
+class QueueFullError(SchedulerError):
+    """The waiting queue is full: retry later (an HTTP server answers 503 with Retry-After)."""
+
+
+class DeadlineExceededError(SchedulerError):
+    """The request's deadline passed before its answer was complete; its rows were freed."""
+
+
+class RequestCancelledError(SchedulerError):
+    """The request was cancelled (e.g. its client disconnected); its rows were freed."""
+
+
+class SchedulerClosedError(SchedulerError):
+    """The scheduler was closed before (or while) serving the request."""
+
+
+# --------------------------------------------------------------------------- batch layout helpers
+
+
+def _layers(state: PrefillState) -> list[DynamicLayer]:
+    layers = list(state.past_key_values.layers)
+    for layer in layers:
+        if type(layer) is not DynamicLayer or not layer.is_initialized:
+            raise TypeError(
+                f"continuous batching needs plain, filled DynamicLayer caches, got {type(layer).__name__}"
+                f"{'' if layer.is_initialized else ' (empty)'}; sliding-window / quantized caches cannot be "
+                "concatenated: serve this model without the scheduler."
+            )
+    return layers
+
+
+def pad_state_left(state: PrefillState, columns: int) -> None:
+    """Prepend ``columns`` masked positions to every row, in place.
+
+    Keys / values ``(R, H, L, D)`` of every layer get ``columns`` zero positions in front, the
+    attention mask ``(R, L)`` gets zeros; ``next_positions`` are unchanged, so logits are too.
+    """
+    if columns <= 0:
+        return
+    for layer in _layers(state):
+        k, v = layer.keys, layer.values
+        layer.keys = torch.cat([k.new_zeros((*k.shape[:2], columns, k.shape[3])), k], dim=-2)
+        layer.values = torch.cat([v.new_zeros((*v.shape[:2], columns, v.shape[3])), v], dim=-2)
+    mask = state.attention_mask
+    state.attention_mask = torch.cat([mask.new_zeros((mask.shape[0], columns)), mask], dim=-1)
+
+
+def concat_states(first: PrefillState, second: PrefillState) -> PrefillState:
+    """Rows of ``first`` then rows of ``second`` in one state (both are consumed: do not reuse them).
+
+    The shorter one is left-padded (:func:`pad_state_left`) to the other's length, then every
+    tensor is concatenated along the batch axis.
+
+    Returns:
+        A state of ``R1 + R2`` rows whose cache is ``first``'s cache object, extended.
+    """
+    if first.past_key_values is second.past_key_values:
+        raise ValueError("concat_states needs two different caches.")
+    length1, length2 = first.attention_mask.shape[1], second.attention_mask.shape[1]
+    pad_state_left(first, length2 - length1)
+    pad_state_left(second, length1 - length2)
+    layers1, layers2 = _layers(first), _layers(second)
+    if len(layers1) != len(layers2):
+        raise ValueError(f"the caches have {len(layers1)} and {len(layers2)} layers: they come from different models.")
+    for a, b in zip(layers1, layers2):
+        a.keys = torch.cat([a.keys, b.keys], dim=0)
+        a.values = torch.cat([a.values, b.values], dim=0)
+    return PrefillState(
+        next_logprobs=torch.cat([first.next_logprobs, second.next_logprobs], dim=0),
+        past_key_values=first.past_key_values,
+        attention_mask=torch.cat([first.attention_mask, second.attention_mask], dim=0),
+        next_positions=torch.cat([first.next_positions, second.next_positions], dim=0),
+    )
+
+
+def keep_rows(state: PrefillState, rows: Sequence[int] | torch.Tensor) -> None:
+    """Keep only ``rows`` (in that order), in place, then drop leading columns that are padding in every row.
+
+    Args:
+        rows: indices into the current ``R`` rows, at least one.
+    """
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    if rows.numel() == 0:
+        raise ValueError("keep_rows needs at least one row; drop the whole state instead.")
+    state.select_rows(rows)
+    used = state.attention_mask.bool().any(dim=0)  # (L,)
+    first = int(torch.argmax(used.to(torch.int8)))  # first column some row uses
+    if first > 0:
+        for layer in _layers(state):
+            layer.keys = layer.keys[:, :, first:, :]
+            layer.values = layer.values[:, :, first:, :]
+        state.attention_mask = state.attention_mask[:, first:]
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def model_session(model: torch.nn.Module) -> ModelSession:
+    """A :data:`ModelSession` for a bare model or a PEFT model (``Generator.session`` is the served one).
+
+    ``adapter`` None runs the base model (PEFT: inside ``disable_adapter()``); a name calls
+    ``set_adapter(name)`` first.
+    """
+
+    @contextmanager
+    def session(adapter: str | None):
+        from peft import PeftModel
+
+        if adapter:
+            if not isinstance(model, PeftModel):
+                raise ValueError(f"adapter {adapter!r} requested but the model has no PEFT adapters loaded.")
+            model.set_adapter(adapter)
+            yield model
+        elif isinstance(model, PeftModel):
+            with model.disable_adapter():
+                yield model
+        else:
+            yield model
+
+    return session
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass
+class GenerationRequest:
+    """One RAG-Token answer (``K`` documents; the "stuff" mode is K=1 with ``doc_logprobs = zeros(1)``).
+
+    Attributes:
+        prompt_ids: K lists of token ids, one prompt per document.
+        doc_logprobs: ``(K,)`` log p(z|x).
+        max_new_tokens: at most this many tokens.
+        eos_token_ids: id(s) that end the answer (kept as its last token); None / [] = never.
+        adapter: LoRA adapter name, or None for the base model.
+        strategy: ``"greedy"``, ``"sample"`` (``temperature``, ``top_p``, drawn with ``generator``)
+            or ``"beam"`` (``num_beams``; served solo between steps, see the module docstring).
+        stop: called with the tokens so far after each step; True ends the answer.
+        stream_callback: called with each chosen token id (not eos), in the scheduler thread.
+        reference_ids: a continuation scored under RAG-Token right after the prefill.
+        deadline_s: seconds after :meth:`Scheduler.submit` when the request fails with
+            :class:`DeadlineExceededError` (None = no deadline).
+        prefill_fn: ``prefill_fn(model, prompt_ids) -> PrefillState`` (default
+            :func:`rag.decoding.prefill` with the scheduler's pad id), e.g. a prefix-KV-cache prefill.
+    """
+
+    prompt_ids: Sequence[Sequence[int]]
+    doc_logprobs: torch.Tensor
+    max_new_tokens: int
+    eos_token_ids: int | Sequence[int] | None = None
+    adapter: str | None = None
+    strategy: Literal["greedy", "sample", "beam"] = "greedy"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+    num_beams: int = 4
+    stop: Callable[[list[int]], bool] | None = None
+    stream_callback: Callable[[int], None] | None = None
+    reference_ids: Sequence[int] | None = None
+    deadline_s: float | None = None
+    prefill_fn: PrefillFn | None = None
+
+    def __post_init__(self) -> None:
+        _check_prompts(self.prompt_ids, self.doc_logprobs)
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1.")
+        if self.strategy not in ("greedy", "sample", "beam"):
+            raise ValueError(f"strategy must be 'greedy', 'sample' or 'beam', got {self.strategy!r}.")
+        if self.strategy == "sample" and not (self.temperature > 0.0 and 0.0 < self.top_p <= 1.0):
+            raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1.")
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError("deadline_s must be > 0 seconds (or None for no deadline).")
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.prompt_ids)
+
+
+@dataclass(frozen=True)
+class RequestMetrics:
+    """What happened to one request (handed to ``on_request_done``)."""
+
+    outcome: Literal["completed", "failed", "cancelled", "expired", "closed"]
+    adapter: str | None
+    rows: int
+    new_tokens: int
+    queued_s: float  # submit -> admission (prefill start)
+    ttft_s: float | None  # submit -> first token chosen
+    total_s: float  # submit -> done
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    """A snapshot for metrics: gauges (queue, active) and counters since start."""
+
+    queue_depth: int
+    active_requests: int
+    active_rows: int
+    last_step_rows: int
+    steps: int
+    tokens_generated: int
+    completed: int
+    failed: int
+    cancelled: int
+    expired: int
+    rejected: int
+
+
+class RequestHandle:
+    """Future-like handle of a submitted request: :meth:`result`, :meth:`cancel`, timings."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, scheduler: Scheduler, rows: int, adapter: str | None, deadline_s: float | None) -> None:
+        self.id = next(self._ids)
+        self.rows = rows
+        self.adapter = adapter
+        self.submitted_at = time.monotonic()
+        self.deadline = self.submitted_at + deadline_s if deadline_s is not None else None
+        self.admitted_at: float | None = None
+        self.first_token_at: float | None = None
+        self.new_tokens = 0
+        self._scheduler = scheduler
+        self._future: concurrent.futures.Future = concurrent.futures.Future()
+        self._cancel = threading.Event()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The answer (:class:`rag.decoding.RagTokenOutput` for a :class:`GenerationRequest`).
+
+        Raises:
+            TimeoutError: not done within ``timeout`` seconds (the request keeps running).
+            SchedulerError: cancelled, deadline exceeded, closed; or the request's own error.
+        """
+        return self._future.result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self._future.exception(timeout)
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def cancel(self) -> None:
+        """Ask the scheduler to drop this request; its rows are freed before the next step."""
+        if not self._future.done():
+            self._cancel.set()
+            self._scheduler._wake()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Seconds from submit to the first chosen token, once there is one."""
+        return None if self.first_token_at is None else self.first_token_at - self.submitted_at
+
+    def add_done_callback(self, fn: Callable[[RequestHandle], None]) -> None:
+        self._future.add_done_callback(lambda _f: fn(self))
+
+    def _expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+
+@dataclass
+class _Job:
+    """A queued unit of work: a request to batch, or a solo call (``call(model)``)."""
+
+    handle: RequestHandle
+    request: GenerationRequest | None = None
+    call: Callable[[torch.nn.Module], Any] | None = None
+
+
+@dataclass
+class _Active:
+    """A request whose rows are in a group's merged batch; ``pending`` is its token for the next step."""
+
+    handle: RequestHandle
+    stepper: RagTokenStepper
+    reference: float | None
+    pending: int
+
+
+@dataclass
+class _Group:
+    """The merged batch of one adapter: rows of ``members`` in order, ``members[i].handle.rows`` each."""
+
+    adapter: str | None
+    state: PrefillState
+    members: list[_Active] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return self.state.num_rows
+
+
+# --------------------------------------------------------------------------- scheduler
+
+
+class Scheduler:
+    """One thread that owns the model and runs a continuous-batching decode loop.
+
+    Args:
+        session: ``session(adapter)`` context manager yielding the model with the adapter active
+            (``Generator.session``, or :func:`model_session`).
+        max_batch_rows: at most this many rows in one forward (all groups together): a request of
+            K rows waits until K rows are free; a request of more than this is rejected.
+        max_queue: at most this many waiting requests; more raise :class:`QueueFullError`.
+        pad_token_id: id written into padding by the default prefill.
+        max_prefills_per_step: at most this many admissions between two decode steps (None = as
+            many as fit): bounds the pause that prefills put on the answers already decoding.
+        on_step: ``on_step(rows, seconds)`` after every batched forward (histogram of batch sizes).
+        on_request_done: ``on_request_done(RequestMetrics)`` when a request leaves.
+    """
+
+    def __init__(
+        self,
+        session: ModelSession,
+        *,
+        max_batch_rows: int = 64,
+        max_queue: int = 64,
+        pad_token_id: int | None = None,
+        max_prefills_per_step: int | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+        on_request_done: Callable[[RequestMetrics], None] | None = None,
+        name: str = "rag-scheduler",
+    ) -> None:
+        if max_batch_rows < 1 or max_queue < 0:
+            raise ValueError("max_batch_rows must be >= 1 and max_queue >= 0.")
+        if max_prefills_per_step is not None and max_prefills_per_step < 1:
+            raise ValueError("max_prefills_per_step must be >= 1 (or None).")
+        self.session = session
+        self.max_batch_rows = max_batch_rows
+        self.max_queue = max_queue
+        self.pad_token_id = pad_token_id
+        self.max_prefills_per_step = max_prefills_per_step
+        self.on_step = on_step
+        self.on_request_done = on_request_done
+        self._cv = threading.Condition()
+        self._waiting: collections.deque[_Job] = collections.deque()
+        self._groups: dict[str | None, _Group] = {}
+        self._closing = False
+        self._counts = collections.Counter()
+        self._last_step_rows = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -- public -----------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        """Queue ``request``; returns at once with its handle.
+
+        Raises:
+            QueueFullError: ``max_queue`` requests are already waiting.
+            ValueError: the request needs more rows than ``max_batch_rows``.
+            SchedulerClosedError: after :meth:`close`.
+        """
+        if request.num_rows > self.max_batch_rows:
+            raise ValueError(
+                f"the request has {request.num_rows} rows (documents) but max_batch_rows is {self.max_batch_rows}; "
+                "raise max_batch_rows or retrieve fewer documents."
+            )
+        handle = RequestHandle(self, request.num_rows, request.adapter, request.deadline_s)
+        if request.strategy == "beam":
+            return self._enqueue(_Job(handle, call=functools.partial(self._beam_call, request)))
+        return self._enqueue(_Job(handle, request=request))
+
+    def submit_call(
+        self, call: Callable[[torch.nn.Module], Any], *, adapter: str | None = None, deadline_s: float | None = None
+    ) -> RequestHandle:
+        """Queue ``call(model)`` to run alone in the scheduler thread between two steps, with ``adapter``
+        active (beam search, RAG-Sequence, rescoring). Its return value is the handle's result."""
+        return self._enqueue(_Job(RequestHandle(self, 0, adapter, deadline_s), call=call))
+
+    def stats(self) -> SchedulerStats:
+        with self._cv:
+            c = self._counts
+            return SchedulerStats(
+                queue_depth=len(self._waiting),
+                active_requests=c["active_requests"],
+                active_rows=c["active_rows"],
+                last_step_rows=self._last_step_rows,
+                steps=c["steps"],
+                tokens_generated=c["tokens"],
+                completed=c["completed"],
+                failed=c["failed"],
+                cancelled=c["cancelled"],
+                expired=c["expired"],
+                rejected=c["rejected"],
+            )
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop the loop after the current step; waiting and active requests fail with
+        :class:`SchedulerClosedError`. Idempotent."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("the scheduler thread did not stop within %s s (a forward is still running)", timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- queue ------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify_all()
+
+    def _enqueue(self, job: _Job) -> RequestHandle:
+        with self._cv:
+            if self._closing:
+                raise SchedulerClosedError("the scheduler is closed; no new requests are accepted.")
+            if len(self._waiting) >= self.max_queue:
+                self._counts["rejected"] += 1
+                raise QueueFullError(
+                    f"{len(self._waiting)} requests are already waiting (max_queue={self.max_queue}); retry later."
+                )
+            self._waiting.append(job)
+            self._cv.notify_all()
+        return job.handle
+
+    def _next_admissions(self) -> list[_Job] | None:
+        """Block until there is work; return the jobs to admit now (FIFO while rows are free), None to stop."""
+        with self._cv:
+            while not self._closing and not self._waiting and not self._groups:
+                self._cv.wait()
+            if self._closing:
+                return None
+            now = time.monotonic()
+            for job in [j for j in self._waiting if j.handle.cancel_requested or j.handle._expired(now)]:
+                self._waiting.remove(job)
+                self._finish_dropped(job.handle, now)
+            jobs: list[_Job] = []
+            free = self.max_batch_rows - self._counts["active_rows"]
+            limit = self.max_prefills_per_step
+            while self._waiting and self._waiting[0].handle.rows <= free and (limit is None or len(jobs) < limit):
+                job = self._waiting.popleft()
+                free -= job.handle.rows
+                self._counts["active_rows"] += job.handle.rows
+                self._counts["active_requests"] += 1
+                jobs.append(job)
+            return jobs
+
+    # -- loop -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while (jobs := self._next_admissions()) is not None:
+                for job in jobs:
+                    self._admit(job)
+                self._drop_cancelled()
+                for group in list(self._groups.values()):
+                    self._step(group)
+        except BaseException:  # a bug in the loop itself: fail everything rather than hang the callers
+            logger.exception("the scheduler loop crashed")
+            raise
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._cv:
+            self._closing = True
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        error = SchedulerClosedError("the scheduler was closed before the answer was complete.")
+        for job in waiting:
+            self._finish(job.handle, "closed", error=error)
+        for group in list(self._groups.values()):
+            for member in group.members:
+                self._finish(member.handle, "closed", error=error)
+        self._groups.clear()
+
+    def _admit(self, job: _Job) -> None:
+        handle = job.handle
+        handle.admitted_at = now = time.monotonic()
+        if handle.cancel_requested or handle._expired(now):
+            self._finish_dropped(handle, now)
+            return
+        if job.call is not None:
+            try:
+                with self.session(handle.adapter) as model:
+                    value = job.call(model)
+            except Exception as exc:  # the error belongs to this request only
+                logger.warning("request %d failed: %s", handle.id, exc)
+                self._finish(handle, "failed", error=exc)
+            else:
+                self._finish(handle, "completed", value=value)
+            return
+        request = job.request
+        try:
+            with self.session(request.adapter) as model:
+                state = self._prefill(request, model)
+                doc = request.doc_logprobs.to(device=state.next_logprobs.device, dtype=torch.float32)
+                reference = (
+                    rag_token_reference_logprob(model, state, request.reference_ids, doc)
+                    if request.reference_ids else None
+                )
+            stepper = RagTokenStepper(
+                doc, max_new_tokens=request.max_new_tokens, eos_token_ids=request.eos_token_ids,
+                strategy=request.strategy, temperature=request.temperature, top_p=request.top_p,
+                generator=request.generator, stream_callback=request.stream_callback, stop=request.stop,
+            )
+            token = self._choose(handle, stepper, state.next_logprobs)
+        except Exception as exc:
+            logger.warning("request %d failed at admission: %s", handle.id, exc)
+            self._finish(handle, "failed", error=exc)
+            return
+        if token is None:
+            self._finish(handle, "completed", value=stepper.output(reference))
+            return
+        member = _Active(handle, stepper, reference, token)
+        group = self._groups.get(request.adapter)
+        if group is None:
+            self._groups[request.adapter] = _Group(request.adapter, state, [member])
+            return
+        try:
+            group.state = concat_states(group.state, state)
+        except Exception as exc:  # e.g. a prefill_fn returning an incompatible cache
+            logger.warning("request %d cannot join the batch: %s", handle.id, exc)
+            self._finish(handle, "failed", error=exc)
+            return
+        group.members.append(member)
+
+    def _prefill(self, request: GenerationRequest, model: torch.nn.Module) -> PrefillState:
+        if request.prefill_fn is not None:
+            state = request.prefill_fn(model, request.prompt_ids)
+        else:
+            state = prefill(model, request.prompt_ids, pad_token_id=self.pad_token_id)
+        if state.num_rows != request.num_rows:
+            raise ValueError(f"prefill_fn returned {state.num_rows} rows for {request.num_rows} prompts.")
+        return state
+
+    def _choose(self, handle: RequestHandle, stepper: RagTokenStepper, next_logprobs: torch.Tensor) -> int | None:
+        token = stepper.step(next_logprobs)
+        handle.new_tokens += 1
+        if handle.first_token_at is None:
+            handle.first_token_at = time.monotonic()
+        with self._cv:
+            self._counts["tokens"] += 1
+        return token
+
+    def _beam_call(self, request: GenerationRequest, model: torch.nn.Module) -> RagTokenOutput:
+        prefill_fn = request.prefill_fn
+        if prefill_fn is not None:
+            raise ValueError("beam search requests run rag_token_generate, which has no prefill_fn; drop prefill_fn.")
+        return rag_token_generate(
+            model, request.prompt_ids, request.doc_logprobs, max_new_tokens=request.max_new_tokens,
+            eos_token_ids=request.eos_token_ids, strategy="beam", num_beams=request.num_beams,
+            pad_token_id=self.pad_token_id, reference_ids=request.reference_ids,
+        )
+
+    def _drop_cancelled(self) -> None:
+        now = time.monotonic()
+        for group in list(self._groups.values()):
+            gone = [m for m in group.members if m.handle.cancel_requested or m.handle._expired(now)]
+            if gone:
+                self._remove(group, {id(m) for m in gone})
+                for member in gone:
+                    self._finish_dropped(member.handle, now)
+
+    def _step(self, group: _Group) -> None:
+        """One forward of every row of ``group``, then every member chooses its next token."""
+        tokens = torch.cat([torch.full((m.handle.rows,), m.pending, dtype=torch.long) for m in group.members])
+        start = time.perf_counter()
+        try:
+            with self.session(group.adapter) as model:
+                _advance(model, group.state, tokens)
+        except Exception as exc:  # fail this forward's requests, keep serving
+            logger.exception("a batched forward of %d rows (adapter %s) failed", group.rows, group.adapter)
+            del self._groups[group.adapter]
+            error = SchedulerError(f"the batched forward failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            for member in group.members:
+                self._finish(member.handle, "failed", error=error)
+            return
+        seconds = time.perf_counter() - start
+        with self._cv:
+            self._last_step_rows = group.rows
+            self._counts["steps"] += 1
+        if self.on_step is not None:
+            self.on_step(group.rows, seconds)
+        offset, leaving, finished = 0, set(), []
+        for member in group.members:
+            rows = member.handle.rows
+            try:
+                token = self._choose(member.handle, member.stepper, group.state.next_logprobs[offset : offset + rows])
+            except Exception as exc:  # a stream callback or stop rule of this request
+                logger.warning("request %d failed: %s", member.handle.id, exc)
+                leaving.add(id(member))
+                finished.append((member, "failed", exc))
+            else:
+                if token is None:
+                    leaving.add(id(member))
+                    finished.append((member, "completed", None))
+                else:
+                    member.pending = token
+            offset += rows
+        if leaving:
+            self._remove(group, leaving)
+        for member, outcome, error in finished:
+            value = member.stepper.output(member.reference) if outcome == "completed" else None
+            self._finish(member.handle, outcome, value=value, error=error)
+
+    def _remove(self, group: _Group, leaving: set[int]) -> None:
+        """Drop the rows of the members whose ``id()`` is in ``leaving``."""
+        rows, kept, offset = [], [], 0
+        for member in group.members:
+            if id(member) not in leaving:
+                kept.append(member)
+                rows.extend(range(offset, offset + member.handle.rows))
+            offset += member.handle.rows
+        group.members = kept
+        if kept:
+            keep_rows(group.state, rows)
+        else:
+            del self._groups[group.adapter]
+
+    # -- completion -------------------------------------------------------------------------
+    def _finish_dropped(self, handle: RequestHandle, now: float) -> None:
+        if handle.cancel_requested:
+            self._finish(handle, "cancelled", error=RequestCancelledError(f"request {handle.id} was cancelled."))
+        else:
+            waited = now - handle.submitted_at
+            self._finish(handle, "expired", error=DeadlineExceededError(
+                f"request {handle.id} passed its deadline after {waited:.2f} s "
+                f"({handle.new_tokens} tokens generated); raise deadline_s or retry when the server is less busy."
+            ))
+
+    def _finish(self, handle: RequestHandle, outcome: str, *, value: Any = None, error: BaseException | None = None) -> None:
+        now = time.monotonic()
+        with self._cv:
+            if handle.admitted_at is not None:  # it held rows (or was being admitted)
+                self._counts["active_rows"] -= handle.rows
+                self._counts["active_requests"] -= 1
+            self._counts["failed" if outcome == "closed" else outcome] += 1
+        if error is not None:
+            handle._future.set_exception(error)
+        else:
+            handle._future.set_result(value)
+        if self.on_request_done is not None:
+            try:
+                self.on_request_done(RequestMetrics(
+                    outcome=outcome, adapter=handle.adapter, rows=handle.rows, new_tokens=handle.new_tokens,
+                    queued_s=(handle.admitted_at or now) - handle.submitted_at, ttft_s=handle.ttft_s,
+                    total_s=now - handle.submitted_at,
+                ))
+            except Exception:  # a metrics hook must not break serving
+                logger.exception("on_request_done raised")

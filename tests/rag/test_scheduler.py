@@ -1,0 +1,393 @@
+"""rag.scheduler on a tiny random Llama built in-process: batched answers equal solo answers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rag.decoding import _advance, prefill, rag_token_generate
+from rag.scheduler import (
+    DeadlineExceededError,
+    GenerationRequest,
+    QueueFullError,
+    RequestCancelledError,
+    Scheduler,
+    SchedulerClosedError,
+    SchedulerError,
+    concat_states,
+    keep_rows,
+    model_session,
+)
+
+VOCAB = 32
+EOS = [2]
+PROMPTS_4 = [[1, 5, 6, 7, 8, 9, 4], [3, 4], [9, 10, 11, 12], [7]]
+PROMPTS_4B = [[11, 3, 3], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30], [5], [6, 6]]
+DOC_4 = torch.log_softmax(torch.tensor([0.9, 0.1, -0.4, 0.3]), dim=0)
+DOC_4B = torch.log_softmax(torch.tensor([-0.2, 0.5, 0.0, 1.1]), dim=0)
+WAIT = 20.0  # seconds: a generous bound on any result() in these tests
+
+
+def _tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=128,
+    )
+    model = LlamaForCausalLM(config).float().eval()
+    with torch.no_grad():  # sharper distributions so that greedy choices are not near-ties
+        model.lm_head.weight.mul_(8.0)
+    return model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def model() -> LlamaForCausalLM:
+    return _tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def peft_model():
+    """The tiny model with two random (non-zero) LoRA adapters, "a" and "b"."""
+    base = _tiny_llama(seed=3)
+    torch.manual_seed(4)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    wrapped = get_peft_model(base, cfg, adapter_name="a")
+    wrapped.add_adapter("b", cfg)
+    return wrapped.eval()
+
+
+@pytest.fixture
+def make_scheduler():
+    made: list[Scheduler] = []
+
+    def make(session, **kwargs) -> Scheduler:
+        made.append(Scheduler(session, **kwargs))
+        return made[-1]
+
+    yield make
+    for scheduler in made:
+        scheduler.close()
+        assert not scheduler.running
+
+
+def _stop_after(n: int):
+    return lambda ids: len(ids) >= n
+
+
+def _solo(model, req: GenerationRequest):
+    return rag_token_generate(
+        model, req.prompt_ids, req.doc_logprobs, max_new_tokens=req.max_new_tokens, eos_token_ids=req.eos_token_ids,
+        strategy=req.strategy, num_beams=req.num_beams, temperature=req.temperature, top_p=req.top_p,
+        reference_ids=req.reference_ids, stop=req.stop,
+        generator=None if req.generator is None else torch.Generator().manual_seed(req.generator.initial_seed()),
+    )
+
+
+def _assert_same(got, want) -> None:
+    assert got.token_ids == want.token_ids
+    assert got.logprob == pytest.approx(want.logprob, abs=1e-5)
+    assert got.doc_contributions == pytest.approx(want.doc_contributions, abs=1e-5)
+    if want.reference_logprob is None:
+        assert got.reference_logprob is None
+    else:
+        assert got.reference_logprob == pytest.approx(want.reference_logprob, abs=1e-5)
+
+
+class _Gate:
+    """A stream callback that blocks the scheduler thread at the n-th token until released."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.seen = at, []
+        self.reached, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, token: int) -> None:
+        self.seen.append(token)
+        if len(self.seen) == self.at:
+            self.reached.set()
+            assert self.release.wait(WAIT), "the test never released the gate"
+
+
+# --------------------------------------------------------------------------- batch layout helpers
+
+
+class TestBatchLayout:
+    def test_concat_then_advance_equals_separate_states(self, model):
+        a, b = prefill(model, PROMPTS_4[:2]), prefill(model, PROMPTS_4B[1:3])  # lengths 7 and 11
+        sep_a, sep_b = prefill(model, PROMPTS_4[:2]), prefill(model, PROMPTS_4B[1:3])
+        merged = concat_states(a, b)
+        assert merged.attention_mask.shape == (4, 11)
+        assert merged.past_key_values.get_seq_length() == 11
+        tokens = torch.tensor([4, 4, 9, 9])
+        _advance(model, merged, tokens)
+        _advance(model, sep_a, tokens[:2])
+        _advance(model, sep_b, tokens[2:])
+        torch.testing.assert_close(merged.next_logprobs, torch.cat([sep_a.next_logprobs, sep_b.next_logprobs]),
+                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(merged.next_positions, torch.cat([sep_a.next_positions, sep_b.next_positions]))
+
+    def test_keep_rows_drops_columns_padded_in_every_row(self, model):
+        merged = concat_states(prefill(model, [[3, 4]]), prefill(model, [PROMPTS_4B[1]]))  # lengths 2 and 11
+        alone = prefill(model, [[3, 4]])
+        keep_rows(merged, [0])
+        assert merged.attention_mask.shape == (1, 2)
+        assert merged.past_key_values.get_seq_length() == 2
+        _advance(model, merged, torch.tensor([7]))
+        _advance(model, alone, torch.tensor([7]))
+        torch.testing.assert_close(merged.next_logprobs, alone.next_logprobs, atol=1e-5, rtol=0)
+
+    def test_keep_rows_reorders_and_rejects_empty(self, model):
+        state = prefill(model, PROMPTS_4)
+        first = state.next_logprobs.clone()
+        keep_rows(state, [2, 0])
+        torch.testing.assert_close(state.next_logprobs, first[[2, 0]])
+        assert state.attention_mask.shape == (2, 7)  # row 0 (length 7) is still there
+        with pytest.raises(ValueError, match="at least one row"):
+            keep_rows(state, [])
+
+
+# --------------------------------------------------------------------------- batched == solo
+
+
+class TestBatchedEqualsSolo:
+    def test_staggered_requests_of_different_shapes(self, model, make_scheduler):
+        reqs = [
+            GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=9, eos_token_ids=[], reference_ids=[5, 9, 2]),
+            GenerationRequest([PROMPTS_4B[1]], torch.zeros(1), max_new_tokens=6, eos_token_ids=EOS,
+                              reference_ids=[3]),  # "stuff": K=1
+            GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=12, eos_token_ids=[], stop=_stop_after(5)),
+            GenerationRequest([[4, 4, 4, 1]], torch.zeros(1), max_new_tokens=3, eos_token_ids=[]),
+            GenerationRequest(PROMPTS_4[1:], DOC_4[1:] - torch.logsumexp(DOC_4[1:], 0), max_new_tokens=7,
+                              eos_token_ids=[], reference_ids=[8, 8]),
+        ]
+        want = [_solo(model, r) for r in reqs]
+        gate = _Gate(at=2)
+        reqs[0].stream_callback = gate
+        rows_per_step: list[int] = []
+        scheduler = make_scheduler(model_session(model), on_step=lambda rows, s: rows_per_step.append(rows))
+        first = [scheduler.submit(reqs[0]), scheduler.submit(reqs[1])]
+        done_at: list[float] = []
+        first[0].add_done_callback(lambda h: done_at.append(time.monotonic()))
+        assert gate.reached.wait(WAIT)  # request 0 has two tokens: the others join mid-decode
+        later = [scheduler.submit(r) for r in reqs[2:]]
+        gate.release.set()
+        handles = first + later
+        for handle, expected in zip(handles, want):
+            _assert_same(handle.result(WAIT), expected)
+        assert all(h.admitted_at < done_at[0] for h in later)
+        assert max(rows_per_step) >= 4 + 4 + 1  # request 0 decoded in one forward with later requests
+        stats = scheduler.stats()
+        assert stats.completed == 5 and stats.active_rows == 0 and stats.active_requests == 0
+        assert stats.tokens_generated == sum(len(w.token_ids) for w in want)
+        assert all(h.ttft_s is not None and h.ttft_s >= 0 for h in handles)
+
+    def test_eos_and_sampling_match_solo(self, model, make_scheduler):
+        free = rag_token_generate(model, PROMPTS_4, DOC_4, max_new_tokens=6, eos_token_ids=[])
+        eos = [free.token_ids[2]]  # forces an early stop on an eos token
+        reqs = [
+            GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=6, eos_token_ids=eos),
+            GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=8, eos_token_ids=[], strategy="sample",
+                              temperature=0.8, top_p=0.9, generator=torch.Generator().manual_seed(7)),
+        ]
+        want = [_solo(model, r) for r in reqs]
+        reqs[1].generator = torch.Generator().manual_seed(7)  # the solo run drew from a copy: start afresh
+        scheduler = make_scheduler(model_session(model))
+        handles = [scheduler.submit(r) for r in reqs]
+        got = [h.result(WAIT) for h in handles]
+        assert got[0].token_ids[-1] == eos[0] and len(got[0].token_ids) == 3
+        for g, w in zip(got, want):
+            _assert_same(g, w)
+
+    def test_beam_request_runs_solo_and_matches(self, model, make_scheduler):
+        req = GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=5, eos_token_ids=[], strategy="beam", num_beams=3,
+                                reference_ids=[4])
+        want = _solo(model, req)
+        scheduler = make_scheduler(model_session(model))
+        greedy = scheduler.submit(GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=6, eos_token_ids=[]))
+        _assert_same(scheduler.submit(req).result(WAIT), want)
+        assert len(greedy.result(WAIT).token_ids) == 6
+
+    def test_two_adapters_and_the_base_model_in_one_run(self, peft_model, make_scheduler):
+        specs = [("a", PROMPTS_4, DOC_4, 7), (None, PROMPTS_4B, DOC_4B, 8), ("b", PROMPTS_4, DOC_4, 6),
+                 ("a", [PROMPTS_4B[1]], torch.zeros(1), 5), (None, [[9, 9, 1]], torch.zeros(1), 4)]
+        reqs = [GenerationRequest(p, d, max_new_tokens=n, eos_token_ids=[], adapter=a, reference_ids=[3, 3])
+                for a, p, d, n in specs]
+        session = model_session(peft_model)
+        want = []
+        for r in reqs:
+            with session(r.adapter) as m:
+                want.append(_solo(m, r))
+        # the adapters really change the answers (else this test could not fail)
+        assert want[0].logprob != pytest.approx(want[2].logprob, abs=1e-3)
+        with session(None) as m:
+            base_0 = _solo(m, reqs[0])
+        assert base_0.logprob != pytest.approx(want[0].logprob, abs=1e-3)
+
+        gate = _Gate(at=2)
+        reqs[0].stream_callback = gate
+        scheduler = make_scheduler(session)
+        first = scheduler.submit(reqs[0])
+        assert gate.reached.wait(WAIT)
+        handles = [first] + [scheduler.submit(r) for r in reqs[1:]]
+        gate.release.set()
+        for handle, expected in zip(handles, want):
+            _assert_same(handle.result(WAIT), expected)
+
+
+# --------------------------------------------------------------------------- backpressure and failures
+
+
+class TestBackpressure:
+    def test_cancel_frees_rows_for_the_next_request(self, model, make_scheduler):
+        gate = _Gate(at=1)
+        scheduler = make_scheduler(model_session(model), max_batch_rows=4)
+        long = scheduler.submit(GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=60, eos_token_ids=[],
+                                                  stream_callback=gate))
+        assert gate.reached.wait(WAIT)
+        nxt_req = GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=4, eos_token_ids=[])
+        nxt = scheduler.submit(nxt_req)
+        assert scheduler.stats().queue_depth == 1  # 4 rows busy: it waits
+        long.cancel()
+        gate.release.set()
+        with pytest.raises(RequestCancelledError):
+            long.result(WAIT)
+        _assert_same(nxt.result(WAIT), _solo(model, nxt_req))
+        assert len(gate.seen) < 60
+        stats = scheduler.stats()
+        assert stats.cancelled == 1 and stats.completed == 1 and stats.active_rows == 0
+
+    def test_cancel_while_waiting(self, model, make_scheduler):
+        gate = _Gate(at=1)
+        scheduler = make_scheduler(model_session(model), max_batch_rows=4)
+        busy = scheduler.submit(GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=3, eos_token_ids=[],
+                                                  stream_callback=gate))
+        assert gate.reached.wait(WAIT)
+        queued = scheduler.submit(GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=3, eos_token_ids=[]))
+        queued.cancel()
+        gate.release.set()
+        with pytest.raises(RequestCancelledError):
+            queued.result(WAIT)
+        assert queued.admitted_at is None
+        assert len(busy.result(WAIT).token_ids) == 3
+
+    def test_queue_full(self, model, make_scheduler):
+        gate = _Gate(at=1)
+        scheduler = make_scheduler(model_session(model), max_batch_rows=4, max_queue=1)
+        busy = scheduler.submit(GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=3, eos_token_ids=[],
+                                                  stream_callback=gate))
+        assert gate.reached.wait(WAIT)
+        waiting = scheduler.submit(GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=2, eos_token_ids=[]))
+        with pytest.raises(QueueFullError, match="max_queue=1"):
+            scheduler.submit(GenerationRequest([[1]], torch.zeros(1), max_new_tokens=2, eos_token_ids=[]))
+        gate.release.set()
+        assert len(busy.result(WAIT).token_ids) == 3
+        assert len(waiting.result(WAIT).token_ids) == 2
+        assert scheduler.stats().rejected == 1
+        with pytest.raises(ValueError, match="max_batch_rows"):
+            scheduler.submit(GenerationRequest(PROMPTS_4 + [[1]], torch.zeros(5), max_new_tokens=2))
+
+    def test_deadline_fails_the_request_and_frees_its_rows(self, model, make_scheduler):
+        def slow(token: int) -> None:  # a slow client-side stream
+            time.sleep(0.05)
+
+        scheduler = make_scheduler(model_session(model), max_batch_rows=4)
+        late = scheduler.submit(GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=60, eos_token_ids=[],
+                                                  stream_callback=slow, deadline_s=0.2))
+        after_req = GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=4, eos_token_ids=[])
+        after = scheduler.submit(after_req)
+        with pytest.raises(DeadlineExceededError, match="deadline"):
+            late.result(WAIT)
+        assert late.new_tokens < 60
+        _assert_same(after.result(WAIT), _solo(model, after_req))
+        assert scheduler.stats().expired == 1
+
+
+class TestFailures:
+    def test_a_failing_request_does_not_affect_the_others(self, model, make_scheduler):
+        def bad_stop(ids):
+            if len(ids) == 2:
+                raise KeyError("stop rule bug")
+            return False
+
+        def bad_prefill(m, prompts):
+            raise RuntimeError("prefix cache unavailable")
+
+        good_req = GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=7, eos_token_ids=[])
+        want = _solo(model, good_req)
+        gate = _Gate(at=1)
+        good_req.stream_callback = gate
+        scheduler = make_scheduler(model_session(model))
+        good = scheduler.submit(good_req)
+        assert gate.reached.wait(WAIT)
+        bad = scheduler.submit(GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=7, eos_token_ids=[], stop=bad_stop))
+        broken = scheduler.submit(GenerationRequest([[1, 2]], torch.zeros(1), max_new_tokens=3, prefill_fn=bad_prefill))
+        gate.release.set()
+        with pytest.raises(KeyError, match="stop rule bug"):
+            bad.result(WAIT)
+        with pytest.raises(RuntimeError, match="prefix cache unavailable"):
+            broken.result(WAIT)
+        _assert_same(good.result(WAIT), want)
+        assert scheduler.running and scheduler.stats().failed == 2
+
+    def test_a_failing_forward_fails_its_batch_and_the_loop_goes_on(self, model, make_scheduler):
+        plain = model_session(model)
+        broken = threading.Event()
+
+        @contextmanager
+        def session(adapter):
+            with plain(adapter) as m:
+                if broken.is_set():
+                    broken.clear()
+                    raise RuntimeError("device lost")
+                yield m
+
+        def break_next_forward(token):
+            broken.set()
+
+        scheduler = make_scheduler(session)
+        victim = scheduler.submit(GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=5, eos_token_ids=[],
+                                                    stream_callback=break_next_forward))
+        with pytest.raises(SchedulerError, match="batched forward failed: RuntimeError: device lost"):
+            victim.result(WAIT)
+        req = GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=4, eos_token_ids=[])
+        _assert_same(scheduler.submit(req).result(WAIT), _solo(model, req))
+
+    def test_close_fails_pending_requests_and_stops_the_thread(self, model):
+        gate = _Gate(at=1)
+        scheduler = Scheduler(model_session(model), max_batch_rows=4)
+        active = scheduler.submit(GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=50, eos_token_ids=[],
+                                                    stream_callback=gate))
+        assert gate.reached.wait(WAIT)
+        waiting = scheduler.submit(GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=3, eos_token_ids=[]))
+        closer = threading.Thread(target=scheduler.close)
+        closer.start()
+        time.sleep(0.05)
+        gate.release.set()
+        closer.join(WAIT)
+        assert not scheduler.running
+        for handle in (active, waiting):
+            with pytest.raises(SchedulerClosedError):
+                handle.result(WAIT)
+        with pytest.raises(SchedulerClosedError):
+            scheduler.submit(GenerationRequest([[1]], torch.zeros(1), max_new_tokens=1))
+
+    def test_request_validation(self):
+        with pytest.raises(ValueError, match="strategy"):
+            GenerationRequest([[1]], torch.zeros(1), max_new_tokens=2, strategy="nucleus")
+        with pytest.raises(ValueError, match="one log p"):
+            GenerationRequest([[1], [2]], torch.zeros(1), max_new_tokens=2)
+        with pytest.raises(ValueError, match="deadline_s"):
+            GenerationRequest([[1]], torch.zeros(1), max_new_tokens=2, deadline_s=0)
