@@ -26,24 +26,28 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 #: Counters: name (as exposed, with ``_total``) -> (help, label names).
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "ragqa_http_requests_total": ("HTTP requests by method, route template and status code.", ("method", "route", "status")),
-    "ragqa_answers_total": ("Answers given, by endpoint, mode and whether the system abstained.", ("endpoint", "mode", "abstained")),
+    "ragqa_http_requests_total": ("HTTP requests by method, route template and status code.",
+                                  ("method", "route", "status")),
+    "ragqa_answers_total": ("Answers given, by endpoint, mode and whether the system abstained.",
+                            ("endpoint", "mode", "abstained")),
     "ragqa_ingest_jobs_total": ("Upload jobs finished, by final status.", ("status",)),
     "ragqa_ingest_files_total": ("Uploaded files processed, by result (added, replaced, unchanged, failed).", ("result",)),
     "ragqa_ingest_chunks_total": ("Chunks written by the ingestion worker.", ()),
-    "ragqa_rejected_requests_total": ("Requests refused before or while answering, by reason "
-                                      "(queue_full, rate_limited, quota, deadline).", ("reason",)),
+    "ragqa_rejected_requests_total": (("Requests refused before or while answering, by reason "
+                                       "(queue_full, rate_limited, quota, deadline)."), ("reason",)),
     "ragqa_generated_tokens_total": ("Tokens generated for answers.", ()),
-    "ragqa_generation_seconds_total": ("Seconds spent generating answers (prefill and decode, summed over requests); "
-                                       "tokens/s per request = rate(tokens) / rate(seconds).", ()),
+    "ragqa_generation_seconds_total": (("Seconds spent generating answers (prefill and decode, summed over requests); "
+                                        "tokens/s per request = rate(tokens) / rate(seconds)."), ()),
     "ragqa_decode_seconds_total": ("Wall-clock seconds of the scheduler's batched decode steps.", ()),
 }
 
 #: Histograms: name -> (help, label names, buckets).
 HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
-    "ragqa_http_request_duration_seconds": ("HTTP request latency (to the last byte sent).", ("method", "route"), LATENCY_BUCKETS),
+    "ragqa_http_request_duration_seconds": ("HTTP request latency (to the last byte sent).", ("method", "route"),
+                                            LATENCY_BUCKETS),
     "ragqa_answer_duration_seconds": ("Time to answer a question (retrieval + generation).", ("endpoint",), LATENCY_BUCKETS),
-    "ragqa_time_to_first_token_seconds": ("From the start of a streamed answer to its first token.", ("endpoint",), LATENCY_BUCKETS),
+    "ragqa_time_to_first_token_seconds": ("From the start of a streamed answer to its first token.", ("endpoint",),
+                                          LATENCY_BUCKETS),
     "ragqa_batch_rows": ("Rows in one batched decode step (all active requests together).", (), ROW_BUCKETS),
 }
 

@@ -46,7 +46,7 @@ class LimitsConfig(BaseModel):
     request gets 429 with ``Retry-After``. Counts live in the server process and restart at zero.
     """
 
-    ask_per_key: str | None = Field(None, description="Questions (POST /v1/ask and /v1/chat/completions) per key, e.g. '30/minute'.")
+    ask_per_key: str | None = Field(None, description="Questions (POST /v1/ask, /v1/chat/completions) per key, e.g. '30/minute'.")
     upload_per_key: str | None = Field(None, description="Upload requests (POST .../documents) per key, e.g. '10/minute'.")
     quota_per_key: str | None = Field(None, description="Questions per key over a long period, e.g. '2000/day' (a fixed window).")
     strategy: Literal["moving-window", "fixed-window", "sliding-window-counter"] = Field(

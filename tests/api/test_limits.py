@@ -179,7 +179,8 @@ def test_full_queue_answers_503_with_retry_after(unlimited, monkeypatch):
     # a stream has started already: the refusal is its error event
     r = c.post("/v1/ask", json={**ASK, "stream": True}, headers=h)
     assert r.status_code == 200
-    assert sse_events(r.text)[-1] == ("error", {"error": {"code": "server_busy", "message": str(ServerBusyError(retry_after_s=6.2))}})
+    message = str(ServerBusyError(retry_after_s=6.2))
+    assert sse_events(r.text)[-1] == ("error", {"error": {"code": "server_busy", "message": message}})
     assert rejected(env, "queue_full") == before + 3
 
 
