@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.backpressure import install_backpressure
 from api.errors import install_handlers
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import adapters, ask, collections, documents, feedback, health, jobs, openai
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool = True) -
     app.state.settings = settings
     app.state.metrics = metrics
     install_handlers(app)
+    install_backpressure(app, settings, metrics)  # rate limiter; 503/504 for a full queue or a missed deadline
     for module in (health, collections, documents, jobs, ask, feedback, adapters, openai):
         app.include_router(module.router)
     mount_web_ui(app)

@@ -21,8 +21,9 @@ from typing import Any
 
 from api.answers import AnswerLog
 from api.auth import ApiKey, KeyStore
+from api.backpressure import Deadline, refusal
 from api.db import server_db_path
-from api.errors import NotFound, PayloadTooLarge, Unprocessable, UnsupportedMediaType, from_core
+from api.errors import ApiError, NotFound, PayloadTooLarge, Unprocessable, UnsupportedMediaType, from_core
 from api.factory import RagStack
 from api.jobs import IngestWorker, JobStore, UploadStorage, WriterGate, new_job_id, sanitize_filename
 from api.metrics import Metrics
@@ -40,6 +41,7 @@ from api.schemas import (
 )
 from api.settings import Settings
 from ingest.errors import IngestError
+from rag.serving_errors import ServingError
 
 logger = logging.getLogger(__name__)
 
@@ -254,11 +256,14 @@ class RagService:
         from rag.retriever import RetrieverError
 
         t0 = time.perf_counter()
+        on_token = self.metrics.first_token_timer(on_token, t0, endpoint=endpoint)
         try:
             with self.readers.lease(collection) as (coll, generation):
                 ans = self.qa.answer(coll, question, mode=mode, k=k, adapter=adapter, on_token=on_token)
         except (IngestError, QAError, AdapterError, RetrieverError) as exc:
             raise from_core(exc) from exc
+        except ServingError as exc:  # queue full or deadline passed: 503 / 504
+            raise refusal(exc, self.settings.serving, self.metrics) from exc
         out = ans.to_dict()
         k_used = k if k is not None else self.settings.retriever.k
         self.answers.log(out, generation=generation, k=k_used, endpoint=endpoint, key_id=key.key_id)
@@ -267,12 +272,14 @@ class RagService:
         out["timings"] = {**out.get("timings", {}), "server_s": time.perf_counter() - t0}
         self.metrics.inc("ragqa_answers_total", endpoint=endpoint, mode=out["mode"], abstained=str(out["abstained"]).lower())
         self.metrics.observe("ragqa_answer_duration_seconds", out["timings"]["server_s"], endpoint=endpoint)
+        self.metrics.record_generation(out.get("generated_tokens", 0), out["timings"].get("generate_s", 0.0))
         return AnswerPublic.model_validate(out)
 
     async def answer_async(self, key: ApiKey, collection: str, question: str, **kw: Any) -> AnswerPublic:
         from starlette.concurrency import run_in_threadpool
 
-        return await run_in_threadpool(lambda: self.answer(key, collection, question, **kw))
+        deadline = Deadline(self.settings.serving, self.metrics)  # serving.request_timeout_s: then 504
+        return await deadline.wait(run_in_threadpool(lambda: self.answer(key, collection, question, **kw)))
 
     async def answer_events(self, key: ApiKey, collection: str, question: str, **kw: Any) -> AsyncIterator[tuple[str, Any]]:
         """``("token", text)`` as the answer is generated, then ``("answer", AnswerPublic)`` or ``("error", ApiError)``."""
@@ -293,10 +300,15 @@ class RagService:
             finally:
                 put(("end", None))
 
+        deadline = Deadline(self.settings.serving, self.metrics)
         future = loop.run_in_executor(None, work)
         try:
             while True:
-                kind, payload = await queue.get()
+                try:
+                    kind, payload = await deadline.wait(queue.get())
+                except ApiError as exc:  # the deadline passed: the stream ends with a 504 error event
+                    yield "error", exc
+                    break
                 if kind == "end":
                     break
                 yield kind, payload

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from ingest.config import IngestConfig
@@ -38,6 +39,41 @@ class ServerConfig(BaseModel):
     writer_wait_s: float = Field(30.0, ge=0, description="How long a delete waits for the ingestion worker to pause.")
 
 
+class LimitsConfig(BaseModel):
+    """Per-API-key rate limits and quotas (the `limits` library, in memory). Each is off while None.
+
+    A limit is a string such as ``"30/minute"``, ``"10 per hour"`` or ``"2000/day"``. Over a limit the
+    request gets 429 with ``Retry-After``. Counts live in the server process and restart at zero.
+    """
+
+    ask_per_key: str | None = Field(None, description="Questions (POST /v1/ask, /v1/chat/completions) per key, e.g. '30/minute'.")
+    upload_per_key: str | None = Field(None, description="Upload requests (POST .../documents) per key, e.g. '10/minute'.")
+    quota_per_key: str | None = Field(None, description="Questions per key over a long period, e.g. '2000/day' (a fixed window).")
+    strategy: Literal["moving-window", "fixed-window", "sliding-window-counter"] = Field(
+        "moving-window", description="How ask_per_key and upload_per_key count: moving-window is exact, the others cheaper.")
+
+    @field_validator("ask_per_key", "upload_per_key", "quota_per_key")
+    @classmethod
+    def _parse(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a rate limit; write it as '<count>/<second|minute|hour|day|month>', "
+                             f"e.g. '30/minute' ({exc})") from exc
+        return value.strip()
+
+
+class ServingConfig(BaseModel):
+    """Serving many requests at once: how long a request may take and how a refused client is told to wait."""
+
+    request_timeout_s: float = Field(120.0, gt=0, description="Deadline of one question, queueing included; past it: 504.")
+    busy_retry_after_s: int = Field(2, ge=1, description="Retry-After (seconds) sent with 503 when the request queue is full.")
+
+
 def _yaml_file() -> Path | None:
     explicit = os.environ.get("RAGQA_CONFIG")
     if explicit:
@@ -56,6 +92,8 @@ class Settings(BaseSettings):
     retriever: RetrieverConfig = RetrieverConfig()
     qa: QAConfig = QAConfig()
     server: ServerConfig = ServerConfig()
+    limits: LimitsConfig = LimitsConfig()
+    serving: ServingConfig = ServingConfig()
 
     @classmethod
     def settings_customise_sources(

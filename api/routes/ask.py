@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import KeyDep, ServiceDep
 from api.errors import error_body
+from api.ratelimit import QuestionLimit
 from api.routes import ERRORS
 from api.schemas import AnswerPublic, AskRequest
 
@@ -28,6 +29,7 @@ def sse(event: str, data: Any) -> str:
     "/ask",
     response_model=AnswerPublic,
     summary="Answer a question from a collection, with citations",
+    dependencies=[QuestionLimit],
     responses={200: {"content": {"text/event-stream": {"example": 'event: token\ndata: {"text": "Flat"}\n\n'
                                                                   'event: answer\ndata: {"answer_id": "...", ...}\n\n'}},
                      "description": "The answer; with stream=true, `token` events then one `answer` (or `error`) event."}},

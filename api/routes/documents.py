@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Query, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import KeyDep, ServiceDep
+from api.ratelimit import UploadLimit
 from api.routes import ERRORS
 from api.schemas import Deleted, DocumentsPublic, ErrorBody, JobAccepted
 from api.service import Upload
@@ -20,6 +21,7 @@ router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"]
     response_model=JobAccepted,
     status_code=status.HTTP_202_ACCEPTED,
     summary="Upload files; a background job ingests them (poll GET /v1/jobs/{job_id})",
+    dependencies=[UploadLimit],
     responses={413: {"model": ErrorBody}, 415: {"model": ErrorBody}},
 )
 async def upload_documents(

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import KeyDep, ServiceDep
 from api.errors import Unprocessable, error_body
+from api.ratelimit import QuestionLimit
 from api.routes import ERRORS
 from api.routes.ask import SSE_HEADERS
 from api.schemas import AnswerPublic, ChatCompletionRequest
@@ -68,7 +69,7 @@ def list_models(service: ServiceDep, key: KeyDep) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@router.post("/chat/completions", summary="OpenAI-compatible chat completion over a collection")
+@router.post("/chat/completions", summary="OpenAI-compatible chat completion over a collection", dependencies=[QuestionLimit])
 async def chat_completions(body: ChatCompletionRequest, service: ServiceDep, key: KeyDep):
     collection = collection_of(body.model)
     question = question_of(body)
