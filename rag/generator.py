@@ -139,11 +139,14 @@ class Generator:
         return eos, idk
 
     def _maybe_int8_decode(self, model) -> int:
+        """int8 decode weights on the CPU, for bf16 (``torch._weight_int8pack_mm``) and float32 models
+        (fbgemm's dynamic int8 linear); see :mod:`rag.int8_decode`."""
         setting = self.config.int8_decode
-        if setting == "off" or (setting == "auto" and not (self.device.type == "cpu" and self.dtype == torch.bfloat16)):
+        on_cpu = self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float32)
+        if setting == "off" or (setting == "auto" and not on_cpu):
             return 0
-        if self.device.type != "cpu" or self.dtype != torch.bfloat16:
-            logger.warning("int8_decode=on needs a bfloat16 model on the CPU (this one: %s on %s); left off",
+        if not on_cpu:
+            logger.warning("int8_decode=on needs a bfloat16 or float32 model on the CPU (this one: %s on %s); left off",
                            self.dtype, self.device)
             return 0
         from rag.int8_decode import convert_for_int8_decode

@@ -92,7 +92,9 @@ def test_convert_keeps_tied_weights_and_skips_unsupported_shapes():
     assert not isinstance(odd.model.layers[0].self_attn.q_proj, Int8DecodeLinear)
     assert isinstance(odd.model.layers[0].mlp.down_proj, Int8DecodeLinear)  # K = 80
     assert converted == 2  # the two down projections
-    assert convert_for_int8_decode(_tiny_bf16_llama().float()) == 0  # float32 weights: left alone
+    f32 = _tiny_bf16_llama(hidden=40).float()  # float32 weights: fbgemm's kernel takes any K
+    assert convert_for_int8_decode(f32) == n_linear
+    assert f32.lm_head.weight is f32.model.embed_tokens.weight
 
 
 @torch.inference_mode()
@@ -145,7 +147,30 @@ def test_generator_setting(tiny_llm, tmp_path, caplog):
 
     assert layers(dtype="bfloat16", int8_decode="auto") > 0
     assert layers(dtype="bfloat16", int8_decode="off") == 0
-    assert layers(dtype="float32", int8_decode="auto") == 0
+    assert layers(dtype="float32", int8_decode="auto") > 0
+    assert layers(dtype="float32", int8_decode="off") == 0
     with caplog.at_level(logging.WARNING, logger="rag.generator"):
-        assert layers(dtype="float32", int8_decode="on") == 0
-    assert "needs a bfloat16 model" in caplog.text
+        assert layers(dtype="float16", int8_decode="on") == 0
+    assert "needs a bfloat16 or float32 model" in caplog.text
+
+
+@torch.inference_mode()
+def test_float32_few_rows_read_int8_and_decoding_stays_close():
+    """float32 models: decode steps use fbgemm's dynamic int8 linear, prefill keeps float32 weights."""
+    prompts = [list(range(1, 15)), list(range(20, 32)), list(range(40, 56))]
+    reference = _tiny_bf16_llama().float()
+    model = _tiny_bf16_llama().float()
+    convert_for_int8_decode(model)
+    layer = model.model.layers[0].mlp.down_proj
+    few = torch.randn(2, layer.in_features)
+    assert not torch.equal(layer(few), torch.nn.functional.linear(few, layer.weight, layer.bias))  # really int8
+    assert torch.allclose(layer(few), torch.nn.functional.linear(few, layer.weight, layer.bias), atol=0.05, rtol=0.05)
+    many = torch.randn(MAX_INT8_ROWS + 1, layer.in_features)
+    assert torch.equal(layer(many), torch.nn.functional.linear(many, layer.weight, layer.bias))  # float32 path
+    ref, got = prefill(reference, prompts), prefill(model, prompts)
+    for a, b in zip(ref.past_key_values.layers, got.past_key_values.layers):  # prefill: float32 weights in both
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    for token in (17, 40):
+        _advance(reference, ref, torch.full((3,), token))
+        _advance(model, got, torch.full((3,), token))
+        assert (ref.next_logprobs.exp() - got.next_logprobs.exp()).abs().max() < 0.02
