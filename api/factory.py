@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the real imports are inside the builders: importing this mo
     from rag.generator import Generator
     from rag.qa import QAPipeline
     from rag.retriever import Retriever
+    from rag.scheduler import Scheduler
 
 
 @dataclass
@@ -62,6 +63,27 @@ class RagStack:
         from rag.qa import QAPipeline
 
         return QAPipeline(self.retriever, self.generator, self.settings.qa)
+
+    @cached_property
+    def scheduler(self) -> Scheduler:
+        """The continuous-batching scheduler that owns the generator's model (the server's; ``close()`` it)."""
+        from rag.scheduler import Scheduler
+
+        s = self.settings.serving
+        gen = self.generator.warm_up()
+        return Scheduler(
+            gen.session, max_batch_rows=s.max_batch_rows, max_queue=s.max_queue,
+            pad_token_id=gen.tokenizer.pad_token_id, max_prefills_per_step=s.max_prefills_per_step,
+        )
+
+    @cached_property
+    def serving_qa(self) -> QAPipeline:
+        """The server's QA pipeline: answers go through :attr:`scheduler` when ``serving.batching`` is on
+        (concurrent answers share decode steps), else each holds the model alone like :attr:`qa`."""
+        from rag.qa import QAPipeline
+
+        scheduler = self.scheduler if self.settings.serving.batching else None
+        return QAPipeline(self.retriever, self.generator, self.settings.qa, scheduler=scheduler)
 
     def warm_up(self) -> RagStack:
         """Load the embedder and the generator now rather than on the first question."""

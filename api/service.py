@@ -10,9 +10,11 @@ only translate HTTP.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from api.schemas import (
 from api.settings import Settings
 from ingest.errors import IngestError
 from rag.serving_errors import ServingError
+from rag.scheduler import RequestCancelledError
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +262,8 @@ class RagService:
         on_token = self.metrics.first_token_timer(on_token, t0, endpoint=endpoint)
         try:
             with self.readers.lease(collection) as (coll, generation):
-                ans = self.qa.answer(coll, question, mode=mode, k=k, adapter=adapter, on_token=on_token)
+                ans = self.qa.answer(coll, question, mode=mode, k=k, adapter=adapter, on_token=on_token,
+                                     deadline_s=self.settings.serving.request_timeout_s)
         except (IngestError, QAError, AdapterError, RetrieverError) as exc:
             raise from_core(exc) from exc
         except ServingError as exc:  # queue full or deadline passed: 503 / 504
@@ -289,10 +293,20 @@ class RagService:
         def put(item) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        left = threading.Event()  # set when the client stops listening
+
+        def token(text: str) -> None:
+            if left.is_set():  # raised in the scheduler thread: the answer fails there and frees its rows
+                raise RequestCancelledError("the client disconnected")
+            put(("token", text))
+
         def work() -> None:
             try:
-                put(("answer", self.answer(key, collection, question, on_token=lambda t: put(("token", t)), **kw)))
+                put(("answer", self.answer(key, collection, question, on_token=token, **kw)))
             except Exception as exc:  # reported in the stream: the response has started
+                if left.is_set():
+                    logger.info("streamed answer stopped: the client disconnected")
+                    return
                 if not hasattr(exc, "code"):
                     logger.exception("streamed answer failed")
                     exc = from_core(exc)
@@ -313,7 +327,8 @@ class RagService:
                     break
                 yield kind, payload
         finally:
-            if not future.done():  # the client left: the answer still completes and is logged
+            if not future.done():  # the client left: stop generating at its next token
+                left.set()
                 future.add_done_callback(lambda f: f.exception())
 
     # -- feedback -----------------------------------------------------------------------
@@ -361,6 +376,8 @@ class RagService:
         )
 
     def close(self) -> None:
+        if self.qa.scheduler is not None:
+            self.qa.scheduler.close()
         self.worker.stop()
         self.readers.close()
         for store in (self.jobs, self.answers, self.keys):
@@ -384,7 +401,7 @@ def build_service(settings: Settings, *, metrics: Metrics | None = None, start_w
     ws = stack.workspace
     ws.collections_dir.mkdir(parents=True, exist_ok=True)
     stack.warm_up()  # load now, not on the first request
-    qa, generator = stack.qa, stack.generator
+    qa, generator = stack.serving_qa, stack.generator
     db = server_db_path(settings.home)
     metrics = metrics or Metrics()
     jobs = JobStore(db)
@@ -397,6 +414,15 @@ def build_service(settings: Settings, *, metrics: Metrics | None = None, start_w
         on_job=lambda status: metrics.inc("ragqa_ingest_jobs_total", status=status),
     )
     metrics.gauge("ragqa_jobs", lambda: {(("status", s),): float(n) for s, n in jobs.counts().items()})
+    if qa.scheduler is not None:
+        scheduler = qa.scheduler
+        scheduler.on_step = metrics.observe_step
+        metrics.watch_scheduler(lambda: {**dataclasses.asdict(scheduler.stats()), "queue_capacity": scheduler.max_queue})
+    cache = generator.prefix_cache
+    metrics.watch_prefix_cache(lambda: {**dataclasses.asdict(cache.stats()), "capacity_bytes": cache.max_bytes})
+    logger.info("serving: batching %s (queue %d, %d rows per step), prefix KV cache %.0f MiB",
+                "on" if qa.scheduler is not None else "off", settings.serving.max_queue,
+                settings.serving.max_batch_rows, cache.max_bytes / 2**20)
     service = RagService(
         settings=settings, workspace=ws, qa=qa, readers=ReaderCache(ws, settings.server.reader_cache), jobs=jobs,
         worker=worker, storage=storage, gate=gate, answers=AnswerLog(db), keys=KeyStore(db), metrics=metrics,

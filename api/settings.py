@@ -72,6 +72,18 @@ class ServingConfig(BaseModel):
 
     request_timeout_s: float = Field(120.0, gt=0, description="Deadline of one question, queueing included; past it: 504.")
     busy_retry_after_s: int = Field(2, ge=1, description="Retry-After (seconds) sent with 503 when the request queue is full.")
+    batching: bool = Field(
+        True,
+        description="Continuous batching: one scheduler thread owns the model and decodes all concurrent answers in "
+        "shared steps (rag.scheduler). Off: every answer holds the model alone, one after the other.",
+    )
+    max_queue: int = Field(64, ge=0, description="Questions that may wait for the model; beyond it: 503 with Retry-After.")
+    max_batch_rows: int = Field(
+        64, ge=1, description="Most rows in one decode forward (K per rag-token answer, 1 per stuff answer)."
+    )
+    max_prefills_per_step: int = Field(
+        4, ge=1, description="Most new answers admitted (prefilled) between two decode steps: bounds the pause of the others."
+    )
 
 
 def _yaml_file() -> Path | None:

@@ -42,7 +42,7 @@ from rag.extract import clean_answer, reply_complete
 from rag.generator import Generator
 from rag.prompts import ABSTAIN_TEXT, is_abstention
 from rag.retriever import Retrieval, Retriever
-from rag.strategies import STRATEGIES, AnswerStrategy, Generated, GenerationRequest
+from rag.strategies import STRATEGIES, AnswerStrategy, BatchedDecoder, Generated, GenerationRequest, SoloDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +126,15 @@ class _TextStreamer:
 class QAPipeline:
     """Retriever + generator. One instance serves many questions (models load once)."""
 
-    def __init__(self, retriever: Retriever, generator: Generator, config: QAConfig | None = None) -> None:
+    def __init__(
+        self, retriever: Retriever, generator: Generator, config: QAConfig | None = None, *, scheduler: Any = None
+    ) -> None:
         self.retriever = retriever
         self.generator = generator
         self.config = config or QAConfig()
+        #: a :class:`rag.scheduler.Scheduler` that owns the model and batches concurrent answers (the
+        #: server), or None: each answer holds the model alone (``Generator.session``; the CLI, eval)
+        self.scheduler = scheduler
         self._query_encoders: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -166,6 +171,7 @@ class QAPipeline:
         titles: list[str] | None = None,
         on_token: Callable[[str], None] | None = None,
         abstain: bool = True,
+        deadline_s: float | None = None,
     ) -> Answer:
         """Answer ``question`` from ``collection``; ``on_token`` receives text as it is generated.
 
@@ -195,9 +201,13 @@ class QAPipeline:
             return self._abstain(ans, reason, t0, t_ret, on_token)
 
         used, request = self._request(strategy, question, retrieval, on_token)
+        request.adapter, request.deadline_s = adapter, deadline_s
         t1 = time.perf_counter()
-        with self.generator.session(adapter) as model:
-            out = strategy.generate(model, self.generator, cfg, request)
+        if self.scheduler is not None:
+            out = strategy.generate(BatchedDecoder(self.scheduler, self.generator, cfg, request), self.generator, cfg, request)
+        else:
+            with self.generator.session(adapter) as model:
+                out = strategy.generate(SoloDecoder(model, self.generator, cfg, request), self.generator, cfg, request)
         t_gen = time.perf_counter() - t1
         self._record_generation(ans, out, retrieval, used)
         ans.timings = {"retrieve_s": t_ret, "generate_s": t_gen, "total_s": time.perf_counter() - t0}

@@ -55,6 +55,9 @@ from typing import Any, Literal
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from rag.errors import RagError
+from rag.serving_errors import DeadlineExceededError as ServingDeadlineError
+from rag.serving_errors import ServerBusyError
 from rag.decoding import (
     PrefillState,
     RagTokenOutput,
@@ -94,16 +97,23 @@ PrefillFn = Callable[[torch.nn.Module, Sequence[Sequence[int]]], PrefillState]
 # --------------------------------------------------------------------------- errors
 
 
-class SchedulerError(RuntimeError):
+class SchedulerError(RagError, RuntimeError):
     """A request could not be served by the scheduler."""
 
 
-class QueueFullError(SchedulerError):
+class QueueFullError(ServerBusyError, SchedulerError):
     """The waiting queue is full: retry later (an HTTP server answers 503 with Retry-After)."""
 
+    def __init__(self, message: str) -> None:
+        ServerBusyError.__init__(self, message)
 
-class DeadlineExceededError(SchedulerError):
+
+class DeadlineExceededError(ServingDeadlineError, SchedulerError):
     """The request's deadline passed before its answer was complete; its rows were freed."""
+
+    def __init__(self, message: str, timeout_s: float | None = None) -> None:
+        Exception.__init__(self, message)
+        self.timeout_s = timeout_s
 
 
 class RequestCancelledError(SchedulerError):

@@ -21,12 +21,16 @@ from typing import Any, ClassVar
 import torch
 
 from rag.config import QAConfig
-from rag.decoding import rag_sequence_generate, rag_token_generate
+from rag.decoding import RagTokenOutput, prefill, rag_sequence_generate, rag_token_generate
 from rag.generator import Generator
+from rag.prefix_cache import PrefixSpec
 
 __all__ = [
     "STRATEGIES",
     "AnswerStrategy",
+    "BatchedDecoder",
+    "Decoder",
+    "SoloDecoder",
     "GenerationRequest",
     "Generated",
     "RagSequenceStrategy",
@@ -65,6 +69,8 @@ class GenerationRequest:
         stream: called with each generated token id (token-by-token modes).
         on_token: the caller's text callback, or None.
         rng: the seeded random generator for sampling, or None.
+        adapter: the LoRA adapter answering (None: the base model); part of the prefix-cache key.
+        deadline_s: seconds the generation may take, queueing included (None: no limit).
     """
 
     question: str
@@ -76,6 +82,8 @@ class GenerationRequest:
     stream: Callable[[int], None]
     on_token: Callable[[str], None] | None
     rng: torch.Generator | None
+    adapter: str | None = None
+    deadline_s: float | None = None
 
 
 @dataclass
@@ -96,6 +104,87 @@ class Generated:
     reference_logprob: float | None
 
 
+Parts = list[tuple[list[int], list[int]]]  # (prefix_ids, suffix_ids) per prompt, see Generator.prompt_parts
+
+
+class Decoder:
+    """Runs a strategy's decoding on the model: :class:`SoloDecoder` (this thread holds the model) or
+    :class:`BatchedDecoder` (a :class:`rag.scheduler.Scheduler` thread owns it and batches requests).
+    Both reuse cached prompt-prefix KV states when the generator's prefix cache is on."""
+
+    def __init__(self, generator: Generator, config: QAConfig, request: GenerationRequest) -> None:
+        self.generator = generator
+        self.config = config
+        self.request = request
+
+    def rag_token(self, parts: Parts, doc_logprobs: torch.Tensor) -> RagTokenOutput:  # pragma: no cover - abstract
+        """RAG-Token decoding of the prompts ``parts`` (``doc_logprobs``: ``(K,)`` log p(z|x))."""
+        raise NotImplementedError
+
+    def call(self, fn: Callable[[Any, PrefixSpec | None], Any], parts: Parts) -> Any:  # pragma: no cover - abstract
+        """``fn(model, prefix)`` alone on the model (whole-answer jobs: RAG-Sequence, beam search)."""
+        raise NotImplementedError
+
+    def _prefix(self, parts: Parts) -> PrefixSpec | None:
+        """Call with the adapter active (the key holds a fingerprint of its loaded weights)."""
+        return self.generator.prefix_spec(parts, adapter=self.request.adapter, one_shot=self.config.one_shot)
+
+    def _token_kwargs(self) -> dict[str, Any]:
+        cfg, req = self.config, self.request
+        return dict(
+            max_new_tokens=cfg.max_new_tokens, eos_token_ids=self.generator.eos_token_ids, strategy=cfg.strategy,
+            num_beams=cfg.num_beams, temperature=cfg.temperature, top_p=cfg.top_p, generator=req.rng,
+            reference_ids=req.reference_ids, stop=req.stop,
+        )
+
+
+class SoloDecoder(Decoder):
+    """Decodes on ``model``, which the caller holds (``Generator.session``) for the whole answer."""
+
+    def __init__(self, model: Any, generator: Generator, config: QAConfig, request: GenerationRequest) -> None:
+        super().__init__(generator, config, request)
+        self.model = model
+
+    def rag_token(self, parts: Parts, doc_logprobs: torch.Tensor) -> RagTokenOutput:
+        return rag_token_generate(
+            self.model, [p + s for p, s in parts], doc_logprobs, stream_callback=self.request.stream,
+            pad_token_id=self.generator.tokenizer.pad_token_id, prefix=self._prefix(parts), **self._token_kwargs(),
+        )
+
+    def call(self, fn: Callable[[Any, PrefixSpec | None], Any], parts: Parts) -> Any:
+        return fn(self.model, self._prefix(parts))
+
+
+class BatchedDecoder(Decoder):
+    """Decodes through a :class:`rag.scheduler.Scheduler`: greedy / sampled RAG-Token (and stuff) answers
+    join its shared decode loop; whole-answer jobs run alone in its thread between two steps."""
+
+    def __init__(self, scheduler: Any, generator: Generator, config: QAConfig, request: GenerationRequest) -> None:
+        super().__init__(generator, config, request)
+        self.scheduler = scheduler
+
+    def rag_token(self, parts: Parts, doc_logprobs: torch.Tensor) -> RagTokenOutput:
+        from rag.scheduler import GenerationRequest as BatchRequest
+
+        pad = self.generator.tokenizer.pad_token_id
+
+        def cached_prefill(model: Any, prompt_ids: Any) -> Any:  # runs in the scheduler thread, adapter active
+            return prefill(model, prompt_ids, pad_token_id=pad, prefix=self._prefix(parts))
+
+        handle = self.scheduler.submit(BatchRequest(
+            prompt_ids=[p + s for p, s in parts], doc_logprobs=doc_logprobs, adapter=self.request.adapter,
+            stream_callback=self.request.stream, deadline_s=self.request.deadline_s, prefill_fn=cached_prefill,
+            **self._token_kwargs(),
+        ))
+        return handle.result()
+
+    def call(self, fn: Callable[[Any, PrefixSpec | None], Any], parts: Parts) -> Any:
+        handle = self.scheduler.submit_call(
+            lambda model: fn(model, self._prefix(parts)), adapter=self.request.adapter, deadline_s=self.request.deadline_s,
+        )
+        return handle.result()
+
+
 class AnswerStrategy:
     """How one mode turns the retrieved documents into an answer."""
 
@@ -110,26 +199,13 @@ class AnswerStrategy:
         return kept_documents(doc_logprobs, config.min_doc_posterior)
 
     def generate(
-        self, model: Any, generator: Generator, config: QAConfig, request: GenerationRequest
+        self, decoder: Decoder, generator: Generator, config: QAConfig, request: GenerationRequest
     ) -> Generated:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
-def _token_generate(
-    model: Any, generator: Generator, config: QAConfig, request: GenerationRequest,
-    prompts: Sequence[Sequence[int]], doc_logprobs: torch.Tensor,
-):
-    return rag_token_generate(
-        model, prompts, doc_logprobs, max_new_tokens=config.max_new_tokens,
-        eos_token_ids=generator.eos_token_ids, strategy=config.strategy, num_beams=config.num_beams,
-        temperature=config.temperature, top_p=config.top_p, generator=request.rng,
-        stream_callback=request.stream, pad_token_id=generator.tokenizer.pad_token_id,
-        reference_ids=request.reference_ids, stop=request.stop,
-    )
-
-
-def _per_document_prompts(generator: Generator, config: QAConfig, request: GenerationRequest) -> list[list[int]]:
-    return [generator.prompt_ids(request.question, [c], one_shot=config.one_shot) for c in request.contexts]
+def _per_document_parts(generator: Generator, config: QAConfig, request: GenerationRequest) -> Parts:
+    return [generator.prompt_parts(request.question, [c], one_shot=config.one_shot) for c in request.contexts]
 
 
 class StuffStrategy(AnswerStrategy):
@@ -140,9 +216,9 @@ class StuffStrategy(AnswerStrategy):
     def select_documents(self, doc_logprobs: torch.Tensor, config: QAConfig) -> list[int] | None:
         return None
 
-    def generate(self, model: Any, generator: Generator, config: QAConfig, request: GenerationRequest) -> Generated:
-        prompts = [generator.prompt_ids(request.question, request.contexts, one_shot=config.one_shot)]
-        out = _token_generate(model, generator, config, request, prompts, torch.zeros(1))
+    def generate(self, decoder: Decoder, generator: Generator, config: QAConfig, request: GenerationRequest) -> Generated:
+        parts = [generator.prompt_parts(request.question, request.contexts, one_shot=config.one_shot)]
+        out = decoder.rag_token(parts, torch.zeros(1))
         return Generated(out.token_ids, out.logprob, list(request.posteriors), out.reference_logprob)
 
 
@@ -151,9 +227,8 @@ class RagTokenStrategy(AnswerStrategy):
 
     mode = "rag-token"
 
-    def generate(self, model: Any, generator: Generator, config: QAConfig, request: GenerationRequest) -> Generated:
-        prompts = _per_document_prompts(generator, config, request)
-        out = _token_generate(model, generator, config, request, prompts, request.doc_logprobs)
+    def generate(self, decoder: Decoder, generator: Generator, config: QAConfig, request: GenerationRequest) -> Generated:
+        out = decoder.rag_token(_per_document_parts(generator, config, request), request.doc_logprobs)
         return Generated(out.token_ids, out.logprob, list(out.doc_contributions), out.reference_logprob)
 
 
@@ -162,13 +237,15 @@ class RagSequenceStrategy(AnswerStrategy):
 
     mode = "rag-sequence"
 
-    def generate(self, model: Any, generator: Generator, config: QAConfig, request: GenerationRequest) -> Generated:
-        prompts = _per_document_prompts(generator, config, request)
-        hyps = rag_sequence_generate(
+    def generate(self, decoder: Decoder, generator: Generator, config: QAConfig, request: GenerationRequest) -> Generated:
+        parts = _per_document_parts(generator, config, request)
+        prompts = [p + s for p, s in parts]
+        hyps = decoder.call(lambda model, prefix: rag_sequence_generate(
             model, prompts, request.doc_logprobs, max_new_tokens=config.max_new_tokens,
             eos_token_ids=generator.eos_token_ids, num_beams=config.num_beams, decoding=config.decoding,
             pad_token_id=generator.tokenizer.pad_token_id, reference_ids=request.reference_ids, stop=request.stop,
-        )
+            prefix=prefix,
+        ), parts)
         best = hyps[0]
         if request.on_token is not None:
             request.on_token(generator.decode(best.token_ids))
