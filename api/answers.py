@@ -59,9 +59,21 @@ class AnswerLog(SqliteStore):
             db.execute(
                 "INSERT INTO answers VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    answer["answer_id"], time.time(), key_id, endpoint, answer["collection"], int(generation),
-                    answer["model"], answer.get("adapter"), answer["mode"], k, answer["question"], answer["answer"],
-                    answer.get("raw_answer", ""), int(bool(answer["abstained"])), answer.get("abstain_reason"),
+                    answer["answer_id"],
+                    time.time(),
+                    key_id,
+                    endpoint,
+                    answer["collection"],
+                    int(generation),
+                    answer["model"],
+                    answer.get("adapter"),
+                    answer["mode"],
+                    k,
+                    answer["question"],
+                    answer["answer"],
+                    answer.get("raw_answer", ""),
+                    int(bool(answer["abstained"])),
+                    answer.get("abstain_reason"),
                     json.dumps(answer.get("citations", []), ensure_ascii=False, default=str),
                     json.dumps(answer.get("timings", {})),
                 ),
@@ -72,7 +84,9 @@ class AnswerLog(SqliteStore):
             row = self._db.execute("SELECT * FROM answers WHERE answer_id=?", (answer_id,)).fetchone()
         return _answer(row) if row else None
 
-    def add_feedback(self, answer_id: str, rating: str, correction: str | None, comment: str | None, key_id: str | None) -> dict[str, Any]:
+    def add_feedback(
+        self, answer_id: str, rating: str, correction: str | None, comment: str | None, key_id: str | None
+    ) -> dict[str, Any]:
         now = time.time()
         with self._tx() as db:
             cur = db.execute(
@@ -80,8 +94,14 @@ class AnswerLog(SqliteStore):
                 (answer_id, now, key_id, rating, correction, comment),
             )
             fid = cur.lastrowid
-        return {"feedback_id": fid, "answer_id": answer_id, "rating": rating, "correction": correction,
-                "comment": comment, "created_at": now}
+        return {
+            "feedback_id": fid,
+            "answer_id": answer_id,
+            "rating": rating,
+            "correction": correction,
+            "comment": comment,
+            "created_at": now,
+        }
 
     def count(self) -> dict[str, int]:
         with self._lock:
@@ -96,8 +116,10 @@ class AnswerLog(SqliteStore):
         raw_answer, abstained, contexts`` (the cited chunk texts, in citation order), ``citations``,
         ``collection, collection_generation, model, adapter, mode``.
         """
-        sql = ("SELECT f.feedback_id, f.rating, f.correction, f.comment, f.created_at AS feedback_at, a.* "
-               "FROM feedback f JOIN answers a ON a.answer_id=f.answer_id")
+        sql = (
+            "SELECT f.feedback_id, f.rating, f.correction, f.comment, f.created_at AS feedback_at, a.* "
+            "FROM feedback f JOIN answers a ON a.answer_id=f.answer_id"
+        )
         args: tuple = ()
         if collection is not None:
             sql += " WHERE a.collection=?"
@@ -107,8 +129,15 @@ class AnswerLog(SqliteStore):
             rows = self._db.execute(sql, args).fetchall()
         for row in rows:
             rec = _answer(row)
-            rec.update({"feedback_id": row["feedback_id"], "rating": row["rating"], "correction": row["correction"],
-                        "comment": row["comment"], "created_at": row["feedback_at"]})
+            rec.update(
+                {
+                    "feedback_id": row["feedback_id"],
+                    "rating": row["rating"],
+                    "correction": row["correction"],
+                    "comment": row["comment"],
+                    "created_at": row["feedback_at"],
+                }
+            )
             rec["contexts"] = [c.get("text", "") for c in rec["citations"]]
             yield rec
 

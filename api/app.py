@@ -46,8 +46,9 @@ class BodyLimitMiddleware:
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            from api.errors import error_body
             from starlette.responses import JSONResponse
+
+            from api.errors import error_body
 
             msg = f"request body of {int(length)} bytes is above the limit of {self.limit} bytes"
             await JSONResponse(error_body("payload_too_large", msg), status_code=413)(scope, receive, send)
@@ -102,7 +103,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool = True) -
         summary="Self-hosted retrieval-augmented question answering.",
         description="Collections of documents, background ingestion, answers with citations, feedback, "
         "and an OpenAI-compatible chat endpoint. Authenticate with `Authorization: Bearer <key>` "
-        "(`ragqa keys create NAME`). Errors: `{\"error\": {\"code\", \"message\"}}`.",
+        '(`ragqa keys create NAME`). Errors: `{"error": {"code", "message"}}`.',
         version="0.1.0",
         lifespan=lifespan,
     )

@@ -98,14 +98,16 @@ class KeyStore(SqliteStore):
     def revoke(self, key_id: str) -> bool:
         """Revoke a key; False when no active key has this id."""
         with self._tx() as db:
-            n = db.execute("UPDATE api_keys SET revoked_at=? WHERE key_id=? AND revoked_at IS NULL", (time.time(), key_id)).rowcount
+            n = db.execute(
+                "UPDATE api_keys SET revoked_at=? WHERE key_id=? AND revoked_at IS NULL", (time.time(), key_id)
+            ).rowcount
         return n > 0
 
     def verify(self, token: str) -> ApiKey | None:
         """The active key for a bearer token, or None (unknown, malformed, wrong secret, revoked)."""
         if not token.startswith(KEY_PREFIX):
             return None
-        key_id, sep, secret = token[len(KEY_PREFIX):].partition("_")
+        key_id, sep, secret = token[len(KEY_PREFIX) :].partition("_")
         if not sep or not key_id or not secret:
             return None
         with self._lock:

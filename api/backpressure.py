@@ -35,9 +35,15 @@ def refusal(exc: ServingError, serving: ServingConfig, metrics: Metrics | None =
     elif isinstance(exc, DeadlineExceededError):
         err, reason = ApiError(str(exc), code="deadline_exceeded", status=504), "deadline"
     else:
-        err, reason = ApiError(str(exc) or "the server cannot take this request now; retry later",
-                               code="server_busy", status=503,
-                               headers={"Retry-After": str(serving.busy_retry_after_s)}), "queue_full"
+        err, reason = (
+            ApiError(
+                str(exc) or "the server cannot take this request now; retry later",
+                code="server_busy",
+                status=503,
+                headers={"Retry-After": str(serving.busy_retry_after_s)},
+            ),
+            "queue_full",
+        )
     if metrics is not None:
         metrics.reject(reason)
     return err

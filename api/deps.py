@@ -21,12 +21,16 @@ def get_service(request: Request) -> RagService:
 ServiceDep = Annotated[RagService, Depends(get_service)]
 
 
-def get_key(service: ServiceDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> ApiKey:
+def get_key(
+    service: ServiceDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> ApiKey:
     """The caller's key; everyone is :data:`~api.auth.ANONYMOUS` when auth is off (``--no-auth``)."""
     if not service.settings.server.auth:
         return ANONYMOUS
     if credentials is None or not credentials.credentials:
-        raise Unauthorized("missing API key: send `Authorization: Bearer <key>` (create one with `ragqa keys create NAME`)")
+        raise Unauthorized(
+            "missing API key: send `Authorization: Bearer <key>` (create one with `ragqa keys create NAME`)"
+        )
     key = service.keys.verify(credentials.credentials)
     if key is None:
         raise Unauthorized("invalid or revoked API key; create a new one with `ragqa keys create NAME`")

@@ -72,8 +72,11 @@ class RagStack:
         s = self.settings.serving
         gen = self.generator.warm_up()
         return Scheduler(
-            gen.session, max_batch_rows=s.max_batch_rows, max_queue=s.max_queue,
-            pad_token_id=gen.tokenizer.pad_token_id, max_prefills_per_step=s.max_prefills_per_step,
+            gen.session,
+            max_batch_rows=s.max_batch_rows,
+            max_queue=s.max_queue,
+            pad_token_id=gen.tokenizer.pad_token_id,
+            max_prefills_per_step=s.max_prefills_per_step,
         )
 
     @cached_property

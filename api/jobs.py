@@ -120,8 +120,10 @@ class JobStore(SqliteStore):
 
     def create(self, job_id: str, collection: str, files: list[dict[str, Any]], key_id: str | None) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO jobs(job_id, collection, key_id, status, created_at) VALUES(?,?,?,?,?)",
-                       (job_id, collection, key_id, "queued", time.time()))
+            db.execute(
+                "INSERT INTO jobs(job_id, collection, key_id, status, created_at) VALUES(?,?,?,?,?)",
+                (job_id, collection, key_id, "queued", time.time()),
+            )
             db.executemany(
                 "INSERT INTO job_files(job_id, ordinal, filename, original, size, status) VALUES(?,?,?,?,?,?)",
                 [(job_id, i, f["filename"], f["original"], f["size"], "pending") for i, f in enumerate(files)],
@@ -135,7 +137,9 @@ class JobStore(SqliteStore):
             files = self._db.execute("SELECT * FROM job_files WHERE job_id=? ORDER BY ordinal", (job_id,)).fetchall()
         return _job_dict(job, files)
 
-    def list(self, collections: set[str] | None = None, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def list(
+        self, collections: set[str] | None = None, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
         sql, args = "SELECT job_id, collection FROM jobs", []
         if status is not None:
             sql += " WHERE status=?"
@@ -159,8 +163,10 @@ class JobStore(SqliteStore):
             row = db.execute("SELECT job_id FROM jobs WHERE status='queued' ORDER BY created_at LIMIT 1").fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE jobs SET status='running', started_at=COALESCE(started_at, ?), attempts=attempts+1 WHERE job_id=?",
-                       (time.time(), row["job_id"]))
+            db.execute(
+                "UPDATE jobs SET status='running', started_at=COALESCE(started_at, ?), attempts=attempts+1 WHERE job_id=?",
+                (time.time(), row["job_id"]),
+            )
         return self.get(row["job_id"])
 
     def status(self, job_id: str) -> str | None:
@@ -172,33 +178,49 @@ class JobStore(SqliteStore):
         with self._tx() as db:
             db.execute("UPDATE jobs SET status='queued' WHERE job_id=? AND status='running'", (job_id,))
 
-    def set_file(self, job_id: str, ordinal: int, status: str, error: str | None = None, documents: int = 0, chunks: int = 0) -> None:
+    def set_file(
+        self, job_id: str, ordinal: int, status: str, error: str | None = None, documents: int = 0, chunks: int = 0
+    ) -> None:
         with self._tx() as db:
-            db.execute("UPDATE job_files SET status=?, error=?, documents=?, chunks=? WHERE job_id=? AND ordinal=?",
-                       (status, error, documents, chunks, job_id, ordinal))
+            db.execute(
+                "UPDATE job_files SET status=?, error=?, documents=?, chunks=? WHERE job_id=? AND ordinal=?",
+                (status, error, documents, chunks, job_id, ordinal),
+            )
 
     def finish(self, job_id: str, status: str | None = None, error: str | None = None) -> str:
         """Close a job: ``failed`` when told or when every file failed, else ``done``."""
         with self._tx() as db:
             if status is None:
-                counts = {r[0]: r[1] for r in db.execute(
-                    "SELECT status, COUNT(*) FROM job_files WHERE job_id=? GROUP BY status", (job_id,))}
+                counts = {
+                    r[0]: r[1]
+                    for r in db.execute(
+                        "SELECT status, COUNT(*) FROM job_files WHERE job_id=? GROUP BY status", (job_id,)
+                    )
+                }
                 total = sum(counts.values())
                 status = "failed" if total and counts.get("failed", 0) == total else "done"
                 if status == "failed" and error is None:
                     error = "every file failed; see the per-file errors"
             if status == "failed":  # files never reached fail with the job
-                db.execute("UPDATE job_files SET status='failed', error=? WHERE job_id=? AND status='pending'",
-                           (error or "the job failed before this file was processed", job_id))
-            db.execute("UPDATE jobs SET status=?, error=?, finished_at=? WHERE job_id=? AND status IN ('queued','running')",
-                       (status, error, time.time(), job_id))
+                db.execute(
+                    "UPDATE job_files SET status='failed', error=? WHERE job_id=? AND status='pending'",
+                    (error or "the job failed before this file was processed", job_id),
+                )
+            db.execute(
+                "UPDATE jobs SET status=?, error=?, finished_at=? WHERE job_id=? AND status IN ('queued','running')",
+                (status, error, time.time(), job_id),
+            )
         return status
 
     def fail_collection(self, collection: str, reason: str) -> list[str]:
         """Fail every unfinished job of ``collection`` (e.g. it was deleted)."""
         with self._lock:
-            ids = [r[0] for r in self._db.execute(
-                "SELECT job_id FROM jobs WHERE collection=? AND status IN ('queued','running')", (collection,))]
+            ids = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT job_id FROM jobs WHERE collection=? AND status IN ('queued','running')", (collection,)
+                )
+            ]
         for job_id in ids:
             self.finish(job_id, "failed", reason)
         return ids
@@ -240,8 +262,15 @@ def _job_dict(job, files) -> dict[str, Any]:
             **{s: counts[s] for s in FILE_STATUSES if s != "pending"},
         },
         "files": [
-            {"filename": f["filename"], "original": f["original"], "size": f["size"], "status": f["status"],
-             "error": f["error"], "documents": f["documents"], "chunks": f["chunks"]}
+            {
+                "filename": f["filename"],
+                "original": f["original"],
+                "size": f["size"],
+                "status": f["status"],
+                "error": f["error"],
+                "documents": f["documents"],
+                "chunks": f["chunks"],
+            }
             for f in files
         ],
         "errors": [{"filename": f["filename"], "error": f["error"]} for f in files if f["status"] == "failed"],
@@ -263,7 +292,9 @@ class WriterGate:
     def hold(self, collection: str, timeout: float = -1) -> Iterator[None]:
         lock = self._lock(collection)
         if not lock.acquire(timeout=timeout):
-            raise CollectionBusyError(f"collection {collection!r} is being written by the ingestion worker; try again shortly")
+            raise CollectionBusyError(
+                f"collection {collection!r} is being written by the ingestion worker; try again shortly"
+            )
         try:
             yield
         finally:
@@ -273,9 +304,16 @@ class WriterGate:
 class IngestWorker:
     """The single ingestion thread. ``submit()`` wakes it; ``stop()`` ends it after the current file."""
 
-    def __init__(self, workspace, jobs: JobStore, storage: UploadStorage, gate: WriterGate,
-                 on_file: Callable[[str, int], None] | None = None, on_job: Callable[[str], None] | None = None,
-                 busy_retry_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        workspace,
+        jobs: JobStore,
+        storage: UploadStorage,
+        gate: WriterGate,
+        on_file: Callable[[str, int], None] | None = None,
+        on_job: Callable[[str], None] | None = None,
+        busy_retry_s: float = 2.0,
+    ) -> None:
         self.workspace = workspace
         self.jobs = jobs
         self.storage = storage
@@ -377,14 +415,21 @@ class IngestWorker:
                             os.replace(stable, backup)
                         os.replace(staged, stable)
                     elif not stable.exists():
-                        self.jobs.set_file(job_id, ordinal, "failed", "the uploaded file was lost (server restarted while it was staged); upload it again")
+                        self.jobs.set_file(
+                            job_id,
+                            ordinal,
+                            "failed",
+                            "the uploaded file was lost (server restarted while it was staged); upload it again",
+                        )
                         self.on_file("failed", 0)
                         continue
                     existed = coll.file_hash(str(stable)) is not None
                     report = ingest_paths(
-                        [stable], coll,
+                        [stable],
+                        coll,
                         lambda texts: ws.embedder.embed_documents(texts),
-                        ws.chunker_for(coll), ws.config.loader,
+                        ws.chunker_for(coll),
+                        ws.config.loader,
                         embed_batch_chunks=max(64, 8 * ws.config.embedder.batch_size),
                     )
                 finally:

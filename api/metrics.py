@@ -26,28 +26,52 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 #: Counters: name (as exposed, with ``_total``) -> (help, label names).
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "ragqa_http_requests_total": ("HTTP requests by method, route template and status code.",
-                                  ("method", "route", "status")),
-    "ragqa_answers_total": ("Answers given, by endpoint, mode and whether the system abstained.",
-                            ("endpoint", "mode", "abstained")),
+    "ragqa_http_requests_total": (
+        "HTTP requests by method, route template and status code.",
+        ("method", "route", "status"),
+    ),
+    "ragqa_answers_total": (
+        "Answers given, by endpoint, mode and whether the system abstained.",
+        ("endpoint", "mode", "abstained"),
+    ),
     "ragqa_ingest_jobs_total": ("Upload jobs finished, by final status.", ("status",)),
-    "ragqa_ingest_files_total": ("Uploaded files processed, by result (added, replaced, unchanged, failed).", ("result",)),
+    "ragqa_ingest_files_total": (
+        "Uploaded files processed, by result (added, replaced, unchanged, failed).",
+        ("result",),
+    ),
     "ragqa_ingest_chunks_total": ("Chunks written by the ingestion worker.", ()),
-    "ragqa_rejected_requests_total": (("Requests refused before or while answering, by reason "
-                                       "(queue_full, rate_limited, quota, deadline)."), ("reason",)),
+    "ragqa_rejected_requests_total": (
+        ("Requests refused before or while answering, by reason (queue_full, rate_limited, quota, deadline)."),
+        ("reason",),
+    ),
     "ragqa_generated_tokens_total": ("Tokens generated for answers.", ()),
-    "ragqa_generation_seconds_total": (("Seconds spent generating answers (prefill and decode, summed over requests); "
-                                        "tokens/s per request = rate(tokens) / rate(seconds)."), ()),
+    "ragqa_generation_seconds_total": (
+        (
+            "Seconds spent generating answers (prefill and decode, summed over requests); "
+            "tokens/s per request = rate(tokens) / rate(seconds)."
+        ),
+        (),
+    ),
     "ragqa_decode_seconds_total": ("Wall-clock seconds of the scheduler's batched decode steps.", ()),
 }
 
 #: Histograms: name -> (help, label names, buckets).
 HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
-    "ragqa_http_request_duration_seconds": ("HTTP request latency (to the last byte sent).", ("method", "route"),
-                                            LATENCY_BUCKETS),
-    "ragqa_answer_duration_seconds": ("Time to answer a question (retrieval + generation).", ("endpoint",), LATENCY_BUCKETS),
-    "ragqa_time_to_first_token_seconds": ("From the start of a streamed answer to its first token.", ("endpoint",),
-                                          LATENCY_BUCKETS),
+    "ragqa_http_request_duration_seconds": (
+        "HTTP request latency (to the last byte sent).",
+        ("method", "route"),
+        LATENCY_BUCKETS,
+    ),
+    "ragqa_answer_duration_seconds": (
+        "Time to answer a question (retrieval + generation).",
+        ("endpoint",),
+        LATENCY_BUCKETS,
+    ),
+    "ragqa_time_to_first_token_seconds": (
+        "From the start of a streamed answer to its first token.",
+        ("endpoint",),
+        LATENCY_BUCKETS,
+    ),
     "ragqa_batch_rows": ("Rows in one batched decode step (all active requests together).", (), ROW_BUCKETS),
 }
 
@@ -59,7 +83,11 @@ SCHEDULER_STATS: dict[str, tuple[str, str, str]] = {
     "queue_depth": ("ragqa_queue_depth", "gauge", "Requests waiting for the model."),
     "queue_capacity": ("ragqa_queue_capacity", "gauge", "Most requests that may wait; beyond it: 503."),
     "active_requests": ("ragqa_active_requests", "gauge", "Requests being generated now."),
-    "active_rows": ("ragqa_active_rows", "gauge", "Rows in the running batch now (K per request for rag-token/rag-sequence)."),
+    "active_rows": (
+        "ragqa_active_rows",
+        "gauge",
+        "Rows in the running batch now (K per request for rag-token/rag-sequence).",
+    ),
 }
 
 #: Stats read from the prefix KV cache's ``stats()`` at scrape time: key -> (metric, kind, help).
@@ -165,8 +193,9 @@ class Metrics:
         self.observe("ragqa_batch_rows", float(rows))
         self.inc("ragqa_decode_seconds_total", max(0.0, seconds))
 
-    def first_token_timer(self, on_token: Callable[[str], None] | None, t0: float, *, endpoint: str
-                          ) -> Callable[[str], None] | None:
+    def first_token_timer(
+        self, on_token: Callable[[str], None] | None, t0: float, *, endpoint: str
+    ) -> Callable[[str], None] | None:
         """``on_token`` that also observes the time from ``t0`` (``perf_counter``) to its first call."""
         if on_token is None:
             return None
@@ -192,6 +221,7 @@ class Metrics:
 
     def watch_prefix_cache(self, stats: StatsFn) -> None:
         """Expose the prefix KV cache's ``stats()`` (keys of :data:`PREFIX_CACHE_STATS`; counters are cumulative)."""
+
         def with_ratio() -> Mapping[str, float]:
             out = dict(stats())
             if "hits" in out and "misses" in out and "hit_ratio" not in out:
@@ -237,4 +267,6 @@ class MetricsMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
             self.metrics.inc("ragqa_http_requests_total", method=method, route=template, status=str(status["code"]))
-            self.metrics.observe("ragqa_http_request_duration_seconds", time.perf_counter() - t0, method=method, route=template)
+            self.metrics.observe(
+                "ragqa_http_request_duration_seconds", time.perf_counter() - t0, method=method, route=template
+            )

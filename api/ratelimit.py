@@ -51,16 +51,21 @@ class RateLimiter:
         self.config = config
         self.metrics = metrics
         self._rules: dict[Scope, list[_Rule]] = {"ask": [], "upload": []}
-        wanted = [("ask", "ask_per_key", config.ask_per_key, config.strategy, "rate_limited"),
-                  ("ask", "quota_per_key", config.quota_per_key, "fixed-window", "quota"),
-                  ("upload", "upload_per_key", config.upload_per_key, config.strategy, "rate_limited")]
+        wanted = [
+            ("ask", "ask_per_key", config.ask_per_key, config.strategy, "rate_limited"),
+            ("ask", "quota_per_key", config.quota_per_key, "fixed-window", "quota"),
+            ("upload", "upload_per_key", config.upload_per_key, config.strategy, "rate_limited"),
+        ]
         if not any(text for _, _, text, _, _ in wanted):
             return  # off: no storage, no timer thread
         from limits import parse, storage, strategies
 
         self._storage = storage.MemoryStorage()
-        kinds = {"moving-window": strategies.MovingWindowRateLimiter, "fixed-window": strategies.FixedWindowRateLimiter,
-                 "sliding-window-counter": strategies.SlidingWindowCounterRateLimiter}
+        kinds = {
+            "moving-window": strategies.MovingWindowRateLimiter,
+            "fixed-window": strategies.FixedWindowRateLimiter,
+            "sliding-window-counter": strategies.SlidingWindowCounterRateLimiter,
+        }
         built: dict[str, object] = {}
         for scope, setting, text, kind, reason in wanted:
             if text:
@@ -93,10 +98,16 @@ class RateLimiter:
             self.metrics.reject(rule.reason)
         what = "questions" if scope == "ask" else "uploads"
         if rule.reason == "quota":
-            raise TooManyRequests(f"this key has used its quota of {rule.text} {what}; it renews in {retry} s "
-                                  f"(limits.{rule.setting})", code="quota_exceeded", retry_after_s=retry)
-        raise TooManyRequests(f"too many {what}: this key may make {rule.text}; retry in {retry} s "
-                              f"(limits.{rule.setting})", code="rate_limited", retry_after_s=retry)
+            raise TooManyRequests(
+                f"this key has used its quota of {rule.text} {what}; it renews in {retry} s (limits.{rule.setting})",
+                code="quota_exceeded",
+                retry_after_s=retry,
+            )
+        raise TooManyRequests(
+            f"too many {what}: this key may make {rule.text}; retry in {retry} s (limits.{rule.setting})",
+            code="rate_limited",
+            retry_after_s=retry,
+        )
 
 
 def caller_of(request: Request, key_id: str, auth: bool) -> str:

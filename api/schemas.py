@@ -24,8 +24,12 @@ class ErrorBody(BaseModel):
 
 # -- collections ---------------------------------------------------------------------------
 class CollectionCreate(_In):
-    name: str = Field(description="1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.", examples=["docs"])
-    index: Literal["flat", "ivf", "hnsw", "ivfpq"] | None = Field(None, description="FAISS index kind (default from config).")
+    name: str = Field(
+        description="1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.", examples=["docs"]
+    )
+    index: Literal["flat", "ivf", "hnsw", "ivfpq"] | None = Field(
+        None, description="FAISS index kind (default from config)."
+    )
 
 
 class CollectionPublic(BaseModel):
@@ -156,7 +160,8 @@ class AnswerPublic(BaseModel):
     generated_tokens: int = 0
     mean_token_logprob: float | None = None
     idk_margin: float | None = Field(
-        None, description="Mean per-token log p(\"I don't know.\") minus the answer's; > 0: the model prefers to abstain."
+        None,
+        description="Mean per-token log p(\"I don't know.\") minus the answer's; > 0: the model prefers to abstain.",
     )
     max_retrieval_score: float | None = None
     timings: dict[str, float]
@@ -181,7 +186,9 @@ class FeedbackPublic(BaseModel):
 # -- adapters ------------------------------------------------------------------------------
 class AdapterPublic(BaseModel):
     name: str = Field(description="Pass it as `adapter` to POST /v1/ask.")
-    base_model: str | None = Field(None, description="The model the adapter was trained on (ragqa_adapter.json, else adapter_config.json).")
+    base_model: str | None = Field(
+        None, description="The model the adapter was trained on (ragqa_adapter.json, else adapter_config.json)."
+    )
     metadata: dict[str, Any] = Field({}, description="The adapter's ragqa_adapter.json (how it was trained), if any.")
 
 

@@ -43,8 +43,8 @@ from api.schemas import (
 )
 from api.settings import Settings
 from ingest.errors import IngestError
-from rag.serving_errors import ServingError
 from rag.scheduler import RequestCancelledError
+from rag.serving_errors import ServingError
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +111,14 @@ class RagService:
         index_cfg = cfg.index.model_copy(update={"kind": index}) if index else cfg.index
         emb = self.workspace.embedder
         try:
-            coll = Collection.create(self.workspace.collections_dir, name, embedder_name=emb.name, dim=emb.dim,
-                                     chunking=cfg.chunking, index=index_cfg)
+            coll = Collection.create(
+                self.workspace.collections_dir,
+                name,
+                embedder_name=emb.name,
+                dim=emb.dim,
+                chunking=cfg.chunking,
+                index=index_cfg,
+            )
             coll.close()
         except IngestError as exc:
             raise from_core(exc) from exc
@@ -142,8 +148,17 @@ class RagService:
         except IngestError as exc:
             raise from_core(exc) from exc
         data = [
-            DocumentPublic(doc_id=r.doc_id, source=r.source, filename=Path(r.source).name, key=r.key, title=r.title,
-                           chunks=r.n_chunks, chars=r.n_chars, created_at=r.created_at, metadata=r.metadata)
+            DocumentPublic(
+                doc_id=r.doc_id,
+                source=r.source,
+                filename=Path(r.source).name,
+                key=r.key,
+                title=r.title,
+                chunks=r.n_chunks,
+                chars=r.n_chars,
+                created_at=r.created_at,
+                metadata=r.metadata,
+            )
             for r in rows
         ]
         return DocumentsPublic(data=data, count=total)
@@ -157,7 +172,10 @@ class RagService:
     def delete_documents(self, key: ApiKey, name: str, doc_ids: list[str], sources: list[str]) -> int:
         self.check_access(key, name)
         if not doc_ids and not sources:
-            raise Unprocessable("name what to delete: a document id, or ?source=<source or uploaded file name>", code="nothing_to_delete")
+            raise Unprocessable(
+                "name what to delete: a document id, or ?source=<source or uploaded file name>",
+                code="nothing_to_delete",
+            )
         resolved = [self._resolve_source(name, s) for s in sources]
         try:
             with self.gate.hold(name, timeout=self.settings.server.writer_wait_s):
@@ -167,8 +185,10 @@ class RagService:
             raise from_core(exc) from exc
         if n == 0:
             what = ", ".join(doc_ids + sources)
-            raise NotFound(f"no document matched {what!r} in {name!r}; list them with GET /v1/collections/{name}/documents",
-                           code="document_not_found")
+            raise NotFound(
+                f"no document matched {what!r} in {name!r}; list them with GET /v1/collections/{name}/documents",
+                code="document_not_found",
+            )
         for s in resolved:  # an uploaded file removed from the collection goes from the disk too
             p = Path(s)
             if p.parent == self.storage.collection_dir(name).resolve():
@@ -181,12 +201,16 @@ class RagService:
         cfg = self.settings.server
         self.check_access(key, name)
         if not (self.workspace.collections_dir / name / "store.sqlite").exists():
-            raise NotFound(f"collection {name!r} not found; create it with POST /v1/collections", code="collection_not_found")
+            raise NotFound(
+                f"collection {name!r} not found; create it with POST /v1/collections", code="collection_not_found"
+            )
         if not files:
             raise Unprocessable("no files in the upload; send them as multipart field 'files'", code="no_files")
         if len(files) > cfg.max_files:
-            raise PayloadTooLarge(f"{len(files)} files in one upload; the limit is {cfg.max_files} (split the upload)",
-                                  code="too_many_files")
+            raise PayloadTooLarge(
+                f"{len(files)} files in one upload; the limit is {cfg.max_files} (split the upload)",
+                code="too_many_files",
+            )
         allowed = {s.lower() for s in cfg.allowed_suffixes}
         names: list[str] = []
         for f in files:
@@ -195,9 +219,12 @@ class RagService:
             if suffix not in allowed:
                 raise UnsupportedMediaType(
                     f"{f.filename!r}: file type {suffix or '(none)'!r} is not accepted; allowed: {', '.join(sorted(allowed))}",
-                    code="unsupported_file_type")
+                    code="unsupported_file_type",
+                )
             if safe in names:
-                raise Unprocessable(f"two files in this upload are both named {safe!r}; rename one", code="duplicate_filename")
+                raise Unprocessable(
+                    f"two files in this upload are both named {safe!r}; rename one", code="duplicate_filename"
+                )
             names.append(safe)
         job_id = new_job_id()
         staging = self.storage.staging_dir(name, job_id)
@@ -211,8 +238,10 @@ class RagService:
                     while block := f.file.read(COPY_BLOCK):
                         size += len(block)
                         if size > limit:
-                            raise PayloadTooLarge(f"{f.filename!r} is larger than the limit of {cfg.max_upload_mb:g} MB",
-                                                  code="file_too_large")
+                            raise PayloadTooLarge(
+                                f"{f.filename!r} is larger than the limit of {cfg.max_upload_mb:g} MB",
+                                code="file_too_large",
+                            )
                         out.write(block)
                 if size == 0:
                     raise Unprocessable(f"{f.filename!r} is empty", code="empty_file")
@@ -239,8 +268,10 @@ class RagService:
         cfg = self.settings.server
         self.check_access(key, collection)
         if len(question) > cfg.max_question_chars:
-            raise Unprocessable(f"the question has {len(question)} characters; the limit is {cfg.max_question_chars}",
-                                code="question_too_long")
+            raise Unprocessable(
+                f"the question has {len(question)} characters; the limit is {cfg.max_question_chars}",
+                code="question_too_long",
+            )
         if not question.strip():
             raise Unprocessable("the question is empty", code="invalid_question")
         if k is not None and k > cfg.max_k:
@@ -251,8 +282,18 @@ class RagService:
         except IngestError as exc:
             raise from_core(exc) from exc
 
-    def answer(self, key: ApiKey, collection: str, question: str, *, mode: str | None = None, k: int | None = None,
-               adapter: str | None = None, endpoint: str = "ask", on_token: Callable[[str], None] | None = None) -> AnswerPublic:
+    def answer(
+        self,
+        key: ApiKey,
+        collection: str,
+        question: str,
+        *,
+        mode: str | None = None,
+        k: int | None = None,
+        adapter: str | None = None,
+        endpoint: str = "ask",
+        on_token: Callable[[str], None] | None = None,
+    ) -> AnswerPublic:
         """Answer (blocking: call from a worker thread); logs the answer and returns its public form."""
         from rag.generator import AdapterError
         from rag.qa import QAError
@@ -262,8 +303,15 @@ class RagService:
         on_token = self.metrics.first_token_timer(on_token, t0, endpoint=endpoint)
         try:
             with self.readers.lease(collection) as (coll, generation):
-                ans = self.qa.answer(coll, question, mode=mode, k=k, adapter=adapter, on_token=on_token,
-                                     deadline_s=self.settings.serving.request_timeout_s)
+                ans = self.qa.answer(
+                    coll,
+                    question,
+                    mode=mode,
+                    k=k,
+                    adapter=adapter,
+                    on_token=on_token,
+                    deadline_s=self.settings.serving.request_timeout_s,
+                )
         except (IngestError, QAError, AdapterError, RetrieverError) as exc:
             raise from_core(exc) from exc
         except ServingError as exc:  # queue full or deadline passed: 503 / 504
@@ -274,7 +322,9 @@ class RagService:
         out["collection_generation"] = generation
         out["k"] = k_used
         out["timings"] = {**out.get("timings", {}), "server_s": time.perf_counter() - t0}
-        self.metrics.inc("ragqa_answers_total", endpoint=endpoint, mode=out["mode"], abstained=str(out["abstained"]).lower())
+        self.metrics.inc(
+            "ragqa_answers_total", endpoint=endpoint, mode=out["mode"], abstained=str(out["abstained"]).lower()
+        )
         self.metrics.observe("ragqa_answer_duration_seconds", out["timings"]["server_s"], endpoint=endpoint)
         self.metrics.record_generation(out.get("generated_tokens", 0), out["timings"].get("generate_s", 0.0))
         return AnswerPublic.model_validate(out)
@@ -285,7 +335,9 @@ class RagService:
         deadline = Deadline(self.settings.serving, self.metrics)  # serving.request_timeout_s: then 504
         return await deadline.wait(run_in_threadpool(lambda: self.answer(key, collection, question, **kw)))
 
-    async def answer_events(self, key: ApiKey, collection: str, question: str, **kw: Any) -> AsyncIterator[tuple[str, Any]]:
+    async def answer_events(
+        self, key: ApiKey, collection: str, question: str, **kw: Any
+    ) -> AsyncIterator[tuple[str, Any]]:
         """``("token", text)`` as the answer is generated, then ``("answer", AnswerPublic)`` or ``("error", ApiError)``."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -332,11 +384,15 @@ class RagService:
                 future.add_done_callback(lambda f: f.exception())
 
     # -- feedback -----------------------------------------------------------------------
-    def add_feedback(self, key: ApiKey, answer_id: str, rating: str, correction: str | None, comment: str | None) -> FeedbackPublic:
+    def add_feedback(
+        self, key: ApiKey, answer_id: str, rating: str, correction: str | None, comment: str | None
+    ) -> FeedbackPublic:
         ans = self.answers.get(answer_id)
         if ans is None or not key.allows(ans["collection"]):
             raise NotFound(f"answer {answer_id!r} not found", code="answer_not_found")
-        return FeedbackPublic.model_validate(self.answers.add_feedback(answer_id, rating, correction, comment, key.key_id))
+        return FeedbackPublic.model_validate(
+            self.answers.add_feedback(answer_id, rating, correction, comment, key.key_id)
+        )
 
     # -- adapters -----------------------------------------------------------------------
     def list_adapters(self) -> list[AdapterPublic]:
@@ -347,10 +403,14 @@ class RagService:
         if not root.is_dir():
             return []
         out = []
-        for path in sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / "adapter_config.json").is_file()):
+        for path in sorted(
+            p for p in root.iterdir() if not p.name.startswith(".") and (p / "adapter_config.json").is_file()
+        ):
             meta_file = path / "ragqa_adapter.json"
             meta = _read_json_object(meta_file) if meta_file.is_file() else {}
-            base = meta.get("base_model") or _read_json_object(path / "adapter_config.json").get("base_model_name_or_path")
+            base = meta.get("base_model") or _read_json_object(path / "adapter_config.json").get(
+                "base_model_name_or_path"
+            )
             out.append(AdapterPublic(name=path.name, base_model=base, metadata=meta))
         return out
 
@@ -368,8 +428,12 @@ class RagService:
             status="ok" if alive else "degraded",
             version=v,
             auth=self.settings.server.auth,
-            models={"embedder": self.workspace.embedder.name, "generator": str(gen.name),
-                    "generator_device": str(gen.device), "loaded": gen.loaded},
+            models={
+                "embedder": self.workspace.embedder.name,
+                "generator": str(gen.name),
+                "generator_device": str(gen.device),
+                "loaded": gen.loaded,
+            },
             worker_alive=alive,
             jobs=self.jobs.counts(),
             collections=len(self.workspace.list_collections()),
@@ -408,27 +472,51 @@ def build_service(settings: Settings, *, metrics: Metrics | None = None, start_w
     storage = UploadStorage(settings.home / "uploads")
     gate = WriterGate()
     worker = IngestWorker(
-        ws, jobs, storage, gate,
-        on_file=lambda result, chunks: (metrics.inc("ragqa_ingest_files_total", result=result),
-                                        metrics.inc("ragqa_ingest_chunks_total", chunks)),
+        ws,
+        jobs,
+        storage,
+        gate,
+        on_file=lambda result, chunks: (
+            metrics.inc("ragqa_ingest_files_total", result=result),
+            metrics.inc("ragqa_ingest_chunks_total", chunks),
+        ),
         on_job=lambda status: metrics.inc("ragqa_ingest_jobs_total", status=status),
     )
     metrics.gauge("ragqa_jobs", lambda: {(("status", s),): float(n) for s, n in jobs.counts().items()})
     if qa.scheduler is not None:
         scheduler = qa.scheduler
         scheduler.on_step = metrics.observe_step
-        metrics.watch_scheduler(lambda: {**dataclasses.asdict(scheduler.stats()), "queue_capacity": scheduler.max_queue})
+        metrics.watch_scheduler(
+            lambda: {**dataclasses.asdict(scheduler.stats()), "queue_capacity": scheduler.max_queue}
+        )
     cache = generator.prefix_cache
     metrics.watch_prefix_cache(lambda: {**dataclasses.asdict(cache.stats()), "capacity_bytes": cache.max_bytes})
-    logger.info("serving: batching %s (queue %d, %d rows per step), prefix KV cache %.0f MiB",
-                "on" if qa.scheduler is not None else "off", settings.serving.max_queue,
-                settings.serving.max_batch_rows, cache.max_bytes / 2**20)
+    logger.info(
+        "serving: batching %s (queue %d, %d rows per step), prefix KV cache %.0f MiB",
+        "on" if qa.scheduler is not None else "off",
+        settings.serving.max_queue,
+        settings.serving.max_batch_rows,
+        cache.max_bytes / 2**20,
+    )
     service = RagService(
-        settings=settings, workspace=ws, qa=qa, readers=ReaderCache(ws, settings.server.reader_cache), jobs=jobs,
-        worker=worker, storage=storage, gate=gate, answers=AnswerLog(db), keys=KeyStore(db), metrics=metrics,
+        settings=settings,
+        workspace=ws,
+        qa=qa,
+        readers=ReaderCache(ws, settings.server.reader_cache),
+        jobs=jobs,
+        worker=worker,
+        storage=storage,
+        gate=gate,
+        answers=AnswerLog(db),
+        keys=KeyStore(db),
+        metrics=metrics,
     )
     if start_worker:
         worker.start()
-    logger.info("models loaded in %.1f s (embedder %s, generator %s)", time.perf_counter() - t0, ws.embedder.name, generator.name)
+    logger.info(
+        "models loaded in %.1f s (embedder %s, generator %s)",
+        time.perf_counter() - t0,
+        ws.embedder.name,
+        generator.name,
+    )
     return service
-

@@ -25,14 +25,28 @@ class ServerConfig(BaseModel):
 
     host: str = Field("127.0.0.1", description="Bind address; loopback by default (use 0.0.0.0 behind a proxy only).")
     port: int = Field(8000, ge=0, le=65535)
-    auth: bool = Field(True, description="Require `Authorization: Bearer <key>`; turn off only with `ragqa serve --no-auth`.")
+    auth: bool = Field(
+        True, description="Require `Authorization: Bearer <key>`; turn off only with `ragqa serve --no-auth`."
+    )
     max_upload_mb: float = Field(50.0, gt=0, description="Largest file accepted by an upload (MB).")
     max_files: int = Field(32, ge=1, description="Most files in one upload request.")
     max_question_chars: int = Field(2000, ge=1, description="Longest question accepted (characters).")
     max_k: int = Field(32, ge=1, le=1000, description="Largest k a request may ask for.")
     allowed_suffixes: list[str] = Field(
-        default_factory=lambda: [".txt", ".text", ".md", ".markdown", ".html", ".htm", ".xhtml", ".pdf", ".docx",
-                                 ".json", ".jsonl", ".ndjson"],
+        default_factory=lambda: [
+            ".txt",
+            ".text",
+            ".md",
+            ".markdown",
+            ".html",
+            ".htm",
+            ".xhtml",
+            ".pdf",
+            ".docx",
+            ".json",
+            ".jsonl",
+            ".ndjson",
+        ],
         description="File types an upload may carry (others get 415).",
     )
     reader_cache: int = Field(16, ge=1, description="Read-only collection handles kept open (one per collection).")
@@ -46,11 +60,19 @@ class LimitsConfig(BaseModel):
     request gets 429 with ``Retry-After``. Counts live in the server process and restart at zero.
     """
 
-    ask_per_key: str | None = Field(None, description="Questions (POST /v1/ask, /v1/chat/completions) per key, e.g. '30/minute'.")
-    upload_per_key: str | None = Field(None, description="Upload requests (POST .../documents) per key, e.g. '10/minute'.")
-    quota_per_key: str | None = Field(None, description="Questions per key over a long period, e.g. '2000/day' (a fixed window).")
+    ask_per_key: str | None = Field(
+        None, description="Questions (POST /v1/ask, /v1/chat/completions) per key, e.g. '30/minute'."
+    )
+    upload_per_key: str | None = Field(
+        None, description="Upload requests (POST .../documents) per key, e.g. '10/minute'."
+    )
+    quota_per_key: str | None = Field(
+        None, description="Questions per key over a long period, e.g. '2000/day' (a fixed window)."
+    )
     strategy: Literal["moving-window", "fixed-window", "sliding-window-counter"] = Field(
-        "moving-window", description="How ask_per_key and upload_per_key count: moving-window is exact, the others cheaper.")
+        "moving-window",
+        description="How ask_per_key and upload_per_key count: moving-window is exact, the others cheaper.",
+    )
 
     @field_validator("ask_per_key", "upload_per_key", "quota_per_key")
     @classmethod
@@ -62,27 +84,37 @@ class LimitsConfig(BaseModel):
         try:
             parse(value)
         except ValueError as exc:
-            raise ValueError(f"{value!r} is not a rate limit; write it as '<count>/<second|minute|hour|day|month>', "
-                             f"e.g. '30/minute' ({exc})") from exc
+            raise ValueError(
+                f"{value!r} is not a rate limit; write it as '<count>/<second|minute|hour|day|month>', "
+                f"e.g. '30/minute' ({exc})"
+            ) from exc
         return value.strip()
 
 
 class ServingConfig(BaseModel):
     """Serving many requests at once: how long a request may take and how a refused client is told to wait."""
 
-    request_timeout_s: float = Field(120.0, gt=0, description="Deadline of one question, queueing included; past it: 504.")
-    busy_retry_after_s: int = Field(2, ge=1, description="Retry-After (seconds) sent with 503 when the request queue is full.")
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Deadline of one question, queueing included; past it: 504."
+    )
+    busy_retry_after_s: int = Field(
+        2, ge=1, description="Retry-After (seconds) sent with 503 when the request queue is full."
+    )
     batching: bool = Field(
         True,
         description="Continuous batching: one scheduler thread owns the model and decodes all concurrent answers in "
         "shared steps (rag.scheduler). Off: every answer holds the model alone, one after the other.",
     )
-    max_queue: int = Field(64, ge=0, description="Questions that may wait for the model; beyond it: 503 with Retry-After.")
+    max_queue: int = Field(
+        64, ge=0, description="Questions that may wait for the model; beyond it: 503 with Retry-After."
+    )
     max_batch_rows: int = Field(
         64, ge=1, description="Most rows in one decode forward (K per rag-token answer, 1 per stuff answer)."
     )
     max_prefills_per_step: int = Field(
-        4, ge=1, description="Most new answers admitted (prefilled) between two decode steps: bounds the pause of the others."
+        4,
+        ge=1,
+        description="Most new answers admitted (prefilled) between two decode steps: bounds the pause of the others.",
     )
 
 

@@ -45,7 +45,7 @@ SECTION_HEADING = "## Abstention signals"
 SIGNALS = (  # (record field, sign: larger value * sign = more likely unanswerable, label)
     ("max_score", -1.0, "best retrieval cosine (low)"),
     ("mean_logprob", -1.0, "answer log-likelihood per token (low)"),
-    ("idk_margin", 1.0, "\"I don't know\" margin (high)"),
+    ("idk_margin", 1.0, '"I don\'t know" margin (high)'),
 )
 
 
@@ -58,6 +58,7 @@ def signal_aucs(records: list[Any]) -> dict[str, dict[str, float | None]]:
     wrong = [r for r in answerable if best_over_golds(f1_score, r.prediction, r.golds) < 0.5]
     out: dict[str, dict[str, float | None]] = {}
     for field, sign, _ in SIGNALS:
+
         def values(rs: list[Any]) -> list[float]:
             return [sign * getattr(r, field) for r in rs if getattr(r, field) is not None]
 
@@ -93,14 +94,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for drop in args.max_f1_drop:
         c = calibrate(cal, max_f1_drop=drop)
         chosen = {k: c[k] for k in ("min_score", "min_logprob", "max_idk_margin")}
-        fits.append({"max_f1_drop": drop, "thresholds": chosen, "calibration": c["metrics"],
-                     "reported": compute_metrics(test, **chosen).to_dict()})
+        fits.append(
+            {
+                "max_f1_drop": drop,
+                "thresholds": chosen,
+                "calibration": c["metrics"],
+                "reported": compute_metrics(test, **chosen).to_dict(),
+            }
+        )
     return {
-        "data": str(data), "mode": args.mode or settings.qa.mode, "adapter": args.adapter,
-        "n_reported": len(test), "n_calibration": len(cal),
-        "aucs_reported": signal_aucs(test), "aucs_calibration": signal_aucs(cal),
-        "base": base.to_dict(), "calibration_base": compute_metrics(cal).to_dict(), "fits": fits,
-        "records": {"reported": [dataclasses.asdict(r) for r in test], "calibration": [dataclasses.asdict(r) for r in cal]},
+        "data": str(data),
+        "mode": args.mode or settings.qa.mode,
+        "adapter": args.adapter,
+        "n_reported": len(test),
+        "n_calibration": len(cal),
+        "aucs_reported": signal_aucs(test),
+        "aucs_calibration": signal_aucs(cal),
+        "base": base.to_dict(),
+        "calibration_base": compute_metrics(cal).to_dict(),
+        "fits": fits,
+        "records": {
+            "reported": [dataclasses.asdict(r) for r in test],
+            "calibration": [dataclasses.asdict(r) for r in cal],
+        },
     }
 
 
@@ -113,10 +129,12 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
     lines = [f"### {res['mode']}, {who}, data `{pathlib.Path(res['data']).name}`", ""]
     lines.append(f"Command: `{common.command_line(pathlib.Path(__file__), argv)}`  ")
     lines.append(f"Date: {common.today()} · revision {common.git_revision()}  ")
-    lines.append(f"Reported sample: {res['n_reported']} questions (seed 0); calibration set: {res['n_calibration']} other "
-                 f"questions of the same file. Answerable F1 on the reported sample: {res['base']['f1']:.3f}.")
+    lines.append(
+        f"Reported sample: {res['n_reported']} questions (seed 0); calibration set: {res['n_calibration']} other "
+        f"questions of the same file. Answerable F1 on the reported sample: {res['base']['f1']:.3f}."
+    )
     lines.append("")
-    lines.append("ROC AUC of each signal for \"unanswerable\" (0.5 = a coin):")
+    lines.append('ROC AUC of each signal for "unanswerable" (0.5 = a coin):')
     lines.append("")
     lines.append("| signal | set | vs all answerable | vs answered right (F1 >= 0.5) | vs answered wrong |")
     lines.append("|---|---|---|---|---|")
@@ -125,14 +143,20 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
             a = res[key][field]
             lines.append(f"| {label} | {name} | {_f(a['vs_answerable'])} | {_f(a['vs_right'])} | {_f(a['vs_wrong'])} |")
     c_rep, c_cal = res["aucs_reported"]["_counts"], res["aucs_calibration"]["_counts"]
-    lines.append(f"| counts (unanswerable / right / wrong) | reported: {c_rep['unanswerable']} / {c_rep['right']} / "
-                 f"{c_rep['wrong']}; calibration: {c_cal['unanswerable']} / {c_cal['right']} / {c_cal['wrong']} | | | |")
+    lines.append(
+        f"| counts (unanswerable / right / wrong) | reported: {c_rep['unanswerable']} / {c_rep['right']} / "
+        f"{c_rep['wrong']}; calibration: {c_cal['unanswerable']} / {c_cal['right']} / {c_cal['wrong']} | | | |"
+    )
     lines.append("")
-    lines.append("Thresholds fitted on the calibration set (`rag.evaluate.calibrate`: most recall with precision above "
-                 "the base rate and F1 drop below the limit), applied to the reported sample:")
+    lines.append(
+        "Thresholds fitted on the calibration set (`rag.evaluate.calibrate`: most recall with precision above "
+        "the base rate and F1 drop below the limit), applied to the reported sample:"
+    )
     lines.append("")
-    lines.append("| F1 drop allowed | thresholds (score, log-lik, idk margin) | calibration P / R / F1 drop | "
-                 "reported P / R / F1 drop | target (P > base rate, R >= 0.3, drop < 10%) |")
+    lines.append(
+        "| F1 drop allowed | thresholds (score, log-lik, idk margin) | calibration P / R / F1 drop | "
+        "reported P / R / F1 drop | target (P > base rate, R >= 0.3, drop < 10%) |"
+    )
     lines.append("|---|---|---|---|---|")
     cal_f1 = res.get("calibration_base", {}).get("f1")
     for fit in res["fits"]:
@@ -140,11 +164,18 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
         drop = 1 - r["f1"] / res["base"]["f1"] if res["base"]["f1"] else None
         cal_drop = _f(1 - c["f1"] / cal_f1, ".1%") if cal_f1 else "n/a"
         base_rate = r["n_unanswerable"] / max(r["n"] + r["n_unanswerable"], 1)
-        ok = (r["abstain_precision"] or 0) > base_rate and (r["abstain_recall"] or 0) >= 0.3 and drop is not None and drop < 0.10
-        lines.append(f"| {fit['max_f1_drop']:.0%} | {t['min_score']}, {t['min_logprob']}, {t['max_idk_margin']} | "
-                     f"{_f(c['abstain_precision'])} / {_f(c['abstain_recall'])} / {cal_drop} | "
-                     f"{_f(r['abstain_precision'])} / {_f(r['abstain_recall'])} / {_f(drop, '.1%')} | "
-                     f"{'met' if ok else '**not met**'} |")
+        ok = (
+            (r["abstain_precision"] or 0) > base_rate
+            and (r["abstain_recall"] or 0) >= 0.3
+            and drop is not None
+            and drop < 0.10
+        )
+        lines.append(
+            f"| {fit['max_f1_drop']:.0%} | {t['min_score']}, {t['min_logprob']}, {t['max_idk_margin']} | "
+            f"{_f(c['abstain_precision'])} / {_f(c['abstain_recall'])} / {cal_drop} | "
+            f"{_f(r['abstain_precision'])} / {_f(r['abstain_recall'])} / {_f(drop, '.1%')} | "
+            f"{'met' if ok else '**not met**'} |"
+        )
     lines.append("")
     return "\n".join(lines)
 
@@ -157,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(common.SQUAD))
     p.add_argument("--mode", default=None, help="generation mode (default: QAConfig.mode)")
     p.add_argument("--adapter", default=None)
-    p.add_argument("--n", type=int, default=60, help="answerable questions of the reported sample (and as many unanswerable)")
+    p.add_argument(
+        "--n", type=int, default=60, help="answerable questions of the reported sample (and as many unanswerable)"
+    )
     p.add_argument("--calibration-questions", type=int, default=0, help="cap on the calibration set (0: all the rest)")
     p.add_argument("--max-f1-drop", type=float, nargs="+", default=[0.05, 0.07, 0.10])
     p.add_argument("--json", default=None)
@@ -172,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     body = render(res, argv)
     print(body)
     if args.write:
-        common.update_markdown_section(common.BENCHMARKS_MD, START_MARKER, END_MARKER, body, SECTION_HEADING,
-                                       append=args.append)
+        common.update_markdown_section(
+            common.BENCHMARKS_MD, START_MARKER, END_MARKER, body, SECTION_HEADING, append=args.append
+        )
         print(f"\nwrote {common.BENCHMARKS_MD}")
     return 0
 

@@ -76,8 +76,13 @@ class Server:
         self.base = f"http://127.0.0.1:{port}"
 
     def create_key(self) -> str:
-        out = subprocess.run([common.venv_bin("ragqa"), "keys", "create", "bench", "--json"], env=self.env,
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [common.venv_bin("ragqa"), "keys", "create", "bench", "--json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])["key"]
 
     def start(self, timeout: float = 600) -> float:
@@ -85,8 +90,21 @@ class Server:
 
         t0 = time.perf_counter()
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([common.venv_bin("ragqa"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                                      "--log-level", "warning"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                common.venv_bin("ragqa"),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         while time.perf_counter() - t0 < timeout:
             if self.proc.poll() is not None:
                 raise SystemExit(f"server exited with {self.proc.returncode}; see {self.log_path}")
@@ -122,7 +140,7 @@ async def wait_job(client, job_id: str, timeout: float = 1800) -> dict[str, Any]
 async def upload(client, files: list[tuple[str, str]], batch: int) -> list[str]:
     ids = []
     for i in range(0, len(files), batch):
-        part = [("files", (name, text.encode("utf-8"), "text/plain")) for name, text in files[i:i + batch]]
+        part = [("files", (name, text.encode("utf-8"), "text/plain")) for name, text in files[i : i + batch]]
         r = await client.post("/v1/collections/bench/documents", files=part)
         r.raise_for_status()
         ids.append(r.json()["job_id"])
@@ -137,8 +155,11 @@ async def run_load(base: str, key: str, args, paragraphs, questions) -> dict[str
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=600, limits=limits) as client:
         r = await client.post("/v1/collections", json={"name": "bench"})
         r.raise_for_status()
-        seed_files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in sorted(SAMPLE.iterdir())
-                      if p.suffix in (".md", ".txt", ".html", ".pdf", ".docx", ".jsonl")]
+        seed_files = [
+            ("files", (p.name, p.read_bytes(), "application/octet-stream"))
+            for p in sorted(SAMPLE.iterdir())
+            if p.suffix in (".md", ".txt", ".html", ".pdf", ".docx", ".jsonl")
+        ]
         r = await client.post("/v1/collections/bench/documents", files=seed_files)
         r.raise_for_status()
         seed_job = await wait_job(client, r.json()["job_id"])
@@ -178,8 +199,16 @@ async def run_load(base: str, key: str, args, paragraphs, questions) -> dict[str
         ingest = results[0]
         metrics = (await client.get("/metrics")).text
         coll = (await client.get("/v1/collections/bench")).json()
-    return {"latencies": latencies, "errors": errors, "abstained": abstained, "elapsed": elapsed, "ingest": ingest,
-            "seed_job": seed_job, "metrics": metrics, "collection": coll}
+    return {
+        "latencies": latencies,
+        "errors": errors,
+        "abstained": abstained,
+        "elapsed": elapsed,
+        "ingest": ingest,
+        "seed_job": seed_job,
+        "metrics": metrics,
+        "collection": coll,
+    }
 
 
 def check_searchable(home: pathlib.Path, paragraphs: list[tuple[str, str]]) -> tuple[int, list[str]]:
@@ -215,7 +244,10 @@ def render(args, argv, res: dict[str, Any], startup_s: float, found: int, missin
         ("duration (s)", f"{res['elapsed']:.1f}"),
         ("answers", str(len(lat))),
         ("throughput (answers/s)", f"{len(lat) / res['elapsed']:.2f}"),
-        ("latency p50 / p95 / max (s)", f"{pct(lat, 0.5):.2f} / {pct(lat, 0.95):.2f} / {max(lat):.2f}" if lat else "n/a"),
+        (
+            "latency p50 / p95 / max (s)",
+            f"{pct(lat, 0.5):.2f} / {pct(lat, 0.95):.2f} / {max(lat):.2f}" if lat else "n/a",
+        ),
         ("mean service time (s) = duration / answers", f"{res['elapsed'] / len(lat):.2f}" if lat else "n/a"),
         ("errors", str(len(res["errors"]))),
         ("abstained answers", str(res["abstained"])),
@@ -223,12 +255,19 @@ def render(args, argv, res: dict[str, Any], startup_s: float, found: int, missin
         ("ingestion time under load (s)", f"{ingest['seconds']:.1f}"),
         ("files failed", str(files_failed)),
         ("uploaded documents searchable (own text in top 3)", f"{found} / {n_files}"),
-        ("collection at the end: documents / chunks / generation",
-         f"{res['collection']['documents']} / {res['collection']['chunks']} / {res['collection']['generation']}"),
+        (
+            "collection at the end: documents / chunks / generation",
+            f"{res['collection']['documents']} / {res['collection']['chunks']} / {res['collection']['generation']}",
+        ),
         ("server start-up incl. model load (s)", f"{startup_s:.1f}"),
     ]
     table = "| measure | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
-    versions = ", ".join(f"{k} {v}" for k, v in common.package_versions(("ragqa", "fastapi", "uvicorn", "torch", "transformers", "faiss-cpu")).items())
+    versions = ", ".join(
+        f"{k} {v}"
+        for k, v in common.package_versions(
+            ("ragqa", "fastapi", "uvicorn", "torch", "transformers", "faiss-cpu")
+        ).items()
+    )
     notes = [
         f"- Command: `{cmd}`",
         f"- Date {common.today()}, git {common.git_revision()}; machine: {common.machine_summary()}; {versions}.",
@@ -254,10 +293,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=60.0, help="Seconds of asking.")
     p.add_argument("--batch", type=int, default=32, help="Files per upload job.")
     p.add_argument("--limit-files", type=int, default=None, help="Upload only the first N SQuAD paragraphs.")
-    p.add_argument("--models-from", type=pathlib.Path, default=None,
-                   help="A workspace's models/ folder to copy in (skips the generator's one-off conversion).")
+    p.add_argument(
+        "--models-from",
+        type=pathlib.Path,
+        default=None,
+        help="A workspace's models/ folder to copy in (skips the generator's one-off conversion).",
+    )
     p.add_argument("--home", type=pathlib.Path, default=None, help="Workspace to use (default: a fresh temporary one).")
-    p.add_argument("--write", action="store_true", help=f"Record the results in BENCHMARKS.md between {START} and {END}.")
+    p.add_argument(
+        "--write", action="store_true", help=f"Record the results in BENCHMARKS.md between {START} and {END}."
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -281,15 +326,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         key = server.create_key()
         startup = server.start()
-        print(f"server up in {startup:.1f} s at {server.base}; {args.clients} clients for {args.duration:.0f} s", file=sys.stderr)
+        print(
+            f"server up in {startup:.1f} s at {server.base}; {args.clients} clients for {args.duration:.0f} s",
+            file=sys.stderr,
+        )
         res = asyncio.run(run_load(server.base, key, args, paragraphs, questions))
     finally:
         server.stop()
     found, missing = check_searchable(home, paragraphs)
     body = render(args, argv, res, startup, found, missing, len(paragraphs))
     print(body)
-    print(json.dumps({"answers": len(res["latencies"]), "errors": len(res["errors"]), "searchable": found,
-                      "uploaded": len(paragraphs)}))
+    print(
+        json.dumps(
+            {
+                "answers": len(res["latencies"]),
+                "errors": len(res["errors"]),
+                "searchable": found,
+                "uploaded": len(paragraphs),
+            }
+        )
+    )
     if args.write:
         common.update_markdown_section(common.BENCHMARKS_MD, START, END, body, HEADING)
         print(f"wrote {common.BENCHMARKS_MD}", file=sys.stderr)

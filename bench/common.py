@@ -101,7 +101,11 @@ def machine_summary() -> str:
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 0
     try:
-        mem_kb = int(next(l for l in pathlib.Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        mem_kb = int(
+            next(l for l in pathlib.Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[
+                1
+            ]
+        )
         mem = f", {mem_kb / (1 << 20):.0f} GiB RAM"
     except (OSError, StopIteration, ValueError):
         mem = ""
@@ -121,8 +125,12 @@ def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str]:
 def git_revision() -> str:
     """Short commit hash, with ``+dirty`` when the work tree has changes."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -175,7 +183,9 @@ class Timed:
         return f"command `{shlex.join(self.cmd)}` exited with {self.returncode}:\n{err}"
 
 
-def run_timed(cmd: list[str], env: dict[str, str] | None = None, cwd: pathlib.Path | None = None, timeout: float | None = None) -> Timed:
+def run_timed(
+    cmd: list[str], env: dict[str, str] | None = None, cwd: pathlib.Path | None = None, timeout: float | None = None
+) -> Timed:
     """Run ``cmd`` as a child process; wall time covers interpreter start, imports, work and exit."""
     logger.info("running: %s", shlex.join(cmd))
     start = time.perf_counter()

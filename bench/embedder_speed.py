@@ -153,8 +153,10 @@ def main() -> None:
     step = max(1, len(chunks) // args.chunks)
     sample = chunks[::step][: args.chunks]
     n_tokens = sum(len(e.ids) for e in tok.encode_batch(sample))
-    print(f"corpus: {len(texts)} pages, {sum(map(len, texts)):,} chars, {total_tokens:,} tokens, {len(chunks)} chunks;"
-          f" sample {len(sample)} chunks = {n_tokens:,} tokens (with [CLS]/[SEP])")
+    print(
+        f"corpus: {len(texts)} pages, {sum(map(len, texts)):,} chars, {total_tokens:,} tokens, {len(chunks)} chunks;"
+        f" sample {len(sample)} chunks = {n_tokens:,} tokens (with [CLS]/[SEP])"
+    )
 
     builds = {}
     for backend, variant in (("onnx", "fp32"), ("onnx-int8", "int8")):
@@ -199,8 +201,10 @@ def main() -> None:
         for backend in ("torch", "onnx", "onnx-int8"):
             loads[backend] = min(load_time(backend, str(cache)) for _ in range(2))
     print()
-    print(f"{'backend':18s} {'tok/cpu-s':>9s} {'x torch':>7s} {'tok/s':>7s} {'x torch':>7s} {'load s':>7s} {'+tok s':>7s}"
-          f" {'cos mean':>8s} {'cos min':>8s} {'R@1':>6s} {'R@4':>6s}")
+    print(
+        f"{'backend':18s} {'tok/cpu-s':>9s} {'x torch':>7s} {'tok/s':>7s} {'x torch':>7s} {'load s':>7s} {'+tok s':>7s}"
+        f" {'cos mean':>8s} {'cos min':>8s} {'R@1':>6s} {'R@4':>6s}"
+    )
     recall_cache: dict[str, tuple[float, float]] = {}
     for label, backend, _ in configs:
         cos = (vectors[label] * ref).sum(axis=1)
@@ -208,13 +212,17 @@ def main() -> None:
             recall_cache[backend] = recall(embedders[label], paragraphs, questions, gold)
         r1, r4 = recall_cache[backend]
         load, load_tok = loads.get(backend, (float("nan"), float("nan")))
-        print(f"{label:18s} {best_cpu[label]:9.0f} {best_cpu[label] / best_cpu['torch fp32 bs64']:7.2f}"
-              f" {best[label]:7.0f} {best[label] / best['torch fp32 bs64']:7.2f} {load:7.1f} {load_tok:7.1f}"
-              f" {cos.mean():8.5f} {cos.min():8.5f} {r1:6.3f} {r4:6.3f}")
+        print(
+            f"{label:18s} {best_cpu[label]:9.0f} {best_cpu[label] / best_cpu['torch fp32 bs64']:7.2f}"
+            f" {best[label]:7.0f} {best[label] / best['torch fp32 bs64']:7.2f} {load:7.1f} {load_tok:7.1f}"
+            f" {cos.mean():8.5f} {cos.min():8.5f} {r1:6.3f} {r4:6.3f}"
+        )
     est = total_tokens * 1.14  # ~ chunk overlap and special tokens
     print(f"\nwhole corpus (~{est:,.0f} tokens) at best wall tok/s:", {k: f"{est / v:.0f}s" for k, v in best.items()})
-    print(f"  ... at {_threads()} x tok/cpu-s (an idle machine):",
-          {k: f"{est / (v * _threads()):.0f}s" for k, v in best_cpu.items()})
+    print(
+        f"  ... at {_threads()} x tok/cpu-s (an idle machine):",
+        {k: f"{est / (v * _threads()):.0f}s" for k, v in best_cpu.items()},
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from typing import Any
 from bench import common
 
 sys.path.insert(0, str(common.ROOT))  # the ragqa packages first: this file would shadow `finetune`
-from finetune.squad import squad_training_data  # noqa: E402
+from finetune.squad import squad_training_data
 
 logger = logging.getLogger("bench.finetune")
 
@@ -71,7 +71,11 @@ class Runner:
 def prepare_home(args: argparse.Namespace) -> pathlib.Path:
     home = pathlib.Path(args.home) if args.home else pathlib.Path(tempfile.mkdtemp(prefix="ragqa-bench-ft-"))
     home.mkdir(parents=True, exist_ok=True)
-    models_from = pathlib.Path(args.models_from).expanduser() if args.models_from else pathlib.Path("~/.ragqa/models").expanduser()
+    models_from = (
+        pathlib.Path(args.models_from).expanduser()
+        if args.models_from
+        else pathlib.Path("~/.ragqa/models").expanduser()
+    )
     if not (home / "models").exists() and models_from.is_dir():
         (home / "models").symlink_to(models_from.resolve())
     return home
@@ -81,40 +85,97 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     home = prepare_home(args)
     env = common.offline_env(RAGQA_HOME=str(home))
     r = Runner(home, env)
-    data = squad_training_data(common.SQUAD, home / "bench-data", held_out=[args.held_out],
-                               unanswerable=args.unanswerable, preferences=args.pref_n if args.preferences else 0,
-                               prompts=args.prompt_n, seed=0)
+    data = squad_training_data(
+        common.SQUAD,
+        home / "bench-data",
+        held_out=[args.held_out],
+        unanswerable=args.unanswerable,
+        preferences=args.pref_n if args.preferences else 0,
+        prompts=args.prompt_n,
+        seed=0,
+    )
     held_path = data.held_out_path
     res: dict[str, Any] = {
         "held_out_article": data.held_out_articles[0],
         "train_articles": data.train_articles,
         "train_questions": data.answerable,
         "train_unanswerable": data.unanswerable,
-        "mode": args.mode, "n": args.n,
+        "mode": args.mode,
+        "n": args.n,
     }
     r.run("models", "prepare", "--json", timeout=1800)
     if COLLECTION not in json.dumps(r.run("collections", "list", "--json")[0]):
         r.run("ingest", str(common.SQUAD), "-c", COLLECTION, "--json")
 
     res["base"] = r.evaluate(held_path, args.mode, args.n, None)
-    sft_args = ["finetune", "sft", "--data", str(data.sft_path), "-c", COLLECTION, "--output", SFT_NAME, "--overwrite", "--json"]
+    sft_args = [
+        "finetune",
+        "sft",
+        "--data",
+        str(data.sft_path),
+        "-c",
+        COLLECTION,
+        "--output",
+        SFT_NAME,
+        "--overwrite",
+        "--json",
+    ]
     sft_args += args.sft_args.split() if args.sft_args else []
     sft, sft_wall = r.run(*sft_args)
-    res["sft"] = {"wall_s": sft_wall, **sft["metrics"], "command": "ragqa " + " ".join(
-        a if not a.startswith("/") else pathlib.Path(a).name for a in sft_args)}
+    res["sft"] = {
+        "wall_s": sft_wall,
+        **sft["metrics"],
+        "command": "ragqa " + " ".join(a if not a.startswith("/") else pathlib.Path(a).name for a in sft_args),
+    }
     res["after"] = r.evaluate(held_path, args.mode, args.n, SFT_NAME)
 
     if args.preferences:
         prefs_path, prompts_path = data.preferences_path, data.prompts_path
-        rm, rm_wall = r.run("finetune", "reward", "--data", str(prefs_path), "--output", RM_NAME, "--epochs", "2",
-                            "--overwrite", "--json")
+        rm, rm_wall = r.run(
+            "finetune",
+            "reward",
+            "--data",
+            str(prefs_path),
+            "--output",
+            RM_NAME,
+            "--epochs",
+            "2",
+            "--overwrite",
+            "--json",
+        )
         res["reward"] = {"wall_s": rm_wall, **rm["metrics"]}
-        dpo, dpo_wall = r.run("finetune", "dpo", "--data", str(prefs_path), "--from-adapter", SFT_NAME, "--epochs", "2",
-                              "--output", DPO_NAME, "--overwrite", "--json")
+        dpo, dpo_wall = r.run(
+            "finetune",
+            "dpo",
+            "--data",
+            str(prefs_path),
+            "--from-adapter",
+            SFT_NAME,
+            "--epochs",
+            "2",
+            "--output",
+            DPO_NAME,
+            "--overwrite",
+            "--json",
+        )
         res["dpo"] = {"wall_s": dpo_wall, **dpo["metrics"]}
         res["dpo_eval"] = r.evaluate(held_path, args.mode, args.n, DPO_NAME)
-        rl, rl_wall = r.run("finetune", "rlhf", "--reward-model", RM_NAME, "--prompts", str(prompts_path),
-                            "--from-adapter", SFT_NAME, "--epochs", "1", "--output", RLHF_NAME, "--overwrite", "--json")
+        rl, rl_wall = r.run(
+            "finetune",
+            "rlhf",
+            "--reward-model",
+            RM_NAME,
+            "--prompts",
+            str(prompts_path),
+            "--from-adapter",
+            SFT_NAME,
+            "--epochs",
+            "1",
+            "--output",
+            RLHF_NAME,
+            "--overwrite",
+            "--json",
+        )
         res["rlhf"] = {"wall_s": rl_wall, **rl["metrics"]}
         res["rlhf_eval"] = r.evaluate(held_path, args.mode, args.n, RLHF_NAME)
     if not args.home and not args.keep:
@@ -137,9 +198,12 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
         f"Command: `{common.command_line(pathlib.Path(__file__), argv)}`",
         "",
         f"SFT on the {res['train_questions']} answerable questions of {', '.join(res['train_articles'])}"
-        + (f" plus {res['train_unanswerable']} of their unanswerable ones answered \"I don't know.\"; "
-           if res.get("train_unanswerable") else "; ") +
-        f"evaluated with `ragqa eval --mode {res['mode']} --n {res['n']}` on the held-out article "
+        + (
+            f' plus {res["train_unanswerable"]} of their unanswerable ones answered "I don\'t know."; '
+            if res.get("train_unanswerable")
+            else "; "
+        )
+        + f"evaluated with `ragqa eval --mode {res['mode']} --n {res['n']}` on the held-out article "
         f"**{res['held_out_article']}** ({base['n']} answerable + {base.get('n_unanswerable', 0)} unanswerable questions, "
         "fixed seed). The collection holds all three articles; training prompts are built from its retrieval "
         "exactly as at inference.",
@@ -149,8 +213,10 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
     ]
 
     def row(name: str, m: dict[str, Any]) -> str:
-        return (f"| {name} | {_f(m['f1'])} | {_f(m['em'])} | {_f(m.get('recall_at_k'))} | "
-                f"{_f(m.get('abstain_precision'), '.2f')} / {_f(m.get('abstain_recall'), '.2f')} | {_f(m.get('p50_s'), '.2f')} |")
+        return (
+            f"| {name} | {_f(m['f1'])} | {_f(m['em'])} | {_f(m.get('recall_at_k'))} | "
+            f"{_f(m.get('abstain_precision'), '.2f')} / {_f(m.get('abstain_recall'), '.2f')} | {_f(m.get('p50_s'), '.2f')} |"
+        )
 
     lines.append(row("SmolLM2-135M-Instruct (base)", base))
     lines.append(row(f"+ LoRA SFT `{SFT_NAME}`", after))
@@ -197,9 +263,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--held-out", type=int, default=2, help="index of the held-out article (default: the third)")
     p.add_argument("--mode", default="rag-token", help="generation mode evaluated")
     p.add_argument("--n", type=int, default=60, help="answerable held-out questions (plus as many unanswerable)")
-    p.add_argument("--unanswerable", type=float, default=0.0,
-                   help="also train on this share (x answerable count) of the training articles' unanswerable questions, "
-                        "answered \"I don't know.\"")
+    p.add_argument(
+        "--unanswerable",
+        type=float,
+        default=0.0,
+        help="also train on this share (x answerable count) of the training articles' unanswerable questions, "
+        'answered "I don\'t know."',
+    )
     p.add_argument("--sft-args", default="", help="extra options for `ragqa finetune sft` (default: its own recipe)")
     p.add_argument("--preferences", action="store_true", help="also run reward -> rlhf and dpo")
     p.add_argument("--pref-n", type=int, default=48, help="preference pairs")

@@ -71,8 +71,10 @@ def _squad_questions(path: pathlib.Path, limit: int | None) -> list[dict[str, An
     """Answerable questions in file order: question, gold answers, gold (title, paragraph)."""
     from ingest.squad import iter_questions, read_squad
 
-    out = [{"question": q.question, "answers": q.answer_texts, "title": article.title, "paragraph": paragraph.index}
-           for article, paragraph, q in iter_questions(read_squad(path), answerable=True)]
+    out = [
+        {"question": q.question, "answers": q.answer_texts, "title": article.title, "paragraph": paragraph.index}
+        for article, paragraph, q in iter_questions(read_squad(path), answerable=True)
+    ]
     return out[:limit] if limit else out
 
 
@@ -82,7 +84,9 @@ def _score(questions: list[dict[str, Any]], retrieved: list[list[tuple[str, dict
     for q, hits in zip(questions, retrieved):
         answers = [a.lower() for a in q["answers"]]
         ans_hit = [any(a in text.lower() for a in answers) for text, _ in hits]
-        par_hit = [str(md.get("title")) == q["title"] and _as_int(md.get("paragraph")) == q["paragraph"] for _, md in hits]
+        par_hit = [
+            str(md.get("title")) == q["title"] and _as_int(md.get("paragraph")) == q["paragraph"] for _, md in hits
+        ]
         counts["answer@1"] += bool(ans_hit[:1] and ans_hit[0])
         counts[f"answer@{K}"] += any(ans_hit[:K])
         counts["paragraph@1"] += bool(par_hit[:1] and par_hit[0])
@@ -108,7 +112,9 @@ def langchain_ingest_worker(kind: str, source: pathlib.Path, out: pathlib.Path) 
         from langchain_community.document_loaders import BSHTMLLoader, DirectoryLoader
 
         # open_encoding: the docs are UTF-8; without it BSHTMLLoader uses the locale's encoding.
-        loader = DirectoryLoader(str(source), glob="**/*.html", loader_cls=BSHTMLLoader, loader_kwargs={"open_encoding": "utf-8"})
+        loader = DirectoryLoader(
+            str(source), glob="**/*.html", loader_cls=BSHTMLLoader, loader_kwargs={"open_encoding": "utf-8"}
+        )
         docs = loader.load()
     else:
         from langchain_core.documents import Document
@@ -187,8 +193,12 @@ class PipelineResult:
 
 @dataclass
 class Results:
-    docs: dict[str, PipelineResult] = field(default_factory=lambda: {"ragqa": PipelineResult(), "langchain": PipelineResult()})
-    squad: dict[str, PipelineResult] = field(default_factory=lambda: {"ragqa": PipelineResult(), "langchain": PipelineResult()})
+    docs: dict[str, PipelineResult] = field(
+        default_factory=lambda: {"ragqa": PipelineResult(), "langchain": PipelineResult()}
+    )
+    squad: dict[str, PipelineResult] = field(
+        default_factory=lambda: {"ragqa": PipelineResult(), "langchain": PipelineResult()}
+    )
     recall: dict[str, dict[str, Any] | None] = field(default_factory=lambda: {"ragqa": None, "langchain": None})
     failures: list[str] = field(default_factory=list)
     docs_files: int = 0
@@ -211,7 +221,9 @@ class Bench:
 
     # -- helpers ------------------------------------------------------------------------------
     def worker(self, *argv: str, env: dict[str, str] | None = None) -> common.Timed:
-        return common.run_timed([sys.executable, "-m", "bench.ingest", *argv], env=env or common.offline_env(), cwd=common.ROOT)
+        return common.run_timed(
+            [sys.executable, "-m", "bench.ingest", *argv], env=env or common.offline_env(), cwd=common.ROOT
+        )
 
     def fresh_home(self, name: str) -> pathlib.Path:
         home = self.work / name
@@ -292,7 +304,16 @@ class Bench:
     def run_langchain(self, corpus: str, source: pathlib.Path, rep: int) -> None:
         result = getattr(self.res, corpus)["langchain"]
         out = self.work / f"langchain-{corpus}-{rep}"
-        t = self.worker("--langchain-worker", "ingest", "--kind", "html" if corpus == "docs" else "squad", "--input", str(source), "--out", str(out))
+        t = self.worker(
+            "--langchain-worker",
+            "ingest",
+            "--kind",
+            "html" if corpus == "docs" else "squad",
+            "--input",
+            str(source),
+            "--out",
+            str(out),
+        )
         report = t.last_json()
         if not t.ok or report is None:
             self.fail(f"LangChain ingest of {corpus}", t)
@@ -304,7 +325,14 @@ class Bench:
         limit = [] if self.res.questions is None else ["--questions", str(self.res.questions)]
         home = self.work / "ragqa-squad-0"
         if home.exists():
-            t = self.worker("--ragqa-worker", "eval", "--collection", SQUAD_COLLECTION, *limit, env=common.offline_env(RAGQA_HOME=str(home)))
+            t = self.worker(
+                "--ragqa-worker",
+                "eval",
+                "--collection",
+                SQUAD_COLLECTION,
+                *limit,
+                env=common.offline_env(RAGQA_HOME=str(home)),
+            )
             if t.ok and t.last_json():
                 self.res.recall["ragqa"] = t.last_json()
                 self.res.ragqa_backend = self.res.recall["ragqa"].get("backend") or self.res.ragqa_backend
@@ -428,7 +456,9 @@ def render_notes(res: Results, repeat: int, cold: bool = False) -> list[str]:
         "Chunking differs by design: ragqa 200 tokens / 24 overlap; LangChain 1000 characters / 200 overlap.",
     ]
     if res.load:
-        notes.append(f"1-minute load average at start / end of the run: {' / '.join(f'{v:.1f}' for v in res.load)} (other work on the machine inflates every time).")
+        notes.append(
+            f"1-minute load average at start / end of the run: {' / '.join(f'{v:.1f}' for v in res.load)} (other work on the machine inflates every time)."
+        )
     for corpus in ("docs", "squad"):
         for pipeline, r in getattr(res, corpus).items():
             notes += [f"{pipeline} {corpus}: {n}" for n in r.notes]
@@ -463,12 +493,22 @@ def render_section(res: Results, args: argparse.Namespace, argv: list[str], tabl
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeat", type=int, default=1, help="alternating runs per pipeline and corpus (min and median reported)")
-    p.add_argument("--quick", action="store_true", help=f"smoke run: tutorial folder only, {QUICK_QUESTIONS} SQuAD questions")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--repeat", type=int, default=1, help="alternating runs per pipeline and corpus (min and median reported)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help=f"smoke run: tutorial folder only, {QUICK_QUESTIONS} SQuAD questions"
+    )
     p.add_argument("--questions", type=int, default=None, help="evaluate only the first N answerable SQuAD questions")
     p.add_argument("--write", action="store_true", help="update the Ingestion section of BENCHMARKS.md")
-    p.add_argument("--cold-model-cache", action="store_true", help="no untimed ragqa embedder preparation: each fresh home builds its own")
+    p.add_argument(
+        "--cold-model-cache",
+        action="store_true",
+        help="no untimed ragqa embedder preparation: each fresh home builds its own",
+    )
     p.add_argument("--workdir", type=pathlib.Path, default=None, help="parent of the temporary work folder")
     p.add_argument("--keep", action="store_true", help="keep the work folder (corpus, homes, stores)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -488,7 +528,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -513,7 +557,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(f"- {n}" for n in notes))
     if args.write:
         common.update_markdown_section(
-            common.BENCHMARKS_MD, START_MARKER, END_MARKER, render_section(res, args, argv, table, notes), SECTION_HEADING
+            common.BENCHMARKS_MD,
+            START_MARKER,
+            END_MARKER,
+            render_section(res, args, argv, table, notes),
+            SECTION_HEADING,
         )
         print(f"\nupdated {common.BENCHMARKS_MD.relative_to(common.ROOT)} ({SECTION_HEADING[3:]} section)")
     return 1 if res.failures else 0

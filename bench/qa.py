@@ -133,7 +133,9 @@ class LangChainQA:
         self.chat = ChatHuggingFace(llm=llm)
         self.tokenizer = llm.pipeline.tokenizer
         self.model = llm.pipeline.model
-        self.chain = {"context": self.retriever, "question": RunnablePassthrough()} | create_stuff_documents_chain(self.chat, PROMPT)
+        self.chain = {"context": self.retriever, "question": RunnablePassthrough()} | create_stuff_documents_chain(
+            self.chat, PROMPT
+        )
         self.timer = _LLMTimer()
         self.n_chunks = len(chunks)
         self.max_new_tokens = max_new_tokens
@@ -144,7 +146,12 @@ class LangChainQA:
         text = self.chain.invoke(question, config={"callbacks": [self.timer.handler]})
         total = time.perf_counter() - t0
         tokens = len(self.tokenizer.encode(text, add_special_tokens=False)) + 1  # + the end-of-turn token
-        return {"answer": text.strip(), "latency_s": total, "generate_s": self.timer.seconds, "tokens": min(tokens, self.max_new_tokens)}
+        return {
+            "answer": text.strip(),
+            "latency_s": total,
+            "generate_s": self.timer.seconds,
+            "tokens": min(tokens, self.max_new_tokens),
+        }
 
 
 # =============================================================================================
@@ -243,17 +250,28 @@ def rag_token_vs_separate(pipeline, collection, questions: list[str], new_tokens
 
         def run_rt() -> float:
             t = time.perf_counter()
-            rag_token_generate(model, prompts, doc_lp, max_new_tokens=new_tokens, eos_token_ids=None,
-                               pad_token_id=gen.tokenizer.pad_token_id)
+            rag_token_generate(
+                model,
+                prompts,
+                doc_lp,
+                max_new_tokens=new_tokens,
+                eos_token_ids=None,
+                pad_token_id=gen.tokenizer.pad_token_id,
+            )
             return time.perf_counter() - t
 
         def run_sep() -> float:
             t = time.perf_counter()
             with torch.inference_mode():
                 for p in prompts:
-                    model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                   pad_token_id=gen.tokenizer.pad_token_id)
+                    model.generate(
+                        input_ids=torch.tensor([p]),
+                        attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                        max_new_tokens=new_tokens,
+                        min_new_tokens=new_tokens,
+                        do_sample=False,
+                        pad_token_id=gen.tokenizer.pad_token_id,
+                    )
             return time.perf_counter() - t
 
         if i % 2:
@@ -317,18 +335,25 @@ class BenchRun:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from rag.evaluate import load_squad, sample_examples
 
-    home = pathlib.Path(args.home or os.environ.get("RAGQA_HOME") or tempfile.mkdtemp(prefix="ragqa-bench-qa-")).expanduser()
+    home = pathlib.Path(
+        args.home or os.environ.get("RAGQA_HOME") or tempfile.mkdtemp(prefix="ragqa-bench-qa-")
+    ).expanduser()
     settings, ws, qa = open_pipeline(home)
     b = BenchRun(
-        args=args, settings=settings, ws=ws, qa=qa, modes=args.modes,
+        args=args,
+        settings=settings,
+        ws=ws,
+        qa=qa,
+        modes=args.modes,
         abstain_modes=[m for m in (args.abstain_modes or [settings.qa.mode]) if m in args.modes],
         examples=sample_examples(load_squad(common.SQUAD), args.n, args.seed),
     )
     if not args.no_langchain and not args.calibrate:
         from rag.models import locate_generator
 
-        b.lc = LangChainQA(common.SQUAD, locate_generator(settings.generator, settings.models_dir).path,
-                           args.lc_max_new_tokens)
+        b.lc = LangChainQA(
+            common.SQUAD, locate_generator(settings.generator, settings.models_dir).path, args.lc_max_new_tokens
+        )
     b.coll = ws.open(COLLECTION, readonly=True)
     qa.retriever.warm_up(b.coll)
     warm_up(b)
@@ -357,7 +382,7 @@ def answer_answerable(b: BenchRun, t_start: float) -> dict[str, SystemRows]:
     systems = b.systems
     rows = {s: SystemRows() for s in systems}
     for i, ex in enumerate(b.answerable):
-        for s in systems[i % len(systems):] + systems[: i % len(systems)]:
+        for s in systems[i % len(systems) :] + systems[: i % len(systems)]:
             if s == LC:
                 _add_langchain_answer(rows[s], b.lc, ex)
             else:
@@ -427,10 +452,16 @@ def collect_results(b: BenchRun, rows: dict[str, SystemRows], fitted: dict[str, 
     from rag.evaluate import compute_metrics
 
     cfg = b.settings.qa
-    results: dict[str, Any] = {"systems": {}, "abstention": {}, "config": cfg.model_dump(), "n": len(b.answerable),
-                               "n_unanswerable": len(b.unanswerable), "seed": b.args.seed,
-                               "abstain_modes": b.abstain_modes,
-                               "retriever": b.settings.retriever.model_dump(exclude={"bm25"})}
+    results: dict[str, Any] = {
+        "systems": {},
+        "abstention": {},
+        "config": cfg.model_dump(),
+        "n": len(b.answerable),
+        "n_unanswerable": len(b.unanswerable),
+        "seed": b.args.seed,
+        "abstain_modes": b.abstain_modes,
+        "retriever": b.settings.retriever.model_dump(exclude={"bm25"}),
+    }
     for s in b.systems:
         results["systems"][s] = rows[s].summary()
         results["systems"][s]["examples"] = rows[s].examples[:5]
@@ -458,9 +489,12 @@ def abstention_metrics(recs: list[Any], cfg: Any, fitted: dict[str, Any] | None,
     if fitted is not None:
         chosen = {k: fitted[k] for k in ("min_score", "min_logprob", "max_idk_margin")}
         out["fitted"] = {
-            "thresholds": chosen, "on_calibration_set": fitted["metrics"],
-            "n_questions": fitted["n_questions"], "n_unanswerable": fitted["n_unanswerable"],
-            "max_f1_drop": max_f1_drop, "metrics": compute_metrics(recs, **chosen).to_dict(),
+            "thresholds": chosen,
+            "on_calibration_set": fitted["metrics"],
+            "n_questions": fitted["n_questions"],
+            "n_unanswerable": fitted["n_unanswerable"],
+            "max_f1_drop": max_f1_drop,
+            "metrics": compute_metrics(recs, **chosen).to_dict(),
         }
     return out
 
@@ -538,9 +572,11 @@ def _render_header(res: dict[str, Any], argv: list[str]) -> list[str]:
     lines = []
     lines.append(f"Command: `{common.command_line(pathlib.Path(__file__), argv)}`  ")
     lines.append(f"Date: {common.today()} · revision {common.git_revision()}  ")
-    lines.append(f"Machine: {common.machine_summary()}, torch threads {res.get('speed', {}).get('threads', 'default')} "
-                 "(shared with other jobs: absolute times are noisy, compare the ratios, measured in the same run with the "
-                 "order of the systems rotating per question)  ")
+    lines.append(
+        f"Machine: {common.machine_summary()}, torch threads {res.get('speed', {}).get('threads', 'default')} "
+        "(shared with other jobs: absolute times are noisy, compare the ratios, measured in the same run with the "
+        "order of the systems rotating per question)  "
+    )
     vers = common.package_versions()
     lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v != "not installed"))
     lines.append("")
@@ -559,13 +595,17 @@ def _render_systems(sysres: dict[str, Any], modes: list[str], args: argparse.Nam
     lines.append("|---|---|---|---|---|---|---|---|")
     for s in ([LC] if LC in sysres else []) + modes:
         r = sysres[s]
-        name = (f"LangChain stuff chain (max_new_tokens={args.lc_max_new_tokens})" if s == LC else f"ragqa {s}")
-        lines.append(f"| {name} | {_f(r['f1'])} | {_f(r['em'])} | {_f(r['p50_s'], '.2f')} | {_f(r['p95_s'], '.2f')} | "
-                     f"{_f(r['tokens_per_answer'], '.1f')} | {_f(r['tokens_per_s'], '.1f')} | {_f(r.get('recall_at_k'), '.2f')} |")
+        name = f"LangChain stuff chain (max_new_tokens={args.lc_max_new_tokens})" if s == LC else f"ragqa {s}"
+        lines.append(
+            f"| {name} | {_f(r['f1'])} | {_f(r['em'])} | {_f(r['p50_s'], '.2f')} | {_f(r['p95_s'], '.2f')} | "
+            f"{_f(r['tokens_per_answer'], '.1f')} | {_f(r['tokens_per_s'], '.1f')} | {_f(r.get('recall_at_k'), '.2f')} |"
+        )
     lines.append("")
-    lines.append("tokens/s = generated tokens / generation time of the answer (prefill included); LangChain's tokens are "
-                 "its answer re-tokenised (+1 end-of-turn). F1/EM: official SQuAD normalisation; an abstention on an "
-                 "answerable question scores 0. ragqa recall@4: a gold answer string in a retrieved chunk.")
+    lines.append(
+        "tokens/s = generated tokens / generation time of the answer (prefill included); LangChain's tokens are "
+        "its answer re-tokenised (+1 end-of-turn). F1/EM: official SQuAD normalisation; an abstention on an "
+        "answerable question scores 0. ragqa recall@4: a gold answer string in a retrieved chunk."
+    )
     lines.append("")
     return lines
 
@@ -582,15 +622,21 @@ def _render_targets(sysres: dict[str, Any], modes: list[str]) -> list[str]:
     lines.append("")
     lines.append("| target | value | |")
     lines.append("|---|---|---|")
-    lines.append(f"| F1 >= 1.5x LangChain's | {_f(b['f1'])} vs {_f(lc['f1'])} = {_f(f1r, '.2f')}x | "
-                 f"{_met(f1r is not None and f1r >= TARGET_F1_RATIO)} |")
+    lines.append(
+        f"| F1 >= 1.5x LangChain's | {_f(b['f1'])} vs {_f(lc['f1'])} = {_f(f1r, '.2f')}x | "
+        f"{_met(f1r is not None and f1r >= TARGET_F1_RATIO)} |"
+    )
     lines.append(f"| EM > 0.05 | {_f(b['em'])} | {_met(b['em'] > TARGET_EM)} |")
-    lines.append(f"| p50 latency <= 0.5x LangChain's | {_f(b['p50_s'], '.2f')} s vs {_f(lc['p50_s'], '.2f')} s = "
-                 f"{_f(p50r, '.2f')}x | {_met(p50r is not None and p50r <= TARGET_P50_RATIO)} |")
+    lines.append(
+        f"| p50 latency <= 0.5x LangChain's | {_f(b['p50_s'], '.2f')} s vs {_f(lc['p50_s'], '.2f')} s = "
+        f"{_f(p50r, '.2f')}x | {_met(p50r is not None and p50r <= TARGET_P50_RATIO)} |"
+    )
     for m in modes:
         r = sysres[m]
-        lines.append(f"| ({m}) F1 ratio / p50 ratio | {_f(common.ratio(r['f1'], lc['f1']), '.2f')}x / "
-                     f"{_f(common.ratio(r['p50_s'], lc['p50_s']), '.2f')}x | |")
+        lines.append(
+            f"| ({m}) F1 ratio / p50 ratio | {_f(common.ratio(r['f1'], lc['f1']), '.2f')}x / "
+            f"{_f(common.ratio(r['p50_s'], lc['p50_s']), '.2f')}x | |"
+        )
     lines.append("")
     return lines
 
@@ -598,19 +644,23 @@ def _render_targets(sysres: dict[str, Any], modes: list[str]) -> list[str]:
 def _render_abstention(res: dict[str, Any]) -> list[str]:
     cfg = res["config"]
     fits = {m: a["fitted"] for m, a in res["abstention"].items() if a.get("fitted")}
-    intro = (f"Abstention on the unanswerable questions of the reported sample (seed {res['seed']}). Rows: "
-             f"thresholds off; `QAConfig`'s thresholds (abstain_min_score={cfg['abstain_min_score']}, "
-             f"abstain_min_logprob={cfg['abstain_min_logprob']}, "
-             f"abstain_max_idk_margin={cfg.get('abstain_max_idk_margin')}); and thresholds fitted in this run by "
-             f"`rag.evaluate.calibrate` on other questions of the file (disjoint from the reported sample; "
-             f"F1 drop allowed while fitting: {next(iter(fits.values()))['max_f1_drop']:.0%} if any). "
-             if fits else
-             f"Abstention on the unanswerable questions of the reported sample (seed {res['seed']}), thresholds off "
-             f"and `QAConfig`'s (abstain_min_score={cfg['abstain_min_score']}, "
-             f"abstain_min_logprob={cfg['abstain_min_logprob']}, abstain_max_idk_margin={cfg.get('abstain_max_idk_margin')}). ")
+    intro = (
+        f"Abstention on the unanswerable questions of the reported sample (seed {res['seed']}). Rows: "
+        f"thresholds off; `QAConfig`'s thresholds (abstain_min_score={cfg['abstain_min_score']}, "
+        f"abstain_min_logprob={cfg['abstain_min_logprob']}, "
+        f"abstain_max_idk_margin={cfg.get('abstain_max_idk_margin')}); and thresholds fitted in this run by "
+        f"`rag.evaluate.calibrate` on other questions of the file (disjoint from the reported sample; "
+        f"F1 drop allowed while fitting: {next(iter(fits.values()))['max_f1_drop']:.0%} if any). "
+        if fits
+        else f"Abstention on the unanswerable questions of the reported sample (seed {res['seed']}), thresholds off "
+        f"and `QAConfig`'s (abstain_min_score={cfg['abstain_min_score']}, "
+        f"abstain_min_logprob={cfg['abstain_min_logprob']}, abstain_max_idk_margin={cfg.get('abstain_max_idk_margin')}). "
+    )
     lines = [intro + "The model's own \"I don't know\" counts as an abstention in every row:", ""]
-    lines.append("| mode | thresholds | abstain precision | base rate (unanswerable share) | abstain recall | "
-                 "answerable F1 | F1 drop | abstained on answerable |")
+    lines.append(
+        "| mode | thresholds | abstain precision | base rate (unanswerable share) | abstain recall | "
+        "answerable F1 | F1 drop | abstained on answerable |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|")
     for m, a in res["abstention"].items():
         lines += _render_abstention_mode(m, a)
@@ -626,22 +676,34 @@ def _render_abstention_mode(m: str, a: dict[str, Any]) -> list[str]:
     if a.get("fitted"):
         fit = a["fitted"]
         t = fit["thresholds"]
-        rows_.append((f"fitted on {fit['n_questions']} other questions (score {t['min_score']}, log-lik "
-                      f"{t['min_logprob']}, idk margin {t['max_idk_margin']})", fit["metrics"]))
+        rows_.append(
+            (
+                f"fitted on {fit['n_questions']} other questions (score {t['min_score']}, log-lik "
+                f"{t['min_logprob']}, idk margin {t['max_idk_margin']})",
+                fit["metrics"],
+            )
+        )
     base_rate = off["n_unanswerable"] / max(off["n"] + off["n_unanswerable"], 1)
     ok_any = False
     for label, mm in rows_:
         drop = 1 - mm["f1"] / off["f1"] if off["f1"] else None
-        lines.append(f"| {m} | {label} | {_f(mm['abstain_precision'])} | {_f(base_rate)} | {_f(mm['abstain_recall'])} | "
-                     f"{_f(mm['f1'])} | {_f(drop, '.1%')} | {_f(mm['abstain_rate_answerable'], '.1%')} |")
+        lines.append(
+            f"| {m} | {label} | {_f(mm['abstain_precision'])} | {_f(base_rate)} | {_f(mm['abstain_recall'])} | "
+            f"{_f(mm['f1'])} | {_f(drop, '.1%')} | {_f(mm['abstain_rate_answerable'], '.1%')} |"
+        )
         if label != "off":
-            ok_any |= (mm["abstain_precision"] or 0) > base_rate and (mm["abstain_recall"] or 0) >= TARGET_ABSTAIN_RECALL \
+            ok_any |= (
+                (mm["abstain_precision"] or 0) > base_rate
+                and (mm["abstain_recall"] or 0) >= TARGET_ABSTAIN_RECALL
                 and (drop is None or drop < TARGET_F1_DROP)
+            )
     lines.append(f"| {m} target: precision > base rate, recall >= 0.3, F1 drop < 10% | | | | | | | {_met(ok_any)} |")
     if a.get("fitted"):
         c = a["fitted"]["on_calibration_set"]
-        lines.append(f"| {m} (on the calibration questions themselves) | fitted | {_f(c['abstain_precision'])} | | "
-                     f"{_f(c['abstain_recall'])} | {_f(c['f1'])} | | {_f(c['abstain_rate_answerable'], '.1%')} |")
+        lines.append(
+            f"| {m} (on the calibration questions themselves) | fitted | {_f(c['abstain_precision'])} | | "
+            f"{_f(c['abstain_recall'])} | {_f(c['f1'])} | | {_f(c['abstain_rate_answerable'], '.1%')} |"
+        )
     return lines
 
 
@@ -690,7 +752,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=60, help="answerable questions (and as many unanswerable)")
     p.add_argument("--modes", default=",".join(ALL_MODES), help="ragqa modes, comma-separated")
-    p.add_argument("--abstain-modes", default=None, help="modes run on the unanswerable questions (default: QAConfig.mode)")
+    p.add_argument(
+        "--abstain-modes", default=None, help="modes run on the unanswerable questions (default: QAConfig.mode)"
+    )
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default 0; --calibrate: 1)")
     p.add_argument("--calibration-seed", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--lc-max-new-tokens", type=int, default=256, help="LangChain pipeline max_new_tokens (its default)")
@@ -699,12 +763,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-speed", action="store_true", help="skip the bandwidth / RAG-Token cost measurements")
     p.add_argument("--cost-questions", type=int, default=5)
     p.add_argument("--cost-tokens", type=int, default=16)
-    p.add_argument("--calibration-questions", type=int, default=400,
-                   help="questions of the file outside the reported sample on which abstention thresholds are fitted "
-                        "in the same run (0: only QAConfig's thresholds)")
-    p.add_argument("--calibration-max-f1-drop", type=float, default=0.07,
-                   help="F1 drop allowed when fitting (below the 10%% target: the reported sample is another draw)")
-    p.add_argument("--calibrate", action="store_true", help="fit abstention thresholds (calibrate()) on this sample, ragqa only")
+    p.add_argument(
+        "--calibration-questions",
+        type=int,
+        default=400,
+        help="questions of the file outside the reported sample on which abstention thresholds are fitted "
+        "in the same run (0: only QAConfig's thresholds)",
+    )
+    p.add_argument(
+        "--calibration-max-f1-drop",
+        type=float,
+        default=0.07,
+        help="F1 drop allowed when fitting (below the 10%% target: the reported sample is another draw)",
+    )
+    p.add_argument(
+        "--calibrate", action="store_true", help="fit abstention thresholds (calibrate()) on this sample, ragqa only"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 6 questions, 2 for the cost comparison")
     p.add_argument("--write", action="store_true", help="update the Question answering section of BENCHMARKS.md")
     p.add_argument("--json", default=None, help="also write the raw results to this file")
@@ -729,7 +803,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
     logger.setLevel(logging.INFO)
     res = run(args)
     if args.json:
@@ -738,12 +814,21 @@ def main(argv: list[str] | None = None) -> int:
         for m, a in res["abstention"].items():
             c = a.get("calibration")
             if c:
-                print(f"{m}: RAGQA_QA__ABSTAIN_MIN_SCORE={c['min_score']} RAGQA_QA__ABSTAIN_MIN_LOGPROB={c['min_logprob']} "
-                      f"RAGQA_QA__ABSTAIN_MAX_IDK_MARGIN={c['max_idk_margin']} "
-                      f"-> {json.dumps({k: c['metrics'][k] for k in ('f1', 'em', 'abstain_precision', 'abstain_recall', 'abstain_rate_answerable')})}")
+                print(
+                    f"{m}: RAGQA_QA__ABSTAIN_MIN_SCORE={c['min_score']} RAGQA_QA__ABSTAIN_MIN_LOGPROB={c['min_logprob']} "
+                    f"RAGQA_QA__ABSTAIN_MAX_IDK_MARGIN={c['max_idk_margin']} "
+                    f"-> {json.dumps({k: c['metrics'][k] for k in ('f1', 'em', 'abstain_precision', 'abstain_recall', 'abstain_rate_answerable')})}"
+                )
                 print(f"   without thresholds: F1 {a['off']['f1']:.3f}")
         for s, r in res["systems"].items():
-            print(s, {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items() if k not in ("examples", "records")})
+            print(
+                s,
+                {
+                    k: round(v, 3) if isinstance(v, float) else v
+                    for k, v in r.items()
+                    if k not in ("examples", "records")
+                },
+            )
         return 0
     body = render(res, args, argv)
     print(body)

@@ -45,8 +45,13 @@ class AdapterInfo:
 
     def to_dict(self, full: bool = False) -> dict[str, Any]:
         out = {
-            "name": self.name, "kind": self.kind, "base_model": self.base_model, "path": str(self.path),
-            "created_at": self.created_at, "metrics": self.metrics, "size_bytes": self.size_bytes,
+            "name": self.name,
+            "kind": self.kind,
+            "base_model": self.base_model,
+            "path": str(self.path),
+            "created_at": self.created_at,
+            "metrics": self.metrics,
+            "size_bytes": self.size_bytes,
         }
         if full:
             out["meta"] = self.meta
@@ -81,9 +86,14 @@ class AdapterRegistry:
         meta = self.store.meta(name)
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         return AdapterInfo(
-            name=name, path=path, kind=meta.get("kind", "unknown"),
+            name=name,
+            path=path,
+            kind=meta.get("kind", "unknown"),
             base_model=meta.get("base_model") or self.store.peft_config(name).get("base_model_name_or_path"),
-            created_at=meta.get("created_at"), metrics=meta.get("metrics", {}), meta=meta, size_bytes=size,
+            created_at=meta.get("created_at"),
+            metrics=meta.get("metrics", {}),
+            meta=meta,
+            size_bytes=size,
         )
 
     def require_generator_adapter(self, name: str) -> AdapterInfo:

@@ -27,10 +27,13 @@ class LoraOptions(BaseModel):
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS),
-                                      description="Linear layers that get adapters (names inside each block).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGETS),
+        description="Linear layers that get adapters (names inside each block).",
+    )
     top_layers: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="Adapt only the last N transformer blocks: back-propagation then stops below them, "
         "which makes each step cheaper on a CPU. None = all blocks.",
     )
@@ -45,18 +48,24 @@ class TrainOptions(BaseModel):
     max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1: run all epochs).")
     batch_size: int = Field(8, ge=1, description="Examples per device step.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    max_length: int = Field(512, ge=16, description="Longest tokenised example; longer ones are cut from the context side.")
+    max_length: int = Field(
+        512, ge=16, description="Longest tokenised example; longer ones are cut from the context side."
+    )
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of the steps spent warming up the learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     eval_split: float = Field(
-        0.0, ge=0, lt=1,
+        0.0,
+        ge=0,
+        lt=1,
         description="Share of the data held out to report eval loss/accuracy each epoch (0 = train on all, as TRL and "
         "LLaMA-Factory do by default; reward models always hold out >= 20% for pairwise accuracy).",
     )
     seed: int = Field(0, description="Random seed.")
     logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume with --resume).")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less memory, slower).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, slower)."
+    )
 
 
 class BaseJob(BaseModel):
@@ -70,7 +79,9 @@ class BaseJob(BaseModel):
     @classmethod
     def _name(cls, v: str) -> str:
         if not NAME_RE.match(v):
-            raise ValueError("adapter names use letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit)")
+            raise ValueError(
+                "adapter names use letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit)"
+            )
         return v
 
 
@@ -79,7 +90,9 @@ class RetrievalOptions(BaseModel):
 
     collection: str | None = Field(None, description="Retrieve each question's contexts from this collection.")
     k: int = Field(4, ge=1, le=64, description="Chunks retrieved per question.")
-    max_context_tokens: int | None = Field(None, ge=16, description="Cut each chunk to this many tokens (default: the QA config's).")
+    max_context_tokens: int | None = Field(
+        None, ge=16, description="Cut each chunk to this many tokens (default: the QA config's)."
+    )
 
 
 class SFTJob(BaseJob, RetrievalOptions):
@@ -90,7 +103,9 @@ class SFTJob(BaseJob, RetrievalOptions):
         "top-k chunks in one prompt, as the stuff mode reads them (RAFT); auto: follow the QA mode.",
     )
     distractor_rate: float = Field(
-        0.0, ge=0, le=1,
+        0.0,
+        ge=0,
+        le=1,
         description="per-document: share of questions that also get a prompt holding only a distractor chunk, "
         "trained to answer \"I don't know\". stuffed: share of prompts without the gold chunk (RAFT's 1-P).",
     )
@@ -113,7 +128,9 @@ class RLHFJob(BaseJob):
     from_adapter: str | None = Field(None, description="Start from this SFT adapter (it is also the KL reference).")
     algorithm: Literal["grpo", "rloo"] = Field("rloo", description="TRL's online RL trainer.")
     beta: float = Field(0.05, ge=0, description="KL penalty coefficient to the reference policy.")
-    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group / leave-one-out baseline).")
+    num_generations: int = Field(
+        4, ge=2, description="Completions sampled per prompt (the group / leave-one-out baseline)."
+    )
     max_completion_length: int = Field(16, ge=1, description="Longest sampled completion (tokens).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
 

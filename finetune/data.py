@@ -21,8 +21,6 @@ from typing import Any
 from finetune.errors import DataError
 
 
-
-
 @dataclass
 class Example:
     """One training record. ``contexts`` is empty when the file gives none (then a collection may supply them)."""
@@ -96,11 +94,16 @@ def parse_records(lines: Iterable[str], kind: str, source: str = "<data>") -> tu
         except DataError as exc:
             errors.append(str(exc))
             continue
-        examples.append(Example(
-            question=obj["question"].strip(), answer=(obj.get("answer") or None) if kind == "sft" else None,
-            contexts=contexts, chosen=obj.get("chosen") if kind == "preference" else None,
-            rejected=obj.get("rejected") if kind == "preference" else None, line=number,
-        ))
+        examples.append(
+            Example(
+                question=obj["question"].strip(),
+                answer=(obj.get("answer") or None) if kind == "sft" else None,
+                contexts=contexts,
+                chosen=obj.get("chosen") if kind == "preference" else None,
+                rejected=obj.get("rejected") if kind == "preference" else None,
+                line=number,
+            )
+        )
     return examples, errors
 
 

@@ -10,9 +10,9 @@ from finetune.config import DPOJob
 from finetune.data import Example, file_sha256, read_jsonl
 from finetune.examples import cut, tokenize_pair
 from finetune.runner import (
-    TrainResult,
     FinetuneError,
     RunStats,
+    TrainResult,
     Workspace,
     check_output_free,
     lora_config,
@@ -30,20 +30,27 @@ from rag.prompts import chat_messages
 logger = logging.getLogger(__name__)
 
 
-def dpo_features(gen: Generator, examples: list[Example], max_context_tokens: int, one_shot: bool,
-                 max_length: int) -> list[dict[str, Any]]:
+def dpo_features(
+    gen: Generator, examples: list[Example], max_context_tokens: int, one_shot: bool, max_length: int
+) -> list[dict[str, Any]]:
     """Conversational preference rows whose prompt is the inference prompt (TRL renders it with the
     same chat template); pairs longer than ``max_length`` tokens are dropped."""
     rows = []
     for ex in examples:
         contexts = [cut(gen.tokenizer, c, max_context_tokens) for c in ex.contexts]
-        longest = max(len(tokenize_pair(gen, ex.question, contexts, a, one_shot=one_shot)["input_ids"])
-                      for a in (ex.chosen, ex.rejected))
+        longest = max(
+            len(tokenize_pair(gen, ex.question, contexts, a, one_shot=one_shot)["input_ids"])
+            for a in (ex.chosen, ex.rejected)
+        )
         if longest > max_length:
             continue
-        rows.append({"prompt": chat_messages(ex.question, contexts, one_shot=one_shot),
-                     "chosen": [{"role": "assistant", "content": ex.chosen}],
-                     "rejected": [{"role": "assistant", "content": ex.rejected}]})
+        rows.append(
+            {
+                "prompt": chat_messages(ex.question, contexts, one_shot=one_shot),
+                "chosen": [{"role": "assistant", "content": ex.chosen}],
+                "rejected": [{"role": "assistant", "content": ex.rejected}],
+            }
+        )
     return rows
 
 
@@ -70,24 +77,48 @@ def run_dpo(job: DPOJob, ws: Workspace) -> TrainResult:
     resume = prepare_run_dir(run_dir, job.resume)
     args = DPOConfig(**trainer_kwargs(job, run_dir, has_eval=True), beta=job.beta, max_length=job.train.max_length)
     stats = RunStats()
-    trainer = DPOTrainer(model=model, args=args, processing_class=tok, train_dataset=Dataset.from_list(train_rows),
-                         eval_dataset=Dataset.from_list(eval_rows), peft_config=lora_config(job.lora, model))
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        processing_class=tok,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows),
+        peft_config=lora_config(job.lora, model),
+    )
     before = trainer.evaluate()
     out = trainer.train(resume_from_checkpoint=resume)
     after = trainer.evaluate()
     stats.stop()
     trainable, total = trainable_parameters(trainer.model)
     metrics = {
-        "train_loss": round(float(out.training_loss), 4), "steps": int(out.global_step), "beta": job.beta,
-        "pairs": len(rows), "train_pairs": len(train_rows), "eval_pairs": len(eval_rows),
-        "eval_loss_before": _pick(before, "loss"), "eval_loss": _pick(after, "loss"),
-        "accuracy_before": _pick(before, "rewards/accuracies"), "accuracy_after": _pick(after, "rewards/accuracies"),
-        "rewards_margin_before": _pick(before, "rewards/margins"), "rewards_margin_after": _pick(after, "rewards/margins"),
-        "from_adapter": job.from_adapter, "trainable_params": trainable, "total_params": total, **stats.to_dict(),
+        "train_loss": round(float(out.training_loss), 4),
+        "steps": int(out.global_step),
+        "beta": job.beta,
+        "pairs": len(rows),
+        "train_pairs": len(train_rows),
+        "eval_pairs": len(eval_rows),
+        "eval_loss_before": _pick(before, "loss"),
+        "eval_loss": _pick(after, "loss"),
+        "accuracy_before": _pick(before, "rewards/accuracies"),
+        "accuracy_after": _pick(after, "rewards/accuracies"),
+        "rewards_margin_before": _pick(before, "rewards/margins"),
+        "rewards_margin_after": _pick(after, "rewards/margins"),
+        "from_adapter": job.from_adapter,
+        "trainable_params": trainable,
+        "total_params": total,
+        **stats.to_dict(),
     }
     trainer.model.eval()
-    info = save_continuation(ws, trainer.model, job, kind="dpo", base=gen, from_adapter=job.from_adapter, meta={
-        "data": {"path": str(job.data), "sha256": file_sha256(job.data), "records": len(records)},
-        "metrics": metrics,
-    })
+    info = save_continuation(
+        ws,
+        trainer.model,
+        job,
+        kind="dpo",
+        base=gen,
+        from_adapter=job.from_adapter,
+        meta={
+            "data": {"path": str(job.data), "sha256": file_sha256(job.data), "records": len(records)},
+            "metrics": metrics,
+        },
+    )
     return TrainResult(info, metrics)

@@ -49,7 +49,9 @@ def cut(tokenizer, text: str, limit: int) -> str:
     return tokenizer.decode(ids[:limit]) if len(ids) > limit else text
 
 
-def tokenize_pair(gen: Generator, question: str, contexts: Sequence[str], answer: str, *, one_shot: bool) -> dict[str, list[int]]:
+def tokenize_pair(
+    gen: Generator, question: str, contexts: Sequence[str], answer: str, *, one_shot: bool
+) -> dict[str, list[int]]:
     """``input_ids`` of prompt + answer turn and ``completion_mask`` (1 on the answer turn's tokens).
 
     The prompt part is :meth:`Generator.prompt_ids` (what inference feeds); the completion is
@@ -66,7 +68,7 @@ def tokenize_pair(gen: Generator, question: str, contexts: Sequence[str], answer
             full = full["input_ids"]
         full = list(full)
         if full[: len(prompt)] == prompt:
-            completion = full[len(prompt):]
+            completion = full[len(prompt) :]
             # Drop a trailing newline after the end-of-turn token: generation stops at the end token.
             eos = set(gen.eos_token_ids)
             while completion and completion[-1] not in eos and any(t in eos for t in completion):
@@ -90,11 +92,16 @@ class BuildReport:
     def to_dict(self) -> dict[str, Any]:
         lengths = sorted(self.lengths) or [0]
         return {
-            "questions": self.questions, "examples": self.examples,
-            "positives_from_retrieval": self.positives_from_retrieval, "gold_fallback": self.gold_fallback,
-            "skipped_no_evidence": self.no_evidence, "distractor_examples": self.distractor_examples,
-            "skipped_too_long": self.too_long, "tokens": sum(self.lengths),
-            "median_length": lengths[len(lengths) // 2], "max_length": lengths[-1],
+            "questions": self.questions,
+            "examples": self.examples,
+            "positives_from_retrieval": self.positives_from_retrieval,
+            "gold_fallback": self.gold_fallback,
+            "skipped_no_evidence": self.no_evidence,
+            "distractor_examples": self.distractor_examples,
+            "skipped_too_long": self.too_long,
+            "tokens": sum(self.lengths),
+            "median_length": lengths[len(lengths) // 2],
+            "max_length": lengths[-1],
         }
 
 
@@ -142,8 +149,13 @@ def build_sft_examples(
         retrieved = source.contexts(rec.question) if source is not None else list(own)
         with_answer = [c for c in retrieved if contains_answer(c, answer)]
         without = [c for c in retrieved if not contains_answer(c, answer)]
-        gold = with_answer[0] if with_answer else (next((c for c in own if contains_answer(c, answer)), own[0] if own else None)
-                                                   if gold_fallback else None)
+        gold = (
+            with_answer[0]
+            if with_answer
+            else (
+                next((c for c in own if contains_answer(c, answer)), own[0] if own else None) if gold_fallback else None
+            )
+        )
         if with_answer:
             report.positives_from_retrieval += 1
         elif gold is not None:

@@ -95,7 +95,9 @@ def record_contexts(record: Mapping[str, Any], fetch: ContextFetcher | None, rep
     return []
 
 
-def export_feedback(records: Iterable[Mapping[str, Any]], *, fetch_contexts: ContextFetcher | None = None) -> FeedbackExport:
+def export_feedback(
+    records: Iterable[Mapping[str, Any]], *, fetch_contexts: ContextFetcher | None = None
+) -> FeedbackExport:
     """SFT examples and preference pairs from feedback ``records`` (see the module docstring).
 
     Duplicates (same question and answer, or same question, chosen and rejected; case and spacing
@@ -145,13 +147,21 @@ def export_feedback(records: Iterable[Mapping[str, Any]], *, fetch_contexts: Con
                 report.duplicates += 1
             else:
                 seen_pref.add(pkey)
-                prefs.append({"question": question, "chosen": correction, "rejected": answer,
-                              **({"contexts": contexts} if contexts else {})})
+                prefs.append(
+                    {
+                        "question": question,
+                        "chosen": correction,
+                        "rejected": answer,
+                        **({"contexts": contexts} if contexts else {}),
+                    }
+                )
         elif correction and rating == "down":
             report.skip("correction equals the logged answer")
     if report.records == 0:
-        raise FeedbackError("no feedback yet: rate answers through the REST API "
-                            "(POST /v1/answers/{answer_id}/feedback) and export again")
+        raise FeedbackError(
+            "no feedback yet: rate answers through the REST API "
+            "(POST /v1/answers/{answer_id}/feedback) and export again"
+        )
     report.sft, report.preferences = len(sft), len(prefs)
     report.collections = sorted(collections)
     return FeedbackExport(sft, prefs, report)

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 def _scaling(cfg: dict) -> float:
     r = cfg["r"]
     alpha = cfg["lora_alpha"]
-    return alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
+    return alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
 
 
 def _load(dir_: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -95,5 +95,9 @@ def merge_adapter(model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
 def adapter_lora_options(adapter_dir: Path) -> dict:
     """The LoRA options an adapter was trained with (to train its continuation alike)."""
     cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    return {"r": cfg["r"], "alpha": cfg["lora_alpha"], "target_modules": sorted(cfg.get("target_modules") or []),
-            "layers_to_transform": cfg.get("layers_to_transform")}
+    return {
+        "r": cfg["r"],
+        "alpha": cfg["lora_alpha"],
+        "target_modules": sorted(cfg.get("target_modules") or []),
+        "layers_to_transform": cfg.get("layers_to_transform"),
+    }

@@ -25,9 +25,9 @@ from finetune.data import file_sha256, read_jsonl
 from finetune.examples import contains_answer, tokenize_pair
 from finetune.losses import answer_logits
 from finetune.runner import (
-    TrainResult,
     FinetuneError,
     RunStats,
+    TrainResult,
     Workspace,
     check_output_free,
     lora_config,
@@ -47,7 +47,9 @@ QUERY_ENCODER_DIR = "query_encoder"
 
 
 # -- the loss (pure tensor code) ------------------------------------------------------------------
-def answer_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def answer_token_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """``(N, L-1)`` log p(label_t | prefix) at every labelled position (0 elsewhere), projecting only
     labelled positions through the LM head. ``input_ids``/``labels``: ``(N, L)``, labels -100 = ignore."""
     logits, target, mask = answer_logits(model, input_ids, labels, attention_mask=attention_mask)
@@ -55,7 +57,9 @@ def answer_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.
     return torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(mask, picked)
 
 
-def gather_answer_tokens(token_lp: torch.Tensor, labels: torch.Tensor, n_docs: int) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_answer_tokens(
+    token_lp: torch.Tensor, labels: torch.Tensor, n_docs: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Regroup per-row answer log-probs into ``(B, K, T)`` plus the ``(B, T)`` answer mask.
 
     Row ``b*K + k`` holds question ``b`` with document ``k``; every row of a question carries the
@@ -77,7 +81,9 @@ def gather_answer_tokens(token_lp: torch.Tensor, labels: torch.Tensor, n_docs: i
     return out.view(b, n_docs, t_max), ans_mask
 
 
-def marginal_nll(token_logprobs: torch.Tensor, doc_logprobs: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+def marginal_nll(
+    token_logprobs: torch.Tensor, doc_logprobs: torch.Tensor, mask: torch.Tensor, mode: str
+) -> torch.Tensor:
     """Mean over the batch of -log p(y|x) under ``mode``. ``token_logprobs (B,K,T)``, ``doc_logprobs (B,K)``, ``mask (B,T)``."""
     fn = rag_token_sequence_logprob if mode == "rag-token" else rag_sequence_logprob
     return -fn(token_logprobs, doc_logprobs, mask).mean()
@@ -104,7 +110,9 @@ class QueryEncoder(torch.nn.Module):
 
 
 # -- data ------------------------------------------------------------------------------------------
-def build_rows(gen: Generator, records, source, k: int, max_ctx: int, one_shot: bool, max_length: int) -> tuple[list[dict], dict]:
+def build_rows(
+    gen: Generator, records, source, k: int, max_ctx: int, one_shot: bool, max_length: int
+) -> tuple[list[dict], dict]:
     rows, report = [], {"questions": len(records), "rows": 0, "answer_in_top_k": 0, "too_long": 0}
     retriever, coll = source.retriever, source.collection
     for rec in records:
@@ -118,12 +126,14 @@ def build_rows(gen: Generator, records, source, k: int, max_ctx: int, one_shot: 
             report["too_long"] += 1
             continue
         report["answer_in_top_k"] += int(any(contains_answer(c, rec.answer) for c in contexts))
-        rows.append({
-            "question": rec.question,
-            "seqs": seqs,
-            "doc_vectors": np.stack([vecs[c.faiss_id] for c in retrieval.chunks]).astype(np.float32),
-            "dense_scores": np.array([c.dense_score for c in retrieval.chunks], dtype=np.float32),
-        })
+        rows.append(
+            {
+                "question": rec.question,
+                "seqs": seqs,
+                "doc_vectors": np.stack([vecs[c.faiss_id] for c in retrieval.chunks]).astype(np.float32),
+                "dense_scores": np.array([c.dense_score for c in retrieval.chunks], dtype=np.float32),
+            }
+        )
     report["rows"] = len(rows)
     return rows, report
 
@@ -142,7 +152,9 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, Any]:
         lab[torch.tensor(s["completion_mask"]) == 0] = -100
         labels[i, :n] = lab
     return {
-        "input_ids": ids, "attention_mask": att, "labels": labels,
+        "input_ids": ids,
+        "attention_mask": att,
+        "labels": labels,
         "doc_vectors": torch.from_numpy(np.stack([r["doc_vectors"] for r in rows])),
         "dense_scores": torch.from_numpy(np.stack([r["dense_scores"] for r in rows])),
         "questions": [r["question"] for r in rows],
@@ -152,7 +164,9 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, Any]:
 class RAGLoss(torch.nn.Module):
     """Generator (PEFT) + optional query encoder; ``forward(batch)`` is the marginal NLL."""
 
-    def __init__(self, generator_model, query_encoder: QueryEncoder | None, mode: str, temperature: float, n_docs: int) -> None:
+    def __init__(
+        self, generator_model, query_encoder: QueryEncoder | None, mode: str, temperature: float, n_docs: int
+    ) -> None:
         super().__init__()
         self.generator = generator_model
         self.query_encoder = query_encoder
@@ -214,7 +228,9 @@ def run_rag(job: RAGJob, ws: Workspace) -> TrainResult:
 
         def create_optimizer(self, model=None):
             if self.optimizer is None:
-                groups = [{"params": [p for p in peft_model.parameters() if p.requires_grad], "lr": job.train.learning_rate}]
+                groups = [
+                    {"params": [p for p in peft_model.parameters() if p.requires_grad], "lr": job.train.learning_rate}
+                ]
                 if qenc is not None:
                     groups.append({"params": list(qenc.parameters()), "lr": job.query_learning_rate})
                 self.optimizer = torch.optim.AdamW(groups, weight_decay=job.train.weight_decay)
@@ -231,11 +247,15 @@ def run_rag(job: RAGJob, ws: Workspace) -> TrainResult:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 
-            set_peft_model_state_dict(peft_model, load_file(str(Path(resume_from_checkpoint) / "adapter_model.safetensors")))
+            set_peft_model_state_dict(
+                peft_model, load_file(str(Path(resume_from_checkpoint) / "adapter_model.safetensors"))
+            )
             if qenc is not None and (Path(resume_from_checkpoint) / QUERY_ENCODER_DIR).exists():
                 from sentence_transformers import SentenceTransformer
 
-                loaded = SentenceTransformer(str(Path(resume_from_checkpoint) / QUERY_ENCODER_DIR), device=qenc.st.device)
+                loaded = SentenceTransformer(
+                    str(Path(resume_from_checkpoint) / QUERY_ENCODER_DIR), device=qenc.st.device
+                )
                 qenc.st.load_state_dict(loaded.state_dict())
 
     stats = RunStats()
@@ -246,16 +266,32 @@ def run_rag(job: RAGJob, ws: Workspace) -> TrainResult:
     stats.stop()
     trainable, total = trainable_parameters(peft_model)
     metrics = {
-        "mode": job.mode, "k": job.k, "train_query_encoder": job.train_query_encoder, "temperature": temperature,
-        "steps": int(out.global_step), "train_loss": round(float(out.training_loss), 4),
-        "marginal_nll_before": round(before, 4), "marginal_nll_after": round(after, 4),
-        "data": report, "trainable_params": trainable, "total_params": total, **stats.to_dict(),
+        "mode": job.mode,
+        "k": job.k,
+        "train_query_encoder": job.train_query_encoder,
+        "temperature": temperature,
+        "steps": int(out.global_step),
+        "train_loss": round(float(out.training_loss), 4),
+        "marginal_nll_before": round(before, 4),
+        "marginal_nll_after": round(after, 4),
+        "data": report,
+        "trainable_params": trainable,
+        "total_params": total,
+        **stats.to_dict(),
     }
     peft_model.eval()
-    info = save_adapter(ws, peft_model, job, kind="rag", base=gen, meta={
-        "data": {"path": str(job.data), "sha256": file_sha256(job.data), "records": len(records)},
-        "metrics": metrics, "query_encoder": QUERY_ENCODER_DIR if qenc is not None else None,
-    })
+    info = save_adapter(
+        ws,
+        peft_model,
+        job,
+        kind="rag",
+        base=gen,
+        meta={
+            "data": {"path": str(job.data), "sha256": file_sha256(job.data), "records": len(records)},
+            "metrics": metrics,
+            "query_encoder": QUERY_ENCODER_DIR if qenc is not None else None,
+        },
+    )
     if qenc is not None:
         qenc.save(info.path / QUERY_ENCODER_DIR)
     return TrainResult(info, metrics)

@@ -13,9 +13,9 @@ from finetune.config import RewardJob
 from finetune.data import Example, file_sha256, read_jsonl
 from finetune.examples import tokenize_pair
 from finetune.runner import (
-    TrainResult,
     FinetuneError,
     RunStats,
+    TrainResult,
     Workspace,
     check_output_free,
     lora_config,
@@ -32,7 +32,9 @@ from rag.models import prepare_generator
 logger = logging.getLogger(__name__)
 
 
-def preference_features(gen: Generator, examples: list[Example], max_context_tokens: int, one_shot: bool) -> list[dict[str, list[int]]]:
+def preference_features(
+    gen: Generator, examples: list[Example], max_context_tokens: int, one_shot: bool
+) -> list[dict[str, list[int]]]:
     """``chosen_ids`` / ``rejected_ids``: the full chat (prompt as at inference + answer turn) of each side."""
     from finetune.examples import cut
 
@@ -72,29 +74,48 @@ def run_reward(job: RewardJob, ws: Workspace) -> TrainResult:
     run_dir = ws.run_dir("reward", job.output)
     resume = prepare_run_dir(run_dir, job.resume)
     peft_cfg = lora_config(job.lora, model, task_type="SEQ_CLS", modules_to_save=["score"])
-    args = RewardConfig(**trainer_kwargs(job, run_dir, has_eval=True), max_length=job.train.max_length,
-                        disable_dropout=True)
+    args = RewardConfig(
+        **trainer_kwargs(job, run_dir, has_eval=True), max_length=job.train.max_length, disable_dropout=True
+    )
     stats = RunStats()
-    trainer = RewardTrainer(model=model, args=args, processing_class=tok, train_dataset=Dataset.from_list(train_rows),
-                            eval_dataset=Dataset.from_list(eval_rows), peft_config=peft_cfg)
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        processing_class=tok,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows),
+        peft_config=peft_cfg,
+    )
     before = trainer.evaluate()
     out = trainer.train(resume_from_checkpoint=resume)
     after = trainer.evaluate()
     stats.stop()
     trainable, total = trainable_parameters(trainer.model)
     metrics = {
-        "train_loss": round(float(out.training_loss), 4), "steps": int(out.global_step),
-        "pairs": len(rows), "train_pairs": len(train_rows), "eval_pairs": len(eval_rows),
+        "train_loss": round(float(out.training_loss), 4),
+        "steps": int(out.global_step),
+        "pairs": len(rows),
+        "train_pairs": len(train_rows),
+        "eval_pairs": len(eval_rows),
         "eval_accuracy_before": round(float(before.get("eval_accuracy", float("nan"))), 4),
         "eval_accuracy": round(float(after.get("eval_accuracy", float("nan"))), 4),
         "eval_margin": round(float(after.get("eval_margin", float("nan"))), 4),
         "eval_loss": round(float(after["eval_loss"]), 4),
-        "trainable_params": trainable, "total_params": total, **stats.to_dict(),
+        "trainable_params": trainable,
+        "total_params": total,
+        **stats.to_dict(),
     }
-    info = save_adapter(ws, trainer.model, job, kind="reward", base=gen, meta={
-        "data": {"path": str(job.data), "sha256": file_sha256(job.data), "records": len(records)},
-        "metrics": metrics,
-    })
+    info = save_adapter(
+        ws,
+        trainer.model,
+        job,
+        kind="reward",
+        base=gen,
+        meta={
+            "data": {"path": str(job.data), "sha256": file_sha256(job.data), "records": len(records)},
+            "metrics": metrics,
+        },
+    )
     return TrainResult(info, metrics)
 
 
@@ -109,9 +130,13 @@ class RewardScorer:
         except AdapterRegistryError as exc:
             raise FinetuneError(str(exc)) from exc
         if info.kind != "reward":
-            raise FinetuneError(f"adapter {name!r} is a {info.kind} adapter, not a reward model (train one with `ragqa finetune reward`)")
+            raise FinetuneError(
+                f"adapter {name!r} is a {info.kind} adapter, not a reward model (train one with `ragqa finetune reward`)"
+            )
         if info.base_model and info.base_model != gen.name:
-            raise FinetuneError(f"reward model {name!r} was trained on {info.base_model!r}, the generator is {gen.name!r}")
+            raise FinetuneError(
+                f"reward model {name!r} was trained on {info.base_model!r}, the generator is {gen.name!r}"
+            )
         model = load_backbone_classifier(ws)
         model.config.pad_token_id = gen.tokenizer.pad_token_id
         self.model = PeftModel.from_pretrained(model, str(Path(info.path))).eval()

@@ -15,8 +15,8 @@ from finetune.data import Example, file_sha256, read_jsonl
 from finetune.examples import cut
 from finetune.reward import RewardScorer
 from finetune.runner import (
-    TrainResult,
     RunStats,
+    TrainResult,
     Workspace,
     check_output_free,
     lora_config,
@@ -55,8 +55,18 @@ def make_reward_function(scorer: RewardScorer):
 
 
 @torch.no_grad()
-def policy_stats(model, gen: Generator, scorer: RewardScorer, prompts: list[Example], max_context_tokens: int,
-                 one_shot: bool, samples: int, max_new_tokens: int, temperature: float, seed: int) -> dict[str, float]:
+def policy_stats(
+    model,
+    gen: Generator,
+    scorer: RewardScorer,
+    prompts: list[Example],
+    max_context_tokens: int,
+    one_shot: bool,
+    samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+) -> dict[str, float]:
     """Mean reward of sampled answers, their KL to the reference (adapter off), and their length.
 
     KL is the usual sampled estimate: the sum over answer tokens of log pi(y_t) - log pi_ref(y_t).
@@ -68,20 +78,28 @@ def policy_stats(model, gen: Generator, scorer: RewardScorer, prompts: list[Exam
         contexts = [cut(gen.tokenizer, c, max_context_tokens) for c in ex.contexts]
         prompt = gen.prompt_ids(ex.question, contexts, one_shot=one_shot)
         ids = torch.tensor([prompt] * samples)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=temperature,
-                             top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                             pad_token_id=gen.tokenizer.pad_token_id)
-        completion = out[:, len(prompt):]
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=gen.tokenizer.pad_token_id,
+        )
+        completion = out[:, len(prompt) :]
         mask = torch.ones_like(completion, dtype=torch.bool)
         for row in range(completion.size(0)):  # tokens after the first end token are padding
             ends = [j for j, t in enumerate(completion[row].tolist()) if t in eos]
             if ends:
-                mask[row, ends[0] + 1:] = False
+                mask[row, ends[0] + 1 :] = False
         full = torch.cat([ids, completion], dim=1)
         att = torch.cat([torch.ones_like(ids), mask.long()], dim=1)
 
         def logps(m) -> torch.Tensor:
-            logits = m(input_ids=full, attention_mask=att).logits[:, len(prompt) - 1:-1].float()
+            logits = m(input_ids=full, attention_mask=att).logits[:, len(prompt) - 1 : -1].float()
             return torch.log_softmax(logits, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
 
         lp = logps(model)
@@ -92,7 +110,11 @@ def policy_stats(model, gen: Generator, scorer: RewardScorer, prompts: list[Exam
         texts = [gen.decode(row[m].tolist()) for row, m in zip(completion, mask)]
         rewards += scorer.score(ex.question, list(ex.contexts), texts)
     n = max(1, len(rewards))
-    return {"reward": sum(rewards) / n, "kl": sum(kls) / max(1, len(kls)), "length": sum(lengths) / max(1, len(lengths))}
+    return {
+        "reward": sum(rewards) / n,
+        "kl": sum(kls) / max(1, len(kls)),
+        "length": sum(lengths) / max(1, len(lengths)),
+    }
 
 
 def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
@@ -107,23 +129,51 @@ def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
     max_ctx = ws.qa.max_context_tokens
     rng = random.Random(job.train.seed)
     eval_prompts = rng.sample(records, min(len(records), 4))  # sampled before and after: keep it cheap on a CPU
-    rows = [{"prompt": chat_messages(r.question, [cut(gen.tokenizer, c, max_ctx) for c in r.contexts], one_shot=ws.qa.one_shot),
-             "question": r.question, "contexts": list(r.contexts)} for r in records]
+    rows = [
+        {
+            "prompt": chat_messages(
+                r.question, [cut(gen.tokenizer, c, max_ctx) for c in r.contexts], one_shot=ws.qa.one_shot
+            ),
+            "question": r.question,
+            "contexts": list(r.contexts),
+        }
+        for r in records
+    ]
     run_dir = ws.run_dir("rlhf", job.output)
     resume = prepare_run_dir(run_dir, job.resume)
     kwargs = trainer_kwargs(job, run_dir, has_eval=False)
     # One optimiser step sees batch_size completions: batch_size / num_generations prompts.
-    kwargs["per_device_train_batch_size"] = max(job.num_generations, job.train.batch_size // job.num_generations * job.num_generations)
-    common = dict(num_generations=job.num_generations, max_completion_length=job.max_completion_length,
-                  temperature=job.temperature, beta=job.beta, disable_dropout=True, log_completions=False)
+    kwargs["per_device_train_batch_size"] = max(
+        job.num_generations, job.train.batch_size // job.num_generations * job.num_generations
+    )
+    common = dict(
+        num_generations=job.num_generations,
+        max_completion_length=job.max_completion_length,
+        temperature=job.temperature,
+        beta=job.beta,
+        disable_dropout=True,
+        log_completions=False,
+    )
     cfg_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if job.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
     args = cfg_cls(**kwargs, **common)
     stats = RunStats()
-    trainer = trainer_cls(model=model, reward_funcs=make_reward_function(scorer), args=args, processing_class=gen.tokenizer,
-                          train_dataset=Dataset.from_list(rows), peft_config=lora_config(job.lora, model))
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=make_reward_function(scorer),
+        args=args,
+        processing_class=gen.tokenizer,
+        train_dataset=Dataset.from_list(rows),
+        peft_config=lora_config(job.lora, model),
+    )
     policy = trainer.model
-    sample_kw = dict(max_context_tokens=max_ctx, one_shot=ws.qa.one_shot, samples=job.num_generations,
-                     max_new_tokens=job.max_completion_length, temperature=job.temperature, seed=job.train.seed)
+    sample_kw = dict(
+        max_context_tokens=max_ctx,
+        one_shot=ws.qa.one_shot,
+        samples=job.num_generations,
+        max_new_tokens=job.max_completion_length,
+        temperature=job.temperature,
+        seed=job.train.seed,
+    )
     policy.eval()
     before = policy_stats(policy, gen, scorer, eval_prompts, **sample_kw)
     policy.train()
@@ -133,16 +183,34 @@ def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
     stats.stop()
     trainable, total = trainable_parameters(policy)
     metrics = {
-        "algorithm": job.algorithm, "beta": job.beta, "steps": int(out.global_step),
-        "train_loss": round(float(out.training_loss), 4), "prompts": len(records), "eval_prompts": len(eval_prompts),
-        "reward_before": round(before["reward"], 4), "reward_after": round(after["reward"], 4),
-        "kl_before": round(before["kl"], 4), "kl_after": round(after["kl"], 4),
-        "length_before": round(before["length"], 2), "length_after": round(after["length"], 2),
-        "from_adapter": job.from_adapter, "reward_model": job.reward_model,
-        "trainable_params": trainable, "total_params": total, **stats.to_dict(),
+        "algorithm": job.algorithm,
+        "beta": job.beta,
+        "steps": int(out.global_step),
+        "train_loss": round(float(out.training_loss), 4),
+        "prompts": len(records),
+        "eval_prompts": len(eval_prompts),
+        "reward_before": round(before["reward"], 4),
+        "reward_after": round(after["reward"], 4),
+        "kl_before": round(before["kl"], 4),
+        "kl_after": round(after["kl"], 4),
+        "length_before": round(before["length"], 2),
+        "length_after": round(after["length"], 2),
+        "from_adapter": job.from_adapter,
+        "reward_model": job.reward_model,
+        "trainable_params": trainable,
+        "total_params": total,
+        **stats.to_dict(),
     }
-    info = save_continuation(ws, policy, job, kind="rlhf", base=gen, from_adapter=job.from_adapter, meta={
-        "data": {"path": str(job.prompts), "sha256": file_sha256(job.prompts), "records": len(records)},
-        "metrics": metrics,
-    })
+    info = save_continuation(
+        ws,
+        policy,
+        job,
+        kind="rlhf",
+        base=gen,
+        from_adapter=job.from_adapter,
+        meta={
+            "data": {"path": str(job.prompts), "sha256": file_sha256(job.prompts), "records": len(records)},
+            "metrics": metrics,
+        },
+    )
     return TrainResult(info, metrics)

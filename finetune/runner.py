@@ -17,8 +17,8 @@ from finetune.adapters import AdapterInfo, AdapterRegistry
 from finetune.config import BaseJob, LoraOptions
 from finetune.errors import AdapterExistsError, FinetuneError, InvalidAdapterError
 from ingest.config import IngestConfig
-from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
 from ingest.hardware import cpu_fast_bf16
+from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
 from rag.generator import Generator, pick_device
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,13 @@ class Workspace:
 
         iws = IngestWorkspace(self.home, self.ingest)
         coll = iws.open(collection, readonly=True)  # raises a clear error for an unknown collection
-        return ContextSource(Retriever(iws.embedder, self.retriever), coll, k,
-                             max_context_tokens or self.qa.max_context_tokens, tokenizer)
+        return ContextSource(
+            Retriever(iws.embedder, self.retriever),
+            coll,
+            k,
+            max_context_tokens or self.qa.max_context_tokens,
+            tokenizer,
+        )
 
     def base_generator(self) -> Generator:
         """A fresh generator (its own copy of the weights, so training never touches a served model)."""
@@ -101,7 +106,7 @@ class RunStats:
     peak_rss_mb: float = 0.0
     peak_gpu_mb: float | None = None
 
-    def stop(self) -> "RunStats":
+    def stop(self) -> RunStats:
         self.seconds = time.perf_counter() - self.started
         self.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         if torch.cuda.is_available():
@@ -109,8 +114,11 @@ class RunStats:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {"train_seconds": round(self.seconds, 1), "peak_rss_mb": round(self.peak_rss_mb, 1),
-                "peak_gpu_mb": None if self.peak_gpu_mb is None else round(self.peak_gpu_mb, 1)}
+        return {
+            "train_seconds": round(self.seconds, 1),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "peak_gpu_mb": None if self.peak_gpu_mb is None else round(self.peak_gpu_mb, 1),
+        }
 
 
 def num_layers(model: torch.nn.Module) -> int:
@@ -121,7 +129,9 @@ def num_layers(model: torch.nn.Module) -> int:
     return int(n)
 
 
-def lora_config(opts: LoraOptions, model: torch.nn.Module, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None):
+def lora_config(
+    opts: LoraOptions, model: torch.nn.Module, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None
+):
     """A peft LoraConfig from our options; ``top_layers`` restricts adapters to the last N blocks."""
     from peft import LoraConfig
 
@@ -137,8 +147,14 @@ def lora_config(opts: LoraOptions, model: torch.nn.Module, task_type: str = "CAU
         n = num_layers(model)
         layers = list(range(max(0, n - opts.top_layers), n))
     return LoraConfig(
-        r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=list(opts.target_modules),
-        layers_to_transform=layers, task_type=task_type, modules_to_save=modules_to_save, bias="none",
+        r=opts.r,
+        lora_alpha=opts.alpha,
+        lora_dropout=opts.dropout,
+        target_modules=list(opts.target_modules),
+        layers_to_transform=layers,
+        task_type=task_type,
+        modules_to_save=modules_to_save,
+        bias="none",
     )
 
 
@@ -214,8 +230,9 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def save_adapter(ws: Workspace, model, job: BaseJob, *, kind: str, base: Generator, meta: dict[str, Any],
-                 tokenizer=None) -> AdapterInfo:
+def save_adapter(
+    ws: Workspace, model, job: BaseJob, *, kind: str, base: Generator, meta: dict[str, Any], tokenizer=None
+) -> AdapterInfo:
     """Save a PeftModel's adapter atomically under ``job.output`` with its ragqa metadata."""
     reg = ws.adapters
     staging = reg.staging_dir(job.output)
@@ -224,8 +241,11 @@ def save_adapter(ws: Workspace, model, job: BaseJob, *, kind: str, base: Generat
         if tokenizer is not None:
             tokenizer.save_pretrained(str(staging))
         full_meta = {
-            "kind": kind, "base_model": base.name, "base_model_path": str(base.config.model),
-            "options": job.model_dump(mode="json"), **meta,
+            "kind": kind,
+            "base_model": base.name,
+            "base_model_path": str(base.config.model),
+            "options": job.model_dump(mode="json"),
+            **meta,
         }
         return reg.commit(staging, job.output, full_meta, overwrite=job.overwrite)
     except Exception:
@@ -256,8 +276,16 @@ def start_policy(ws: Workspace, from_adapter: str | None) -> tuple[Generator, to
     return gen, model
 
 
-def save_continuation(ws: Workspace, peft_model, job: BaseJob, *, kind: str, base: Generator, meta: dict[str, Any],
-                      from_adapter: str | None) -> AdapterInfo:
+def save_continuation(
+    ws: Workspace,
+    peft_model,
+    job: BaseJob,
+    *,
+    kind: str,
+    base: Generator,
+    meta: dict[str, Any],
+    from_adapter: str | None,
+) -> AdapterInfo:
     """Save a LoRA trained on top of ``from_adapter`` as one adapter over the base (stacked), else as is."""
     if not from_adapter:
         return save_adapter(ws, peft_model, job, kind=kind, base=base, meta=meta)
@@ -269,8 +297,14 @@ def save_continuation(ws: Workspace, peft_model, job: BaseJob, *, kind: str, bas
     try:
         peft_model.save_pretrained(str(top))
         stack_adapters(reg.path(from_adapter), top, staging)
-        full_meta = {"kind": kind, "base_model": base.name, "base_model_path": str(base.config.model),
-                     "from_adapter": from_adapter, "options": job.model_dump(mode="json"), **meta}
+        full_meta = {
+            "kind": kind,
+            "base_model": base.name,
+            "base_model_path": str(base.config.model),
+            "from_adapter": from_adapter,
+            "options": job.model_dump(mode="json"),
+            **meta,
+        }
         return reg.commit(staging, job.output, full_meta, overwrite=job.overwrite)
     except Exception:
         import shutil

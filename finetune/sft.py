@@ -10,9 +10,9 @@ from finetune.config import SFTJob
 from finetune.data import file_sha256, read_jsonl
 from finetune.examples import build_sft_examples
 from finetune.runner import (
-    TrainResult,
     FinetuneError,
     RunStats,
+    TrainResult,
     Workspace,
     check_output_free,
     lora_config,
@@ -87,9 +87,16 @@ def run_sft(job: SFTJob, ws: Workspace) -> TrainResult:
         style = "stuffed" if ws.qa.mode == "stuff" else "per-document"
     max_ctx = job.max_context_tokens or ws.qa.max_context_tokens
     examples, report = build_sft_examples(
-        gen, records, source=source, prompt_style=style, max_context_tokens=max_ctx,
-        max_length=job.train.max_length, distractor_rate=job.distractor_rate, gold_fallback=job.gold_fallback,
-        one_shot=ws.qa.one_shot, seed=job.train.seed,
+        gen,
+        records,
+        source=source,
+        prompt_style=style,
+        max_context_tokens=max_ctx,
+        max_length=job.train.max_length,
+        distractor_rate=job.distractor_rate,
+        gold_fallback=job.gold_fallback,
+        one_shot=ws.qa.one_shot,
+        seed=job.train.seed,
     )
     if len(examples) < 2:
         raise FinetuneError(
@@ -114,8 +121,11 @@ def run_sft(job: SFTJob, ws: Workspace) -> TrainResult:
     )
     stats = RunStats()
     trainer = sft_trainer_class()(
-        model=peft_model, args=args, processing_class=tok,
-        train_dataset=Dataset.from_list(train_ex), eval_dataset=Dataset.from_list(eval_ex) if eval_ex else None,
+        model=peft_model,
+        args=args,
+        processing_class=tok,
+        train_dataset=Dataset.from_list(train_ex),
+        eval_dataset=Dataset.from_list(eval_ex) if eval_ex else None,
     )
     out = trainer.train(resume_from_checkpoint=resume)
     stats.stop()
@@ -137,10 +147,17 @@ def run_sft(job: SFTJob, ws: Workspace) -> TrainResult:
         metrics["eval_loss"] = round(float(ev["eval_loss"]), 4)
         metrics["eval_perplexity"] = round(math.exp(min(50.0, float(ev["eval_loss"]))), 3)
     peft_model.eval()
-    info = save_adapter(ws, peft_model, job, kind="sft", base=gen, meta={
-        "data": {"path": str(job.data), "sha256": file_sha256(job.data), "records": len(records)},
-        "metrics": metrics,
-    })
+    info = save_adapter(
+        ws,
+        peft_model,
+        job,
+        kind="sft",
+        base=gen,
+        meta={
+            "data": {"path": str(job.data), "sha256": file_sha256(job.data), "records": len(records)},
+            "metrics": metrics,
+        },
+    )
     logger.info("saved adapter %s to %s", info.name, info.path)
     return TrainResult(info, metrics)
 

@@ -81,8 +81,10 @@ def unanswerable_records(articles: Iterable[SquadArticle], k: int, seed: int = 0
     over the paragraph they were written against."""
     from rag.prompts import ABSTAIN_TEXT
 
-    pool = [{"question": q.question, "answer": ABSTAIN_TEXT, "context": p.context}
-            for _, p, q in iter_questions(articles, answerable=False)]
+    pool = [
+        {"question": q.question, "answer": ABSTAIN_TEXT, "context": p.context}
+        for _, p, q in iter_questions(articles, answerable=False)
+    ]
     k = min(len(pool), k)
     return random.Random(seed).sample(pool, k) if k > 0 else []
 
@@ -170,8 +172,11 @@ def squad_training_data(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = SquadTrainingData(
-        sft_path=out / SFT_FILE, train_articles=[a.title for a in train], held_out_articles=[a.title for a in held],
-        answerable=len(records), unanswerable=len(idk),
+        sft_path=out / SFT_FILE,
+        train_articles=[a.title for a in train],
+        held_out_articles=[a.title for a in held],
+        answerable=len(records),
+        unanswerable=len(idk),
     )
     write_jsonl(result.sft_path, records + idk)
     if held:
@@ -181,6 +186,7 @@ def squad_training_data(
         pairs = preference_records(train, preferences, seed)
         result.preferences_path, result.prompts_path = out / PREFERENCES_FILE, out / PROMPTS_FILE
         result.preference_pairs = write_jsonl(result.preferences_path, pairs)
-        result.prompts = write_jsonl(result.prompts_path,
-                                     [{"question": p["question"], "context": p["context"]} for p in pairs[:prompts]])
+        result.prompts = write_jsonl(
+            result.prompts_path, [{"question": p["question"], "context": p["context"]} for p in pairs[:prompts]]
+        )
     return result

@@ -69,7 +69,7 @@ class Chunker:
         )
 
     @classmethod
-    def for_tokenizer(cls, config: ChunkingConfig, tokenizer: Any, max_tokens: int | None = None) -> "Chunker":
+    def for_tokenizer(cls, config: ChunkingConfig, tokenizer: Any, max_tokens: int | None = None) -> Chunker:
         """A chunker that counts tokens with a Hugging Face tokenizer."""
 
         backend = getattr(tokenizer, "backend_tokenizer", None)

@@ -98,7 +98,9 @@ class SearchHit:
 class Collection:
     """Open with :meth:`create` or :meth:`open`; close with :meth:`close` (or a ``with`` block)."""
 
-    def __init__(self, path: Path, store: SQLiteDocumentStore, *, readonly: bool, index_config: IndexConfig | None = None) -> None:
+    def __init__(
+        self, path: Path, store: SQLiteDocumentStore, *, readonly: bool, index_config: IndexConfig | None = None
+    ) -> None:
         self.path = path
         self.name = path.name
         self.store = store
@@ -123,7 +125,7 @@ class Collection:
         dim: int,
         chunking: ChunkingConfig,
         index: IndexConfig,
-    ) -> "Collection":
+    ) -> Collection:
         validate_name(name)
         collections_dir.mkdir(parents=True, exist_ok=True)
         final = collections_dir / name
@@ -162,7 +164,7 @@ class Collection:
         *,
         embedder_name: str | None = None,
         readonly: bool = False,
-    ) -> "Collection":
+    ) -> Collection:
         validate_name(name)
         path = collections_dir / name
         if not (path / "store.sqlite").exists():
@@ -201,7 +203,7 @@ class Collection:
             self._lock_fh.close()
             self._lock_fh = None
 
-    def __enter__(self) -> "Collection":
+    def __enter__(self) -> Collection:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -239,7 +241,10 @@ class Collection:
         elif files:
             logger.warning(
                 "collection %s: index is at generation %d but the store at %d (interrupted write); "
-                "rebuilding the index from stored vectors", self.name, max(files), gen,
+                "rebuilding the index from stored vectors",
+                self.name,
+                max(files),
+                gen,
             )
         self._rebuild()
         if not self.readonly:
@@ -259,7 +264,9 @@ class Collection:
             self._load_index()
             return
         gen = self.store.generation
-        if self._needs_rebuild or index_kind(self._index) != effective_kind(self.index_config, self.store.count_chunks()):
+        if self._needs_rebuild or index_kind(self._index) != effective_kind(
+            self.index_config, self.store.count_chunks()
+        ):
             self._rebuild()
         if self._index_generation != gen or gen not in self._index_files():
             write_index_atomic(self._index, self.path / f"index-{gen}.faiss")
@@ -288,7 +295,9 @@ class Collection:
     def file_hash(self, path: str) -> str | None:
         return self.store.file_hash(path)
 
-    def replace_file(self, path: str, content_hash: str, size: int, docs: list[Document], chunks: list[Chunk], vectors: np.ndarray) -> tuple[int, int]:
+    def replace_file(
+        self, path: str, content_hash: str, size: int, docs: list[Document], chunks: list[Chunk], vectors: np.ndarray
+    ) -> tuple[int, int]:
         """Atomically make ``path``'s documents exactly ``docs``/``chunks``; returns (removed, added) chunk counts."""
         self._check_writable()
         _ = self.index  # make sure the index is in sync before applying a delta

@@ -30,7 +30,7 @@ class ChunkingConfig(BaseModel):
     overlap_tokens: int = Field(24, ge=0)
 
     @model_validator(mode="after")
-    def _overlap_smaller(self) -> "ChunkingConfig":
+    def _overlap_smaller(self) -> ChunkingConfig:
         if self.overlap_tokens >= self.chunk_tokens:
             raise ValueError("overlap_tokens must be smaller than chunk_tokens")
         return self

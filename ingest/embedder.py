@@ -65,7 +65,7 @@ class Embedder(Protocol):
     max_tokens: int  #: tokens the model reads, special tokens included
 
     @property
-    def tokenizer(self) -> "PreTrainedTokenizerBase": ...
+    def tokenizer(self) -> PreTrainedTokenizerBase: ...
 
     def embed_documents(self, texts: list[str], progress: bool = False) -> np.ndarray:
         """``(n, dim)`` float32, each row of unit L2 norm."""
@@ -158,7 +158,7 @@ class _BaseEmbedder:
         self._hf_tokenizer: Any = None
 
     @property
-    def tokenizer(self) -> "PreTrainedTokenizerBase":
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         """The model's HF tokenizer (loaded on first use: it imports transformers)."""
         if self._hf_tokenizer is None:
             from transformers import AutoTokenizer
@@ -350,7 +350,9 @@ def _onnx_plan(folder: pathlib.Path) -> dict[str, Any] | None:
             if isinstance(pcfg.get("pooling_mode"), str):
                 modes = [pcfg["pooling_mode"]]
             else:
-                modes = [_POOLING_FLAGS.get(k, k) for k, v in pcfg.items() if k.startswith("pooling_mode_") and v is True]
+                modes = [
+                    _POOLING_FLAGS.get(k, k) for k, v in pcfg.items() if k.startswith("pooling_mode_") and v is True
+                ]
             if len(modes) != 1 or modes[0] not in ("mean", "cls", "max") or pcfg.get("include_prompt") is False:
                 logger.info("ONNX backend does not handle pooling %s; using torch", modes)
                 return None
@@ -363,7 +365,9 @@ def _onnx_plan(folder: pathlib.Path) -> dict[str, Any] | None:
     positions = int(config.get("max_position_embeddings", 512))
     tok_cfg_path = folder / "tokenizer_config.json"
     tok_limit = _read_json(tok_cfg_path).get("model_max_length") if tok_cfg_path.is_file() else None
-    max_tokens = st_cfg.get("max_seq_length") or (tok_limit if isinstance(tok_limit, int) and tok_limit < 10**6 else None)
+    max_tokens = st_cfg.get("max_seq_length") or (
+        tok_limit if isinstance(tok_limit, int) and tok_limit < 10**6 else None
+    )
     return {
         "pooling": pooling,
         "dim": int(config["hidden_size"]),
@@ -397,7 +401,9 @@ def _load_onnx(
     if plan is None:
         return None
     if plan["lower"]:
-        logger.info("ONNX backend: sentence_bert_config do_lower_case is not applied by the Rust tokenizer; using torch")
+        logger.info(
+            "ONNX backend: sentence_bert_config do_lower_case is not applied by the Rust tokenizer; using torch"
+        )
         return None
     import onnxruntime as ort
 
@@ -454,7 +460,14 @@ def _load_transformers(config: EmbedderConfig, path: str, name: str) -> Transfor
     tok = _fast_tokenizer(folder, max_tokens)
     logger.info("Loaded embedder %s (torch, cpu, %s)", name, dtype)
     return TransformersEmbedder(
-        model, tok, plan["pooling"], dtype=dtype, name=name, path=path, dim=plan["dim"], max_tokens=max_tokens,
+        model,
+        tok,
+        plan["pooling"],
+        dtype=dtype,
+        name=name,
+        path=path,
+        dim=plan["dim"],
+        max_tokens=max_tokens,
         batch_size=config.batch_size,
     )
 

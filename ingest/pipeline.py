@@ -292,8 +292,10 @@ def _prune(collection: Collection, paths: Sequence[str | Path], present: set[str
     """Remove files ingested from the named folders that are gone from them."""
     folders = [str(Path(p).expanduser().resolve()) for p in paths if Path(p).expanduser().is_dir()]
     gone = [
-        path for path in collection.store.file_paths()
-        if path not in present and any(path.startswith(f.rstrip("/") + "/") for f in folders)
+        path
+        for path in collection.store.file_paths()
+        if path not in present
+        and any(path.startswith(f.rstrip("/") + "/") for f in folders)
         and not Path(path).exists()
     ]
     if gone:

@@ -127,10 +127,14 @@ def parse_squad(obj: Any, source: str | Path = "<squad>") -> SquadDataset:
                     logger.warning("%s: %s paragraph %d has a question without text; skipped", source, title, i)
                     continue
                 qid = raw_q.get("id")
-                questions.append(SquadQuestion(
-                    qid=str(qid if qid is not None else n_questions), question=raw_q["question"],
-                    answers=_answers(raw_q.get("answers")), is_impossible=bool(raw_q.get("is_impossible", False)),
-                ))
+                questions.append(
+                    SquadQuestion(
+                        qid=str(qid if qid is not None else n_questions),
+                        question=raw_q["question"],
+                        answers=_answers(raw_q.get("answers")),
+                        is_impossible=bool(raw_q.get("is_impossible", False)),
+                    )
+                )
                 n_questions += 1
             context = raw_par.get("context")
             paragraphs.append(SquadParagraph(i, context if isinstance(context, str) else "", tuple(questions)))
@@ -168,13 +172,27 @@ def iter_paragraphs(articles: Iterable[SquadArticle]) -> Iterator[tuple[SquadArt
 
 def to_json(articles: Iterable[SquadArticle], version: str = "v2.0") -> dict[str, Any]:
     """The SQuAD JSON object of ``articles`` (e.g. one held-out article for ``ragqa eval --data``)."""
-    return {"version": version, "data": [{
-        "title": a.title,
-        "paragraphs": [{
-            "context": p.context,
-            "qas": [{
-                "id": q.qid, "question": q.question, "is_impossible": q.is_impossible,
-                "answers": [{"text": x.text, "answer_start": x.answer_start} for x in q.answers],
-            } for q in p.questions],
-        } for p in a.paragraphs],
-    } for a in articles]}
+    return {
+        "version": version,
+        "data": [
+            {
+                "title": a.title,
+                "paragraphs": [
+                    {
+                        "context": p.context,
+                        "qas": [
+                            {
+                                "id": q.qid,
+                                "question": q.question,
+                                "is_impossible": q.is_impossible,
+                                "answers": [{"text": x.text, "answer_start": x.answer_start} for x in q.answers],
+                            }
+                            for q in p.questions
+                        ],
+                    }
+                    for p in a.paragraphs
+                ],
+            }
+            for a in articles
+        ],
+    }

@@ -195,7 +195,7 @@ class SQLiteDocumentStore:
             else:
                 self.db.execute("ROLLBACK")
 
-    def transaction(self) -> "SQLiteDocumentStore._Tx":
+    def transaction(self) -> SQLiteDocumentStore._Tx:
         return SQLiteDocumentStore._Tx(self._db)
 
     def _bump(self) -> int:
@@ -247,22 +247,35 @@ class SQLiteDocumentStore:
             db.executemany(
                 "INSERT OR REPLACE INTO documents VALUES(?,?,?,?,?,?,?,?)",
                 [
-                    (d.doc_id, d.source, d.key, d.title, json.dumps(d.metadata, ensure_ascii=False),
-                     counts.get(d.doc_id, 0), chars.get(d.doc_id, 0), now)
+                    (
+                        d.doc_id,
+                        d.source,
+                        d.key,
+                        d.title,
+                        json.dumps(d.metadata, ensure_ascii=False),
+                        counts.get(d.doc_id, 0),
+                        chars.get(d.doc_id, 0),
+                        now,
+                    )
                     for d in docs
                 ],
             )
             db.executemany(
                 "INSERT OR REPLACE INTO chunks VALUES(?,?,?,?,?,?,?)",
                 [
-                    (c.faiss_id, c.chunk_id, c.doc_id, c.ordinal, c.text,
-                     json.dumps(c.metadata, ensure_ascii=False), vectors[i].tobytes())
+                    (
+                        c.faiss_id,
+                        c.chunk_id,
+                        c.doc_id,
+                        c.ordinal,
+                        c.text,
+                        json.dumps(c.metadata, ensure_ascii=False),
+                        vectors[i].tobytes(),
+                    )
                     for i, c in enumerate(chunks)
                 ],
             )
-            db.execute(
-                "INSERT OR REPLACE INTO files VALUES(?,?,?,?)", (path, content_hash, size, now)
-            )
+            db.execute("INSERT OR REPLACE INTO files VALUES(?,?,?,?)", (path, content_hash, size, now))
             gen = self._bump()
         return removed, [c.faiss_id for c in chunks], gen
 
@@ -285,9 +298,12 @@ class SQLiteDocumentStore:
         return removed, n_docs, gen
 
     def _delete_where(self, db: sqlite3.Connection, where: str, args: tuple) -> list[int]:
-        ids = [r[0] for r in db.execute(
-            f"SELECT c.faiss_id FROM chunks c JOIN documents d ON c.doc_id=d.doc_id WHERE {where}", args
-        )]
+        ids = [
+            r[0]
+            for r in db.execute(
+                f"SELECT c.faiss_id FROM chunks c JOIN documents d ON c.doc_id=d.doc_id WHERE {where}", args
+            )
+        ]
         db.execute(f"DELETE FROM documents WHERE doc_id IN (SELECT d.doc_id FROM documents d WHERE {where})", args)
         return ids
 
@@ -312,15 +328,14 @@ class SQLiteDocumentStore:
             sql += " LIMIT ? OFFSET ?"
             args += [limit, offset]
         return [
-            DocumentRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7])
-            for r in self._db.execute(sql, args)
+            DocumentRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7]) for r in self._db.execute(sql, args)
         ]
 
     def get_chunks(self, faiss_ids: Sequence[int]) -> dict[int, ChunkRow]:
         out: dict[int, ChunkRow] = {}
         ids = [int(i) for i in faiss_ids]
         for start in range(0, len(ids), 500):
-            part = ids[start:start + 500]
+            part = ids[start : start + 500]
             marks = ",".join("?" * len(part))
             for r in self._db.execute(
                 f"SELECT faiss_id, chunk_id, doc_id, ordinal, text, metadata FROM chunks WHERE faiss_id IN ({marks})",
@@ -334,7 +349,7 @@ class SQLiteDocumentStore:
         out: dict[str, ChunkRow] = {}
         ids = [str(i) for i in chunk_ids]
         for start in range(0, len(ids), 500):
-            part = ids[start:start + 500]
+            part = ids[start : start + 500]
             marks = ",".join("?" * len(part))
             for r in self._db.execute(
                 f"SELECT faiss_id, chunk_id, doc_id, ordinal, text, metadata FROM chunks WHERE chunk_id IN ({marks})",
@@ -344,7 +359,9 @@ class SQLiteDocumentStore:
         return out
 
     def iter_chunks(self, batch: int = 1000) -> Iterator[ChunkRow]:
-        cur = self._db.execute("SELECT faiss_id, chunk_id, doc_id, ordinal, text, metadata FROM chunks ORDER BY faiss_id")
+        cur = self._db.execute(
+            "SELECT faiss_id, chunk_id, doc_id, ordinal, text, metadata FROM chunks ORDER BY faiss_id"
+        )
         while rows := cur.fetchmany(batch):
             for r in rows:
                 yield ChunkRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))
@@ -364,10 +381,12 @@ class SQLiteDocumentStore:
         ``None`` leaves a field unfiltered; a sequence keeps the chunks whose field is one of its
         values (an empty sequence keeps none).
         """
-        given = {"faiss_ids": None if faiss_ids is None else [int(i) for i in faiss_ids],
-                 "doc_ids": None if doc_ids is None else [str(d) for d in doc_ids],
-                 "sources": None if sources is None else [str(s) for s in sources],
-                 "titles": None if titles is None else [str(t) for t in titles]}
+        given = {
+            "faiss_ids": None if faiss_ids is None else [int(i) for i in faiss_ids],
+            "doc_ids": None if doc_ids is None else [str(d) for d in doc_ids],
+            "sources": None if sources is None else [str(s) for s in sources],
+            "titles": None if titles is None else [str(t) for t in titles],
+        }
         where, args = [], []
         for name, values in given.items():
             if values is not None:

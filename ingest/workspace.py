@@ -82,7 +82,9 @@ class Workspace:
         delete_collection(self.collections_dir, name)
 
     # -- work ---------------------------------------------------------------------------
-    def ingest(self, paths: Sequence[str | Path], name: str, *, progress: bool = False, prune: bool = False) -> IngestReport:
+    def ingest(
+        self, paths: Sequence[str | Path], name: str, *, progress: bool = False, prune: bool = False
+    ) -> IngestReport:
         with self.open_or_create(name) as coll:
             # The model loads only when a file has changed: an unchanged re-ingest reads hashes only.
             return ingest_paths(

@@ -86,7 +86,7 @@ class AbstentionRule:
             return f"answer likelihood {mean_logprob:.3f} < {self.min_logprob:.3f} per token"
         if self.idk_preferred(idk_margin):
             return (
-                f"the model finds \"I don't know\" likelier than its answer (margin {idk_margin:.3f} "
+                f'the model finds "I don\'t know" likelier than its answer (margin {idk_margin:.3f} '
                 f"> {self.max_idk_margin:.3f} per token)"
             )
         return None

@@ -85,8 +85,11 @@ class AdapterStore:
         """The adapters, sorted: visible folders holding ``adapter_config.json``."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and (p / ADAPTER_CONFIG).is_file())
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / ADAPTER_CONFIG).is_file()
+        )
 
     def list(self) -> list[AdapterEntry]:
         """Every adapter with its metadata, sorted by name."""

@@ -49,6 +49,7 @@ def _quiet_bm25s() -> None:
     """bm25s sets its own logger to DEBUG on import; keep it at our root level or above."""
     logging.getLogger("bm25s").setLevel(max(logging.getLogger().getEffectiveLevel(), logging.INFO))
 
+
 __all__ = ["BM25Cache", "BM25Index", "build_bm25_index", "tokenize"]
 
 #: Bump when the tokenizer's output changes: persisted indexes of another version are rebuilt.
@@ -168,8 +169,9 @@ class BM25Index:
         return float(scores[r]) if r is not None else 0.0
 
 
-def build_bm25_index(texts: Sequence[str], ids: np.ndarray, sources: list[str], titles: list[str],
-                     generation: int, config: BM25Config) -> BM25Index:
+def build_bm25_index(
+    texts: Sequence[str], ids: np.ndarray, sources: list[str], titles: list[str], generation: int, config: BM25Config
+) -> BM25Index:
     """Tokenise and index ``texts`` (row ``i`` is chunk ``ids[i]``)."""
     tok = Tokenizer(config)
     ids = np.asarray(ids, dtype=np.int64)
@@ -264,7 +266,7 @@ class BM25Cache:
         self._lock = threading.Lock()
         self.builds = 0  #: indexes built from the store (not loaded from disk) — for tests and logs
 
-    def get(self, collection: "Collection") -> BM25Index:
+    def get(self, collection: Collection) -> BM25Index:
         key = str(Path(collection.path).resolve())
         gen = collection.store.generation
         with self._lock:
@@ -274,7 +276,7 @@ class BM25Cache:
                 self._indexes[key] = index
             return index
 
-    def _load_or_build(self, collection: "Collection", gen: int) -> BM25Index:
+    def _load_or_build(self, collection: Collection, gen: int) -> BM25Index:
         folder = Path(collection.path) / f"bm25-{gen}"
         if self.config.persist:
             index = load_bm25_index(folder, gen, self.config)
@@ -290,7 +292,9 @@ class BM25Cache:
             titles.append(str(row.metadata.get("title", "")))
         index = build_bm25_index(texts, np.asarray(ids, dtype=np.int64), sources, titles, gen, self.config)
         self.builds += 1
-        logger.info("built BM25 index of %s: %d chunks in %.2f s", collection.name, len(index), time.perf_counter() - t0)
+        logger.info(
+            "built BM25 index of %s: %d chunks in %.2f s", collection.name, len(index), time.perf_counter() - t0
+        )
         # A write committed while we read would make the index newer than ``gen``: keep it in
         # memory (the next call sees the new generation and rebuilds) but never persist it.
         if self.config.persist and collection.store.generation == gen:

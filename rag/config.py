@@ -15,7 +15,8 @@ class GeneratorConfig(BaseModel):
     gguf_file: str | None = Field(None, description="GGUF file inside `model` when it is a GGUF folder.")
     device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = Field(
-        "auto", description="'auto' (bfloat16 on GPU and on CPUs with AMX, else float32), 'float32', 'bfloat16', 'float16'."
+        "auto",
+        description="'auto' (bfloat16 on GPU and on CPUs with AMX, else float32), 'float32', 'bfloat16', 'float16'.",
     )
     int8_decode: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -38,7 +39,9 @@ class BM25Config(BaseModel):
     k1: float = Field(1.5, gt=0, description="Term-frequency saturation.")
     b: float = Field(0.75, ge=0, le=1, description="Length normalisation.")
     stopwords: bool = Field(True, description="Drop bm25s's English stopwords from chunks and queries.")
-    stem: bool = Field(True, description="Light English plural stemming (Harman's S-stemmer): 'Normans' matches 'Norman'.")
+    stem: bool = Field(
+        True, description="Light English plural stemming (Harman's S-stemmer): 'Normans' matches 'Norman'."
+    )
     persist: bool = Field(
         True,
         description="Save the index under the collection as bm25-<generation>/ (bm25s's numpy+JSON format, no pickle).",
@@ -48,9 +51,13 @@ class BM25Config(BaseModel):
 class RetrieverConfig(BaseModel):
     """Hybrid retrieval: dense (FAISS) + BM25, fused by reciprocal rank fusion."""
 
-    mode: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="Which retrievers run; 'hybrid' fuses both with RRF.")
+    mode: Literal["hybrid", "dense", "bm25"] = Field(
+        "hybrid", description="Which retrievers run; 'hybrid' fuses both with RRF."
+    )
     k: int = Field(4, ge=1, le=1000, description="Chunks returned (K documents of the posterior).")
-    candidates: int = Field(20, ge=1, le=10000, description="Chunks each part fetches before fusion / MMR (at least k).")
+    candidates: int = Field(
+        20, ge=1, le=10000, description="Chunks each part fetches before fusion / MMR (at least k)."
+    )
     rrf_k: int = Field(60, ge=0, description="RRF constant: score = sum over rankings of 1 / (rrf_k + rank).")
     temperature: float = Field(
         0.05,
@@ -74,7 +81,9 @@ class QAConfig(BaseModel):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (strategy=sample).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (strategy=sample).")
     seed: int | None = Field(None, description="Seed for sampling (reproducible answers).")
-    one_shot: bool = Field(False, description="Show the model one worked example in the prompt (off: the 135M model copies it).")
+    one_shot: bool = Field(
+        False, description="Show the model one worked example in the prompt (off: the 135M model copies it)."
+    )
     min_doc_posterior: float = Field(
         0.05,
         ge=0,
@@ -82,13 +91,16 @@ class QAConfig(BaseModel):
         description="rag-token / rag-sequence skip retrieved chunks whose p(z|x) is below this (their prompts are "
         "never run) and renormalise p(z|x) over the rest; the best chunk always stays. 0 keeps all k.",
     )
-    max_context_tokens: int = Field(200, ge=16, description="Each retrieved chunk is cut to this many generator tokens.")
+    max_context_tokens: int = Field(
+        200, ge=16, description="Each retrieved chunk is cut to this many generator tokens."
+    )
     # Off by default: thresholds fitted by rag.evaluate.calibrate on one SQuAD 2.0 sample (bench/qa.py
     # --calibrate --seed 1 --n 30 gave min_score 0.507, min_logprob -0.675) withheld 45% of the answerable
     # questions of another sample (seed 0; F1 0.146 -> 0.086). Calibrate on your own data with
     # `ragqa eval --calibrate` and set RAGQA_QA__ABSTAIN_MIN_SCORE / RAGQA_QA__ABSTAIN_MIN_LOGPROB.
     abstain_min_score: float | None = Field(
-        None, description="Abstain without generating when the best dense cosine is below this (calibrate with `ragqa eval --calibrate`)."
+        None,
+        description="Abstain without generating when the best dense cosine is below this (calibrate with `ragqa eval --calibrate`).",
     )
     abstain_min_logprob: float | None = Field(
         None, description="Abstain when the answer's mean per-token marginal log-likelihood is below this."

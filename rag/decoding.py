@@ -171,7 +171,7 @@ def _positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _accepts_logits_to_keep(model_class: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
@@ -355,7 +355,9 @@ def _assemble_prefix_cache(
         reusable (cache off, no cacheable tokens, or a model whose cache is not plain KV).
     """
     if len(spec.lengths) != len(prompt_ids):
-        raise ValueError(f"prefix.lengths has {len(spec.lengths)} entries for {len(prompt_ids)} prompts; pass one per prompt.")
+        raise ValueError(
+            f"prefix.lengths has {len(spec.lengths)} entries for {len(prompt_ids)} prompts; pass one per prompt."
+        )
     shared = spec.shared_lengths if spec.shared_lengths is not None else [0] * len(prompt_ids)
     if len(shared) != len(prompt_ids):
         raise ValueError(f"prefix.shared_lengths has {len(shared)} entries for {len(prompt_ids)} prompts.")
@@ -557,8 +559,15 @@ def rag_sequence_generate(
     doc_logprobs = doc_logprobs.to(device=device, dtype=torch.float32)
 
     out, generated = _generate_candidates(
-        model, prompt_ids, max_new_tokens=max_new_tokens, eos=eos, pad=pad, num_beams=num_beams,
-        record_logits=decoding == "fast", stop=stop, prefix=prefix,
+        model,
+        prompt_ids,
+        max_new_tokens=max_new_tokens,
+        eos=eos,
+        pad=pad,
+        num_beams=num_beams,
+        record_logits=decoding == "fast",
+        stop=stop,
+        prefix=prefix,
     )
     cands = _SequenceCandidates.from_generated(generated, eos, num_beams)
     ref_index = cands.add_reference(reference_ids) if reference_ids and decoding == "thorough" else None
@@ -672,9 +681,9 @@ def _thorough_scores(
     Returns:
         the marginal ``(C,)`` log sum_k p(z_k|x) p(y|x,z_k) and the posterior ``(C, K)`` p(z_k|x,y).
     """
-    token_lp = score_continuations(
-        model, prompt_ids, candidates, pad_token_id=pad, prefix=prefix
-    ).permute(1, 0, 2)  # (C, K, T)
+    token_lp = score_continuations(model, prompt_ids, candidates, pad_token_id=pad, prefix=prefix).permute(
+        1, 0, 2
+    )  # (C, K, T)
     return rag_sequence_logprob(token_lp, doc_logprobs, mask), rag_sequence_doc_posterior(token_lp, doc_logprobs, mask)
 
 
@@ -705,7 +714,9 @@ def _ranked_hypotheses(
     order = [c for c in torch.argsort(marginal, descending=True).tolist() if c < cands.n_generated]
     return [
         RagSequenceHypothesis(
-            token_ids=cands.ids[c], logprob=float(marginal[c]), doc_posterior=posterior[c].tolist(),
+            token_ids=cands.ids[c],
+            logprob=float(marginal[c]),
+            doc_posterior=posterior[c].tolist(),
             reference_logprob=reference,
         )
         for c in order
@@ -792,9 +803,7 @@ def _generation_scores(
 # --------------------------------------------------------------------------- RAG-Token
 
 
-def _sample_token(
-    mixed: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> int:
+def _sample_token(mixed: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
     """Sample from ``softmax(mixed / temperature)`` restricted to the top-p nucleus.
 
     Args:
@@ -826,8 +835,11 @@ def _score_fixed(model: torch.nn.Module, state: PrefillState, ids: Sequence[int]
     mask = torch.cat([state.attention_mask, state.attention_mask.new_ones((rows, extra))], dim=-1)
     offsets = torch.arange(extra, device=mask.device).unsqueeze(0)
     logits = model(
-        input_ids=ids_t[:-1].unsqueeze(0).expand(rows, -1), attention_mask=mask,
-        position_ids=state.next_positions + offsets, past_key_values=state.past_key_values, use_cache=True,
+        input_ids=ids_t[:-1].unsqueeze(0).expand(rows, -1),
+        attention_mask=mask,
+        position_ids=state.next_positions + offsets,
+        past_key_values=state.past_key_values,
+        use_cache=True,
     ).logits.float()  # (R, T-1, V)
     state.past_key_values.crop(-extra)
     rest = torch.log_softmax(logits, dim=-1).gather(-1, ids_t[1:].expand(rows, -1).unsqueeze(-1)).squeeze(-1)
@@ -906,7 +918,11 @@ class RagTokenStepper:
             complete (eos, ``stop`` or ``max_new_tokens``); the chosen token is recorded either way.
         """
         token = choose_rag_token(
-            next_logprobs, self.doc, strategy=self.strategy, temperature=self.temperature, top_p=self.top_p,
+            next_logprobs,
+            self.doc,
+            strategy=self.strategy,
+            temperature=self.temperature,
+            top_p=self.top_p,
             generator=self.generator,
         )
         self.tokens.append(token)
@@ -993,8 +1009,15 @@ def rag_token_generate(
 
     n_docs = len(prompt_ids)
     stepper = RagTokenStepper(
-        doc, max_new_tokens=max_new_tokens, eos_token_ids=eos, strategy=strategy, temperature=temperature,
-        top_p=top_p, generator=generator, stream_callback=stream_callback, stop=stop,
+        doc,
+        max_new_tokens=max_new_tokens,
+        eos_token_ids=eos,
+        strategy=strategy,
+        temperature=temperature,
+        top_p=top_p,
+        generator=generator,
+        stream_callback=stream_callback,
+        stop=stop,
     )
     while (token := stepper.step(state.next_logprobs)) is not None:
         _advance(model, state, torch.full((n_docs,), token, dtype=torch.long))
@@ -1075,9 +1098,7 @@ def _rag_token_beam(
         if len(finished) >= num_beams and normalise(keep_score[0], length) <= finished[-1][0]:
             break
         if step + 1 == max_new_tokens:
-            finished.extend(
-                (normalise(s, length), live_tokens[b], live_doc_lp[b]) for b, s in enumerate(keep_score)
-            )
+            finished.extend((normalise(s, length), live_tokens[b], live_doc_lp[b]) for b, s in enumerate(keep_score))
             break
         state.select_rows((beams[:, None] * n_docs + doc_range).reshape(-1))
         _advance(model, state, new_tokens.repeat_interleave(n_docs))

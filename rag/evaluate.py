@@ -82,8 +82,16 @@ def load_squad(path: Path) -> list[QAExample]:
             for qa in para.get("qas", []):
                 answers = [a["text"] for a in qa.get("answers", []) if a.get("text")]
                 impossible = bool(qa.get("is_impossible", False)) or not answers
-                out.append(QAExample(str(qa.get("id", len(out))), qa["question"], answers, article.get("title", ""),
-                                     para.get("context", ""), impossible))
+                out.append(
+                    QAExample(
+                        str(qa.get("id", len(out))),
+                        qa["question"],
+                        answers,
+                        article.get("title", ""),
+                        para.get("context", ""),
+                        impossible,
+                    )
+                )
     return out
 
 
@@ -118,28 +126,36 @@ class Record:
     raw_prediction: str = ""  # the model's reply before clean_answer
     idk_margin: float | None = None  # mean per-token log p("I don't know.") - the answer's
 
-    def abstains(
-        self, min_score: float | None, min_logprob: float | None, max_idk_margin: float | None = None
-    ) -> bool:
+    def abstains(self, min_score: float | None, min_logprob: float | None, max_idk_margin: float | None = None) -> bool:
         return self.abstains_under(AbstentionRule(min_score, min_logprob, max_idk_margin))
 
     def abstains_under(self, rule: AbstentionRule) -> bool:
         """Whether ``rule`` abstains on this question (the model's own "I don't know" always does)."""
         return rule.abstains(
-            model_abstained=self.model_abstained, max_score=self.max_score,
-            mean_logprob=self.mean_logprob, idk_margin=self.idk_margin,
+            model_abstained=self.model_abstained,
+            max_score=self.max_score,
+            mean_logprob=self.mean_logprob,
+            idk_margin=self.idk_margin,
         )
 
 
 def record_from_answer(example: QAExample, answer: Any) -> Record:
     """The :class:`Record` of ``example`` answered by :meth:`rag.qa.QAPipeline.answer` (``answer``)."""
     return Record(
-        qid=example.qid, question=example.question, impossible=example.impossible, golds=example.answers,
-        prediction=answer.answer, model_abstained=answer.abstained,
+        qid=example.qid,
+        question=example.question,
+        impossible=example.impossible,
+        golds=example.answers,
+        prediction=answer.answer,
+        model_abstained=answer.abstained,
         retrieval_hit=retrieval_hit([c.text for c in answer.citations], example.answers),
-        max_score=answer.max_retrieval_score, mean_logprob=answer.mean_token_logprob,
-        latency_s=answer.timings.get("total_s", 0.0), generate_s=answer.timings.get("generate_s", 0.0),
-        tokens=answer.generated_tokens, raw_prediction=answer.raw_answer, idk_margin=answer.idk_margin,
+        max_score=answer.max_retrieval_score,
+        mean_logprob=answer.mean_token_logprob,
+        latency_s=answer.timings.get("total_s", 0.0),
+        generate_s=answer.timings.get("generate_s", 0.0),
+        tokens=answer.generated_tokens,
+        raw_prediction=answer.raw_answer,
+        idk_margin=answer.idk_margin,
     )
 
 

@@ -41,7 +41,7 @@ def strip_restatement(text: str, question: str) -> str:
     match = _COPULA.search(text)
     if match is None:
         return text
-    subject, rest = text[: match.start()], text[match.end():].strip()
+    subject, rest = text[: match.start()], text[match.end() :].strip()
     words = _content_words(subject)
     asked = {s_stem(w) for w in _content_words(question)}
     if not rest or not words or any(s_stem(w) not in asked for w in words):
@@ -69,7 +69,7 @@ def clean_answer(text: str, question: str | None = None) -> str:
     for _ in range(2):
         if text.endswith(".") and not re.search(r"(^|[\s.])[A-Z]\.$", text):
             text = text[:-1].rstrip()
-        text = text.strip().strip('"“”\'`').strip()
+        text = text.strip().strip("\"“”'`").strip()
         if text.startswith("[") and text.endswith("]"):
             text = text[1:-1].strip()
     return text

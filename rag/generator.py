@@ -8,7 +8,6 @@ Adapters are PEFT LoRA folders under the workspace; each is loaded once and swit
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -23,7 +22,7 @@ from rag.adapter_store import AdapterStore
 from rag.config import GeneratorConfig
 from rag.errors import AdapterError as AdapterError  # re-exported: callers catch it from here
 from rag.errors import InvalidAdapterError, ModelNotFoundError
-from rag.models import locate_generator, prepare_generator
+from rag.models import prepare_generator
 from rag.prefix_cache import PrefixKVCache, PrefixSpec
 from rag.prompts import ABSTAIN_TEXT, PROMPT_TEMPLATE_VERSION, chat_messages, user_message_parts
 
@@ -74,7 +73,7 @@ class Generator:
         self._head_lens: dict[bool, int] = {}
 
     # -- loading ------------------------------------------------------------------------
-    def warm_up(self) -> "Generator":
+    def warm_up(self) -> Generator:
         if self._model is not None:
             return self
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -148,8 +147,11 @@ class Generator:
         if setting == "off" or (setting == "auto" and not (on_cpu and self.dtype == torch.bfloat16)):
             return 0
         if not on_cpu:
-            logger.warning("int8_decode=on needs a bfloat16 or float32 model on the CPU (this one: %s on %s); left off",
-                           self.dtype, self.device)
+            logger.warning(
+                "int8_decode=on needs a bfloat16 or float32 model on the CPU (this one: %s on %s); left off",
+                self.dtype,
+                self.device,
+            )
             return 0
         from rag.int8_decode import convert_for_int8_decode
 
@@ -239,7 +241,9 @@ class Generator:
         model = self.warm_up()._model
         config = getattr(model, "peft_config", {}).get(name)
         if config is None:
-            raise ValueError(f"adapter {name!r} is not loaded: call cache_namespace inside Generator.session({name!r}).")
+            raise ValueError(
+                f"adapter {name!r} is not loaded: call cache_namespace inside Generator.session({name!r})."
+            )
         known = self._adapter_fingerprints.get(name)
         if known is not None and known[0] is config:
             return known[1]
@@ -265,7 +269,10 @@ class Generator:
             return
         logger.info(
             "prompt-prefix KV cache: budget %.0f MiB, %.1f KiB per token (~%.1f MiB per 265-token chunk prompt, "
-            "~%d such entries)", self.prefix_cache.max_bytes / 2**20, per_token / 1024, 265 * per_token / 2**20,
+            "~%d such entries)",
+            self.prefix_cache.max_bytes / 2**20,
+            per_token / 1024,
+            265 * per_token / 2**20,
             self.prefix_cache.max_bytes // max(1, 265 * per_token),
         )
 

@@ -64,7 +64,7 @@ class Int8DecodeLinear(nn.Linear):
         self._packed = None  # float32 weights: fbgemm's packed int8 weight (not a tensor, never saved)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int8DecodeLinear":
+    def from_linear(cls, linear: nn.Linear) -> Int8DecodeLinear:
         """Wrap ``linear`` without copying it: the new module shares its weight and bias parameters
         (tied embeddings stay tied)."""
         new = cls.__new__(cls)

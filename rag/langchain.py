@@ -41,8 +41,17 @@ class RagqaRetriever(BaseRetriever):
         docs = []
         for c in result.chunks:
             meta = dict(c.metadata)
-            meta.update({"chunk_id": c.chunk_id, "doc_id": c.doc_id, "title": c.title, "source": c.source,
-                         "score": c.score, "dense_score": c.dense_score, "posterior": c.posterior})
+            meta.update(
+                {
+                    "chunk_id": c.chunk_id,
+                    "doc_id": c.doc_id,
+                    "title": c.title,
+                    "source": c.source,
+                    "score": c.score,
+                    "dense_score": c.dense_score,
+                    "posterior": c.posterior,
+                }
+            )
             docs.append(LCDocument(page_content=c.text, metadata=meta))
         return docs
 
@@ -66,7 +75,11 @@ class RagqaQAChain(RunnableSerializable[Any, dict]):
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict:
         req = _request(input)
         ans = self.pipeline.answer(
-            self.collection, req["question"], mode=req.get("mode"), k=req.get("k"), adapter=req.get("adapter"),
+            self.collection,
+            req["question"],
+            mode=req.get("mode"),
+            k=req.get("k"),
+            adapter=req.get("adapter"),
         )
         return ans.to_dict()
 
@@ -79,8 +92,14 @@ class RagqaQAChain(RunnableSerializable[Any, dict]):
 
         def work() -> None:
             try:
-                self.pipeline.answer(self.collection, req["question"], mode=req.get("mode"), k=req.get("k"),
-                                     adapter=req.get("adapter"), on_token=pieces.put)
+                self.pipeline.answer(
+                    self.collection,
+                    req["question"],
+                    mode=req.get("mode"),
+                    k=req.get("k"),
+                    adapter=req.get("adapter"),
+                    on_token=pieces.put,
+                )
             except BaseException as exc:  # re-raised in the caller's thread
                 error.append(exc)
             finally:

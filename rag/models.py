@@ -17,8 +17,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from rag.errors import ModelNotFoundError
 from rag.config import GeneratorConfig
+from rag.errors import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ def locate_generator(config: GeneratorConfig, models_dir: Path) -> GeneratorLoca
     if local.is_dir():
         if config.gguf_file:
             out = _converted_dir(models_dir, local.resolve().name + "-" + Path(config.gguf_file).stem)
-            return GeneratorLocation(config.model, str(local / config.gguf_file), str(out), (out / "config.json").exists(), "gguf")
+            return GeneratorLocation(
+                config.model, str(local / config.gguf_file), str(out), (out / "config.json").exists(), "gguf"
+            )
         return GeneratorLocation(config.model, str(local), str(local), (local / "config.json").exists(), "folder")
     if local.suffix == ".gguf" and local.is_file():
         out = _converted_dir(models_dir, local.stem)

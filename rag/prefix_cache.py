@@ -116,7 +116,9 @@ class PrefixKVCache:
 
     def stats(self) -> CacheStats:
         with self._lock:
-            return CacheStats(self._hits, self._misses, len(self._entries), self._bytes, self._evictions, self.max_bytes)
+            return CacheStats(
+                self._hits, self._misses, len(self._entries), self._bytes, self._evictions, self.max_bytes
+            )
 
     def __len__(self) -> int:
         with self._lock:

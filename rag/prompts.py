@@ -22,13 +22,11 @@ QUESTION_MARKER = "\n\nQuestion: "
 """Where the question-dependent part of the user message starts (everything before it is cacheable)."""
 
 SYSTEM = (
-    "Answer with a few words copied from the context. "
-    "If the context does not contain the answer, reply: I don't know."
+    "Answer with a few words copied from the context. If the context does not contain the answer, reply: I don't know."
 )
 
 EXAMPLE_CONTEXT = (
-    "The Eiffel Tower was built by Gustave Eiffel's company for the 1889 World's Fair in Paris. "
-    "It is 330 metres tall."
+    "The Eiffel Tower was built by Gustave Eiffel's company for the 1889 World's Fair in Paris. It is 330 metres tall."
 )
 EXAMPLE_QUESTION = "For which event was the Eiffel Tower built?"
 EXAMPLE_ANSWER = "the 1889 World's Fair"

@@ -119,7 +119,7 @@ class _TextStreamer:
         self.emitted.append(token_id)
         text = self.generator.decode(self.emitted)
         if len(text) > len(self.streamed):
-            self.on_token(text[len(self.streamed):])
+            self.on_token(text[len(self.streamed) :])
             self.streamed = text
 
 
@@ -204,7 +204,9 @@ class QAPipeline:
         request.adapter, request.deadline_s = adapter, deadline_s
         t1 = time.perf_counter()
         if self.scheduler is not None:
-            out = strategy.generate(BatchedDecoder(self.scheduler, self.generator, cfg, request), self.generator, cfg, request)
+            out = strategy.generate(
+                BatchedDecoder(self.scheduler, self.generator, cfg, request), self.generator, cfg, request
+            )
         else:
             with self.generator.session(adapter) as model:
                 out = strategy.generate(SoloDecoder(model, self.generator, cfg, request), self.generator, cfg, request)
@@ -293,11 +295,22 @@ class QAPipeline:
         out = []
         for i, c in enumerate(retrieval.chunks):
             share = contributions[i] if i < len(contributions) else 0.0
-            out.append(Citation(
-                index=i + 1, chunk_id=c.chunk_id, doc_id=c.doc_id, title=c.title, source=c.source, text=c.text,
-                score=float(c.dense_score if c.dense_score is not None and not math.isnan(c.dense_score) else c.score),
-                posterior=float(c.posterior), contribution=float(share), metadata=c.metadata,
-            ))
+            out.append(
+                Citation(
+                    index=i + 1,
+                    chunk_id=c.chunk_id,
+                    doc_id=c.doc_id,
+                    title=c.title,
+                    source=c.source,
+                    text=c.text,
+                    score=float(
+                        c.dense_score if c.dense_score is not None and not math.isnan(c.dense_score) else c.score
+                    ),
+                    posterior=float(c.posterior),
+                    contribution=float(share),
+                    metadata=c.metadata,
+                )
+            )
         return out
 
     def _abstain(self, ans: Answer, reason: str, t0: float, t_ret: float, on_token) -> Answer:

@@ -267,11 +267,10 @@ class _Pool:
     """
 
     hits: list[tuple[int, float]]
-    rows: dict[int, "ChunkRow"]
+    rows: dict[int, ChunkRow]
     vectors: np.ndarray
     cos: np.ndarray
     ranking_scores: np.ndarray
-
 
 
 class Retriever:
@@ -286,17 +285,17 @@ class Retriever:
         self.config = config if config is not None else RetrieverConfig()
         self.bm25_cache = BM25Cache(self.config.bm25)
 
-    def warm_up(self, collection: "Collection") -> None:
+    def warm_up(self, collection: Collection) -> None:
         """Build (or load) the collection's BM25 index now rather than on the first query."""
         if self.config.mode != "dense":
             self.bm25_cache.get(collection)
 
-    def bm25_index(self, collection: "Collection") -> BM25Index:
+    def bm25_index(self, collection: Collection) -> BM25Index:
         return self.bm25_cache.get(collection)
 
     def retrieve(
         self,
-        collection: "Collection",
+        collection: Collection,
         query: str,
         k: int | None = None,
         *,
@@ -338,20 +337,20 @@ class Retriever:
             temperature=cfg.temperature,
         )
 
-    def chunk_vectors(self, collection: "Collection", faiss_ids: Sequence[int]) -> dict[int, np.ndarray]:
+    def chunk_vectors(self, collection: Collection, faiss_ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Stored vectors of chunks ``faiss_ids``: faiss id -> ``(dim,)`` float32 (missing ids are absent)."""
         ids, vecs = collection.store.all_vectors(collection.dim, faiss_ids=[int(i) for i in faiss_ids])
         return {int(i): v for i, v in zip(ids, vecs)}
 
     # -- the steps of retrieve -------------------------------------------------------------------
-    def _check_request(self, collection: "Collection", mode: str, k: int) -> None:
+    def _check_request(self, collection: Collection, mode: str, k: int) -> None:
         if mode not in MODES:
             raise RetrieverError(f"unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}")
         if k < 1:
             raise RetrieverError(f"k must be >= 1, got {k}")
         self._check_embedder(collection)
 
-    def _embed_query(self, collection: "Collection", query: str, query_embedder: QueryEmbedder | None) -> np.ndarray:
+    def _embed_query(self, collection: Collection, query: str, query_embedder: QueryEmbedder | None) -> np.ndarray:
         """The query vector ``(dim,)`` float32, always computed (every returned chunk gets its cosine)."""
         embedder = query_embedder if query_embedder is not None else self.embedder
         qvec = np.asarray(embedder.embed_query(query), dtype=np.float32).reshape(-1)
@@ -364,14 +363,14 @@ class Retriever:
 
     @staticmethod
     def _dense_search(
-        collection: "Collection", qvec: np.ndarray, n: int, sources: list[str] | None, titles: list[str] | None
+        collection: Collection, qvec: np.ndarray, n: int, sources: list[str] | None, titles: list[str] | None
     ) -> list[tuple[int, float]]:
         """``(faiss_id, cosine)`` of the ``n`` nearest chunks under the filters, best first."""
         return [(h.faiss_id, float(h.score)) for h in collection.search(qvec, n, sources=sources, titles=titles)]
 
     def _sparse_search(
-        self, collection: "Collection", query: str, n: int, sources: list[str] | None, titles: list[str] | None
-    ) -> "_Sparse":
+        self, collection: Collection, query: str, n: int, sources: list[str] | None, titles: list[str] | None
+    ) -> _Sparse:
         """The BM25 scores of every chunk, and the ``n`` best that share a term with the query under the filters."""
         index = self.bm25_cache.get(collection)
         scores = index.scores(query)
@@ -389,7 +388,7 @@ class Retriever:
         ranked = rrf_fuse([[i for i, _ in dense], [i for i, _ in bm25]], self.config.rrf_k)
         return ranked, dict(ranked)
 
-    def _candidates(self, collection: "Collection", qvec: np.ndarray, hits: list[tuple[int, float]]) -> "_Pool | None":
+    def _candidates(self, collection: Collection, qvec: np.ndarray, hits: list[tuple[int, float]]) -> _Pool | None:
         """The stored rows and vectors of ``hits``, without chunks deleted meanwhile; None when none is left."""
         if not hits:
             return None
@@ -400,10 +399,15 @@ class Retriever:
         if not hits:
             return None
         V = np.stack([vecs[i] for i, _ in hits])  # (n, d)
-        return _Pool(hits=hits, rows=rows, vectors=V, cos=V @ qvec,
-                     ranking_scores=np.array([s for _, s in hits], dtype=np.float64))
+        return _Pool(
+            hits=hits,
+            rows=rows,
+            vectors=V,
+            cos=V @ qvec,
+            ranking_scores=np.array([s for _, s in hits], dtype=np.float64),
+        )
 
-    def _mmr_order(self, qvec: np.ndarray, pool: "_Pool", mode: str, k: int) -> list[int]:
+    def _mmr_order(self, qvec: np.ndarray, pool: _Pool, mode: str, k: int) -> list[int]:
         """Indices into ``pool`` picked by MMR: relevance is the cosine (dense) or the ranking score
         scaled so the best candidate has relevance 1 (RRF or BM25)."""
         if mode == "dense":
@@ -412,7 +416,7 @@ class Retriever:
             rel = pool.ranking_scores / max(float(pool.ranking_scores.max()), 1e-12)
         return mmr_select(qvec, pool.vectors, rel, k, self.config.mmr_lambda)
 
-    def _posterior(self, pool: "_Pool", order: list[int], mode: str) -> tuple[np.ndarray, str]:
+    def _posterior(self, pool: _Pool, order: list[int], mode: str) -> tuple[np.ndarray, str]:
         """``(log p(z|x) (K,), name of the score it is a softmax of)`` for the chunks ``order`` picks."""
         if mode == "bm25":
             sel = pool.ranking_scores[order]
@@ -421,12 +425,12 @@ class Retriever:
 
     @staticmethod
     def _chunks(
-        pool: "_Pool",
+        pool: _Pool,
         order: list[int],
         log_post: np.ndarray,
         mode: str,
         dense: list[tuple[int, float]],
-        sparse: "_Sparse | None",
+        sparse: _Sparse | None,
         rrf: dict[int, float],
     ) -> list[RetrievedChunk]:
         """One :class:`RetrievedChunk` per picked candidate, with every component score and rank."""
@@ -470,7 +474,7 @@ class Retriever:
             temperature=self.config.temperature,
         )
 
-    def _check_embedder(self, collection: "Collection") -> None:
+    def _check_embedder(self, collection: Collection) -> None:
         dim = getattr(self.embedder, "dim", None)
         if dim is not None and int(dim) != int(collection.dim):
             raise RetrieverError(

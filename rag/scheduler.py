@@ -55,9 +55,6 @@ from typing import Any, Literal
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from rag.errors import RagError
-from rag.serving_errors import DeadlineExceededError as ServingDeadlineError
-from rag.serving_errors import ServerBusyError
 from rag.decoding import (
     PrefillState,
     RagTokenOutput,
@@ -68,6 +65,9 @@ from rag.decoding import (
     rag_token_generate,
     rag_token_reference_logprob,
 )
+from rag.errors import RagError
+from rag.serving_errors import DeadlineExceededError as ServingDeadlineError
+from rag.serving_errors import ServerBusyError
 
 logger = logging.getLogger(__name__)
 
@@ -608,12 +608,19 @@ class Scheduler:
                 doc = request.doc_logprobs.to(device=state.next_logprobs.device, dtype=torch.float32)
                 reference = (
                     rag_token_reference_logprob(model, state, request.reference_ids, doc)
-                    if request.reference_ids else None
+                    if request.reference_ids
+                    else None
                 )
             stepper = RagTokenStepper(
-                doc, max_new_tokens=request.max_new_tokens, eos_token_ids=request.eos_token_ids,
-                strategy=request.strategy, temperature=request.temperature, top_p=request.top_p,
-                generator=request.generator, stream_callback=request.stream_callback, stop=request.stop,
+                doc,
+                max_new_tokens=request.max_new_tokens,
+                eos_token_ids=request.eos_token_ids,
+                strategy=request.strategy,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                generator=request.generator,
+                stream_callback=request.stream_callback,
+                stop=request.stop,
             )
             token = self._choose(handle, stepper, state.next_logprobs)
         except Exception as exc:
@@ -659,9 +666,15 @@ class Scheduler:
         if prefill_fn is not None:
             raise ValueError("beam search requests run rag_token_generate, which has no prefill_fn; drop prefill_fn.")
         return rag_token_generate(
-            model, request.prompt_ids, request.doc_logprobs, max_new_tokens=request.max_new_tokens,
-            eos_token_ids=request.eos_token_ids, strategy="beam", num_beams=request.num_beams,
-            pad_token_id=self.pad_token_id, reference_ids=request.reference_ids,
+            model,
+            request.prompt_ids,
+            request.doc_logprobs,
+            max_new_tokens=request.max_new_tokens,
+            eos_token_ids=request.eos_token_ids,
+            strategy="beam",
+            num_beams=request.num_beams,
+            pad_token_id=self.pad_token_id,
+            reference_ids=request.reference_ids,
         )
 
     def _drop_cancelled(self) -> None:
@@ -736,12 +749,18 @@ class Scheduler:
             self._finish(handle, "cancelled", error=RequestCancelledError(f"request {handle.id} was cancelled."))
         else:
             waited = now - handle.submitted_at
-            self._finish(handle, "expired", error=DeadlineExceededError(
-                f"request {handle.id} passed its deadline after {waited:.2f} s "
-                f"({handle.new_tokens} tokens generated); raise deadline_s or retry when the server is less busy."
-            ))
+            self._finish(
+                handle,
+                "expired",
+                error=DeadlineExceededError(
+                    f"request {handle.id} passed its deadline after {waited:.2f} s "
+                    f"({handle.new_tokens} tokens generated); raise deadline_s or retry when the server is less busy."
+                ),
+            )
 
-    def _finish(self, handle: RequestHandle, outcome: str, *, value: Any = None, error: BaseException | None = None) -> None:
+    def _finish(
+        self, handle: RequestHandle, outcome: str, *, value: Any = None, error: BaseException | None = None
+    ) -> None:
         now = time.monotonic()
         with self._cv:
             if handle.admitted_at is not None:  # it held rows (or was being admitted)
@@ -754,10 +773,16 @@ class Scheduler:
             handle._future.set_result(value)
         if self.on_request_done is not None:
             try:
-                self.on_request_done(RequestMetrics(
-                    outcome=outcome, adapter=handle.adapter, rows=handle.rows, new_tokens=handle.new_tokens,
-                    queued_s=(handle.admitted_at or now) - handle.submitted_at, ttft_s=handle.ttft_s,
-                    total_s=now - handle.submitted_at,
-                ))
+                self.on_request_done(
+                    RequestMetrics(
+                        outcome=outcome,
+                        adapter=handle.adapter,
+                        rows=handle.rows,
+                        new_tokens=handle.new_tokens,
+                        queued_s=(handle.admitted_at or now) - handle.submitted_at,
+                        ttft_s=handle.ttft_s,
+                        total_s=now - handle.submitted_at,
+                    )
+                )
             except Exception:  # a metrics hook must not break serving
                 logger.exception("on_request_done raised")

@@ -18,8 +18,12 @@ class ServerBusyError(ServingError):
     server's configured default is used otherwise.
     """
 
-    def __init__(self, message: str = "the server is busy: too many questions are waiting; retry shortly", *,
-                 retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "the server is busy: too many questions are waiting; retry shortly",
+        *,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
@@ -28,6 +32,9 @@ class DeadlineExceededError(ServingError):
     """The request did not finish within its deadline (``timeout_s``), queueing included."""
 
     def __init__(self, timeout_s: float, message: str | None = None) -> None:
-        super().__init__(message or f"the answer did not finish within the request deadline of {timeout_s:g} s; "
-                                    "retry later or ask the operator to raise serving.request_timeout_s")
+        super().__init__(
+            message
+            or f"the answer did not finish within the request deadline of {timeout_s:g} s; "
+            "retry later or ask the operator to raise serving.request_timeout_s"
+        )
         self.timeout_s = timeout_s

@@ -132,9 +132,15 @@ class Decoder:
     def _token_kwargs(self) -> dict[str, Any]:
         cfg, req = self.config, self.request
         return dict(
-            max_new_tokens=cfg.max_new_tokens, eos_token_ids=self.generator.eos_token_ids, strategy=cfg.strategy,
-            num_beams=cfg.num_beams, temperature=cfg.temperature, top_p=cfg.top_p, generator=req.rng,
-            reference_ids=req.reference_ids, stop=req.stop,
+            max_new_tokens=cfg.max_new_tokens,
+            eos_token_ids=self.generator.eos_token_ids,
+            strategy=cfg.strategy,
+            num_beams=cfg.num_beams,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            generator=req.rng,
+            reference_ids=req.reference_ids,
+            stop=req.stop,
         )
 
 
@@ -147,8 +153,13 @@ class SoloDecoder(Decoder):
 
     def rag_token(self, parts: Parts, doc_logprobs: torch.Tensor) -> RagTokenOutput:
         return rag_token_generate(
-            self.model, [p + s for p, s in parts], doc_logprobs, stream_callback=self.request.stream,
-            pad_token_id=self.generator.tokenizer.pad_token_id, prefix=self._prefix(parts), **self._token_kwargs(),
+            self.model,
+            [p + s for p, s in parts],
+            doc_logprobs,
+            stream_callback=self.request.stream,
+            pad_token_id=self.generator.tokenizer.pad_token_id,
+            prefix=self._prefix(parts),
+            **self._token_kwargs(),
         )
 
     def call(self, fn: Callable[[Any, PrefixSpec | None], Any], parts: Parts) -> Any:
@@ -171,16 +182,24 @@ class BatchedDecoder(Decoder):
         def cached_prefill(model: Any, prompt_ids: Any) -> Any:  # runs in the scheduler thread, adapter active
             return prefill(model, prompt_ids, pad_token_id=pad, prefix=self._prefix(parts))
 
-        handle = self.scheduler.submit(BatchRequest(
-            prompt_ids=[p + s for p, s in parts], doc_logprobs=doc_logprobs, adapter=self.request.adapter,
-            stream_callback=self.request.stream, deadline_s=self.request.deadline_s, prefill_fn=cached_prefill,
-            **self._token_kwargs(),
-        ))
+        handle = self.scheduler.submit(
+            BatchRequest(
+                prompt_ids=[p + s for p, s in parts],
+                doc_logprobs=doc_logprobs,
+                adapter=self.request.adapter,
+                stream_callback=self.request.stream,
+                deadline_s=self.request.deadline_s,
+                prefill_fn=cached_prefill,
+                **self._token_kwargs(),
+            )
+        )
         return handle.result()
 
     def call(self, fn: Callable[[Any, PrefixSpec | None], Any], parts: Parts) -> Any:
         handle = self.scheduler.submit_call(
-            lambda model: fn(model, self._prefix(parts)), adapter=self.request.adapter, deadline_s=self.request.deadline_s,
+            lambda model: fn(model, self._prefix(parts)),
+            adapter=self.request.adapter,
+            deadline_s=self.request.deadline_s,
         )
         return handle.result()
 
@@ -216,7 +235,9 @@ class StuffStrategy(AnswerStrategy):
     def select_documents(self, doc_logprobs: torch.Tensor, config: QAConfig) -> list[int] | None:
         return None
 
-    def generate(self, decoder: Decoder, generator: Generator, config: QAConfig, request: GenerationRequest) -> Generated:
+    def generate(
+        self, decoder: Decoder, generator: Generator, config: QAConfig, request: GenerationRequest
+    ) -> Generated:
         parts = [generator.prompt_parts(request.question, request.contexts, one_shot=config.one_shot)]
         out = decoder.rag_token(parts, torch.zeros(1))
         return Generated(out.token_ids, out.logprob, list(request.posteriors), out.reference_logprob)
@@ -227,7 +248,9 @@ class RagTokenStrategy(AnswerStrategy):
 
     mode = "rag-token"
 
-    def generate(self, decoder: Decoder, generator: Generator, config: QAConfig, request: GenerationRequest) -> Generated:
+    def generate(
+        self, decoder: Decoder, generator: Generator, config: QAConfig, request: GenerationRequest
+    ) -> Generated:
         out = decoder.rag_token(_per_document_parts(generator, config, request), request.doc_logprobs)
         return Generated(out.token_ids, out.logprob, list(out.doc_contributions), out.reference_logprob)
 
@@ -237,15 +260,27 @@ class RagSequenceStrategy(AnswerStrategy):
 
     mode = "rag-sequence"
 
-    def generate(self, decoder: Decoder, generator: Generator, config: QAConfig, request: GenerationRequest) -> Generated:
+    def generate(
+        self, decoder: Decoder, generator: Generator, config: QAConfig, request: GenerationRequest
+    ) -> Generated:
         parts = _per_document_parts(generator, config, request)
         prompts = [p + s for p, s in parts]
-        hyps = decoder.call(lambda model, prefix: rag_sequence_generate(
-            model, prompts, request.doc_logprobs, max_new_tokens=config.max_new_tokens,
-            eos_token_ids=generator.eos_token_ids, num_beams=config.num_beams, decoding=config.decoding,
-            pad_token_id=generator.tokenizer.pad_token_id, reference_ids=request.reference_ids, stop=request.stop,
-            prefix=prefix,
-        ), parts)
+        hyps = decoder.call(
+            lambda model, prefix: rag_sequence_generate(
+                model,
+                prompts,
+                request.doc_logprobs,
+                max_new_tokens=config.max_new_tokens,
+                eos_token_ids=generator.eos_token_ids,
+                num_beams=config.num_beams,
+                decoding=config.decoding,
+                pad_token_id=generator.tokenizer.pad_token_id,
+                reference_ids=request.reference_ids,
+                stop=request.stop,
+                prefix=prefix,
+            ),
+            parts,
+        )
         best = hyps[0]
         if request.on_token is not None:
             request.on_token(generator.decode(best.token_ids))

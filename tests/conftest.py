@@ -61,8 +61,14 @@ def tiny_st_model(tmp_path_factory) -> Path:
     hf_dir = root / "hf"
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(bundled_embedder_dir())
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
     BertModel(cfg).save_pretrained(hf_dir)
     tok.save_pretrained(hf_dir)
     word = Transformer(str(hf_dir), max_seq_length=128)
@@ -101,10 +107,19 @@ def tiny_llm(tmp_path_factory) -> Path:
     package, gguf = BUNDLED_GENERATORS["SmolLM2-135M-Instruct"]
     tok = AutoTokenizer.from_pretrained(package_dir(package), gguf_file=gguf)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True,
-                      initializer_range=0.5)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+        initializer_range=0.5,
+    )
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():  # never predict special tokens, so answers are visible text of full length
         model.model.embed_tokens.weight[: max(tok.all_special_ids) + 1] = 0.0

@@ -28,15 +28,18 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 NOISY_LOGGERS = ("transformers", "sentence_transformers", "httpx", "faiss", "bm25s")
 
-app = typer.Typer(help="ragqa: self-hosted retrieval-augmented question answering.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    help="ragqa: self-hosted retrieval-augmented question answering.", no_args_is_help=True, add_completion=False
+)
 
 
 @app.callback()
 def _main(
     ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
-    home: Annotated[Optional[Path], typer.Option("--home", help="Workspace folder (default $RAGQA_HOME or ~/.ragqa).")] = None,
+    home: Annotated[
+        Path | None, typer.Option("--home", help="Workspace folder (default $RAGQA_HOME or ~/.ragqa).")
+    ] = None,
 ) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,

@@ -31,13 +31,21 @@ def adapters_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     for a in adapters:
         created = dt.datetime.fromtimestamp(a["created_at"]).isoformat(timespec="minutes") if a["created_at"] else "-"
         shown = {k: v for k, v in a["metrics"].items() if isinstance(v, (int, float)) and k in LISTED_METRICS}
-        table.add_row(a["name"], a["kind"], str(a["base_model"]), created,
-                      ", ".join(f"{k}={v}" for k, v in shown.items()) or "-", f"{a['size_bytes'] / 2**20:.1f} MB")
+        table.add_row(
+            a["name"],
+            a["kind"],
+            str(a["base_model"]),
+            created,
+            ", ".join(f"{k}={v}" for k, v in shown.items()) or "-",
+            f"{a['size_bytes'] / 2**20:.1f} MB",
+        )
     out.print(table)
 
 
 @app.command("show")
-def adapters_show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Adapter name.")], as_json: JsonOpt = False) -> None:
+def adapters_show(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Adapter name.")], as_json: JsonOpt = False
+) -> None:
     """Everything recorded about an adapter: options, data hash, metrics."""
     from finetune.adapters import AdapterRegistryError
 

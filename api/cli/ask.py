@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -41,8 +41,9 @@ def ask(
         with rag.workspace.open(collection, readonly=True) as coll:
             if stream and not as_json:
                 sys.stdout.write("answer: ")
-            ans = rag.qa.answer(coll, question, mode=mode, k=k, adapter=adapter,
-                                on_token=on_token if stream and not as_json else None)
+            ans = rag.qa.answer(
+                coll, question, mode=mode, k=k, adapter=adapter, on_token=on_token if stream and not as_json else None
+            )
     except _answer_errors() as exc:
         fail(str(exc), as_json)
     if as_json:
@@ -56,13 +57,19 @@ def ask(
         out.print(f"[bold]answer:[/] {ans.answer}", highlight=False)
     if ans.abstained:
         out.print(f"[yellow]abstained:[/] {ans.abstain_reason}", highlight=False)
-    out.print(f"[dim]mode {ans.mode} · model {ans.model} · adapter {ans.adapter or 'none'} · "
-              f"{ans.timings.get('total_s', 0):.2f} s[/]", highlight=False)
+    out.print(
+        f"[dim]mode {ans.mode} · model {ans.model} · adapter {ans.adapter or 'none'} · "
+        f"{ans.timings.get('total_s', 0):.2f} s[/]",
+        highlight=False,
+    )
     out.print("[bold]sources:[/]")
     for c in ans.citations:
         where = c.source + (f" (page {c.metadata['page']})" if "page" in c.metadata else "")
-        out.print(f" [{c.index}] {c.title} — score {c.score:.3f}, p(z|x) {c.posterior:.2f}, "
-                  f"share {c.contribution:.2f}\n     [dim]{where}[/]", highlight=False)
+        out.print(
+            f" [{c.index}] {c.title} — score {c.score:.3f}, p(z|x) {c.posterior:.2f}, "
+            f"share {c.contribution:.2f}\n     [dim]{where}[/]",
+            highlight=False,
+        )
 
 
 def eval_cmd(
@@ -72,9 +79,14 @@ def eval_cmd(
     mode: ModeOpt = None,
     k: KOpt = None,
     adapter: AdapterOpt = None,
-    n: Annotated[Optional[int], typer.Option("--n", min=1, help="Answerable questions sampled (fixed seed), plus as many unanswerable.")] = None,
+    n: Annotated[
+        int | None,
+        typer.Option("--n", min=1, help="Answerable questions sampled (fixed seed), plus as many unanswerable."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    calibrate_: Annotated[bool, typer.Option("--calibrate", help="Also fit abstention thresholds on this data.")] = False,
+    calibrate_: Annotated[
+        bool, typer.Option("--calibrate", help="Also fit abstention thresholds on this data.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate on SQuAD-format data: recall@k, EM, F1, abstention, latency, tokens/s."""
@@ -101,13 +113,26 @@ def eval_cmd(
         emit_json(metrics)
         return
     table = Table("metric", "value", title=f"eval {data.name} on {collection!r} ({metrics['mode']}, k={metrics['k']})")
-    for key in ("n", "n_unanswerable", "em", "f1", "recall_at_k", "abstain_precision", "abstain_recall",
-                "abstain_rate_answerable", "p50_s", "p95_s", "tokens_per_s"):
+    for key in (
+        "n",
+        "n_unanswerable",
+        "em",
+        "f1",
+        "recall_at_k",
+        "abstain_precision",
+        "abstain_recall",
+        "abstain_rate_answerable",
+        "p50_s",
+        "p95_s",
+        "tokens_per_s",
+    ):
         v = metrics[key]
         table.add_row(key, "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
     out.print(table)
     if calibrate_:
         c = metrics["calibration"]
-        out.print(f"calibrated thresholds: RAGQA_QA__ABSTAIN_MIN_SCORE={c['min_score']} "
-                  f"RAGQA_QA__ABSTAIN_MIN_LOGPROB={c['min_logprob']} "
-                  f"RAGQA_QA__ABSTAIN_MAX_IDK_MARGIN={c['max_idk_margin']}")
+        out.print(
+            f"calibrated thresholds: RAGQA_QA__ABSTAIN_MIN_SCORE={c['min_score']} "
+            f"RAGQA_QA__ABSTAIN_MIN_LOGPROB={c['min_logprob']} "
+            f"RAGQA_QA__ABSTAIN_MAX_IDK_MARGIN={c['max_idk_margin']}"
+        )

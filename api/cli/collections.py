@@ -31,8 +31,13 @@ def collections_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         return
     table = Table("name", "documents", "chunks", "embedder", "index")
     for i in infos:
-        table.add_row(i["name"], str(i.get("documents", "?")), str(i.get("chunks", "?")),
-                      i.get("embedder", i.get("error", "")), i.get("index_built", ""))
+        table.add_row(
+            i["name"],
+            str(i.get("documents", "?")),
+            str(i.get("chunks", "?")),
+            i.get("embedder", i.get("error", "")),
+            i.get("index_built", ""),
+        )
     out.print(table if infos else "no collections yet: create one with `ragqa ingest PATH -c NAME`")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -24,9 +24,9 @@ err = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object (for scripts).")]
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
-ModeOpt = Annotated[Optional[str], typer.Option("--mode", help="stuff, rag-sequence or rag-token (default from config).")]
-KOpt = Annotated[Optional[int], typer.Option("-k", min=1, max=64, help="Documents retrieved (default from config).")]
-AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="LoRA adapter name (see `ragqa adapters list`).")]
+ModeOpt = Annotated[str | None, typer.Option("--mode", help="stuff, rag-sequence or rag-token (default from config).")]
+KOpt = Annotated[int | None, typer.Option("-k", min=1, max=64, help="Documents retrieved (default from config).")]
+AdapterOpt = Annotated[str | None, typer.Option("--adapter", help="LoRA adapter name (see `ragqa adapters list`).")]
 
 
 def stack(ctx: typer.Context) -> RagStack:

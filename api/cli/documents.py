@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -18,7 +18,7 @@ app = typer.Typer(help="List and delete the documents of a collection.", no_args
 def documents_list(
     ctx: typer.Context,
     collection: CollectionOpt,
-    source: Annotated[Optional[str], typer.Option(help="Only documents from this source path.")] = None,
+    source: Annotated[str | None, typer.Option(help="Only documents from this source path.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 1000,
     as_json: JsonOpt = False,
 ) -> None:
@@ -32,9 +32,24 @@ def documents_list(
     except IngestError as exc:
         fail(str(exc), as_json)
     if as_json:
-        emit_json({"collection": collection, "count": total, "data": [
-            {"doc_id": r.doc_id, "source": r.source, "key": r.key, "title": r.title, "chunks": r.n_chunks,
-             "chars": r.n_chars, "metadata": r.metadata} for r in rows]})
+        emit_json(
+            {
+                "collection": collection,
+                "count": total,
+                "data": [
+                    {
+                        "doc_id": r.doc_id,
+                        "source": r.source,
+                        "key": r.key,
+                        "title": r.title,
+                        "chunks": r.n_chunks,
+                        "chars": r.n_chars,
+                        "metadata": r.metadata,
+                    }
+                    for r in rows
+                ],
+            }
+        )
         return
     table = Table("doc_id", "title", "chunks", "source")
     for r in rows:
@@ -47,8 +62,8 @@ def documents_list(
 def documents_delete(
     ctx: typer.Context,
     collection: CollectionOpt,
-    doc_id: Annotated[Optional[list[str]], typer.Option("--id", help="Document id (repeatable).")] = None,
-    source: Annotated[Optional[list[str]], typer.Option(help="Every document from this source path (repeatable).")] = None,
+    doc_id: Annotated[list[str] | None, typer.Option("--id", help="Document id (repeatable).")] = None,
+    source: Annotated[list[str] | None, typer.Option(help="Every document from this source path (repeatable).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete documents by id or by source path; they disappear from search."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -19,7 +19,9 @@ app = typer.Typer(help="Turn feedback left through the REST API into training fi
 def feedback_export(
     ctx: typer.Context,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for sft.jsonl and preferences.jsonl.")],
-    collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Only feedback on answers from this collection.")] = None,
+    collection: Annotated[
+        str | None, typer.Option("--collection", "-c", help="Only feedback on answers from this collection.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Turn the REST API's feedback into sft.jsonl (corrections, up-voted answers) and
@@ -28,8 +30,11 @@ def feedback_export(
 
     db = server_db_path(settings(ctx).home)
     if not db.is_file():
-        fail(f"no server database at {db}: feedback is collected by the REST API (`ragqa serve`, then "
-             "POST /v1/answers/{answer_id}/feedback); check --home / RAGQA_HOME", as_json)
+        fail(
+            f"no server database at {db}: feedback is collected by the REST API (`ragqa serve`, then "
+            "POST /v1/answers/{answer_id}/feedback); check --home / RAGQA_HOME",
+            as_json,
+        )
     if output_dir.exists() and not output_dir.is_dir():
         fail(f"{output_dir} exists and is not a folder", as_json)
 
@@ -54,8 +59,11 @@ def feedback_export(
         if not records:
             where = f" on collection {collection!r}" if collection else ""
             counts = log.count()
-            fail(f"no feedback yet{where} ({counts['answers']} answers logged, {counts['feedback']} feedback rows): "
-                 "rate answers with POST /v1/answers/{answer_id}/feedback", as_json)
+            fail(
+                f"no feedback yet{where} ({counts['answers']} answers logged, {counts['feedback']} feedback rows): "
+                "rate answers with POST /v1/answers/{answer_id}/feedback",
+                as_json,
+            )
         try:
             export = export_feedback(records, fetch_contexts=fetch)
         except FeedbackError as exc:
@@ -68,21 +76,42 @@ def feedback_export(
     report = export.report
     if not export.sft and not export.preferences:
         skipped = ", ".join(f"{v} {k}" for k, v in report.skipped.items())
-        fail(f"{report.records} feedback row(s) but none makes a training example ({skipped}); "
-             "a thumbs-down needs a correction", as_json)
+        fail(
+            f"{report.records} feedback row(s) but none makes a training example ({skipped}); "
+            "a thumbs-down needs a correction",
+            as_json,
+        )
     paths = write_feedback_files(export, output_dir)
     if as_json:
-        emit_json({"ok": True, "output_dir": str(output_dir), "files": {k: str(v) for k, v in paths.items()},
-                   "collection": collection, **report.to_dict()})
+        emit_json(
+            {
+                "ok": True,
+                "output_dir": str(output_dir),
+                "files": {k: str(v) for k, v in paths.items()},
+                "collection": collection,
+                **report.to_dict(),
+            }
+        )
         return
-    out.print(summary_table("feedback export", [
-        ("feedback rows", report.records),
-        ("sft examples", f"{report.sft} ({report.sft_from_corrections} corrections, {report.sft_from_upvotes} up-voted answers)"),
-        ("preference pairs", report.preferences),
-        ("skipped", ", ".join(f"{k}: {v}" for k, v in report.skipped.items()) or "none"),
-        ("duplicates dropped", report.duplicates),
-        ("contexts logged / fetched / missing", f"{report.contexts_logged} / {report.contexts_fetched} / {report.contexts_missing}"),
-        ("collections", ", ".join(report.collections) or "-"),
-        ("sft file", paths["sft"]),
-        ("preferences file", paths["preferences"]),
-    ]))
+    out.print(
+        summary_table(
+            "feedback export",
+            [
+                ("feedback rows", report.records),
+                (
+                    "sft examples",
+                    f"{report.sft} ({report.sft_from_corrections} corrections, {report.sft_from_upvotes} up-voted answers)",
+                ),
+                ("preference pairs", report.preferences),
+                ("skipped", ", ".join(f"{k}: {v}" for k, v in report.skipped.items()) or "none"),
+                ("duplicates dropped", report.duplicates),
+                (
+                    "contexts logged / fetched / missing",
+                    f"{report.contexts_logged} / {report.contexts_fetched} / {report.contexts_missing}",
+                ),
+                ("collections", ", ".join(report.collections) or "-"),
+                ("sft file", paths["sft"]),
+                ("preferences file", paths["preferences"]),
+            ],
+        )
+    )

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
@@ -25,10 +25,12 @@ from api.cli.common import CollectionOpt, JsonOpt, emit_json, err, fail, out, st
 from finetune.config import DPOJob, RAGJob, RewardJob, RLHFJob, SFTJob
 from ingest.errors import IngestError
 
-app = typer.Typer(help="Fine-tune the generator with LoRA: sft, reward, rlhf, dpo, rag; synth builds training data.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Fine-tune the generator with LoRA: sft, reward, rlhf, dpo, rag; synth builds training data.",
+    no_args_is_help=True,
+)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file of options (command-line options win).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of options (command-line options win).")]
 
 
 # -- synth: training pairs from a collection's own text ------------------------------------------
@@ -36,10 +38,16 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file o
 def finetune_synth(
     ctx: typer.Context,
     collection: CollectionOpt,
-    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL file to write (SFT format with source/chunk_id).")],
-    n: Annotated[Optional[int], typer.Option("--n", min=1, help="At most this many pairs (default: up to --per-chunk per chunk).")] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="JSONL file to write (SFT format with source/chunk_id).")
+    ],
+    n: Annotated[
+        int | None, typer.Option("--n", min=1, help="At most this many pairs (default: up to --per-chunk per chunk).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed: the same seed and collection give the same pairs.")] = 0,
-    method: Annotated[str, typer.Option(help="cloze (fast, no LLM), generate (the generator writes questions) or both.")] = "cloze",
+    method: Annotated[
+        str, typer.Option(help="cloze (fast, no LLM), generate (the generator writes questions) or both.")
+    ] = "cloze",
     per_chunk: Annotated[int, typer.Option("--per-chunk", min=1, help="Most answers chosen per chunk.")] = 2,
     as_json: JsonOpt = False,
 ) -> None:
@@ -59,7 +67,10 @@ def finetune_synth(
     except IngestError as exc:
         fail(str(exc), as_json)
     if not chunks:
-        fail(f"collection {collection!r} has no chunks; ingest documents first with `ragqa ingest PATH -c {collection}`", as_json)
+        fail(
+            f"collection {collection!r} has no chunks; ingest documents first with `ragqa ingest PATH -c {collection}`",
+            as_json,
+        )
     writer = None
     if method in ("generate", "both"):
         if not as_json:
@@ -69,35 +80,56 @@ def finetune_synth(
         except IngestError as exc:
             fail(str(exc), as_json)
     try:
-        result = synthesize(chunks, n=n, seed=seed, method=method, per_chunk=per_chunk,
-                            write_question=writer, progress=not as_json)
+        result = synthesize(
+            chunks, n=n, seed=seed, method=method, per_chunk=per_chunk, write_question=writer, progress=not as_json
+        )
     except SynthError as exc:
         fail(str(exc), as_json)
     report = result.report
     if not result.pairs:
-        fail(f"no question/answer pairs could be made from the {report.chunks_total} chunks of {collection!r}: "
-             "cloze needs English sentences with names, dates or numbers"
-             + (f"; the generator wrote {report.generate_rejected} unusable question(s)" if report.generate_rejected else ""),
-             as_json)
+        fail(
+            f"no question/answer pairs could be made from the {report.chunks_total} chunks of {collection!r}: "
+            "cloze needs English sentences with names, dates or numbers"
+            + (
+                f"; the generator wrote {report.generate_rejected} unusable question(s)"
+                if report.generate_rejected
+                else ""
+            ),
+            as_json,
+        )
     write_jsonl(output, [p.to_json() for p in result.pairs])
-    summary = {"ok": True, "output": str(output), "collection": collection, "method": method, "seed": seed,
-               **report.to_dict()}
+    summary = {
+        "ok": True,
+        "output": str(output),
+        "collection": collection,
+        "method": method,
+        "seed": seed,
+        **report.to_dict(),
+    }
     if as_json:
         emit_json(summary)
         return
-    out.print(summary_table(f"synth from {collection!r} ({method})", [
-        ("pairs written", report.pairs),
-        ("chunks used / total", f"{report.chunks_used} / {report.chunks_total}"),
-        ("chunks with candidate answers", report.chunks_with_candidates),
-        ("per method", ", ".join(f"{k} {v}" for k, v in report.per_method.items())),
-        ("per answer type", ", ".join(f"{k} {v}" for k, v in sorted(report.per_kind.items())) or "-"),
-        ("question forms", ", ".join(f"{k} {v}" for k, v in sorted(report.per_form.items())) or "-"),
-        ("duplicates dropped", report.duplicates),
-        *([("generated / rejected", f"{report.generate_attempts} / {report.generate_rejected}")]
-          if method != "cloze" else []),
-        ("seconds", f"{report.seconds:.1f}"),
-        ("output", output),
-    ]))
+    out.print(
+        summary_table(
+            f"synth from {collection!r} ({method})",
+            [
+                ("pairs written", report.pairs),
+                ("chunks used / total", f"{report.chunks_used} / {report.chunks_total}"),
+                ("chunks with candidate answers", report.chunks_with_candidates),
+                ("per method", ", ".join(f"{k} {v}" for k, v in report.per_method.items())),
+                ("per answer type", ", ".join(f"{k} {v}" for k, v in sorted(report.per_kind.items())) or "-"),
+                ("question forms", ", ".join(f"{k} {v}" for k, v in sorted(report.per_form.items())) or "-"),
+                ("duplicates dropped", report.duplicates),
+                *(
+                    [("generated / rejected", f"{report.generate_attempts} / {report.generate_rejected}")]
+                    if method != "cloze"
+                    else []
+                ),
+                ("seconds", f"{report.seconds:.1f}"),
+                ("output", output),
+            ],
+        )
+    )
     out.print(f"train on it: ragqa finetune sft --data {output} -c {collection} --output NAME", highlight=False)
 
 
@@ -117,16 +149,36 @@ class Trainer:
 
 
 TRAINERS = (
-    Trainer("sft", SFTJob, "finetune.sft:run_sft",
-            "LoRA SFT on question/answer pairs; with -c, prompts hold retrieved chunks (incl. distractors), as at inference."),
-    Trainer("reward", RewardJob, "finetune.reward:run_reward",
-            "Reward model: scalar head on the generator backbone (LoRA), pairwise loss; reports held-out accuracy."),
-    Trainer("dpo", DPOJob, "finetune.dpo:run_dpo",
-            "Offline preference alignment (DPO), optionally continuing an SFT adapter (then also the reference)."),
-    Trainer("rlhf", RLHFJob, "finetune.rlhf:run_rlhf",
-            "Online RL (RLOO/GRPO) against a reward model with a KL penalty; reports reward and KL before/after."),
-    Trainer("rag", RAGJob, "finetune.rag_e2e:run_rag",
-            "End-to-end RAG training: marginal NLL over the top-K documents (Lewis et al. 2020), LoRA on the generator."),
+    Trainer(
+        "sft",
+        SFTJob,
+        "finetune.sft:run_sft",
+        "LoRA SFT on question/answer pairs; with -c, prompts hold retrieved chunks (incl. distractors), as at inference.",
+    ),
+    Trainer(
+        "reward",
+        RewardJob,
+        "finetune.reward:run_reward",
+        "Reward model: scalar head on the generator backbone (LoRA), pairwise loss; reports held-out accuracy.",
+    ),
+    Trainer(
+        "dpo",
+        DPOJob,
+        "finetune.dpo:run_dpo",
+        "Offline preference alignment (DPO), optionally continuing an SFT adapter (then also the reference).",
+    ),
+    Trainer(
+        "rlhf",
+        RLHFJob,
+        "finetune.rlhf:run_rlhf",
+        "Online RL (RLOO/GRPO) against a reward model with a KL penalty; reports reward and KL before/after.",
+    ),
+    Trainer(
+        "rag",
+        RAGJob,
+        "finetune.rag_e2e:run_rag",
+        "End-to-end RAG training: marginal NLL over the top-K documents (Lewis et al. 2020), LoRA on the generator.",
+    ),
 )
 
 
@@ -140,14 +192,18 @@ def _training_errors() -> tuple[type[Exception], ...]:
     return (ConfigError, DataError, FinetuneError, AdapterRegistryError, AdapterError, IngestError)
 
 
-def run_training(ctx: typer.Context, trainer: Trainer, config: Path | None, overrides: dict[str, Any], as_json: bool) -> None:
+def run_training(
+    ctx: typer.Context, trainer: Trainer, config: Path | None, overrides: dict[str, Any], as_json: bool
+) -> None:
     """Validate the options, run the trainer, print the summary; every known failure exits 2 with its reason."""
     from finetune.config import load_job
 
     try:
         job = load_job(trainer.job, config, overrides)
         if not as_json:
-            err.print(f"[bold]{trainer.kind}[/]: training adapter {job.output!r} (progress below; Ctrl-C stops, --resume continues)")
+            err.print(
+                f"[bold]{trainer.kind}[/]: training adapter {job.output!r} (progress below; Ctrl-C stops, --resume continues)"
+            )
         # The trainers print their step logs; they go to stderr so stdout stays the summary (or one JSON object).
         with contextlib.redirect_stdout(sys.stderr):
             result = trainer.run(job, stack(ctx).finetune_workspace())
@@ -162,8 +218,11 @@ def run_training(ctx: typer.Context, trainer: Trainer, config: Path | None, over
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         rows.append((key, value))
     out.print(summary_table(f"finetune {trainer.kind}: done", rows))
-    out.print(f"use it: ragqa ask \"...\" -c COLLECTION --adapter {result.adapter.name}" if trainer.kind != "reward"
-              else f"use it: ragqa finetune rlhf --reward-model {result.adapter.name} --prompts FILE --output NAME")
+    out.print(
+        f'use it: ragqa ask "..." -c COLLECTION --adapter {result.adapter.name}'
+        if trainer.kind != "reward"
+        else f"use it: ragqa finetune rlhf --reward-model {result.adapter.name} --prompts FILE --output NAME"
+    )
 
 
 def training_command(trainer: Trainer) -> Callable[..., None]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -17,8 +17,10 @@ def ingest(
     ctx: typer.Context,
     paths: Annotated[list[str], typer.Argument(help="Files, folders (searched recursively) or glob patterns.")],
     collection: CollectionOpt,
-    index: Annotated[Optional[str], typer.Option(help="Index kind for a new collection: flat, ivf, hnsw, ivfpq.")] = None,
-    prune: Annotated[bool, typer.Option("--prune", help="Remove files ingested from these folders that no longer exist.")] = False,
+    index: Annotated[str | None, typer.Option(help="Index kind for a new collection: flat, ivf, hnsw, ivfpq.")] = None,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Remove files ingested from these folders that no longer exist.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Ingest documents into a collection (created on first use); unchanged files are skipped."""

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Union
 
 import typer
 from pydantic import BaseModel
@@ -124,7 +124,9 @@ def job_options(model: type[BaseModel], prefix: str = "") -> list[JobOption]:
         kind = annotation if annotation in (int, float, bool, Path) else str
         options.append(JobOption(key, _flags(key), kind, _help(name, field, choices, is_list), is_list))
     if not prefix:  # the job's own fields first (required ones leading), then the nested groups
-        options.sort(key=lambda o: ("." in o.key, not model.model_fields[o.key].is_required() if "." not in o.key else 0))
+        options.sort(
+            key=lambda o: ("." in o.key, not model.model_fields[o.key].is_required() if "." not in o.key else 0)
+        )
         _check_unique(model, options)
     return options
 
@@ -134,8 +136,10 @@ def _check_unique(model: type[BaseModel], options: list[JobOption]) -> None:
     for opt in options:
         for flag in opt.flags:
             if flag in seen:
-                raise TypeError(f"{model.__name__}: option {flag} of field {opt.key!r} clashes with {seen[flag]}; "
-                                "add the field to api.cli.job_options.FLAG_NAMES with another name")
+                raise TypeError(
+                    f"{model.__name__}: option {flag} of field {opt.key!r} clashes with {seen[flag]}; "
+                    "add the field to api.cli.job_options.FLAG_NAMES with another name"
+                )
             seen[flag] = f"field {opt.key!r}"
 
 
@@ -146,7 +150,7 @@ def parameters(options: list[JobOption]) -> list[inspect.Parameter]:
         flags = opt.flags
         if opt.kind is bool:  # --flag / --no-flag, so a config file's true can be switched off too
             flags = (f"{flags[0]}/--no-{flags[0][2:]}", *flags[1:])
-        annotation = Annotated[Optional[opt.kind], typer.Option(*flags, help=opt.help, show_default=False)]
+        annotation = Annotated[opt.kind | None, typer.Option(*flags, help=opt.help, show_default=False)]
         params.append(inspect.Parameter(opt.param, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
     return params
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -18,7 +18,10 @@ app = typer.Typer(help="Create, list and revoke the REST API's keys (stored hash
 def keys_create(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="A label for the key (who or what uses it).")],
-    collection: Annotated[Optional[list[str]], typer.Option("--collection", "-c", help="Limit the key to this collection (repeatable); default: all.")] = None,
+    collection: Annotated[
+        list[str] | None,
+        typer.Option("--collection", "-c", help="Limit the key to this collection (repeatable); default: all."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API key; its secret is shown once (only a hash is stored)."""
@@ -30,11 +33,16 @@ def keys_create(
     if as_json:
         emit_json({**key.to_dict(), "key": secret})
         return
-    out.print(f"created key [bold]{key.key_id}[/] ({name}); collections: {', '.join(key.collections) if key.collections else 'all'}",
-              highlight=False)
+    out.print(
+        f"created key [bold]{key.key_id}[/] ({name}); collections: {', '.join(key.collections) if key.collections else 'all'}",
+        highlight=False,
+    )
     out.print("the secret is shown only now; store it safely:")
     out.print(secret, highlight=False)
-    out.print(f'use it as: curl -H "Authorization: Bearer {secret[:12]}…" http://127.0.0.1:8000/v1/collections', highlight=False)
+    out.print(
+        f'use it as: curl -H "Authorization: Bearer {secret[:12]}…" http://127.0.0.1:8000/v1/collections',
+        highlight=False,
+    )
 
 
 @app.command("list")
@@ -50,9 +58,16 @@ def keys_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         return
     table = Table("key_id", "name", "collections", "status", "last used")
     for k in keys:
-        used = dt.datetime.fromtimestamp(k["last_used_at"]).isoformat(timespec="seconds") if k["last_used_at"] else "never"
-        table.add_row(k["key_id"], k["name"], ", ".join(k["collections"]) if k["collections"] else "all",
-                      "revoked" if k["revoked"] else "active", used)
+        used = (
+            dt.datetime.fromtimestamp(k["last_used_at"]).isoformat(timespec="seconds") if k["last_used_at"] else "never"
+        )
+        table.add_row(
+            k["key_id"],
+            k["name"],
+            ", ".join(k["collections"]) if k["collections"] else "all",
+            "revoked" if k["revoked"] else "active",
+            used,
+        )
     out.print(table if keys else "no API keys yet: create one with `ragqa keys create NAME`")
 
 

@@ -24,11 +24,21 @@ def model_rows(s: Settings) -> list[dict[str, Any]]:
         path = resolve_embedder_path(s.ingest.embedder.model)
         rows.append({"role": "embedder", "model": s.ingest.embedder.model, "path": path, "ready": Path(path).exists()})
     except IngestError as exc:
-        rows.append({"role": "embedder", "model": s.ingest.embedder.model, "path": None, "ready": False, "error": str(exc)})
+        rows.append(
+            {"role": "embedder", "model": s.ingest.embedder.model, "path": None, "ready": False, "error": str(exc)}
+        )
     try:
         loc = locate_generator(s.generator, s.models_dir)
-        rows.append({"role": "generator", "model": loc.name, "path": loc.path, "source": loc.source, "kind": loc.kind,
-                     "ready": loc.ready})
+        rows.append(
+            {
+                "role": "generator",
+                "model": loc.name,
+                "path": loc.path,
+                "source": loc.source,
+                "kind": loc.kind,
+                "ready": loc.ready,
+            }
+        )
     except IngestError as exc:
         rows.append({"role": "generator", "model": s.generator.model, "path": None, "ready": False, "error": str(exc)})
     return rows

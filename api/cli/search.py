@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,8 +15,8 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     collection: CollectionOpt,
     k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many chunks.")] = 5,
-    source: Annotated[Optional[list[str]], typer.Option(help="Only chunks from this source path (repeatable).")] = None,
-    title: Annotated[Optional[list[str]], typer.Option(help="Only chunks with this title (repeatable).")] = None,
+    source: Annotated[list[str] | None, typer.Option(help="Only chunks from this source path (repeatable).")] = None,
+    title: Annotated[list[str] | None, typer.Option(help="Only chunks with this title (repeatable).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the chunks nearest to a query, with scores, titles and sources."""
@@ -35,7 +35,10 @@ def search(
     for rank, h in enumerate(hits, 1):
         heading = " > ".join(h.metadata.get("headings", []))
         where = h.source + (f" (page {h.metadata['page']})" if "page" in h.metadata else "")
-        out.print(f"[bold]{rank}. {h.score:.3f}[/]  [cyan]{h.title}[/]" + (f" — {heading}" if heading else ""), highlight=False)
+        out.print(
+            f"[bold]{rank}. {h.score:.3f}[/]  [cyan]{h.title}[/]" + (f" — {heading}" if heading else ""),
+            highlight=False,
+        )
         out.print(f"   [dim]{where}[/]", highlight=False)
         snippet = " ".join(h.text.split())
         out.print("   " + (snippet[:300] + ("…" if len(snippet) > 300 else "")), highlight=False)

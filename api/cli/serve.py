@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,8 +13,8 @@ from api.cli.common import err, settings
 
 def serve(
     ctx: typer.Context,
-    host: Annotated[Optional[str], typer.Option(help="Bind address (default server.host: 127.0.0.1).")] = None,
-    port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="Port (default server.port: 8000).")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default server.host: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port (default server.port: 8000).")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve WITHOUT API keys (trusted machines only).")] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
@@ -36,10 +36,18 @@ def serve(
         n_keys = len(store.list(include_revoked=False))
         store.close()
         if n_keys == 0:
-            err.print("[yellow]no API keys yet:[/] create one with `ragqa keys create NAME` (requests need "
-                      "`Authorization: Bearer <key>`), or start with --no-auth on a trusted machine", highlight=False)
+            err.print(
+                "[yellow]no API keys yet:[/] create one with `ragqa keys create NAME` (requests need "
+                "`Authorization: Bearer <key>`), or start with --no-auth on a trusted machine",
+                highlight=False,
+            )
     else:
-        err.print("[bold red]WARNING: authentication is OFF (--no-auth): anyone who can reach "
-                  f"{s.server.host}:{s.server.port} can read, upload and delete every collection.[/]", highlight=False)
+        err.print(
+            "[bold red]WARNING: authentication is OFF (--no-auth): anyone who can reach "
+            f"{s.server.host}:{s.server.port} can read, upload and delete every collection.[/]",
+            highlight=False,
+        )
     err.print(f"serving ragqa on http://{s.server.host}:{s.server.port} (docs: /docs, home: {s.home})", highlight=False)
-    uvicorn.run(create_app(s), host=s.server.host, port=s.server.port, log_level=log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        create_app(s), host=s.server.host, port=s.server.port, log_level=log_level, timeout_graceful_shutdown=10
+    )

@@ -30,9 +30,17 @@ def sse(event: str, data: Any) -> str:
     response_model=AnswerPublic,
     summary="Answer a question from a collection, with citations",
     dependencies=[QuestionLimit],
-    responses={200: {"content": {"text/event-stream": {"example": 'event: token\ndata: {"text": "Flat"}\n\n'
-                                                                  'event: answer\ndata: {"answer_id": "...", ...}\n\n'}},
-                     "description": "The answer; with stream=true, `token` events then one `answer` (or `error`) event."}},
+    responses={
+        200: {
+            "content": {
+                "text/event-stream": {
+                    "example": 'event: token\ndata: {"text": "Flat"}\n\n'
+                    'event: answer\ndata: {"answer_id": "...", ...}\n\n'
+                }
+            },
+            "description": "The answer; with stream=true, `token` events then one `answer` (or `error`) event.",
+        }
+    },
 )
 async def ask(body: AskRequest, service: ServiceDep, key: KeyDep):
     await run_in_threadpool(service.validate_question, key, body.collection, body.question, body.k)

@@ -17,7 +17,9 @@ def list_collections(service: ServiceDep, key: KeyDep) -> CollectionsPublic:
     return CollectionsPublic(data=data, count=len(data))
 
 
-@router.post("", response_model=CollectionPublic, status_code=status.HTTP_201_CREATED, summary="Create an empty collection")
+@router.post(
+    "", response_model=CollectionPublic, status_code=status.HTTP_201_CREATED, summary="Create an empty collection"
+)
 def create_collection(body: CollectionCreate, service: ServiceDep, key: KeyDep) -> CollectionPublic:
     return service.create_collection(key, body.name, body.index)
 

@@ -11,7 +11,11 @@ from api.schemas import FeedbackCreate, FeedbackPublic
 router = APIRouter(prefix="/v1/answers", tags=["feedback"], responses=ERRORS)
 
 
-@router.post("/{answer_id}/feedback", response_model=FeedbackPublic, status_code=status.HTTP_201_CREATED,
-             summary="Rate an answer up or down, optionally with the correct answer")
+@router.post(
+    "/{answer_id}/feedback",
+    response_model=FeedbackPublic,
+    status_code=status.HTTP_201_CREATED,
+    summary="Rate an answer up or down, optionally with the correct answer",
+)
 def add_feedback(answer_id: str, body: FeedbackCreate, service: ServiceDep, key: KeyDep) -> FeedbackPublic:
     return service.add_feedback(key, answer_id, body.rating, body.correction, body.comment)

@@ -29,7 +29,7 @@ PREFIX = "ragqa:"
 
 
 def collection_of(model: str) -> str:
-    return model[len(PREFIX):] if model.startswith(PREFIX) else model
+    return model[len(PREFIX) :] if model.startswith(PREFIX) else model
 
 
 def question_of(body: ChatCompletionRequest) -> str:
@@ -40,13 +40,16 @@ def question_of(body: ChatCompletionRequest) -> str:
             return msg.content
         if isinstance(msg.content, list):
             return "\n".join(str(p.get("text", "")) for p in msg.content if p.get("type") == "text")
-    raise Unprocessable("messages hold no user message with text; the last user message is the question",
-                        code="no_question")
+    raise Unprocessable(
+        "messages hold no user message with text; the last user message is the question", code="no_question"
+    )
 
 
 def sources_of(answer: AnswerPublic) -> list[dict[str, Any]]:
-    return [{"index": c.index, "title": c.title, "source": c.source, "score": c.score, "text": c.text}
-            for c in answer.citations]
+    return [
+        {"index": c.index, "title": c.title, "source": c.source, "score": c.score, "text": c.text}
+        for c in answer.citations
+    ]
 
 
 def sources_text(answer: AnswerPublic) -> str:
@@ -57,19 +60,29 @@ def sources_text(answer: AnswerPublic) -> str:
 
 
 def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-    obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+    obj = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
     return f"data: {json.dumps(obj, ensure_ascii=False, default=str)}\n\n"
 
 
 @router.get("/models", summary="Collections as OpenAI models")
 def list_models(service: ServiceDep, key: KeyDep) -> dict[str, Any]:
-    data = [{"id": f"{PREFIX}{c.name}", "object": "model", "created": int(c.created_at or 0), "owned_by": "ragqa"}
-            for c in service.list_collections(key)]
+    data = [
+        {"id": f"{PREFIX}{c.name}", "object": "model", "created": int(c.created_at or 0), "owned_by": "ragqa"}
+        for c in service.list_collections(key)
+    ]
     return {"object": "list", "data": data}
 
 
-@router.post("/chat/completions", summary="OpenAI-compatible chat completion over a collection", dependencies=[QuestionLimit])
+@router.post(
+    "/chat/completions", summary="OpenAI-compatible chat completion over a collection", dependencies=[QuestionLimit]
+)
 async def chat_completions(body: ChatCompletionRequest, service: ServiceDep, key: KeyDep):
     collection = collection_of(body.model)
     question = question_of(body)
@@ -82,12 +95,24 @@ async def chat_completions(body: ChatCompletionRequest, service: ServiceDep, key
             "object": "chat.completion",
             "created": created,
             "model": body.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": ans.answer + sources_text(ans)},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": ans.generated_tokens, "total_tokens": ans.generated_tokens},
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": ans.answer + sources_text(ans)},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 0,
+                "completion_tokens": ans.generated_tokens,
+                "total_tokens": ans.generated_tokens,
+            },
             "sources": sources_of(ans),
-            "ragqa": {"answer_id": ans.answer_id, "abstained": ans.abstained,
-                      "collection_generation": ans.collection_generation},
+            "ragqa": {
+                "answer_id": ans.answer_id,
+                "abstained": ans.abstained,
+                "collection_generation": ans.collection_generation,
+            },
         }
 
     cid = f"chatcmpl-{uuid.uuid4().hex}"
@@ -98,10 +123,15 @@ async def chat_completions(body: ChatCompletionRequest, service: ServiceDep, key
             if kind == "token":
                 yield _chunk(cid, created, body.model, {"content": payload})
             elif kind == "answer":
-                yield _chunk(cid, created, body.model, {"content": sources_text(payload)}, "stop",
-                             sources=sources_of(payload),
-                             ragqa={"answer_id": payload.answer_id, "abstained": payload.abstained,
-                                    "answer": payload.answer})
+                yield _chunk(
+                    cid,
+                    created,
+                    body.model,
+                    {"content": sources_text(payload)},
+                    "stop",
+                    sources=sources_of(payload),
+                    ragqa={"answer_id": payload.answer_id, "abstained": payload.abstained, "answer": payload.answer},
+                )
             else:
                 yield f"data: {json.dumps(error_body(payload.code, payload.message))}\n\n"
         yield "data: [DONE]\n\n"

@@ -57,7 +57,7 @@ def _window(sentence: str, start: int, end: int) -> tuple[int, int]:
     for m in re.finditer(r";\s+", sentence[:start]):
         left = m.end()
     colon = re.search(r":\s+", sentence[left:start])
-    if colon and len(sentence[left:left + colon.start()].split()) <= 4:
+    if colon and len(sentence[left : left + colon.start()].split()) <= 4:
         left += colon.end()  # a label: "Fact verification: ..."
     right = _clause_break(sentence, end)
     first = re.match(r"\W*(\w+)", sentence[left:])
@@ -98,7 +98,7 @@ def _lower_first(phrase: str) -> str:
 
 def _blank(sentence: str, c: Candidate) -> str | None:
     left, right = _window(sentence, c.start, c.end)
-    return _from(left, sentence[left:c.start] + "___" + sentence[c.end:right])
+    return _from(left, sentence[left : c.start] + "___" + sentence[c.end : right])
 
 
 def _invert(clause: str, wh: str) -> str | None:
@@ -108,10 +108,10 @@ def _invert(clause: str, wh: str) -> str | None:
     for i, tok in enumerate(tokens[:9]):
         word = tok.group().lower()
         if word in AUX and i >= 1:
-            subject = clause[:tok.start()].strip()
+            subject = clause[: tok.start()].strip()
             if "," in subject or any(t.group().lower() in {"that", "which", "who"} | SUBORDINATORS for t in tokens[:i]):
                 return None
-            rest = clause[tok.end():].strip()
+            rest = clause[tok.end() :].strip()
             return f"{wh} {word} {_lower_first(subject)} {rest}" if rest else None
     return None
 
@@ -127,7 +127,7 @@ def _prev_allows_wh(sentence: str, start: int, left: int) -> bool:
 
 def _year_question(sentence: str, c: Candidate) -> str | None:
     left, right = _window(sentence, c.start, c.end)
-    before = sentence[:c.start].rstrip()
+    before = sentence[: c.start].rstrip()
     prep = _prev_word(sentence, c.start)
     if prep.lower() in YEAR_PREPS and before.endswith(prep):
         pp_start = max(len(before) - len(prep), left)
@@ -140,14 +140,14 @@ def _year_question(sentence: str, c: Candidate) -> str | None:
             wh = f"{p.capitalize()} when"
         else:
             wh = None
-        if pp_start == left and re.match(r",\s", sentence[c.end:]):  # "In 2016, the index was ..."
+        if pp_start == left and re.match(r",\s", sentence[c.end :]):  # "In 2016, the index was ..."
             nxt = _clause_break(sentence, c.end + 1)
             if nxt is None:
                 body = sentence.rstrip()
                 t = TERMINAL.search(body)
                 nxt = t.start() if t else len(body)
             right = nxt
-        head, tail = sentence[left:pp_start], sentence[c.end:right]
+        head, tail = sentence[left:pp_start], sentence[c.end : right]
         if wh is not None:
             clause = (head.rstrip(" ,") + " " + tail.lstrip(" ,")).strip()
             inverted = _invert(clause, wh)
@@ -155,12 +155,12 @@ def _year_question(sentence: str, c: Candidate) -> str | None:
                 return _finish(inverted)
         if pp_start > left:
             if c.kind == "date" and p in ("in", "during", "around"):
-                return _from(left, sentence[left:pp_start] + "when" + sentence[c.end:right])
+                return _from(left, sentence[left:pp_start] + "when" + sentence[c.end : right])
             what = "what year" if c.kind == "year" else "what date"
-            return _from(left, sentence[left:c.start] + what + sentence[c.end:right])
+            return _from(left, sentence[left : c.start] + what + sentence[c.end : right])
         return None
     if c.start == left:
-        return _finish(("What year" if c.kind == "year" else "What date") + sentence[c.end:right])
+        return _finish(("What year" if c.kind == "year" else "What date") + sentence[c.end : right])
     return None
 
 
@@ -171,21 +171,24 @@ def _number_question(sentence: str, c: Candidate) -> str | None:
     if c.percent:
         if not _prev_allows_wh(sentence, c.start, left):
             return None
-        return _from(left, sentence[left:c.start] + "what percentage" + sentence[c.end:right])
+        return _from(left, sentence[left : c.start] + "what percentage" + sentence[c.end : right])
     unit_end = c.unit_end or c.end
-    unit = sentence[c.end:unit_end]
+    unit = sentence[c.end : unit_end]
     if c.start == left:
         return _finish("How many" + unit + sentence[unit_end:right])
-    return _from(left, sentence[left:c.start] + "how many" + unit + sentence[unit_end:right])
+    return _from(left, sentence[left : c.start] + "how many" + unit + sentence[unit_end:right])
 
 
 def _name_question(sentence: str, c: Candidate) -> str | None:
     start, end = c.start, c.end
     prev = re.sub(r"\W+$", "", _prev_word(sentence, start))
     following = _next_words(sentence, end, 1)
-    person = (prev.lower() in TITLES or sentence[end:].lstrip().startswith("et al")
-              or sentence[start:end].split()[0].lower().rstrip(".") in TITLES
-              or (c.kind == "name" and bool(following) and following[0].lower().strip(",.") in PERSON_VERBS))
+    person = (
+        prev.lower() in TITLES
+        or sentence[end:].lstrip().startswith("et al")
+        or sentence[start:end].split()[0].lower().rstrip(".") in TITLES
+        or (c.kind == "name" and bool(following) and following[0].lower().strip(",.") in PERSON_VERBS)
+    )
     if prev.lower() in TITLES or prev.lower() == "the":  # "Dr. Smith", "the Eiffel Tower" -> who / what
         start = len(sentence[:start].rstrip()) - len(_prev_word(sentence, start))
         prev = re.sub(r"\W+$", "", _prev_word(sentence, start))

@@ -20,16 +20,67 @@ QUESTION_SYSTEM = (
 def question_messages(context: str, answer: str) -> list[dict[str, str]]:
     return [
         {"role": "system", "content": QUESTION_SYSTEM},
-        {"role": "user", "content": f"Passage:\n{context.strip()}\n\nAnswer: {answer}\n\n"
-                                    f"Write one question about the passage whose answer is \"{answer}\"."},
+        {
+            "role": "user",
+            "content": f"Passage:\n{context.strip()}\n\nAnswer: {answer}\n\n"
+            f'Write one question about the passage whose answer is "{answer}".',
+        },
     ]
 
 
 _QUESTION_STOPWORDS = {
-    "what", "which", "when", "where", "who", "whom", "whose", "why", "how", "many", "much", "does", "did", "have",
-    "that", "this", "these", "those", "with", "from", "into", "about", "there", "their", "they", "them", "than",
-    "then", "will", "would", "should", "could", "being", "been", "were", "your", "some", "most", "more", "best",
-    "used", "using", "make", "made", "give", "given", "passage", "text", "according", "mentioned", "answer", "question",
+    "what",
+    "which",
+    "when",
+    "where",
+    "who",
+    "whom",
+    "whose",
+    "why",
+    "how",
+    "many",
+    "much",
+    "does",
+    "did",
+    "have",
+    "that",
+    "this",
+    "these",
+    "those",
+    "with",
+    "from",
+    "into",
+    "about",
+    "there",
+    "their",
+    "they",
+    "them",
+    "than",
+    "then",
+    "will",
+    "would",
+    "should",
+    "could",
+    "being",
+    "been",
+    "were",
+    "your",
+    "some",
+    "most",
+    "more",
+    "best",
+    "used",
+    "using",
+    "make",
+    "made",
+    "give",
+    "given",
+    "passage",
+    "text",
+    "according",
+    "mentioned",
+    "answer",
+    "question",
 }
 
 
@@ -80,9 +131,13 @@ def generator_question_writer(generator: Any, *, max_new_tokens: int = 48) -> Qu
         with generator.session() as model, torch.no_grad():
             input_ids = torch.tensor([ids], device=generator.device)
             out = model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                do_sample=False, eos_token_id=generator.eos_token_ids, pad_token_id=tok.pad_token_id,
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=generator.eos_token_ids,
+                pad_token_id=tok.pad_token_id,
             )
-        return generator.decode(out[0, len(ids):].tolist())
+        return generator.decode(out[0, len(ids) :].tolist())
 
     return write

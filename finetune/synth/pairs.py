@@ -50,8 +50,14 @@ class SynthPair:
 
     def to_json(self) -> dict[str, Any]:
         """One line of the SFT file (:mod:`finetune.data`) with its metadata."""
-        return {"question": self.question, "answer": self.answer, "contexts": [self.context],
-                "source": self.source, "chunk_id": self.chunk_id, "method": self.method}
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "contexts": [self.context],
+            "source": self.source,
+            "chunk_id": self.chunk_id,
+            "method": self.method,
+        }
 
 
 @dataclass
@@ -83,8 +89,9 @@ def _norm_key(question: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", question.lower()).split())
 
 
-def _plan(chunks: list[ChunkLike], rng: random.Random, per_chunk: int, report: SynthReport,
-          progress: bool = False) -> list[tuple[ChunkLike, tuple[int, int], Candidate]]:
+def _plan(
+    chunks: list[ChunkLike], rng: random.Random, per_chunk: int, report: SynthReport, progress: bool = False
+) -> list[tuple[ChunkLike, tuple[int, int], Candidate]]:
     """Candidates in the order they are tried: a round-robin over shuffled chunks, so the first pairs
     come from as many chunks as possible; within a chunk typed answers first, one per sentence first."""
     per: list[list[tuple[ChunkLike, tuple[int, int], Candidate]]] = []
@@ -121,7 +128,7 @@ def _check_options(method: str, write_question: QuestionWriter | None, n: int | 
 
 def _answer_text(chunk: ChunkLike, sentence: str, cand: Candidate) -> str | None:
     """The candidate's answer when it is a usable span of the chunk (one line, not blank)."""
-    answer = sentence[cand.start:cand.end]
+    answer = sentence[cand.start : cand.end]
     if not answer.strip() or "\n" in answer or answer not in chunk.text:
         return None
     return answer
@@ -180,8 +187,11 @@ class _Collected:
             return False
         self.seen.add(key)
         self.pairs.append(pair)
-        for counts, value in ((self.report.per_method, pair.method), (self.report.per_kind, pair.kind),
-                              (self.report.per_form, pair.form)):
+        for counts, value in (
+            (self.report.per_method, pair.method),
+            (self.report.per_kind, pair.kind),
+            (self.report.per_form, pair.form),
+        ):
             counts[value] = counts.get(value, 0) + 1
         return True
 
@@ -232,8 +242,16 @@ def synthesize(
                 if made is None:
                     continue
                 question, form = made
-                pair = SynthPair(question, answer, chunk.text, chunk.chunk_id, str(chunk.metadata.get("source", "")),
-                                 m, cand.kind, form)
+                pair = SynthPair(
+                    question,
+                    answer,
+                    chunk.text,
+                    chunk.chunk_id,
+                    str(chunk.metadata.get("source", "")),
+                    m,
+                    cand.kind,
+                    form,
+                )
                 if kept.add(pair):
                     bar.update(1)
     return _finish(kept.pairs, report, t0)

@@ -9,7 +9,24 @@ _BULLET = re.compile(r"^[ \t]*(?:[-*•+]|\d{1,2}[.)])[ \t]+")
 _MD_HEADING = re.compile(r"^[ \t]*#{1,6}[ \t]")
 _SENT_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s|$)")
 TERMINAL = re.compile(r"[.!?][\"'”’)\]]*$")
-_ABBREVIATIONS = {"e.g", "i.e", "al", "etc", "vs", "cf", "dr", "mr", "mrs", "ms", "prof", "st", "fig", "approx", "jr", "sr"}
+_ABBREVIATIONS = {
+    "e.g",
+    "i.e",
+    "al",
+    "etc",
+    "vs",
+    "cf",
+    "dr",
+    "mr",
+    "mrs",
+    "ms",
+    "prof",
+    "st",
+    "fig",
+    "approx",
+    "jr",
+    "sr",
+}
 _BAD_SENTENCE = re.compile(r"`|https?://|www\.|[{}<>=\\]|\|")
 
 
@@ -17,7 +34,7 @@ def _is_heading_line(stripped: str, next_line: str | None) -> bool:
     """A short line (up to six words) without closing punctuation, followed by more text."""
     if not next_line or not next_line.strip() or len(stripped.split()) > 6:
         return False
-    return stripped[-1] not in ".!?:;,\"”’)"
+    return stripped[-1] not in '.!?:;,"”’)'
 
 
 def _segments(text: str) -> list[tuple[int, int]]:
@@ -46,8 +63,13 @@ def _segments(text: str) -> list[tuple[int, int]]:
             flush()
             continue
         next_line = lines[i + 1] if i + 1 < len(lines) else None
-        if (in_fence or not stripped or _MD_HEADING.match(body) or stripped.startswith("|")
-                or (cur is None and _is_heading_line(stripped, next_line))):
+        if (
+            in_fence
+            or not stripped
+            or _MD_HEADING.match(body)
+            or stripped.startswith("|")
+            or (cur is None and _is_heading_line(stripped, next_line))
+        ):
             flush()
             continue
         bullet = _BULLET.match(body)
@@ -76,7 +98,7 @@ def sentence_spans(text: str, *, min_words: int = 5, max_words: int = 60) -> lis
         begin = 0
         for m in _SENT_END.finditer(seg):
             if m.group()[0] == ".":
-                before = re.search(r"([A-Za-z][A-Za-z.]*)$", seg[begin:m.start()])
+                before = re.search(r"([A-Za-z][A-Za-z.]*)$", seg[begin : m.start()])
                 word = before.group(1).lower() if before else ""
                 if word in _ABBREVIATIONS or (before and len(before.group(1)) == 1 and before.group(1).isupper()):
                     continue
@@ -90,7 +112,11 @@ def sentence_spans(text: str, *, min_words: int = 5, max_words: int = 60) -> lis
         s += len(raw) - len(raw.lstrip())
         raw = raw.strip()
         e = s + len(raw)
-        if not raw or not TERMINAL.search(raw) or not (raw[0].isalnum() and (raw[0].isupper() or raw[0].isdigit() or not first)):
+        if (
+            not raw
+            or not TERMINAL.search(raw)
+            or not (raw[0].isalnum() and (raw[0].isupper() or raw[0].isdigit() or not first))
+        ):
             continue
         n_words = len(raw.split())
         letters = sum(ch.isalpha() or ch.isspace() for ch in raw)
@@ -98,4 +124,3 @@ def sentence_spans(text: str, *, min_words: int = 5, max_words: int = 60) -> lis
             continue
         out.append((s, e))
     return out
-

@@ -60,9 +60,12 @@ def _extra_fields(record: dict[str, Any], config: LoaderConfig) -> dict[str, Any
     for name, value in record.items():
         if name in skip or len(out) >= _MAX_FIELDS:
             continue
-        if isinstance(value, (int, float, bool)) or value is None:
-            out[name] = value
-        elif isinstance(value, str) and len(value) <= _MAX_FIELD_CHARS:
+        if (
+            isinstance(value, (int, float, bool))
+            or value is None
+            or isinstance(value, str)
+            and len(value) <= _MAX_FIELD_CHARS
+        ):
             out[name] = value
     return out
 

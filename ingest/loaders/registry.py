@@ -98,7 +98,9 @@ def load_file(path: str | Path, config: LoaderConfig | None = None) -> list[Docu
     except LoaderError:
         raise
     except (RecursionError, MemoryError) as exc:
-        raise LoaderError(f"{path}: too deeply nested or too large to load ({type(exc).__name__}); split the file") from exc
+        raise LoaderError(
+            f"{path}: too deeply nested or too large to load ({type(exc).__name__}); split the file"
+        ) from exc
     except Exception as exc:  # a loader bug or a library failure must not stop a batch
         logger.debug("%s: unexpected loader failure", path, exc_info=True)
         raise LoaderError(

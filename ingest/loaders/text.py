@@ -69,8 +69,7 @@ def _detect(data: bytes, path: Path) -> tuple[str, str]:
     best = results.best()
     if best is None:
         raise LoaderError(
-            f"{path}: not UTF-8 and no other text encoding fits (is it a binary file?); "
-            "convert it to UTF-8 text"
+            f"{path}: not UTF-8 and no other text encoding fits (is it a binary file?); convert it to UTF-8 text"
         )
     tied = {
         codecs.lookup(name).name

@@ -20,7 +20,9 @@ def test_list_adapters(tmp_path, tiny_st_model, tiny_llm):
     root = settings.adapters_dir
     (root / "b-lora").mkdir(parents=True)
     (root / "b-lora" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "tiny", "r": 8}))
-    (root / "b-lora" / "ragqa_adapter.json").write_text(json.dumps({"kind": "sft", "base_model": "tiny-llm", "steps": 10}))
+    (root / "b-lora" / "ragqa_adapter.json").write_text(
+        json.dumps({"kind": "sft", "base_model": "tiny-llm", "steps": 10})
+    )
     (root / "a-lora").mkdir()
     (root / "a-lora" / "adapter_config.json").write_text("{}")
     (root / "a-lora" / "ragqa_adapter.json").write_text("not json")  # unreadable metadata: listed without it
@@ -32,10 +34,17 @@ def test_list_adapters(tmp_path, tiny_st_model, tiny_llm):
         assert client.get("/v1/adapters").status_code == 401
         r = client.get("/v1/adapters", headers=h)
         assert r.status_code == 200, r.text
-        assert r.json() == {"count": 2, "data": [
-            {"name": "a-lora", "base_model": None, "metadata": {}},
-            {"name": "b-lora", "base_model": "tiny-llm", "metadata": {"kind": "sft", "base_model": "tiny-llm", "steps": 10}},
-        ]}
+        assert r.json() == {
+            "count": 2,
+            "data": [
+                {"name": "a-lora", "base_model": None, "metadata": {}},
+                {
+                    "name": "b-lora",
+                    "base_model": "tiny-llm",
+                    "metadata": {"kind": "sft", "base_model": "tiny-llm", "steps": 10},
+                },
+            ],
+        }
 
 
 def test_web_ui_is_served_without_a_key(tmp_path, tiny_st_model, tiny_llm):

@@ -75,7 +75,10 @@ def env(tmp_path_factory, tiny_st_model, tiny_llm):
     app = create_app(settings)
     with TestClient(app) as client:
         yield {
-            "client": client, "home": home, "settings": settings, "app": app,
+            "client": client,
+            "home": home,
+            "settings": settings,
+            "app": app,
             "admin": {"Authorization": f"Bearer {admin}"},
             "team": {"Authorization": f"Bearer {team}"},
             "revoked": {"Authorization": f"Bearer {revoked}"},
@@ -104,8 +107,14 @@ def test_healthz_docs_and_openapi(env):
     assert body["status"] == "ok" and body["auth"] is True and body["models"]["loaded"] and body["worker_alive"]
     assert c.get("/docs").status_code == 200
     paths = c.get("/openapi.json").json()["paths"]
-    for p in ("/v1/ask", "/v1/collections/{name}/documents", "/v1/jobs/{job_id}", "/v1/chat/completions",
-              "/v1/answers/{answer_id}/feedback", "/metrics"):
+    for p in (
+        "/v1/ask",
+        "/v1/collections/{name}/documents",
+        "/v1/jobs/{job_id}",
+        "/v1/chat/completions",
+        "/v1/answers/{answer_id}/feedback",
+        "/metrics",
+    ):
         assert p in paths
 
 
@@ -144,8 +153,12 @@ def test_key_limited_to_collections(env, docs):
     assert_error(c.get("/v1/collections/docs", headers=team), 404, "collection_not_found")
     assert_error(c.get("/v1/collections/docs/documents", headers=team), 404)
     assert_error(c.post("/v1/ask", json={"question": "capital?", "collection": "docs"}, headers=team), 404)
-    assert_error(c.post("/v1/chat/completions", json={"model": "docs", "messages": [{"role": "user", "content": "x"}]},
-                        headers=team), 404)
+    assert_error(
+        c.post(
+            "/v1/chat/completions", json={"model": "docs", "messages": [{"role": "user", "content": "x"}]}, headers=team
+        ),
+        404,
+    )
     assert_error(c.delete("/v1/collections/docs", headers=team), 404)
     assert_error(c.post("/v1/collections", json={"name": "other"}, headers=team), 404)
     files = [("files", ("x.txt", b"hello there", "text/plain"))]
@@ -175,7 +188,9 @@ def test_collections_crud_and_errors(env):
     assert_error(c.post("/v1/collections", json={"name": "../etc"}, headers=h), 422, "invalid_collection_name")
     assert_error(c.post("/v1/collections", json={"name": "x", "index": "nope"}, headers=h), 422, "validation_error")
     assert_error(c.post("/v1/collections", json={"nom": "x"}, headers=h), 422, "validation_error")
-    assert_error(c.post("/v1/collections", content=b"{not json", headers={**h, "content-type": "application/json"}), 422)
+    assert_error(
+        c.post("/v1/collections", content=b"{not json", headers={**h, "content-type": "application/json"}), 422
+    )
     shown = c.get("/v1/collections/crud", headers=h).json()
     assert shown["chunks"] == 0 and shown["embedder"] and shown["index_built"] in ("flat", "hnsw")
     assert_error(c.get("/v1/collections/missing", headers=h), 404, "collection_not_found")
@@ -219,28 +234,56 @@ def test_corrupt_file_fails_only_its_entry(env, docs):
     assert by_name["broken.pdf"]["status"] == "failed" and by_name["broken.pdf"]["error"]
     assert str(env["home"]) not in by_name["broken.pdf"]["error"]  # no server paths in errors
     assert by_name["good.txt"]["status"] == "added" and by_name["good.txt"]["chunks"] >= 1
-    assert job["progress"] == {"total": 2, "processed": 2, "fraction": 1.0, "added": 1, "replaced": 0, "unchanged": 0, "failed": 1}
+    assert job["progress"] == {
+        "total": 2,
+        "processed": 2,
+        "fraction": 1.0,
+        "added": 1,
+        "replaced": 0,
+        "unchanged": 0,
+        "failed": 1,
+    }
     assert job["errors"] == [{"filename": "broken.pdf", "error": by_name["broken.pdf"]["error"]}]
     assert not (env["home"] / "uploads" / "docs" / "broken.pdf").exists()
-    assert c.delete("/v1/collections/docs/documents", params={"source": "good.txt"}, headers=h).json() == {"deleted": 1, "ok": True}
+    assert c.delete("/v1/collections/docs/documents", params={"source": "good.txt"}, headers=h).json() == {
+        "deleted": 1,
+        "ok": True,
+    }
 
 
 def test_upload_limits_and_bad_input(env, docs):
     c, h = env["client"], env["admin"]
     one = [("files", ("a.txt", b"x", "text/plain"))]
     assert_error(c.post("/v1/collections/nope/documents", files=one, headers=h), 404, "collection_not_found")
-    assert_error(c.post("/v1/collections/docs/documents", files=[("files", ("evil.exe", b"MZ", "application/octet-stream"))],
-                        headers=h), 415, "unsupported_file_type")
+    assert_error(
+        c.post(
+            "/v1/collections/docs/documents",
+            files=[("files", ("evil.exe", b"MZ", "application/octet-stream"))],
+            headers=h,
+        ),
+        415,
+        "unsupported_file_type",
+    )
     many = [("files", (f"f{i}.txt", b"text", "text/plain")) for i in range(4)]
     assert_error(c.post("/v1/collections/docs/documents", files=many, headers=h), 413, "too_many_files")
     big = [("files", ("big.txt", b"a" * 60_000, "text/plain"))]
     assert_error(c.post("/v1/collections/docs/documents", files=big, headers=h), 413, "file_too_large")
     dup = [("files", ("d.txt", b"one", "text/plain")), ("files", ("d.txt", b"two", "text/plain"))]
     assert_error(c.post("/v1/collections/docs/documents", files=dup, headers=h), 422, "duplicate_filename")
-    assert_error(c.post("/v1/collections/docs/documents", files=[("files", ("e.txt", b"", "text/plain"))], headers=h), 422, "empty_file")
+    assert_error(
+        c.post("/v1/collections/docs/documents", files=[("files", ("e.txt", b"", "text/plain"))], headers=h),
+        422,
+        "empty_file",
+    )
     assert_error(c.post("/v1/collections/docs/documents", data={"x": "1"}, headers=h), 422, "validation_error")
-    assert_error(c.post("/v1/collections/docs/documents", content=b"a" * 1_300_000,
-                        headers={**h, "content-type": "multipart/form-data; boundary=xx"}), 413)
+    assert_error(
+        c.post(
+            "/v1/collections/docs/documents",
+            content=b"a" * 1_300_000,
+            headers={**h, "content-type": "multipart/form-data; boundary=xx"},
+        ),
+        413,
+    )
     assert c.get("/v1/collections/docs", headers=h).json()["documents"] == 2
 
 
@@ -252,7 +295,9 @@ def test_filenames_are_sanitised(env, docs):
     assert job["files"][0]["filename"] == "outside.txt" and job["files"][0]["original"] == "../../outside.txt"
     assert (env["home"] / "uploads" / "docs" / "outside.txt").exists()
     assert not (env["home"] / "outside.txt").exists() and not (env["home"] / "uploads" / "outside.txt").exists()
-    assert c.delete("/v1/collections/docs/documents", params={"source": "outside.txt"}, headers=h).json()["deleted"] == 1
+    assert (
+        c.delete("/v1/collections/docs/documents", params={"source": "outside.txt"}, headers=h).json()["deleted"] == 1
+    )
     assert not (env["home"] / "uploads" / "docs" / "outside.txt").exists()
 
 
@@ -263,8 +308,11 @@ def test_unknown_job(env):
 # -- ask, stream, feedback, delete -------------------------------------------------------------
 def test_ask_returns_answer_with_citations_and_logs_it(env, docs):
     c, h = env["client"], env["admin"]
-    r = c.post("/v1/ask", json={"question": "What is the capital of France?", "collection": "docs", "k": 2,
-                                "mode": "stuff"}, headers=h)
+    r = c.post(
+        "/v1/ask",
+        json={"question": "What is the capital of France?", "collection": "docs", "k": 2, "mode": "stuff"},
+        headers=h,
+    )
     assert r.status_code == 200, r.text
     ans = r.json()
     assert ans["answer_id"] and ans["collection"] == "docs" and ans["mode"] == "stuff" and ans["k"] == 2
@@ -276,12 +324,16 @@ def test_ask_returns_answer_with_citations_and_logs_it(env, docs):
     gen = c.get("/v1/collections/docs", headers=h).json()["generation"]
     logged = env["app"].state.service.answers.get(ans["answer_id"])
     assert logged["collection_generation"] == ans["collection_generation"] == gen
-    assert logged["model"] == ans["model"] and logged["mode"] == "stuff" and logged["citations"][0]["text"] == cit["text"]
+    assert (
+        logged["model"] == ans["model"] and logged["mode"] == "stuff" and logged["citations"][0]["text"] == cit["text"]
+    )
 
 
 def test_ask_bad_input(env, docs):
     c, h = env["client"], env["admin"]
-    assert_error(c.post("/v1/ask", json={"question": "x" * 201, "collection": "docs"}, headers=h), 422, "question_too_long")
+    assert_error(
+        c.post("/v1/ask", json={"question": "x" * 201, "collection": "docs"}, headers=h), 422, "question_too_long"
+    )
     assert_error(c.post("/v1/ask", json={"question": "   ", "collection": "docs"}, headers=h), 422, "invalid_question")
     assert_error(c.post("/v1/ask", json={"question": "", "collection": "docs"}, headers=h), 422, "validation_error")
     assert_error(c.post("/v1/ask", json={"question": "q", "collection": "docs", "k": 9}, headers=h), 422, "k_too_large")
@@ -290,15 +342,21 @@ def test_ask_bad_input(env, docs):
     assert_error(c.post("/v1/ask", json={"question": "q", "collection": "docs", "bogus": 1}, headers=h), 422)
     assert_error(c.post("/v1/ask", json={"question": "q"}, headers=h), 422)
     assert_error(c.post("/v1/ask", content=b"not json", headers={**h, "content-type": "application/json"}), 422)
-    assert_error(c.post("/v1/ask", json={"question": "q", "collection": "ghost"}, headers=h), 404, "collection_not_found")
-    assert_error(c.post("/v1/ask", json={"question": "q", "collection": "docs", "adapter": "nope"}, headers=h), 404,
-                 "adapter_not_found")
+    assert_error(
+        c.post("/v1/ask", json={"question": "q", "collection": "ghost"}, headers=h), 404, "collection_not_found"
+    )
+    assert_error(
+        c.post("/v1/ask", json={"question": "q", "collection": "docs", "adapter": "nope"}, headers=h),
+        404,
+        "adapter_not_found",
+    )
 
 
 def test_ask_stream_sse(env, docs):
     c, h = env["client"], env["admin"]
-    with c.stream("POST", "/v1/ask", json={"question": "Which index is exact?", "collection": "docs", "stream": True},
-                  headers=h) as r:
+    with c.stream(
+        "POST", "/v1/ask", json={"question": "Which index is exact?", "collection": "docs", "stream": True}, headers=h
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         text = "".join(r.iter_text())
     events = sse_events(text)
@@ -309,17 +367,24 @@ def test_ask_stream_sse(env, docs):
     streamed = "".join(d["text"] for k, d in events if k == "token")
     assert streamed.strip() and env["app"].state.service.answers.get(final["answer_id"]) is not None
     # an error after the stream started arrives as an event
-    with c.stream("POST", "/v1/ask", json={"question": "q", "collection": "docs", "stream": True, "adapter": "nope"},
-                  headers=h) as r:
+    with c.stream(
+        "POST", "/v1/ask", json={"question": "q", "collection": "docs", "stream": True, "adapter": "nope"}, headers=h
+    ) as r:
         text = "".join(r.iter_text())
-    assert sse_events(text)[-1] == ("error", {"error": {"code": "adapter_not_found", "message": sse_events(text)[-1][1]["error"]["message"]}})
+    assert sse_events(text)[-1] == (
+        "error",
+        {"error": {"code": "adapter_not_found", "message": sse_events(text)[-1][1]["error"]["message"]}},
+    )
 
 
 def test_feedback(env, docs):
     c, h = env["client"], env["admin"]
     ans = c.post("/v1/ask", json={"question": "What flows through Paris?", "collection": "docs"}, headers=h).json()
-    r = c.post(f"/v1/answers/{ans['answer_id']}/feedback",
-               json={"rating": "down", "correction": "The Seine", "comment": "wrong river"}, headers=h)
+    r = c.post(
+        f"/v1/answers/{ans['answer_id']}/feedback",
+        json={"rating": "down", "correction": "The Seine", "comment": "wrong river"},
+        headers=h,
+    )
     assert r.status_code == 201, r.text
     fb = r.json()
     assert fb["rating"] == "down" and fb["correction"] == "The Seine" and fb["feedback_id"] >= 1
@@ -335,28 +400,40 @@ def test_feedback(env, docs):
 
 def test_delete_documents_then_ask_again(env, docs):
     c, h = env["client"], env["admin"]
-    r = c.post("/v1/collections/docs/documents", files=[("files", ("tmp.txt", b"Zebras are striped horses of Africa.", "text/plain"))],
-               headers=h)
+    r = c.post(
+        "/v1/collections/docs/documents",
+        files=[("files", ("tmp.txt", b"Zebras are striped horses of Africa.", "text/plain"))],
+        headers=h,
+    )
     wait_job(c, r.json()["job_id"], h)
     listing = c.get("/v1/collections/docs/documents", params={"source": "tmp.txt"}, headers=h).json()
     assert listing["count"] == 1
     doc_id = listing["data"][0]["doc_id"]
-    ans = c.post("/v1/ask", json={"question": "Zebras striped horses Africa", "collection": "docs", "k": 8}, headers=h).json()
+    ans = c.post(
+        "/v1/ask", json={"question": "Zebras striped horses Africa", "collection": "docs", "k": 8}, headers=h
+    ).json()
     assert doc_id in {x["doc_id"] for x in ans["citations"]}
     assert c.delete(f"/v1/collections/docs/documents/{doc_id}", headers=h).json() == {"deleted": 1, "ok": True}
     assert_error(c.delete(f"/v1/collections/docs/documents/{doc_id}", headers=h), 404, "document_not_found")
     assert_error(c.delete("/v1/collections/docs/documents", params={"source": "never.txt"}, headers=h), 404)
     assert_error(c.delete("/v1/collections/docs/documents", headers=h), 422)
-    ans = c.post("/v1/ask", json={"question": "Zebras striped horses Africa", "collection": "docs", "k": 8}, headers=h).json()
+    ans = c.post(
+        "/v1/ask", json={"question": "Zebras striped horses Africa", "collection": "docs", "k": 8}, headers=h
+    ).json()
     assert doc_id not in {x["doc_id"] for x in ans["citations"]}
 
 
 # -- OpenAI-compatible -------------------------------------------------------------------------
 def test_chat_completions(env, docs):
     c, h = env["client"], env["admin"]
-    body = {"model": "ragqa:docs", "messages": [{"role": "system", "content": "be brief"},
-                                                 {"role": "user", "content": "What is the capital of France?"}],
-            "temperature": 0.2}
+    body = {
+        "model": "ragqa:docs",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+        "temperature": 0.2,
+    }
     r = c.post("/v1/chat/completions", json=body, headers=h)
     assert r.status_code == 200, r.text
     out = r.json()
@@ -366,11 +443,14 @@ def test_chat_completions(env, docs):
     assert out["choices"][0]["finish_reason"] == "stop"
     assert env["app"].state.service.answers.get(out["ragqa"]["answer_id"])["endpoint"] == "chat"
     # the bare collection name works too, and content parts
-    body2 = {"model": "docs", "messages": [{"role": "user", "content": [{"type": "text", "text": "Which index is exact?"}]}]}
+    body2 = {
+        "model": "docs",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Which index is exact?"}]}],
+    }
     assert c.post("/v1/chat/completions", json=body2, headers=h).status_code == 200
     with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}, headers=h) as r:
         assert r.status_code == 200
-        lines = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+        lines = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "[DONE]"
     chunks = [json.loads(x) for x in lines[:-1]]
     assert all(ch["object"] == "chat.completion.chunk" and ch["id"] == chunks[0]["id"] for ch in chunks)
@@ -378,17 +458,30 @@ def test_chat_completions(env, docs):
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["sources"]
     text = "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks)
     assert "Sources:" in text
-    assert_error(c.post("/v1/chat/completions", json={"model": "ragqa:ghost", "messages": [{"role": "user", "content": "q"}]},
-                        headers=h), 404)
-    assert_error(c.post("/v1/chat/completions", json={"model": "docs", "messages": [{"role": "system", "content": "q"}]},
-                        headers=h), 422, "no_question")
+    assert_error(
+        c.post(
+            "/v1/chat/completions",
+            json={"model": "ragqa:ghost", "messages": [{"role": "user", "content": "q"}]},
+            headers=h,
+        ),
+        404,
+    )
+    assert_error(
+        c.post(
+            "/v1/chat/completions", json={"model": "docs", "messages": [{"role": "system", "content": "q"}]}, headers=h
+        ),
+        422,
+        "no_question",
+    )
     assert_error(c.post("/v1/chat/completions", json={"model": "docs", "messages": []}, headers=h), 422)
 
 
 def test_delete_collection_removes_uploads_and_jobs(env):
     c, h = env["client"], env["admin"]
     assert c.post("/v1/collections", json={"name": "gone"}, headers=h).status_code == 201
-    r = c.post("/v1/collections/gone/documents", files=[("files", ("g.txt", b"ephemeral text here", "text/plain"))], headers=h)
+    r = c.post(
+        "/v1/collections/gone/documents", files=[("files", ("g.txt", b"ephemeral text here", "text/plain"))], headers=h
+    )
     wait_job(c, r.json()["job_id"], h)
     assert (env["home"] / "uploads" / "gone" / "g.txt").exists()
     assert c.delete("/v1/collections/gone", headers=h).status_code == 204

@@ -50,8 +50,9 @@ def env(home):
 
 @pytest.mark.parametrize("cmd", [ragqa_cmd(), [sys.executable, "-m", "api.cli"]], ids=["ragqa", "python-m"])
 def test_entry_points_start(cmd, env):
-    proc = subprocess.run(cmd + ["finetune", "--help"], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        cmd + ["finetune", "--help"], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     for name in ("sft", "reward", "dpo", "rlhf", "rag", "synth"):
         assert name in proc.stdout
@@ -78,7 +79,11 @@ def test_ingest_search_documents_collections(env, tmp_path):
     listing, _ = run_json(["collections", "list"], env)
     assert [c["name"] for c in listing["collections"]] == ["s"]
     shown, _ = run_json(["collections", "show", "s"], env)
-    assert shown["embedder"] == "sentence-transformers/all-MiniLM-L6-v2" and shown["dim"] == 384 and shown["index"] == "flat"
+    assert (
+        shown["embedder"] == "sentence-transformers/all-MiniLM-L6-v2"
+        and shown["dim"] == 384
+        and shown["index"] == "flat"
+    )
 
     docs, _ = run_json(["documents", "list", "-c", "s"], env)
     faq = [d for d in docs["data"] if d["source"].endswith("faq.jsonl")]
@@ -108,7 +113,9 @@ def test_bad_input_is_reported_and_the_rest_lands(env, tmp_path):
     corrupt.write_bytes(b"PK\x03\x04 definitely not a real docx")
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    report, code = run_json(["ingest", str(good), str(corrupt), str(empty), str(tmp_path / "nope.pdf"), "-c", "b"], env, ok=(1,))
+    report, code = run_json(
+        ["ingest", str(good), str(corrupt), str(empty), str(tmp_path / "nope.pdf"), "-c", "b"], env, ok=(1,)
+    )
     assert code == 1 and report["added"] == 1 and not report["ok"]
     reasons = {Path(f["path"]).name: f["reason"] for f in report["failed"]}
     assert set(reasons) == {"corrupt.docx", "empty.txt", "nope.pdf"}
@@ -136,13 +143,39 @@ def test_models_command(env):
 
 @pytest.mark.integration
 def test_ask_and_eval_with_tiny_models(env, tmp_path, tiny_st_model, tiny_llm):
-    env = dict(env, RAGQA_INGEST__EMBEDDER__MODEL=str(tiny_st_model), RAGQA_GENERATOR__MODEL=str(tiny_llm),
-               RAGQA_QA__MAX_NEW_TOKENS="3")
-    mini = {"version": "v2.0", "data": [{"title": "Paris", "paragraphs": [{
-        "context": "Paris is the capital of France.",
-        "qas": [{"id": "1", "question": "What is the capital of France?", "is_impossible": False,
-                 "answers": [{"text": "Paris", "answer_start": 0}]},
-                {"id": "2", "question": "What is the capital of Mars?", "is_impossible": True, "answers": []}]}]}]}
+    env = dict(
+        env,
+        RAGQA_INGEST__EMBEDDER__MODEL=str(tiny_st_model),
+        RAGQA_GENERATOR__MODEL=str(tiny_llm),
+        RAGQA_QA__MAX_NEW_TOKENS="3",
+    )
+    mini = {
+        "version": "v2.0",
+        "data": [
+            {
+                "title": "Paris",
+                "paragraphs": [
+                    {
+                        "context": "Paris is the capital of France.",
+                        "qas": [
+                            {
+                                "id": "1",
+                                "question": "What is the capital of France?",
+                                "is_impossible": False,
+                                "answers": [{"text": "Paris", "answer_start": 0}],
+                            },
+                            {
+                                "id": "2",
+                                "question": "What is the capital of Mars?",
+                                "is_impossible": True,
+                                "answers": [],
+                            },
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
     data = tmp_path / "mini.json"
     data.write_text(json.dumps(mini))
     run_json(["ingest", str(data), "-c", "q"], env)
@@ -151,7 +184,17 @@ def test_ask_and_eval_with_tiny_models(env, tmp_path, tiny_st_model, tiny_llm):
     streamed = run(["ask", "What is the capital of France?", "-c", "q", "--stream", "-k", "1"], env).stdout
     assert streamed.startswith("answer: ") and "sources:" in streamed
     metrics, _ = run_json(["eval", "--data", str(data), "-c", "q", "--mode", "stuff", "-k", "1", "--calibrate"], env)
-    for key in ("f1", "em", "recall_at_k", "abstain_precision", "abstain_recall", "p50_s", "p95_s", "tokens_per_s", "n"):
+    for key in (
+        "f1",
+        "em",
+        "recall_at_k",
+        "abstain_precision",
+        "abstain_recall",
+        "p50_s",
+        "p95_s",
+        "tokens_per_s",
+        "n",
+    ):
         assert key in metrics
     assert metrics["n"] == 1 and metrics["recall_at_k"] == 1.0 and "calibration" in metrics
     bad, _ = run_json(["ask", "hi", "-c", "q", "--mode", "nonsense"], env, ok=(2,))

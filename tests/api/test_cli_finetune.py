@@ -34,11 +34,11 @@ def flags_of(kind: str) -> set[str]:
 def readme_flags() -> dict[str, set[str]]:
     """Flags the README's fine-tuning section shows per command, plus the options listed for all of them."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("## Fine-tuning"):text.index("### Fine-tuning on GPUs")]
+    section = text[text.index("## Fine-tuning") : text.index("### Fine-tuning on GPUs")]
     per_kind: dict[str, set[str]] = {kind: set() for kind in TRAINERS}
     for kind, rest in re.findall(r"ragqa finetune (sft|reward|dpo|rlhf|rag) ([^\n]*)", section):
         per_kind[kind] |= set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*|-[a-z])\b", rest))
-    options = section[section.index("- **Options**"):section.index("- **Bad input**")]
+    options = section[section.index("- **Options**") : section.index("- **Bad input**")]
     common = set(re.findall(r"--[a-z][a-z-]*", options)) | {"--config", "--resume", "--overwrite", "--json"}
     return {kind: flags | common for kind, flags in per_kind.items()}
 
@@ -60,8 +60,18 @@ def test_the_readme_flags_still_work(kind):
 def test_help_lists_the_generated_options():
     result = CliRunner().invoke(app, ["finetune", "rlhf", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
     assert result.exit_code == 0, result.output
-    for flag in ("--reward-model", "--prompts", "--num-generations", "--algorithm", "--lora-r", "--lr", "--epochs",
-                 "--target-modules", "--config", "--json"):
+    for flag in (
+        "--reward-model",
+        "--prompts",
+        "--num-generations",
+        "--algorithm",
+        "--lora-r",
+        "--lr",
+        "--epochs",
+        "--target-modules",
+        "--config",
+        "--json",
+    ):
         assert flag in result.stdout
     assert "KL penalty coefficient" in result.stdout  # the help text comes from the field's description
 
@@ -90,8 +100,11 @@ def test_bad_values_exit_2_with_a_clear_error(home, tmp_path):
     data = str(DATA / "finetune" / "sft.jsonl")
     typed = runner.invoke(app, ["finetune", "sft", "--data", data, "--output", "x", "--lora-r", "abc"])
     assert typed.exit_code == 2 and "--lora-r" in typed.output
-    for args, field in ((["--lora-r", "0"], "lora.r"), (["--prompt-style", "sideways"], "prompt_style"),
-                        (["--eval-split", "1.5"], "train.eval_split")):
+    for args, field in (
+        (["--lora-r", "0"], "lora.r"),
+        (["--prompt-style", "sideways"], "prompt_style"),
+        (["--eval-split", "1.5"], "train.eval_split"),
+    ):
         result = runner.invoke(app, ["finetune", "sft", "--data", data, "--output", "x", *args, "--json"])
         assert result.exit_code == 2, result.output
         error = json.loads(result.stdout.strip().splitlines()[-1])
@@ -116,11 +129,35 @@ def test_command_line_and_config_file_make_the_job(home, tmp_path, monkeypatch):
     config = tmp_path / "job.yaml"
     config.write_text("output: from-file\nlora: {r: 4, alpha: 8}\ntrain: {epochs: 1, seed: 7}\ngold_fallback: true\n")
     data = DATA / "finetune" / "sft.jsonl"
-    result = CliRunner().invoke(app, [
-        "finetune", "sft", "--config", str(config), "--data", str(data), "--output", "cli-wins", "-c", "docs", "-k", "3",
-        "--lora-r", "8", "--target-modules", "q_proj,v_proj", "--lr", "0.001", "--max-steps", "2",
-        "--no-gold-fallback", "--resume", "--prompt-style", "stuffed",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "sft",
+            "--config",
+            str(config),
+            "--data",
+            str(data),
+            "--output",
+            "cli-wins",
+            "-c",
+            "docs",
+            "-k",
+            "3",
+            "--lora-r",
+            "8",
+            "--target-modules",
+            "q_proj,v_proj",
+            "--lr",
+            "0.001",
+            "--max-steps",
+            "2",
+            "--no-gold-fallback",
+            "--resume",
+            "--prompt-style",
+            "stuffed",
+        ],
+    )
     assert result.exit_code == 0, result.output
     job = seen["job"]
     assert isinstance(job, SFTJob)
@@ -137,9 +174,27 @@ def test_sft_trains_a_tiny_adapter(home, tiny_llm, tmp_path):
     """A real run through the command: two steps of SFT on the tiny model; the adapter is registered."""
     runner = CliRunner()
     env = {"RAGQA_GENERATOR__MODEL": str(tiny_llm)}
-    result = runner.invoke(app, [
-        "finetune", "sft", "--data", str(DATA / "finetune" / "sft.jsonl"), "--output", "tiny-sft", "--max-steps", "2",
-        "--batch-size", "2", "--max-length", "128", "--lora-r", "2", "--json"], env=env)
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "sft",
+            "--data",
+            str(DATA / "finetune" / "sft.jsonl"),
+            "--output",
+            "tiny-sft",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--max-length",
+            "128",
+            "--lora-r",
+            "2",
+            "--json",
+        ],
+        env=env,
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["ok"] and summary["kind"] == "sft"
@@ -154,9 +209,17 @@ def adapters_home(home: Path) -> Path:
     (root / "demo-sft").mkdir(parents=True)
     (root / "demo-sft" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "tiny", "r": 8}))
     (root / "demo-sft" / "adapter_model.safetensors").write_bytes(b"\0" * 2048)
-    (root / "demo-sft" / "ragqa_adapter.json").write_text(json.dumps({
-        "kind": "sft", "base_model": "tiny-llm", "created_at": 1_700_000_000.0,
-        "metrics": {"train_loss": 1.25, "note": "not shown in the list"}, "options": {"lora": {"r": 8}}}))
+    (root / "demo-sft" / "ragqa_adapter.json").write_text(
+        json.dumps(
+            {
+                "kind": "sft",
+                "base_model": "tiny-llm",
+                "created_at": 1_700_000_000.0,
+                "metrics": {"train_loss": 1.25, "note": "not shown in the list"},
+                "options": {"lora": {"r": 8}},
+            }
+        )
+    )
     (root / "bare").mkdir()
     (root / "bare" / "adapter_config.json").write_text("{}")
     (root / "not-an-adapter").mkdir()
@@ -190,7 +253,9 @@ def test_adapters_list_show_delete(adapters_home):
     deleted = runner.invoke(app, ["adapters", "delete", "demo-sft", "--yes"])
     assert deleted.exit_code == 0 and "deleted adapter demo-sft" in deleted.stdout
     assert not (adapters_home / "adapters" / "demo-sft").exists()
-    assert [a["name"] for a in json.loads(runner.invoke(app, ["adapters", "list", "--json"]).stdout)["adapters"]] == ["bare"]
+    assert [a["name"] for a in json.loads(runner.invoke(app, ["adapters", "list", "--json"]).stdout)["adapters"]] == [
+        "bare"
+    ]
     again = runner.invoke(app, ["adapters", "delete", "demo-sft", "--yes", "--json"])
     assert again.exit_code == 2 and json.loads(again.stdout)["ok"] is False
 

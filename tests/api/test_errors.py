@@ -57,8 +57,9 @@ EXPECTED = [
 ]
 
 
-@pytest.mark.parametrize(("cls", "status", "code"), EXPECTED,
-                         ids=[f"{c.__module__}.{c.__name__}" for c, _, _ in EXPECTED])
+@pytest.mark.parametrize(
+    ("cls", "status", "code"), EXPECTED, ids=[f"{c.__module__}.{c.__name__}" for c, _, _ in EXPECTED]
+)
 def test_each_class_maps_by_type(cls, status, code) -> None:
     err = from_core(cls("what went wrong; do this"))
     assert (err.status, err.code, err.message) == (status, code, "what went wrong; do this")
@@ -86,7 +87,13 @@ def test_old_import_paths_are_the_new_classes() -> None:
     from rag.retriever import RetrieverError
 
     assert (AdapterRegistryError, ConfigError, DataError, FeedbackError, LoraStackError, FinetuneError) == (
-        fe.AdapterRegistryError, fe.ConfigError, fe.DataError, fe.FeedbackError, fe.LoraStackError, fe.FinetuneError)
+        fe.AdapterRegistryError,
+        fe.ConfigError,
+        fe.DataError,
+        fe.FeedbackError,
+        fe.LoraStackError,
+        fe.FinetuneError,
+    )
     assert (AdapterError, QAError, RetrieverError) == (re_.AdapterError, re_.QAError, re_.RetrieverError)
     # one root per package; the ValueError bases of the older classes stay
     for cls in (fe.ConfigError, fe.DataError, fe.AdapterRegistryError, re_.QAError, re_.AdapterError):
@@ -120,9 +127,13 @@ def test_handlers_answer_every_root_in_the_json_shape() -> None:
 
     assert len(CORE_ROOTS) == 3
     with TestClient(app, raise_server_exceptions=False) as client:
-        want = {"ingest": (409, "collection_exists"), "rag": (404, "adapter_not_found"),
-                "finetune": (422, "invalid_input"), "model": (503, "model_unavailable"),
-                "other": (500, "internal_error")}
+        want = {
+            "ingest": (409, "collection_exists"),
+            "rag": (404, "adapter_not_found"),
+            "finetune": (422, "invalid_input"),
+            "model": (503, "model_unavailable"),
+            "other": (500, "internal_error"),
+        }
         for what, (status, code) in want.items():
             r = client.get(f"/raise/{what}")
             assert r.status_code == status, (what, r.text)

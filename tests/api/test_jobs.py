@@ -60,7 +60,10 @@ def test_jobs_survive_a_restart(tmp_path, tiny_st_model, tiny_llm):
     # staged upload is gone, one for a collection deleted while the server was down.
     jobs = JobStore(server_db_path(home))
     storage = UploadStorage(home / "uploads")
-    files = [{"filename": "one.txt", "original": "one.txt", "size": 3}, {"filename": "two.txt", "original": "two.txt", "size": 3}]
+    files = [
+        {"filename": "one.txt", "original": "one.txt", "size": 3},
+        {"filename": "two.txt", "original": "two.txt", "size": 3},
+    ]
     jobs.create("j-running", "kb", files, None)
     jobs.claim_next()  # -> running
     jobs.set_file("j-running", 0, "added", None, 1, 1)
@@ -98,11 +101,17 @@ def test_asks_are_answered_while_a_job_runs(tmp_path, tiny_st_model, tiny_llm):
     app = create_app(settings)
     with TestClient(app) as c:
         c.post("/v1/collections", json={"name": "kb"})
-        r = c.post("/v1/collections/kb/documents", files=[("files", ("first.txt", b"Lyon is a city on the Rhone.", "text/plain"))])
+        r = c.post(
+            "/v1/collections/kb/documents",
+            files=[("files", ("first.txt", b"Lyon is a city on the Rhone.", "text/plain"))],
+        )
         job = r.json()["job_id"]
         while c.get(f"/v1/jobs/{job}").json()["status"] not in ("done", "failed"):
             time.sleep(0.05)
-        files = [("files", (f"doc{i}.txt", f"Document number {i} talks about topic {i}.".encode(), "text/plain")) for i in range(20)]
+        files = [
+            ("files", (f"doc{i}.txt", f"Document number {i} talks about topic {i}.".encode(), "text/plain"))
+            for i in range(20)
+        ]
         job = c.post("/v1/collections/kb/documents", files=files).json()["job_id"]
         seen = []
         while True:

@@ -36,7 +36,9 @@ def env(tmp_path_factory, tiny_st_model, tiny_llm):
     with TestClient(app) as client:
         h = headers["admin"]
         assert client.post("/v1/collections", json={"name": "lim"}, headers=h).status_code == 201
-        r = client.post("/v1/collections/lim/documents", files=[("files", ("b.md", DOC_B.encode(), "text/markdown"))], headers=h)
+        r = client.post(
+            "/v1/collections/lim/documents", files=[("files", ("b.md", DOC_B.encode(), "text/markdown"))], headers=h
+        )
         assert r.status_code == 202, r.text
         assert wait_job(client, r.json()["job_id"], h)["status"] == "done"
         yield {"client": client, "app": app, "service": app.state.service, "metrics": app.state.metrics, **headers}
@@ -171,7 +173,9 @@ def test_full_queue_answers_503_with_retry_after(unlimited, monkeypatch):
     assert "retry" in err["message"]
     assert retry_after(r) == 2  # serving.busy_retry_after_s
     # the scheduler's own estimate wins, rounded up to whole seconds
-    monkeypatch.setattr(env["service"].qa, "answer", lambda *a, **k: (_ for _ in ()).throw(ServerBusyError(retry_after_s=6.2)))
+    monkeypatch.setattr(
+        env["service"].qa, "answer", lambda *a, **k: (_ for _ in ()).throw(ServerBusyError(retry_after_s=6.2))
+    )
     chat = {"model": "lim", "messages": [{"role": "user", "content": "capital?"}]}
     r = c.post("/v1/chat/completions", json=chat, headers=h)
     assert_error(r, 503, "server_busy")

@@ -27,19 +27,27 @@ def free_port() -> int:
 @pytest.fixture()
 def server(home, tiny_st_model, tiny_llm, tmp_path):
     env = dict(os.environ)
-    env.update({
-        "RAGQA_HOME": str(home),
-        "RAGQA_INGEST__EMBEDDER__MODEL": str(tiny_st_model),
-        "RAGQA_GENERATOR__MODEL": str(tiny_llm),
-        "RAGQA_QA__MAX_NEW_TOKENS": "4",
-    })
-    created = subprocess.run(ragqa_cmd() + ["keys", "create", "e2e", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    env.update(
+        {
+            "RAGQA_HOME": str(home),
+            "RAGQA_INGEST__EMBEDDER__MODEL": str(tiny_st_model),
+            "RAGQA_GENERATOR__MODEL": str(tiny_llm),
+            "RAGQA_QA__MAX_NEW_TOKENS": "4",
+        }
+    )
+    created = subprocess.run(
+        ragqa_cmd() + ["keys", "create", "e2e", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout.strip().splitlines()[-1])["key"]
     port = free_port()
     log = open(tmp_path / "server.log", "w+")
-    proc = subprocess.Popen(ragqa_cmd() + ["serve", "--port", str(port), "--log-level", "warning"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ragqa_cmd() + ["serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -72,8 +80,10 @@ def test_server_end_to_end(server):
     with httpx.Client(base_url=base, headers=h, timeout=60) as c:
         assert httpx.get(f"{base}/v1/collections").status_code == 401  # auth is on by default
         assert c.post("/v1/collections", json={"name": "e2e"}).status_code == 201
-        files = [("files", ("paris.txt", b"Paris is the capital of France.", "text/plain")),
-                 ("files", ("rivers.md", b"# Rivers\n\nThe Danube flows through Vienna and Budapest.", "text/markdown"))]
+        files = [
+            ("files", ("paris.txt", b"Paris is the capital of France.", "text/plain")),
+            ("files", ("rivers.md", b"# Rivers\n\nThe Danube flows through Vienna and Budapest.", "text/markdown")),
+        ]
         r = c.post("/v1/collections/e2e/documents", files=files)
         assert r.status_code == 202
         job_id = r.json()["job_id"]
@@ -88,8 +98,11 @@ def test_server_end_to_end(server):
         assert ans["answer_id"] and len(ans["citations"]) == 2
 
         events = []
-        with c.stream("POST", "/v1/ask", json={"question": "Which river flows through Vienna?", "collection": "e2e",
-                                                "stream": True}) as r:
+        with c.stream(
+            "POST",
+            "/v1/ask",
+            json={"question": "Which river flows through Vienna?", "collection": "e2e", "stream": True},
+        ) as r:
             assert r.headers["content-type"].startswith("text/event-stream")
             event = None
             for line in r.iter_lines():
@@ -105,7 +118,9 @@ def test_server_end_to_end(server):
         docs = c.get("/v1/collections/e2e/documents").json()
         paris = next(d for d in docs["data"] if d["filename"] == "paris.txt")
         assert c.delete(f"/v1/collections/e2e/documents/{paris['doc_id']}").json()["deleted"] == 1
-        again = c.post("/v1/ask", json={"question": "What is the capital of France?", "collection": "e2e", "k": 2}).json()
+        again = c.post(
+            "/v1/ask", json={"question": "What is the capital of France?", "collection": "e2e", "k": 2}
+        ).json()
         assert paris["doc_id"] not in {x["doc_id"] for x in again["citations"]}
         assert again["collection_generation"] > ans["collection_generation"]
 

@@ -19,15 +19,18 @@ def write(path, lines):
 
 class TestReadJsonl:
     def test_malformed_lines_are_reported_with_line_numbers(self, tmp_path):
-        path = write(tmp_path / "bad.jsonl", [
-            json.dumps({"question": "q1", "answer": "a1"}),
-            "{not json",
-            json.dumps(["a", "list"]),
-            json.dumps({"question": "q4"}),
-            "",
-            json.dumps({"question": "q6", "answer": "a6", "contexts": "not a list"}),
-            json.dumps({"question": "q7", "answer": "a7"}),
-        ])
+        path = write(
+            tmp_path / "bad.jsonl",
+            [
+                json.dumps({"question": "q1", "answer": "a1"}),
+                "{not json",
+                json.dumps(["a", "list"]),
+                json.dumps({"question": "q4"}),
+                "",
+                json.dumps({"question": "q6", "answer": "a6", "contexts": "not a list"}),
+                json.dumps({"question": "q7", "answer": "a7"}),
+            ],
+        )
         with pytest.raises(DataError) as info:
             read_jsonl(path, "sft")
         msg = str(info.value)
@@ -38,9 +41,14 @@ class TestReadJsonl:
         assert "not valid JSON" in msg and "expected a JSON object" in msg and "answer" in msg
 
     def test_lenient_mode_keeps_the_good_lines(self, tmp_path):
-        path = write(tmp_path / "mixed.jsonl", [
-            json.dumps({"question": "q1", "answer": "a1"}), "{oops", json.dumps({"question": "q3", "answer": "a3"}),
-        ])
+        path = write(
+            tmp_path / "mixed.jsonl",
+            [
+                json.dumps({"question": "q1", "answer": "a1"}),
+                "{oops",
+                json.dumps({"question": "q3", "answer": "a3"}),
+            ],
+        )
         examples = read_jsonl(path, "sft", strict=False)
         assert [e.question for e in examples] == ["q1", "q3"] and [e.line for e in examples] == [1, 3]
 
@@ -62,25 +70,34 @@ class TestReadJsonl:
             read_jsonl(path, "sft")
 
     def test_contexts_handling(self, tmp_path):
-        path = write(tmp_path / "ctx.jsonl", [
-            json.dumps({"question": "q1", "answer": "a1", "context": "one passage"}),
-            json.dumps({"question": "q2", "answer": "a2", "contexts": ["p1", " ", "p2"]}),
-            json.dumps({"question": "q3", "answer": "a3"}),
-            json.dumps({"question": "q4", "answer": "a4", "context": "   "}),
-        ])
+        path = write(
+            tmp_path / "ctx.jsonl",
+            [
+                json.dumps({"question": "q1", "answer": "a1", "context": "one passage"}),
+                json.dumps({"question": "q2", "answer": "a2", "contexts": ["p1", " ", "p2"]}),
+                json.dumps({"question": "q3", "answer": "a3"}),
+                json.dumps({"question": "q4", "answer": "a4", "context": "   "}),
+            ],
+        )
         ex = read_jsonl(path, "sft")
         assert [e.contexts for e in ex] == [["one passage"], ["p1", "p2"], [], []]
-        bad = write(tmp_path / "badctx.jsonl", [
-            json.dumps({"question": "q1", "answer": "a1", "contexts": ["ok", 3]}),
-            json.dumps({"question": "q2", "answer": "a2", "context": ["not", "a string"]}),
-        ])
+        bad = write(
+            tmp_path / "badctx.jsonl",
+            [
+                json.dumps({"question": "q1", "answer": "a1", "contexts": ["ok", 3]}),
+                json.dumps({"question": "q2", "answer": "a2", "context": ["not", "a string"]}),
+            ],
+        )
         with pytest.raises(DataError) as info:
             read_jsonl(bad, "sft")
         assert "'contexts' must be a list of strings" in str(info.value)
         assert "'context' must be a string" in str(info.value)
 
     def test_kinds_check_their_own_fields(self):
-        lines = [json.dumps({"question": "q", "chosen": "c", "rejected": "r"}), json.dumps({"question": "q", "answer": "a"})]
+        lines = [
+            json.dumps({"question": "q", "chosen": "c", "rejected": "r"}),
+            json.dumps({"question": "q", "answer": "a"}),
+        ]
         prefs, errors = parse_records(lines, "preference")
         assert len(prefs) == 1 and prefs[0].chosen == "c" and prefs[0].rejected == "r" and prefs[0].answer is None
         assert len(errors) == 1 and errors[0].startswith("<data>:2:") and "chosen" in errors[0]

@@ -17,16 +17,37 @@ from ingest.workspace import Workspace
 from tests.conftest import ragqa_cmd
 
 
-def answer(answer_id: str, question: str, text: str, citations: list[dict], collection: str = "c", abstained: bool = False) -> dict:
+def answer(
+    answer_id: str, question: str, text: str, citations: list[dict], collection: str = "c", abstained: bool = False
+) -> dict:
     """An answer as ``rag.qa.Answer.to_dict()`` gives it to the server's log."""
-    return {"answer_id": answer_id, "question": question, "answer": text, "raw_answer": text, "abstained": abstained,
-            "abstain_reason": None, "mode": "stuff", "model": "tiny", "adapter": None, "collection": collection,
-            "citations": citations, "timings": {"total_s": 0.1}}
+    return {
+        "answer_id": answer_id,
+        "question": question,
+        "answer": text,
+        "raw_answer": text,
+        "abstained": abstained,
+        "abstain_reason": None,
+        "mode": "stuff",
+        "model": "tiny",
+        "adapter": None,
+        "collection": collection,
+        "citations": citations,
+        "timings": {"total_s": 0.1},
+    }
 
 
 def cite(text: str | None, chunk_id: str = "x", index: int = 1) -> dict:
-    c = {"index": index, "chunk_id": chunk_id, "doc_id": "d", "title": "t", "source": "s", "score": 0.5,
-         "posterior": 1.0, "contribution": 1.0}
+    c = {
+        "index": index,
+        "chunk_id": chunk_id,
+        "doc_id": "d",
+        "title": "t",
+        "source": "s",
+        "score": 0.5,
+        "posterior": 1.0,
+        "contribution": 1.0,
+    }
     if text is not None:
         c["text"] = text
     return c
@@ -57,39 +78,87 @@ def logged(home, tiny_st_model):
     docs = home.parent / "docs"
     docs.mkdir()
     (docs / "paris.txt").write_text("Paris is the capital of France. The Eiffel Tower was finished in 1889.")
-    ws = Workspace(home, IngestConfig(embedder=EmbedderConfig(model=str(tiny_st_model)),
-                                      chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8)))
+    ws = Workspace(
+        home,
+        IngestConfig(
+            embedder=EmbedderConfig(model=str(tiny_st_model)),
+            chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8),
+        ),
+    )
     assert ws.ingest([docs], "c").ok
     with ws.open("c", readonly=True) as coll:
         chunk = next(coll.store.iter_chunks())
 
     log = AnswerLog(server_db_path(home))
     ctx = "The Eiffel Tower was finished in 1889."
-    log.log(answer("a1", "When was the Eiffel Tower finished?", "1889", [cite(ctx)]), generation=1, k=1, endpoint="ask", key_id="k")
-    log.log(answer("a2", "What is the capital of France?", "Lyon", [cite("Paris is the capital of France.")]),
-            generation=1, k=1, endpoint="ask", key_id="k")
+    log.log(
+        answer("a1", "When was the Eiffel Tower finished?", "1889", [cite(ctx)]),
+        generation=1,
+        k=1,
+        endpoint="ask",
+        key_id="k",
+    )
+    log.log(
+        answer("a2", "What is the capital of France?", "Lyon", [cite("Paris is the capital of France.")]),
+        generation=1,
+        k=1,
+        endpoint="ask",
+        key_id="k",
+    )
     log.log(answer("a3", "Who built it?", "Nobody knows.", [cite(ctx)]), generation=1, k=1, endpoint="ask", key_id="k")
-    log.log(answer("a4", "Which city is the capital?", "France", [cite(None, chunk.chunk_id)]),
-            generation=1, k=1, endpoint="chat", key_id="k")
-    log.log(answer("a5", "What is in Rome?", "The Colosseum", [], collection="other"), generation=3, k=4, endpoint="ask", key_id="k")
+    log.log(
+        answer("a4", "Which city is the capital?", "France", [cite(None, chunk.chunk_id)]),
+        generation=1,
+        k=1,
+        endpoint="chat",
+        key_id="k",
+    )
+    log.log(
+        answer("a5", "What is in Rome?", "The Colosseum", [], collection="other"),
+        generation=3,
+        k=4,
+        endpoint="ask",
+        key_id="k",
+    )
     log.add_feedback("a1", "up", None, "right", "k")
-    log.add_feedback("a1", "up", None, "again", "k")            # duplicate example
+    log.add_feedback("a1", "up", None, "again", "k")  # duplicate example
     log.add_feedback("a2", "down", "Paris", "wrong city", "k")  # correction of a down-voted answer
-    log.add_feedback("a3", "down", None, None, "k")             # nothing to learn from
-    log.add_feedback("a4", "up", "Paris", "close", "k")         # corrected, context fetched by chunk id
-    log.add_feedback("a5", "up", None, None, "k")               # no contexts logged at all
+    log.add_feedback("a3", "down", None, None, "k")  # nothing to learn from
+    log.add_feedback("a4", "up", "Paris", "close", "k")  # corrected, context fetched by chunk id
+    log.add_feedback("a5", "up", None, None, "k")  # no contexts logged at all
     log.close()
     return {"chunk_text": chunk.text, "ctx": ctx}
 
 
 def test_export_function_rules():
     records = [
-        {"question": "q1", "answer": "a1", "rating": "up", "correction": None, "contexts": ["c1"], "citations": [cite("c1")]},
-        {"question": "q2", "answer": "bad", "rating": "down", "correction": "good", "contexts": ["c2"], "citations": [cite("c2")]},
+        {
+            "question": "q1",
+            "answer": "a1",
+            "rating": "up",
+            "correction": None,
+            "contexts": ["c1"],
+            "citations": [cite("c1")],
+        },
+        {
+            "question": "q2",
+            "answer": "bad",
+            "rating": "down",
+            "correction": "good",
+            "contexts": ["c2"],
+            "citations": [cite("c2")],
+        },
         {"question": "q3", "answer": "meh", "rating": "down", "correction": None, "contexts": [], "citations": []},
         {"question": "q4", "answer": "same", "rating": "up", "correction": "Same.", "contexts": [], "citations": []},
-        {"question": "q5", "answer": "old", "rating": "up", "correction": "new", "collection": "c", "contexts": [""],
-         "citations": [cite(None, "id1"), cite(None, "gone", 2)]},
+        {
+            "question": "q5",
+            "answer": "old",
+            "rating": "up",
+            "correction": "new",
+            "collection": "c",
+            "contexts": [""],
+            "citations": [cite(None, "id1"), cite(None, "gone", 2)],
+        },
         {"question": " ", "answer": "x", "rating": "up", "correction": None},
     ]
     asked = []
@@ -119,8 +188,17 @@ def test_export_function_rules():
 
 
 def test_export_writes_files_that_parse(tmp_path):
-    records = [{"question": f"q{i}", "answer": f"a{i}", "rating": "down", "correction": f"c{i}", "contexts": ["ctx"],
-                "citations": [cite("ctx")]} for i in range(3)]
+    records = [
+        {
+            "question": f"q{i}",
+            "answer": f"a{i}",
+            "rating": "down",
+            "correction": f"c{i}",
+            "contexts": ["ctx"],
+            "citations": [cite("ctx")],
+        }
+        for i in range(3)
+    ]
     paths = write_feedback_files(export_feedback(records), tmp_path / "out")
     assert [e.answer for e in read_jsonl(paths["sft"], "sft")] == ["c0", "c1", "c2"]
     prefs = read_jsonl(paths["preference" + "s"], "preference")
@@ -132,7 +210,9 @@ def test_cli_export(logged, env, tmp_path):
     out = tmp_path / "fb"
     summary, code = run_json(["feedback", "export", "--output-dir", str(out)], env)
     assert code == 0 and summary["ok"]
-    assert summary["records"] == 6 and summary["sft"] == 4 and summary["preferences"] == 2 and summary["duplicates"] == 1
+    assert (
+        summary["records"] == 6 and summary["sft"] == 4 and summary["preferences"] == 2 and summary["duplicates"] == 1
+    )
     assert summary["skipped"] == {"rated down without a correction": 1}
     assert summary["collections"] == ["c", "other"]
 
@@ -148,7 +228,9 @@ def test_cli_export(logged, env, tmp_path):
     assert sft[3].contexts == []
     prefs = read_jsonl(out / "preferences.jsonl", "preference")
     assert [(e.question, e.chosen, e.rejected) for e in prefs] == [
-        ("What is the capital of France?", "Paris", "Lyon"), ("Which city is the capital?", "Paris", "France")]
+        ("What is the capital of France?", "Paris", "Lyon"),
+        ("Which city is the capital?", "Paris", "France"),
+    ]
     for line in (out / "preferences.jsonl").read_text().splitlines():
         assert set(json.loads(line)) == {"question", "chosen", "rejected", "contexts"}
 

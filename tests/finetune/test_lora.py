@@ -12,8 +12,13 @@ def _random_adapter(model, path, r, alpha, seed, layers=None):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=["q_proj", "v_proj", "down_proj"], layers_to_transform=layers,
-                     task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        layers_to_transform=layers,
+        task_type="CAUSAL_LM",
+    )
     pm = get_peft_model(model, cfg)
     with torch.no_grad():
         for name, p in pm.named_parameters():
@@ -37,10 +42,16 @@ def test_stacked_adapter_equals_sequential_merge(tmp_path, tiny_llm):
 
     ids = torch.randint(5, 300, (2, 10))
     with torch.no_grad():
-        sequential = merge_adapter(merge_adapter(AutoModelForCausalLM.from_pretrained(tiny_llm), tmp_path / "a"), tmp_path / "b")
+        sequential = merge_adapter(
+            merge_adapter(AutoModelForCausalLM.from_pretrained(tiny_llm), tmp_path / "a"), tmp_path / "b"
+        )
         expected = sequential(input_ids=ids).logits
         stacked = PeftModel.from_pretrained(base, str(tmp_path / "ab")).eval()(input_ids=ids).logits
-        only_a = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llm), str(tmp_path / "a")).eval()(input_ids=ids).logits
+        only_a = (
+            PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llm), str(tmp_path / "a"))
+            .eval()(input_ids=ids)
+            .logits
+        )
     assert torch.allclose(stacked, expected, atol=1e-4)
     assert not torch.allclose(only_a, expected, atol=1e-3)  # the second adapter really contributes
 

@@ -17,8 +17,12 @@ BERLIN = "Berlin is the capital of Germany. The wall fell in 1989."
 
 
 def qa(qid: str, question: str, *answers: tuple[str, int]) -> dict:
-    return {"id": qid, "question": question, "is_impossible": not answers,
-            "answers": [{"text": t, "answer_start": s} for t, s in answers]}
+    return {
+        "id": qid,
+        "question": question,
+        "is_impossible": not answers,
+        "answers": [{"text": t, "answer_start": s} for t, s in answers],
+    }
 
 
 TINY = {"version": "v2.0", "data": [
@@ -77,8 +81,11 @@ class TestSquadTrainingData:
         idk = lines(out.sft_path)[4:]
         assert all(r["answer"] == ABSTAIN_TEXT for r in idk)
         by_question = {r["question"]: r["context"] for r in idk}
-        assert set(by_question) <= {"What is the capital of Spain?", "Who painted the Eiffel Tower?",
-                                    "What is the capital of Greece?"}
+        assert set(by_question) <= {
+            "What is the capital of Spain?",
+            "Who painted the Eiffel Tower?",
+            "What is the capital of Greece?",
+        }
         assert by_question.get("What is the capital of Greece?", ROME) == ROME
         all_idk = squad_training_data(squad_file, tmp_path / "all", held_out=[2], unanswerable=5.0)
         assert all_idk.unanswerable == 3  # capped at the pool; the held-out article's ones never used
@@ -101,8 +108,13 @@ class TestSquadTrainingData:
         squad_training_data(squad_file, tmp_path / "b", unanswerable=0.5, preferences=5, seed=3)
         for name in ("sft.jsonl", "preferences.jsonl", "prompts.jsonl"):
             assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-        seeds = {tuple(r["question"] for r in lines(squad_training_data(
-            squad_file, tmp_path / str(s), unanswerable=0.5, seed=s).sft_path)) for s in range(8)}
+        seeds = {
+            tuple(
+                r["question"]
+                for r in lines(squad_training_data(squad_file, tmp_path / str(s), unanswerable=0.5, seed=s).sft_path)
+            )
+            for s in range(8)
+        }
         assert a.unanswerable == 2 and len(seeds) > 1  # the unanswerable sample depends on the seed
 
     def test_bad_input_is_a_clear_error(self, squad_file, tmp_path):
@@ -129,5 +141,8 @@ def test_majority_answer_prefers_the_most_given_then_the_shortest():
 
 
 def test_sentence_around():
-    assert sentence_around(PARIS, PARIS.index("1889"), "1889") == "The Eiffel Tower was finished in 1889 for the World's Fair."
+    assert (
+        sentence_around(PARIS, PARIS.index("1889"), "1889")
+        == "The Eiffel Tower was finished in 1889 for the World's Fair."
+    )
     assert sentence_around(PARIS, 0, "Paris") == "Paris is the capital of France."

@@ -52,8 +52,13 @@ def ws(tmp_path_factory, tiny_st_model):
     docs.mkdir()
     for name, text in DOCS.items():
         (docs / name).write_text(text, encoding="utf-8")
-    workspace = Workspace(root / "home", IngestConfig(embedder=EmbedderConfig(model=str(tiny_st_model)),
-                                                      chunking=ChunkingConfig(chunk_tokens=48, overlap_tokens=8)))
+    workspace = Workspace(
+        root / "home",
+        IngestConfig(
+            embedder=EmbedderConfig(model=str(tiny_st_model)),
+            chunking=ChunkingConfig(chunk_tokens=48, overlap_tokens=8),
+        ),
+    )
     assert workspace.ingest([docs], "c").ok
     return workspace
 
@@ -73,7 +78,7 @@ def on_topic(context: str, answer: str) -> str:
 
 
 def question_for(sentence: str, answer: str) -> tuple[str, str] | None:
-    cands = [c for c in answer_candidates(sentence) if sentence[c.start:c.end] == answer]
+    cands = [c for c in answer_candidates(sentence) if sentence[c.start : c.end] == answer]
     assert cands, f"{answer!r} is not a candidate in {sentence!r}: {answer_candidates(sentence)}"
     return cloze_question(sentence, cands[0])
 
@@ -89,25 +94,61 @@ class TestCloze:
     def test_sentence_split_keeps_abbreviations(self):
         text = "Lewis et al. proposed retrieval-augmented generation in 2020. Dr. Watson wrote the long report."
         assert [text[s:e] for s, e in sentence_spans(text)] == [
-            "Lewis et al. proposed retrieval-augmented generation in 2020.", "Dr. Watson wrote the long report."]
+            "Lewis et al. proposed retrieval-augmented generation in 2020.",
+            "Dr. Watson wrote the long report.",
+        ]
 
-    @pytest.mark.parametrize(("sentence", "answer", "question"), [
-        ("The Eiffel Tower was finished in 1889 for the World's Fair.", "1889",
-         "In what year was the Eiffel Tower finished for the World's Fair?"),
-        ("In 2016, the tower was repainted by a team of painters.", "2016", "In what year was the tower repainted by a team of painters?"),
-        ("The company has operated since 1998 in Paris.", "1998", "Since when has the company operated in Paris?"),
-        ("Marie Curie won the Nobel Prize in Physics on 10 December 1903.", "10 December 1903",
-         "Marie Curie won the Nobel Prize in Physics on what date?"),
-        ("Marie Curie won the Nobel Prize in Physics on 10 December 1903.", "Marie Curie",
-         "Who won the Nobel Prize in Physics on 10 December 1903?"),
-        ("The tower is 330 metres tall and weighs about 10,000 tonnes.", "10,000",
-         "The tower is 330 metres tall and weighs about how many tonnes?"),
-        ("The Colosseum held fifty thousand people at its games.", "fifty thousand", "The Colosseum held how many people at its games?"),
-        ("About 45% of the visitors came from abroad.", "45%", "About what percentage of the visitors came from abroad?"),
-        ("Gustave Eiffel's company built the tower for the fair.", "Gustave Eiffel", "Whose company built the tower for the fair?"),
-        ("The retrieved passage is simply concatenated with the input before it is fed to BART.", "BART",
-         "The retrieved passage is simply concatenated with the input before it is fed to what?"),
-    ])
+    @pytest.mark.parametrize(
+        ("sentence", "answer", "question"),
+        [
+            (
+                "The Eiffel Tower was finished in 1889 for the World's Fair.",
+                "1889",
+                "In what year was the Eiffel Tower finished for the World's Fair?",
+            ),
+            (
+                "In 2016, the tower was repainted by a team of painters.",
+                "2016",
+                "In what year was the tower repainted by a team of painters?",
+            ),
+            ("The company has operated since 1998 in Paris.", "1998", "Since when has the company operated in Paris?"),
+            (
+                "Marie Curie won the Nobel Prize in Physics on 10 December 1903.",
+                "10 December 1903",
+                "Marie Curie won the Nobel Prize in Physics on what date?",
+            ),
+            (
+                "Marie Curie won the Nobel Prize in Physics on 10 December 1903.",
+                "Marie Curie",
+                "Who won the Nobel Prize in Physics on 10 December 1903?",
+            ),
+            (
+                "The tower is 330 metres tall and weighs about 10,000 tonnes.",
+                "10,000",
+                "The tower is 330 metres tall and weighs about how many tonnes?",
+            ),
+            (
+                "The Colosseum held fifty thousand people at its games.",
+                "fifty thousand",
+                "The Colosseum held how many people at its games?",
+            ),
+            (
+                "About 45% of the visitors came from abroad.",
+                "45%",
+                "About what percentage of the visitors came from abroad?",
+            ),
+            (
+                "Gustave Eiffel's company built the tower for the fair.",
+                "Gustave Eiffel",
+                "Whose company built the tower for the fair?",
+            ),
+            (
+                "The retrieved passage is simply concatenated with the input before it is fed to BART.",
+                "BART",
+                "The retrieved passage is simply concatenated with the input before it is fed to what?",
+            ),
+        ],
+    )
     def test_wh_questions(self, sentence, answer, question):
         assert question_for(sentence, answer) == (question, "wh")
 
@@ -117,7 +158,7 @@ class TestCloze:
 
     def test_no_candidates_in_parentheses_or_ranges(self):
         s = "The loader detects the encoding (Latin-1 or UTF-16) and needs 30 to 40 vectors per cell."
-        found = [s[c.start:c.end] for c in answer_candidates(s)]
+        found = [s[c.start : c.end] for c in answer_candidates(s)]
         assert "Latin-1" not in found and "UTF-16" not in found and "40" not in found
 
 
@@ -189,19 +230,26 @@ class TestSynthesize:
         assert rep.generate_rejected + rep.duplicates + len(result.pairs) == len(calls) and rep.generate_rejected >= 2
 
     def test_both_methods(self, chunks):
-        result = synthesize(chunks, seed=0, method="both", n=6,
-                            write_question=on_topic)
+        result = synthesize(chunks, seed=0, method="both", n=6, write_question=on_topic)
         assert set(result.report.per_method) == {"cloze", "generate"}
         assert result.report.per_method["cloze"] >= 1 and result.report.per_method["generate"] >= 1
 
     def test_clean_generated_question(self):
-        assert clean_generated_question('Q: "When was the tower finished?" It was 1889.', "1889") == "When was the tower finished?"
+        assert (
+            clean_generated_question('Q: "When was the tower finished?" It was 1889.', "1889")
+            == "When was the tower finished?"
+        )
         assert clean_generated_question("when was it?", "x") is None  # lower-case start
         assert clean_generated_question("What?", "x") is None  # too short
         assert clean_generated_question("", "x") is None
         ctx = "The Eiffel Tower was finished in 1889 for the World's Fair in Paris."
-        assert clean_generated_question("When was the Eiffel Tower finished?", "1889", ctx) == "When was the Eiffel Tower finished?"
-        assert clean_generated_question("What is the best way to tune a neural network?", "1889", ctx) is None  # off topic
+        assert (
+            clean_generated_question("When was the Eiffel Tower finished?", "1889", ctx)
+            == "When was the Eiffel Tower finished?"
+        )
+        assert (
+            clean_generated_question("What is the best way to tune a neural network?", "1889", ctx) is None
+        )  # off topic
 
     def test_generate_with_the_tiny_llm(self, chunks, tmp_path, tiny_llm):
         from finetune.synth import generator_question_writer
@@ -223,8 +271,13 @@ def test_cli_synth(ws, tmp_path, tiny_st_model):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGQA_")}
     env.update({"RAGQA_HOME": str(ws.home), "RAGQA_INGEST__EMBEDDER__MODEL": str(tiny_st_model)})
     out = tmp_path / "pairs.jsonl"
-    proc = subprocess.run(ragqa_cmd() + ["finetune", "synth", "-c", "c", "--output", str(out), "--n", "4", "--json"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ragqa_cmd() + ["finetune", "synth", "-c", "c", "--output", str(out), "--n", "4", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1
@@ -232,9 +285,19 @@ def test_cli_synth(ws, tmp_path, tiny_st_model):
     assert summary["ok"] and summary["pairs"] == 4 and summary["per_method"] == {"cloze": 4}
     assert len(read_jsonl(out, "sft")) == 4
 
-    proc = subprocess.run(ragqa_cmd() + ["finetune", "synth", "-c", "nope", "--output", str(out), "--json"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ragqa_cmd() + ["finetune", "synth", "-c", "nope", "--output", str(out), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and json.loads(proc.stdout)["ok"] is False
-    proc = subprocess.run(ragqa_cmd() + ["finetune", "synth", "-c", "c", "--output", str(out), "--method", "x"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ragqa_cmd() + ["finetune", "synth", "-c", "c", "--output", str(out), "--method", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "unknown method" in proc.stderr

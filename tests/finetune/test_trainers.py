@@ -22,15 +22,43 @@ from rag.generator import AdapterError, Generator
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # trains tiny models for a few steps
 
 FACTS = [
-    ("What is the capital of France?", "Paris", "Paris is the capital of France. The Eiffel Tower was finished in 1889."),
-    ("What is the capital of Italy?", "Rome", "Rome is the capital of Italy. The Colosseum held fifty thousand people."),
+    (
+        "What is the capital of France?",
+        "Paris",
+        "Paris is the capital of France. The Eiffel Tower was finished in 1889.",
+    ),
+    (
+        "What is the capital of Italy?",
+        "Rome",
+        "Rome is the capital of Italy. The Colosseum held fifty thousand people.",
+    ),
     ("What is the capital of Norway?", "Oslo", "Oslo is the capital of Norway. It lies at the head of the Oslofjord."),
-    ("When was the Eiffel Tower finished?", "1889", "Paris is the capital of France. The Eiffel Tower was finished in 1889."),
-    ("How many people did the Colosseum hold?", "fifty thousand", "Rome is the capital of Italy. The Colosseum held fifty thousand people."),
-    ("Where does Oslo lie?", "the head of the Oslofjord", "Oslo is the capital of Norway. It lies at the head of the Oslofjord."),
+    (
+        "When was the Eiffel Tower finished?",
+        "1889",
+        "Paris is the capital of France. The Eiffel Tower was finished in 1889.",
+    ),
+    (
+        "How many people did the Colosseum hold?",
+        "fifty thousand",
+        "Rome is the capital of Italy. The Colosseum held fifty thousand people.",
+    ),
+    (
+        "Where does Oslo lie?",
+        "the head of the Oslofjord",
+        "Oslo is the capital of Norway. It lies at the head of the Oslofjord.",
+    ),
 ]
-TRAIN = {"epochs": 1, "max_steps": 4, "batch_size": 3, "learning_rate": 5e-3, "eval_split": 0.0,
-         "logging_steps": 1, "save_steps": 2, "max_length": 256}
+TRAIN = {
+    "epochs": 1,
+    "max_steps": 4,
+    "batch_size": 3,
+    "learning_rate": 5e-3,
+    "eval_split": 0.0,
+    "logging_steps": 1,
+    "save_steps": 2,
+    "max_length": 256,
+}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -46,14 +74,25 @@ def env(tmp_path_factory, tiny_st_model, tiny_llm):
     docs.mkdir()
     for i, ctx in enumerate(sorted({f[2] for f in FACTS})):
         (docs / f"d{i}.txt").write_text(ctx)
-    ingest_cfg = IngestConfig(embedder=EmbedderConfig(model=str(tiny_st_model)),
-                              chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8))
+    ingest_cfg = IngestConfig(
+        embedder=EmbedderConfig(model=str(tiny_st_model)), chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8)
+    )
     assert IngestWorkspace(home, ingest_cfg).ingest([docs], "facts").ok
     ws = Workspace(home, GeneratorConfig(model=str(tiny_llm)), ingest_cfg, qa=QAConfig(max_new_tokens=4))
     sft = write_jsonl(root / "sft.jsonl", [{"question": q, "answer": a, "context": c} for q, a, c in FACTS] * 2)
-    prefs = write_jsonl(root / "prefs.jsonl", [
-        {"question": q, "chosen": a, "rejected": "I think it might be something else entirely, hard to say.", "context": c}
-        for q, a, c in FACTS] * 2)
+    prefs = write_jsonl(
+        root / "prefs.jsonl",
+        [
+            {
+                "question": q,
+                "chosen": a,
+                "rejected": "I think it might be something else entirely, hard to say.",
+                "context": c,
+            }
+            for q, a, c in FACTS
+        ]
+        * 2,
+    )
     prompts = write_jsonl(root / "prompts.jsonl", [{"question": q, "context": c} for q, _, c in FACTS])
     return ws, {"sft": sft, "prefs": prefs, "prompts": prompts, "root": root}
 
@@ -74,7 +113,9 @@ def reward_model(env):
     from finetune.reward import run_reward
 
     ws, files = env
-    return run_reward(RewardJob(data=files["prefs"], output="rm", train={**TRAIN, "max_steps": 8, "eval_split": 0.25}), ws).metrics
+    return run_reward(
+        RewardJob(data=files["prefs"], output="rm", train={**TRAIN, "max_steps": 8, "eval_split": 0.25}), ws
+    ).metrics
 
 
 def answer_logits(ws: Workspace, adapter: str | None) -> torch.Tensor:
@@ -119,8 +160,12 @@ def test_sft_resume_from_checkpoint(env):
     run_sft(job, ws)
     assert list(ws.run_dir("sft", "sft-r").glob("checkpoint-2"))
     # A longer run with --resume continues from step 2 instead of starting over.
-    res = run_sft(job.model_copy(update={"resume": True, "overwrite": True,
-                                         "train": job.train.model_copy(update={"max_steps": 4})}), ws)
+    res = run_sft(
+        job.model_copy(
+            update={"resume": True, "overwrite": True, "train": job.train.model_copy(update={"max_steps": 4})}
+        ),
+        ws,
+    )
     assert res.metrics["steps"] == 4
 
 
@@ -166,7 +211,9 @@ def test_dpo_from_sft_adapter_stacks_into_one_adapter(env, sft_adapter):
     from finetune.dpo import run_dpo
 
     ws, files = env
-    res = run_dpo(DPOJob(data=files["prefs"], output="dpo-a", from_adapter="sft-a", train={**TRAIN, "max_steps": 4}), ws)
+    res = run_dpo(
+        DPOJob(data=files["prefs"], output="dpo-a", from_adapter="sft-a", train={**TRAIN, "max_steps": 4}), ws
+    )
     m = res.metrics
     assert m["steps"] == 4 and m["from_adapter"] == "sft-a"
     cfg = json.loads((ws.home / "adapters" / "dpo-a" / "adapter_config.json").read_text())
@@ -178,8 +225,15 @@ def test_rlhf_rloo_against_reward_model(env, sft_adapter, reward_model):
     from finetune.rlhf import run_rlhf
 
     ws, files = env
-    job = RLHFJob(prompts=files["prompts"], reward_model="rm", output="rl-a", from_adapter="sft-a",
-                  num_generations=2, max_completion_length=4, train={**TRAIN, "max_steps": 2, "batch_size": 4})
+    job = RLHFJob(
+        prompts=files["prompts"],
+        reward_model="rm",
+        output="rl-a",
+        from_adapter="sft-a",
+        num_generations=2,
+        max_completion_length=4,
+        train={**TRAIN, "max_steps": 2, "batch_size": 4},
+    )
     m = run_rlhf(job, ws).metrics
     assert m["steps"] == 2 and m["kl_before"] == pytest.approx(0.0, abs=1e-4)
     for key in ("reward_before", "reward_after", "kl_after", "length_after"):
@@ -218,19 +272,30 @@ def test_marginal_nll_matches_brute_force_on_tiny_model(env, tiny_llm, mode):
     ws, _ = env
     gen = Generator(ws.generator, ws.models_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_llm).eval()
-    questions = [(FACTS[0][0], "Paris", [FACTS[0][2], FACTS[1][2], FACTS[2][2]]),
-                 (FACTS[4][0], "fifty thousand", [FACTS[4][2], FACTS[0][2], FACTS[5][2]])]
+    questions = [
+        (FACTS[0][0], "Paris", [FACTS[0][2], FACTS[1][2], FACTS[2][2]]),
+        (FACTS[4][0], "fifty thousand", [FACTS[4][2], FACTS[0][2], FACTS[5][2]]),
+    ]
     rows, doc_lp = [], []
     torch.manual_seed(0)
     for q, a, ctxs in questions:
-        rows.append({"question": q, "seqs": [tokenize_pair(gen, q, [c], a, one_shot=False) for c in ctxs],
-                     "doc_vectors": torch.zeros(3, 4).numpy(), "dense_scores": torch.zeros(3).numpy()})
+        rows.append(
+            {
+                "question": q,
+                "seqs": [tokenize_pair(gen, q, [c], a, one_shot=False) for c in ctxs],
+                "doc_vectors": torch.zeros(3, 4).numpy(),
+                "dense_scores": torch.zeros(3).numpy(),
+            }
+        )
         doc_lp.append(torch.log_softmax(torch.randn(3), -1))
     doc_lp = torch.stack(doc_lp)
     batch = collate(rows, gen.tokenizer.pad_token_id)
     with torch.no_grad():
-        tok, mask = gather_answer_tokens(answer_token_logprobs(model, batch["input_ids"], batch["attention_mask"],
-                                                               batch["labels"]), batch["labels"], 3)
+        tok, mask = gather_answer_tokens(
+            answer_token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"]),
+            batch["labels"],
+            3,
+        )
         fast = marginal_nll(tok, doc_lp, mask, mode).item()
         # Brute force: each (question, document) alone, full logits, explicit sums over documents.
         total = 0.0
@@ -240,7 +305,9 @@ def test_marginal_nll_matches_brute_force_on_tiny_model(env, tiny_llm, mode):
                 ids = torch.tensor([s["input_ids"]])
                 lp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
                 n_prompt = s["completion_mask"].index(1)
-                per_doc_tokens.append([lp[t - 1, s["input_ids"][t]].item() for t in range(n_prompt, len(s["input_ids"]))])
+                per_doc_tokens.append(
+                    [lp[t - 1, s["input_ids"][t]].item() for t in range(n_prompt, len(s["input_ids"]))]
+                )
             prior = doc_lp[b].double().exp().tolist()
             if mode == "rag-sequence":
                 p = sum(prior[z] * math.exp(sum(per_doc_tokens[z])) for z in range(3))
@@ -249,10 +316,14 @@ def test_marginal_nll_matches_brute_force_on_tiny_model(env, tiny_llm, mode):
                 # Enumerate every assignment of documents to tokens: prod_i sum_z == sum over paths of prod_i.
                 n_tok = len(per_doc_tokens[0])
                 if n_tok <= 6:
-                    p = sum(math.prod(prior[z[i]] * math.exp(per_doc_tokens[z[i]][i]) for i in range(n_tok))
-                            for z in itertools.product(range(3), repeat=n_tok))
+                    p = sum(
+                        math.prod(prior[z[i]] * math.exp(per_doc_tokens[z[i]][i]) for i in range(n_tok))
+                        for z in itertools.product(range(3), repeat=n_tok)
+                    )
                 else:
-                    p = math.prod(sum(prior[z] * math.exp(per_doc_tokens[z][i]) for z in range(3)) for i in range(n_tok))
+                    p = math.prod(
+                        sum(prior[z] * math.exp(per_doc_tokens[z][i]) for z in range(3)) for i in range(n_tok)
+                    )
                 total += -math.log(p)
         brute = total / len(rows)
     assert fast == pytest.approx(brute, rel=1e-4)
@@ -263,8 +334,15 @@ def test_rag_training_with_query_encoder(env):
     from finetune.rag_e2e import QUERY_ENCODER_DIR, run_rag
 
     ws, files = env
-    job = RAGJob(data=files["sft"], output="rag-a", collection="facts", k=2, mode="rag-token",
-                 train_query_encoder=True, train={**TRAIN, "max_steps": 4, "batch_size": 2})
+    job = RAGJob(
+        data=files["sft"],
+        output="rag-a",
+        collection="facts",
+        k=2,
+        mode="rag-token",
+        train_query_encoder=True,
+        train={**TRAIN, "max_steps": 4, "batch_size": 2},
+    )
     m = run_rag(job, ws).metrics
     assert m["steps"] == 4 and m["marginal_nll_after"] < m["marginal_nll_before"]
     info = AdapterRegistry(ws.home / "adapters").get("rag-a")

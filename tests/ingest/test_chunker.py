@@ -22,7 +22,9 @@ def ntok(tokenizer, text):
 
 class TestChunker:
     def test_no_chunk_exceeds_the_embedder_limit(self, tokenizer):
-        chunker = Chunker.for_tokenizer(ChunkingConfig(chunk_tokens=10_000, overlap_tokens=20), tokenizer, max_tokens=256)
+        chunker = Chunker.for_tokenizer(
+            ChunkingConfig(chunk_tokens=10_000, overlap_tokens=20), tokenizer, max_tokens=256
+        )
         text = " ".join(f"Sentence number {i} talks about retrieval and generation." for i in range(400))
         doc = Document(text=text, source="/x.txt", title="X")
         chunks = chunker.chunk(doc)
@@ -55,9 +57,14 @@ class TestChunker:
     def test_headings_and_title_in_metadata(self, tokenizer):
         chunker = Chunker.for_tokenizer(ChunkingConfig(chunk_tokens=40, overlap_tokens=0), tokenizer, max_tokens=256)
         doc = Document(
-            text="", source="/guide.md", title="Guide",
-            sections=[(["Guide"], "Intro text. " * 3), (["Guide", "Install"], "Run make demo. " * 20),
-                      (["Guide", "Use"], "Ask a question. " * 5)],
+            text="",
+            source="/guide.md",
+            title="Guide",
+            sections=[
+                (["Guide"], "Intro text. " * 3),
+                (["Guide", "Install"], "Run make demo. " * 20),
+                (["Guide", "Use"], "Ask a question. " * 5),
+            ],
             metadata={"format": "markdown"},
         )
         chunks = chunker.chunk(doc)

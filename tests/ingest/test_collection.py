@@ -25,14 +25,18 @@ def make_file(source: str, n_docs: int, n_chunks: int, rng, title: str = "T"):
         docs.append(doc)
         for c in range(n_chunks):
             text = f"{source} doc {d} chunk {c}"
-            chunks.append(Chunk(stable_hash(doc.doc_id, str(c), text), doc.doc_id, c, text,
-                                {"title": doc.title, "source": source}))
+            chunks.append(
+                Chunk(
+                    stable_hash(doc.doc_id, str(c), text), doc.doc_id, c, text, {"title": doc.title, "source": source}
+                )
+            )
     return docs, chunks, unit(rng, len(chunks))
 
 
 def new(tmp_path, kind="flat", name="c"):
-    return Collection.create(tmp_path, name, embedder_name="emb", dim=DIM, chunking=ChunkingConfig(),
-                             index=IndexConfig(kind=kind, nlist=4))
+    return Collection.create(
+        tmp_path, name, embedder_name="emb", dim=DIM, chunking=ChunkingConfig(), index=IndexConfig(kind=kind, nlist=4)
+    )
 
 
 class TestCollection:
@@ -139,7 +143,9 @@ class TestCollection:
         again = Collection.open(tmp_path, "c")
         assert again.index.ntotal == 8
         assert again.search(b[2][3], k=1)[0].chunk_id == b[1][3].chunk_id
-        assert sorted(p.name for p in tmp_path.joinpath("c").glob("index-*.faiss")) == [f"index-{again.store.generation}.faiss"]
+        assert sorted(p.name for p in tmp_path.joinpath("c").glob("index-*.faiss")) == [
+            f"index-{again.store.generation}.faiss"
+        ]
         again.close()
 
     def test_corrupt_index_file_is_rebuilt(self, tmp_path):
@@ -158,8 +164,14 @@ class TestCollection:
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq"])
 def test_index_kinds(tmp_path, kind):
     rng = np.random.default_rng(6)
-    coll = Collection.create(tmp_path, "k", embedder_name="emb", dim=DIM, chunking=ChunkingConfig(),
-                             index=IndexConfig(kind=kind, nlist=4, pq_m=4))
+    coll = Collection.create(
+        tmp_path,
+        "k",
+        embedder_name="emb",
+        dim=DIM,
+        chunking=ChunkingConfig(),
+        index=IndexConfig(kind=kind, nlist=4, pq_m=4),
+    )
     files = [make_file(f"/f{i}.txt", 1, 40, rng) for i in range(5)]
     for i, f in enumerate(files):
         coll.replace_file(f"/f{i}.txt", str(i), 1, *f)

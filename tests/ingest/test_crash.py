@@ -38,7 +38,9 @@ def make_corpus(root: Path) -> Path:
     corpus = root / "corpus"
     corpus.mkdir()
     for i in range(N_FILES):
-        body = " ".join(f"File {i} sentence {j}: " + " ".join(rng.choice(words) for _ in range(12)) + "." for j in range(30))
+        body = " ".join(
+            f"File {i} sentence {j}: " + " ".join(rng.choice(words) for _ in range(12)) + "." for j in range(30)
+        )
         (corpus / f"doc{i:03d}.txt").write_text(body)
     return corpus
 
@@ -63,9 +65,14 @@ def check(home: Path, name: str) -> tuple[int, set[str]]:
 @pytest.mark.timeout(900)
 def test_kill_during_ingest_then_resume(tmp_path, home, tiny_st_model):
     corpus = make_corpus(tmp_path)
-    env = dict(os.environ, RAGQA_HOME=str(home), RAGQA_INGEST__EMBEDDER__MODEL=str(tiny_st_model),
-               RAGQA_INGEST__EMBEDDER__BATCH_SIZE="2", RAGQA_INGEST__CHUNKING__CHUNK_TOKENS="48",
-               RAGQA_INGEST__CHUNKING__OVERLAP_TOKENS="8")
+    env = dict(
+        os.environ,
+        RAGQA_HOME=str(home),
+        RAGQA_INGEST__EMBEDDER__MODEL=str(tiny_st_model),
+        RAGQA_INGEST__EMBEDDER__BATCH_SIZE="2",
+        RAGQA_INGEST__CHUNKING__CHUNK_TOKENS="48",
+        RAGQA_INGEST__CHUNKING__OVERLAP_TOKENS="8",
+    )
     cmd = ragqa_cmd() + ["ingest", str(corpus), "-c", "crash", "--json"]
     store = home / "collections" / "crash" / "store.sqlite"
     rng = random.Random(1)
@@ -94,8 +101,13 @@ def test_kill_during_ingest_then_resume(tmp_path, home, tiny_st_model):
     n_files, chunk_ids = check(home, "crash")
     assert n_files == N_FILES
     # And the result is exactly what an uninterrupted ingest produces.
-    clean = subprocess.run(ragqa_cmd() + ["ingest", str(corpus), "-c", "clean", "--json"], env=env,
-                           capture_output=True, text=True, timeout=300)
+    clean = subprocess.run(
+        ragqa_cmd() + ["ingest", str(corpus), "-c", "clean", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert clean.returncode == 0, clean.stderr
     _, clean_ids = check(home, "clean")
     assert chunk_ids == clean_ids

@@ -103,8 +103,16 @@ class _FakeTokenizer:
 
 def _fake_embedder(batch_size: int = 3, budget: int = 12) -> E.OnnxEmbedder:
     return E.OnnxEmbedder(
-        _FakeSession(), _FakeTokenizer(), "mean", name="fake", path="fake", dim=8, max_tokens=64,
-        batch_size=batch_size, backend="onnx", token_budget=budget,
+        _FakeSession(),
+        _FakeTokenizer(),
+        "mean",
+        name="fake",
+        path="fake",
+        dim=8,
+        max_tokens=64,
+        batch_size=batch_size,
+        backend="onnx",
+        token_budget=budget,
     )
 
 
@@ -145,7 +153,11 @@ class TestOnnxTinyModel:
         torch_emb = E.load_embedder(config("torch", model=str(tiny_st_model), device="cpu"))
         onnx_emb = E.load_embedder(config("onnx", model=str(tiny_st_model)), cache_dir=tmp_path)
         assert isinstance(onnx_emb, E.OnnxEmbedder)
-        assert (onnx_emb.name, onnx_emb.dim, onnx_emb.max_tokens) == (torch_emb.name, torch_emb.dim, torch_emb.max_tokens)
+        assert (onnx_emb.name, onnx_emb.dim, onnx_emb.max_tokens) == (
+            torch_emb.name,
+            torch_emb.dim,
+            torch_emb.max_tokens,
+        )
         a, b = torch_emb.embed_documents(TEXTS), onnx_emb.embed_documents(TEXTS)
         assert cosine_rows(a, b).min() > 0.9999
         np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
@@ -253,7 +265,9 @@ class TestBundledModel:
         assert isinstance(torch_minilm, E.TransformersEmbedder)
         ref = SentenceTransformer(torch_minilm.path, device="cpu")
         texts = [*TEXTS, *PARAPHRASE, "word " * 400]
-        np.testing.assert_allclose(torch_minilm.embed_documents(texts), ref.encode(texts, normalize_embeddings=True), atol=1e-5)
+        np.testing.assert_allclose(
+            torch_minilm.embed_documents(texts), ref.encode(texts, normalize_embeddings=True), atol=1e-5
+        )
 
     def test_bf16_weights_agree_with_fp32(self, torch_minilm):
         emb = E.load_embedder(config("torch", device="cpu", dtype="bfloat16"))

@@ -307,7 +307,9 @@ class TestHtmlLoader:
             assert junk not in doc.text, junk
 
     def test_headings_and_paragraphs_kept(self, doc):
-        assert doc.text.startswith("4. Control Flow\n\nBesides the while statement, Python has others.\n\n4.1. if Statements")
+        assert doc.text.startswith(
+            "4. Control Flow\n\nBesides the while statement, Python has others.\n\n4.1. if Statements"
+        )
         assert "4.2. for Statements\n\nIterate." in doc.text
 
     def test_pre_keeps_line_breaks(self, doc):
@@ -354,7 +356,11 @@ class TestHtmlLoader:
         assert doc.text == "Post title\n\nBy Ann\n\nPost body.\n\nTags: a"
 
     def test_title_falls_back_to_title_tag_then_stem(self, tmp_path):
-        doc = only(load_file(write(tmp_path / "a.html", "<html><head><title>Page T</title></head><body><p>x</p></body></html>"), CFG))
+        doc = only(
+            load_file(
+                write(tmp_path / "a.html", "<html><head><title>Page T</title></head><body><p>x</p></body></html>"), CFG
+            )
+        )
         assert doc.title == "Page T"
         doc = only(load_file(write(tmp_path / "stem-name.html", "<p>only a paragraph</p>"), CFG))
         assert doc.title == "stem-name"
@@ -375,7 +381,14 @@ class TestHtmlLoader:
         doc = only(load_file(PYDOCS / "tutorial" / "controlflow.html", CFG))
         assert doc.title == "4. More Control Flow Tools"
         assert ["4. More Control Flow Tools", "4.1. if Statements"] in [p for p, _ in doc.sections]
-        for junk in ("¶", "Navigation", "Table of Contents", "Previous topic", "Quick search", "Python 3.11.2 documentation"):
+        for junk in (
+            "¶",
+            "Navigation",
+            "Table of Contents",
+            "Previous topic",
+            "Quick search",
+            "Python 3.11.2 documentation",
+        ):
             assert junk not in doc.text, junk
         assert ">>> for w in words:\n...     print(w, len(w))" in doc.text
 
@@ -404,7 +417,9 @@ def make_pdf(path: Path, pages: list[str], title: str | None = None, **encryptio
 
 class TestPdfLoader:
     def test_one_document_per_page(self, tmp_path):
-        path = make_pdf(tmp_path / "report.pdf", ["Alpha page text.", "Beta page text.", "Gamma page."], title="Quarterly Report")
+        path = make_pdf(
+            tmp_path / "report.pdf", ["Alpha page text.", "Beta page text.", "Gamma page."], title="Quarterly Report"
+        )
         docs = load_file(path, CFG)
         assert [d.key for d in docs] == ["page-1", "page-2", "page-3"]
         assert [d.metadata["page"] for d in docs] == [1, 2, 3]
@@ -646,10 +661,22 @@ class TestSquadReader:
         assert [(a.title, q.qid) for a, _, q in iter_questions(data, answerable=False)] == [("Physics", "q2")]
 
     def test_question_without_answers_is_unanswerable_and_ids_default_to_position(self):
-        obj = {"data": [{"title": "T", "paragraphs": [{"context": "c", "qas": [
-            {"question": "a?", "answers": [{"text": "", "answer_start": 0}]},
-            {"question": "b?", "answers": [{"text": "c", "answer_start": 0}]},
-        ]}]}]}
+        obj = {
+            "data": [
+                {
+                    "title": "T",
+                    "paragraphs": [
+                        {
+                            "context": "c",
+                            "qas": [
+                                {"question": "a?", "answers": [{"text": "", "answer_start": 0}]},
+                                {"question": "b?", "answers": [{"text": "c", "answer_start": 0}]},
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
         qs = [q for _, _, q in iter_questions(parse_squad(obj))]
         assert [(q.qid, q.is_impossible, q.answerable) for q in qs] == [("0", False, False), ("1", False, True)]
 

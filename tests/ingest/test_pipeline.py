@@ -13,8 +13,9 @@ from ingest.workspace import Workspace
 
 @pytest.fixture()
 def ws(tmp_path, tiny_st_model) -> Workspace:
-    cfg = IngestConfig(embedder=EmbedderConfig(model=str(tiny_st_model)),
-                       chunking=ChunkingConfig(chunk_tokens=40, overlap_tokens=5))
+    cfg = IngestConfig(
+        embedder=EmbedderConfig(model=str(tiny_st_model)), chunking=ChunkingConfig(chunk_tokens=40, overlap_tokens=5)
+    )
     return Workspace(tmp_path / "home", cfg)
 
 
@@ -88,7 +89,9 @@ class TestPipeline:
         write(tmp_path / "d" / "x.txt", "x")
         write(tmp_path / "d" / "sub" / "y.md", "y")
         write(tmp_path / "d" / ".hidden" / "z.txt", "z")
-        files, failures, skipped = expand_paths([tmp_path / "d", str(tmp_path / "d" / "*.txt"), str(tmp_path / "nomatch*.txt")])
+        files, failures, skipped = expand_paths(
+            [tmp_path / "d", str(tmp_path / "d" / "*.txt"), str(tmp_path / "nomatch*.txt")]
+        )
         assert sorted(f.name for f in files) == ["x.txt", "y.md"]
         assert len(failures) == 1 and "matched no files" in failures[0].reason
 

@@ -25,8 +25,9 @@ def test_each_threshold_alone():
     assert AbstentionRule(max_idk_margin=0.1).abstains(**SIGNALS)
     assert not AbstentionRule(max_idk_margin=0.3).abstains(**SIGNALS)
     # a missing signal never triggers its threshold
-    assert not AbstentionRule(0.9, -0.1, 0.0).abstains(model_abstained=False, max_score=None, mean_logprob=None,
-                                                       idk_margin=None)
+    assert not AbstentionRule(0.9, -0.1, 0.0).abstains(
+        model_abstained=False, max_score=None, mean_logprob=None, idk_margin=None
+    )
 
 
 def test_reasons_name_the_signal_and_the_threshold():
@@ -34,7 +35,7 @@ def test_reasons_name_the_signal_and_the_threshold():
     assert rule.evidence_reason(0.5) == "best evidence score 0.500 < 0.600"
     assert rule.answer_reason(-1.0, 0.2) == "answer likelihood -1.000 < -0.500 per token"  # likelihood first
     assert rule.answer_reason(-0.1, 0.2) == (
-        "the model finds \"I don't know\" likelier than its answer (margin 0.200 > 0.100 per token)"
+        'the model finds "I don\'t know" likelier than its answer (margin 0.200 > 0.100 per token)'
     )
     assert rule.answer_reason(-0.1, 0.0) is None
 
@@ -43,13 +44,32 @@ def test_config_and_records_use_the_same_rule():
     cfg = QAConfig(abstain_min_score=0.3, abstain_min_logprob=-2.0, abstain_max_idk_margin=0.5)
     rule = AbstentionRule.from_config(cfg)
     assert thresholds(cfg) == rule.as_kwargs() == {"min_score": 0.3, "min_logprob": -2.0, "max_idk_margin": 0.5}
-    rec = Record(qid="q", question="?", impossible=True, golds=[], prediction="x", model_abstained=False,
-                 retrieval_hit=False, max_score=0.2, mean_logprob=-1.0, latency_s=0.0, generate_s=0.0, tokens=1,
-                 idk_margin=0.0)
+    rec = Record(
+        qid="q",
+        question="?",
+        impossible=True,
+        golds=[],
+        prediction="x",
+        model_abstained=False,
+        retrieval_hit=False,
+        max_score=0.2,
+        mean_logprob=-1.0,
+        latency_s=0.0,
+        generate_s=0.0,
+        tokens=1,
+        idk_margin=0.0,
+    )
     assert rec.abstains(**thresholds(cfg)) is rec.abstains_under(rule) is True
     assert rec.abstains(None, None, None) is False
 
 
 def test_one_plural_stemmer():
     assert [s_stem(w) for w in ("normans", "theories", "classes", "glass", "campus", "1990s", "bus")] == [
-        "norman", "theory", "classe", "glass", "campus", "1990s", "bus"]
+        "norman",
+        "theory",
+        "classe",
+        "glass",
+        "campus",
+        "1990s",
+        "bus",
+    ]

@@ -37,8 +37,9 @@ def root(tmp_path: Path) -> Path:
 
 
 class TestNames:
-    @pytest.mark.parametrize("bad", ["", ".", "..", "../x", "a/b", "a\\b", "/etc", "..\\..\\x", ".hidden", " x", "x\0y",
-                                     "x" * 129])
+    @pytest.mark.parametrize(
+        "bad", ["", ".", "..", "../x", "a/b", "a\\b", "/etc", "..\\..\\x", ".hidden", " x", "x\0y", "x" * 129]
+    )
     def test_path_like_names_are_refused(self, root: Path, bad: str) -> None:
         store = AdapterStore(root)
         with pytest.raises(InvalidAdapterError, match="invalid adapter name"):

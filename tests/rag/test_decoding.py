@@ -197,7 +197,9 @@ class TestRagTokenGreedy:
         prob, _ = _brute_rag_token(model, PROMPTS, DOC_LOGPROBS, reference)
         assert math.isclose(out.reference_logprob, math.log(prob), abs_tol=1e-4)
         one = rag_token_generate(model, PROMPTS, DOC_LOGPROBS, max_new_tokens=2, eos_token_ids=[], reference_ids=[9])
-        assert math.isclose(one.reference_logprob, math.log(_brute_rag_token(model, PROMPTS, DOC_LOGPROBS, [9])[0]), abs_tol=1e-4)
+        assert math.isclose(
+            one.reference_logprob, math.log(_brute_rag_token(model, PROMPTS, DOC_LOGPROBS, [9])[0]), abs_tol=1e-4
+        )
 
     def test_stop_callback_ends_the_answer_where_it_says(self, model) -> None:
         free = rag_token_generate(model, PROMPTS, DOC_LOGPROBS, max_new_tokens=6, eos_token_ids=[])
@@ -374,7 +376,9 @@ class TestRagSequence:
         per_doc = {tuple(_brute_greedy(model, p, 5, set(self.EOS))[:2]) for p in PROMPTS}
         assert {tuple(h.token_ids) for h in hyps} == per_doc
         for h in hyps:
-            assert math.isclose(h.logprob, math.log(_brute_marginal(model, PROMPTS, DOC_LOGPROBS, h.token_ids)), abs_tol=1e-4)
+            assert math.isclose(
+                h.logprob, math.log(_brute_marginal(model, PROMPTS, DOC_LOGPROBS, h.token_ids)), abs_tol=1e-4
+            )
 
     def test_fast_greedy_uses_only_generation_scores(self, model) -> None:
         hyps = rag_sequence_generate(

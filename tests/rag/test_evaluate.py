@@ -48,7 +48,12 @@ def test_load_squad_rejects_other_json(tmp_path):
 
 
 def test_metrics_and_abstention():
-    records = [rec(False, "Paris"), rec(False, "Lyon", score=0.2), rec(True, "Nice", score=0.1), rec(True, "x", abst=True)]
+    records = [
+        rec(False, "Paris"),
+        rec(False, "Lyon", score=0.2),
+        rec(True, "Nice", score=0.1),
+        rec(True, "x", abst=True),
+    ]
     m = compute_metrics(records)
     assert m.em == 0.5 and m.n == 2 and m.n_unanswerable == 2
     assert m.abstain_precision == 1.0 and m.abstain_recall == 0.5

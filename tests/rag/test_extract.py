@@ -27,13 +27,23 @@ def test_clean_answer(reply, expected):
 @pytest.mark.parametrize(
     "reply, question, expected",
     [
-        ("The border to the south is the Mexico–United States border.", "What is the name of the border to the south?",
-         "the Mexico–United States border"),
-        ("The other city that maintains the districts is Riverside", "What other city maintains the districts?", "Riverside"),
+        (
+            "The border to the south is the Mexico–United States border.",
+            "What is the name of the border to the south?",
+            "the Mexico–United States border",
+        ),
+        (
+            "The other city that maintains the districts is Riverside",
+            "What other city maintains the districts?",
+            "Riverside",
+        ),
         ("The naval base was called Dyrrachium", "What was the naval base called?", "Dyrrachium"),
         # the subject is not a restatement (a word the question lacks): keep the reply
-        ("The integer factorization problem is a computational problem", "What problem is associated with primes?",
-         "The integer factorization problem is a computational problem"),
+        (
+            "The integer factorization problem is a computational problem",
+            "What problem is associated with primes?",
+            "The integer factorization problem is a computational problem",
+        ),
         # nothing after the copula: keep the reply
         ("The naval base is", "What is the naval base?", "The naval base is"),
         ("Riverside", "Which city?", "Riverside"),

@@ -19,8 +19,13 @@ def parts(tmp_path_factory, tiny_st_model, tiny_llm):
     root = tmp_path_factory.mktemp("lc")
     (root / "a.txt").write_text("The Normans were a people of Normandy in northern France.")
     (root / "b.txt").write_text("Southern California is a megaregion with ten counties.")
-    ws = Workspace(root / "home", IngestConfig(embedder=EmbedderConfig(model=str(tiny_st_model)),
-                                               chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8)))
+    ws = Workspace(
+        root / "home",
+        IngestConfig(
+            embedder=EmbedderConfig(model=str(tiny_st_model)),
+            chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8),
+        ),
+    )
     ws.ingest([root / "a.txt", root / "b.txt"], "c")
     coll = ws.open("c", readonly=True)
     retriever = Retriever(ws.embedder, RetrieverConfig(k=2))

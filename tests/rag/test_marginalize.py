@@ -70,7 +70,9 @@ class TestRagSequence:
     def test_no_mask_means_all_positions(self) -> None:
         token_lp, doc_lp, _ = _tensors()
         all_real = torch.ones(4, dtype=torch.bool)
-        assert torch.allclose(rag_sequence_logprob(token_lp[0], doc_lp), rag_sequence_logprob(token_lp[0], doc_lp, all_real))
+        assert torch.allclose(
+            rag_sequence_logprob(token_lp[0], doc_lp), rag_sequence_logprob(token_lp[0], doc_lp, all_real)
+        )
 
     def test_numerically_stable_for_long_answers(self) -> None:
         token_lp = torch.full((3, 2000), -5.0, dtype=torch.float32)  # prod of probs underflows to 0

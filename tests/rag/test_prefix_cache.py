@@ -22,8 +22,15 @@ EOS = [0]
 
 def _tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():  # sharper distributions so that greedy / beam choices are not near-ties
         model.lm_head.weight.mul_(8.0)
@@ -47,7 +54,9 @@ def _prompts(question: list[int], chunks=CHUNKS) -> tuple[list[list[int]], list[
     return [SYSTEM + c + question for c in chunks], [len(SYSTEM) + len(c) for c in chunks]
 
 
-def _spec(cache: PrefixKVCache, lengths: list[int], namespace=("tiny", None, "float32"), shared: bool = True) -> PrefixSpec:
+def _spec(
+    cache: PrefixKVCache, lengths: list[int], namespace=("tiny", None, "float32"), shared: bool = True
+) -> PrefixSpec:
     return PrefixSpec(cache, namespace, lengths, [len(SYSTEM)] * len(lengths) if shared else None)
 
 
@@ -126,7 +135,9 @@ class TestGenerationWithCache:
         cache = PrefixKVCache(1 << 20)
         for question in QUESTIONS:
             prompts, lengths = _prompts(question)
-            kwargs = dict(max_new_tokens=5, eos_token_ids=EOS, num_beams=num_beams, decoding=decoding, reference_ids=[4, 0])
+            kwargs = dict(
+                max_new_tokens=5, eos_token_ids=EOS, num_beams=num_beams, decoding=decoding, reference_ids=[4, 0]
+            )
             plain = rag_sequence_generate(model, prompts, DOC_LOGPROBS, **kwargs)
             for _ in range(2):
                 cached = rag_sequence_generate(model, prompts, DOC_LOGPROBS, prefix=_spec(cache, lengths), **kwargs)
@@ -231,7 +242,9 @@ class TestGeneratorNamespace:
         base = LlamaForCausalLM.from_pretrained(tiny_llm)
         for name, seed in [("a", 0), ("b", 1)]:
             torch.manual_seed(seed)
-            peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+            peft_model = get_peft_model(
+                base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+            )
             peft_model.save_pretrained(adapters / name)
             base = peft_model.unload()
         gen = Generator(GeneratorConfig(model=str(tiny_llm), device="cpu", dtype="float32"), tmp_path, adapters)
@@ -263,15 +276,25 @@ class TestGeneratorNamespace:
         for one_shot in (False, True):
             for contexts in (["[Normans] The Normans gave their name to Normandy."], ["one.", "two  ", "three"]):
                 prefix, suffix = gen.prompt_parts("Who were the Normans?", contexts, one_shot=one_shot)
-                joint = tok.apply_chat_template(chat_messages("Who were the Normans?", contexts, one_shot=one_shot),
-                                                add_generation_prompt=True, tokenize=True, return_dict=False)
-                assert prefix + suffix == list(joint) == gen.prompt_ids("Who were the Normans?", contexts, one_shot=one_shot)
+                joint = tok.apply_chat_template(
+                    chat_messages("Who were the Normans?", contexts, one_shot=one_shot),
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=False,
+                )
+                assert (
+                    prefix + suffix
+                    == list(joint)
+                    == gen.prompt_ids("Who were the Normans?", contexts, one_shot=one_shot)
+                )
                 assert tok.decode(suffix).startswith("\n\nQuestion: Who were the Normans?")
                 assert tok.decode(prefix).rstrip().endswith(contexts[-1].strip())
             spec = gen.prefix_spec([(prefix, suffix)], one_shot=one_shot)
             head = spec.shared_lengths[0]
             assert 0 < head < len(prefix) and tok.decode(prefix[head:]).startswith("Context:")
-        off = Generator(GeneratorConfig(model=str(tiny_llm), device="cpu", dtype="float32", prefix_cache_bytes=0), tmp_path)
+        off = Generator(
+            GeneratorConfig(model=str(tiny_llm), device="cpu", dtype="float32", prefix_cache_bytes=0), tmp_path
+        )
         assert off.prefix_spec([(prefix, suffix)]) is None
 
 

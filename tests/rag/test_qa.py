@@ -24,8 +24,13 @@ def setup(tmp_path_factory, tiny_st_model, tiny_llm):
     (docs / "paris.txt").write_text("Paris is the capital of France. The Eiffel Tower was finished in 1889.")
     (docs / "rome.txt").write_text("Rome is the capital of Italy. The Colosseum held fifty thousand people.")
     (docs / "oslo.txt").write_text("Oslo is the capital of Norway. It lies at the head of the Oslofjord.")
-    ws = Workspace(root / "home", IngestConfig(embedder=EmbedderConfig(model=str(tiny_st_model)),
-                                               chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8)))
+    ws = Workspace(
+        root / "home",
+        IngestConfig(
+            embedder=EmbedderConfig(model=str(tiny_st_model)),
+            chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8),
+        ),
+    )
     assert ws.ingest([docs], "c").ok
     gen = Generator(GeneratorConfig(model=str(tiny_llm)), root / "home" / "models", root / "home" / "adapters")
     return ws, gen
@@ -123,7 +128,9 @@ def test_lora_adapter_changes_the_answer_distribution(setup, tmp_path):
     ws, gen = setup
     base = AutoModelForCausalLM.from_pretrained(gen.config.model)
     torch.manual_seed(1)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     peft_model.save_pretrained(gen.adapters_dir / "noisy")
     assert gen.list_adapters() == ["noisy"]
     qa = pipeline(setup)
@@ -136,3 +143,43 @@ def test_lora_adapter_changes_the_answer_distribution(setup, tmp_path):
     assert adapted.adapter == "noisy"
     assert adapted.logprob != pytest.approx(plain.logprob, abs=1e-6)
     assert again.logprob == pytest.approx(plain.logprob, abs=1e-5)  # the adapter is off again
+
+
+def test_batched_answers_equal_solo_answers(setup):
+    """The server's path (continuous batching + prefix KV cache) answers exactly as the solo path, for
+    concurrent questions of every mode, with and without an adapter-free cache warm-up."""
+    import threading
+
+    from rag.scheduler import Scheduler
+
+    ws, gen = setup
+    questions = [
+        "What is the capital of France?",
+        "Which city held fifty thousand people?",
+        "Where is the Oslofjord?",
+        "When was the Eiffel Tower finished?",
+    ]
+    jobs = [(q, mode) for q in questions for mode in ("rag-token", "stuff", "rag-sequence")]
+    solo_qa = pipeline(setup, min_doc_posterior=0.0)
+    with ws.open("c", readonly=True) as coll:
+        solo = {job: solo_qa.answer(coll, job[0], mode=job[1]) for job in jobs}
+        with Scheduler(gen.session, pad_token_id=gen.tokenizer.pad_token_id, max_batch_rows=16) as sched:
+            batched_qa = pipeline(setup, min_doc_posterior=0.0)
+            batched_qa.scheduler = sched
+            got: dict = {}
+
+            def ask(job):
+                got[job] = batched_qa.answer(coll, job[0], mode=job[1])
+
+            for _ in range(2):  # cold, then warm prefix cache
+                threads = [threading.Thread(target=ask, args=(job,)) for job in jobs]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                for job in jobs:
+                    assert got[job].raw_answer == solo[job].raw_answer, job
+                    assert got[job].generated_tokens == solo[job].generated_tokens
+                    assert got[job].logprob == pytest.approx(solo[job].logprob, abs=1e-4)
+            assert sched.stats().completed >= 2 * len(questions) * 2  # rag-token + stuff joined the batch
+    assert gen.prefix_cache.stats().hits > 0

@@ -200,8 +200,9 @@ def _make_hand_collection(root: Path) -> Collection:
             text, _, title, _ = HAND[i]
             doc = Document(text=text, source=source, key=str(i), title=title)
             docs.append(doc)
-            chunks.append(Chunk(stable_hash(doc.doc_id, "0", text), doc.doc_id, 0, text,
-                                {"title": title, "source": source}))
+            chunks.append(
+                Chunk(stable_hash(doc.doc_id, "0", text), doc.doc_id, 0, text, {"title": title, "source": source})
+            )
         vecs = _unit(*[HAND[i][3] for i in rows]).astype(np.float32)
         coll.replace_file(source, stable_hash(source), 1, docs, chunks, vecs)
     coll.flush()
@@ -329,8 +330,9 @@ class TestHandCollection:
         r = _retriever()
         ret = r.retrieve(hand, "qwertyuiop", mode="bm25")
         assert ret.chunks == [] and ret.log_posterior.shape == (0,) and ret.max_dense_score is None
-        empty = Collection.create(tmp_path / "other", "empty", embedder_name="stub", dim=4,
-                                  chunking=ChunkingConfig(), index=IndexConfig())
+        empty = Collection.create(
+            tmp_path / "other", "empty", embedder_name="stub", dim=4, chunking=ChunkingConfig(), index=IndexConfig()
+        )
         try:
             for mode in ("dense", "bm25", "hybrid"):
                 assert r.retrieve(empty, "cats", mode=mode).chunks == []
@@ -439,8 +441,13 @@ class TestIngested:
     def test_hybrid_and_dense_on_real_embeddings(self, tiny_ws, tmp_path) -> None:
         files = [
             _write(tmp_path / "docs" / f"{i}.txt", text)
-            for i, text in enumerate(["Photosynthesis turns light into sugar.", "Volcanoes erupt molten rock.",
-                                      "The Danube flows through Vienna and Budapest."])
+            for i, text in enumerate(
+                [
+                    "Photosynthesis turns light into sugar.",
+                    "Volcanoes erupt molten rock.",
+                    "The Danube flows through Vienna and Budapest.",
+                ]
+            )
         ]
         tiny_ws.ingest(files, "c")
         r = Retriever(tiny_ws.embedder, RetrieverConfig(k=3))

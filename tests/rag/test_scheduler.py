@@ -37,8 +37,13 @@ WAIT = 20.0  # seconds: a generous bound on any result() in these tests
 def _tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=128,
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
     )
     model = LlamaForCausalLM(config).float().eval()
     with torch.no_grad():  # sharper distributions so that greedy choices are not near-ties
@@ -90,9 +95,17 @@ def _stop_after(n: int):
 
 def _solo(model, req: GenerationRequest):
     return rag_token_generate(
-        model, req.prompt_ids, req.doc_logprobs, max_new_tokens=req.max_new_tokens, eos_token_ids=req.eos_token_ids,
-        strategy=req.strategy, num_beams=req.num_beams, temperature=req.temperature, top_p=req.top_p,
-        reference_ids=req.reference_ids, stop=req.stop,
+        model,
+        req.prompt_ids,
+        req.doc_logprobs,
+        max_new_tokens=req.max_new_tokens,
+        eos_token_ids=req.eos_token_ids,
+        strategy=req.strategy,
+        num_beams=req.num_beams,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        reference_ids=req.reference_ids,
+        stop=req.stop,
         generator=None if req.generator is None else torch.Generator().manual_seed(req.generator.initial_seed()),
     )
 
@@ -135,8 +148,9 @@ class TestBatchLayout:
         _advance(model, merged, tokens)
         _advance(model, sep_a, tokens[:2])
         _advance(model, sep_b, tokens[2:])
-        torch.testing.assert_close(merged.next_logprobs, torch.cat([sep_a.next_logprobs, sep_b.next_logprobs]),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            merged.next_logprobs, torch.cat([sep_a.next_logprobs, sep_b.next_logprobs]), atol=1e-5, rtol=0
+        )
         torch.testing.assert_close(merged.next_positions, torch.cat([sep_a.next_positions, sep_b.next_positions]))
 
     def test_keep_rows_drops_columns_padded_in_every_row(self, model):
@@ -166,12 +180,18 @@ class TestBatchedEqualsSolo:
     def test_staggered_requests_of_different_shapes(self, model, make_scheduler):
         reqs = [
             GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=9, eos_token_ids=[], reference_ids=[5, 9, 2]),
-            GenerationRequest([PROMPTS_4B[1]], torch.zeros(1), max_new_tokens=6, eos_token_ids=EOS,
-                              reference_ids=[3]),  # "stuff": K=1
+            GenerationRequest(
+                [PROMPTS_4B[1]], torch.zeros(1), max_new_tokens=6, eos_token_ids=EOS, reference_ids=[3]
+            ),  # "stuff": K=1
             GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=12, eos_token_ids=[], stop=_stop_after(5)),
             GenerationRequest([[4, 4, 4, 1]], torch.zeros(1), max_new_tokens=3, eos_token_ids=[]),
-            GenerationRequest(PROMPTS_4[1:], DOC_4[1:] - torch.logsumexp(DOC_4[1:], 0), max_new_tokens=7,
-                              eos_token_ids=[], reference_ids=[8, 8]),
+            GenerationRequest(
+                PROMPTS_4[1:],
+                DOC_4[1:] - torch.logsumexp(DOC_4[1:], 0),
+                max_new_tokens=7,
+                eos_token_ids=[],
+                reference_ids=[8, 8],
+            ),
         ]
         want = [_solo(model, r) for r in reqs]
         gate = _Gate(at=2)
@@ -199,8 +219,16 @@ class TestBatchedEqualsSolo:
         eos = [free.token_ids[2]]  # forces an early stop on an eos token
         reqs = [
             GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=6, eos_token_ids=eos),
-            GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=8, eos_token_ids=[], strategy="sample",
-                              temperature=0.8, top_p=0.9, generator=torch.Generator().manual_seed(7)),
+            GenerationRequest(
+                PROMPTS_4B,
+                DOC_4B,
+                max_new_tokens=8,
+                eos_token_ids=[],
+                strategy="sample",
+                temperature=0.8,
+                top_p=0.9,
+                generator=torch.Generator().manual_seed(7),
+            ),
         ]
         want = [_solo(model, r) for r in reqs]
         reqs[1].generator = torch.Generator().manual_seed(7)  # the solo run drew from a copy: start afresh
@@ -212,8 +240,9 @@ class TestBatchedEqualsSolo:
             _assert_same(g, w)
 
     def test_beam_request_runs_solo_and_matches(self, model, make_scheduler):
-        req = GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=5, eos_token_ids=[], strategy="beam", num_beams=3,
-                                reference_ids=[4])
+        req = GenerationRequest(
+            PROMPTS_4, DOC_4, max_new_tokens=5, eos_token_ids=[], strategy="beam", num_beams=3, reference_ids=[4]
+        )
         want = _solo(model, req)
         scheduler = make_scheduler(model_session(model))
         greedy = scheduler.submit(GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=6, eos_token_ids=[]))
@@ -221,10 +250,17 @@ class TestBatchedEqualsSolo:
         assert len(greedy.result(WAIT).token_ids) == 6
 
     def test_two_adapters_and_the_base_model_in_one_run(self, peft_model, make_scheduler):
-        specs = [("a", PROMPTS_4, DOC_4, 7), (None, PROMPTS_4B, DOC_4B, 8), ("b", PROMPTS_4, DOC_4, 6),
-                 ("a", [PROMPTS_4B[1]], torch.zeros(1), 5), (None, [[9, 9, 1]], torch.zeros(1), 4)]
-        reqs = [GenerationRequest(p, d, max_new_tokens=n, eos_token_ids=[], adapter=a, reference_ids=[3, 3])
-                for a, p, d, n in specs]
+        specs = [
+            ("a", PROMPTS_4, DOC_4, 7),
+            (None, PROMPTS_4B, DOC_4B, 8),
+            ("b", PROMPTS_4, DOC_4, 6),
+            ("a", [PROMPTS_4B[1]], torch.zeros(1), 5),
+            (None, [[9, 9, 1]], torch.zeros(1), 4),
+        ]
+        reqs = [
+            GenerationRequest(p, d, max_new_tokens=n, eos_token_ids=[], adapter=a, reference_ids=[3, 3])
+            for a, p, d, n in specs
+        ]
         session = model_session(peft_model)
         want = []
         for r in reqs:
@@ -254,8 +290,9 @@ class TestBackpressure:
     def test_cancel_frees_rows_for_the_next_request(self, model, make_scheduler):
         gate = _Gate(at=1)
         scheduler = make_scheduler(model_session(model), max_batch_rows=4)
-        long = scheduler.submit(GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=60, eos_token_ids=[],
-                                                  stream_callback=gate))
+        long = scheduler.submit(
+            GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=60, eos_token_ids=[], stream_callback=gate)
+        )
         assert gate.reached.wait(WAIT)
         nxt_req = GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=4, eos_token_ids=[])
         nxt = scheduler.submit(nxt_req)
@@ -272,8 +309,9 @@ class TestBackpressure:
     def test_cancel_while_waiting(self, model, make_scheduler):
         gate = _Gate(at=1)
         scheduler = make_scheduler(model_session(model), max_batch_rows=4)
-        busy = scheduler.submit(GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=3, eos_token_ids=[],
-                                                  stream_callback=gate))
+        busy = scheduler.submit(
+            GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=3, eos_token_ids=[], stream_callback=gate)
+        )
         assert gate.reached.wait(WAIT)
         queued = scheduler.submit(GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=3, eos_token_ids=[]))
         queued.cancel()
@@ -286,8 +324,9 @@ class TestBackpressure:
     def test_queue_full(self, model, make_scheduler):
         gate = _Gate(at=1)
         scheduler = make_scheduler(model_session(model), max_batch_rows=4, max_queue=1)
-        busy = scheduler.submit(GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=3, eos_token_ids=[],
-                                                  stream_callback=gate))
+        busy = scheduler.submit(
+            GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=3, eos_token_ids=[], stream_callback=gate)
+        )
         assert gate.reached.wait(WAIT)
         waiting = scheduler.submit(GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=2, eos_token_ids=[]))
         with pytest.raises(QueueFullError, match="max_queue=1"):
@@ -304,8 +343,11 @@ class TestBackpressure:
             time.sleep(0.05)
 
         scheduler = make_scheduler(model_session(model), max_batch_rows=4)
-        late = scheduler.submit(GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=60, eos_token_ids=[],
-                                                  stream_callback=slow, deadline_s=0.2))
+        late = scheduler.submit(
+            GenerationRequest(
+                PROMPTS_4, DOC_4, max_new_tokens=60, eos_token_ids=[], stream_callback=slow, deadline_s=0.2
+            )
+        )
         after_req = GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=4, eos_token_ids=[])
         after = scheduler.submit(after_req)
         with pytest.raises(DeadlineExceededError, match="deadline"):
@@ -358,8 +400,9 @@ class TestFailures:
             broken.set()
 
         scheduler = make_scheduler(session)
-        victim = scheduler.submit(GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=5, eos_token_ids=[],
-                                                    stream_callback=break_next_forward))
+        victim = scheduler.submit(
+            GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=5, eos_token_ids=[], stream_callback=break_next_forward)
+        )
         with pytest.raises(SchedulerError, match="batched forward failed: RuntimeError: device lost"):
             victim.result(WAIT)
         req = GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=4, eos_token_ids=[])
@@ -368,8 +411,9 @@ class TestFailures:
     def test_close_fails_pending_requests_and_stops_the_thread(self, model):
         gate = _Gate(at=1)
         scheduler = Scheduler(model_session(model), max_batch_rows=4)
-        active = scheduler.submit(GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=50, eos_token_ids=[],
-                                                    stream_callback=gate))
+        active = scheduler.submit(
+            GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=50, eos_token_ids=[], stream_callback=gate)
+        )
         assert gate.reached.wait(WAIT)
         waiting = scheduler.submit(GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=3, eos_token_ids=[]))
         closer = threading.Thread(target=scheduler.close)

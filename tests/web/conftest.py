@@ -64,21 +64,28 @@ def web_server(tmp_path_factory, tiny_st_model, tiny_llm):
     """A real `ragqa serve` on a free loopback port with tiny models; yields base URL, key and home."""
     home = tmp_path_factory.mktemp("web-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGQA_")}
-    env.update({
-        "RAGQA_HOME": str(home),
-        "RAGQA_INGEST__EMBEDDER__MODEL": str(tiny_st_model),
-        "RAGQA_GENERATOR__MODEL": str(tiny_llm),
-        "RAGQA_QA__MAX_NEW_TOKENS": "4",
-    })
-    created = subprocess.run(ragqa_cmd() + ["keys", "create", "web", "--json"], env=env, capture_output=True, text=True,
-                             timeout=120)
+    env.update(
+        {
+            "RAGQA_HOME": str(home),
+            "RAGQA_INGEST__EMBEDDER__MODEL": str(tiny_st_model),
+            "RAGQA_GENERATOR__MODEL": str(tiny_llm),
+            "RAGQA_QA__MAX_NEW_TOKENS": "4",
+        }
+    )
+    created = subprocess.run(
+        ragqa_cmd() + ["keys", "create", "web", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout.strip().splitlines()[-1])["key"]
     port = free_port()
     log_path = home.parent / "server.log"
     log = open(log_path, "w+")
-    proc = subprocess.Popen(ragqa_cmd() + ["serve", "--port", str(port), "--log-level", "warning"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ragqa_cmd() + ["serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -119,10 +126,20 @@ def browser(tmp_path_factory):
     profile = tmp_path_factory.mktemp("chromium-profile")
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--disable-extensions", "--window-size=1280,900",
-                f"--user-data-dir={profile}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--disable-extensions",
+        "--window-size=1280,900",
+        f"--user-data-dir={profile}",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = Service(executable_path=str(CHROMEDRIVER), log_output=str(profile.parent / "chromedriver.log"))
@@ -163,7 +180,9 @@ def pytest_runtest_makereport(item, call):
         stem.with_suffix(".html").write_text(driver.page_source, encoding="utf-8")
         saved.append(stem.with_suffix(".html"))
         logs = driver.get_log("browser")
-        stem.with_suffix(".console.log").write_text("\n".join(f"{e['level']} {e['message']}" for e in logs), encoding="utf-8")
+        stem.with_suffix(".console.log").write_text(
+            "\n".join(f"{e['level']} {e['message']}" for e in logs), encoding="utf-8"
+        )
         saved.append(stem.with_suffix(".console.log"))
     except Exception as exc:  # the browser may be gone; the failure itself matters more
         saved.append(f"(could not save everything: {exc})")

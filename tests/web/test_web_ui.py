@@ -58,7 +58,9 @@ def test_upload_ask_feedback_delete(page, web_server, tmp_path):
     # a collection, created from the page
     css(d, "#new-collection").send_keys("webdocs")
     css(d, "#collection-create").click()
-    wait(d).until(lambda d: Select(css(d, "#collection-select")).first_selected_option.get_attribute("value") == "webdocs")
+    wait(d).until(
+        lambda d: Select(css(d, "#collection-select")).first_selected_option.get_attribute("value") == "webdocs"
+    )
 
     # a file type the API refuses: its 415 is shown as a sentence, nothing is queued
     bad_type = tmp_path / "tool.exe"
@@ -74,7 +76,10 @@ def test_upload_ask_feedback_delete(page, web_server, tmp_path):
     paths = [str(tmp_path / n) for n in ("paris.txt", "rivers.md", "broken.pdf")]
     css(d, "#file-input").send_keys("\n".join(paths))
     wait(d).until(lambda d: css(d, "#jobs .job").get_attribute("data-status") in ("done", "failed"))
-    rows = {r.get_attribute("data-filename"): r for r in d.find_elements(By.CSS_SELECTOR, "#jobs .job:first-child .job-file")}
+    rows = {
+        r.get_attribute("data-filename"): r
+        for r in d.find_elements(By.CSS_SELECTOR, "#jobs .job:first-child .job-file")
+    }
     assert set(rows) == {"paris.txt", "rivers.md", "broken.pdf"}
     assert rows["paris.txt"].get_attribute("data-status") == "done"
     assert rows["rivers.md"].get_attribute("data-status") == "done"
@@ -137,9 +142,13 @@ def test_wrong_key_shows_401(page):
 
 def test_deleted_collection_shows_404(page, web_server):
     api = web_server
-    assert httpx.post(f"{api['base']}/v1/collections", json={"name": "ghost"}, headers=api["headers"]).status_code == 201
+    assert (
+        httpx.post(f"{api['base']}/v1/collections", json={"name": "ghost"}, headers=api["headers"]).status_code == 201
+    )
     connect(page, api["key"])
-    wait(page).until(lambda d: "ghost" in [o.get_attribute("value") for o in Select(css(d, "#collection-select")).options])
+    wait(page).until(
+        lambda d: "ghost" in [o.get_attribute("value") for o in Select(css(d, "#collection-select")).options]
+    )
     Select(css(page, "#collection-select")).select_by_value("ghost")
     # someone else deletes it; the page's next call gets a 404 and says so
     assert httpx.delete(f"{api['base']}/v1/collections/ghost", headers=api["headers"]).status_code == 204
@@ -166,7 +175,9 @@ def test_drop_upload_adapters_and_422(page, web_server):
     reward.mkdir()
     (reward / "adapter_config.json").write_text("{}")
     (reward / "ragqa_adapter.json").write_text('{"kind": "reward"}')
-    assert httpx.post(f"{api['base']}/v1/collections", json={"name": "dropped"}, headers=api["headers"]).status_code == 201
+    assert (
+        httpx.post(f"{api['base']}/v1/collections", json={"name": "dropped"}, headers=api["headers"]).status_code == 201
+    )
     connect(d, api["key"])
     # the adapter picker lists the workspace's adapters (GET /v1/adapters)
     wait(d).until(lambda d: "demo-lora" in [o.get_attribute("value") for o in Select(css(d, "#adapter")).options])
@@ -175,8 +186,12 @@ def test_drop_upload_adapters_and_422(page, web_server):
     # a file dropped on the drop zone is uploaded and ingested
     d.execute_script(DROP_FILE_JS, "dropped.txt", "Dropped files are ingested like picked ones.")
     wait(d).until(lambda d: css(d, "#jobs .job").get_attribute("data-status") == "done")
-    wait(d).until(lambda d: [li.get_attribute("data-filename") for li in d.find_elements(By.CSS_SELECTOR, "#document-list .document")]
-                  == ["dropped.txt"])
+    wait(d).until(
+        lambda d: (
+            [li.get_attribute("data-filename") for li in d.find_elements(By.CSS_SELECTOR, "#document-list .document")]
+            == ["dropped.txt"]
+        )
+    )
     # k above the server's limit: the 422 is shown as a sentence
     css(d, "#k").send_keys("99")
     css(d, "#question").send_keys("How are dropped files handled?", Keys.ENTER)
@@ -205,5 +220,6 @@ def test_phone_width_labels_and_keyboard(page, web_server):
     # the answer highlighter marks the answer inside a chunk's text
     marks = d.execute_script(
         "return window.ragqa.highlight('Paris is the capital of France.', 'the capital.')"
-        ".filter(n => n.nodeName === 'MARK').map(n => n.textContent)")
+        ".filter(n => n.nodeName === 'MARK').map(n => n.textContent)"
+    )
     assert marks == ["the capital"]
