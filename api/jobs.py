@@ -164,7 +164,8 @@ class JobStore(SqliteStore):
             if row is None:
                 return None
             db.execute(
-                "UPDATE jobs SET status='running', started_at=COALESCE(started_at, ?), attempts=attempts+1 WHERE job_id=?",
+                "UPDATE jobs SET status='running', started_at=COALESCE(started_at, ?), "
+                "attempts=attempts+1 WHERE job_id=?",
                 (time.time(), row["job_id"]),
             )
         return self.get(row["job_id"])

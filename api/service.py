@@ -178,9 +178,11 @@ class RagService:
             )
         resolved = [self._resolve_source(name, s) for s in sources]
         try:
-            with self.gate.hold(name, timeout=self.settings.server.writer_wait_s):
-                with self.workspace.open(name, check_embedder=False) as coll:
-                    n = coll.delete_documents(doc_ids=doc_ids, sources=resolved)
+            with (
+                self.gate.hold(name, timeout=self.settings.server.writer_wait_s),
+                self.workspace.open(name, check_embedder=False) as coll,
+            ):
+                n = coll.delete_documents(doc_ids=doc_ids, sources=resolved)
         except IngestError as exc:
             raise from_core(exc) from exc
         if n == 0:
@@ -218,7 +220,8 @@ class RagService:
             suffix = Path(safe).suffix.lower()
             if suffix not in allowed:
                 raise UnsupportedMediaType(
-                    f"{f.filename!r}: file type {suffix or '(none)'!r} is not accepted; allowed: {', '.join(sorted(allowed))}",
+                    f"{f.filename!r}: file type {suffix or '(none)'!r} is not accepted; "
+                    f"allowed: {', '.join(sorted(allowed))}",
                     code="unsupported_file_type",
                 )
             if safe in names:
@@ -338,7 +341,10 @@ class RagService:
     async def answer_events(
         self, key: ApiKey, collection: str, question: str, **kw: Any
     ) -> AsyncIterator[tuple[str, Any]]:
-        """``("token", text)`` as the answer is generated, then ``("answer", AnswerPublic)`` or ``("error", ApiError)``."""
+        """Stream the events of one answer.
+
+        ``("token", text)`` as the answer is generated, then ``("answer", AnswerPublic)`` or ``("error", ApiError)``.
+        """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 

@@ -59,7 +59,7 @@ def signal_aucs(records: list[Any]) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     for field, sign, _ in SIGNALS:
 
-        def values(rs: list[Any]) -> list[float]:
+        def values(rs: list[Any], sign: float = sign, field: str = field) -> list[float]:
             return [sign * getattr(r, field) for r in rs if getattr(r, field) is not None]
 
         out[field] = {

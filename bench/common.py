@@ -101,11 +101,8 @@ def machine_summary() -> str:
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 0
     try:
-        mem_kb = int(
-            next(l for l in pathlib.Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[
-                1
-            ]
-        )
+        meminfo = pathlib.Path("/proc/meminfo").read_text().splitlines()
+        mem_kb = int(next(ln for ln in meminfo if ln.startswith("MemTotal")).split()[1])
         mem = f", {mem_kb / (1 << 20):.0f} GiB RAM"
     except (OSError, StopIteration, ValueError):
         mem = ""

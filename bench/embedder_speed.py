@@ -90,7 +90,10 @@ sys.path.insert(0, {root!r})
 from ingest.config import EmbedderConfig
 from ingest.embedder import load_embedder
 cfg = EmbedderConfig()
-object.__setattr__(cfg, "backend", {backend!r}) if "backend" not in type(cfg).model_fields else setattr(cfg, "backend", {backend!r})
+if "backend" not in type(cfg).model_fields:
+    object.__setattr__(cfg, "backend", {backend!r})
+else:
+    setattr(cfg, "backend", {backend!r})
 e = load_embedder(cfg, cache_dir=pathlib.Path({cache!r}))
 v = e.embed_query("How do I open a file?")
 t1 = time.perf_counter()
@@ -159,7 +162,7 @@ def main() -> None:
     )
 
     builds = {}
-    for backend, variant in (("onnx", "fp32"), ("onnx-int8", "int8")):
+    for backend, _variant in (("onnx", "fp32"), ("onnx-int8", "int8")):
         t = time.perf_counter()
         make(backend, cache)
         builds[backend] = time.perf_counter() - t

@@ -204,7 +204,8 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
             else "; "
         )
         + f"evaluated with `ragqa eval --mode {res['mode']} --n {res['n']}` on the held-out article "
-        f"**{res['held_out_article']}** ({base['n']} answerable + {base.get('n_unanswerable', 0)} unanswerable questions, "
+        f"**{res['held_out_article']}** ({base['n']} answerable + "
+        f"{base.get('n_unanswerable', 0)} unanswerable questions, "
         "fixed seed). The collection holds all three articles; training prompts are built from its retrieval "
         "exactly as at inference.",
         "",
@@ -215,7 +216,8 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
     def row(name: str, m: dict[str, Any]) -> str:
         return (
             f"| {name} | {_f(m['f1'])} | {_f(m['em'])} | {_f(m.get('recall_at_k'))} | "
-            f"{_f(m.get('abstain_precision'), '.2f')} / {_f(m.get('abstain_recall'), '.2f')} | {_f(m.get('p50_s'), '.2f')} |"
+            f"{_f(m.get('abstain_precision'), '.2f')} / {_f(m.get('abstain_recall'), '.2f')} | "
+            f"{_f(m.get('p50_s'), '.2f')} |"
         )
 
     lines.append(row("SmolLM2-135M-Instruct (base)", base))
@@ -230,10 +232,13 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
         f"- Target held-out F1 >= 0.45 and >= 2x base: **{'met' if f1_ok else 'not met'}** "
         f"({_f(after['f1'])} vs {_f(base['f1'])}, x{_f(after['f1'] / base['f1'] if base['f1'] else None, '.1f')}).",
         f"- SFT wall time (whole `ragqa finetune sft` process) **{sft['wall_s'] / 60:.1f} min** "
-        f"(target < 30 min: **{'met' if time_ok else 'not met'}**); in the trainer {sft.get('train_seconds', 0) / 60:.1f} min, "
+        f"(target < 30 min: **{'met' if time_ok else 'not met'}**); "
+        f"in the trainer {sft.get('train_seconds', 0) / 60:.1f} min, "
         f"{sft.get('steps')} steps; peak RSS {sft.get('peak_rss_mb', 0) / 1024:.2f} GiB.",
-        f"- Recipe: `{sft['command']}`; {ex.get('examples')} examples ({ex.get('positives_from_retrieval')} with the answer "
-        f"in a retrieved chunk, {ex.get('gold_fallback')} on the record's own paragraph), median {ex.get('median_length')} "
+        f"- Recipe: `{sft['command']}`; {ex.get('examples')} examples ("
+        f"{ex.get('positives_from_retrieval')} with the answer "
+        f"in a retrieved chunk, {ex.get('gold_fallback')} on the record's own paragraph), "
+        f"median {ex.get('median_length')} "
         f"tokens, {ex.get('tokens')} tokens per epoch; LoRA {sft.get('trainable_params')} trainable of "
         f"{sft.get('total_params')} parameters; loss {sft.get('first_loss')} -> {sft.get('last_loss')}.",
     ]

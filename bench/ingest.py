@@ -297,7 +297,8 @@ class Bench:
                     result.notes.append(f"re-ingest was not a no-op: {report}")
                 if rep == 0:
                     result.notes.append(
-                        f"re-ingest: {report.get('unchanged')} files unchanged, {report.get('chunks_embedded')} chunks embedded, "
+                        f"re-ingest: {report.get('unchanged')} files unchanged, "
+                        f"{report.get('chunks_embedded')} chunks embedded, "
                         f"in-process seconds {report.get('seconds')}"
                     )
 
@@ -409,18 +410,23 @@ def render_table(res: Results, repeat: int) -> str:
     ]
     speed = _ratios(d["ragqa"].ingest, d["langchain"].ingest)
     lines.append(
-        f"| Python docs ({res.docs_files} pages) | ingest wall s | {_times(d['ragqa'].ingest)} | {_times(d['langchain'].ingest)} | "
-        f"{_ratio_cell(speed, repeat)} | ragqa <= 1/3 LangChain | {_met(None if speed[1] is None else speed[1] <= TARGET_SPEED)} |"
+        f"| Python docs ({res.docs_files} pages) | ingest wall s | "
+        f"{_times(d['ragqa'].ingest)} | {_times(d['langchain'].ingest)} | "
+        f"{_ratio_cell(speed, repeat)} | ragqa <= 1/3 LangChain | "
+        f"{_met(None if speed[1] is None else speed[1] <= TARGET_SPEED)} |"
     )
     lines.append(f"| Python docs | chunks | {d['ragqa'].chunks or 'n/a'} | {d['langchain'].chunks or 'n/a'} | | | |")
     re_ratio = _ratios(d["ragqa"].reingest, d["ragqa"].ingest)
     lines.append(
-        f"| Python docs | re-ingest unchanged, wall s (re / first) | {_times(d['ragqa'].reingest)} | (no incremental mode) | "
-        f"{_ratio_cell(re_ratio, repeat)} (re / first) | re <= 5 % of first | {_met(None if re_ratio[1] is None else re_ratio[1] <= TARGET_REINGEST)} |"
+        f"| Python docs | re-ingest unchanged, wall s (re / first) | "
+        f"{_times(d['ragqa'].reingest)} | (no incremental mode) | "
+        f"{_ratio_cell(re_ratio, repeat)} (re / first) | re <= 5 % of first | "
+        f"{_met(None if re_ratio[1] is None else re_ratio[1] <= TARGET_REINGEST)} |"
     )
     sq = _ratios(s["ragqa"].ingest, s["langchain"].ingest)
     lines.append(
-        f"| SQuAD ({s['ragqa'].documents or s['langchain'].documents or '?'} paragraphs) | ingest wall s | {_times(s['ragqa'].ingest)} | "
+        f"| SQuAD ({s['ragqa'].documents or s['langchain'].documents or '?'} paragraphs) | "
+        f"ingest wall s | {_times(s['ragqa'].ingest)} | "
         f"{_times(s['langchain'].ingest)} | {_ratio_cell(sq, repeat)} | | |"
     )
     lines.append(f"| SQuAD | chunks | {s['ragqa'].chunks or 'n/a'} | {s['langchain'].chunks or 'n/a'} | | | |")
@@ -443,7 +449,8 @@ def render_table(res: Results, repeat: int) -> str:
 
 def render_notes(res: Results, repeat: int, cold: bool = False) -> list[str]:
     notes = [
-        f"Wall seconds are whole processes (spawn to exit), {'min / median of ' + str(repeat) + ' runs' if repeat > 1 else 'one run'}; "
+        "Wall seconds are whole processes (spawn to exit), "
+        f"{'min / median of ' + str(repeat) + ' runs' if repeat > 1 else 'one run'}; "
         "ratios are of the mins / medians; targets are checked on the medians.",
         f"ragqa embedder backend: {res.ragqa_backend or 'unknown'}; its one-time embedder preparation "
         + (
@@ -457,7 +464,8 @@ def render_notes(res: Results, repeat: int, cold: bool = False) -> list[str]:
     ]
     if res.load:
         notes.append(
-            f"1-minute load average at start / end of the run: {' / '.join(f'{v:.1f}' for v in res.load)} (other work on the machine inflates every time)."
+            f"1-minute load average at start / end of the run: {' / '.join(f'{v:.1f}' for v in res.load)} "
+            "(other work on the machine inflates every time)."
         )
     for corpus in ("docs", "squad"):
         for pipeline, r in getattr(res, corpus).items():

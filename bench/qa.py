@@ -248,7 +248,7 @@ def rag_token_vs_separate(pipeline, collection, questions: list[str], new_tokens
         doc_lp = torch.as_tensor(retrieval.log_posterior, dtype=torch.float32)
         model = gen.model
 
-        def run_rt() -> float:
+        def run_rt(model: Any = model, prompts: list[list[int]] = prompts, doc_lp: torch.Tensor = doc_lp) -> float:
             t = time.perf_counter()
             rag_token_generate(
                 model,
@@ -260,7 +260,7 @@ def rag_token_vs_separate(pipeline, collection, questions: list[str], new_tokens
             )
             return time.perf_counter() - t
 
-        def run_sep() -> float:
+        def run_sep(model: Any = model, prompts: list[list[int]] = prompts) -> float:
             t = time.perf_counter()
             with torch.inference_mode():
                 for p in prompts:
@@ -598,7 +598,8 @@ def _render_systems(sysres: dict[str, Any], modes: list[str], args: argparse.Nam
         name = f"LangChain stuff chain (max_new_tokens={args.lc_max_new_tokens})" if s == LC else f"ragqa {s}"
         lines.append(
             f"| {name} | {_f(r['f1'])} | {_f(r['em'])} | {_f(r['p50_s'], '.2f')} | {_f(r['p95_s'], '.2f')} | "
-            f"{_f(r['tokens_per_answer'], '.1f')} | {_f(r['tokens_per_s'], '.1f')} | {_f(r.get('recall_at_k'), '.2f')} |"
+            f"{_f(r['tokens_per_answer'], '.1f')} | {_f(r['tokens_per_s'], '.1f')} | "
+            f"{_f(r.get('recall_at_k'), '.2f')} |"
         )
     lines.append("")
     lines.append(
@@ -654,7 +655,8 @@ def _render_abstention(res: dict[str, Any]) -> list[str]:
         if fits
         else f"Abstention on the unanswerable questions of the reported sample (seed {res['seed']}), thresholds off "
         f"and `QAConfig`'s (abstain_min_score={cfg['abstain_min_score']}, "
-        f"abstain_min_logprob={cfg['abstain_min_logprob']}, abstain_max_idk_margin={cfg.get('abstain_max_idk_margin')}). "
+        f"abstain_min_logprob={cfg['abstain_min_logprob']}, "
+        f"abstain_max_idk_margin={cfg.get('abstain_max_idk_margin')}). "
     )
     lines = [intro + "The model's own \"I don't know\" counts as an abstention in every row:", ""]
     lines.append(
@@ -669,7 +671,8 @@ def _render_abstention(res: dict[str, Any]) -> list[str]:
 
 
 def _render_abstention_mode(m: str, a: dict[str, Any]) -> list[str]:
-    """The rows of one mode: off, QAConfig's, fitted (if any), whether the target is met, the fit on its own questions."""
+    """The rows of one mode: off, QAConfig's, fitted (if any), whether the target is met,
+    the fit on its own questions."""
     lines = []
     off = a["off"]
     rows_ = [("off", off), ("QAConfig", a["on"])]
@@ -712,11 +715,13 @@ def _render_speed(res: dict[str, Any]) -> list[str]:
     if "speed" in res:
         sp = res["speed"]
         lines.append(
-            f"Decode speed vs the memory-bandwidth bound: numpy copy {sp['bandwidth_gbs']:.1f} GB/s (read + write, best of 5, "
+            f"Decode speed vs the memory-bandwidth bound: numpy copy {sp['bandwidth_gbs']:.1f} GB/s "
+            "(read + write, best of 5, "
             f"512 MB); generator weights {sp['params'] / 1e6:.1f} M params x {sp['dtype'].replace('torch.', '')} = "
             f"{sp['weight_bytes'] / 1e6:.0f} MB read per decode step, so single-stream decode is bounded by "
             f"{sp['bound_tokens_per_s']:.1f} tokens/s; measured (KV-cached, 1 row, best of 3 x 32 steps): "
-            f"{sp['decode_tokens_per_s']:.1f} tokens/s ({sp['decode_tokens_per_s'] / sp['bound_tokens_per_s']:.0%} of the bound); "
+            f"{sp['decode_tokens_per_s']:.1f} tokens/s "
+            f"({sp['decode_tokens_per_s'] / sp['bound_tokens_per_s']:.0%} of the bound); "
             f"4 rows (RAG-Token, K=4): {sp['decode_steps_per_s_4rows']:.1f} steps/s."
         )
         lines.append("")
@@ -814,10 +819,12 @@ def main(argv: list[str] | None = None) -> int:
         for m, a in res["abstention"].items():
             c = a.get("calibration")
             if c:
+                shown = ("f1", "em", "abstain_precision", "abstain_recall", "abstain_rate_answerable")
                 print(
-                    f"{m}: RAGQA_QA__ABSTAIN_MIN_SCORE={c['min_score']} RAGQA_QA__ABSTAIN_MIN_LOGPROB={c['min_logprob']} "
+                    f"{m}: RAGQA_QA__ABSTAIN_MIN_SCORE={c['min_score']} "
+                    f"RAGQA_QA__ABSTAIN_MIN_LOGPROB={c['min_logprob']} "
                     f"RAGQA_QA__ABSTAIN_MAX_IDK_MARGIN={c['max_idk_margin']} "
-                    f"-> {json.dumps({k: c['metrics'][k] for k in ('f1', 'em', 'abstain_precision', 'abstain_recall', 'abstain_rate_answerable')})}"
+                    f"-> {json.dumps({k: c['metrics'][k] for k in shown})}"
                 )
                 print(f"   without thresholds: F1 {a['off']['f1']:.3f}")
         for s, r in res["systems"].items():

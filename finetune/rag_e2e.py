@@ -84,7 +84,10 @@ def gather_answer_tokens(
 def marginal_nll(
     token_logprobs: torch.Tensor, doc_logprobs: torch.Tensor, mask: torch.Tensor, mode: str
 ) -> torch.Tensor:
-    """Mean over the batch of -log p(y|x) under ``mode``. ``token_logprobs (B,K,T)``, ``doc_logprobs (B,K)``, ``mask (B,T)``."""
+    """Mean over the batch of -log p(y|x) under ``mode``.
+
+    Shapes: ``token_logprobs (B,K,T)``, ``doc_logprobs (B,K)``, ``mask (B,T)``.
+    """
     fn = rag_token_sequence_logprob if mode == "rag-token" else rag_sequence_logprob
     return -fn(token_logprobs, doc_logprobs, mask).mean()
 

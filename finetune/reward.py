@@ -131,7 +131,8 @@ class RewardScorer:
             raise FinetuneError(str(exc)) from exc
         if info.kind != "reward":
             raise FinetuneError(
-                f"adapter {name!r} is a {info.kind} adapter, not a reward model (train one with `ragqa finetune reward`)"
+                f"adapter {name!r} is a {info.kind} adapter, not a reward model "
+                "(train one with `ragqa finetune reward`)"
             )
         if info.base_model and info.base_model != gen.name:
             raise FinetuneError(

@@ -98,7 +98,13 @@ def policy_stats(
         full = torch.cat([ids, completion], dim=1)
         att = torch.cat([torch.ones_like(ids), mask.long()], dim=1)
 
-        def logps(m) -> torch.Tensor:
+        def logps(
+            m: Any,
+            full: torch.Tensor = full,
+            att: torch.Tensor = att,
+            prompt: list[int] = prompt,
+            completion: torch.Tensor = completion,
+        ) -> torch.Tensor:
             logits = m(input_ids=full, attention_mask=att).logits[:, len(prompt) - 1 : -1].float()
             return torch.log_softmax(logits, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
 

@@ -59,7 +59,8 @@ _INDEX_RE = re.compile(r"^index-(\d+)\.faiss$")
 def validate_name(name: str) -> str:
     if not NAME_RE.match(name) or name.endswith((".tmp", ".trash")):
         raise InvalidCollectionNameError(
-            f"invalid collection name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"invalid collection name {name!r}: "
+            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
 

@@ -14,7 +14,9 @@ class EmbedderConfig(BaseModel):
     )
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
         "auto",
-        description="Embedding backend; auto = torch fp16 on GPU, torch bf16 on CPUs with AMX, else onnx-int8 (cached ONNX).",
+        description=(
+            "Embedding backend; auto = torch fp16 on GPU, torch bf16 on CPUs with AMX, else onnx-int8 (cached ONNX)."
+        ),
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",

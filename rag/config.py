@@ -100,7 +100,10 @@ class QAConfig(BaseModel):
     # `ragqa eval --calibrate` and set RAGQA_QA__ABSTAIN_MIN_SCORE / RAGQA_QA__ABSTAIN_MIN_LOGPROB.
     abstain_min_score: float | None = Field(
         None,
-        description="Abstain without generating when the best dense cosine is below this (calibrate with `ragqa eval --calibrate`).",
+        description=(
+            "Abstain without generating when the best dense cosine is below this "
+            "(calibrate with `ragqa eval --calibrate`)."
+        ),
     )
     abstain_min_logprob: float | None = Field(
         None, description="Abstain when the answer's mean per-token marginal log-likelihood is below this."

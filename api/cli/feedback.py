@@ -100,7 +100,8 @@ def feedback_export(
                 ("feedback rows", report.records),
                 (
                     "sft examples",
-                    f"{report.sft} ({report.sft_from_corrections} corrections, {report.sft_from_upvotes} up-voted answers)",
+                    f"{report.sft} ({report.sft_from_corrections} corrections, "
+                    f"{report.sft_from_upvotes} up-voted answers)",
                 ),
                 ("preference pairs", report.preferences),
                 ("skipped", ", ".join(f"{k}: {v}" for k, v in report.skipped.items()) or "none"),

@@ -153,7 +153,8 @@ TRAINERS = (
         "sft",
         SFTJob,
         "finetune.sft:run_sft",
-        "LoRA SFT on question/answer pairs; with -c, prompts hold retrieved chunks (incl. distractors), as at inference.",
+        "LoRA SFT on question/answer pairs; with -c, prompts hold "
+        "retrieved chunks (incl. distractors), as at inference.",
     ),
     Trainer(
         "reward",
@@ -202,7 +203,8 @@ def run_training(
         job = load_job(trainer.job, config, overrides)
         if not as_json:
             err.print(
-                f"[bold]{trainer.kind}[/]: training adapter {job.output!r} (progress below; Ctrl-C stops, --resume continues)"
+                f"[bold]{trainer.kind}[/]: training adapter {job.output!r} "
+                "(progress below; Ctrl-C stops, --resume continues)"
             )
         # The trainers print their step logs; they go to stderr so stdout stays the summary (or one JSON object).
         with contextlib.redirect_stdout(sys.stderr):

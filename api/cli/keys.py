@@ -34,7 +34,8 @@ def keys_create(
         emit_json({**key.to_dict(), "key": secret})
         return
     out.print(
-        f"created key [bold]{key.key_id}[/] ({name}); collections: {', '.join(key.collections) if key.collections else 'all'}",
+        f"created key [bold]{key.key_id}[/] ({name}); "
+        f"collections: {', '.join(key.collections) if key.collections else 'all'}",
         highlight=False,
     )
     out.print("the secret is shown only now; store it safely:")

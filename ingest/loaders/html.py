@@ -1,8 +1,8 @@
 """HTML loader: readable text and heading sections from a web page or a Sphinx build.
 
 Parsed with lxml's etree HTML parser directly: BeautifulSoup over lxml takes over ten times
-longer on the Python docs for the same text. Only the main content is read: the element with ``role="main"``, else ``<main>``,
-else a single ``<article>``, else ``<body>``. Scripts, styles, navigation, page headers and
+longer on the Python docs for the same text. Only the main content is read: the element with ``role="main"``,
+else ``<main>``, else a single ``<article>``, else ``<body>``. Scripts, styles, navigation, page headers and
 footers, hidden elements and Sphinx chrome (``div.related``, ``div.sphinxsidebar``,
 ``div.footer``, the ``¶`` header links) are dropped. Paragraphs are separated by blank lines,
 list items and table rows by single newlines, ``<pre>`` keeps its line breaks, and every

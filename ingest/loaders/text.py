@@ -161,7 +161,7 @@ def split_markdown(text: str) -> list[tuple[list[str], str]]:
     stack: list[tuple[int, str]] = []
     start = 0
     path: list[str] = []
-    for first, last, level, heading in _markdown_headings(lines):
+    for first, _last, level, heading in _markdown_headings(lines):
         body = "\n".join(lines[start:first]).strip("\n")
         if body.strip():
             sections.append((path, body))
