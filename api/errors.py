@@ -162,7 +162,7 @@ def install_handlers(app: FastAPI) -> None:
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
-        message = f"{where}: {first['msg']}" if where else first["msg"]
+        message = f"{where}: {first['msg']}" if where else str(first["msg"])
         return JSONResponse(error_body("validation_error", message, details=details), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

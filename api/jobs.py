@@ -22,6 +22,7 @@ is ever dropped.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import re
@@ -213,7 +214,7 @@ class JobStore(SqliteStore):
             )
         return status
 
-    def fail_collection(self, collection: str, reason: str) -> list[str]:
+    def fail_collection(self, collection: str, reason: str) -> builtins.list[str]:
         """Fail every unfinished job of ``collection`` (e.g. it was deleted)."""
         with self._lock:
             ids = [
@@ -226,7 +227,7 @@ class JobStore(SqliteStore):
             self.finish(job_id, "failed", reason)
         return ids
 
-    def recover(self) -> list[str]:
+    def recover(self) -> builtins.list[str]:
         """At start-up: jobs left ``running`` by a stopped or crashed server are queued again."""
         with self._tx() as db:
             ids = [r[0] for r in db.execute("SELECT job_id FROM jobs WHERE status='running'")]

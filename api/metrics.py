@@ -126,8 +126,8 @@ class StatsCollector:
                 d = dict(labels)
                 family.add_metric([d.get(n, "") for n in names], float(v))
             yield family
-        for source, (fn, table) in sorted(self.sources.items()):
-            stats = self._call(source, fn)
+        for source, (stats_fn, table) in sorted(self.sources.items()):
+            stats = self._call(source, stats_fn)
             if stats is None:
                 continue
             for key, (name, kind, text) in table.items():

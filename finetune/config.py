@@ -137,7 +137,7 @@ class RLHFJob(BaseJob):
 
 class RAGJob(BaseJob, RetrievalOptions):
     data: Path = Field(..., description="JSONL of {question, answer}.")
-    collection: str = Field(..., description="Collection the K documents are retrieved from.")  # type: ignore[assignment]
+    collection: str = Field(..., description="Collection the K documents are retrieved from.")
     mode: Literal["rag-token", "rag-sequence"] = Field("rag-token", description="Which marginal likelihood to train.")
     train_query_encoder: bool = Field(
         False, description="Also train the query side of the retriever through p(z|x); document vectors stay fixed."

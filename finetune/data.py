@@ -85,7 +85,7 @@ def parse_records(lines: Iterable[str], kind: str, source: str = "<data>") -> tu
         if not isinstance(obj, dict):
             errors.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
             continue
-        missing = [k for k in REQUIRED[kind] if not isinstance(obj.get(k), str) or not obj.get(k).strip()]
+        missing = [k for k in REQUIRED[kind] if not (isinstance(v := obj.get(k), str) and v.strip())]
         if missing:
             errors.append(f"{where}: missing or empty field(s) {', '.join(missing)} (need {', '.join(REQUIRED[kind])})")
             continue

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from finetune.config import DPOJob
 from finetune.data import Example, file_sha256, read_jsonl
@@ -24,6 +24,9 @@ from finetune.runner import (
     trainable_parameters,
     trainer_kwargs,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 from rag.generator import Generator
 from rag.prompts import chat_messages
 
@@ -38,6 +41,7 @@ def dpo_features(
     rows = []
     for ex in examples:
         contexts = [cut(gen.tokenizer, c, max_context_tokens) for c in ex.contexts]
+        assert ex.chosen is not None and ex.rejected is not None  # preference examples carry both
         longest = max(
             len(tokenize_pair(gen, ex.question, contexts, a, one_shot=one_shot)["input_ids"])
             for a in (ex.chosen, ex.rejected)
@@ -78,7 +82,7 @@ def run_dpo(job: DPOJob, ws: Workspace) -> TrainResult:
     args = DPOConfig(**trainer_kwargs(job, run_dir, has_eval=True), beta=job.beta, max_length=job.train.max_length)
     stats = RunStats()
     trainer = DPOTrainer(
-        model=model,
+        model=cast("PreTrainedModel", model),  # start_policy's model: a transformers causal LM
         args=args,
         processing_class=tok,
         train_dataset=Dataset.from_list(train_rows),
@@ -89,6 +93,7 @@ def run_dpo(job: DPOJob, ws: Workspace) -> TrainResult:
     out = trainer.train(resume_from_checkpoint=resume)
     after = trainer.evaluate()
     stats.stop()
+    assert trainer.model is not None  # the Trainer was built with a model
     trainable, total = trainable_parameters(trainer.model)
     metrics = {
         "train_loss": round(float(out.training_loss), 4),

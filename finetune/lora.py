@@ -60,12 +60,14 @@ def stack_adapters(first: Path, second: Path, out: Path) -> None:
         a1, b1 = w1.get(f"{p}.lora_A.weight"), w1.get(f"{p}.lora_B.weight")
         a2, b2 = w2.get(f"{p}.lora_A.weight"), w2.get(f"{p}.lora_B.weight")
         ref_a, ref_b = (a1, b1) if a1 is not None else (a2, b2)
+        assert ref_a is not None and ref_b is not None, f"{p}: lora_A without lora_B"
         in_f, out_f = ref_a.shape[1], ref_b.shape[0]
         dtype = ref_a.dtype
         if a1 is None:
             a1, b1 = torch.zeros(r1, in_f, dtype=dtype), torch.zeros(out_f, r1, dtype=dtype)
         if a2 is None:
             a2, b2 = torch.zeros(r2, in_f, dtype=dtype), torch.zeros(out_f, r2, dtype=dtype)
+        assert b1 is not None and b2 is not None, f"{p}: lora_A without lora_B"
         merged[f"{p}.lora_A.weight"] = torch.cat([a1, a2], dim=0).contiguous()
         merged[f"{p}.lora_B.weight"] = torch.cat([b1 * s1, b2 * s2], dim=1).contiguous()
     others = {k: v for k, v in {**w1, **w2}.items() if ".lora_A." not in k and ".lora_B." not in k}

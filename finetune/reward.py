@@ -41,6 +41,7 @@ def preference_features(
     rows = []
     for ex in examples:
         contexts = [cut(gen.tokenizer, c, max_context_tokens) for c in ex.contexts]
+        assert ex.chosen is not None and ex.rejected is not None  # preference examples carry both
         chosen = tokenize_pair(gen, ex.question, contexts, ex.chosen, one_shot=one_shot)["input_ids"]
         rejected = tokenize_pair(gen, ex.question, contexts, ex.rejected, one_shot=one_shot)["input_ids"]
         rows.append({"chosen_ids": chosen, "rejected_ids": rejected})
@@ -90,6 +91,7 @@ def run_reward(job: RewardJob, ws: Workspace) -> TrainResult:
     out = trainer.train(resume_from_checkpoint=resume)
     after = trainer.evaluate()
     stats.stop()
+    assert trainer.model is not None  # the Trainer was built with a model
     trainable, total = trainable_parameters(trainer.model)
     metrics = {
         "train_loss": round(float(out.training_loss), 4),

@@ -148,7 +148,7 @@ def lora_config(
         layers = list(range(max(0, n - opts.top_layers), n))
     return LoraConfig(
         r=opts.r,
-        lora_alpha=opts.alpha,
+        lora_alpha=opts.alpha,  # type: ignore[arg-type]  # peft annotates int; a float alpha works (scale = alpha / r)
         lora_dropout=opts.dropout,
         target_modules=list(opts.target_modules),
         layers_to_transform=layers,

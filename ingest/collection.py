@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -106,7 +106,7 @@ class Collection:
         self.name = path.name
         self.store = store
         self.readonly = readonly
-        self._lock_fh = None
+        self._lock_fh: TextIO | None = None
         self.embedder_name: str = store.get_meta("embedder")
         self.dim: int = int(store.get_meta("dim"))
         self.chunking = ChunkingConfig(**store.get_meta("chunking"))

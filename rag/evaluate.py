@@ -76,7 +76,7 @@ def load_squad(path: Path) -> list[QAExample]:
         raise ValueError(f"cannot read SQuAD data from {path}: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise ValueError(f"{path} is not SQuAD format: expected {{'data': [{{'title', 'paragraphs'}}]}}")
-    out = []
+    out: list[QAExample] = []
     for article in data["data"]:
         for para in article.get("paragraphs", []):
             for qa in para.get("qas", []):

@@ -83,7 +83,10 @@ class RagqaQAChain(RunnableSerializable[Any, dict]):
         )
         return ans.to_dict()
 
-    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[str]:
+    # Streams the answer text, not partial output dicts: a deliberate departure from Runnable.stream's signature.
+    def stream(  # type: ignore[override]
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[str]:
         """Yield the answer text piece by piece as the generator produces it."""
         req = _request(input)
         pieces: queue.Queue = queue.Queue()

@@ -107,8 +107,8 @@ def clean_generated_question(text: str, answer: str, context: str | None = None)
     if letters < 0.75 * len(q) or answer.lower() in q.lower():
         return None
     if context is not None:
-        words = _content_words(q)
-        if len(words & _content_words(context)) < min(2, len(words)) or not words:
+        content = _content_words(q)
+        if len(content & _content_words(context)) < min(2, len(content)) or not content:
             return None
     return q
 

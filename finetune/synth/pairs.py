@@ -103,7 +103,8 @@ def _plan(
         report.chunks_with_candidates += 1
         rng.shuffle(found)
         seen: set[tuple[int, int]] = set()
-        firsts, rest = [], []
+        firsts: list[tuple[tuple[int, int], Candidate]] = []
+        rest: list[tuple[tuple[int, int], Candidate]] = []
         for span, cand in sorted(found, key=lambda sc: TYPE_PRIORITY[sc[1].kind]):
             (rest if span in seen else firsts).append((span, cand))
             seen.add(span)
