@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import Depends, Request
 
@@ -23,6 +24,7 @@ from api.metrics import Metrics
 from api.settings import LimitsConfig
 
 Scope = Literal["ask", "upload"]
+Reason = Literal["rate_limited", "quota"]
 
 
 class TooManyRequests(ApiError):
@@ -39,9 +41,9 @@ class _Rule:
 
     setting: str
     text: str
-    limit: object  # limits.RateLimitItem
-    strategy: object  # limits.strategies.RateLimiter
-    reason: Literal["rate_limited", "quota"]
+    limit: Any  # limits.RateLimitItem
+    strategy: Any  # limits.strategies.RateLimiter
+    reason: Reason
 
 
 class RateLimiter:
@@ -51,7 +53,7 @@ class RateLimiter:
         self.config = config
         self.metrics = metrics
         self._rules: dict[Scope, list[_Rule]] = {"ask": [], "upload": []}
-        wanted = [
+        wanted: list[tuple[Scope, str, str | None, str, Reason]] = [
             ("ask", "ask_per_key", config.ask_per_key, config.strategy, "rate_limited"),
             ("ask", "quota_per_key", config.quota_per_key, "fixed-window", "quota"),
             ("upload", "upload_per_key", config.upload_per_key, config.strategy, "rate_limited"),
@@ -61,12 +63,12 @@ class RateLimiter:
         from limits import parse, storage, strategies
 
         self._storage = storage.MemoryStorage()
-        kinds = {
+        kinds: dict[str, Callable[..., Any]] = {
             "moving-window": strategies.MovingWindowRateLimiter,
             "fixed-window": strategies.FixedWindowRateLimiter,
             "sliding-window-counter": strategies.SlidingWindowCounterRateLimiter,
         }
-        built: dict[str, object] = {}
+        built: dict[str, Any] = {}
         for scope, setting, text, kind, reason in wanted:
             if text:
                 strategy = built.setdefault(kind, kinds[kind](self._storage))

@@ -477,15 +477,17 @@ def build_service(settings: Settings, *, metrics: Metrics | None = None, start_w
     jobs = JobStore(db)
     storage = UploadStorage(settings.home / "uploads")
     gate = WriterGate()
+
+    def count_file(result: str, chunks: int) -> None:
+        metrics.inc("ragqa_ingest_files_total", result=result)
+        metrics.inc("ragqa_ingest_chunks_total", chunks)
+
     worker = IngestWorker(
         ws,
         jobs,
         storage,
         gate,
-        on_file=lambda result, chunks: (
-            metrics.inc("ragqa_ingest_files_total", result=result),
-            metrics.inc("ragqa_ingest_chunks_total", chunks),
-        ),
+        on_file=count_file,
         on_job=lambda status: metrics.inc("ragqa_ingest_jobs_total", status=status),
     )
     metrics.gauge("ragqa_jobs", lambda: {(("status", s),): float(n) for s, n in jobs.counts().items()})

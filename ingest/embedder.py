@@ -557,7 +557,8 @@ def prepare_embedder(config: EmbedderConfig, cache_dir: pathlib.Path) -> list[pa
         return []
     max_tokens = int(config.max_seq_length or plan["max_tokens"])
     backend = getattr(config, "backend", "auto") or "auto"
-    variants: list[Variant] = {"onnx": ["fp32"], "torch": []}.get(backend, ["int8"])
+    by_backend: dict[str, list[Variant]] = {"onnx": ["fp32"], "torch": []}
+    variants = by_backend.get(backend, ["int8"])
     try:
         return [build_onnx(path, cache_dir, v, max_tokens) for v in variants]
     except OnnxExportError as exc:

@@ -150,7 +150,9 @@ def parameters(options: list[JobOption]) -> list[inspect.Parameter]:
         flags = opt.flags
         if opt.kind is bool:  # --flag / --no-flag, so a config file's true can be switched off too
             flags = (f"{flags[0]}/--no-{flags[0][2:]}", *flags[1:])
-        annotation = Annotated[opt.kind | None, typer.Option(*flags, help=opt.help, show_default=False)]
+        # built at run time from the option's type, which mypy cannot follow
+        option = typer.Option(*flags, help=opt.help, show_default=False)
+        annotation = Annotated[opt.kind | None, option]  # type: ignore[name-defined]
         params.append(inspect.Parameter(opt.param, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
     return params
 

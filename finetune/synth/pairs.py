@@ -32,9 +32,12 @@ class SynthError(ValueError):
 class ChunkLike(Protocol):
     """What :func:`synthesize` reads from a chunk (``ingest.store.ChunkRow`` fits)."""
 
-    chunk_id: str
-    text: str
-    metadata: Mapping[str, Any]
+    @property
+    def chunk_id(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def metadata(self) -> Mapping[str, Any]: ...
 
 
 @dataclass
