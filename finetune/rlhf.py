@@ -152,7 +152,7 @@ def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
     kwargs["per_device_train_batch_size"] = max(
         job.num_generations, job.train.batch_size // job.num_generations * job.num_generations
     )
-    common = dict(
+    common: dict[str, Any] = dict(
         num_generations=job.num_generations,
         max_completion_length=job.max_completion_length,
         temperature=job.temperature,

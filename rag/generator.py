@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,8 +58,9 @@ class Generator:
         self.models_dir = Path(models_dir)
         self.adapters_dir = Path(adapters_dir) if adapters_dir else self.models_dir.parent / "adapters"
         self.adapters = AdapterStore(self.adapters_dir)
-        self._model = None
-        self._tokenizer = None
+        # transformers / peft objects (a causal LM, maybe wrapped in a PeftModel; its tokenizer), typed loosely
+        self._model: Any = None
+        self._tokenizer: Any = None
         self._eos_ids: list[int] = []
         self._abstention_ids: list[int] = []
         self._loaded_adapters: set[str] = set()
@@ -83,7 +85,7 @@ class Generator:
         self.name = loc.name
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(loc.path)
-            model = AutoModelForCausalLM.from_pretrained(loc.path, dtype=self.dtype)
+            model: Any = AutoModelForCausalLM.from_pretrained(loc.path, dtype=self.dtype)
         except OSError as exc:
             raise ModelNotFoundError(
                 f"cannot load the generator {loc.name!r} from {loc.path}: {exc}. Point RAGQA_GENERATOR__MODEL "
