@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import logging
 import random
 import re
@@ -69,30 +68,17 @@ class QAExample:
 
 
 def load_squad(path: Path) -> list[QAExample]:
-    """Every question of a SQuAD-format file (v1.1 or v2.0)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read SQuAD data from {path}: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise ValueError(f"{path} is not SQuAD format: expected {{'data': [{{'title', 'paragraphs'}}]}}")
-    out: list[QAExample] = []
-    for article in data["data"]:
-        for para in article.get("paragraphs", []):
-            for qa in para.get("qas", []):
-                answers = [a["text"] for a in qa.get("answers", []) if a.get("text")]
-                impossible = bool(qa.get("is_impossible", False)) or not answers
-                out.append(
-                    QAExample(
-                        str(qa.get("id", len(out))),
-                        qa["question"],
-                        answers,
-                        article.get("title", ""),
-                        para.get("context", ""),
-                        impossible,
-                    )
-                )
-    return out
+    """Every question of a SQuAD-format file (v1.1 or v2.0), read by :mod:`ingest.squad`.
+
+    Raises:
+        ValueError: (``ingest.squad.SquadFormatError``) the file is unreadable or not SQuAD.
+    """
+    from ingest.squad import iter_questions, read_squad
+
+    return [
+        QAExample(q.qid, q.question, q.answer_texts, a.title, p.context, not q.answerable)
+        for a, p, q in iter_questions(read_squad(path))
+    ]
 
 
 def sample_examples(examples: list[QAExample], n: int | None, seed: int = 0) -> list[QAExample]:

@@ -8,6 +8,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from rag.stemming import s_stem
+
 QuestionWriter = Callable[[str, str], str]
 """``write(context, answer) -> raw text`` of a question the context answers with ``answer``."""
 
@@ -85,7 +87,7 @@ _QUESTION_STOPWORDS = {
 
 
 def _content_words(text: str) -> set[str]:
-    return {w.rstrip("s") for w in re.findall(r"[a-z][a-z0-9-]{3,}", text.lower()) if w not in _QUESTION_STOPWORDS}
+    return {s_stem(w) for w in re.findall(r"[a-z][a-z0-9-]{3,}", text.lower()) if w not in _QUESTION_STOPWORDS}
 
 
 def clean_generated_question(text: str, answer: str, context: str | None = None) -> str | None:

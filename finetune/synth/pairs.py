@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
+from finetune.errors import SynthError
 from finetune.synth.candidates import TYPE_PRIORITY, Candidate, chunk_candidates
 from finetune.synth.cloze import cloze_question
 from finetune.synth.generated import QuestionWriter, clean_generated_question
@@ -23,10 +24,6 @@ from finetune.synth.generated import QuestionWriter, clean_generated_question
 logger = logging.getLogger(__name__)
 
 METHODS = ("cloze", "generate", "both")
-
-
-class SynthError(ValueError):
-    """Synthetic data cannot be built as asked (bad method, no generator, nothing usable in the chunks)."""
 
 
 class ChunkLike(Protocol):
