@@ -33,6 +33,44 @@ app = typer.Typer(
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of options (command-line options win).")]
 
 
+# -- squad: training files from a SQuAD-format file ----------------------------------------------
+@app.command("squad")
+def finetune_squad(
+    data: Annotated[Path, typer.Argument(help="SQuAD-format JSON file (v1.1 or v2.0).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for sft.jsonl (and heldout.json, ...).")],
+    held_out: Annotated[
+        list[int] | None,
+        typer.Option("--held-out", help="Article position in the file kept out of training (repeatable)."),
+    ] = None,
+    unanswerable: Annotated[
+        float, typer.Option(help="Also train on this share of unanswerable questions, answered \"I don't know.\".")
+    ] = 0.0,
+    preferences: Annotated[int, typer.Option(min=0, help="Preference pairs to write (0: none).")] = 0,
+    prompts: Annotated[int, typer.Option(min=0, help="RLHF prompts taken from the preference questions.")] = 16,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """SFT / held-out / preference / prompt files from a SQuAD-format file, ready for
+    `ragqa finetune sft --data OUT/sft.jsonl` (and `dpo`, `rlhf`)."""
+    from finetune.data import DataError
+    from finetune.squad import squad_training_data
+
+    if output.exists() and not output.is_dir():
+        fail(f"{output} is a file; give a folder for the training files", as_json)
+    try:
+        result = squad_training_data(
+            data, output, held_out=held_out or (), unanswerable=unanswerable, preferences=preferences,
+            prompts=prompts, seed=seed,
+        )
+    except DataError as exc:
+        fail(str(exc), as_json)
+    summary = result.to_dict()
+    if as_json:
+        emit_json({"ok": True, **summary})
+        return
+    out.print(summary_table("finetune squad", list(summary.items())))
+
+
 # -- synth: training pairs from a collection's own text ------------------------------------------
 @app.command("synth")
 def finetune_synth(

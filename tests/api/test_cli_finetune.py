@@ -263,3 +263,25 @@ def test_adapters_list_show_delete(adapters_home):
 def test_adapters_list_on_an_empty_workspace(home):
     result = CliRunner().invoke(app, ["adapters", "list"])
     assert result.exit_code == 0 and "no adapters yet" in result.stdout
+
+
+def test_finetune_squad_writes_training_files(tmp_path):
+    """`ragqa finetune squad` turns a SQuAD file into SFT + held-out files; bad input exits 2 with a reason."""
+    runner = CliRunner()
+    out = tmp_path / "train"
+    squad = DATA / "benchmarks" / "squad2_dev_public.json"
+    result = runner.invoke(app, ["finetune", "squad", str(squad), "-o", str(out), "--held-out", "2",
+                                 "--unanswerable", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["ok"] and summary["held_out_articles"] and summary["answerable"] > 0
+    assert summary["unanswerable"] == round(0.5 * summary["answerable"])
+    lines = (out / "sft.jsonl").read_text().splitlines()
+    assert len(lines) == summary["answerable"] + summary["unanswerable"]
+    assert (out / "heldout.json").exists()
+
+    bad = tmp_path / "not-squad.json"
+    bad.write_text('{"hello": 1}')
+    result = runner.invoke(app, ["finetune", "squad", str(bad), "-o", str(tmp_path / "x"), "--json"])
+    assert result.exit_code == 2
+    assert "SQuAD" in json.loads(result.stdout.strip().splitlines()[-1])["error"]
