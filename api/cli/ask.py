@@ -14,10 +14,10 @@ from ingest.errors import IngestError
 
 
 def _answer_errors() -> tuple[type[Exception], ...]:
-    from rag.generator import AdapterError
-    from rag.qa import QAError
+    """Every error root of the packages an answer goes through (retriever, generator, QA, store)."""
+    from rag.errors import RagError
 
-    return (IngestError, QAError, AdapterError)
+    return (IngestError, RagError)
 
 
 def ask(
