@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import shutil
 import threading
@@ -405,20 +404,12 @@ class RagService:
         """LoRA adapters in the workspace: folders of ``adapters_dir`` holding ``adapter_config.json``
         (hidden ones, such as an adapter still being written, are skipped), with their base model and
         their ``ragqa_adapter.json`` metadata (kind, training options, metrics) when present."""
-        root = self.settings.adapters_dir
-        if not root.is_dir():
-            return []
-        out = []
-        for path in sorted(
-            p for p in root.iterdir() if not p.name.startswith(".") and (p / "adapter_config.json").is_file()
-        ):
-            meta_file = path / "ragqa_adapter.json"
-            meta = _read_json_object(meta_file) if meta_file.is_file() else {}
-            base = meta.get("base_model") or _read_json_object(path / "adapter_config.json").get(
-                "base_model_name_or_path"
-            )
-            out.append(AdapterPublic(name=path.name, base_model=base, metadata=meta))
-        return out
+        from rag.adapter_store import AdapterStore
+
+        return [
+            AdapterPublic(name=e.name, base_model=e.base_model, metadata=e.meta)
+            for e in AdapterStore(self.settings.adapters_dir).list()
+        ]
 
     # -- health -------------------------------------------------------------------------
     def health(self) -> Health:
@@ -452,16 +443,6 @@ class RagService:
         self.readers.close()
         for store in (self.jobs, self.answers, self.keys):
             store.close()
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; ``{}`` (with a warning) when it is unreadable or not an object."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        logger.warning("cannot read %s: %s", path, exc)
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def build_service(settings: Settings, *, metrics: Metrics | None = None, start_worker: bool = True) -> RagService:
