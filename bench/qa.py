@@ -115,11 +115,11 @@ class LangChainQA:
         from langchain_huggingface import ChatHuggingFace, HuggingFaceEmbeddings, HuggingFacePipeline
         from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-        data = json.loads(squad.read_text(encoding="utf-8"))
+        from ingest.squad import iter_paragraphs, read_squad
+
         docs = [
-            Document(page_content=p["context"], metadata={"title": a["title"], "paragraph": i})
-            for a in data["data"]
-            for i, p in enumerate(a["paragraphs"])
+            Document(page_content=p.context, metadata={"title": a.title, "paragraph": p.index})
+            for a, p in iter_paragraphs(read_squad(squad))
         ]
         chunks = RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200).split_documents(docs)
         embeddings = HuggingFaceEmbeddings(model_name=str(common.bundled_model_dir()))

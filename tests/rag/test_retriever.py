@@ -502,13 +502,12 @@ def test_squad_recall_at_4(tmp_path) -> None:
 
     ws = Workspace(tmp_path / "home", IngestConfig())
     ws.ingest([SQUAD], "squad")
-    data = json.loads(SQUAD.read_text(encoding="utf-8"))
+    from ingest.squad import iter_questions, read_squad
+
     qas = [
-        (q["question"], article["title"], i)
-        for article in data["data"]
-        for i, paragraph in enumerate(article["paragraphs"])
-        for q in paragraph["qas"]
-        if not q["is_impossible"]
+        (q.question, article.title, paragraph.index)
+        for article, paragraph, q in iter_questions(read_squad(SQUAD))
+        if not q.is_impossible
     ]
     questions = list(dict.fromkeys(q for q, _, _ in qas))
     r = Retriever(_CachedQueries(ws.embedder, questions), RetrieverConfig(k=4))
