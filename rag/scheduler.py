@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from transformers.cache_utils import DynamicLayer
@@ -97,6 +97,9 @@ PrefillFn = Callable[[torch.nn.Module, Sequence[Sequence[int]]], PrefillState]
 # --------------------------------------------------------------------------- errors
 
 
+_Outcome = Literal["completed", "failed", "cancelled", "expired", "closed"]
+
+
 class SchedulerError(RagError, RuntimeError):
     """A request could not be served by the scheduler."""
 
@@ -110,6 +113,8 @@ class QueueFullError(ServerBusyError, SchedulerError):
 
 class DeadlineExceededError(ServingDeadlineError, SchedulerError):
     """The request's deadline passed before its answer was complete; its rows were freed."""
+
+    timeout_s: float | None  # type: ignore[assignment]  # the scheduler may not know the deadline
 
     def __init__(self, message: str, timeout_s: float | None = None) -> None:
         Exception.__init__(self, message)
@@ -128,15 +133,24 @@ class SchedulerClosedError(SchedulerError):
 
 
 def _layers(state: PrefillState) -> list[DynamicLayer]:
-    layers = list(state.past_key_values.layers)
-    for layer in layers:
-        if type(layer) is not DynamicLayer or not layer.is_initialized:
+    layers: list[DynamicLayer] = []
+    for layer in state.past_key_values.layers:
+        if not isinstance(layer, DynamicLayer) or type(layer) is not DynamicLayer or not layer.is_initialized:
             raise TypeError(
                 f"continuous batching needs plain, filled DynamicLayer caches, got {type(layer).__name__}"
-                f"{'' if layer.is_initialized else ' (empty)'}; sliding-window / quantized caches cannot be "
-                "concatenated: serve this model without the scheduler."
+                f"{'' if getattr(layer, 'is_initialized', False) else ' (empty)'}; sliding-window / quantized "
+                "caches cannot be concatenated: serve this model without the scheduler."
             )
+        layers.append(layer)
     return layers
+
+
+def _kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values of a filled layer (:func:`_layers` checked that they are set)."""
+    k, v = layer.keys, layer.values
+    if k is None or v is None:
+        raise TypeError("continuous batching needs filled DynamicLayer caches, got an empty one.")
+    return k, v
 
 
 def pad_state_left(state: PrefillState, columns: int) -> None:
@@ -148,7 +162,7 @@ def pad_state_left(state: PrefillState, columns: int) -> None:
     if columns <= 0:
         return
     for layer in _layers(state):
-        k, v = layer.keys, layer.values
+        k, v = _kv(layer)
         layer.keys = torch.cat([k.new_zeros((*k.shape[:2], columns, k.shape[3])), k], dim=-2)
         layer.values = torch.cat([v.new_zeros((*v.shape[:2], columns, v.shape[3])), v], dim=-2)
     mask = state.attention_mask
@@ -173,8 +187,9 @@ def concat_states(first: PrefillState, second: PrefillState) -> PrefillState:
     if len(layers1) != len(layers2):
         raise ValueError(f"the caches have {len(layers1)} and {len(layers2)} layers: they come from different models.")
     for a, b in zip(layers1, layers2):
-        a.keys = torch.cat([a.keys, b.keys], dim=0)
-        a.values = torch.cat([a.values, b.values], dim=0)
+        (ak, av), (bk, bv) = _kv(a), _kv(b)
+        a.keys = torch.cat([ak, bk], dim=0)
+        a.values = torch.cat([av, bv], dim=0)
     return PrefillState(
         next_logprobs=torch.cat([first.next_logprobs, second.next_logprobs], dim=0),
         past_key_values=first.past_key_values,
@@ -197,8 +212,9 @@ def keep_rows(state: PrefillState, rows: Sequence[int] | torch.Tensor) -> None:
     first = int(torch.argmax(used.to(torch.int8)))  # first column some row uses
     if first > 0:
         for layer in _layers(state):
-            layer.keys = layer.keys[:, :, first:, :]
-            layer.values = layer.values[:, :, first:, :]
+            k, v = _kv(layer)
+            layer.keys = k[:, :, first:, :]
+            layer.values = v[:, :, first:, :]
         state.attention_mask = state.attention_mask[:, first:]
 
 
@@ -290,7 +306,7 @@ class GenerationRequest:
 class RequestMetrics:
     """What happened to one request (handed to ``on_request_done``)."""
 
-    outcome: Literal["completed", "failed", "cancelled", "expired", "closed"]
+    outcome: _Outcome
     adapter: str | None
     rows: int
     new_tokens: int
@@ -449,7 +465,7 @@ class Scheduler:
         self._waiting: collections.deque[_Job] = collections.deque()
         self._groups: dict[str | None, _Group] = {}
         self._closing = False
-        self._counts = collections.Counter()
+        self._counts: collections.Counter[str] = collections.Counter()
         self._last_step_rows = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -602,6 +618,9 @@ class Scheduler:
                 self._finish(handle, "completed", value=value)
             return
         request = job.request
+        if request is None:  # a _Job always has a request or a call
+            self._finish(handle, "failed", error=SchedulerError(f"request {handle.id} has nothing to run."))
+            return
         try:
             with self.session(request.adapter) as model:
                 state = self._prefill(request, model)
@@ -615,7 +634,7 @@ class Scheduler:
                 doc,
                 max_new_tokens=request.max_new_tokens,
                 eos_token_ids=request.eos_token_ids,
-                strategy=request.strategy,
+                strategy=cast(Literal["greedy", "sample"], request.strategy),  # beam went to submit_call
                 temperature=request.temperature,
                 top_p=request.top_p,
                 generator=request.generator,
@@ -707,7 +726,9 @@ class Scheduler:
             self._counts["steps"] += 1
         if self.on_step is not None:
             self.on_step(group.rows, seconds)
-        offset, leaving, finished = 0, set(), []
+        offset = 0
+        leaving: set[int] = set()
+        finished: list[tuple[_Active, _Outcome, Exception | None]] = []
         for member in group.members:
             rows = member.handle.rows
             try:
@@ -725,13 +746,15 @@ class Scheduler:
             offset += rows
         if leaving:
             self._remove(group, leaving)
-        for member, outcome, error in finished:
+        for member, outcome, failure in finished:
             value = member.stepper.output(member.reference) if outcome == "completed" else None
-            self._finish(member.handle, outcome, value=value, error=error)
+            self._finish(member.handle, outcome, value=value, error=failure)
 
     def _remove(self, group: _Group, leaving: set[int]) -> None:
         """Drop the rows of the members whose ``id()`` is in ``leaving``."""
-        rows, kept, offset = [], [], 0
+        rows: list[int] = []
+        kept: list[_Active] = []
+        offset = 0
         for member in group.members:
             if id(member) not in leaving:
                 kept.append(member)
@@ -759,7 +782,7 @@ class Scheduler:
             )
 
     def _finish(
-        self, handle: RequestHandle, outcome: str, *, value: Any = None, error: BaseException | None = None
+        self, handle: RequestHandle, outcome: _Outcome, *, value: Any = None, error: BaseException | None = None
     ) -> None:
         now = time.monotonic()
         with self._cv:
