@@ -26,10 +26,10 @@ import dataclasses
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from transformers import DynamicCache
@@ -123,7 +123,7 @@ def _pad_token_id(model: torch.nn.Module, pad_token_id: int | None) -> int:
     return int(config_pad) if config_pad is not None else 0
 
 
-def _eos_list(eos_token_ids: int | Sequence[int] | None) -> list[int]:
+def _eos_list(eos_token_ids: int | Collection[int] | None) -> list[int]:
     if eos_token_ids is None:
         return []
     if isinstance(eos_token_ids, int):
@@ -171,8 +171,19 @@ def _positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def _new_cache(model: torch.nn.Module) -> DynamicCache:
+    """An empty cache for ``model`` (``nn.Module.__getattr__`` types ``model.config`` as Tensor | Module)."""
+    config: Any = model.config
+    return DynamicCache(config=config)
+
+
+def _dynamic_layers(cache: DynamicCache) -> list[DynamicLayer]:
+    """The layers of a cache built for a plain-KV model (see :func:`_plain_dynamic_cache`)."""
+    return cast(list[DynamicLayer], list(cache.layers))
+
+
 @functools.cache
-def _accepts_logits_to_keep(model_class: type) -> bool:
+def _accepts_logits_to_keep(model_class: type[torch.nn.Module]) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
@@ -203,7 +214,7 @@ class PrefillState:
             rows: ``(R',)`` long indices into the current R rows (may repeat, any length).
         """
         rows = rows.to(self.attention_mask.device)
-        self.past_key_values.reorder_cache(rows)
+        self.past_key_values.reorder_cache(rows)  # type: ignore[arg-type]  # transformers says LongTensor; a long Tensor is what it takes
         self.next_logprobs = self.next_logprobs.index_select(0, rows.to(self.next_logprobs.device))
         self.attention_mask = self.attention_mask.index_select(0, rows)
         self.next_positions = self.next_positions.index_select(0, rows)
@@ -213,8 +224,8 @@ def _forward(model: torch.nn.Module, **kwargs: object) -> torch.Tensor:
     """One forward; returns float32 logits of the last position, ``(R, V)``."""
     # a PeftModel's forward takes **kwargs and hands them to the wrapped model: ask the wrapped model,
     # or a prefill with an adapter would project every prompt position through the vocabulary head
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if _accepts_logits_to_keep(type(inner)):
+    inner: torch.nn.Module = cast(Any, model).get_base_model() if hasattr(model, "get_base_model") else model
+    if _accepts_logits_to_keep(type(inner)):  # type: ignore[arg-type]  # torch's Module.__hash__ stub: classes are hashable
         kwargs["logits_to_keep"] = 1
     out = model(**kwargs, use_cache=True)
     return out.logits[:, -1, :].float()
@@ -245,8 +256,9 @@ def prefill(
     device = _model_device(model)
     input_ids, attention_mask = left_pad(prompt_ids, _pad_token_id(model, pad_token_id), device)
     position_ids = _positions_from_mask(attention_mask)
+    cache: DynamicCache | None
     if prefix is None:
-        cache, cached = DynamicCache(config=model.config), 0
+        cache, cached = _new_cache(model), 0
         logits = _forward(
             model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache
         )
@@ -254,7 +266,7 @@ def prefill(
         with _full_weights():
             cache, cached = _assemble_prefix_cache(model, prompt_ids, prefix)
             if cache is None:
-                cache = DynamicCache(config=model.config)
+                cache = _new_cache(model)
             logits = _forward(
                 model,
                 input_ids=input_ids[:, cached:],
@@ -302,7 +314,7 @@ def _plain_dynamic_cache(model: torch.nn.Module) -> bool:
     """True when every layer of the model's cache is a plain growing KV layer (no sliding window,
     no recurrent state): only then is a prompt prefix's KV a slice of the longer prompt's KV."""
     try:
-        layers = DynamicCache(config=model.config).layers
+        layers = _new_cache(model).layers
     except (AttributeError, TypeError, ValueError):
         return False
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
@@ -318,10 +330,10 @@ def _prefix_kv(model: torch.nn.Module, ids: Sequence[int], spec: PrefixSpec, sha
     if kv is not None:
         return kv
     device = _model_device(model)
-    cache = DynamicCache(config=model.config)
+    cache = _new_cache(model)
     start = 0
     if 0 < shared < len(ids):
-        for layer, (k, v) in zip(cache.layers, _prefix_kv(model, ids[:shared], spec, 0)):
+        for layer, (k, v) in zip(_dynamic_layers(cache), _prefix_kv(model, ids[:shared], spec, 0)):
             layer.update(k.unsqueeze(0), v.unsqueeze(0))  # the next update concatenates: stored tensors stay
         start = shared
     _forward(
@@ -331,7 +343,12 @@ def _prefix_kv(model: torch.nn.Module, ids: Sequence[int], spec: PrefixSpec, sha
         position_ids=torch.arange(start, len(ids), device=device).unsqueeze(0),
         past_key_values=cache,
     )
-    kv = tuple((layer.keys[0], layer.values[0]) for layer in cache.layers)
+    parts = []
+    for layer in _dynamic_layers(cache):
+        if layer.keys is None or layer.values is None:
+            raise RuntimeError("the prefix forward left a cache layer empty.")
+        parts.append((layer.keys[0], layer.values[0]))
+    kv = tuple(parts)
     spec.cache.put(spec.namespace, ids, kv)
     return kv
 
@@ -375,8 +392,8 @@ def _assemble_prefix_cache(
         for p, n, s, u in zip(prompt_ids, cacheable, shared, used)
     ]
     ref = next(kv for kv in kvs if kv is not None)
-    cache = DynamicCache(config=model.config)
-    for i, layer in enumerate(cache.layers):
+    cache = _new_cache(model)
+    for i, layer in enumerate(_dynamic_layers(cache)):
         heads, _, dim = ref[i][0].shape
         parts = []
         for which in (0, 1):
@@ -468,18 +485,18 @@ def score_continuations(
         n = stop - start
         cache = state.past_key_values if (start == 0 and stop == n_cands) else copy.deepcopy(state.past_key_values)
         cache.batch_repeat_interleave(n)  # row k*n + c
-        ids = cands[start:stop].repeat(n_docs, 1)  # (K*n, T)
+        batch_ids = cands[start:stop].repeat(n_docs, 1)  # (K*n, T)
         attn = torch.cat(
             [state.attention_mask.repeat_interleave(n, dim=0), state.attention_mask.new_ones((n_docs * n, length))],
             dim=-1,
         )
         positions = state.next_positions.repeat_interleave(n, dim=0) + offsets  # (K*n, T)
         logits = model(
-            input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True
+            input_ids=batch_ids, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True
         ).logits  # (K*n, T, V): position i predicts token i+1
-        first = state.next_logprobs.repeat_interleave(n, dim=0).gather(-1, ids[:, :1])  # (K*n, 1)
+        first = state.next_logprobs.repeat_interleave(n, dim=0).gather(-1, batch_ids[:, :1])  # (K*n, 1)
         rest = logits[:, :-1, :].float()
-        rest = rest.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(rest, dim=-1)  # (K*n, T-1)
+        rest = rest.gather(-1, batch_ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(rest, dim=-1)  # (K*n, T-1)
         scores = torch.cat([first, rest], dim=-1).view(n_docs, n, length)
         result[:, start:stop] = torch.where(cand_mask[start:stop], scores, 0.0)
     return result
@@ -649,7 +666,7 @@ def _generate_candidates(
         ids ``(K*num_beams, T')``, row ``k*num_beams + j``.
     """
     input_ids, attention_mask = left_pad(prompt_ids, pad, _model_device(model))
-    out = model.generate(
+    out = cast(Any, model).generate(  # nn.Module.__getattr__ types generate as Tensor | Module
         input_ids=input_ids,
         attention_mask=attention_mask,
         max_new_tokens=max_new_tokens,
@@ -763,7 +780,7 @@ def _row_stopping(stop: Callable[[list[int]], bool], prompt_len: int):
 
 
 def _generation_scores(
-    out: object,
+    out: Any,
     generated: torch.Tensor,
     origin: list[tuple[int, int, int]],
     candidates: list[list[int]],
@@ -894,7 +911,7 @@ class RagTokenStepper:
         doc_logprobs: torch.Tensor,
         *,
         max_new_tokens: int,
-        eos_token_ids: int | Sequence[int] | None,
+        eos_token_ids: int | Collection[int] | None,
         strategy: Literal["greedy", "sample"] = "greedy",
         temperature: float = 1.0,
         top_p: float = 1.0,
