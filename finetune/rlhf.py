@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -29,6 +29,9 @@ from finetune.runner import (
 )
 from rag.generator import Generator
 from rag.prompts import chat_messages
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -164,15 +167,17 @@ def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
     args = cfg_cls(**kwargs, **common)
     stats = RunStats()
     trainer = trainer_cls(
-        model=model,
+        model=cast("PreTrainedModel", model),  # start_policy returns the (merged) causal LM
         reward_funcs=make_reward_function(scorer),
-        args=args,
+        args=args,  # type: ignore[arg-type]  # cfg_cls is trainer_cls's config: mypy cannot pair the unions
         processing_class=gen.tokenizer,
         train_dataset=Dataset.from_list(rows),
         peft_config=lora_config(job.lora, model),
     )
     policy = trainer.model
-    sample_kw = dict(
+    if policy is None:
+        raise RuntimeError("the TRL trainer holds no model.")
+    sample_kw: dict[str, Any] = dict(
         max_context_tokens=max_ctx,
         one_shot=ws.qa.one_shot,
         samples=job.num_generations,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -263,8 +263,10 @@ class Generator:
     def _log_prefix_cache(self, model) -> None:
         cfg = model.config
         layers = getattr(cfg, "num_hidden_layers", 0)
-        heads = getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_attention_heads", 0)
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // max(1, getattr(cfg, "num_attention_heads", 1))
+        heads = cast(int, getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_attention_heads", 0))
+        head_dim = cast(
+            int, getattr(cfg, "head_dim", None) or cfg.hidden_size // max(1, getattr(cfg, "num_attention_heads", 1))
+        )
         per_token = 2 * layers * heads * head_dim * torch.empty((), dtype=self.dtype).element_size()
         if not self.prefix_cache.enabled:
             logger.info("prompt-prefix KV cache off (prefix_cache_bytes=0)")
