@@ -37,4 +37,4 @@ class DeadlineExceededError(ServingError):
             or f"the answer did not finish within the request deadline of {timeout_s:g} s; "
             "retry later or ask the operator to raise serving.request_timeout_s"
         )
-        self.timeout_s = timeout_s
+        self.timeout_s: float | None = timeout_s  # None where the raiser does not know the deadline
