@@ -114,7 +114,6 @@ class QueueFullError(ServerBusyError, SchedulerError):
 class DeadlineExceededError(ServingDeadlineError, SchedulerError):
     """The request's deadline passed before its answer was complete; its rows were freed."""
 
-
     def __init__(self, message: str, timeout_s: float | None = None) -> None:
         Exception.__init__(self, message)
         self.timeout_s = timeout_s
