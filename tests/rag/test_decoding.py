@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from rag.decoding import (
     RagTokenOutput,
@@ -17,26 +17,14 @@ from rag.decoding import (
     rag_token_generate,
     score_continuations,
 )
+from tests.rag.tiny_llama import tiny_llama
 
 PROMPTS = [[1, 5, 6, 7, 8, 9, 4], [3, 4], [9, 10, 11, 12], [7]]  # K=4, different lengths
 DOC_LOGPROBS = torch.log_softmax(torch.tensor([0.9, 0.1, -0.4, 0.3]), dim=0)
 
 
 def _tiny_llama(vocab_size: int, seed: int) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # sharper distributions so that greedy / beam choices are not near-ties
-        model.lm_head.weight.mul_(8.0)
-    return model
+    return tiny_llama(vocab_size, seed)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from rag.decoding import prefill, rag_sequence_generate, rag_token_generate, score_continuations
 from rag.prefix_cache import PrefixKVCache, PrefixSpec, prefix_key
+from tests.rag.tiny_llama import tiny_llama
 
 SYSTEM = [1, 2, 3]
 CHUNKS = [[5, 6, 7, 8, 9, 4], [3, 4], [9, 10, 11, 12, 13, 14, 15, 16], [7]]  # rows of different lengths
@@ -21,20 +22,7 @@ EOS = [0]
 
 
 def _tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # sharper distributions so that greedy / beam choices are not near-ties
-        model.lm_head.weight.mul_(8.0)
-    return model.to(dtype)
+    return tiny_llama(32, seed, dtype=dtype)
 
 
 @pytest.fixture(scope="module", autouse=True)

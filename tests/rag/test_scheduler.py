@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from rag.decoding import _advance, prefill, rag_token_generate
 from rag.scheduler import (
@@ -24,6 +24,7 @@ from rag.scheduler import (
     keep_rows,
     model_session,
 )
+from tests.rag.tiny_llama import tiny_llama
 
 VOCAB = 32
 EOS = [2]
@@ -35,20 +36,7 @@ WAIT = 20.0  # seconds: a generous bound on any result() in these tests
 
 
 def _tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    model = LlamaForCausalLM(config).float().eval()
-    with torch.no_grad():  # sharper distributions so that greedy choices are not near-ties
-        model.lm_head.weight.mul_(8.0)
-    return model
+    return tiny_llama(VOCAB, seed, max_positions=128)
 
 
 @pytest.fixture(scope="module", autouse=True)
