@@ -129,6 +129,11 @@ class AskRequest(_In):
     k: int | None = Field(None, ge=1, description="Chunks retrieved (default from config).")
     adapter: str | None = Field(None, description="LoRA adapter name.")
     stream: bool = Field(False, description="Answer as Server-Sent Events: `token` events, then one `answer` event.")
+    answer_style: Literal["short", "full"] | None = Field(
+        None,
+        description="'full': a few sentences with inline citation markers [n]; 'short': a few words copied from "
+        "the context. Default from config ('full').",
+    )
 
 
 class CitationPublic(BaseModel):
@@ -142,6 +147,15 @@ class CitationPublic(BaseModel):
     posterior: float = Field(description="p(z|x) of the chunk.")
     contribution: float = Field(description="The chunk's share of the answer.")
     metadata: dict[str, Any] = {}
+
+
+class AnswerSentencePublic(BaseModel):
+    text: str = Field(description="The sentence, without citation markers.")
+    citations: list[int] = Field(description="Citation indices (1-based) this sentence cites.")
+    spans: list[tuple[int, int] | None] = Field(
+        description="Aligned with citations: [start, end) char offsets in that citation's text of the supporting "
+        "span, or null."
+    )
 
 
 class AnswerPublic(BaseModel):
@@ -165,6 +179,10 @@ class AnswerPublic(BaseModel):
     )
     max_retrieval_score: float | None = None
     timings: dict[str, float]
+    style: str = Field("short", description="The answer style: 'short' or 'full'.")
+    sentences: list[AnswerSentencePublic] = Field(
+        [], description="The answer sentence by sentence, with the citations of each (abstentions: none)."
+    )
 
 
 # -- feedback ------------------------------------------------------------------------------

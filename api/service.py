@@ -295,8 +295,10 @@ class RagService:
         adapter: str | None = None,
         endpoint: str = "ask",
         on_token: Callable[[str], None] | None = None,
+        style: str | None = None,
     ) -> AnswerPublic:
-        """Answer (blocking: call from a worker thread); logs the answer and returns its public form."""
+        """Answer (blocking: call from a worker thread); logs the answer and returns its public form.
+        ``style``: ``"short"`` / ``"full"`` (None: ``QAConfig.answer_style``)."""
         from rag.generator import AdapterError
         from rag.qa import QAError
         from rag.retriever import RetrieverError
@@ -313,6 +315,7 @@ class RagService:
                     adapter=adapter,
                     on_token=on_token,
                     deadline_s=self.settings.serving.request_timeout_s,
+                    style=style,
                 )
         except (IngestError, QAError, AdapterError, RetrieverError) as exc:
             raise from_core(exc) from exc

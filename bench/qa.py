@@ -329,7 +329,7 @@ class BenchRun:
         """ragqa's answer to ``ex`` in ``mode`` with thresholds off, as a ``rag.evaluate.Record``."""
         from rag.evaluate import record_from_answer
 
-        return record_from_answer(ex, self.qa.answer(self.coll, ex.question, mode=mode, abstain=False))
+        return record_from_answer(ex, self.qa.answer(self.coll, ex.question, mode=mode, abstain=False, style="short"))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -374,7 +374,7 @@ def warm_up(b: BenchRun) -> None:
     if b.lc:
         b.lc.answer(warm)
     for m in b.modes:
-        b.qa.answer(b.coll, warm, mode=m, abstain=False)
+        b.qa.answer(b.coll, warm, mode=m, abstain=False, style="short")
 
 
 def answer_answerable(b: BenchRun, t_start: float) -> dict[str, SystemRows]:

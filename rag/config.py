@@ -74,7 +74,25 @@ class QAConfig(BaseModel):
     """How answers are generated and when the system abstains."""
 
     mode: Literal["stuff", "rag-sequence", "rag-token"] = Field("rag-token", description="Generation mode.")
-    max_new_tokens: int = Field(12, ge=1, le=4096, description="Answers are short: at most this many tokens.")
+    answer_style: Literal["short", "full"] = Field(
+        "full",
+        description="'full': a complete answer of a few sentences with inline citation markers [n]; "
+        "'short': a few words copied from the context (SQuAD-shaped; `ragqa eval` and bench/qa.py use it).",
+    )
+    max_new_tokens: int = Field(12, ge=1, le=4096, description="Token budget of a 'short' answer.")
+    full_max_new_tokens: int = Field(
+        200,
+        ge=1,
+        le=4096,
+        description="Token budget of a 'full' answer (a cut answer loses its unfinished last sentence).",
+    )
+    citation_min_share: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="'full' answers cite, per sentence, the most supporting chunk plus every other chunk whose "
+        "share of the sentence (document posterior; stuff mode: word overlap) is at least this.",
+    )
     decoding: Literal["thorough", "fast"] = Field("thorough", description="RAG-Sequence decoding of Lewis et al.")
     strategy: Literal["greedy", "beam", "sample"] = Field("greedy", description="RAG-Token search strategy.")
     num_beams: int = Field(1, ge=1, le=32, description="Beams (rag-token beam search; per document for rag-sequence).")

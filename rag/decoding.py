@@ -77,12 +77,16 @@ class RagSequenceHypothesis:
             (fast decoding: 0 for documents that did not generate it).
         reference_logprob: marginal log p(reference|x) of the ``reference_ids`` passed to
             :func:`rag_sequence_generate` (thorough decoding), the same on every hypothesis; or None.
+        token_logprobs: ``(K, T)`` log p(y_i | x, z_k, y_<i) of this answer's ``T`` tokens under each
+            document (per-sentence attribution, :mod:`rag.attribution`); fast decoding knows them only
+            for the documents that generated the answer and holds ``-inf`` for the others.
     """
 
     token_ids: list[int]
     logprob: float
     doc_posterior: list[float]
     reference_logprob: float | None = None
+    token_logprobs: torch.Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -97,12 +101,15 @@ class RagTokenOutput:
             tokens' probability averaged over tokens (see :func:`rag.marginalize.token_contributions`).
         reference_logprob: log p(reference|x) under RAG-Token of the ``reference_ids`` passed to
             :func:`rag_token_generate` (e.g. "I don't know."), or None.
+        token_logprobs: ``(K, T)`` log p(y_i | x, z_k, y_<i) of the chosen tokens under each document
+            (per-sentence attribution, :mod:`rag.attribution`).
     """
 
     token_ids: list[int]
     logprob: float
     doc_contributions: list[float]
     reference_logprob: float | None = None
+    token_logprobs: torch.Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 # --------------------------------------------------------------------------- batching helpers
@@ -590,11 +597,13 @@ def rag_sequence_generate(
     ref_index = cands.add_reference(reference_ids) if reference_ids and decoding == "thorough" else None
     mask = cands.mask(device)
     if decoding == "thorough":
-        marginal, posterior = _thorough_scores(model, prompt_ids, cands.ids, doc_logprobs, mask, pad, prefix)
+        marginal, posterior, token_lp = _thorough_scores(
+            model, prompt_ids, cands.ids, doc_logprobs, mask, pad, prefix
+        )
     else:
-        marginal, posterior = _fast_scores(out, generated, cands, doc_logprobs, mask, len(prompt_ids))
+        marginal, posterior, token_lp = _fast_scores(out, generated, cands, doc_logprobs, mask, len(prompt_ids))
     reference = float(marginal[ref_index]) if ref_index is not None else None
-    return _ranked_hypotheses(cands, marginal, posterior, reference)
+    return _ranked_hypotheses(cands, marginal, posterior, reference, token_lp)
 
 
 @dataclass
@@ -692,16 +701,18 @@ def _thorough_scores(
     mask: torch.Tensor,
     pad: int,
     prefix: PrefixSpec | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every candidate re-scored under every document (:func:`score_continuations`).
 
     Returns:
-        the marginal ``(C,)`` log sum_k p(z_k|x) p(y|x,z_k) and the posterior ``(C, K)`` p(z_k|x,y).
+        the marginal ``(C,)`` log sum_k p(z_k|x) p(y|x,z_k), the posterior ``(C, K)`` p(z_k|x,y) and
+        the token log-probs ``(C, K, T)``.
     """
     token_lp = score_continuations(model, prompt_ids, candidates, pad_token_id=pad, prefix=prefix).permute(
         1, 0, 2
     )  # (C, K, T)
-    return rag_sequence_logprob(token_lp, doc_logprobs, mask), rag_sequence_doc_posterior(token_lp, doc_logprobs, mask)
+    marginal = rag_sequence_logprob(token_lp, doc_logprobs, mask)
+    return marginal, rag_sequence_doc_posterior(token_lp, doc_logprobs, mask), token_lp
 
 
 def _fast_scores(
@@ -711,23 +722,30 @@ def _fast_scores(
     doc_logprobs: torch.Tensor,
     mask: torch.Tensor,
     n_docs: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scores recorded while generating, no extra forward: p(y|x,z_k)=0 under the documents whose
     beam did not produce y.
 
     Returns:
-        the marginal ``(C,)`` and the posterior ``(C, K)`` (0 for documents that did not generate y).
+        the marginal ``(C,)``, the posterior ``(C, K)`` (0 for documents that did not generate y) and
+        the token log-probs ``(C, K, T)`` (``-inf`` under documents that did not generate y).
     """
     token_lp, generated_by = _generation_scores(out, generated, cands.origin, cands.ids, n_docs)
     marginal = rag_sequence_fast_logprob(token_lp, doc_logprobs, generated_by, mask)  # (C,)
     joint = torch.where(generated_by, doc_logprobs + token_lp.sum(-1), float("-inf"))
-    return marginal, torch.softmax(joint, dim=-1)
+    known = torch.where(generated_by.unsqueeze(-1), token_lp, float("-inf"))
+    return marginal, torch.softmax(joint, dim=-1), known
 
 
 def _ranked_hypotheses(
-    cands: _SequenceCandidates, marginal: torch.Tensor, posterior: torch.Tensor, reference: float | None
+    cands: _SequenceCandidates,
+    marginal: torch.Tensor,
+    posterior: torch.Tensor,
+    reference: float | None,
+    token_lp: torch.Tensor,
 ) -> list[RagSequenceHypothesis]:
-    """The generated candidates sorted by decreasing marginal (a reference that was not generated is left out)."""
+    """The generated candidates sorted by decreasing marginal (a reference that was not generated is left
+    out). ``token_lp``: ``(C, K, T)``; each hypothesis keeps its ``(K, len)`` slice, on the CPU."""
     order = [c for c in torch.argsort(marginal, descending=True).tolist() if c < cands.n_generated]
     return [
         RagSequenceHypothesis(
@@ -735,6 +753,7 @@ def _ranked_hypotheses(
             logprob=float(marginal[c]),
             doc_posterior=posterior[c].tolist(),
             reference_logprob=reference,
+            token_logprobs=token_lp[c, :, : len(cands.ids[c])].float().cpu(),
         )
         for c in order
     ]
@@ -1047,6 +1066,7 @@ def _token_output(tokens: list[int], token_lp: torch.Tensor, doc: torch.Tensor) 
         token_ids=list(tokens),
         logprob=float(rag_token_sequence_logprob(token_lp, doc)),
         doc_contributions=token_contributions(token_lp, doc).tolist(),
+        token_logprobs=token_lp.float().cpu(),
     )
 
 

@@ -1,4 +1,6 @@
-"""From the small model's reply to a short answer.
+"""From the small model's reply to the answer of its style.
+
+Short style:
 
 A 135M instruction model, asked for "a few words copied from the context", usually replies with a
 lead-in ("The answer is: X.") or by restating the question before the answer ("The border to the
@@ -9,12 +11,23 @@ functions keep the answer:
   and, given the question, a restated subject before a copula ("The border to the south is ...").
 * :func:`reply_complete`: True once the reply holds a whole first sentence or line, so decoding can
   stop there instead of spending tokens on text :func:`clean_answer` would drop.
+
+Full style (a few sentences): small models loop, repeating a sentence or a long run of tokens.
+
+* :func:`repetition_start`: where a repeated run of tokens starts;
+* :func:`FullReplyStop`: the stop rule, True once the reply repeats itself;
+* :func:`full_reply`: the reply's sentences, without the repetition, the sentences that repeat an
+  earlier one and (when the budget cut it) the unfinished last sentence.
 """
 
 from __future__ import annotations
 
 import re
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rag.attribution import is_finished, sentence_spans
 from rag.stemming import s_stem
 
 _ANSWER_PREFIX = re.compile(
@@ -86,4 +99,107 @@ def reply_complete(text: str) -> bool:
     return False
 
 
-__all__ = ["clean_answer", "reply_complete", "strip_restatement"]
+REPEAT_NGRAM = 12
+"""A run of this many tokens seen before in the reply counts as the model repeating itself."""
+
+
+def repetition_start(ids: Sequence[int], n: int = REPEAT_NGRAM) -> int | None:
+    """Index of the first token of the earliest run of ``n`` tokens that already occurred earlier in
+    ``ids`` (its second occurrence), or None when no ``n``-token run repeats."""
+    seen: set[tuple[int, ...]] = set()
+    for i in range(len(ids) - n + 1):
+        gram = tuple(ids[i : i + n])
+        if gram in seen:
+            return i
+        seen.add(gram)
+    return None
+
+
+def _sentence_key(sentence: str) -> str:
+    return " ".join(_WORD.findall(sentence.lower()))
+
+
+class FullReplyStop:
+    """The full style's stop rule: True once the reply repeats itself, i.e. its last ``n`` tokens
+    occurred before, or its last finished sentence equals (case and punctuation aside) an earlier one.
+    Eos and the token budget end decoding too, outside this rule."""
+
+    def __init__(self, decode: Callable[[list[int]], str], n: int = REPEAT_NGRAM) -> None:
+        self.decode = decode
+        self.n = n
+
+    def __call__(self, ids: list[int]) -> bool:
+        n = self.n
+        if len(ids) > n:
+            tail = ids[-n:]
+            if any(ids[i : i + n] == tail for i in range(len(ids) - n)):
+                return True
+        text = self.decode(ids)
+        spans = sentence_spans(text)
+        if len(spans) < 2:
+            return False
+        done = spans if is_finished(text[spans[-1][0] : spans[-1][1]]) else spans[:-1]
+        if len(done) < 2:
+            return False
+        last = _sentence_key(text[done[-1][0] : done[-1][1]])
+        return bool(last) and any(_sentence_key(text[a:b]) == last for a, b in done[:-1])
+
+
+@dataclass(frozen=True)
+class FullReply:
+    """A full-style reply, trimmed.
+
+    Attributes:
+        text: the decoded text of ``token_ids``.
+        token_ids: the kept tokens (no eos), a prefix of the generated ones.
+        token_ends: ``len(token_ids)`` char offsets: ``token_ends[i]`` = length of the text of tokens ``0..i``.
+        spans: char spans in ``text`` of the kept sentences.
+    """
+
+    text: str
+    token_ids: list[int]
+    token_ends: list[int]
+    spans: list[tuple[int, int]]
+
+
+def full_reply(ids: Sequence[int], decode: Callable[[list[int]], str], eos_token_ids: Sequence[int]) -> FullReply:
+    """The sentences worth keeping of a full-style reply ``ids`` (generated ids, eos included if any).
+
+    A repeated run of tokens (:func:`repetition_start`) is cut off, sentences from the first one that
+    repeats an earlier sentence are dropped, and the last sentence is dropped when it is unfinished
+    and the reply did not end on eos (the budget or the repetition cut it), unless it is the only one.
+    """
+    eos = set(eos_token_ids)
+    kept = list(ids)
+    ended = bool(kept) and kept[-1] in eos
+    kept = [t for t in kept if t not in eos]
+    cut = repetition_start(kept)
+    if cut is not None:
+        kept, ended = kept[:cut], False
+    ends: list[int] = []
+    for i in range(len(kept)):
+        ends.append(max(len(decode(kept[: i + 1])), ends[-1] if ends else 0))
+    text = decode(kept)
+    spans: list[tuple[int, int]] = []
+    seen: set[str] = set()
+    for a, b in sentence_spans(text):
+        key = _sentence_key(text[a:b])
+        if key and key in seen:
+            ended = False
+            break
+        seen.add(key)
+        spans.append((a, b))
+    if len(spans) > 1 and not ended and not is_finished(text[spans[-1][0] : spans[-1][1]]):
+        spans.pop()
+    return FullReply(text=text, token_ids=kept, token_ends=ends, spans=spans)
+
+
+__all__ = [
+    "FullReply",
+    "FullReplyStop",
+    "clean_answer",
+    "full_reply",
+    "reply_complete",
+    "repetition_start",
+    "strip_restatement",
+]

@@ -72,7 +72,7 @@ class Generator:
         self.int8_layers = 0
         self.prefix_cache = PrefixKVCache(config.prefix_cache_bytes)
         self._adapter_fingerprints: dict[str, tuple[object, str]] = {}  # name -> (its loaded peft config, sha256)
-        self._head_lens: dict[bool, int] = {}
+        self._head_lens: dict[tuple[bool, str], int] = {}
 
     # -- loading ------------------------------------------------------------------------
     def warm_up(self) -> Generator:
@@ -160,26 +160,29 @@ class Generator:
         return convert_for_int8_decode(model)
 
     # -- prompts ------------------------------------------------------------------------
-    def prompt_ids(self, question: str, contexts: Sequence[str], *, one_shot: bool = True) -> list[int]:
+    def prompt_ids(
+        self, question: str, contexts: Sequence[str], *, one_shot: bool = True, style: str = "short"
+    ) -> list[int]:
         """Token ids of the chat prompt for ``question`` over ``contexts`` (generation prompt added):
         exactly ``prefix_ids + suffix_ids`` of :meth:`prompt_parts`."""
-        prefix, suffix = self.prompt_parts(question, contexts, one_shot=one_shot)
+        prefix, suffix = self.prompt_parts(question, contexts, one_shot=one_shot, style=style)
         return prefix + suffix
 
     def prompt_parts(
-        self, question: str, contexts: Sequence[str], *, one_shot: bool = True
+        self, question: str, contexts: Sequence[str], *, one_shot: bool = True, style: str = "short"
     ) -> tuple[list[int], list[int]]:
         """The prompt split where the question starts: ``(prefix_ids, suffix_ids)``.
 
         The prefix (system turn, optional worked example, the user turn up to the end of its context
         blocks) is the same for every question over the same contexts, so its KV state is cacheable
         (:mod:`rag.prefix_cache`); the suffix is ``"\n\nQuestion: ..."`` and the assistant header.
+        ``style`` chooses the system message (:func:`rag.prompts.system_message`).
         """
-        head, context, tail = self._prompt_segments(question, contexts, one_shot)
+        head, context, tail = self._prompt_segments(question, contexts, one_shot, style)
         return head + context, tail
 
     def _prompt_segments(
-        self, question: str, contexts: Sequence[str], one_shot: bool
+        self, question: str, contexts: Sequence[str], one_shot: bool, style: str = "short"
     ) -> tuple[list[int], list[int], list[int]]:
         """``(shared head, context block, question tail)`` token ids, each tokenized on its own.
 
@@ -191,7 +194,7 @@ class Generator:
         """
         tok = self.tokenizer
         context_text, question_text = user_message_parts(question, contexts)
-        messages = chat_messages(question, contexts, one_shot=one_shot)
+        messages = chat_messages(question, contexts, one_shot=one_shot, style=style)
         if getattr(tok, "chat_template", None):
             text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             at = text.rfind(context_text + question_text)
@@ -220,22 +223,28 @@ class Generator:
         return (str(self.name), adapter, fingerprint, str(self.dtype), str(self.device), PROMPT_TEMPLATE_VERSION)
 
     def prefix_spec(
-        self, parts: Sequence[tuple[Sequence[int], Sequence[int]]], *, adapter: str | None = None, one_shot: bool = True
+        self,
+        parts: Sequence[tuple[Sequence[int], Sequence[int]]],
+        *,
+        adapter: str | None = None,
+        one_shot: bool = True,
+        style: str = "short",
     ) -> PrefixSpec | None:
         """The :class:`PrefixSpec` of prompts given as :meth:`prompt_parts` pairs (built with the same
-        ``one_shot``), or None when the cache is off (``GeneratorConfig.prefix_cache_bytes = 0``).
+        ``one_shot`` and ``style``), or None when the cache is off (``GeneratorConfig.prefix_cache_bytes = 0``).
         The system turn (+ example, + user header) is the shared level, cached once for all chunks."""
         if not self.prefix_cache.enabled:
             return None
-        shared = self._shared_head_len(one_shot)
+        shared = self._shared_head_len(one_shot, style)
         lengths = [len(prefix) for prefix, _ in parts]
         return PrefixSpec(self.prefix_cache, self.cache_namespace(adapter), lengths, [min(shared, n) for n in lengths])
 
-    def _shared_head_len(self, one_shot: bool) -> int:
+    def _shared_head_len(self, one_shot: bool, style: str = "short") -> int:
         """Tokens of the head every prompt starts with (it does not depend on question or contexts)."""
-        if one_shot not in self._head_lens:
-            self._head_lens[one_shot] = len(self._prompt_segments("?", ["."], one_shot)[0])
-        return self._head_lens[one_shot]
+        key = (one_shot, style)
+        if key not in self._head_lens:
+            self._head_lens[key] = len(self._prompt_segments("?", ["."], one_shot, style)[0])
+        return self._head_lens[key]
 
     def _adapter_fingerprint(self, name: str) -> str:
         """sha256 of adapter ``name``'s weights as loaded in the model, computed once per load

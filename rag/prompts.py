@@ -1,4 +1,11 @@
-"""Prompts that make a small instruction model answer briefly and extractively.
+"""Prompts of the two answer styles (``QAConfig.answer_style``).
+
+``short`` (:data:`SYSTEM`) makes a small instruction model answer briefly and extractively;
+``full`` (:data:`FULL_SYSTEM`) asks for a complete answer of a few sentences that uses only the
+context. The system message is part of every prompt's token ids, so cached prompt-prefix KV
+states (:mod:`rag.prefix_cache`) of the two styles never mix.
+
+Short style:
 
 The bundled 135M model answers in long sentences unless it is told how: a short system message
 asks for a few words copied from the context. A worked example (``one_shot``) is available but off
@@ -24,6 +31,17 @@ QUESTION_MARKER = "\n\nQuestion: "
 SYSTEM = (
     "Answer with a few words copied from the context. If the context does not contain the answer, reply: I don't know."
 )
+"""The ``short`` style's system message (extractive SQuAD-shaped answers)."""
+
+FULL_SYSTEM = (
+    "Answer the question in a few complete sentences, using only facts from the context. "
+    "Explain how, and include the exact commands, names or values the context gives. "
+    "If the context does not contain the answer, reply: I don't know."
+)
+"""The ``full`` style's system message (a complete, grounded answer)."""
+
+SYSTEMS = {"short": SYSTEM, "full": FULL_SYSTEM}
+"""Answer style -> its system message."""
 
 EXAMPLE_CONTEXT = (
     "The Eiffel Tower was built by Gustave Eiffel's company for the 1889 World's Fair in Paris. It is 330 metres tall."
@@ -42,9 +60,19 @@ def user_message_parts(question: str, contexts: Sequence[str]) -> tuple[str, str
     return f"Context:\n{blocks}", f"{QUESTION_MARKER}{question.strip()}"
 
 
-def chat_messages(question: str, contexts: Sequence[str], *, one_shot: bool = True) -> list[dict[str, str]]:
-    """The chat turns for one prompt: system, optional worked example, then the question."""
-    messages = [{"role": "system", "content": SYSTEM}]
+def system_message(style: str) -> str:
+    """The system message of answer style ``style`` (``"short"`` or ``"full"``)."""
+    try:
+        return SYSTEMS[style]
+    except KeyError:
+        raise ValueError(f"unknown answer style {style!r}; use one of {', '.join(SYSTEMS)}") from None
+
+
+def chat_messages(
+    question: str, contexts: Sequence[str], *, one_shot: bool = True, style: str = "short"
+) -> list[dict[str, str]]:
+    """The chat turns for one prompt: the style's system message, optional worked example, then the question."""
+    messages = [{"role": "system", "content": system_message(style)}]
     if one_shot:
         messages += [
             {"role": "user", "content": user_message(EXAMPLE_QUESTION, [EXAMPLE_CONTEXT])},

@@ -1,4 +1,4 @@
-"""Question answering: retrieve evidence, generate a short answer in one of three modes, cite.
+"""Question answering: retrieve evidence, generate an answer in one of three modes, cite.
 
 Modes (Lewis et al. 2020 for the two RAG ones):
 
@@ -17,8 +17,16 @@ log-likelihood is below ``abstain_min_logprob``, or the model's own "I don't kno
 the same prefill under the same marginal) beats the answer per token by more than
 ``abstain_max_idk_margin``, it withholds the answer; and when the model itself answers "I don't
 know" that is reported as an abstention. The thresholds are one :class:`rag.abstention.AbstentionRule`,
-the same that :mod:`rag.evaluate` applies. Answers are cut to their first sentence and cleaned by
-:mod:`rag.extract`; decoding stops as soon as that sentence is complete.
+the same that :mod:`rag.evaluate` applies.
+
+Answer styles (``QAConfig.answer_style``, or ``style=`` per call):
+
+* ``short``: a few words copied from the context; the reply is cut to its first sentence and
+  cleaned by :mod:`rag.extract`, and decoding stops as soon as that sentence is complete;
+* ``full``: a complete answer of a few sentences (budget ``full_max_new_tokens``), ended by eos, the
+  budget or the model repeating itself (:class:`rag.extract.FullReplyStop`); each sentence cites the
+  documents that the model's own document posterior restricted to the sentence's tokens favours
+  (:mod:`rag.attribution`; stuff mode: word overlap), as inline markers ``[n]``.
 """
 
 from __future__ import annotations
@@ -38,7 +46,8 @@ from ingest.collection import Collection
 from rag.abstention import AbstentionRule
 from rag.config import QAConfig
 from rag.errors import QAError
-from rag.extract import clean_answer, reply_complete
+from rag.attribution import choose_documents, supporting_span, token_sentence_spans
+from rag.extract import FullReplyStop, clean_answer, full_reply, reply_complete
 from rag.generator import Generator
 from rag.prompts import ABSTAIN_TEXT, is_abstention
 from rag.retriever import Retrieval, Retriever
@@ -47,6 +56,7 @@ from rag.strategies import STRATEGIES, AnswerStrategy, BatchedDecoder, Generated
 logger = logging.getLogger(__name__)
 
 MODES = tuple(STRATEGIES)  # ("stuff", "rag-sequence", "rag-token")
+STYLES = ("short", "full")
 
 
 @dataclass
@@ -66,7 +76,27 @@ class Citation:
 
 
 @dataclass
+class AnswerSentence:
+    """One sentence of an answer and the chunks it cites.
+
+    Attributes:
+        text: the sentence, without citation markers.
+        citations: 1-based :attr:`Citation.index` values, most supporting first.
+        spans: aligned with ``citations``: char offsets ``(start, end)`` in that citation's ``text`` of
+            the chunk sentence that best supports this one, or None when no chunk sentence shares a word.
+    """
+
+    text: str
+    citations: list[int] = field(default_factory=list)
+    spans: list[tuple[int, int] | None] = field(default_factory=list)
+
+
+@dataclass
 class Answer:
+    """An answer. ``answer`` is the text shown (full style: with inline markers ``[n]``, ``n`` the
+    :attr:`Citation.index`); ``sentences`` the same text sentence by sentence with what each cites
+    (short style: one sentence; abstentions: none)."""
+
     answer_id: str
     question: str
     answer: str
@@ -84,6 +114,8 @@ class Answer:
     raw_answer: str = ""
     generated_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    style: str = "short"
+    sentences: list[AnswerSentence] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +134,25 @@ def format_contexts(tokenizer, chunks: Sequence[Any], limit: int) -> list[str]:
             text = tokenizer.decode(ids[:limit])
         out.append(f"[{c.title}] {text}" if c.title else text)
     return out
+
+
+def with_markers(text: str, spans: Sequence[tuple[int, int]], citations: Sequence[Sequence[int]]) -> str:
+    """The sentences ``spans`` of ``text`` joined as written, each with markers ``[n]`` for its
+    ``citations`` before its final punctuation: ``"Run it [1]. Then activate it [1][2]."``."""
+    out: list[str] = []
+    prev = None
+    for (start, end), cited in zip(spans, citations):
+        if prev is not None:
+            out.append(text[prev:start])
+        sentence = text[start:end]
+        marks = "".join(f"[{n}]" for n in cited)
+        if marks:
+            body = sentence.rstrip(".!?:;")
+            tail = sentence[len(body) :]
+            sentence = f"{body} {marks}{tail}" if body else f"{marks}{tail}"
+        out.append(sentence)
+        prev = end
+    return "".join(out)
 
 
 class _TextStreamer:
@@ -172,17 +223,22 @@ class QAPipeline:
         on_token: Callable[[str], None] | None = None,
         abstain: bool = True,
         deadline_s: float | None = None,
+        style: str | None = None,
     ) -> Answer:
         """Answer ``question`` from ``collection``; ``on_token`` receives text as it is generated.
 
         With ``abstain=False`` the thresholds are off (the model's own "I don't know" and an empty
         retrieval still abstain); :func:`rag.evaluate.compute_metrics` applies them afterwards.
+        ``style``: ``"short"`` or ``"full"`` (None: ``QAConfig.answer_style``).
         """
         cfg = self.config
         mode = mode or cfg.mode
         strategy = STRATEGIES.get(mode)
         if strategy is None:
             raise QAError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        style = style or cfg.answer_style
+        if style not in STYLES:
+            raise QAError(f"unknown answer style {style!r}; use one of {', '.join(STYLES)}")
         question = question.strip()
         if not question:
             raise QAError("the question is empty")
@@ -192,6 +248,7 @@ class QAPipeline:
         )
         t_ret = time.perf_counter() - t0
         ans = self._new_answer(collection, question, mode, adapter, retrieval)
+        ans.style = style
         if not retrieval.chunks:
             return self._abstain(ans, "the collection returned no evidence", t0, t_ret, on_token)
         rule = AbstentionRule.from_config(cfg) if abstain else AbstentionRule()
@@ -200,7 +257,7 @@ class QAPipeline:
             ans.citations = self._citations(retrieval, [float(c.posterior) for c in retrieval.chunks])
             return self._abstain(ans, reason, t0, t_ret, on_token)
 
-        used, request = self._request(strategy, question, retrieval, on_token)
+        used, request = self._request(strategy, question, retrieval, on_token, style)
         request.adapter, request.deadline_s = adapter, deadline_s
         t1 = time.perf_counter()
         if self.scheduler is not None:
@@ -214,6 +271,8 @@ class QAPipeline:
         self._record_generation(ans, out, retrieval, used)
         ans.timings = {"retrieve_s": t_ret, "generate_s": t_gen, "total_s": time.perf_counter() - t0}
         self._decide(ans, rule)
+        if not ans.abstained:
+            self._attribute(ans, strategy, out, request, retrieval, used)
         return ans
 
     def _new_answer(
@@ -233,7 +292,12 @@ class QAPipeline:
         )
 
     def _request(
-        self, strategy: AnswerStrategy, question: str, retrieval: Retrieval, on_token: Callable[[str], None] | None
+        self,
+        strategy: AnswerStrategy,
+        question: str,
+        retrieval: Retrieval,
+        on_token: Callable[[str], None] | None,
+        style: str = "short",
     ) -> tuple[list[int], GenerationRequest]:
         """The documents ``strategy`` reads (indices into ``retrieval.chunks``) and its generation request."""
         gen = self.generator
@@ -254,7 +318,12 @@ class QAPipeline:
             stream=_TextStreamer(gen, on_token),
             on_token=on_token,
             rng=self._rng(),
+            style=style,
+            max_new_tokens=self.config.max_new_tokens,
         )
+        if style == "full":
+            request.stop = FullReplyStop(gen.decode)  # eos, the budget, or the model repeating itself
+            request.max_new_tokens = self.config.full_max_new_tokens
         return used, request
 
     def _record_generation(self, ans: Answer, out: Generated, retrieval: Retrieval, used: list[int]) -> None:
@@ -282,8 +351,45 @@ class QAPipeline:
             reason = rule.answer_reason(ans.mean_token_logprob, ans.idk_margin)
         if reason is not None:
             ans.answer, ans.abstained, ans.abstain_reason = ABSTAIN_TEXT, True, reason
-        else:
+        elif ans.style == "short":
             ans.answer = clean_answer(ans.raw_answer, ans.question)
+
+    def _attribute(
+        self,
+        ans: Answer,
+        strategy: AnswerStrategy,
+        out: Generated,
+        request: GenerationRequest,
+        retrieval: Retrieval,
+        used: list[int],
+    ) -> None:
+        """``ans.sentences`` and (full style) ``ans.answer`` with its markers.
+
+        Short style: the cleaned answer is one sentence citing the chunks of the largest whole-answer
+        shares. Full style: the reply trimmed by :func:`rag.extract.full_reply`, each sentence citing
+        the documents chosen from ``strategy``'s per-sentence posterior over the documents it read.
+        """
+        min_share = self.config.citation_min_share
+        chunks = [retrieval.chunks[i].text for i in used]
+        if ans.style == "short":
+            docs = choose_documents([ans.citations[i].contribution for i in used], min_share)
+            ans.sentences = [self._sentence(ans.answer, docs, used, chunks)] if ans.answer else []
+            return
+        reply = full_reply(out.token_ids, self.generator.decode, self.generator.eos_token_ids)
+        texts = [reply.text[a:b] for a, b in reply.spans]
+        token_spans = token_sentence_spans(reply.token_ends, reply.spans)
+        shares = strategy.sentence_posteriors(out, request.doc_logprobs, token_spans, texts, chunks)
+        ans.sentences = [
+            self._sentence(text, choose_documents(shares[s], min_share), used, chunks) for s, text in enumerate(texts)
+        ]
+        ans.answer = with_markers(reply.text, reply.spans, [s.citations for s in ans.sentences])
+
+    @staticmethod
+    def _sentence(text: str, docs: list[int], used: list[int], chunks: list[str]) -> AnswerSentence:
+        """An :class:`AnswerSentence` citing ``docs`` (indices into ``used`` / ``chunks``)."""
+        return AnswerSentence(
+            text=text, citations=[used[d] + 1 for d in docs], spans=[supporting_span(text, chunks[d]) for d in docs]
+        )
 
     def _rng(self) -> torch.Generator | None:
         if self.config.seed is None:

@@ -9,7 +9,8 @@
 
 :data:`STRATEGIES` maps each mode to its strategy. What the modes share (retrieval, the posterior,
 the abstention decision, citations) stays in :class:`rag.qa.QAPipeline`; a strategy only chooses the
-documents it reads and turns them into generated tokens.
+documents it reads, turns them into generated tokens and, for a full answer, attributes each sentence
+to the documents it read (:meth:`AnswerStrategy.sentence_posteriors`, maths in :mod:`rag.attribution`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from rag.attribution import overlap_shares, rag_sequence_sentence_posteriors, rag_token_sentence_posteriors
 from rag.config import QAConfig
 from rag.decoding import RagTokenOutput, prefill, rag_sequence_generate, rag_token_generate
 from rag.generator import Generator
@@ -71,6 +73,8 @@ class GenerationRequest:
         rng: the seeded random generator for sampling, or None.
         adapter: the LoRA adapter answering (None: the base model); part of the prefix-cache key.
         deadline_s: seconds the generation may take, queueing included (None: no limit).
+        style: the answer style (``"short"`` / ``"full"``): chooses the prompts' system message.
+        max_new_tokens: the style's token budget (None: ``QAConfig.max_new_tokens``).
     """
 
     question: str
@@ -84,6 +88,8 @@ class GenerationRequest:
     rng: torch.Generator | None
     adapter: str | None = None
     deadline_s: float | None = None
+    style: str = "short"
+    max_new_tokens: int | None = None
 
 
 @dataclass
@@ -96,12 +102,15 @@ class Generated:
         contributions: each kept document's share of the answer (``K'`` floats, in the order of
             :attr:`GenerationRequest.contexts`).
         reference_logprob: log p("I don't know."|x) under the same marginal, or None.
+        token_logprobs: ``(K', T)`` log p(y_i|x,z_k,y_<i) of the answer's tokens under each kept
+            document (rag-token, rag-sequence), or None (stuff: one prompt, no per-document likelihood).
     """
 
     token_ids: list[int]
     logprob: float
     contributions: list[float]
     reference_logprob: float | None
+    token_logprobs: torch.Tensor | None = None
 
 
 Parts = list[tuple[list[int], list[int]]]  # (prefix_ids, suffix_ids) per prompt, see Generator.prompt_parts
@@ -127,12 +136,14 @@ class Decoder:
 
     def _prefix(self, parts: Parts) -> PrefixSpec | None:
         """Call with the adapter active (the key holds a fingerprint of its loaded weights)."""
-        return self.generator.prefix_spec(parts, adapter=self.request.adapter, one_shot=self.config.one_shot)
+        return self.generator.prefix_spec(
+            parts, adapter=self.request.adapter, one_shot=self.config.one_shot, style=self.request.style
+        )
 
     def _token_kwargs(self) -> dict[str, Any]:
         cfg, req = self.config, self.request
         return dict(
-            max_new_tokens=cfg.max_new_tokens,
+            max_new_tokens=req.max_new_tokens or cfg.max_new_tokens,
             eos_token_ids=self.generator.eos_token_ids,
             strategy=cfg.strategy,
             num_beams=cfg.num_beams,
@@ -222,13 +233,36 @@ class AnswerStrategy:
     ) -> Generated:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def sentence_posteriors(
+        self,
+        out: Generated,
+        doc_logprobs: torch.Tensor,
+        token_spans: Sequence[tuple[int, int]],
+        sentences: Sequence[str],
+        chunks: Sequence[str],
+    ) -> torch.Tensor:
+        """Each answer sentence's share of each document read (``(S, K')``, rows summing to 1 or all 0).
+
+        Args:
+            out: the generated answer.
+            doc_logprobs: ``(K',)`` log p(z|x) of the documents read.
+            token_spans: ``S`` ranges of ``out.token_ids`` (:func:`rag.attribution.token_sentence_spans`).
+            sentences: the ``S`` sentence texts.
+            chunks: the ``K'`` chunk texts.
+        """
+        return overlap_shares(sentences, chunks)
+
 
 def _per_document_parts(generator: Generator, config: QAConfig, request: GenerationRequest) -> Parts:
-    return [generator.prompt_parts(request.question, [c], one_shot=config.one_shot) for c in request.contexts]
+    return [
+        generator.prompt_parts(request.question, [c], one_shot=config.one_shot, style=request.style)
+        for c in request.contexts
+    ]
 
 
 class StuffStrategy(AnswerStrategy):
-    """All chunks in one prompt; each chunk is credited with its retrieval posterior p(z|x)."""
+    """All chunks in one prompt; each chunk is credited with its retrieval posterior p(z|x), and each
+    sentence of a full answer with its word overlap (the base class's :meth:`sentence_posteriors`)."""
 
     mode = "stuff"
 
@@ -238,7 +272,9 @@ class StuffStrategy(AnswerStrategy):
     def generate(
         self, decoder: Decoder, generator: Generator, config: QAConfig, request: GenerationRequest
     ) -> Generated:
-        parts = [generator.prompt_parts(request.question, request.contexts, one_shot=config.one_shot)]
+        parts = [
+            generator.prompt_parts(request.question, request.contexts, one_shot=config.one_shot, style=request.style)
+        ]
         out = decoder.rag_token(parts, torch.zeros(1))
         return Generated(out.token_ids, out.logprob, list(request.posteriors), out.reference_logprob)
 
@@ -252,7 +288,22 @@ class RagTokenStrategy(AnswerStrategy):
         self, decoder: Decoder, generator: Generator, config: QAConfig, request: GenerationRequest
     ) -> Generated:
         out = decoder.rag_token(_per_document_parts(generator, config, request), request.doc_logprobs)
-        return Generated(out.token_ids, out.logprob, list(out.doc_contributions), out.reference_logprob)
+        return Generated(
+            out.token_ids, out.logprob, list(out.doc_contributions), out.reference_logprob, out.token_logprobs
+        )
+
+    def sentence_posteriors(
+        self,
+        out: Generated,
+        doc_logprobs: torch.Tensor,
+        token_spans: Sequence[tuple[int, int]],
+        sentences: Sequence[str],
+        chunks: Sequence[str],
+    ) -> torch.Tensor:
+        """Mean per-token document posterior over each sentence's tokens."""
+        if out.token_logprobs is None:
+            return overlap_shares(sentences, chunks)
+        return rag_token_sentence_posteriors(out.token_logprobs, doc_logprobs.float().cpu(), token_spans)
 
 
 class RagSequenceStrategy(AnswerStrategy):
@@ -270,7 +321,7 @@ class RagSequenceStrategy(AnswerStrategy):
                 model,
                 prompts,
                 request.doc_logprobs,
-                max_new_tokens=config.max_new_tokens,
+                max_new_tokens=request.max_new_tokens or config.max_new_tokens,
                 eos_token_ids=generator.eos_token_ids,
                 num_beams=config.num_beams,
                 decoding=config.decoding,
@@ -284,7 +335,22 @@ class RagSequenceStrategy(AnswerStrategy):
         best = hyps[0]
         if request.on_token is not None:
             request.on_token(generator.decode(best.token_ids))
-        return Generated(best.token_ids, best.logprob, list(best.doc_posterior), best.reference_logprob)
+        return Generated(
+            best.token_ids, best.logprob, list(best.doc_posterior), best.reference_logprob, best.token_logprobs
+        )
+
+    def sentence_posteriors(
+        self,
+        out: Generated,
+        doc_logprobs: torch.Tensor,
+        token_spans: Sequence[tuple[int, int]],
+        sentences: Sequence[str],
+        chunks: Sequence[str],
+    ) -> torch.Tensor:
+        """p(z | x, y_s) from the product of each sentence's token likelihoods under each document."""
+        if out.token_logprobs is None:
+            return overlap_shares(sentences, chunks)
+        return rag_sequence_sentence_posteriors(out.token_logprobs, doc_logprobs.float().cpu(), token_spans)
 
 
 #: mode -> its strategy; :data:`rag.qa.MODES` lists these keys.

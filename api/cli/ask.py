@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,13 @@ from rich.table import Table
 
 from api.cli.common import AdapterOpt, CollectionOpt, JsonOpt, KOpt, ModeOpt, emit_json, fail, out, settings, stack
 from ingest.errors import IngestError
+
+
+class AnswerStyle(str, Enum):
+    """``--style``: the answer styles of :data:`rag.config.QAConfig.answer_style`."""
+
+    short = "short"
+    full = "full"
 
 
 def _answer_errors() -> tuple[type[Exception], ...]:
@@ -28,6 +36,14 @@ def ask(
     k: KOpt = None,
     adapter: AdapterOpt = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
+    style: Annotated[
+        AnswerStyle | None,
+        typer.Option(
+            "--style",
+            help="'full': a few sentences with inline citation markers; 'short': a few words "
+            "(default: qa.answer_style, 'full').",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question from a collection and print the answer with its sources."""
@@ -42,7 +58,13 @@ def ask(
             if stream and not as_json:
                 sys.stdout.write("answer: ")
             ans = rag.qa.answer(
-                coll, question, mode=mode, k=k, adapter=adapter, on_token=on_token if stream and not as_json else None
+                coll,
+                question,
+                mode=mode,
+                k=k,
+                adapter=adapter,
+                on_token=on_token if stream and not as_json else None,
+                style=style.value if style is not None else None,
             )
     except _answer_errors() as exc:
         fail(str(exc), as_json)
@@ -58,7 +80,7 @@ def ask(
     if ans.abstained:
         out.print(f"[yellow]abstained:[/] {ans.abstain_reason}", highlight=False)
     out.print(
-        f"[dim]mode {ans.mode} · model {ans.model} · adapter {ans.adapter or 'none'} · "
+        f"[dim]mode {ans.mode} · style {ans.style} · model {ans.model} · adapter {ans.adapter or 'none'} · "
         f"{ans.timings.get('total_s', 0):.2f} s[/]",
         highlight=False,
     )

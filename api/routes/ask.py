@@ -44,7 +44,7 @@ def sse(event: str, data: Any) -> str:
 )
 async def ask(body: AskRequest, service: ServiceDep, key: KeyDep):
     await run_in_threadpool(service.validate_question, key, body.collection, body.question, body.k)
-    kw = {"mode": body.mode, "k": body.k, "adapter": body.adapter}
+    kw = {"mode": body.mode, "k": body.k, "adapter": body.adapter, "style": body.answer_style}
     if not body.stream:
         return await service.answer_async(key, body.collection, body.question, **kw)
 

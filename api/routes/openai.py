@@ -89,7 +89,7 @@ async def chat_completions(body: ChatCompletionRequest, service: ServiceDep, key
     await run_in_threadpool(service.validate_question, key, collection, question, None)
     created = int(time.time())
     if not body.stream:
-        ans = await service.answer_async(key, collection, question, endpoint="chat")
+        ans = await service.answer_async(key, collection, question, endpoint="chat", style="full")
         return {
             "id": f"chatcmpl-{ans.answer_id}",
             "object": "chat.completion",
@@ -119,7 +119,7 @@ async def chat_completions(body: ChatCompletionRequest, service: ServiceDep, key
 
     async def events() -> AsyncIterator[str]:
         yield _chunk(cid, created, body.model, {"role": "assistant", "content": ""})
-        async for kind, payload in service.answer_events(key, collection, question, endpoint="chat"):
+        async for kind, payload in service.answer_events(key, collection, question, endpoint="chat", style="full"):
             if kind == "token":
                 yield _chunk(cid, created, body.model, {"content": payload})
             elif kind == "answer":

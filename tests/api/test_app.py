@@ -25,7 +25,7 @@ def make_settings(home: Path, st_model: Path, llm: Path, **server) -> Settings:
     s = Settings(home=home)
     s.ingest.embedder.model = str(st_model)
     s.generator.model = str(llm)
-    s.qa = QAConfig(max_new_tokens=4)
+    s.qa = QAConfig(max_new_tokens=4, answer_style="short")
     cfg = {"max_upload_mb": 0.05, "max_files": 3, "max_question_chars": 200, "max_k": 8}
     cfg.update(server)
     s.server = ServerConfig(**cfg)

@@ -30,7 +30,7 @@ def parts(tmp_path_factory, tiny_st_model, tiny_llm):
     coll = ws.open("c", readonly=True)
     retriever = Retriever(ws.embedder, RetrieverConfig(k=2))
     gen = Generator(GeneratorConfig(model=str(tiny_llm)), root / "home" / "models")
-    yield coll, retriever, QAPipeline(retriever, gen, QAConfig(max_new_tokens=4))
+    yield coll, retriever, QAPipeline(retriever, gen, QAConfig(max_new_tokens=4, answer_style="short"))
     coll.close()
 
 

@@ -1,0 +1,210 @@
+"""Which documents support each sentence of an answer: pure maths and text, no model.
+
+A ``full`` answer (:data:`rag.config.QAConfig.answer_style`) is split into sentences; each sentence
+is attributed to the retrieved documents from the model's own document posterior, restricted to the
+sentence's tokens (notation of :mod:`rag.marginalize`: ``K`` documents, ``T`` answer tokens,
+``token_logprobs[k, i] = log p(y_i | x, z_k, y_<i)``, ``doc_logprobs[k] = log p(z_k | x)``):
+
+* RAG-Token (:func:`rag_token_sentence_posteriors`): the mean over the sentence's tokens of the
+  per-token posterior ``w_ki = softmax_k(log p(z_k|x) + log p(y_i|x,z_k,y_<i))``;
+* RAG-Sequence (:func:`rag_sequence_sentence_posteriors`):
+  ``p(z_k | x, y_s) ∝ p(z_k|x) prod_{i in s} p(y_i|x,z_k,y_<i)``;
+* stuff (:func:`overlap_shares`): one prompt holds every chunk, so there is no per-document
+  likelihood; a sentence's share of chunk k is its content-word overlap with the chunk.
+
+:func:`choose_documents` cites the top document of a sentence and every other one whose share is at
+least a threshold; :func:`supporting_span` finds, in a cited chunk, the sentence that best supports it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+
+from rag.marginalize import rag_sequence_doc_posterior, token_contributions
+from rag.stemming import s_stem
+
+__all__ = [
+    "choose_documents",
+    "content_words",
+    "is_finished",
+    "overlap_shares",
+    "rag_sequence_sentence_posteriors",
+    "rag_token_sentence_posteriors",
+    "sentence_spans",
+    "supporting_span",
+    "token_sentence_spans",
+]
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_STOPWORDS = frozenset(
+    """a an the of in on at to for from by with and or but not no is are was were be been being it its this that
+    these those which who whom what when where why how as if then than so such can could may might must shall
+    should will would do does did done has have had having you your yours we our they their them he she his her
+    i me my there here also into onto over under about after before all any each some more most other only own
+    same very just use used using one""".split()
+)
+#: a sentence ends at . ! ? (and closing quotes / brackets / backticks), before whitespace
+_SENTENCE_END = re.compile(r"[.!?][\"')\]`*”’]*(?=\s)")
+_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.")
+_FINISHED = re.compile(r"[.!?][\"')\]`*”’]*$")
+
+
+def content_words(text: str) -> set[str]:
+    """The lower-cased, plural-folded (:func:`rag.stemming.s_stem`) words of ``text`` that are not stopwords."""
+    return {s_stem(w) for w in (m.group(0).lower() for m in _WORD.finditer(text)) if w not in _STOPWORDS}
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Char spans ``[start, end)`` of the sentences of ``text``, surrounding whitespace excluded.
+
+    A sentence ends at ``.``, ``!`` or ``?`` (with closing quotes / brackets) followed by whitespace,
+    except after "e.g." and similar, and at every line break (list items, code lines).
+    """
+    cuts: list[int] = []
+    for line in re.finditer(r"[^\n]+", text):
+        start = line.start()
+        for m in _SENTENCE_END.finditer(line.group(0)):
+            end = line.start() + m.end()
+            if text[start:end].lower().endswith(_ABBREVIATIONS):
+                continue
+            cuts += [start, end]
+            start = end
+        cuts += [start, line.end()]
+    spans = []
+    for a, b in zip(cuts[::2], cuts[1::2]):
+        piece = text[a:b]
+        stripped = piece.strip()
+        if stripped:
+            lead = len(piece) - len(piece.lstrip())
+            spans.append((a + lead, a + lead + len(stripped)))
+    return spans
+
+
+def is_finished(sentence: str) -> bool:
+    """True when ``sentence`` ends with sentence-final punctuation."""
+    return _FINISHED.search(sentence.rstrip()) is not None
+
+
+def token_sentence_spans(token_ends: Sequence[int], spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The tokens of each sentence, as ``[first, last + 1)`` token index ranges.
+
+    Args:
+        token_ends: ``T`` char offsets, ``token_ends[i]`` = length of the text of tokens ``0..i``
+            (non-decreasing); token i covers chars ``[token_ends[i-1], token_ends[i])``.
+        spans: sentence char spans (:func:`sentence_spans`), in order.
+
+    A token belongs to the first sentence its chars overlap (a token such as ``". The"`` goes to the
+    sentence whose full stop it holds); tokens of whitespace between sentences belong to none. A sentence whose
+    chars no token covers (impossible for text decoded from the tokens) gets an empty range.
+    """
+    out = []
+    t = 0
+    for start, end in spans:
+        while t < len(token_ends) and token_ends[t] <= start:
+            t += 1
+        first = t
+        while t < len(token_ends) and token_ends[t] < end:
+            t += 1
+        last = min(t + 1, len(token_ends))  # the token that reaches the sentence's end
+        out.append((first, max(first, last)))
+        t = last
+    return out
+
+
+def _mask(spans: Sequence[tuple[int, int]], length: int, device: torch.device) -> torch.Tensor:
+    """``(S, T)`` bool, True on each sentence's tokens."""
+    mask = torch.zeros((len(spans), length), dtype=torch.bool, device=device)
+    for s, (a, b) in enumerate(spans):
+        mask[s, a:b] = True
+    return mask
+
+
+def rag_token_sentence_posteriors(
+    token_logprobs: torch.Tensor, doc_logprobs: torch.Tensor, spans: Sequence[tuple[int, int]]
+) -> torch.Tensor:
+    """RAG-Token document posterior of each sentence: the mean over its tokens of
+    ``w_ki = softmax_k(log p(z_k|x) + log p(y_i|x,z_k,y_<i))`` (:func:`rag.marginalize.token_contributions`
+    with the sentence's mask; a sentence without tokens gets the prior p(z|x)).
+
+    Args:
+        token_logprobs: ``(K, T)`` per-document log-probs of the chosen answer tokens.
+        doc_logprobs: ``(K,)`` log p(z|x).
+        spans: ``S`` token ranges (:func:`token_sentence_spans`).
+
+    Returns:
+        ``(S, K)``, rows summing to 1.
+    """
+    if not spans:
+        return token_logprobs.new_zeros((0, token_logprobs.shape[0]))
+    mask = _mask(spans, token_logprobs.shape[-1], token_logprobs.device)
+    return token_contributions(token_logprobs.unsqueeze(0).expand(len(spans), -1, -1), doc_logprobs, mask)
+
+
+def rag_sequence_sentence_posteriors(
+    token_logprobs: torch.Tensor, doc_logprobs: torch.Tensor, spans: Sequence[tuple[int, int]]
+) -> torch.Tensor:
+    """RAG-Sequence document posterior of each sentence,
+    ``p(z_k|x,y_s) ∝ p(z_k|x) prod_{i in s} p(y_i|x,z_k,y_<i)``
+    (:func:`rag.marginalize.rag_sequence_doc_posterior` with the sentence's mask).
+
+    Entries of ``-inf`` (fast decoding: documents that did not generate the answer) get posterior 0.
+
+    Args:
+        token_logprobs: ``(K, T)``; doc_logprobs: ``(K,)``; spans: ``S`` token ranges.
+
+    Returns:
+        ``(S, K)``, rows summing to 1.
+    """
+    if not spans:
+        return token_logprobs.new_zeros((0, token_logprobs.shape[0]))
+    mask = _mask(spans, token_logprobs.shape[-1], token_logprobs.device)
+    return rag_sequence_doc_posterior(token_logprobs.unsqueeze(0).expand(len(spans), -1, -1), doc_logprobs, mask)
+
+
+def _overlap(words: set[str], text: str) -> float:
+    return len(words & content_words(text)) / len(words) if words else 0.0
+
+
+def overlap_shares(sentences: Sequence[str], chunks: Sequence[str]) -> torch.Tensor:
+    """Each sentence's share of each chunk by content-word overlap (stuff mode's attribution).
+
+    ``overlap[s, k]`` = share of sentence s's content words found in chunk k; each row is normalised
+    to sum to 1 (a row without any overlap stays all zeros: nothing supports that sentence).
+
+    Returns:
+        ``(S, K)`` float32.
+    """
+    raw = torch.tensor(
+        [[_overlap(content_words(s), c) for c in chunks] for s in sentences], dtype=torch.float32
+    ).reshape(len(sentences), len(chunks))
+    total = raw.sum(-1, keepdim=True)
+    return torch.where(total > 0, raw / total.clamp(min=1e-12), 0.0)
+
+
+def choose_documents(shares: torch.Tensor | Sequence[float], min_share: float) -> list[int]:
+    """The documents a sentence cites: the one with the largest share, then every other with a share
+    of at least ``min_share``, in decreasing order of share; none when every share is 0.
+
+    Args:
+        shares: ``(K,)`` non-negative shares of one sentence.
+    """
+    values = [float(v) for v in (shares.tolist() if isinstance(shares, torch.Tensor) else shares)]
+    order = sorted(range(len(values)), key=lambda k: (-values[k], k))
+    if not order or values[order[0]] <= 0:
+        return []
+    return [order[0]] + [k for k in order[1:] if values[k] >= min_share and values[k] > 0]
+
+
+def supporting_span(sentence: str, chunk: str) -> tuple[int, int] | None:
+    """Char span ``[start, end)`` in ``chunk`` of its sentence with the highest content-word overlap
+    with ``sentence`` (the first on ties), or None when no chunk sentence shares a content word."""
+    words = content_words(sentence)
+    best, best_score = None, 0.0
+    for start, end in sentence_spans(chunk):
+        score = _overlap(words, chunk[start:end])
+        if score > best_score:
+            best, best_score = (start, end), score
+    return best

@@ -1,0 +1,188 @@
+"""rag.attribution: per-sentence document posteriors against brute force, on hand-made tensors and on
+the tiny in-process Llama (per-document forward passes without KV cache)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rag.attribution import (
+    choose_documents,
+    content_words,
+    is_finished,
+    overlap_shares,
+    rag_sequence_sentence_posteriors,
+    rag_token_sentence_posteriors,
+    sentence_spans,
+    supporting_span,
+    token_sentence_spans,
+)
+from rag.decoding import rag_sequence_generate, rag_token_generate
+from rag.strategies import Generated, RagSequenceStrategy, RagTokenStrategy
+from tests.rag.tiny_llama import tiny_llama
+
+K, T = 3, 7
+SPANS = [(0, 3), (3, 4), (4, 7)]
+
+
+def _case(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    token_lp = torch.log_softmax(torch.randn(K, T, 5, generator=g), dim=-1)[..., 0]  # (K, T) log p(y_i|x,z_k,y<i)
+    doc_lp = torch.log_softmax(torch.randn(K, generator=g), dim=0)
+    return token_lp, doc_lp
+
+
+def _close(got: torch.Tensor, expected, tol: float) -> None:
+    torch.testing.assert_close(got.double(), torch.as_tensor(expected, dtype=torch.float64), atol=tol, rtol=0)
+
+
+def _brute_token(token_lp: torch.Tensor, doc_lp: torch.Tensor, spans) -> list[list[float]]:
+    """Mean over each sentence's tokens of w_ki = p(z_k|x) p(y_i|z_k) / sum_j p(z_j|x) p(y_i|z_j), by loops."""
+    out = []
+    for a, b in spans:
+        row = [0.0] * token_lp.shape[0]
+        for i in range(a, b):
+            joint = [math.exp(doc_lp[k]) * math.exp(token_lp[k, i]) for k in range(token_lp.shape[0])]
+            for k in range(token_lp.shape[0]):
+                row[k] += joint[k] / sum(joint) / (b - a)
+        out.append(row)
+    return out
+
+
+def _brute_sequence(token_lp: torch.Tensor, doc_lp: torch.Tensor, spans) -> list[list[float]]:
+    """p(z_k|x) prod_{i in s} p(y_i|z_k), normalised over k, by loops."""
+    out = []
+    for a, b in spans:
+        joint = []
+        for k in range(token_lp.shape[0]):
+            p = math.exp(doc_lp[k])
+            for i in range(a, b):
+                p *= math.exp(token_lp[k, i])
+            joint.append(p)
+        out.append([j / sum(joint) for j in joint])
+    return out
+
+
+class TestPosteriors:
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    def test_rag_token_matches_brute_force(self, seed: int) -> None:
+        token_lp, doc_lp = _case(seed)
+        got = rag_token_sentence_posteriors(token_lp, doc_lp, SPANS)
+        assert got.shape == (len(SPANS), K)
+        _close(got, _brute_token(token_lp, doc_lp, SPANS), 1e-6)
+
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    def test_rag_sequence_matches_brute_force(self, seed: int) -> None:
+        token_lp, doc_lp = _case(seed)
+        got = rag_sequence_sentence_posteriors(token_lp, doc_lp, SPANS)
+        _close(got, _brute_sequence(token_lp, doc_lp, SPANS), 1e-6)
+
+    def test_sentences_differ_from_the_whole_answer(self) -> None:
+        """A document that explains only the first sentence wins that sentence and loses the other."""
+        token_lp = torch.log(torch.tensor([[0.9, 0.9, 0.1, 0.1], [0.1, 0.1, 0.9, 0.9]]))
+        doc_lp = torch.log(torch.tensor([0.5, 0.5]))
+        for fn in (rag_token_sentence_posteriors, rag_sequence_sentence_posteriors):
+            post = fn(token_lp, doc_lp, [(0, 2), (2, 4)])
+            assert post[0].argmax() == 0 and post[1].argmax() == 1
+
+    def test_sentence_without_tokens_gets_the_prior(self) -> None:
+        token_lp, doc_lp = _case()
+        got = rag_token_sentence_posteriors(token_lp, doc_lp, [(2, 2)])
+        _close(got[0], doc_lp.exp().tolist(), 1e-6)
+        assert rag_token_sentence_posteriors(token_lp, doc_lp, []).shape == (0, K)
+
+    def test_fast_decoding_unknown_documents_get_nothing(self) -> None:
+        token_lp, doc_lp = _case()
+        token_lp[1] = float("-inf")  # document 1 did not generate the answer
+        post = rag_sequence_sentence_posteriors(token_lp, doc_lp, SPANS)
+        assert torch.all(post[:, 1] == 0) and post.sum(-1).tolist() == pytest.approx([1.0] * 3)
+
+
+class TestText:
+    def test_sentence_spans(self) -> None:
+        text = "Create it with venv, e.g. python -m venv env. Then activate it!\n- pip install x\nDone"
+        got = [text[a:b] for a, b in sentence_spans(text)]
+        assert got == ["Create it with venv, e.g. python -m venv env.", "Then activate it!", "- pip install x", "Done"]
+        assert sentence_spans("  ") == [] and sentence_spans("Version 3.11 is out.") == [(0, 20)]
+
+    def test_is_finished(self) -> None:
+        assert is_finished("It works.") and is_finished('He said "yes."') and is_finished("Run `x`?")
+        assert not is_finished("To create one, run the command")
+
+    def test_token_sentence_spans(self) -> None:
+        pieces = ["It", " works", ".", " Run", " it", ". Then", " stop", "."]
+        text = "".join(pieces)
+        ends = [len("".join(pieces[: i + 1])) for i in range(len(pieces))]
+        spans = sentence_spans(text)
+        assert [text[a:b] for a, b in spans] == ["It works.", "Run it.", "Then stop."]
+        assert token_sentence_spans(ends, spans) == [(0, 3), (3, 6), (6, 8)]
+
+    def test_overlap_choose_and_span(self) -> None:
+        chunks = ["Paris is the capital of France. It has the Eiffel Tower.", "Rome is the capital of Italy."]
+        shares = overlap_shares(["The Eiffel Tower is in Paris.", "Nothing matches here whatsoever"], chunks)
+        assert shares[0].tolist() == pytest.approx([1.0, 0.0]) and shares[1].tolist() == [0.0, 0.0]
+        assert choose_documents(shares[0], 0.3) == [0] and choose_documents(shares[1], 0.3) == []
+        assert choose_documents([0.5, 0.1, 0.4], 0.3) == [0, 2]
+        span = supporting_span("Where is the Eiffel Tower?", chunks[0])
+        assert span is not None and chunks[0][span[0] : span[1]] == "It has the Eiffel Tower."
+        assert supporting_span("zebra", chunks[0]) is None
+        assert content_words("The Towers of Paris") == content_words("tower paris") == {"tower", "pari"}
+
+
+# --------------------------------------------------------------------------- the tiny Llama
+
+PROMPTS = [[1, 5, 6, 7, 8, 9, 4], [3, 4], [9, 10, 11, 12]]
+DOC_LOGPROBS = torch.log_softmax(torch.tensor([0.9, 0.1, -0.4]), dim=0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(32, seed=3)
+
+
+@torch.no_grad()
+def _forward_logprobs(model, prompt: list[int], answer: list[int]) -> list[float]:
+    """log p(answer_i | prompt, answer_<i) from one full forward pass, no KV cache."""
+    ids = torch.tensor([prompt + answer])
+    logits = model(input_ids=ids).logits[0].float()
+    lp = torch.log_softmax(logits, dim=-1)
+    return [float(lp[len(prompt) - 1 + i, t]) for i, t in enumerate(answer)]
+
+
+def _brute_token_lp(model, answer: list[int]) -> torch.Tensor:
+    return torch.tensor([_forward_logprobs(model, p, answer) for p in PROMPTS])
+
+
+def test_rag_token_marker_posteriors_equal_brute_force(model) -> None:
+    out = rag_token_generate(model, PROMPTS, DOC_LOGPROBS, max_new_tokens=8, eos_token_ids=None)
+    assert out.token_logprobs is not None and out.token_logprobs.shape == (3, 8)
+    brute_lp = _brute_token_lp(model, out.token_ids)
+    _close(out.token_logprobs, brute_lp.tolist(), 1e-4)
+    spans = [(0, 3), (3, 5), (5, 8)]
+    generated = Generated(out.token_ids, out.logprob, out.doc_contributions, None, out.token_logprobs)
+    used = RagTokenStrategy().sentence_posteriors(generated, DOC_LOGPROBS, spans, ["a", "b", "c"], ["x"] * 3)
+    _close(used, _brute_token(brute_lp, DOC_LOGPROBS, spans), 1e-4)
+
+
+@pytest.mark.parametrize("decoding", ["thorough", "fast"])
+def test_rag_sequence_marker_posteriors_equal_brute_force(model, decoding) -> None:
+    hyps = rag_sequence_generate(
+        model, PROMPTS, DOC_LOGPROBS, max_new_tokens=6, eos_token_ids=[31], decoding=decoding, pad_token_id=0
+    )
+    best = hyps[0]
+    assert best.token_logprobs is not None and best.token_logprobs.shape == (3, len(best.token_ids))
+    brute_lp = _brute_token_lp(model, best.token_ids)
+    known = torch.isfinite(best.token_logprobs).all(-1)  # fast: only the documents that generated it
+    assert bool(known.any()) and (decoding == "fast" or bool(known.all()))
+    _close(best.token_logprobs[known], brute_lp[known].tolist(), 1e-4)
+    n = len(best.token_ids)
+    spans = [(0, n // 2), (n // 2, n)]
+    generated = Generated(best.token_ids, best.logprob, best.doc_posterior, None, best.token_logprobs)
+    used = RagSequenceStrategy().sentence_posteriors(generated, DOC_LOGPROBS, spans, ["a", "b"], ["x"] * 3)
+    expected = [
+        [p if bool(known[k]) else 0.0 for k, p in enumerate(row)]
+        for row in _brute_sequence(torch.where(known.unsqueeze(-1), brute_lp, -1e9), DOC_LOGPROBS, spans)
+    ]
+    _close(used, expected, 1e-4)
