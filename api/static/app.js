@@ -337,13 +337,15 @@
   }
 
   function saveSettings() {
-    localStorage.setItem(STORE.settings, JSON.stringify({ mode: $("#mode").value, k: $("#k").value, adapter: $("#adapter").value }));
+    localStorage.setItem(STORE.settings, JSON.stringify({
+      mode: $("#mode").value, k: $("#k").value, adapter: $("#adapter").value, style: $("#style").value }));
   }
 
   function restoreSettings() {
     const s = readSettings();
     if (s.mode !== undefined) $("#mode").value = s.mode;
     if (s.k !== undefined) $("#k").value = s.k;
+    if (s.style) $("#style").value = s.style;
   }
 
   // -- asking: streamed answer, citations ------------------------------------------------------
@@ -367,13 +369,56 @@
     return out;
   }
 
+  /** Nodes for `text` with chars [span[0], span[1]) wrapped in <mark> (no span: the text alone). */
+  function markSpan(text, span) {
+    if (!span) return [document.createTextNode(text)];
+    return [text.slice(0, span[0]), el("mark", { textContent: text.slice(span[0], span[1]) }), text.slice(span[1])]
+      .map((x) => (typeof x === "string" ? document.createTextNode(x) : x));
+  }
+
+  /** The answer text as nodes, each marker [n] a link; the i-th run of markers belongs to the i-th
+   * sentence that cites something, so its span is that sentence's spans[j] for citation n. */
+  function answerNodes(a, onMarker) {
+    const cited = (a.sentences || []).filter((s) => s.citations.length);
+    const out = [];
+    let last = 0, group = 0;
+    for (const m of a.answer.matchAll(/(?:\[\d+\])+/g)) {
+      const sentence = cited[group++];
+      if (!sentence) break;
+      if (m.index > last) out.push(document.createTextNode(a.answer.slice(last, m.index)));
+      for (const [, n] of m[0].matchAll(/\[(\d+)\]/g)) {
+        const index = Number(n);
+        const span = sentence.spans[sentence.citations.indexOf(index)] || null;
+        const link = el("a", { href: "#", class: "marker", textContent: `[${index}]`,
+          title: "Show the supporting passage" });
+        link.addEventListener("click", (ev) => { ev.preventDefault(); onMarker(index, span, sentence.text); });
+        out.push(link);
+      }
+      last = m.index + m[0].length;
+    }
+    if (last < a.answer.length) out.push(document.createTextNode(a.answer.slice(last)));
+    return out;
+  }
+
+  /** Highlight `span` of citation `index` in the card's citation list and bring it into view. */
+  function showSupport(card, citations, index, span) {
+    const c = citations.find((x) => x.index === index);
+    const item = $(`.citation[data-index="${index}"]`, card);
+    if (!c || !item) return;
+    for (const other of card.querySelectorAll(".citation.active")) other.classList.remove("active");
+    $(".citation-text", item).replaceChildren(...markSpan(c.text, span));
+    item.classList.add("active");
+    item.scrollIntoView({ block: "nearest", behavior: "smooth" });
+    item.focus({ preventScroll: true });
+  }
+
   function citationItem(c, answer, abstained) {
     const where = [];
     if (c.metadata && c.metadata.page !== undefined) where.push(`page ${c.metadata.page}`);
     if (c.metadata && Array.isArray(c.metadata.headings) && c.metadata.headings.length) where.push(c.metadata.headings.join(" › "));
     const source = c.source.split(/[\\/]/).pop();
     const text = el("blockquote", { class: "citation-text" }, ...highlight(c.text, abstained ? "" : answer));
-    return el("li", { class: "citation", dataset: { docId: c.doc_id, chunkId: c.chunk_id } },
+    return el("li", { class: "citation", tabIndex: -1, dataset: { docId: c.doc_id, chunkId: c.chunk_id, index: String(c.index) } },
       el("p", { class: "citation-head" },
         el("span", { class: "citation-index", textContent: `[${c.index}]` }), " ",
         el("strong", { class: "citation-title", textContent: c.title || source })),
@@ -424,6 +469,7 @@
     if ($("#mode").value) body.mode = $("#mode").value;
     if ($("#k").value) body.k = Number($("#k").value);
     if ($("#adapter").value) body.adapter = $("#adapter").value;
+    body.answer_style = $("#style").value;
 
     const card = $("#answer-template").content.firstElementChild.cloneNode(true);
     $(".question-text", card).textContent = question;
@@ -469,15 +515,16 @@
     card.dataset.state = "done";
     card.dataset.answerId = a.answer_id;
     card.dataset.abstained = String(a.abstained);
-    $(".answer-text", card).textContent = a.answer;
+    $(".answer-text", card).replaceChildren(...answerNodes(a, (index, span) => showSupport(card, a.citations, index, span)));
     if (a.abstained) {
       $(".abstained", card).hidden = false;
       $(".abstain-reason", card).textContent = a.abstain_reason || "the evidence is weak";
     }
     const secs = a.timings && a.timings.server_s !== undefined ? ` · ${a.timings.server_s.toFixed(2)} s` : "";
     $(".answer-meta", card).textContent =
-      `${a.mode} · k ${a.k} · ${a.model}${a.adapter ? " + " + a.adapter : ""} · ${a.generated_tokens} tokens${secs}`;
-    $(".citations", card).replaceChildren(...a.citations.map((c) => citationItem(c, a.answer, a.abstained)));
+      `${a.mode} · k ${a.k} · ${a.style || "short"} · ${a.model}${a.adapter ? " + " + a.adapter : ""} · ${a.generated_tokens} tokens${secs}`;
+    const full = a.style === "full"; // full answers are not copied spans: their markers show the support
+    $(".citations", card).replaceChildren(...a.citations.map((c) => citationItem(c, full ? "" : a.answer, a.abstained)));
     if (!a.citations.length) $(".citations", card).append(el("li", { class: "hint", textContent: "No citations." }));
     setupFeedback(card, a.answer_id);
   }
@@ -552,7 +599,7 @@
     $("#question").addEventListener("keydown", (ev) => {
       if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) ask(ev);
     });
-    for (const id of ["#mode", "#k", "#adapter"]) $(id).addEventListener("change", saveSettings);
+    for (const id of ["#mode", "#k", "#adapter", "#style"]) $(id).addEventListener("change", saveSettings);
     renderCollectionInfo();
     let auth = true;
     try {
@@ -568,6 +615,6 @@
   }
 
   // For tests and the curious: the pure helpers.
-  window.ragqa = { describeError, highlight };
+  window.ragqa = { describeError, highlight, answerNodes, markSpan };
   document.addEventListener("DOMContentLoaded", start);
 })();

@@ -25,7 +25,7 @@ def make_settings(home: Path, st_model: Path, llm: Path, **server) -> Settings:
     s = Settings(home=home)
     s.ingest.embedder.model = str(st_model)
     s.generator.model = str(llm)
-    s.qa = QAConfig(max_new_tokens=4, answer_style="short")
+    s.qa = QAConfig(max_new_tokens=4, answer_style="short", full_max_new_tokens=8)
     cfg = {"max_upload_mb": 0.05, "max_files": 3, "max_question_chars": 200, "max_k": 8}
     cfg.update(server)
     s.server = ServerConfig(**cfg)
@@ -327,6 +327,24 @@ def test_ask_returns_answer_with_citations_and_logs_it(env, docs):
     assert (
         logged["model"] == ans["model"] and logged["mode"] == "stuff" and logged["citations"][0]["text"] == cit["text"]
     )
+
+
+def test_ask_answer_style(env, docs):
+    c, h = env["client"], env["admin"]
+    question = {"question": "What is the capital of France?", "collection": "docs", "k": 2, "mode": "rag-token"}
+    full = c.post("/v1/ask", json={**question, "answer_style": "full"}, headers=h).json()
+    short = c.post("/v1/ask", json=question, headers=h).json()  # the config's style
+    assert full["style"] == "full" and short["style"] == "short"
+    assert full["generated_tokens"] <= 8 and short["generated_tokens"] <= 4
+    for ans in (full, short):
+        assert isinstance(ans["sentences"], list) and (ans["abstained"] or ans["sentences"])
+        for sentence in ans["sentences"]:
+            assert set(sentence) == {"text", "citations", "spans"}
+            assert len(sentence["spans"]) == len(sentence["citations"])
+            assert all(1 <= n <= len(ans["citations"]) for n in sentence["citations"])
+            for n in sentence["citations"]:
+                assert f"[{n}]" in ans["answer"] or ans["style"] == "short"
+    assert_error(c.post("/v1/ask", json={**question, "answer_style": "long"}, headers=h), 422)
 
 
 def test_ask_bad_input(env, docs):

@@ -148,6 +148,7 @@ def test_ask_and_eval_with_tiny_models(env, tmp_path, tiny_st_model, tiny_llm):
         RAGQA_INGEST__EMBEDDER__MODEL=str(tiny_st_model),
         RAGQA_GENERATOR__MODEL=str(tiny_llm),
         RAGQA_QA__MAX_NEW_TOKENS="3",
+        RAGQA_QA__FULL_MAX_NEW_TOKENS="8",
     )
     mini = {
         "version": "v2.0",
@@ -181,6 +182,11 @@ def test_ask_and_eval_with_tiny_models(env, tmp_path, tiny_st_model, tiny_llm):
     run_json(["ingest", str(data), "-c", "q"], env)
     ans, _ = run_json(["ask", "What is the capital of France?", "-c", "q", "--mode", "rag-sequence", "-k", "1"], env)
     assert ans["mode"] == "rag-sequence" and ans["citations"][0]["title"] == "Paris" and "answer" in ans
+    assert ans["style"] == "full" and ans["generated_tokens"] <= 8  # the default style and its budget
+    short, _ = run_json(["ask", "What is the capital of France?", "-c", "q", "--style", "short", "-k", "1"], env)
+    assert short["style"] == "short" and short["generated_tokens"] <= 3
+    assert short["abstained"] or [s["text"] for s in short["sentences"]] == [short["answer"]]
+    run(["ask", "hi", "-c", "q", "--style", "long"], env, ok=(2,))  # click refuses the choice
     streamed = run(["ask", "What is the capital of France?", "-c", "q", "--stream", "-k", "1"], env).stdout
     assert streamed.startswith("answer: ") and "sources:" in streamed
     metrics, _ = run_json(["eval", "--data", str(data), "-c", "q", "--mode", "stuff", "-k", "1", "--calibrate"], env)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from rag.extract import clean_answer, reply_complete, strip_restatement
+from rag.extract import (
+    FullReplyStop,
+    clean_answer,
+    full_reply,
+    repetition_start,
+    reply_complete,
+    strip_restatement,
+)
 
 
 @pytest.mark.parametrize(
@@ -74,3 +81,45 @@ def test_reply_complete(text, done):
     assert reply_complete(text) is done
     if done:  # stopping there loses nothing clean_answer keeps
         assert clean_answer(text) == clean_answer(text + " more words.\nAnd more.")
+
+
+# --------------------------------------------------------------------------- full style
+
+WORDS = {1: "To", 2: " create", 3: " it", 4: ",", 5: " run", 6: " venv", 7: ".", 8: " Then", 9: " activate", 10: "!"}
+EOS = 0
+
+
+def _decode(ids):
+    return "".join(WORDS[i] for i in ids if i != EOS).strip()
+
+
+def test_repetition_start():
+    assert repetition_start([1, 2, 3, 4, 1, 2, 3, 5], n=3) == 4
+    assert repetition_start([1, 2, 3, 4, 5], n=3) is None
+    assert repetition_start([1, 2], n=3) is None
+
+
+def test_full_reply_stop_on_repeated_tokens_or_sentence():
+    stop = FullReplyStop(_decode, n=4)
+    assert not stop([1, 2, 3, 4, 5, 6, 7])
+    assert stop([1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4])  # "To create it," seen before
+    sentence_stop = FullReplyStop(_decode, n=50)
+    assert not sentence_stop([5, 6, 7, 8, 9, 10])
+    assert sentence_stop([5, 6, 7, 8, 9, 10, 5, 6, 7])  # "run venv." again
+
+
+def test_full_reply_keeps_finished_sentences():
+    # ended on eos: everything kept
+    reply = full_reply([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, EOS], _decode, [EOS])
+    assert [reply.text[a:b] for a, b in reply.spans] == ["To create it, run venv.", "Then activate!"]
+    assert reply.token_ids == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert reply.token_ends[-1] == len(reply.text) and reply.token_ends == sorted(reply.token_ends)
+    # cut by the budget: the unfinished last sentence goes
+    cut = full_reply([1, 2, 3, 4, 5, 6, 7, 8, 9], _decode, [EOS])
+    assert [cut.text[a:b] for a, b in cut.spans] == ["To create it, run venv."]
+    # only one, unfinished sentence: kept rather than nothing
+    alone = full_reply([1, 2, 3, 4, 5], _decode, [EOS])
+    assert [alone.text[a:b] for a, b in alone.spans] == ["To create it, run"]
+    # a looping reply: the repetition and the repeated sentence go
+    loop = full_reply([5, 6, 7, 8, 9, 10, 5, 6, 7, EOS], _decode, [EOS])
+    assert [loop.text[a:b] for a, b in loop.spans] == ["run venv.", "Then activate!"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -183,3 +184,107 @@ def test_batched_answers_equal_solo_answers(setup):
                     assert got[job].logprob == pytest.approx(solo[job].logprob, abs=1e-4)
             assert sched.stats().completed >= 2 * len(questions) * 2  # rag-token + stuff joined the batch
     assert gen.prefix_cache.stats().hits > 0
+
+
+# --------------------------------------------------------------------------- answer styles
+
+MARKER = re.compile(r" ?\[(\d+)\]")
+
+
+def test_short_style_is_unchanged_and_explicit(setup):
+    """``style="short"`` on a full-style config answers exactly as a short-style config."""
+    ws, _ = setup
+    with ws.open("c", readonly=True) as coll:
+        short = pipeline(setup).answer(coll, "What is the capital of France?", mode="rag-token")
+        asked = pipeline(setup, answer_style="full").answer(
+            coll, "What is the capital of France?", mode="rag-token", style="short"
+        )
+    assert short.style == asked.style == "short"
+    assert asked.raw_answer == short.raw_answer and asked.answer == short.answer
+    assert asked.generated_tokens == short.generated_tokens <= 6
+    assert not MARKER.search(short.answer)
+    if not short.abstained:
+        assert [s.text for s in short.sentences] == [short.answer]
+        assert all(1 <= n <= len(short.citations) for n in short.sentences[0].citations)
+
+
+@pytest.mark.parametrize("mode", ["stuff", "rag-sequence", "rag-token"])
+def test_full_style_budget_stop_and_markers(setup, mode):
+    ws, gen = setup
+    qa = pipeline(setup, answer_style="full", full_max_new_tokens=24, citation_min_share=0.2)
+    with ws.open("c", readonly=True) as coll:
+        ans = qa.answer(coll, "What is the capital of France?", mode=mode, abstain=False)
+    assert ans.style == "full" and 0 < ans.generated_tokens <= 24  # the full budget, not max_new_tokens=6
+    if ans.abstained:  # the tiny random model may say nothing
+        assert ans.sentences == [] and ans.answer == "I don't know."
+        return
+    assert ans.sentences, ans.raw_answer
+    # the answer is the sentences, in order, with their markers; every marker is a citation index
+    plain, at = MARKER.sub("", ans.answer), 0
+    for s in ans.sentences:
+        at = plain.index(s.text, at) + len(s.text)
+    for s in ans.sentences:
+        assert s.text in ans.raw_answer and len(s.spans) == len(s.citations)
+        for n, span in zip(s.citations, s.spans):
+            assert 1 <= n <= len(ans.citations)
+            if span is not None:
+                assert 0 <= span[0] < span[1] <= len(ans.citations[n - 1].text)
+        marks = "".join(f"[{n}]" for n in s.citations)
+        assert marks in ans.answer
+        if mode != "stuff":  # the posterior always names a document
+            assert s.citations
+    cited = {n for s in ans.sentences for n in s.citations}
+    assert {int(n) for n in MARKER.findall(ans.answer)} == cited
+
+
+def test_full_style_decoding_ends_on_its_stop_rule(setup, monkeypatch):
+    """Full answers stop on the style's rule (:class:`rag.extract.FullReplyStop`: the model repeating
+    itself), here replaced by one that fires after 5 tokens, in every mode."""
+    ws, _ = setup
+    seen: list[int] = []
+
+    def stop_after_five(decode):
+        def stop(ids):
+            seen.append(len(ids))
+            return len(ids) >= 5
+
+        return stop
+
+    monkeypatch.setattr("rag.qa.FullReplyStop", stop_after_five)
+    qa = pipeline(setup, answer_style="full", full_max_new_tokens=40)
+    with ws.open("c", readonly=True) as coll:
+        for mode in ("rag-token", "rag-sequence", "stuff"):
+            ans = qa.answer(coll, "Where is the Oslofjord?", mode=mode, abstain=False)
+            assert ans.generated_tokens <= 5, mode
+    assert seen and max(seen) == 5
+
+
+def test_batched_full_answers_carry_the_attribution(setup):
+    """The scheduler's answers carry the per-document token log-probs: the same sentences and citations."""
+    from rag.scheduler import Scheduler
+
+    ws, gen = setup
+    question = "Which city held fifty thousand people?"
+    solo_qa = pipeline(setup, answer_style="full", full_max_new_tokens=16, min_doc_posterior=0.0)
+    with ws.open("c", readonly=True) as coll:
+        solo = solo_qa.answer(coll, question, mode="rag-token", abstain=False)
+        with Scheduler(gen.session, pad_token_id=gen.tokenizer.pad_token_id, max_batch_rows=16) as sched:
+            batched_qa = pipeline(setup, answer_style="full", full_max_new_tokens=16, min_doc_posterior=0.0)
+            batched_qa.scheduler = sched
+            batched = batched_qa.answer(coll, question, mode="rag-token", abstain=False)
+    assert batched.raw_answer == solo.raw_answer and batched.answer == solo.answer
+    assert [s.citations for s in batched.sentences] == [s.citations for s in solo.sentences]
+
+
+def test_with_markers():
+    from rag.qa import with_markers
+
+    text = "Create it with venv. Then activate it!\nDone"
+    spans = [(0, 20), (21, 38), (39, 43)]
+    assert with_markers(text, spans, [[1], [1, 2], []]) == "Create it with venv [1]. Then activate it [1][2]!\nDone"
+
+
+def test_unknown_style(setup):
+    ws, _ = setup
+    with ws.open("c", readonly=True) as coll, pytest.raises(QAError, match="answer style"):
+        pipeline(setup).answer(coll, "hi", style="long")

@@ -70,6 +70,7 @@ def web_server(tmp_path_factory, tiny_st_model, tiny_llm):
             "RAGQA_INGEST__EMBEDDER__MODEL": str(tiny_st_model),
             "RAGQA_GENERATOR__MODEL": str(tiny_llm),
             "RAGQA_QA__MAX_NEW_TOKENS": "4",
+            "RAGQA_QA__FULL_MAX_NEW_TOKENS": "8",
         }
     )
     created = subprocess.run(

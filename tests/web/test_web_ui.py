@@ -109,6 +109,13 @@ def test_upload_ask_feedback_delete(page, web_server, tmp_path):
     assert first.find_element(By.CSS_SELECTOR, ".citation-source").text in {"paris.txt", "rivers.md"}
     assert "score" in first.find_element(By.CSS_SELECTOR, ".citation-scores").text
     assert first.find_element(By.CSS_SELECTOR, ".citation-text").text.strip()
+    assert "k 2 · full" in card.find_element(By.CSS_SELECTOR, ".answer-meta").text  # the UI's default style
+    # a full answer's markers are links: one shows its cited chunk, the supporting span marked
+    markers = card.find_elements(By.CSS_SELECTOR, ".answer-text .marker")
+    assert markers, card.find_element(By.CSS_SELECTOR, ".answer-text").text
+    markers[0].click()
+    active = wait(d).until(lambda d: card.find_element(By.CSS_SELECTOR, ".citation.active"))
+    assert active.get_attribute("data-index") == markers[0].text.strip("[]")
     answer_id = card.get_attribute("data-answer-id")
     assert answer_id
 
