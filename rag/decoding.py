@@ -597,9 +597,7 @@ def rag_sequence_generate(
     ref_index = cands.add_reference(reference_ids) if reference_ids and decoding == "thorough" else None
     mask = cands.mask(device)
     if decoding == "thorough":
-        marginal, posterior, token_lp = _thorough_scores(
-            model, prompt_ids, cands.ids, doc_logprobs, mask, pad, prefix
-        )
+        marginal, posterior, token_lp = _thorough_scores(model, prompt_ids, cands.ids, doc_logprobs, mask, pad, prefix)
     else:
         marginal, posterior, token_lp = _fast_scores(out, generated, cands, doc_logprobs, mask, len(prompt_ids))
     reference = float(marginal[ref_index]) if ref_index is not None else None

@@ -305,8 +305,6 @@ def run_eval(
 
     records = []
     for ex in tqdm(examples, desc="eval", unit="q", disable=not progress):
-        ans = pipeline.answer(
-            collection, ex.question, mode=mode, k=k, adapter=adapter, abstain=False, style="short"
-        )
+        ans = pipeline.answer(collection, ex.question, mode=mode, k=k, adapter=adapter, abstain=False, style="short")
         records.append(record_from_answer(ex, ans))
     return records

@@ -23,7 +23,6 @@ Full style (a few sentences): small models loop, repeating a sentence or a long 
 from __future__ import annotations
 
 import re
-
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 

@@ -44,9 +44,9 @@ import torch
 
 from ingest.collection import Collection
 from rag.abstention import AbstentionRule
+from rag.attribution import choose_documents, supporting_span, token_sentence_spans
 from rag.config import QAConfig
 from rag.errors import QAError
-from rag.attribution import choose_documents, supporting_span, token_sentence_spans
 from rag.extract import FullReplyStop, clean_answer, full_reply, reply_complete
 from rag.generator import Generator
 from rag.prompts import ABSTAIN_TEXT, is_abstention

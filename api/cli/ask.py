@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +14,7 @@ from api.cli.common import AdapterOpt, CollectionOpt, JsonOpt, KOpt, ModeOpt, em
 from ingest.errors import IngestError
 
 
-class AnswerStyle(str, Enum):
+class AnswerStyle(StrEnum):
     """``--style``: the answer styles of :data:`rag.config.QAConfig.answer_style`."""
 
     short = "short"

@@ -78,7 +78,9 @@ def env(tmp_path_factory, tiny_st_model, tiny_llm):
         embedder=EmbedderConfig(model=str(tiny_st_model)), chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8)
     )
     assert IngestWorkspace(home, ingest_cfg).ingest([docs], "facts").ok
-    ws = Workspace(home, GeneratorConfig(model=str(tiny_llm)), ingest_cfg, qa=QAConfig(max_new_tokens=4, answer_style="short"))
+    ws = Workspace(
+        home, GeneratorConfig(model=str(tiny_llm)), ingest_cfg, qa=QAConfig(max_new_tokens=4, answer_style="short")
+    )
     sft = write_jsonl(root / "sft.jsonl", [{"question": q, "answer": a, "context": c} for q, a, c in FACTS] * 2)
     prefs = write_jsonl(
         root / "prefs.jsonl",

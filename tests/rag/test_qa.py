@@ -39,7 +39,13 @@ def setup(tmp_path_factory, tiny_st_model, tiny_llm):
 
 def pipeline(setup, **qa):
     ws, gen = setup
-    options = {"max_new_tokens": 6, "answer_style": "short", "abstain_min_score": None, "abstain_min_logprob": None, **qa}
+    options = {
+        "max_new_tokens": 6,
+        "answer_style": "short",
+        "abstain_min_score": None,
+        "abstain_min_logprob": None,
+        **qa,
+    }
     return QAPipeline(Retriever(ws.embedder, RetrieverConfig(k=3)), gen, QAConfig(**options))
 
 
@@ -71,7 +77,9 @@ def test_weak_documents_are_skipped(setup, mode):
     with ws.open("c", readonly=True) as coll:
         only_best = pipeline(setup, min_doc_posterior=0.99).answer(coll, question, mode=mode)
         ks = Retriever(ws.embedder, RetrieverConfig(k=1))
-        alone = QAPipeline(ks, setup[1], QAConfig(max_new_tokens=6, answer_style="short")).answer(coll, question, mode=mode, abstain=False)
+        alone = QAPipeline(ks, setup[1], QAConfig(max_new_tokens=6, answer_style="short")).answer(
+            coll, question, mode=mode, abstain=False
+        )
     # the same as retrieving the best chunk alone: one prompt, p(z|x) = 1
     assert only_best.raw_answer == alone.raw_answer
     assert only_best.logprob == pytest.approx(alone.logprob, abs=1e-4)
