@@ -101,6 +101,16 @@ def reply_complete(text: str) -> bool:
 REPEAT_NGRAM = 12
 """A run of this many tokens seen before in the reply counts as the model repeating itself."""
 
+#: a line that starts a new prompt turn ("Question: ...", "Context: ..."): the answer is over
+_PROMPT_ECHO = re.compile(r"(?:^|\n)\s*(?:Question|Context)\s*:", re.IGNORECASE)
+
+
+def prompt_echo_start(text: str) -> int | None:
+    """Char offset where ``text`` starts writing a new prompt turn (a line beginning "Question:" or
+    "Context:", as the prompts do), or None."""
+    match = _PROMPT_ECHO.search(text)
+    return match.start() if match else None
+
 
 def repetition_start(ids: Sequence[int], n: int = REPEAT_NGRAM) -> int | None:
     """Index of the first token of the earliest run of ``n`` tokens that already occurred earlier in
@@ -120,8 +130,9 @@ def _sentence_key(sentence: str) -> str:
 
 class FullReplyStop:
     """The full style's stop rule: True once the reply repeats itself, i.e. its last ``n`` tokens
-    occurred before, or its last finished sentence equals (case and punctuation aside) an earlier one.
-    Eos and the token budget end decoding too, outside this rule."""
+    occurred before, or its last finished sentence equals (case and punctuation aside) an earlier one,
+    or once it starts a new prompt turn (:func:`prompt_echo_start`). Eos and the token budget end
+    decoding too, outside this rule."""
 
     def __init__(self, decode: Callable[[list[int]], str], n: int = REPEAT_NGRAM) -> None:
         self.decode = decode
@@ -134,6 +145,8 @@ class FullReplyStop:
             if any(ids[i : i + n] == tail for i in range(len(ids) - n)):
                 return True
         text = self.decode(ids)
+        if prompt_echo_start(text) is not None:
+            return True
         spans = sentence_spans(text)
         if len(spans) < 2:
             return False
@@ -164,8 +177,9 @@ class FullReply:
 def full_reply(ids: Sequence[int], decode: Callable[[list[int]], str], eos_token_ids: Sequence[int]) -> FullReply:
     """The sentences worth keeping of a full-style reply ``ids`` (generated ids, eos included if any).
 
-    A repeated run of tokens (:func:`repetition_start`) is cut off, sentences from the first one that
-    repeats an earlier sentence are dropped, and the last sentence is dropped when it is unfinished
+    A repeated run of tokens (:func:`repetition_start`) and a new prompt turn the model started
+    (:func:`prompt_echo_start`) are cut off, sentences from the first one that repeats an earlier
+    sentence are dropped, and the last sentence is dropped when it is unfinished
     and the reply did not end on eos (the budget or the repetition cut it), unless it is the only one.
     """
     eos = set(eos_token_ids)
@@ -179,9 +193,12 @@ def full_reply(ids: Sequence[int], decode: Callable[[list[int]], str], eos_token
     for i in range(len(kept)):
         ends.append(max(len(decode(kept[: i + 1])), ends[-1] if ends else 0))
     text = decode(kept)
+    echo = prompt_echo_start(text)
+    if echo is not None:
+        ended = False  # what came before the new turn may be unfinished ("... as follows:")
     spans: list[tuple[int, int]] = []
     seen: set[str] = set()
-    for a, b in sentence_spans(text):
+    for a, b in sentence_spans(text if echo is None else text[:echo]):
         key = _sentence_key(text[a:b])
         if key and key in seen:
             ended = False
@@ -198,6 +215,7 @@ __all__ = [
     "FullReplyStop",
     "clean_answer",
     "full_reply",
+    "prompt_echo_start",
     "reply_complete",
     "repetition_start",
     "strip_restatement",

@@ -376,6 +376,9 @@ class QAPipeline:
             ans.sentences = [self._sentence(ans.answer, docs, used, chunks)] if ans.answer else []
             return
         reply = full_reply(out.token_ids, self.generator.decode, self.generator.eos_token_ids)
+        if not reply.spans:  # e.g. the reply only started a new "Question:" turn
+            ans.answer, ans.abstained, ans.abstain_reason = ABSTAIN_TEXT, True, "the model gave no answer"
+            return
         texts = [reply.text[a:b] for a, b in reply.spans]
         token_spans = token_sentence_spans(reply.token_ends, reply.spans)
         shares = strategy.sentence_posteriors(out, request.doc_logprobs, token_spans, texts, chunks)

@@ -8,6 +8,7 @@ from rag.extract import (
     FullReplyStop,
     clean_answer,
     full_reply,
+    prompt_echo_start,
     repetition_start,
     reply_complete,
     strip_restatement,
@@ -123,3 +124,14 @@ def test_full_reply_keeps_finished_sentences():
     # a looping reply: the repetition and the repeated sentence go
     loop = full_reply([5, 6, 7, 8, 9, 10, 5, 6, 7, EOS], _decode, [EOS])
     assert [loop.text[a:b] for a, b in loop.spans] == ["run venv.", "Then activate!"]
+
+
+def test_a_new_prompt_turn_ends_the_answer():
+    words = {**WORDS, 11: "\n\nQuestion", 12: ":", 13: " Context"}
+    decode = lambda ids: "".join(words[i] for i in ids if i != EOS).strip()  # noqa: E731
+    assert prompt_echo_start("Done.\n\nQuestion: why?") == 5 and prompt_echo_start("A question: why?") is None
+    assert FullReplyStop(decode)([5, 6, 7, 11, 12]) and not FullReplyStop(decode)([5, 6, 7, 13, 12])
+    reply = full_reply([5, 6, 7, 11, 12, 8, 9, 10], decode, [EOS])
+    assert [reply.text[a:b] for a, b in reply.spans] == ["run venv."]
+    unfinished = full_reply([5, 6, 7, 8, 9, 11, 12, 8, 9, 10, EOS], decode, [EOS])
+    assert [unfinished.text[a:b] for a, b in unfinished.spans] == ["run venv."]
