@@ -296,3 +296,25 @@ def test_unknown_style(setup):
     ws, _ = setup
     with ws.open("c", readonly=True) as coll, pytest.raises(QAError, match="answer style"):
         pipeline(setup).answer(coll, "hi", style="long")
+
+
+def test_style_prompts_and_their_cacheable_prefixes(setup):
+    """The style's system message is part of the prompt ids (so cached prefix KV states of the two
+    styles never mix); the question part is the same, and each style's shared head is its own."""
+    from rag.prompts import FULL_SYSTEM, SYSTEM
+
+    _, gen = setup
+    short_prefix, short_suffix = gen.prompt_parts("Where is Oslo?", ["Oslo is in Norway."], one_shot=False)
+    full_prefix, full_suffix = gen.prompt_parts("Where is Oslo?", ["Oslo is in Norway."], one_shot=False, style="full")
+    assert short_suffix == full_suffix and short_prefix != full_prefix
+    assert SYSTEM in gen.tokenizer.decode(short_prefix) and FULL_SYSTEM in gen.tokenizer.decode(full_prefix)
+    assert gen.prompt_ids("Where is Oslo?", ["x"], one_shot=False) == sum(
+        gen.prompt_parts("Where is Oslo?", ["x"], one_shot=False), []
+    )
+    short_spec = gen.prefix_spec([(short_prefix, short_suffix)], one_shot=False)
+    full_spec = gen.prefix_spec([(full_prefix, full_suffix)], one_shot=False, style="full")
+    assert short_spec is not None and full_spec is not None
+    for spec, prefix, system in ((short_spec, short_prefix, SYSTEM), (full_spec, full_prefix, FULL_SYSTEM)):
+        shared = spec.shared_lengths[0]
+        assert spec.lengths == [len(prefix)] and 0 < shared < len(prefix)
+        assert system in gen.tokenizer.decode(prefix[:shared])  # the shared head holds the style's system turn
