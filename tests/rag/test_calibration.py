@@ -100,7 +100,8 @@ def tiny_ws(tmp_path, tiny_st_model):
     ws = Workspace(
         tmp_path / "home",
         IngestConfig(
-            embedder=EmbedderConfig(model=str(tiny_st_model)), chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8)
+            embedder=EmbedderConfig(model=str(tiny_st_model)),
+            chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8),
         ),
     )
     assert ws.ingest([docs], "c").ok
@@ -205,4 +206,3 @@ def test_default_settings_abstain_out_of_collection_and_answer_inside(tmp_path, 
             assert not qa.answer(coll, outside[0]).abstained
         qa.config = QAConfig(max_new_tokens=3)
         assert not qa.answer(coll, outside[0], abstain=False).abstained
-
