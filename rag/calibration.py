@@ -13,13 +13,21 @@ it when it is ingested or changed:
 Both are scored with the best dense cosine of the collection (the retriever's ``max_dense_score`` signal)
 and :func:`choose_min_score` picks the threshold. The rule favours answering::
 
-    min_score = min(quantile(probe scores, probe_quantile) + margin, quantile(answerable scores, answerable_quantile))
+    min_score = min((quantile(probe, 0.95) + median(answerable)) / 2, quantile(answerable, 0.25))
 
-i.e. just above almost every probe question, but never above the score of the weakest answerable queries
-(default quantiles 0.95 and 0.05, margin 0.02). The result is a :class:`Calibration`, stored with the
-collection (:meth:`ingest.collection.Collection.set_calibration`) together with the store generation it was
-computed for and the sample sizes; :meth:`rag.abstention.AbstentionRule.for_collection` uses it whenever
-``QAConfig.abstain_min_score`` is not set (``QAConfig.auto_abstain``).
+i.e. halfway between almost every probe question and the typical answerable query, but never above the
+score of the weaker quarter of the answerable queries (when the two overlap, the threshold follows the
+answerable side: a collection rather answers an unrelated question than withholds its own). The median and
+the cap quantile, not the minimum, stand for the answerable side because the made-up queries are rough:
+some come from sentences (lists, captions, code comments) that no person would ask about. Measured on the
+Python docs and the SQuAD articles: ``bench/abstention_defaults.py``, BENCHMARKS.md.
+
+The result is a :class:`Calibration`, stored with the collection
+(:meth:`ingest.collection.Collection.set_calibration`) together with the store generation it was computed
+for and the sample sizes; :meth:`rag.abstention.AbstentionRule.for_collection` uses it whenever
+``QAConfig.abstain_min_score`` is not set (``QAConfig.auto_abstain``). The retriever's hybrid ranking can
+leave the best dense chunk out of the top k, so a question's ``max_dense_score`` is at most the score
+calibration measured (it abstains a little more often, never less).
 
 Cost: one embedding per query (``max_chunks`` answerable + 160 probes, short texts) and one top-1 index
 search each: about a second on a 2-core CPU with the bundled embedder.
@@ -48,6 +56,7 @@ __all__ = [
     "RULE_VERSION",
     "Calibration",
     "CalibrationRule",
+    "Threshold",
     "answerable_queries",
     "best_scores",
     "calibrate_collection",
@@ -111,12 +120,12 @@ _LEADING_FILLER = {"and", "or", "but", "so", "then", "also", "however", "thus", 
 
 
 def _sentences(text: str) -> list[str]:
-    """Prose sentences of a chunk: 6-40 words, mostly letters, nothing that looks like code."""
+    """Prose sentences of a chunk: 6-40 words, a capital first letter, mostly letters, nothing like code."""
     out = []
     for para in re.split(r"\n\s*\n|\n(?=\s*[-*•])", text):
         for s in _SENTENCE_END.split(" ".join(para.split())):
             words = s.split()
-            if not 6 <= len(words) <= 40 or _CODE_LIKE.search(s):
+            if not 6 <= len(words) <= 40 or not s[0].isupper() or _CODE_LIKE.search(s):
                 continue
             if sum(len(w) for w in _WORD.findall(s)) < 0.7 * len(s.replace(" ", "")):
                 continue
@@ -125,33 +134,41 @@ def _sentences(text: str) -> list[str]:
 
 
 def _question(sentence: str, rng: random.Random) -> str:
-    """A question-like query from a sentence: a wh-word and a window of 5-9 of its words."""
-    words = [w.strip(".,;:!?\"'()[]") for w in sentence.split()]
-    words = [w for w in words if w]
-    while words and words[0].lower() in _LEADING_FILLER:
+    """A question-like query from a sentence: a wh-word and the sentence's opening words (where its topic
+    usually is), 6-12 of them, cut at the first clause boundary after the sixth."""
+    words = [w for w in sentence.split() if w.strip(".,;:!?\"'()[]")]
+    while words and words[0].lower().strip(",") in _LEADING_FILLER:
         words = words[1:]
-    size = min(len(words), rng.randint(5, 9))
-    start = rng.randint(0, max(0, len(words) - size))
-    window = words[start : start + size]
-    if window and window[0][:1].isupper() and not window[0].isupper() and start == 0:
+    size = min(len(words), rng.randint(6, 12))
+    for i in range(5, size):
+        if words[i].endswith((",", ";", ":")):
+            size = i + 1
+            break
+    window = [w.strip(".,;:!?\"'()[]") for w in words[:size]]
+    if window and window[0][:1].isupper() and not window[0].isupper():
         window[0] = window[0][0].lower() + window[0][1:]
-    text = " ".join(window)
+    text = " ".join(w for w in window if w)
     wh = "When" if _YEAR.search(text) else rng.choice(("What", "What", "How", "Why", "Which"))
     return f"{wh} {text}?"
 
 
 def answerable_queries(texts: Sequence[str], n: int, *, seed: int = 0) -> list[str]:
-    """Up to ``n`` question-like queries made from sentences of ``texts`` (one per text at most, in order).
-
-    Deterministic for a given ``seed``; texts without a prose sentence give no query."""
+    """Up to ``n`` question-like queries made from sentences of ``texts``: one per text in order, then (when
+    the texts are few) a second sentence of each, and so on. Deterministic for a given ``seed``; texts
+    without a prose sentence give no query."""
     rng = random.Random(seed)
-    out: list[str] = []
+    pools = []
     for text in texts:
-        if len(out) >= n:
-            break
         sentences = _sentences(text)
-        if sentences:
-            out.append(_question(rng.choice(sentences), rng))
+        rng.shuffle(sentences)
+        pools.append(sentences)
+    out: list[str] = []
+    for depth in range(max((len(p) for p in pools), default=0)):
+        for sentences in pools:
+            if len(out) >= n:
+                return out
+            if depth < len(sentences):
+                out.append(_question(sentences[depth], rng))
     return out
 
 
@@ -173,35 +190,47 @@ class CalibrationRule:
     """How the threshold is chosen (see the module docstring) and how much is sampled."""
 
     probe_quantile: float = 0.95
-    answerable_quantile: float = 0.05
-    margin: float = 0.02
+    answerable_quantile: float = 0.5
+    cap_quantile: float = 0.25
     max_chunks: int = 120
     min_answerable: int = 10
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("probe_quantile", "answerable_quantile"):
+        for name in ("probe_quantile", "answerable_quantile", "cap_quantile"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
         if self.max_chunks < 1 or self.min_answerable < 1:
             raise ValueError("max_chunks and min_answerable must be >= 1")
 
 
+@dataclass(frozen=True)
+class Threshold:
+    """The chosen ``min_score`` (None: off) and the three quantiles it came from."""
+
+    min_score: float | None
+    probe_score: float | None = None
+    answerable_score: float | None = None
+    cap_score: float | None = None
+
+
 def choose_min_score(
     answerable: Sequence[float], unanswerable: Sequence[float], rule: CalibrationRule | None = None
-) -> tuple[float | None, float | None, float | None]:
-    """``(min_score, probe quantile, answerable quantile)`` by the rule of the module docstring.
+) -> Threshold:
+    """The threshold by the rule of the module docstring: halfway between the probes' high quantile and the
+    answerable queries' median, but never above the answerable queries' low (cap) quantile.
 
-    ``min_score`` is None (threshold off) when there are fewer than ``rule.min_answerable`` answerable
-    scores or no unanswerable ones: too little to tell them apart."""
+    Off (``min_score`` None) with fewer than ``rule.min_answerable`` answerable scores or no unanswerable
+    ones: too little to tell them apart."""
     rule = rule or CalibrationRule()
     a = np.asarray(answerable, dtype=np.float64)
     u = np.asarray(unanswerable, dtype=np.float64)
     if len(a) < rule.min_answerable or len(u) == 0:
-        return None, None, None
+        return Threshold(None)
     hi_u = float(np.quantile(u, rule.probe_quantile))
-    lo_a = float(np.quantile(a, rule.answerable_quantile))
-    return round(min(hi_u + rule.margin, lo_a), 4), round(hi_u, 4), round(lo_a, 4)
+    mid_a = float(np.quantile(a, rule.answerable_quantile))
+    cap = float(np.quantile(a, rule.cap_quantile))
+    return Threshold(round(min((hi_u + mid_a) / 2, cap), 4), round(hi_u, 4), round(mid_a, 4), round(cap, 4))
 
 
 @dataclass(frozen=True)
@@ -213,11 +242,12 @@ class Calibration:
     embedder: str
     n_answerable: int
     n_unanswerable: int
-    probe_quantile_score: float | None
-    answerable_quantile_score: float | None
+    probe_score: float | None
+    answerable_score: float | None
+    cap_score: float | None
     probe_quantile: float
     answerable_quantile: float
-    margin: float
+    cap_quantile: float
     seconds: float
     computed_at: float
     rule_version: int = RULE_VERSION
@@ -270,33 +300,36 @@ def calibrate_collection(
         scores = best_scores(collection, vectors)
         if len(scores):
             answerable, unanswerable = scores[: len(queries)], scores[len(queries) :]
-    min_score, hi_u, lo_a = choose_min_score(answerable.tolist(), unanswerable.tolist(), rule)
+    t = choose_min_score(answerable.tolist(), unanswerable.tolist(), rule)
     cal = Calibration(
-        min_score=min_score,
+        min_score=t.min_score,
         generation=collection.store.generation,
         embedder=str(getattr(embedder, "name", "")),
         n_answerable=len(answerable),
         n_unanswerable=len(unanswerable),
-        probe_quantile_score=hi_u,
-        answerable_quantile_score=lo_a,
+        probe_score=t.probe_score,
+        answerable_score=t.answerable_score,
+        cap_score=t.cap_score,
         probe_quantile=rule.probe_quantile,
         answerable_quantile=rule.answerable_quantile,
-        margin=rule.margin,
+        cap_quantile=rule.cap_quantile,
         seconds=round(time.perf_counter() - t0, 3),
         computed_at=time.time(),
     )
     if store:
         collection.set_calibration(cal.to_dict())
     logger.info(
-        "collection %s calibrated at generation %d: abstain_min_score %s (probes q%.2f %s, answerable q%.2f %s; "
-        "%d answerable, %d probe queries, %.2f s)",
+        "collection %s calibrated at generation %d: abstain_min_score %s (probes q%.2f %s, answerable q%.2f %s, "
+        "cap q%.2f %s; %d answerable, %d probe queries, %.2f s)",
         collection.name,
         cal.generation,
-        "off" if min_score is None else f"{min_score:.3f}",
+        "off" if t.min_score is None else f"{t.min_score:.3f}",
         rule.probe_quantile,
-        hi_u,
+        t.probe_score,
         rule.answerable_quantile,
-        lo_a,
+        t.answerable_score,
+        rule.cap_quantile,
+        t.cap_score,
         cal.n_answerable,
         cal.n_unanswerable,
         cal.seconds,

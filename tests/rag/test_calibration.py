@@ -13,6 +13,7 @@ from rag.abstention import AbstentionRule
 from rag.calibration import (
     Calibration,
     CalibrationRule,
+    Threshold,
     answerable_queries,
     calibrate_collection,
     calibrate_if_stale,
@@ -56,28 +57,28 @@ def test_answerable_queries_are_deterministic_questions_from_the_text():
     texts = [PROSE, "def f(x): return {x: 1}", "Too short."]
     first = answerable_queries(texts, 10, seed=3)
     assert first == answerable_queries(texts, 10, seed=3)
-    assert len(first) == 1  # code and short fragments give no query
+    assert len(first) == 3  # the three sentences of PROSE; code and short fragments give none
     q = first[0]
     assert q.endswith("?") and q.split()[0] in {"What", "How", "Why", "Which", "When"}
     words = set(PROSE.lower().replace(".", "").split())
-    assert all(w.lower() in words for w in q[:-1].split()[1:])
+    assert all(w.lower() in words for q in first for w in q[:-1].split()[1:])
     assert answerable_queries([PROSE] * 5, 2) and len(answerable_queries([PROSE] * 5, 2)) == 2
 
 
-def test_rule_is_just_above_the_probes_but_never_above_weak_answerable_scores():
-    rule = CalibrationRule(probe_quantile=1.0, answerable_quantile=0.0, margin=0.02, min_answerable=3)
-    # well separated: just above the best probe
-    assert choose_min_score([0.6, 0.7, 0.8], [0.1, 0.2, 0.3], rule) == (0.32, 0.3, 0.6)
+def test_rule_is_between_probes_and_answerable_but_never_above_weak_answerable_scores():
+    rule = CalibrationRule(probe_quantile=1.0, answerable_quantile=0.5, cap_quantile=0.0, min_answerable=3)
+    # well separated: halfway between the best probe (0.3) and the answerable median (0.7)
+    assert choose_min_score([0.6, 0.7, 0.8], [0.1, 0.2, 0.3], rule) == Threshold(0.5, 0.3, 0.7, 0.6)
     # overlapping: capped by the weakest answerable score (favour answering)
-    assert choose_min_score([0.25, 0.7, 0.8], [0.1, 0.2, 0.3], rule) == (0.25, 0.3, 0.25)
+    assert choose_min_score([0.25, 0.7, 0.8], [0.1, 0.2, 0.3], rule).min_score == 0.25
     # too few answerable queries: off
-    assert choose_min_score([0.9], [0.1], rule) == (None, None, None)
+    assert choose_min_score([0.9], [0.1], rule) == Threshold(None)
     with pytest.raises(ValueError):
         CalibrationRule(probe_quantile=1.5)
 
 
 def _calibration(min_score):
-    return Calibration(min_score, 1, "e", 20, 160, 0.3, 0.5, 0.95, 0.05, 0.02, 0.1, 0.0)
+    return Calibration(min_score, 1, "e", 20, 160, 0.3, 0.6, 0.5, 0.95, 0.5, 0.25, 0.1, 0.0)
 
 
 def test_explicit_settings_win_over_the_calibration():
