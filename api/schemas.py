@@ -44,11 +44,10 @@ class CalibrationPublic(BaseModel):
     n_answerable: int = Field(description="Answerable queries (made from sampled chunks of the collection).")
     n_unanswerable: int = Field(description="Unanswerable queries (general-knowledge probe questions).")
     probe_score: float | None = Field(None, description="The probe scores' probe_quantile.")
-    answerable_score: float | None = Field(None, description="The answerable scores' answerable_quantile.")
     cap_score: float | None = Field(None, description="The answerable scores' cap_quantile: min_score's ceiling.")
     probe_quantile: float
-    answerable_quantile: float
     cap_quantile: float
+    margin: float
     seconds: float
     computed_at: float
 

@@ -212,21 +212,20 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
     lines.append(f"Date: {common.today()} · revision {common.git_revision()} · {res['machine']}  ")
     lines.append(
         f"Default settings (mode {res['config']['mode']}, `auto_abstain` on, no `abstain_min_score`); each "
-        "collection calibrated itself when it was ingested (`rag/calibration.py`: threshold = min((probe scores' "
-        "95th percentile + answerable median) / 2, answerable 25th percentile))."
+        "collection calibrated itself when it was ingested (`rag/calibration.py`: threshold = min(probe scores' "
+        "97.5th percentile, answerable scores' 25th percentile))."
     )
     lines.append("")
     lines.append(
         "| collection | documents / chunks | ingest s | calibrated abstain_min_score "
-        "| probe q95 / answerable q50 / q25 | answerable / probe queries | calibration s |"
+        "| probe q97.5 / answerable q25 | answerable / probe queries | calibration s |"
     )
     lines.append("|---|---|---|---|---|---|---|")
     for name, c in res["collections"].items():
         cal = c.get("calibration") or {}
         lines.append(
             f"| {name} | {c.get('documents')} / {c.get('chunks')} | {c.get('ingest_s', 'existing')} | "
-            f"{cal.get('min_score')} | {cal.get('probe_score')} / {cal.get('answerable_score')} / "
-            f"{cal.get('cap_score')} | "
+            f"{cal.get('min_score')} | {cal.get('probe_score')} / {cal.get('cap_score')} | "
             f"{cal.get('n_answerable')} / {cal.get('n_unanswerable')} | {cal.get('seconds')} |"
         )
     lines.append("")

@@ -65,20 +65,22 @@ def test_answerable_queries_are_deterministic_questions_from_the_text():
     assert answerable_queries([PROSE] * 5, 2) and len(answerable_queries([PROSE] * 5, 2)) == 2
 
 
-def test_rule_is_between_probes_and_answerable_but_never_above_weak_answerable_scores():
-    rule = CalibrationRule(probe_quantile=1.0, answerable_quantile=0.5, cap_quantile=0.0, min_answerable=3)
-    # well separated: halfway between the best probe (0.3) and the answerable median (0.7)
-    assert choose_min_score([0.6, 0.7, 0.8], [0.1, 0.2, 0.3], rule) == Threshold(0.5, 0.3, 0.7, 0.6)
+def test_rule_is_just_above_the_probes_but_never_above_weak_answerable_scores():
+    rule = CalibrationRule(probe_quantile=1.0, cap_quantile=0.0, margin=0.02, min_answerable=3)
+    # well separated: just above the best probe
+    assert choose_min_score([0.6, 0.7, 0.8], [0.1, 0.2, 0.3], rule) == Threshold(0.32, 0.3, 0.6)
     # overlapping: capped by the weakest answerable score (favour answering)
-    assert choose_min_score([0.25, 0.7, 0.8], [0.1, 0.2, 0.3], rule).min_score == 0.25
+    assert choose_min_score([0.25, 0.7, 0.8], [0.1, 0.2, 0.3], rule) == Threshold(0.25, 0.3, 0.25)
     # too few answerable queries: off
     assert choose_min_score([0.9], [0.1], rule) == Threshold(None)
+    default = choose_min_score([0.5 + i / 100 for i in range(40)], [i / 200 for i in range(81)])
+    assert default.min_score == default.probe_score == 0.39  # the probes' 97.5th percentile
     with pytest.raises(ValueError):
         CalibrationRule(probe_quantile=1.5)
 
 
 def _calibration(min_score):
-    return Calibration(min_score, 1, "e", 20, 160, 0.3, 0.6, 0.5, 0.95, 0.5, 0.25, 0.1, 0.0)
+    return Calibration(min_score, 1, "e", 20, 160, 0.3, 0.5, 0.975, 0.25, 0.0, 0.1, 0.0)
 
 
 def test_explicit_settings_win_over_the_calibration():
