@@ -251,8 +251,9 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
             f"{_pct(s['pipeline_rate'])} ({s['pipeline_n']}) | {target}{met} |"
         )
     lines.append("")
-    lines.append("Sample answers (pipeline, default settings):")
-    lines.append("")
+    if any(s["samples"] for s in res["sets"]):
+        lines.append("Sample answers (pipeline, default settings):")
+        lines.append("")
     for s in res["sets"]:
         for smp in s["samples"][:1]:
             score = "n/a" if smp["score"] is None else f"{smp['score']:.2f}"
