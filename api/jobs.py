@@ -14,6 +14,8 @@ Life of an upload:
    deletes from the API interleave with a long job.
 3. A file that fails (corrupt, empty, unsupported) fails its own entry only; the previous
    version of the file, if any, is put back.
+4. After the last file the collection's abstention threshold is recalibrated (:mod:`rag.calibration`)
+   when the job changed the collection.
 
 Restart: jobs found ``running`` are queued again and resume at their first unfinished file;
 a file whose upload is gone fails with a message; a job of a deleted collection fails. No job
@@ -449,7 +451,16 @@ class IngestWorker:
                 result = "unchanged" if report.unchanged else ("replaced" if report.replaced else "added")
                 self.jobs.set_file(job_id, ordinal, result, None, report.documents, report.chunks)
                 self.on_file(result, report.chunks)
+        self._calibrate(name)
         self._finish(job_id)
+
+    def _calibrate(self, name: str) -> None:
+        """Recompute the collection's abstention threshold once per job, after its files (skipped when no
+        file changed it; a failure is logged and leaves the previous threshold)."""
+        from rag.calibration import recalibrate
+
+        with self.gate.hold(name):
+            recalibrate(self.workspace, name, quiet=True)
 
 
 def new_job_id() -> str:

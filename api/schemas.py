@@ -32,6 +32,26 @@ class CollectionCreate(_In):
     )
 
 
+class CalibrationPublic(BaseModel):
+    """The collection's own abstention threshold (rag/calibration.py), recomputed after every change."""
+
+    min_score: float | None = Field(
+        description="Calibrated abstain_min_score: answers abstain when the best evidence cosine is below it "
+        "(used unless the server sets qa.abstain_min_score; null: too few answerable queries, threshold off)."
+    )
+    generation: int = Field(description="Store generation it was computed for.")
+    embedder: str
+    n_answerable: int = Field(description="Answerable queries (made from sampled chunks of the collection).")
+    n_unanswerable: int = Field(description="Unanswerable queries (general-knowledge probe questions).")
+    probe_score: float | None = Field(None, description="The probe scores' probe_quantile.")
+    cap_score: float | None = Field(None, description="The answerable scores' cap_quantile: min_score's ceiling.")
+    probe_quantile: float
+    cap_quantile: float
+    margin: float
+    seconds: float
+    computed_at: float
+
+
 class CollectionPublic(BaseModel):
     name: str
     embedder: str
@@ -44,6 +64,7 @@ class CollectionPublic(BaseModel):
     generation: int = Field(description="Store generation: bumped by every committed change.")
     created_at: float | None = None
     chunking: dict[str, Any] = {}
+    calibration: CalibrationPublic | None = Field(None, description="Abstention calibration; null before the first.")
 
 
 class CollectionsPublic(BaseModel):

@@ -42,6 +42,7 @@ from api.schemas import (
 )
 from api.settings import Settings
 from ingest.errors import IngestError
+from rag.calibration import calibrate_if_stale
 from rag.scheduler import RequestCancelledError
 from rag.serving_errors import ServingError
 
@@ -182,6 +183,8 @@ class RagService:
                 self.workspace.open(name, check_embedder=False) as coll,
             ):
                 n = coll.delete_documents(doc_ids=doc_ids, sources=resolved)
+                if n:
+                    calibrate_if_stale(coll, lambda: self.workspace.embedder, quiet=True)
         except IngestError as exc:
             raise from_core(exc) from exc
         if n == 0:

@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _INDEX_RE = re.compile(r"^index-(\d+)\.faiss$")
+CALIBRATION_KEY = "calibration"  # meta key of the abstention calibration (rag/calibration.py)
 
 
 def validate_name(name: str) -> str:
@@ -315,7 +316,18 @@ class Collection:
         self.flush()
         return n_docs
 
+    def set_calibration(self, calibration: dict[str, Any]) -> None:
+        """Store the collection's abstention calibration (:mod:`rag.calibration`); not a content change, so
+        the generation stays (the calibration records the generation it was computed for)."""
+        self._check_writable()
+        self.store.set_meta({CALIBRATION_KEY: calibration})
+
     # -- reads --------------------------------------------------------------------------
+    def calibration(self) -> dict[str, Any] | None:
+        """The stored abstention calibration (see :mod:`rag.calibration`), or None before the first one."""
+        value = self.store.get_meta(CALIBRATION_KEY)
+        return value if isinstance(value, dict) else None
+
     def search(
         self,
         query: np.ndarray,
@@ -360,6 +372,7 @@ class Collection:
             "chunks": n_chunks,
             "generation": self.store.generation,
             "created_at": self.store.get_meta("created_at"),
+            "calibration": self.calibration(),
         }
 
     def check_consistency(self) -> list[str]:

@@ -114,6 +114,10 @@ class DocumentStore(Protocol):
         """Chunks by ``chunk_id`` (ids not in the store are absent from the result)."""
         ...
 
+    def faiss_ids(self) -> list[int]:
+        """The ``faiss_id`` of every chunk, ascending."""
+        ...
+
     def iter_chunks(self, batch: int = 1000) -> Iterator[ChunkRow]:
         """Every chunk, in ``faiss_id`` order."""
         ...
@@ -357,6 +361,10 @@ class SQLiteDocumentStore:
             ):
                 out[r[1]] = ChunkRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))
         return out
+
+    def faiss_ids(self) -> list[int]:
+        """The ``faiss_id`` of every chunk, ascending (cheap: no text, no vectors)."""
+        return [r[0] for r in self._db.execute("SELECT faiss_id FROM chunks ORDER BY faiss_id")]
 
     def iter_chunks(self, batch: int = 1000) -> Iterator[ChunkRow]:
         cur = self._db.execute(

@@ -7,17 +7,25 @@ Signals (see :class:`rag.qa.Answer` and :class:`rag.evaluate.Record`):
 * ``idk_margin``: mean per-token log p("I don't know.") minus the answer's, under the same marginal;
 * ``model_abstained``: the model itself answered "I don't know" (or there was no evidence).
 
-A threshold left at None is off. :class:`rag.qa.QAPipeline` applies the rule while answering (the
+A threshold left at None is off. By default (``QAConfig.auto_abstain``) the evidence threshold comes from
+the collection's own calibration (:mod:`rag.calibration`, :meth:`AbstentionRule.for_collection`) unless
+``abstain_min_score`` is set. :class:`rag.qa.QAPipeline` applies the rule while answering (the
 evidence check before generating, the answer checks after); :func:`rag.evaluate.compute_metrics`
 applies it afterwards to records answered with thresholds off, so one pass serves many thresholds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
-__all__ = ["AbstentionRule"]
+__all__ = ["AbstentionRule", "CalibratedThreshold"]
+
+
+class CalibratedThreshold(Protocol):
+    """What the rule needs of a collection's calibration (:class:`rag.calibration.Calibration` has it)."""
+
+    min_score: float | None
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,20 @@ class AbstentionRule:
             min_logprob=config.abstain_min_logprob,
             max_idk_margin=getattr(config, "abstain_max_idk_margin", None),
         )
+
+    @classmethod
+    def for_collection(cls, config: Any, calibration: CalibratedThreshold | None) -> AbstentionRule:
+        """The thresholds of ``config``, with the collection's calibrated evidence threshold filling in
+        ``abstain_min_score`` when the config leaves it unset and ``auto_abstain`` is on (explicit settings win)."""
+        rule = cls.from_config(config)
+        if (
+            rule.min_score is None
+            and getattr(config, "auto_abstain", True)
+            and calibration is not None
+            and calibration.min_score is not None
+        ):
+            rule = replace(rule, min_score=float(calibration.min_score))
+        return rule
 
     def as_kwargs(self) -> dict[str, float | None]:
         """The thresholds as keyword arguments of :func:`rag.evaluate.compute_metrics`."""

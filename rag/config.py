@@ -112,15 +112,23 @@ class QAConfig(BaseModel):
     max_context_tokens: int = Field(
         200, ge=16, description="Each retrieved chunk is cut to this many generator tokens."
     )
-    # Off by default: thresholds fitted by rag.evaluate.calibrate on one SQuAD 2.0 sample (bench/qa.py
-    # --calibrate --seed 1 --n 30 gave min_score 0.507, min_logprob -0.675) withheld 45% of the answerable
-    # questions of another sample (seed 0; F1 0.146 -> 0.086). Calibrate on your own data with
-    # `ragqa eval --calibrate` and set RAGQA_QA__ABSTAIN_MIN_SCORE / RAGQA_QA__ABSTAIN_MIN_LOGPROB.
+    # The evidence threshold is each collection's own by default (auto_abstain: computed by rag.calibration
+    # when the collection is ingested or changed, from questions made from its chunks versus general-knowledge
+    # probe questions). The fixed thresholds stay off by default: those fitted by rag.evaluate.calibrate on one
+    # SQuAD 2.0 sample (bench/qa.py --calibrate --seed 1 --n 30 gave min_score 0.507, min_logprob -0.675)
+    # withheld 45% of the answerable questions of another sample (seed 0; F1 0.146 -> 0.086). Calibrate on your
+    # own data with `ragqa eval --calibrate` and set RAGQA_QA__ABSTAIN_MIN_SCORE / RAGQA_QA__ABSTAIN_MIN_LOGPROB.
+    auto_abstain: bool = Field(
+        True,
+        description="When abstain_min_score is unset, use the collection's calibrated evidence threshold "
+        "(`ragqa collections show NAME`; redo it with `ragqa collections calibrate NAME`). False: no calibrated "
+        "threshold.",
+    )
     abstain_min_score: float | None = Field(
         None,
         description=(
-            "Abstain without generating when the best dense cosine is below this "
-            "(calibrate with `ragqa eval --calibrate`)."
+            "Abstain without generating when the best dense cosine is below this (None: the collection's "
+            "calibrated threshold, see auto_abstain; calibrate on labelled data with `ragqa eval --calibrate`)."
         ),
     )
     abstain_min_logprob: float | None = Field(

@@ -45,6 +45,7 @@ import torch
 from ingest.collection import Collection
 from rag.abstention import AbstentionRule
 from rag.attribution import choose_documents, supporting_span, token_sentence_spans
+from rag.calibration import read_calibration
 from rag.config import QAConfig
 from rag.errors import QAError
 from rag.extract import FullReplyStop, clean_answer, full_reply, reply_complete
@@ -251,7 +252,7 @@ class QAPipeline:
         ans.style = style
         if not retrieval.chunks:
             return self._abstain(ans, "the collection returned no evidence", t0, t_ret, on_token)
-        rule = AbstentionRule.from_config(cfg) if abstain else AbstentionRule()
+        rule = AbstentionRule.for_collection(cfg, read_calibration(collection)) if abstain else AbstentionRule()
         reason = rule.evidence_reason(retrieval.max_dense_score)
         if reason is not None:
             ans.citations = self._citations(retrieval, [float(c.posterior) for c in retrieval.chunks])

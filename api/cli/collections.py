@@ -1,4 +1,4 @@
-"""``ragqa collections list|show|delete``."""
+"""``ragqa collections list|show|calibrate|delete``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from api.cli.common import JsonOpt, emit_json, fail, out, stack
+from api.cli.common import JsonOpt, describe_calibration, emit_json, fail, out, stack
 from ingest.errors import IngestError
 
-app = typer.Typer(help="List, show and delete collections.", no_args_is_help=True)
+app = typer.Typer(help="List, show, calibrate and delete collections.", no_args_is_help=True)
 
 
 @app.command("list")
@@ -54,8 +54,28 @@ def collections_show(ctx: typer.Context, name: Annotated[str, typer.Argument()],
         return
     table = Table(show_header=False, title=name)
     for key, value in info.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+        if key == "calibration":
+            table.add_row("abstention calibration", describe_calibration(value))
+        else:
+            table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
     out.print(table)
+
+
+@app.command("calibrate")
+def collections_calibrate(ctx: typer.Context, name: Annotated[str, typer.Argument()], as_json: JsonOpt = False) -> None:
+    """Recompute the collection's abstention threshold (done automatically after every ingest, upload and delete)."""
+    from rag.calibration import recalibrate
+
+    try:
+        calibration = recalibrate(stack(ctx).workspace, name, force=True)
+    except (IngestError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc), as_json)
+    if calibration is None:  # only with force=False
+        fail(f"collection {name!r} was not calibrated", as_json)
+    if as_json:
+        emit_json({"collection": name, "calibration": calibration.to_dict(), "ok": True})
+    else:
+        out.print(f"{name}: {describe_calibration(calibration)} in {calibration.seconds:.1f} s")
 
 
 @app.command("delete")

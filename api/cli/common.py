@@ -65,3 +65,15 @@ def summary_table(title: str, rows: list[tuple[str, Any]]) -> Table:
 def resolve_sources(sources: list[str] | None) -> list[str]:
     """Source paths as stored (absolute) when they exist here; other values as given."""
     return [str(Path(s).expanduser().resolve()) if Path(s).expanduser().exists() else s for s in sources or []]
+
+
+def describe_calibration(calibration: Any) -> str:
+    """One line for a collection's abstention calibration (a :class:`rag.calibration.Calibration` or its dict)."""
+    if calibration is None:
+        return "not calibrated (run `ragqa collections calibrate NAME`)"
+    c = calibration if isinstance(calibration, dict) else calibration.to_dict()
+    threshold = "off (too few answerable queries)" if c.get("min_score") is None else f"{c['min_score']:.3f}"
+    return (
+        f"abstain_min_score {threshold} at generation {c.get('generation')} "
+        f"({c.get('n_answerable')} answerable / {c.get('n_unanswerable')} probe queries)"
+    )

@@ -69,9 +69,14 @@ def documents_delete(
     """Delete documents by id or by source path; they disappear from search."""
     if not doc_id and not source:
         fail("name what to delete with --id DOC_ID or --source PATH", as_json)
+    ws = stack(ctx).workspace
     try:
-        with stack(ctx).workspace.open(collection, check_embedder=False) as coll:
+        with ws.open(collection, check_embedder=False) as coll:
             n = coll.delete_documents(doc_ids=doc_id or [], sources=resolve_sources(source))
+            if n:
+                from rag.calibration import calibrate_if_stale
+
+                calibrate_if_stale(coll, lambda: ws.embedder, quiet=True)
     except IngestError as exc:
         fail(str(exc), as_json)
     if as_json:
