@@ -129,6 +129,11 @@ class AskRequest(_In):
     k: int | None = Field(None, ge=1, description="Chunks retrieved (default from config).")
     adapter: str | None = Field(None, description="LoRA adapter name.")
     stream: bool = Field(False, description="Answer as Server-Sent Events: `token` events, then one `answer` event.")
+    conversation_id: str | None = Field(
+        None,
+        description="Continue this conversation: the question is made standalone from its history. "
+        "Absent: a new conversation starts (its id is in the answer).",
+    )
 
 
 class CitationPublic(BaseModel):
@@ -165,6 +170,37 @@ class AnswerPublic(BaseModel):
     )
     max_retrieval_score: float | None = None
     timings: dict[str, float]
+    conversation_id: str | None = Field(None, description="The conversation this answer is a turn of.")
+    standalone_question: str | None = Field(
+        None, description="The question as retrieved and answered, made standalone from the conversation's history."
+    )
+
+
+# -- conversations -------------------------------------------------------------------------
+class ConversationPublic(BaseModel):
+    conversation_id: str
+    collection: str
+    title: str = Field(description="The first question.")
+    turns: int
+    created_at: float
+    updated_at: float
+
+
+class ConversationsPublic(BaseModel):
+    data: list[ConversationPublic]
+    count: int
+
+
+class TurnPublic(BaseModel):
+    question: str
+    standalone_question: str
+    answer: str
+    answer_id: str | None = None
+    created_at: float
+
+
+class ConversationDetail(ConversationPublic):
+    data: list[TurnPublic] = Field(description="The turns, oldest first.")
 
 
 # -- feedback ------------------------------------------------------------------------------

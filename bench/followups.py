@@ -236,9 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             logger.info("%d/%d %s", i + 1, len(convs), row["hits"])
     n = max(len(rows), 1)
     recall = {m: sum(r["hits"][m] for r in rows) / n for m in args.methods}
-    condensed_changed = sum(
-        1 for r in rows if "condense" in r["queries"] and r["queries"]["condense"] != r["followup"]
-    )
+    condensed_changed = sum(1 for r in rows if "condense" in r["queries"] and r["queries"]["condense"] != r["followup"])
     return {
         "data": str(data),
         "n": len(rows),
@@ -293,8 +291,8 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
     for r in res["rows"][:4]:
         q = r["queries"]
         lines.append(
-            f"- turn 1 \"{r['first_question']}\" -> turn 2 \"{r['followup']}\" (standalone: \"{r['standalone']}\")"
-            + (f"; condensed: \"{q['condense']}\"" if "condense" in q else "")
+            f'- turn 1 "{r["first_question"]}" -> turn 2 "{r["followup"]}" (standalone: "{r["standalone"]}")'
+            + (f'; condensed: "{q["condense"]}"' if "condense" in q else "")
         )
     lines.append("")
     return "\n".join(lines)

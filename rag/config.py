@@ -126,7 +126,10 @@ class ConversationConfig(BaseModel):
         "rewrites the follow-up as a standalone question (falls back to it as written when the rewrite is unusable). "
         "bench/followups.py measures both.",
     )
-    max_turns: int = Field(3, ge=0, le=50, description="Previous turns used (and kept per stored conversation).")
+    max_turns: int = Field(3, ge=0, le=50, description="Previous turns a follow-up is made standalone from.")
+    max_stored_turns: int = Field(
+        100, ge=1, description="Turns a server conversation keeps (the oldest are dropped beyond it)."
+    )
     max_history_chars: int = Field(
         2000, ge=0, description="Most characters of previous questions and answers used (the latest turn always)."
     )

@@ -99,8 +99,11 @@ def _condense_user(question: str, history: Sequence[Turn]) -> str:
 
 #: the worked example shown before the real conversation (the 135M model follows a shown rewrite far
 #: more often than an instruction alone)
-EXAMPLE = ([Turn("Who designed the Eiffel Tower?", "Gustave Eiffel's company")], "When was it built?",
-           "When was the Eiffel Tower built?")
+EXAMPLE = (
+    [Turn("Who designed the Eiffel Tower?", "Gustave Eiffel's company")],
+    "When was it built?",
+    "When was the Eiffel Tower built?",
+)
 
 
 def condense_messages(question: str, history: Sequence[Turn]) -> list[dict[str, str]]:
