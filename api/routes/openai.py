@@ -106,9 +106,7 @@ async def chat_completions(body: ChatCompletionRequest, service: ServiceDep, key
     collection = collection_of(body.model)
     question = question_of(body)
     await run_in_threadpool(service.validate_question, key, collection, question, None)
-    history = (
-        history_of(body)[-service.settings.conversation.max_turns :] if service.settings.conversation.max_turns else []
-    )
+    history = history_of(body)  # bounded by conversation.max_turns / max_history_chars where it is used
     created = int(time.time())
     if not body.stream:
         ans = await service.answer_async(key, collection, question, endpoint="chat", history=history)
