@@ -73,7 +73,7 @@ class ConversationStore(SqliteStore):
             ).fetchone()
         return dict(row) if row else None
 
-    def list(self, key_id: str, limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    def list_for(self, key_id: str, limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """``key_id``'s conversations, most recently used first, and how many it has in all."""
         with self._lock:
             rows = self._db.execute(

@@ -442,7 +442,7 @@ class RagService:
         return conv
 
     def list_conversations(self, key: ApiKey, limit: int, offset: int) -> ConversationsPublic:
-        rows, total = self.conversations.list(key.key_id, limit, offset)
+        rows, total = self.conversations.list_for(key.key_id, limit, offset)
         return ConversationsPublic(data=[ConversationPublic.model_validate(r) for r in rows], count=total)
 
     def get_conversation(self, key: ApiKey, conversation_id: str) -> ConversationDetail:
