@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.backpressure import install_backpressure
 from api.errors import install_handlers
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import adapters, ask, collections, documents, feedback, health, jobs, openai
+from api.routes import adapters, ask, collections, conversations, documents, feedback, health, jobs, openai
 from api.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool = True) -
     app.state.metrics = metrics
     install_handlers(app)
     install_backpressure(app, settings, metrics)  # rate limiter; 503/504 for a full queue or a missed deadline
-    for module in (health, collections, documents, jobs, ask, feedback, adapters, openai):
+    for module in (health, collections, documents, jobs, ask, conversations, feedback, adapters, openai):
         app.include_router(module.router)
     mount_web_ui(app)
     cfg = settings.server

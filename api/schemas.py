@@ -155,6 +155,11 @@ class AskRequest(_In):
         description="'full': a few sentences with inline citation markers [n]; 'short': a few words copied from "
         "the context. Default from config ('full').",
     )
+    conversation_id: str | None = Field(
+        None,
+        description="Continue this conversation: the question is made standalone from its history. "
+        "Absent: a new conversation starts (its id is in the answer).",
+    )
 
 
 class CitationPublic(BaseModel):
@@ -204,6 +209,37 @@ class AnswerPublic(BaseModel):
     sentences: list[AnswerSentencePublic] = Field(
         [], description="The answer sentence by sentence, with the citations of each (abstentions: none)."
     )
+    conversation_id: str | None = Field(None, description="The conversation this answer is a turn of.")
+    standalone_question: str | None = Field(
+        None, description="The question as retrieved and answered, made standalone from the conversation's history."
+    )
+
+
+# -- conversations -------------------------------------------------------------------------
+class ConversationPublic(BaseModel):
+    conversation_id: str
+    collection: str
+    title: str = Field(description="The first question.")
+    turns: int
+    created_at: float
+    updated_at: float
+
+
+class ConversationsPublic(BaseModel):
+    data: list[ConversationPublic]
+    count: int
+
+
+class TurnPublic(BaseModel):
+    question: str
+    standalone_question: str
+    answer: str
+    answer_id: str | None = None
+    created_at: float
+
+
+class ConversationDetail(ConversationPublic):
+    data: list[TurnPublic] = Field(description="The turns, oldest first.")
 
 
 # -- feedback ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 from api.answers import AnswerLog
 from api.auth import ApiKey, KeyStore
 from api.backpressure import Deadline, refusal
+from api.conversations import ConversationStore, new_conversation_id
 from api.db import server_db_path
 from api.errors import ApiError, NotFound, PayloadTooLarge, Unprocessable, UnsupportedMediaType, from_core
 from api.factory import RagStack
@@ -33,6 +34,9 @@ from api.schemas import (
     AdapterPublic,
     AnswerPublic,
     CollectionPublic,
+    ConversationDetail,
+    ConversationPublic,
+    ConversationsPublic,
     DocumentPublic,
     DocumentsPublic,
     FeedbackPublic,
@@ -43,6 +47,7 @@ from api.schemas import (
 from api.settings import Settings
 from ingest.errors import IngestError
 from rag.calibration import calibrate_if_stale
+from rag.conversation import Turn
 from rag.scheduler import RequestCancelledError
 from rag.serving_errors import ServingError
 
@@ -72,6 +77,7 @@ class RagService:
     answers: AnswerLog
     keys: KeyStore
     metrics: Metrics
+    conversations: ConversationStore
     started_at: float = field(default_factory=time.time)
 
     # -- access -------------------------------------------------------------------------
@@ -299,15 +305,22 @@ class RagService:
         endpoint: str = "ask",
         on_token: Callable[[str], None] | None = None,
         style: str | None = None,
+        history: list[Turn] | None = None,
+        conversation_id: str | None = None,
     ) -> AnswerPublic:
         """Answer (blocking: call from a worker thread); logs the answer and returns its public form.
-        ``style``: ``"short"`` / ``"full"`` (None: ``QAConfig.answer_style``)."""
+
+        ``style``: ``"short"`` / ``"full"`` (None: ``QAConfig.answer_style``). With ``history`` (previous turns)
+        the question is first made standalone (:meth:`standalone`); with ``conversation_id`` the turn is
+        appended to that conversation."""
         from rag.generator import AdapterError
         from rag.qa import QAError
         from rag.retriever import RetrieverError
 
         t0 = time.perf_counter()
         on_token = self.metrics.first_token_timer(on_token, t0, endpoint=endpoint)
+        asked = question
+        question = self.standalone(question, history) if history else question.strip()
         try:
             with self.readers.lease(collection) as (coll, generation):
                 ans = self.qa.answer(
@@ -330,6 +343,18 @@ class RagService:
         out["collection_generation"] = generation
         out["k"] = k_used
         out["timings"] = {**out.get("timings", {}), "server_s": time.perf_counter() - t0}
+        if conversation_id is not None or history:
+            out.update(question=asked.strip(), standalone_question=question, conversation_id=conversation_id)
+        if conversation_id is not None:
+            self.conversations.create(key.key_id, collection, asked, conversation_id)  # no-op when it exists
+            self.conversations.add_turn(
+                conversation_id,
+                question=asked.strip(),
+                standalone_question=question,
+                answer=out["answer"],
+                answer_id=out["answer_id"],
+                max_turns=self.settings.conversation.max_stored_turns,
+            )
         self.metrics.inc(
             "ragqa_answers_total", endpoint=endpoint, mode=out["mode"], abstained=str(out["abstained"]).lower()
         )
@@ -394,6 +419,46 @@ class RagService:
                 left.set()
                 future.add_done_callback(lambda f: f.exception())
 
+    # -- conversations ------------------------------------------------------------------
+    def standalone(self, question: str, history: list[Turn]) -> str:
+        """``question`` made standalone from ``history`` by the configured method (``conversation.method``)."""
+        from rag.conversation import standalone_question
+
+        return standalone_question(question, history, config=self.settings.conversation, generator=self.qa.generator)
+
+    def open_conversation(
+        self, key: ApiKey, conversation_id: str | None, collection: str, question: str
+    ) -> tuple[str, list[Turn]]:
+        """The conversation a question continues (a new one when ``conversation_id`` is None) and the
+        recent turns to make it standalone from; another key's conversation is not found (404)."""
+        if conversation_id is None:  # created with its first turn (a failed first answer leaves nothing)
+            return new_conversation_id(), []
+        self._conversation(key, conversation_id)
+        cfg = self.settings.conversation
+        rows = self.conversations.turns(conversation_id, last=cfg.max_turns) if cfg.max_turns else []
+        return conversation_id, [Turn(r["question"], r["answer"]) for r in rows]
+
+    def _conversation(self, key: ApiKey, conversation_id: str) -> dict[str, Any]:
+        conv = self.conversations.get(conversation_id, key.key_id)
+        if conv is None:
+            raise NotFound(
+                f"conversation {conversation_id!r} not found; list yours with GET /v1/conversations",
+                code="conversation_not_found",
+            )
+        return conv
+
+    def list_conversations(self, key: ApiKey, limit: int, offset: int) -> ConversationsPublic:
+        rows, total = self.conversations.list_for(key.key_id, limit, offset)
+        return ConversationsPublic(data=[ConversationPublic.model_validate(r) for r in rows], count=total)
+
+    def get_conversation(self, key: ApiKey, conversation_id: str) -> ConversationDetail:
+        conv = self._conversation(key, conversation_id)
+        return ConversationDetail.model_validate({**conv, "data": self.conversations.turns(conversation_id)})
+
+    def delete_conversation(self, key: ApiKey, conversation_id: str) -> None:
+        if not self.conversations.delete(conversation_id, key.key_id):
+            raise NotFound(f"conversation {conversation_id!r} not found", code="conversation_not_found")
+
     # -- feedback -----------------------------------------------------------------------
     def add_feedback(
         self, key: ApiKey, answer_id: str, rating: str, correction: str | None, comment: str | None
@@ -447,7 +512,7 @@ class RagService:
             self.qa.scheduler.close()
         self.worker.stop()
         self.readers.close()
-        for store in (self.jobs, self.answers, self.keys):
+        for store in (self.jobs, self.answers, self.keys, self.conversations):
             store.close()
 
 
@@ -505,6 +570,7 @@ def build_service(settings: Settings, *, metrics: Metrics | None = None, start_w
         answers=AnswerLog(db),
         keys=KeyStore(db),
         metrics=metrics,
+        conversations=ConversationStore(db),
     )
     if start_worker:
         worker.start()

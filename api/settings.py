@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from ingest.config import IngestConfig
-from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
+from rag.config import ConversationConfig, GeneratorConfig, QAConfig, RetrieverConfig
 
 DEFAULT_HOME = Path("~/.ragqa")
 
@@ -135,6 +135,7 @@ class Settings(BaseSettings):
     generator: GeneratorConfig = GeneratorConfig()
     retriever: RetrieverConfig = RetrieverConfig()
     qa: QAConfig = QAConfig()
+    conversation: ConversationConfig = ConversationConfig()
     server: ServerConfig = ServerConfig()
     limits: LimitsConfig = LimitsConfig()
     serving: ServingConfig = ServingConfig()

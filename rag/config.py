@@ -141,3 +141,25 @@ class QAConfig(BaseModel):
             "minus the answer's is above this (the null-answer score of SQuAD 2.0 readers; 0 = whichever is likelier)."
         ),
     )
+
+
+class ConversationConfig(BaseModel):
+    """Follow-up questions (:mod:`rag.conversation`): how a follow-up is made standalone before retrieval."""
+
+    method: Literal["condense", "history"] = Field(
+        "history",
+        description="'history': retrieve with the previous question(s) + the follow-up; 'condense': the generator "
+        "rewrites the follow-up as a standalone question (falls back to it as written when the rewrite is unusable). "
+        "bench/followups.py measures both.",
+    )
+    max_turns: int = Field(3, ge=0, le=50, description="Previous turns a follow-up is made standalone from.")
+    max_stored_turns: int = Field(
+        100, ge=1, description="Turns a server conversation keeps (the oldest are dropped beyond it)."
+    )
+    max_history_chars: int = Field(
+        2000, ge=0, description="Most characters of previous questions and answers used (the latest turn always)."
+    )
+    history_turns: int = Field(1, ge=1, le=10, description="'history': previous questions joined to the follow-up.")
+    condense_max_new_tokens: int = Field(
+        40, ge=4, le=256, description="'condense': token budget of the rewritten question (greedy)."
+    )

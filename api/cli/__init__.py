@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from api.cli import adapters, ask, collections, documents, feedback, finetune, ingest, keys, models, search, serve
+from api.cli import adapters, ask, chat, collections, documents, feedback, finetune, ingest, keys, models, search, serve
 from api.factory import RagStack
 from api.settings import Settings
 
@@ -55,6 +55,7 @@ app.command("ingest")(ingest.ingest)
 app.command("search")(search.search)
 app.command("ask")(ask.ask)
 app.command("eval")(ask.eval_cmd)
+app.command("chat")(chat.chat)
 app.command("serve")(serve.serve)
 app.add_typer(collections.app, name="collections")
 app.add_typer(documents.app, name="documents")

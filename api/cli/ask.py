@@ -21,7 +21,7 @@ class AnswerStyle(StrEnum):
     full = "full"
 
 
-def _answer_errors() -> tuple[type[Exception], ...]:
+def answer_errors() -> tuple[type[Exception], ...]:
     """Every error root of the packages an answer goes through (retriever, generator, QA, store)."""
     from rag.errors import RagError
 
@@ -66,7 +66,7 @@ def ask(
                 on_token=on_token if stream and not as_json else None,
                 style=style.value if style is not None else None,
             )
-    except _answer_errors() as exc:
+    except answer_errors() as exc:
         fail(str(exc), as_json)
     if as_json:
         emit_json(ans.to_dict())
@@ -84,6 +84,11 @@ def ask(
         f"{ans.timings.get('total_s', 0):.2f} s[/]",
         highlight=False,
     )
+    print_sources(ans)
+
+
+def print_sources(ans) -> None:
+    """The citations of ``ans`` (a :class:`rag.qa.Answer`), one per line with score and share."""
     out.print("[bold]sources:[/]")
     for c in ans.citations:
         where = c.source + (f" (page {c.metadata['page']})" if "page" in c.metadata else "")
@@ -124,7 +129,7 @@ def eval_cmd(
     try:
         with rag.workspace.open(collection, readonly=True) as coll:
             records = run_eval(rag.qa, coll, examples, mode=mode, k=k, adapter=adapter, progress=not as_json)
-    except _answer_errors() as exc:
+    except answer_errors() as exc:
         fail(str(exc), as_json)
     s = settings(ctx)
     metrics = compute_metrics(records, **thresholds(s.qa)).to_dict()

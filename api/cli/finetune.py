@@ -43,7 +43,7 @@ def finetune_squad(
         typer.Option("--held-out", help="Article position in the file kept out of training (repeatable)."),
     ] = None,
     unanswerable: Annotated[
-        float, typer.Option(help="Also train on this share of unanswerable questions, answered \"I don't know.\".")
+        float, typer.Option(help='Also train on this share of unanswerable questions, answered "I don\'t know.".')
     ] = 0.0,
     preferences: Annotated[int, typer.Option(min=0, help="Preference pairs to write (0: none).")] = 0,
     prompts: Annotated[int, typer.Option(min=0, help="RLHF prompts taken from the preference questions.")] = 16,
@@ -59,8 +59,13 @@ def finetune_squad(
         fail(f"{output} is a file; give a folder for the training files", as_json)
     try:
         result = squad_training_data(
-            data, output, held_out=held_out or (), unanswerable=unanswerable, preferences=preferences,
-            prompts=prompts, seed=seed,
+            data,
+            output,
+            held_out=held_out or (),
+            unanswerable=unanswerable,
+            preferences=preferences,
+            prompts=prompts,
+            seed=seed,
         )
     except DataError as exc:
         fail(str(exc), as_json)

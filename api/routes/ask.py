@@ -44,7 +44,11 @@ def sse(event: str, data: Any) -> str:
 )
 async def ask(body: AskRequest, service: ServiceDep, key: KeyDep):
     await run_in_threadpool(service.validate_question, key, body.collection, body.question, body.k)
+    conversation_id, history = await run_in_threadpool(
+        service.open_conversation, key, body.conversation_id, body.collection, body.question
+    )
     kw = {"mode": body.mode, "k": body.k, "adapter": body.adapter, "style": body.answer_style}
+    kw |= {"conversation_id": conversation_id, "history": history}
     if not body.stream:
         return await service.answer_async(key, body.collection, body.question, **kw)
 

@@ -1,6 +1,8 @@
 """OpenAI-compatible chat completions: any OpenAI client can use a collection as its "model".
 
-``model`` is a collection name or ``ragqa:<collection>``; the question is the last user message.
+``model`` is a collection name or ``ragqa:<collection>``; the question is the last user message, and
+the messages before it (user questions with the assistant replies) are its conversation: a follow-up
+is made standalone from them (:mod:`rag.conversation`). Nothing is stored: the client holds the history.
 The reply's content ends with the sources, and the response carries them as ``sources`` too.
 """
 
@@ -22,27 +24,44 @@ from api.ratelimit import QuestionLimit
 from api.routes import ERRORS
 from api.routes.ask import SSE_HEADERS
 from api.schemas import AnswerPublic, ChatCompletionRequest
+from rag.conversation import Turn
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERRORS)
 
 PREFIX = "ragqa:"
+SOURCES_HEADER = "\n\nSources:\n"
 
 
 def collection_of(model: str) -> str:
     return model[len(PREFIX) :] if model.startswith(PREFIX) else model
 
 
+def _text(content: str | list[dict[str, Any]] | None) -> str:
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+    return content or ""
+
+
 def question_of(body: ChatCompletionRequest) -> str:
     for msg in reversed(body.messages):
-        if msg.role != "user":
-            continue
-        if isinstance(msg.content, str):
-            return msg.content
-        if isinstance(msg.content, list):
-            return "\n".join(str(p.get("text", "")) for p in msg.content if p.get("type") == "text")
+        if msg.role == "user" and isinstance(msg.content, (str, list)):
+            return _text(msg.content)
     raise Unprocessable(
         "messages hold no user message with text; the last user message is the question", code="no_question"
     )
+
+
+def history_of(body: ChatCompletionRequest) -> list[Turn]:
+    """The conversation before the last user message: each earlier user message with the assistant
+    reply that follows it (its "Sources:" list removed)."""
+    last = max(i for i, m in enumerate(body.messages) if m.role == "user")
+    turns: list[Turn] = []
+    for msg in body.messages[:last]:
+        if msg.role == "user":
+            turns.append(Turn(_text(msg.content), ""))
+        elif msg.role == "assistant" and turns and not turns[-1].answer:
+            turns[-1] = Turn(turns[-1].question, _text(msg.content).split(SOURCES_HEADER)[0].strip())
+    return [t for t in turns if t.question.strip()]
 
 
 def sources_of(answer: AnswerPublic) -> list[dict[str, Any]]:
@@ -56,7 +75,7 @@ def sources_text(answer: AnswerPublic) -> str:
     if not answer.citations:
         return ""
     lines = [f"[{c.index}] {c.title or c.source} ({c.source})" for c in answer.citations]
-    return "\n\nSources:\n" + "\n".join(lines)
+    return SOURCES_HEADER + "\n".join(lines)
 
 
 def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
@@ -87,9 +106,10 @@ async def chat_completions(body: ChatCompletionRequest, service: ServiceDep, key
     collection = collection_of(body.model)
     question = question_of(body)
     await run_in_threadpool(service.validate_question, key, collection, question, None)
+    history = history_of(body)  # bounded by conversation.max_turns / max_history_chars where it is used
     created = int(time.time())
     if not body.stream:
-        ans = await service.answer_async(key, collection, question, endpoint="chat", style="full")
+        ans = await service.answer_async(key, collection, question, endpoint="chat", style="full", history=history)
         return {
             "id": f"chatcmpl-{ans.answer_id}",
             "object": "chat.completion",
@@ -112,6 +132,7 @@ async def chat_completions(body: ChatCompletionRequest, service: ServiceDep, key
                 "answer_id": ans.answer_id,
                 "abstained": ans.abstained,
                 "collection_generation": ans.collection_generation,
+                "standalone_question": ans.standalone_question,
             },
         }
 
@@ -119,7 +140,9 @@ async def chat_completions(body: ChatCompletionRequest, service: ServiceDep, key
 
     async def events() -> AsyncIterator[str]:
         yield _chunk(cid, created, body.model, {"role": "assistant", "content": ""})
-        async for kind, payload in service.answer_events(key, collection, question, endpoint="chat", style="full"):
+        async for kind, payload in service.answer_events(
+            key, collection, question, endpoint="chat", style="full", history=history
+        ):
             if kind == "token":
                 yield _chunk(cid, created, body.model, {"content": payload})
             elif kind == "answer":

@@ -115,7 +115,7 @@
   }
 
   // -- collections ---------------------------------------------------------------------------
-  const state = { collections: [], collection: localStorage.getItem(STORE.collection) || "", polls: new Map(), asking: false };
+  const state = { collections: [], collection: localStorage.getItem(STORE.collection) || "", polls: new Map(), asking: false, conversationId: null };
 
   async function loadCollections() {
     const res = await request("v1/collections");
@@ -166,6 +166,7 @@
   }
 
   async function selectCollection() {
+    if (state.collection !== $("#collection-select").value) newConversation();
     state.collection = $("#collection-select").value;
     localStorage.setItem(STORE.collection, state.collection);
     renderCollectionInfo();
@@ -470,6 +471,7 @@
     if ($("#k").value) body.k = Number($("#k").value);
     if ($("#adapter").value) body.adapter = $("#adapter").value;
     body.answer_style = $("#style").value;
+    if (state.conversationId) body.conversation_id = state.conversationId; // a follow-up in this thread
 
     const card = $("#answer-template").content.firstElementChild.cloneNode(true);
     $(".question-text", card).textContent = question;
@@ -477,7 +479,8 @@
     answerEl.classList.add("streaming");
     card.dataset.tokens = "0";
     card.dataset.state = "streaming";
-    $("#answers").prepend(card);
+    $("#answers").append(card); // a thread: oldest first
+    card.scrollIntoView({ block: "nearest" });
     const button = $("#ask-button");
     button.disabled = true;
     state.asking = true;
@@ -498,6 +501,11 @@
       });
       if (!final) throw new Error("The answer stream ended early; try again.");
       finishAnswer(card, final);
+      if (final.conversation_id) {
+        state.conversationId = final.conversation_id;
+        const n = $("#answers").querySelectorAll(".answer-card[data-state=done]").length;
+        $("#thread-status").textContent = `Conversation · ${n} question${n === 1 ? "" : "s"}: ask a follow-up, or start a new conversation.`;
+      }
       q.value = "";
     } catch (err) {
       card.dataset.state = "error";
@@ -516,6 +524,10 @@
     card.dataset.answerId = a.answer_id;
     card.dataset.abstained = String(a.abstained);
     $(".answer-text", card).replaceChildren(...answerNodes(a, (index, span) => showSupport(card, a.citations, index, span)));
+    if (a.standalone_question && a.standalone_question !== a.question) {
+      $(".standalone-text", card).hidden = false;
+      $(".standalone", card).textContent = a.standalone_question;
+    }
     if (a.abstained) {
       $(".abstained", card).hidden = false;
       $(".abstain-reason", card).textContent = a.abstain_reason || "the evidence is weak";
@@ -527,6 +539,13 @@
     $(".citations", card).replaceChildren(...a.citations.map((c) => citationItem(c, full ? "" : a.answer, a.abstained)));
     if (!a.citations.length) $(".citations", card).append(el("li", { class: "hint", textContent: "No citations." }));
     setupFeedback(card, a.answer_id);
+  }
+
+  // -- conversation thread -------------------------------------------------------------------
+  function newConversation() {
+    state.conversationId = null;
+    $("#answers").replaceChildren();
+    $("#thread-status").textContent = "New conversation: follow-up questions may refer to earlier answers.";
   }
 
   // -- feedback ------------------------------------------------------------------------------
@@ -596,6 +615,7 @@
     $("#collection-refresh").addEventListener("click", () => guarded(loadCollections));
     $("#collection-delete").addEventListener("click", deleteCollection);
     $("#ask-form").addEventListener("submit", ask);
+    $("#new-conversation").addEventListener("click", () => { if (!state.asking) { newConversation(); $("#question").focus(); } });
     $("#question").addEventListener("keydown", (ev) => {
       if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) ask(ev);
     });

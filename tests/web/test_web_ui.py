@@ -230,3 +230,39 @@ def test_phone_width_labels_and_keyboard(page, web_server):
         ".filter(n => n.nodeName === 'MARK').map(n => n.textContent)"
     )
     assert marks == ["the capital"]
+
+
+def test_conversation_thread(page, web_server):
+    d, api = page, web_server
+    base, h = api["base"], api["headers"]
+    assert httpx.post(f"{base}/v1/collections", json={"name": "thread"}, headers=h).status_code == 201
+    files = {"files": ("tower.txt", b"The Eiffel Tower was designed by Gustave Eiffel. It was built in 1889.")}
+    job = httpx.post(f"{base}/v1/collections/thread/documents", files=files, headers=h).json()["job_id"]
+    wait(d).until(lambda _: httpx.get(f"{base}/v1/jobs/{job}", headers=h).json()["status"] == "done")
+    connect(d, api["key"])
+    wait(d).until(
+        lambda d: "thread" in [o.get_attribute("value") for o in Select(css(d, "#collection-select")).options]
+    )
+    Select(css(d, "#collection-select")).select_by_value("thread")
+    for i, q in enumerate(["Who designed the Eiffel Tower?", "When was it built?"]):
+        css(d, "#question").send_keys(q, Keys.ENTER)
+        wait(d).until(
+            lambda d, i=i: len(d.find_elements(By.CSS_SELECTOR, "#answers .answer-card[data-state=done]")) == i + 1
+        )
+    cards = d.find_elements(By.CSS_SELECTOR, "#answers .answer-card")
+    assert [c.find_element(By.CSS_SELECTOR, ".question-text").text for c in cards] == [
+        "Who designed the Eiffel Tower?",
+        "When was it built?",
+    ]  # a thread: oldest first
+    assert not cards[0].find_element(By.CSS_SELECTOR, ".standalone-text").is_displayed()
+    assert (
+        "Who designed the Eiffel Tower? When was it built?"
+        in cards[1].find_element(By.CSS_SELECTOR, ".standalone").text
+    )
+    convs = httpx.get(f"{base}/v1/conversations", headers=h).json()["data"]
+    assert any(c["turns"] == 2 and c["title"] == "Who designed the Eiffel Tower?" for c in convs)
+    css(d, "#new-conversation").click()
+    assert d.find_elements(By.CSS_SELECTOR, "#answers .answer-card") == []
+    css(d, "#question").send_keys("Who designed it?", Keys.ENTER)
+    wait(d).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#answers .answer-card[data-state=done]")) == 1)
+    assert not css(d, "#answers .standalone-text").is_displayed()  # a new conversation: no history
