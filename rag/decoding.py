@@ -57,6 +57,7 @@ __all__ = [
     "left_pad",
     "prefill",
     "prefill_many",
+    "warm_prefix_cache",
     "rag_sequence_generate",
     "rag_token_generate",
     "rag_token_reference_logprob",
@@ -391,7 +392,7 @@ def _prefix_kv(model: torch.nn.Module, ids: Sequence[int], spec: PrefixSpec, sha
     With ``0 < shared < len(ids)`` the first ``shared`` tokens' KV is itself looked up / stored and
     the rest is computed by continuing from it (the shared system prompt is computed once).
     """
-    kv = spec.cache.get(spec.namespace, ids)
+    kv = spec.cache.get(spec.namespace, ids, count=spec.count_lookups)
     if kv is not None:
         return kv
     device = _model_device(model)
@@ -416,6 +417,39 @@ def _prefix_kv(model: torch.nn.Module, ids: Sequence[int], spec: PrefixSpec, sha
     kv = tuple(parts)
     spec.cache.put(spec.namespace, ids, kv)
     return kv
+
+
+def warm_prefix_cache(
+    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], spec: PrefixSpec, budget: int, start: int = 0
+) -> tuple[int, int]:
+    """Look up the cacheable prefixes of ``prompt_ids[start:]`` in order, computing and storing the
+    missing ones, one whole prefix at a time, while their tokens fit in ``budget`` (the first missing
+    one is computed whenever ``budget > 0``).
+
+    This is the chunked part of a prefill: each prefix is looked up (and counted) once over the
+    calls; a :func:`prefill` with ``spec`` afterwards (``count_lookups=False``) only runs the suffixes.
+
+    Returns:
+        ``(tokens computed, next row)``: call again with ``start = next row`` until it is
+        ``len(prompt_ids)`` (at once when nothing is cacheable: cache off, a model whose cache is
+        not plain KV).
+    """
+    rows = _row_prefixes(prompt_ids, spec)
+    if not spec.cache.enabled or not _plain_dynamic_cache(model):
+        return 0, len(prompt_ids)
+    spent = 0
+    for index in range(start, len(prompt_ids)):
+        n = max(0, min(rows[index].length, len(prompt_ids[index]) - 1))
+        if n == 0:
+            continue
+        ids = list(prompt_ids[index][:n])
+        if (spec.namespace, ids) not in spec.cache:
+            if budget <= 0 or (spent > 0 and spent + n > budget):
+                return spent, index
+            spent += n
+        with _full_weights(), torch.inference_mode():
+            _prefix_kv(model, ids, spec, rows[index].shared)  # a counted hit, or a counted miss computed and stored
+    return spent, len(prompt_ids)
 
 
 def _assemble_prefix_cache(

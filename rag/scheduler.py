@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import functools
 import itertools
 import logging
@@ -69,6 +70,7 @@ from rag.decoding import (
     prefill_many,
     rag_token_generate,
     rag_token_reference_logprob,
+    warm_prefix_cache,
 )
 from rag.errors import RagError
 from rag.marginalize import rag_token_sequence_logprob
@@ -422,6 +424,8 @@ class _Job:
     handle: RequestHandle
     request: GenerationRequest | None = None
     call: Callable[[torch.nn.Module], Any] | None = None
+    spec: PrefixSpec | None = None  # chunked prefill: its prefix spec, once asked for
+    warmed: int = 0  # chunked prefill: its prompts whose prefixes were looked up (and computed if missing)
 
 
 @dataclass
@@ -462,6 +466,11 @@ class Scheduler:
         pad_token_id: id written into padding by the default prefill.
         max_prefills_per_step: at most this many admissions between two decode steps (None = as
             many as fit): bounds the pause that prefills put on the answers already decoding.
+        max_prefill_tokens: chunked prefill: between two decode steps, compute at most about this many
+            tokens of admitted requests' missing (uncached) prompt prefixes, one whole prefix at a
+            time (at least one per step); a request joins the batched prefill once all its prefixes
+            are cached. None: compute them all at admission (a cache miss of K long prompts then
+            pauses every answer already decoding for its whole prefill).
         on_step: ``on_step(rows, seconds)`` after every batched forward (histogram of batch sizes).
         on_request_done: ``on_request_done(RequestMetrics)`` when a request leaves.
     """
@@ -474,6 +483,7 @@ class Scheduler:
         max_queue: int = 64,
         pad_token_id: int | None = None,
         max_prefills_per_step: int | None = None,
+        max_prefill_tokens: int | None = None,
         on_step: Callable[[int, float], None] | None = None,
         on_request_done: Callable[[RequestMetrics], None] | None = None,
         name: str = "rag-scheduler",
@@ -482,6 +492,10 @@ class Scheduler:
             raise ValueError("max_batch_rows must be >= 1 and max_queue >= 0.")
         if max_prefills_per_step is not None and max_prefills_per_step < 1:
             raise ValueError("max_prefills_per_step must be >= 1 (or None).")
+        if max_prefill_tokens is not None and max_prefill_tokens < 1:
+            raise ValueError("max_prefill_tokens must be >= 1 (or None).")
+        self.max_prefill_tokens = max_prefill_tokens
+        self._warming: list[_Job] = []
         self.session = session
         self.max_batch_rows = max_batch_rows
         self.max_queue = max_queue
@@ -583,7 +597,7 @@ class Scheduler:
     def _next_admissions(self) -> list[_Job] | None:
         """Block until there is work; return the jobs to admit now (FIFO while rows are free), None to stop."""
         with self._cv:
-            while not self._closing and not self._waiting and not self._groups:
+            while not self._closing and not self._waiting and not self._groups and not self._warming:
                 self._cv.wait()
             if self._closing:
                 return None
@@ -606,6 +620,8 @@ class Scheduler:
     def _run(self) -> None:
         try:
             while (jobs := self._next_admissions()) is not None:
+                if self.max_prefill_tokens is not None:
+                    jobs = self._warm(jobs)
                 self._admit_all(jobs)
                 self._drop_cancelled()
                 for group in list(self._groups.values()):
@@ -621,12 +637,51 @@ class Scheduler:
             self._closing = True
             waiting, self._waiting = list(self._waiting), collections.deque()
         error = SchedulerClosedError("the scheduler was closed before the answer was complete.")
-        for job in waiting:
+        warming, self._warming = self._warming, []
+        for job in waiting + warming:
             self._finish(job.handle, "closed", error=error)
         for group in list(self._groups.values()):
             for member in group.members:
                 self._finish(member.handle, "closed", error=error)
         self._groups.clear()
+
+    def _warm(self, jobs: list[_Job]) -> list[_Job]:
+        """Chunked prefill: compute missing prompt prefixes of the admitted requests (oldest first) within
+        ``max_prefill_tokens``; return the jobs ready to prefill now, keep the others for later steps."""
+        self._warming.extend(jobs)
+        budget = cast(int, self.max_prefill_tokens)
+        ready: list[_Job] = []
+        later: list[_Job] = []
+        now = time.monotonic()
+        for job in self._warming:
+            request, handle = job.request, job.handle
+            if request is None or request.prefix_fn is None or handle.cancel_requested or handle._expired(now):
+                ready.append(job)  # nothing to warm; _admit drops a cancelled / expired one
+                continue
+            try:
+                with self.session(request.adapter) as model:
+                    spec = job.spec or request.prefix_fn(model)
+                    if spec is None:
+                        ready.append(job)
+                        continue
+                    job.spec = spec
+                    spent, job.warmed = warm_prefix_cache(model, request.prompt_ids, spec, budget, job.warmed)
+            except Exception as exc:  # this request's prefixes only
+                logger.warning("request %d failed at admission: %s", handle.id, exc)
+                handle.admitted_at = now
+                self._finish(handle, "failed", error=exc)
+                continue
+            budget -= spent
+            (ready if job.warmed == request.num_rows else later).append(job)
+        self._warming = later
+        return ready
+
+    def _prefix(self, job: _Job, model: torch.nn.Module) -> PrefixSpec | None:
+        """The prefix spec of a request's prefill (its lookups not counted again after :meth:`_warm`)."""
+        if job.spec is not None:
+            return dataclasses.replace(job.spec, count_lookups=False)
+        request = cast(GenerationRequest, job.request)
+        return request.prefix_fn(model) if request.prefix_fn is not None else None
 
     def _admit_all(self, jobs: list[_Job]) -> None:
         """Admit ``jobs``: solo calls and ``prefill_fn`` requests one by one, the other requests of
@@ -664,9 +719,8 @@ class Scheduler:
                 specs: list[PrefixSpec | None] = []
                 ready: list[_Job] = []
                 for job in live:
-                    request = cast(GenerationRequest, job.request)
                     try:
-                        specs.append(request.prefix_fn(model) if request.prefix_fn is not None else None)
+                        specs.append(self._prefix(job, model))
                     except Exception as exc:  # this request's prefix lookup only
                         logger.warning("request %d failed at admission: %s", job.handle.id, exc)
                         self._finish(job.handle, "failed", error=exc)
@@ -790,7 +844,7 @@ class Scheduler:
             return
         try:
             with self.session(request.adapter) as model:
-                state = self._prefill(request, model)
+                state = self._prefill(job, model)
                 doc = request.doc_logprobs.to(device=state.next_logprobs.device, dtype=torch.float32)
                 reference = (
                     rag_token_reference_logprob(model, state, request.reference_ids, doc)
@@ -808,11 +862,12 @@ class Scheduler:
             return
         self._join(request.adapter, state, [_Active(handle, stepper, reference, token)])
 
-    def _prefill(self, request: GenerationRequest, model: torch.nn.Module) -> PrefillState:
+    def _prefill(self, job: _Job, model: torch.nn.Module) -> PrefillState:
+        request = cast(GenerationRequest, job.request)
         if request.prefill_fn is not None:
             state = request.prefill_fn(model, request.prompt_ids)
         else:
-            prefix = request.prefix_fn(model) if request.prefix_fn is not None else None
+            prefix = self._prefix(job, model)
             state = prefill(model, request.prompt_ids, pad_token_id=self.pad_token_id, prefix=prefix)
         if state.num_rows != request.num_rows:
             raise ValueError(f"prefill_fn returned {state.num_rows} rows for {request.num_rows} prompts.")

@@ -360,6 +360,54 @@ class TestBatchedPrefill:
         assert scheduler.stats().completed == len(reqs) + 1
 
 
+class TestChunkedPrefill:
+    def test_cold_prefixes_are_spread_over_steps_and_answers_stay_identical(self, model, make_scheduler):
+        head = [1, 2, 3]
+        chunks = [[5, 6, 7, 8, 9, 4], [3, 4, 11, 12, 13], [9, 10, 11, 12, 13, 14, 15, 16], [7, 7, 7, 7, 7]]
+        question = [20, 21, 22]
+        prompts = [head + c + question for c in chunks]
+        lengths = [len(head) + len(c) for c in chunks]
+        steps = [0]
+
+        class Recording(PrefixKVCache):
+            def __init__(self) -> None:
+                super().__init__(1 << 20)
+                self.put_at: list[int] = []
+
+            def put(self, namespace, token_ids, kv) -> bool:
+                self.put_at.append(steps[0])
+                return super().put(namespace, token_ids, kv)
+
+        cache = Recording()
+        spec = PrefixSpec(cache, "tiny", lengths, [len(head)] * len(chunks))
+        cold = GenerationRequest(
+            prompts, DOC_4, max_new_tokens=5, eos_token_ids=[], reference_ids=[5, 9], prefix_fn=lambda m: spec
+        )
+        want = _solo(model, cold)
+        reference = PrefixKVCache(1 << 20)  # the lookups one cached solo prefill counts
+        prefill(model, prompts, prefix=PrefixSpec(reference, "tiny", lengths, [len(head)] * len(chunks)))
+
+        def on_step(rows: int, seconds: float) -> None:
+            steps[0] += 1
+
+        gate = _Gate(at=1)
+        scheduler = make_scheduler(model_session(model), max_prefill_tokens=9, on_step=on_step)
+        busy_req = GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=12, eos_token_ids=[], stream_callback=gate)
+        busy_want = _solo(model, GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=12, eos_token_ids=[]))
+        busy = scheduler.submit(busy_req)
+        assert gate.reached.wait(WAIT)
+        handle = scheduler.submit(cold)
+        gate.release.set()
+        _assert_same(handle.result(WAIT), want)
+        _assert_same(busy.result(WAIT), busy_want)
+        # one chunk prompt (9 or 11 tokens) per step with a 9-token budget: the busy answer kept decoding
+        assert len(set(cache.put_at)) >= len(chunks)
+        got, expected = cache.stats(), reference.stats()
+        assert (got.hits, got.misses, got.entries) == (expected.hits, expected.misses, expected.entries)
+        with pytest.raises(ValueError, match="max_prefill_tokens"):
+            Scheduler(model_session(model), max_prefill_tokens=0)
+
+
 # --------------------------------------------------------------------------- backpressure and failures
 
 
