@@ -5,10 +5,18 @@ over the rows of all active requests (``K`` rows for a RAG-Token answer over K d
 for the "stuff" mode), then each request chooses its next token with the same
 :class:`rag.decoding.RagTokenStepper` that :func:`rag.decoding.rag_token_generate` uses, so a
 batched greedy answer is the solo answer (token ids identical, log-probs to float tolerance).
-Between steps, waiting requests are admitted FIFO while rows are free (``max_batch_rows``): each
-is prefilled alone (``prefill_fn``), its reference continuation ("I don't know.") is scored from
-that prefill, its first token is chosen, and its rows join the batch. Finished, cancelled and
-expired requests leave at once.
+Between steps, waiting requests are admitted FIFO while rows are free (``max_batch_rows``, at
+most ``max_prefills_per_step`` per step). The requests of one adapter admitted in the same step
+are prefilled TOGETHER, in one forward over all their rows (:func:`rag.decoding.prefill_many`:
+each row = its cached prompt prefix KV + its uncached suffix, left-padded, positions from the
+mask, so each row equals its solo prefill); their reference continuations ("I don't know.") are
+scored in one more forward, their first tokens chosen, and their rows join the batch in one
+concatenation. A request with its own ``prefill_fn`` is prefilled alone. Chunked prefill
+(``max_prefill_tokens``): the cache-missing prompt prefixes of admitted requests are computed
+one whole prefix at a time, at most about that many tokens between two decode steps, so a cold
+question does not stall the answers already decoding for its whole prefill; the request joins
+the batched prefill once all its prefixes are cached. Finished, cancelled and expired requests
+leave at once.
 
 Batch layout (TGI v1 "batch concatenate"): one merged :class:`transformers.DynamicCache` per
 adapter group, rows right-aligned. On admit the shorter of (merged cache, new cache) is
