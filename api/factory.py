@@ -77,6 +77,7 @@ class RagStack:
             max_queue=s.max_queue,
             pad_token_id=gen.tokenizer.pad_token_id,
             max_prefills_per_step=s.max_prefills_per_step,
+            max_prefill_tokens=s.max_prefill_tokens,
         )
 
     @cached_property

@@ -116,6 +116,13 @@ class ServingConfig(BaseModel):
         ge=1,
         description="Most new answers admitted (prefilled) between two decode steps: bounds the pause of the others.",
     )
+    max_prefill_tokens: int | None = Field(
+        512,
+        ge=1,
+        description="Chunked prefill: at most about this many prompt-prefix tokens of cache misses are computed "
+        "between two decode steps (one whole context-chunk prompt at a time, at least one per step), so a cold "
+        "question does not pause the answers already decoding for its whole prefill. null: no cap.",
+    )
 
 
 def _yaml_file() -> Path | None:

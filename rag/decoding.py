@@ -56,6 +56,8 @@ __all__ = [
     "choose_rag_token",
     "left_pad",
     "prefill",
+    "prefill_many",
+    "warm_prefix_cache",
     "rag_sequence_generate",
     "rag_token_generate",
     "rag_token_reference_logprob",
@@ -260,18 +262,82 @@ def prefill(
         (left padding, attention mask, positions) is exactly that of the uncached path.
     """
     _check_prompts(prompt_ids)
+    if prefix is None:
+        return _prefill_rows(model, prompt_ids, None, pad_token_id)
+    return _prefill_rows(model, prompt_ids, _row_prefixes(prompt_ids, prefix), pad_token_id)
+
+
+@torch.inference_mode()
+def prefill_many(
+    model: torch.nn.Module,
+    requests: Sequence[tuple[Sequence[Sequence[int]], PrefixSpec | None]],
+    *,
+    pad_token_id: int | None = None,
+) -> PrefillState:
+    """Prefill the prompts of several requests as ONE left-padded batch: one forward for all of them.
+
+    Args:
+        requests: ``(prompt_ids, prefix)`` per request (``prefix`` as in :func:`prefill`, None = no reuse).
+
+    Returns:
+        One :class:`PrefillState` whose rows are the requests' prompts in order (request 0's K_0 rows,
+        then request 1's, ...). Row r equals (float tolerance) the same row of :func:`prefill` of its
+        request alone: the rows only get more left padding, masked, with positions counted from the
+        mask. With prefixes, each row's cached prefix KV is reused exactly as :func:`prefill` does and
+        the forward runs only the columns that hold some row's uncached tokens. The forward always
+        uses the full-precision weights (like a cached prefill; see :func:`_full_weights`).
+    """
+    if not requests:
+        raise ValueError("prefill_many needs at least one request.")
+    prompt_ids: list[Sequence[int]] = []
+    rows: list[_RowPrefix] = []
+    for prompts, spec in requests:
+        _check_prompts(prompts)
+        prompt_ids.extend(prompts)
+        rows.extend(_row_prefixes(prompts, spec) if spec is not None else [_RowPrefix(None, 0, 0)] * len(prompts))
+    with _full_weights():
+        return _prefill_rows(model, prompt_ids, rows, pad_token_id)
+
+
+@dataclass(frozen=True)
+class _RowPrefix:
+    """How one prompt row reuses a cached prefix: ``spec`` (None = no reuse), cacheable and shared lengths."""
+
+    spec: PrefixSpec | None
+    length: int
+    shared: int
+
+
+def _row_prefixes(prompt_ids: Sequence[Sequence[int]], spec: PrefixSpec) -> list[_RowPrefix]:
+    if len(spec.lengths) != len(prompt_ids):
+        raise ValueError(
+            f"prefix.lengths has {len(spec.lengths)} entries for {len(prompt_ids)} prompts; pass one per prompt."
+        )
+    shared = spec.shared_lengths if spec.shared_lengths is not None else [0] * len(prompt_ids)
+    if len(shared) != len(prompt_ids):
+        raise ValueError(f"prefix.shared_lengths has {len(shared)} entries for {len(prompt_ids)} prompts.")
+    return [_RowPrefix(spec, int(n), int(s)) for n, s in zip(spec.lengths, shared)]
+
+
+def _prefill_rows(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    rows: Sequence[_RowPrefix] | None,
+    pad_token_id: int | None,
+) -> PrefillState:
+    """The prefill of :func:`prefill` / :func:`prefill_many`: ``rows`` None = the plain uncached path."""
     device = _model_device(model)
     input_ids, attention_mask = left_pad(prompt_ids, _pad_token_id(model, pad_token_id), device)
     position_ids = _positions_from_mask(attention_mask)
     cache: DynamicCache | None
-    if prefix is None:
+    if rows is None:
         cache, cached = _new_cache(model), 0
         logits = _forward(
             model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache
         )
     else:
         with _full_weights():
-            cache, cached = _assemble_prefix_cache(model, prompt_ids, prefix)
+            cache, cached = _assemble_rows(model, prompt_ids, rows)
             if cache is None:
                 cache = _new_cache(model)
             logits = _forward(
@@ -333,7 +399,7 @@ def _prefix_kv(model: torch.nn.Module, ids: Sequence[int], spec: PrefixSpec, sha
     With ``0 < shared < len(ids)`` the first ``shared`` tokens' KV is itself looked up / stored and
     the rest is computed by continuing from it (the shared system prompt is computed once).
     """
-    kv = spec.cache.get(spec.namespace, ids)
+    kv = spec.cache.get(spec.namespace, ids, count=spec.count_lookups)
     if kv is not None:
         return kv
     device = _model_device(model)
@@ -360,6 +426,39 @@ def _prefix_kv(model: torch.nn.Module, ids: Sequence[int], spec: PrefixSpec, sha
     return kv
 
 
+def warm_prefix_cache(
+    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], spec: PrefixSpec, budget: int, start: int = 0
+) -> tuple[int, int]:
+    """Look up the cacheable prefixes of ``prompt_ids[start:]`` in order, computing and storing the
+    missing ones, one whole prefix at a time, while their tokens fit in ``budget`` (the first missing
+    one is computed whenever ``budget > 0``).
+
+    This is the chunked part of a prefill: each prefix is looked up (and counted) once over the
+    calls; a :func:`prefill` with ``spec`` afterwards (``count_lookups=False``) only runs the suffixes.
+
+    Returns:
+        ``(tokens computed, next row)``: call again with ``start = next row`` until it is
+        ``len(prompt_ids)`` (at once when nothing is cacheable: cache off, a model whose cache is
+        not plain KV).
+    """
+    rows = _row_prefixes(prompt_ids, spec)
+    if not spec.cache.enabled or not _plain_dynamic_cache(model):
+        return 0, len(prompt_ids)
+    spent = 0
+    for index in range(start, len(prompt_ids)):
+        n = max(0, min(rows[index].length, len(prompt_ids[index]) - 1))
+        if n == 0:
+            continue
+        ids = list(prompt_ids[index][:n])
+        if (spec.namespace, ids) not in spec.cache:
+            if budget <= 0 or (spent > 0 and spent + n > budget):
+                return spent, index
+            spent += n
+        with _full_weights(), torch.inference_mode():
+            _prefix_kv(model, ids, spec, rows[index].shared)  # a counted hit, or a counted miss computed and stored
+    return spent, len(prompt_ids)
+
+
 def _assemble_prefix_cache(
     model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], spec: PrefixSpec
 ) -> tuple[DynamicCache | None, int]:
@@ -378,25 +477,28 @@ def _assemble_prefix_cache(
         ``(cache, C)`` with the cache's batch size K and length C, or ``(None, 0)`` when nothing is
         reusable (cache off, no cacheable tokens, or a model whose cache is not plain KV).
     """
-    if len(spec.lengths) != len(prompt_ids):
-        raise ValueError(
-            f"prefix.lengths has {len(spec.lengths)} entries for {len(prompt_ids)} prompts; pass one per prompt."
-        )
-    shared = spec.shared_lengths if spec.shared_lengths is not None else [0] * len(prompt_ids)
-    if len(shared) != len(prompt_ids):
-        raise ValueError(f"prefix.shared_lengths has {len(shared)} entries for {len(prompt_ids)} prompts.")
-    if not spec.cache.enabled or not _plain_dynamic_cache(model):
+    return _assemble_rows(model, prompt_ids, _row_prefixes(prompt_ids, spec))
+
+
+def _assemble_rows(
+    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], rows: Sequence[_RowPrefix]
+) -> tuple[DynamicCache | None, int]:
+    """:func:`_assemble_prefix_cache` with a prefix spec per row (rows of several requests in one batch)."""
+    enabled = any(r.spec is not None and r.spec.cache.enabled for r in rows)
+    if not enabled or not _plain_dynamic_cache(model):
         return None, 0
     total = [len(p) for p in prompt_ids]
-    cacheable = [max(0, min(int(n), t - 1)) for n, t in zip(spec.lengths, total)]
+    cacheable = [
+        max(0, min(r.length, t - 1)) if r.spec is not None and r.spec.cache.enabled else 0 for r, t in zip(rows, total)
+    ]
     window = max(t - n for t, n in zip(total, cacheable))
     columns = max(total) - window
     if columns <= 0:
         return None, 0
     used = [max(0, t - window) for t in total]  # cached tokens of each row in the first C columns
     kvs = [
-        _prefix_kv(model, list(p[:n]), spec, int(s)) if u > 0 else None
-        for p, n, s, u in zip(prompt_ids, cacheable, shared, used)
+        _prefix_kv(model, list(p[:n]), cast(PrefixSpec, r.spec), r.shared) if u > 0 else None
+        for p, n, r, u in zip(prompt_ids, cacheable, rows, used)
     ]
     ref = next(kv for kv in kvs if kv is not None)
     cache = _new_cache(model)
@@ -404,11 +506,11 @@ def _assemble_prefix_cache(
         heads, _, dim = ref[i][0].shape
         parts = []
         for which in (0, 1):
-            rows = []
-            for kv, u in zip(kvs, used):
-                pad = ref[i][which].new_zeros((heads, columns - u, dim))
-                rows.append(torch.cat([pad, kv[i][which][:, :u]], dim=1) if kv is not None else pad)
-            parts.append(torch.stack(rows))
+            out = ref[i][which].new_zeros((len(prompt_ids), heads, columns, dim))
+            for row, (kv, u) in enumerate(zip(kvs, used)):
+                if kv is not None:
+                    out[row, :, columns - u :] = kv[i][which][:, :u]
+            parts.append(out)
         layer.update(parts[0], parts[1])
     return cache, columns
 

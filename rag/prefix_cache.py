@@ -78,17 +78,25 @@ class PrefixKVCache:
     def enabled(self) -> bool:
         return self.max_bytes > 0
 
-    def get(self, namespace: Hashable, token_ids: Sequence[int]) -> PrefixKV | None:
-        """The stored KV of ``token_ids`` under ``namespace`` (marked most recently used), or None."""
+    def get(self, namespace: Hashable, token_ids: Sequence[int], *, count: bool = True) -> PrefixKV | None:
+        """The stored KV of ``token_ids`` under ``namespace`` (marked most recently used), or None.
+        ``count=False``: a lookup already counted once (hit / miss statistics unchanged)."""
         key = prefix_key(namespace, token_ids)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                self._misses += 1
+                self._misses += count
                 return None
             self._entries.move_to_end(key)
-            self._hits += 1
+            self._hits += count
             return entry[0]
+
+    def __contains__(self, item: tuple[Hashable, Sequence[int]]) -> bool:
+        """``(namespace, token_ids) in cache``: stored or not, without counting or reordering."""
+        namespace, token_ids = item
+        key = prefix_key(namespace, token_ids)
+        with self._lock:
+            return key in self._entries
 
     def put(self, namespace: Hashable, token_ids: Sequence[int], kv: PrefixKV) -> bool:
         """Store ``kv`` (the caller must not modify its tensors afterwards); False when it is larger
@@ -137,9 +145,12 @@ class PrefixSpec:
             (the part before the question; 0 = nothing).
         shared_lengths: optional ``K`` ints, a shorter prefix of each cacheable part shared by many prompts
             (the system prompt); it is cached once and longer prefixes are computed by continuing from it.
+        count_lookups: False when the lookups were already counted (the scheduler's chunked prefill
+            looks the prefixes up once while computing the missing ones, then prefills).
     """
 
     cache: PrefixKVCache
     namespace: Hashable
     lengths: Sequence[int]
     shared_lengths: Sequence[int] | None = None
+    count_lookups: bool = True

@@ -5,10 +5,18 @@ over the rows of all active requests (``K`` rows for a RAG-Token answer over K d
 for the "stuff" mode), then each request chooses its next token with the same
 :class:`rag.decoding.RagTokenStepper` that :func:`rag.decoding.rag_token_generate` uses, so a
 batched greedy answer is the solo answer (token ids identical, log-probs to float tolerance).
-Between steps, waiting requests are admitted FIFO while rows are free (``max_batch_rows``): each
-is prefilled alone (``prefill_fn``), its reference continuation ("I don't know.") is scored from
-that prefill, its first token is chosen, and its rows join the batch. Finished, cancelled and
-expired requests leave at once.
+Between steps, waiting requests are admitted FIFO while rows are free (``max_batch_rows``, at
+most ``max_prefills_per_step`` per step). The requests of one adapter admitted in the same step
+are prefilled TOGETHER, in one forward over all their rows (:func:`rag.decoding.prefill_many`:
+each row = its cached prompt prefix KV + its uncached suffix, left-padded, positions from the
+mask, so each row equals its solo prefill); their reference continuations ("I don't know.") are
+scored in one more forward, their first tokens chosen, and their rows join the batch in one
+concatenation. A request with its own ``prefill_fn`` is prefilled alone. Chunked prefill
+(``max_prefill_tokens``): the cache-missing prompt prefixes of admitted requests are computed
+one whole prefix at a time, at most about that many tokens between two decode steps, so a cold
+question does not stall the answers already decoding for its whole prefill; the request joins
+the batched prefill once all its prefixes are cached. Finished, cancelled and expired requests
+leave at once.
 
 Batch layout (TGI v1 "batch concatenate"): one merged :class:`transformers.DynamicCache` per
 adapter group, rows right-aligned. On admit the shorter of (merged cache, new cache) is
@@ -42,6 +50,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import functools
 import itertools
 import logging
@@ -61,11 +70,19 @@ from rag.decoding import (
     RagTokenStepper,
     _advance,
     _check_prompts,
+    _dynamic_layers,
+    _has_int8_layers,
+    _new_cache,
+    _score_fixed,
     prefill,
+    prefill_many,
     rag_token_generate,
     rag_token_reference_logprob,
+    warm_prefix_cache,
 )
 from rag.errors import RagError
+from rag.marginalize import rag_token_sequence_logprob
+from rag.prefix_cache import PrefixSpec
 from rag.serving_errors import DeadlineExceededError as ServingDeadlineError
 from rag.serving_errors import ServerBusyError
 
@@ -92,6 +109,7 @@ __all__ = [
 #: ``session(adapter)`` -> a context manager yielding the model with ``adapter`` active (None = base model).
 ModelSession = Callable[[str | None], AbstractContextManager[torch.nn.Module]]
 PrefillFn = Callable[[torch.nn.Module, Sequence[Sequence[int]]], PrefillState]
+PrefixFn = Callable[[torch.nn.Module], PrefixSpec | None]
 
 
 # --------------------------------------------------------------------------- errors
@@ -216,6 +234,21 @@ def keep_rows(state: PrefillState, rows: Sequence[int] | torch.Tensor) -> None:
         state.attention_mask = state.attention_mask[:, first:]
 
 
+def _sub_state(model: torch.nn.Module, state: PrefillState, rows: Sequence[int]) -> PrefillState:
+    """A new state holding copies of ``rows`` of ``state`` (``state`` is left as it was)."""
+    index = torch.as_tensor(list(rows), dtype=torch.long, device=state.attention_mask.device)
+    cache = _new_cache(model)
+    for new, layer in zip(_dynamic_layers(cache), _layers(state)):
+        k, v = _kv(layer)
+        new.update(k.index_select(0, index), v.index_select(0, index))
+    return PrefillState(
+        next_logprobs=state.next_logprobs.index_select(0, index.to(state.next_logprobs.device)),
+        past_key_values=cache,
+        attention_mask=state.attention_mask.index_select(0, index),
+        next_positions=state.next_positions.index_select(0, index),
+    )
+
+
 # --------------------------------------------------------------------------- sessions
 
 
@@ -264,8 +297,12 @@ class GenerationRequest:
         reference_ids: a continuation scored under RAG-Token right after the prefill.
         deadline_s: seconds after :meth:`Scheduler.submit` when the request fails with
             :class:`DeadlineExceededError` (None = no deadline).
-        prefill_fn: ``prefill_fn(model, prompt_ids) -> PrefillState`` (default
-            :func:`rag.decoding.prefill` with the scheduler's pad id), e.g. a prefix-KV-cache prefill.
+        prefix_fn: ``prefix_fn(model) -> PrefixSpec | None``, called in the scheduler thread with the
+            adapter active: the cached prompt prefixes the prefill reuses (e.g. ``Generator.prefix_spec``).
+            Requests admitted in the same step (same adapter) are prefilled together in ONE forward
+            (:func:`rag.decoding.prefill_many`).
+        prefill_fn: ``prefill_fn(model, prompt_ids) -> PrefillState``: a custom prefill; such a
+            request is prefilled alone, in its own forward (prefer ``prefix_fn``).
     """
 
     prompt_ids: Sequence[Sequence[int]]
@@ -283,6 +320,7 @@ class GenerationRequest:
     reference_ids: Sequence[int] | None = None
     deadline_s: float | None = None
     prefill_fn: PrefillFn | None = None
+    prefix_fn: PrefixFn | None = None
 
     def __post_init__(self) -> None:
         _check_prompts(self.prompt_ids, self.doc_logprobs)
@@ -294,6 +332,8 @@ class GenerationRequest:
             raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1.")
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise ValueError("deadline_s must be > 0 seconds (or None for no deadline).")
+        if self.prefill_fn is not None and self.prefix_fn is not None:
+            raise ValueError("pass prefill_fn or prefix_fn, not both (prefix_fn lets the prefill be batched).")
 
     @property
     def num_rows(self) -> int:
@@ -392,6 +432,8 @@ class _Job:
     handle: RequestHandle
     request: GenerationRequest | None = None
     call: Callable[[torch.nn.Module], Any] | None = None
+    spec: PrefixSpec | None = None  # chunked prefill: its prefix spec, once asked for
+    warmed: int = 0  # chunked prefill: its prompts whose prefixes were looked up (and computed if missing)
 
 
 @dataclass
@@ -432,6 +474,11 @@ class Scheduler:
         pad_token_id: id written into padding by the default prefill.
         max_prefills_per_step: at most this many admissions between two decode steps (None = as
             many as fit): bounds the pause that prefills put on the answers already decoding.
+        max_prefill_tokens: chunked prefill: between two decode steps, compute at most about this many
+            tokens of admitted requests' missing (uncached) prompt prefixes, one whole prefix at a
+            time (at least one per step); a request joins the batched prefill once all its prefixes
+            are cached. None: compute them all at admission (a cache miss of K long prompts then
+            pauses every answer already decoding for its whole prefill).
         on_step: ``on_step(rows, seconds)`` after every batched forward (histogram of batch sizes).
         on_request_done: ``on_request_done(RequestMetrics)`` when a request leaves.
     """
@@ -444,6 +491,7 @@ class Scheduler:
         max_queue: int = 64,
         pad_token_id: int | None = None,
         max_prefills_per_step: int | None = None,
+        max_prefill_tokens: int | None = None,
         on_step: Callable[[int, float], None] | None = None,
         on_request_done: Callable[[RequestMetrics], None] | None = None,
         name: str = "rag-scheduler",
@@ -452,6 +500,10 @@ class Scheduler:
             raise ValueError("max_batch_rows must be >= 1 and max_queue >= 0.")
         if max_prefills_per_step is not None and max_prefills_per_step < 1:
             raise ValueError("max_prefills_per_step must be >= 1 (or None).")
+        if max_prefill_tokens is not None and max_prefill_tokens < 1:
+            raise ValueError("max_prefill_tokens must be >= 1 (or None).")
+        self.max_prefill_tokens = max_prefill_tokens
+        self._warming: list[_Job] = []
         self.session = session
         self.max_batch_rows = max_batch_rows
         self.max_queue = max_queue
@@ -553,7 +605,7 @@ class Scheduler:
     def _next_admissions(self) -> list[_Job] | None:
         """Block until there is work; return the jobs to admit now (FIFO while rows are free), None to stop."""
         with self._cv:
-            while not self._closing and not self._waiting and not self._groups:
+            while not self._closing and not self._waiting and not self._groups and not self._warming:
                 self._cv.wait()
             if self._closing:
                 return None
@@ -576,8 +628,9 @@ class Scheduler:
     def _run(self) -> None:
         try:
             while (jobs := self._next_admissions()) is not None:
-                for job in jobs:
-                    self._admit(job)
+                if self.max_prefill_tokens is not None:
+                    jobs = self._warm(jobs)
+                self._admit_all(jobs)
                 self._drop_cancelled()
                 for group in list(self._groups.values()):
                     self._step(group)
@@ -592,12 +645,190 @@ class Scheduler:
             self._closing = True
             waiting, self._waiting = list(self._waiting), collections.deque()
         error = SchedulerClosedError("the scheduler was closed before the answer was complete.")
-        for job in waiting:
+        warming, self._warming = self._warming, []
+        for job in waiting + warming:
             self._finish(job.handle, "closed", error=error)
         for group in list(self._groups.values()):
             for member in group.members:
                 self._finish(member.handle, "closed", error=error)
         self._groups.clear()
+
+    def _warm(self, jobs: list[_Job]) -> list[_Job]:
+        """Chunked prefill: compute missing prompt prefixes of the admitted requests (oldest first) within
+        ``max_prefill_tokens``; return the jobs ready to prefill now, keep the others for later steps."""
+        self._warming.extend(jobs)
+        budget = cast(int, self.max_prefill_tokens)
+        ready: list[_Job] = []
+        later: list[_Job] = []
+        now = time.monotonic()
+        for job in self._warming:
+            request, handle = job.request, job.handle
+            if request is None or request.prefix_fn is None or handle.cancel_requested or handle._expired(now):
+                ready.append(job)  # nothing to warm; _admit drops a cancelled / expired one
+                continue
+            try:
+                with self.session(request.adapter) as model:
+                    spec = job.spec or request.prefix_fn(model)
+                    if spec is None:
+                        ready.append(job)
+                        continue
+                    job.spec = spec
+                    spent, job.warmed = warm_prefix_cache(model, request.prompt_ids, spec, budget, job.warmed)
+            except Exception as exc:  # this request's prefixes only
+                logger.warning("request %d failed at admission: %s", handle.id, exc)
+                handle.admitted_at = now
+                self._finish(handle, "failed", error=exc)
+                continue
+            budget -= spent
+            (ready if job.warmed == request.num_rows else later).append(job)
+        self._warming = later
+        return ready
+
+    def _prefix(self, job: _Job, model: torch.nn.Module) -> PrefixSpec | None:
+        """The prefix spec of a request's prefill (its lookups not counted again after :meth:`_warm`)."""
+        if job.spec is not None:
+            return dataclasses.replace(job.spec, count_lookups=False)
+        request = cast(GenerationRequest, job.request)
+        return request.prefix_fn(model) if request.prefix_fn is not None else None
+
+    def _admit_all(self, jobs: list[_Job]) -> None:
+        """Admit ``jobs``: solo calls and ``prefill_fn`` requests one by one, the other requests of
+        one adapter prefilled together in one forward (:meth:`_admit_batch`)."""
+        batches: dict[str | None, list[_Job]] = {}
+        for job in jobs:
+            if job.request is not None and job.request.prefill_fn is None:
+                batches.setdefault(job.request.adapter, []).append(job)
+            else:
+                self._admit(job)
+        for adapter, batch in batches.items():
+            if len(batch) == 1:
+                self._admit(batch[0])
+            else:
+                self._admit_batch(adapter, batch)
+
+    def _admit_batch(self, adapter: str | None, jobs: list[_Job]) -> None:
+        """Prefill the requests ``jobs`` (all of ``adapter``) in ONE forward, score their references,
+        choose their first tokens and append the rows of those that go on to the adapter's group."""
+        now = time.monotonic()
+        live: list[_Job] = []
+        for job in jobs:
+            job.handle.admitted_at = now
+            if job.handle.cancel_requested or job.handle._expired(now):
+                self._finish_dropped(job.handle, now)
+            else:
+                live.append(job)
+        if len(live) < 2:
+            for job in live:
+                job.handle.admitted_at = None  # _admit sets it again
+                self._admit(job)
+            return
+        try:
+            with self.session(adapter) as model:
+                specs: list[PrefixSpec | None] = []
+                ready: list[_Job] = []
+                for job in live:
+                    try:
+                        specs.append(self._prefix(job, model))
+                    except Exception as exc:  # this request's prefix lookup only
+                        logger.warning("request %d failed at admission: %s", job.handle.id, exc)
+                        self._finish(job.handle, "failed", error=exc)
+                    else:
+                        ready.append(job)
+                if not ready:
+                    return
+                requests = [cast(GenerationRequest, job.request) for job in ready]
+                state = prefill_many(
+                    model, [(r.prompt_ids, spec) for r, spec in zip(requests, specs)], pad_token_id=self.pad_token_id
+                )
+                docs = [r.doc_logprobs.to(device=state.next_logprobs.device, dtype=torch.float32) for r in requests]
+                references = self._references(model, state, requests, docs)
+        except Exception as exc:  # find the culprit: admit each alone, so only its own request fails
+            logger.warning("a batched prefill of %d requests failed (%s); admitting them one by one", len(live), exc)
+            for job in live:
+                if not job.handle.done():
+                    job.handle.admitted_at = None
+                    self._admit(job)
+            return
+        members: list[_Active] = []
+        rows: list[int] = []
+        offset = 0
+        for job, request, doc, reference in zip(ready, requests, docs, references):
+            handle, k = job.handle, request.num_rows
+            try:
+                stepper = self._stepper(request, doc)
+                token = self._choose(handle, stepper, state.next_logprobs[offset : offset + k])
+            except Exception as exc:
+                logger.warning("request %d failed at admission: %s", handle.id, exc)
+                self._finish(handle, "failed", error=exc)
+            else:
+                if token is None:
+                    self._finish(handle, "completed", value=stepper.output(reference))
+                else:
+                    members.append(_Active(handle, stepper, reference, token))
+                    rows.extend(range(offset, offset + k))
+            offset += k
+        if not members:
+            return
+        if len(rows) < state.num_rows:
+            keep_rows(state, rows)
+        self._join(adapter, state, members)
+
+    def _references(
+        self,
+        model: torch.nn.Module,
+        state: PrefillState,
+        requests: list[GenerationRequest],
+        docs: list[torch.Tensor],
+    ) -> list[float | None]:
+        """Each request's RAG-Token log p(reference|x) from the batched prefill ``state`` (left as it was):
+        one teacher-forced forward over all rows per distinct reference (they are all the abstention
+        reply in practice). With int8 decode weights each request is scored alone, as its solo answer
+        is (a short forward reads the int8 copy)."""
+        out: list[float | None] = [None] * len(requests)
+        starts = list(itertools.accumulate((r.num_rows for r in requests), initial=0))
+        if _has_int8_layers(model):
+            for i, (request, doc) in enumerate(zip(requests, docs)):
+                if request.reference_ids:
+                    sub = _sub_state(model, state, range(starts[i], starts[i + 1]))
+                    out[i] = rag_token_reference_logprob(model, sub, request.reference_ids, doc)
+            return out
+        by_reference: dict[tuple[int, ...], list[int]] = {}
+        for i, request in enumerate(requests):
+            if request.reference_ids:
+                by_reference.setdefault(tuple(request.reference_ids), []).append(i)
+        for reference, members in by_reference.items():
+            scores = _score_fixed(model, state, reference)  # (R, T)
+            for i in members:
+                out[i] = float(rag_token_sequence_logprob(scores[starts[i] : starts[i + 1]], docs[i]))
+        return out
+
+    def _stepper(self, request: GenerationRequest, doc: torch.Tensor) -> RagTokenStepper:
+        return RagTokenStepper(
+            doc,
+            max_new_tokens=request.max_new_tokens,
+            eos_token_ids=request.eos_token_ids,
+            strategy=cast(Literal["greedy", "sample"], request.strategy),  # beam went to submit_call
+            temperature=request.temperature,
+            top_p=request.top_p,
+            generator=request.generator,
+            stream_callback=request.stream_callback,
+            stop=request.stop,
+        )
+
+    def _join(self, adapter: str | None, state: PrefillState, members: list[_Active]) -> None:
+        """Append ``state``'s rows (those of ``members``, in order) to the group of ``adapter``."""
+        group = self._groups.get(adapter)
+        if group is None:
+            self._groups[adapter] = _Group(adapter, state, members)
+            return
+        try:
+            group.state = concat_states(group.state, state)
+        except Exception as exc:  # e.g. a prefill_fn returning an incompatible cache
+            logger.warning("requests %s cannot join the batch: %s", [m.handle.id for m in members], exc)
+            for member in members:
+                self._finish(member.handle, "failed", error=exc)
+            return
+        group.members.extend(members)
 
     def _admit(self, job: _Job) -> None:
         handle = job.handle
@@ -621,24 +852,14 @@ class Scheduler:
             return
         try:
             with self.session(request.adapter) as model:
-                state = self._prefill(request, model)
+                state = self._prefill(job, model)
                 doc = request.doc_logprobs.to(device=state.next_logprobs.device, dtype=torch.float32)
                 reference = (
                     rag_token_reference_logprob(model, state, request.reference_ids, doc)
                     if request.reference_ids
                     else None
                 )
-            stepper = RagTokenStepper(
-                doc,
-                max_new_tokens=request.max_new_tokens,
-                eos_token_ids=request.eos_token_ids,
-                strategy=cast(Literal["greedy", "sample"], request.strategy),  # beam went to submit_call
-                temperature=request.temperature,
-                top_p=request.top_p,
-                generator=request.generator,
-                stream_callback=request.stream_callback,
-                stop=request.stop,
-            )
+            stepper = self._stepper(request, doc)
             token = self._choose(handle, stepper, state.next_logprobs)
         except Exception as exc:
             logger.warning("request %d failed at admission: %s", handle.id, exc)
@@ -647,24 +868,15 @@ class Scheduler:
         if token is None:
             self._finish(handle, "completed", value=stepper.output(reference))
             return
-        member = _Active(handle, stepper, reference, token)
-        group = self._groups.get(request.adapter)
-        if group is None:
-            self._groups[request.adapter] = _Group(request.adapter, state, [member])
-            return
-        try:
-            group.state = concat_states(group.state, state)
-        except Exception as exc:  # e.g. a prefill_fn returning an incompatible cache
-            logger.warning("request %d cannot join the batch: %s", handle.id, exc)
-            self._finish(handle, "failed", error=exc)
-            return
-        group.members.append(member)
+        self._join(request.adapter, state, [_Active(handle, stepper, reference, token)])
 
-    def _prefill(self, request: GenerationRequest, model: torch.nn.Module) -> PrefillState:
+    def _prefill(self, job: _Job, model: torch.nn.Module) -> PrefillState:
+        request = cast(GenerationRequest, job.request)
         if request.prefill_fn is not None:
             state = request.prefill_fn(model, request.prompt_ids)
         else:
-            state = prefill(model, request.prompt_ids, pad_token_id=self.pad_token_id)
+            prefix = self._prefix(job, model)
+            state = prefill(model, request.prompt_ids, pad_token_id=self.pad_token_id, prefix=prefix)
         if state.num_rows != request.num_rows:
             raise ValueError(f"prefill_fn returned {state.num_rows} rows for {request.num_rows} prompts.")
         return state

@@ -23,7 +23,7 @@ import torch
 
 from rag.attribution import overlap_shares, rag_sequence_sentence_posteriors, rag_token_sentence_posteriors
 from rag.config import QAConfig
-from rag.decoding import RagTokenOutput, prefill, rag_sequence_generate, rag_token_generate
+from rag.decoding import RagTokenOutput, rag_sequence_generate, rag_token_generate
 from rag.generator import Generator
 from rag.prefix_cache import PrefixSpec
 
@@ -188,11 +188,6 @@ class BatchedDecoder(Decoder):
     def rag_token(self, parts: Parts, doc_logprobs: torch.Tensor) -> RagTokenOutput:
         from rag.scheduler import GenerationRequest as BatchRequest
 
-        pad = self.generator.tokenizer.pad_token_id
-
-        def cached_prefill(model: Any, prompt_ids: Any) -> Any:  # runs in the scheduler thread, adapter active
-            return prefill(model, prompt_ids, pad_token_id=pad, prefix=self._prefix(parts))
-
         handle = self.scheduler.submit(
             BatchRequest(
                 prompt_ids=[p + s for p, s in parts],
@@ -200,7 +195,7 @@ class BatchedDecoder(Decoder):
                 adapter=self.request.adapter,
                 stream_callback=self.request.stream,
                 deadline_s=self.request.deadline_s,
-                prefill_fn=cached_prefill,
+                prefix_fn=lambda model: self._prefix(parts),  # scheduler thread, adapter active
                 **self._token_kwargs(),
             )
         )

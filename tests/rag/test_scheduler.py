@@ -11,7 +11,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaForCausalLM
 
-from rag.decoding import _advance, prefill, rag_token_generate
+from rag.decoding import _advance, prefill, prefill_many, rag_token_generate
+from rag.prefix_cache import PrefixKVCache, PrefixSpec
 from rag.scheduler import (
     DeadlineExceededError,
     GenerationRequest,
@@ -269,6 +270,142 @@ class TestBatchedEqualsSolo:
         gate.release.set()
         for handle, expected in zip(handles, want):
             _assert_same(handle.result(WAIT), expected)
+
+
+class TestBatchedPrefill:
+    """Requests admitted in the same step are prefilled together in one forward per adapter."""
+
+    def test_prefill_many_equals_each_request_alone(self, model):
+        cache = PrefixKVCache(1 << 20)
+        head = [1, 2]
+        prompts_a = [head + [5, 6, 7, 8, 9] + [20, 21], head + [3] + [22, 23, 24]]
+        prompts_b = [head + [9, 10, 11, 12, 13, 14, 15, 16, 17] + [25]]
+        prompts_c = [[4, 4, 4], [7], [8, 9, 10, 11]]  # no prefix reuse
+        spec_a = PrefixSpec(cache, "tiny", [7, 3], [2, 2])
+        spec_b = PrefixSpec(cache, "tiny", [11], [2])
+        prefill(model, [prompts_a[0]], prefix=PrefixSpec(cache, "tiny", [7], [2]))  # one warm row, the rest cold
+        merged = prefill_many(model, [(prompts_a, spec_a), (prompts_b, spec_b), (prompts_c, None)])
+        alone = [prefill(model, prompts_a), prefill(model, prompts_b), prefill(model, prompts_c)]
+        torch.testing.assert_close(merged.next_logprobs, torch.cat([a.next_logprobs for a in alone]), atol=1e-5, rtol=0)
+        positions = torch.cat([a.next_positions for a in alone])
+        assert torch.equal(merged.next_positions, positions)
+        assert merged.attention_mask.sum(-1).tolist() == [len(p) for p in prompts_a + prompts_b + prompts_c]
+        tokens = torch.tensor([3, 3, 7, 1, 1, 1])  # decoding goes on identically
+        _advance(model, merged, tokens)
+        for a, t in zip(alone, (tokens[:2], tokens[2:3], tokens[3:])):
+            _advance(model, a, t)
+        torch.testing.assert_close(merged.next_logprobs, torch.cat([a.next_logprobs for a in alone]), atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="at least one request"):
+            prefill_many(model, [])
+
+    def test_requests_admitted_together_equal_solo(self, peft_model, make_scheduler):
+        """Several requests admitted in one step (different K, prompt lengths, adapters, cache hits and
+        misses, a reference or not, one finishing at its first token) answer exactly as alone."""
+        cache = PrefixKVCache(1 << 20)
+        head = [1, 2, 3]
+        chunks = [[5, 6, 7, 8, 9, 4], [3, 4], [9, 10, 11, 12, 13, 14, 15, 16], [7], [12, 13, 14]]
+        questions = [[20, 21, 22], [23, 24], [25, 26, 27, 28, 29]]
+
+        def request(adapter, chunk_ids, question, n, **kw):
+            prompts = [head + chunks[c] + question for c in chunk_ids]
+            lengths = [len(head) + len(chunks[c]) for c in chunk_ids]
+            doc = torch.log_softmax(torch.linspace(0.5, -0.5, len(prompts)), 0)
+            return GenerationRequest(
+                prompts,
+                doc,
+                max_new_tokens=n,
+                eos_token_ids=[],
+                adapter=adapter,
+                prefix_fn=lambda m: PrefixSpec(cache, ("tiny", adapter), lengths, [len(head)] * len(lengths)),
+                **kw,
+            )
+
+        reqs = [
+            request("a", [0, 1, 2, 3], questions[0], 6, reference_ids=[5, 9, 2]),
+            request("a", [4], questions[1], 5, reference_ids=[5, 9, 2]),  # "stuff"-like K=1
+            request("a", [2, 0], questions[2], 1, reference_ids=[3]),  # done at its first token
+            request(None, [1, 3, 4], questions[1], 7),
+            request(None, [0, 2], questions[0], 4, reference_ids=[8, 8]),
+            request("b", [3, 1, 0], questions[2], 5, reference_ids=[5, 9, 2]),
+        ]
+        session = model_session(peft_model)
+        want = []
+        for r in reqs:
+            with session(r.adapter) as m:
+                want.append(_solo(m, r))
+        with session("a") as m:  # warm some chunks of adapter "a": hits and misses in one batch
+            prefill(m, reqs[0].prompt_ids[:2], prefix=PrefixSpec(cache, ("tiny", "a"), [9, 5], [3, 3]))
+
+        forwards: list[tuple[int, int]] = []
+        embed = peft_model.get_base_model().model.embed_tokens
+        hook = embed.register_forward_hook(lambda mod, args, out: forwards.append(tuple(args[0].shape)))
+        gate = _Gate(at=1)
+        scheduler = make_scheduler(session, max_prefills_per_step=len(reqs) + 1)
+        blocker = scheduler.submit(
+            GenerationRequest([[9, 9, 1]], torch.zeros(1), max_new_tokens=3, eos_token_ids=[], stream_callback=gate)
+        )
+        try:
+            assert gate.reached.wait(WAIT)  # the scheduler thread is held: all of reqs wait for the same step
+            handles = [scheduler.submit(r) for r in reqs]
+            gate.release.set()
+            for handle, expected in zip(handles, want):
+                _assert_same(handle.result(WAIT), expected)
+            blocker.result(WAIT)
+        finally:
+            hook.remove()
+        # one prefill forward per adapter over all its requests' rows (the question suffixes only)
+        assert (4 + 1 + 2, 5) in forwards  # adapter "a": 7 rows, widest uncached suffix = 5 tokens
+        assert (3 + 2, 3) in forwards  # the base model: 5 rows
+        assert len({h.admitted_at for h in handles[:3]}) == 1
+        assert scheduler.stats().completed == len(reqs) + 1
+
+
+class TestChunkedPrefill:
+    def test_cold_prefixes_are_spread_over_steps_and_answers_stay_identical(self, model, make_scheduler):
+        head = [1, 2, 3]
+        chunks = [[5, 6, 7, 8, 9, 4], [3, 4, 11, 12, 13], [9, 10, 11, 12, 13, 14, 15, 16], [7, 7, 7, 7, 7]]
+        question = [20, 21, 22]
+        prompts = [head + c + question for c in chunks]
+        lengths = [len(head) + len(c) for c in chunks]
+        steps = [0]
+
+        class Recording(PrefixKVCache):
+            def __init__(self) -> None:
+                super().__init__(1 << 20)
+                self.put_at: list[int] = []
+
+            def put(self, namespace, token_ids, kv) -> bool:
+                self.put_at.append(steps[0])
+                return super().put(namespace, token_ids, kv)
+
+        cache = Recording()
+        spec = PrefixSpec(cache, "tiny", lengths, [len(head)] * len(chunks))
+        cold = GenerationRequest(
+            prompts, DOC_4, max_new_tokens=5, eos_token_ids=[], reference_ids=[5, 9], prefix_fn=lambda m: spec
+        )
+        want = _solo(model, cold)
+        reference = PrefixKVCache(1 << 20)  # the lookups one cached solo prefill counts
+        prefill(model, prompts, prefix=PrefixSpec(reference, "tiny", lengths, [len(head)] * len(chunks)))
+
+        def on_step(rows: int, seconds: float) -> None:
+            steps[0] += 1
+
+        gate = _Gate(at=1)
+        scheduler = make_scheduler(model_session(model), max_prefill_tokens=9, on_step=on_step)
+        busy_req = GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=12, eos_token_ids=[], stream_callback=gate)
+        busy_want = _solo(model, GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=12, eos_token_ids=[]))
+        busy = scheduler.submit(busy_req)
+        assert gate.reached.wait(WAIT)
+        handle = scheduler.submit(cold)
+        gate.release.set()
+        _assert_same(handle.result(WAIT), want)
+        _assert_same(busy.result(WAIT), busy_want)
+        # one chunk prompt (9 or 11 tokens) per step with a 9-token budget: the busy answer kept decoding
+        assert len(set(cache.put_at)) >= len(chunks)
+        got, expected = cache.stats(), reference.stats()
+        assert (got.hits, got.misses, got.entries) == (expected.hits, expected.misses, expected.entries)
+        with pytest.raises(ValueError, match="max_prefill_tokens"):
+            Scheduler(model_session(model), max_prefill_tokens=0)
 
 
 # --------------------------------------------------------------------------- backpressure and failures
