@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from api.cli import adapters, ask, collections, documents, feedback, finetune, ingest, keys, models, search, serve
+from api.cli import adapters, ask, collections, documents, feedback, finetune, ingest, keys, mcp, models, search, serve
 from api.factory import RagStack
 from api.settings import Settings
 
@@ -56,6 +56,7 @@ app.command("search")(search.search)
 app.command("ask")(ask.ask)
 app.command("eval")(ask.eval_cmd)
 app.command("serve")(serve.serve)
+app.command("mcp")(mcp.mcp)
 app.add_typer(collections.app, name="collections")
 app.add_typer(documents.app, name="documents")
 app.add_typer(models.app, name="models")
