@@ -19,8 +19,7 @@ logger = logging.getLogger(__name__)
 def mcp(ctx: typer.Context) -> None:
     """Serve the collections as MCP tools (list_collections, search, ask) on stdin/stdout, for AI agents.
 
-    Start it from an MCP client (e.g. Claude Desktop's mcpServers config), not by hand. The models load on
-    the first search or ask and serve every later call.
+    Started by an MCP client (README "Agents (MCP)"); models load on the first search or ask, then stay.
     """
     from api.mcp_server import build_server
 

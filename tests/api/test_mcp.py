@@ -71,9 +71,7 @@ async def client_session_run(params: StdioServerParameters, errlog) -> dict:
         seen["server"] = init.server_info.name
         seen["tools"] = {t.name: t for t in (await session.list_tools()).tools}
         seen["collections"] = await session.call_tool("list_collections", {})
-        seen["search"] = await session.call_tool(
-            "search", {"collection": "docs", "query": "capital of France", "k": 2}
-        )
+        seen["search"] = await session.call_tool("search", {"collection": "docs", "query": "capital of France", "k": 2})
         seen["unknown"] = await session.call_tool("search", {"collection": "nope", "query": "x"})
         seen["path"] = await session.call_tool("ask", {"collection": "../docs", "question": "x"})
         seen["k_too_big"] = await session.call_tool("search", {"collection": "docs", "query": "x", "k": 9})
