@@ -17,7 +17,21 @@ from typing import Annotated
 
 import typer
 
-from api.cli import adapters, ask, chat, collections, documents, feedback, finetune, ingest, keys, models, search, serve
+from api.cli import (
+    adapters,
+    ask,
+    chat,
+    collections,
+    documents,
+    feedback,
+    finetune,
+    ingest,
+    keys,
+    mcp,
+    models,
+    search,
+    serve,
+)
 from api.factory import RagStack
 from api.settings import Settings
 
@@ -57,6 +71,7 @@ app.command("ask")(ask.ask)
 app.command("eval")(ask.eval_cmd)
 app.command("chat")(chat.chat)
 app.command("serve")(serve.serve)
+app.command("mcp")(mcp.mcp)
 app.add_typer(collections.app, name="collections")
 app.add_typer(documents.app, name="documents")
 app.add_typer(models.app, name="models")
