@@ -17,7 +17,9 @@ rotating per question so that load from other jobs on a shared machine hits all 
              repeats the whole prompt), wrapped in
              ``ChatHuggingFace`` (the model's chat template); the chain is
              ``{"context": retriever, "question": RunnablePassthrough()} | create_stuff_documents_chain(llm, PROMPT)``
-             with LangChain's classic QA prompt (``langchain_classic.chains.retrieval_qa.prompt.PROMPT``:
+             (wrapped in ``RunnablePassthrough.assign`` so the retrieved documents come back too; built by
+             ``bench.common.LangChainStuffQA``, shared with bench/longform.py) with LangChain's classic QA
+             prompt (``langchain_classic.chains.retrieval_qa.prompt.PROMPT``:
              "Use the following pieces of context to answer the question at the end. If you don't know ...").
   ragqa      ``QAPipeline.answer`` (Python API) over a collection ingested from the same file with
              ragqa's defaults (hybrid retriever, k=4), ``abstain=False`` (thresholds are applied
