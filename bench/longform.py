@@ -270,6 +270,7 @@ class SystemAnswer:
     sentences: list[tuple[str, list[str]]]  #: (sentence without markers, texts of the chunks it cites)
     cited_sources: list[str]  #: source path of each cited chunk (each chunk once)
     latency_s: float
+    timings: dict[str, float] = field(default_factory=dict)  #: the system's own split (ragqa: retrieve/generate)
 
 
 class RagqaSystem:
@@ -296,7 +297,7 @@ def ragqa_answer(ans: Any, latency_s: float) -> SystemAnswer:
     sentences: list[tuple[str, list[str]]] = []
     cited: dict[int, str] = {}
     if ans.abstained:
-        return SystemAnswer(ans.answer, True, [], [], latency_s)
+        return SystemAnswer(ans.answer, True, [], [], latency_s, dict(ans.timings))
     structured = getattr(ans, "sentences", None)
     if structured is not None:
         for s in structured:
@@ -307,7 +308,7 @@ def ragqa_answer(ans: Any, latency_s: float) -> SystemAnswer:
         cites = [c for c in ans.citations if c.contribution > 0]
         sentences.append((strip_markers(ans.answer), [c.text for c in cites]))
         cited.update((c.index, c.source) for c in cites)
-    return SystemAnswer(ans.answer, False, sentences, list(cited.values()), latency_s)
+    return SystemAnswer(ans.answer, False, sentences, list(cited.values()), latency_s, dict(ans.timings))
 
 
 class LangChainSystem:
@@ -322,7 +323,9 @@ class LangChainSystem:
         abstained = is_abstention(out["answer"])
         sentences = [] if abstained else [(s, texts) for s in split_sentences(out["answer"])]
         sources = [str(d.metadata.get("source", "")) for d in out["documents"]]
-        return SystemAnswer(out["answer"], abstained, sentences, sources, out["latency_s"])
+        return SystemAnswer(
+            out["answer"], abstained, sentences, sources, out["latency_s"], {"generate_s": out["generate_s"]}
+        )
 
 
 # =============================================================================================

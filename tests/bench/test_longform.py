@@ -103,7 +103,7 @@ class TestRagqaAnswer:
     cites = [_citation(1, "/d/faq/a.html", "alpha text", 0.7), _citation(2, "/d/library/b.html", "beta text", 0.0)]
 
     def test_without_sentences_one_sentence_cites_every_contributing_chunk(self):
-        ans = SimpleNamespace(answer="Alpha it is [1].", abstained=False, citations=self.cites)
+        ans = SimpleNamespace(answer="Alpha it is [1].", abstained=False, citations=self.cites, timings={})
         out = ragqa_answer(ans, 1.5)
         assert out.sentences == [("Alpha it is.", ["alpha text"])]
         assert out.cited_sources == ["/d/faq/a.html"]
@@ -112,14 +112,14 @@ class TestRagqaAnswer:
     def test_with_sentences_each_cites_its_own_chunks(self):
         sentences = [SimpleNamespace(text="Alpha.", citations=[1]), SimpleNamespace(text="Beta.", citations=[2, 1])]
         ans = SimpleNamespace(
-            answer="Alpha [1]. Beta [2][1].", abstained=False, citations=self.cites, sentences=sentences
+            answer="Alpha [1]. Beta [2][1].", abstained=False, citations=self.cites, sentences=sentences, timings={}
         )
         out = ragqa_answer(ans, 0.1)
         assert out.sentences == [("Alpha.", ["alpha text"]), ("Beta.", ["beta text", "alpha text"])]
         assert sorted(out.cited_sources) == ["/d/faq/a.html", "/d/library/b.html"]
 
     def test_abstention_has_no_sentences(self):
-        ans = SimpleNamespace(answer="I don't know.", abstained=True, citations=self.cites, sentences=[])
+        ans = SimpleNamespace(answer="I don't know.", abstained=True, citations=self.cites, sentences=[], timings={})
         out = ragqa_answer(ans, 0.1)
         assert out.abstained and out.sentences == [] and out.cited_sources == []
 
