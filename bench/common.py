@@ -260,6 +260,108 @@ def update_markdown_section(
     os.replace(tmp, path)
 
 
+# -- LangChain: what a user writes ----------------------------------------------------------------
+
+#: LangChain's splitter settings in every comparison (RecursiveCharacterTextSplitter).
+LC_CHUNK_SIZE = 1000
+LC_CHUNK_OVERLAP = 200
+
+
+def langchain_faiss(docs: list[Any]) -> tuple[Any, int]:
+    """``RecursiveCharacterTextSplitter(1000, 200)`` over ``docs``, ``HuggingFaceEmbeddings`` (the bundled
+    all-MiniLM-L6-v2 folder) and ``FAISS.from_documents``: (the vector store, the number of chunks)."""
+    from langchain_community.vectorstores import FAISS
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    chunks = RecursiveCharacterTextSplitter(chunk_size=LC_CHUNK_SIZE, chunk_overlap=LC_CHUNK_OVERLAP).split_documents(
+        docs
+    )
+    return FAISS.from_documents(chunks, langchain_embeddings()), len(chunks)
+
+
+def langchain_embeddings() -> Any:
+    """LangChain's ``HuggingFaceEmbeddings`` over the bundled all-MiniLM-L6-v2 folder (no download)."""
+    from langchain_huggingface import HuggingFaceEmbeddings
+
+    return HuggingFaceEmbeddings(model_name=str(bundled_model_dir()))
+
+
+class LLMTimer:
+    """Callback handler recording the time of each LLM call (the chain's generation time)."""
+
+    def __init__(self) -> None:
+        from langchain_core.callbacks import BaseCallbackHandler
+
+        timer = self
+
+        class Handler(BaseCallbackHandler):
+            def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+                timer.start = time.perf_counter()
+
+            def on_llm_start(self, *args: Any, **kwargs: Any) -> None:
+                timer.start = time.perf_counter()
+
+            def on_llm_end(self, *args: Any, **kwargs: Any) -> None:
+                timer.seconds = time.perf_counter() - timer.start
+
+        self.handler = Handler()
+        self.start = 0.0
+        self.seconds = 0.0
+
+
+class LangChainStuffQA:
+    """The LangChain "stuff" chain a user writes over ``store`` (a LangChain vector store):
+    ``as_retriever(k)``; the LLM is ragqa's converted generator folder, loaded by
+    ``HuggingFacePipeline.from_model_id(task="text-generation")`` (greedy, ``max_new_tokens``,
+    ``return_full_text=False``) in ``ChatHuggingFace``; the chain is
+    ``{"context": retriever, "question": RunnablePassthrough()} | RunnablePassthrough.assign(answer=
+    create_stuff_documents_chain(llm, PROMPT))`` with LangChain's classic QA prompt, so that the documents
+    the model was given come back with the answer (the answer text is the same as without ``assign``).
+    """
+
+    def __init__(self, store: Any, generator_dir: str, max_new_tokens: int, *, k: int = 4) -> None:
+        from langchain_classic.chains.combine_documents import create_stuff_documents_chain
+        from langchain_classic.chains.retrieval_qa.prompt import PROMPT
+        from langchain_core.runnables import RunnablePassthrough
+        from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
+
+        self.store = store
+        self.retriever = store.as_retriever(search_kwargs={"k": k})
+        llm = HuggingFacePipeline.from_model_id(
+            model_id=generator_dir,
+            task="text-generation",
+            pipeline_kwargs={"max_new_tokens": max_new_tokens, "do_sample": False, "return_full_text": False},
+        )
+        self.chat = ChatHuggingFace(llm=llm)
+        self.tokenizer = llm.pipeline.tokenizer
+        self.model = llm.pipeline.model
+        self.chain = {"context": self.retriever, "question": RunnablePassthrough()} | RunnablePassthrough.assign(
+            answer=create_stuff_documents_chain(self.chat, PROMPT)
+        )
+        self.timer = LLMTimer()
+        self.max_new_tokens = max_new_tokens
+
+    def answer(self, question: str) -> dict[str, Any]:
+        """``answer`` (text), ``documents`` (the retrieved LangChain documents it was given),
+        ``latency_s``, ``generate_s`` and ``tokens`` (the answer re-tokenised, + the end-of-turn token)."""
+        self.timer.seconds = 0.0
+        t0 = time.perf_counter()
+        out = self.chain.invoke(question, config={"callbacks": [self.timer.handler]})
+        total = time.perf_counter() - t0
+        text = out["answer"]
+        tokens = len(self.tokenizer.encode(text, add_special_tokens=False)) + 1  # + the end-of-turn token
+        return {
+            "answer": text.strip(),
+            "documents": list(out["context"]),
+            "latency_s": total,
+            "generate_s": self.timer.seconds,
+            "tokens": min(tokens, self.max_new_tokens),
+        }
+
+
+# -- ragqa -----------------------------------------------------------------------------------------
+
+
 def open_pipeline(home: pathlib.Path, collection: str = "squad", data: pathlib.Path = SQUAD):
     """ragqa's settings, workspace and QA pipeline under ``home``, built by :class:`api.factory.RagStack`
     with the models loaded; ``collection`` is ingested from ``data`` when missing. (ragqa modules are

@@ -17,7 +17,9 @@ rotating per question so that load from other jobs on a shared machine hits all 
              repeats the whole prompt), wrapped in
              ``ChatHuggingFace`` (the model's chat template); the chain is
              ``{"context": retriever, "question": RunnablePassthrough()} | create_stuff_documents_chain(llm, PROMPT)``
-             with LangChain's classic QA prompt (``langchain_classic.chains.retrieval_qa.prompt.PROMPT``:
+             (wrapped in ``RunnablePassthrough.assign`` so the retrieved documents come back too; built by
+             ``bench.common.LangChainStuffQA``, shared with bench/longform.py) with LangChain's classic QA
+             prompt (``langchain_classic.chains.retrieval_qa.prompt.PROMPT``:
              "Use the following pieces of context to answer the question at the end. If you don't know ...").
   ragqa      ``QAPipeline.answer`` (Python API) over a collection ingested from the same file with
              ragqa's defaults (hybrid retriever, k=4), ``abstain=False`` (thresholds are applied
@@ -82,38 +84,11 @@ TARGET_F1_DROP = 0.10
 # =============================================================================================
 
 
-class _LLMTimer:
-    """Callback handler recording the time of each LLM call (the chain's generation time)."""
+class LangChainQA(common.LangChainStuffQA):
+    """The LangChain stuff chain over the SQuAD paragraphs (see the module docstring)."""
 
-    def __init__(self) -> None:
-        from langchain_core.callbacks import BaseCallbackHandler
-
-        timer = self
-
-        class Handler(BaseCallbackHandler):
-            def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
-                timer.start = time.perf_counter()
-
-            def on_llm_start(self, *args: Any, **kwargs: Any) -> None:
-                timer.start = time.perf_counter()
-
-            def on_llm_end(self, *args: Any, **kwargs: Any) -> None:
-                timer.seconds = time.perf_counter() - timer.start
-
-        self.handler = Handler()
-        self.start = 0.0
-        self.seconds = 0.0
-
-
-class LangChainQA:
     def __init__(self, squad: pathlib.Path, generator_dir: str, max_new_tokens: int) -> None:
-        from langchain_classic.chains.combine_documents import create_stuff_documents_chain
-        from langchain_classic.chains.retrieval_qa.prompt import PROMPT
-        from langchain_community.vectorstores import FAISS
         from langchain_core.documents import Document
-        from langchain_core.runnables import RunnablePassthrough
-        from langchain_huggingface import ChatHuggingFace, HuggingFaceEmbeddings, HuggingFacePipeline
-        from langchain_text_splitters import RecursiveCharacterTextSplitter
 
         from ingest.squad import iter_paragraphs, read_squad
 
@@ -121,37 +96,8 @@ class LangChainQA:
             Document(page_content=p.context, metadata={"title": a.title, "paragraph": p.index})
             for a, p in iter_paragraphs(read_squad(squad))
         ]
-        chunks = RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200).split_documents(docs)
-        embeddings = HuggingFaceEmbeddings(model_name=str(common.bundled_model_dir()))
-        self.store = FAISS.from_documents(chunks, embeddings)
-        self.retriever = self.store.as_retriever(search_kwargs={"k": K})
-        llm = HuggingFacePipeline.from_model_id(
-            model_id=generator_dir,
-            task="text-generation",
-            pipeline_kwargs={"max_new_tokens": max_new_tokens, "do_sample": False, "return_full_text": False},
-        )
-        self.chat = ChatHuggingFace(llm=llm)
-        self.tokenizer = llm.pipeline.tokenizer
-        self.model = llm.pipeline.model
-        self.chain = {"context": self.retriever, "question": RunnablePassthrough()} | create_stuff_documents_chain(
-            self.chat, PROMPT
-        )
-        self.timer = _LLMTimer()
-        self.n_chunks = len(chunks)
-        self.max_new_tokens = max_new_tokens
-
-    def answer(self, question: str) -> dict[str, Any]:
-        self.timer.seconds = 0.0
-        t0 = time.perf_counter()
-        text = self.chain.invoke(question, config={"callbacks": [self.timer.handler]})
-        total = time.perf_counter() - t0
-        tokens = len(self.tokenizer.encode(text, add_special_tokens=False)) + 1  # + the end-of-turn token
-        return {
-            "answer": text.strip(),
-            "latency_s": total,
-            "generate_s": self.timer.seconds,
-            "tokens": min(tokens, self.max_new_tokens),
-        }
+        store, self.n_chunks = common.langchain_faiss(docs)
+        super().__init__(store, generator_dir, max_new_tokens, k=K)
 
 
 # =============================================================================================
