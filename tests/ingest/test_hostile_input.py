@@ -1,0 +1,198 @@
+"""Hostile file contents: every loader stays linear on pathological 1 MB lines, and zip bombs are refused.
+
+A quadratic regex on one long line froze the whole server (issue 18: a 78 KB Markdown file held the GIL
+for 141 s). Each test here takes minutes when a quadratic pattern comes back, and well under a second
+otherwise; the bound is generous so that a slow CI machine never trips it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ingest.config import LoaderConfig
+from ingest.errors import LoaderError
+from ingest.loaders import load_file
+from ingest.loaders.text import _atx_heading, _front_matter_title
+
+MB = 1 << 20
+BOUND_S = 10.0  # 1 MB through pypdf takes ~3 s on a busy 2-core machine; quadratic takes minutes
+CFG = LoaderConfig()
+
+# One 1 MB line per shape that has made a regex backtrack somewhere: runs of spaces between words, of
+# heading, rule, table, emphasis and fence markers, of quotes and of nested brackets.
+LINES: dict[str, str] = {
+    "spaces": "# a" + " " * MB + "b",
+    "tabs": "# a" + " \t" * (MB // 2) + "b",
+    "hashes": "#" * MB,
+    "hash-space": "# " * (MB // 2) + "x",
+    "equals": "=" * MB + "x",
+    "dashes": "-" * MB + "x",
+    "pipes": "|" * MB,
+    "stars": "*" * MB + "x",
+    "underscores": "_ " * (MB // 2),
+    "backticks": "`" * MB + "x",
+    "tildes": "~" * MB,
+    "brackets": "[" * (MB // 2) + "]" * (MB // 2),
+    "parens": "(" * (MB // 2) + ")" * (MB // 2),
+    "angles": "<" * (MB // 2) + ">" * (MB // 2),
+    "quotes": "'\"" * (MB // 2),
+    "dots": ". " * (MB // 2),
+    "letters": "a" * MB,
+    "title-key": "title: a" + " " * MB + "b",
+}
+
+
+def _md_of(line: str) -> str:
+    return f"# Intro\n\npara\n{line}\n{line[:1000]}\n\n## End\nfin\n"
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    try:
+        fn()
+    except LoaderError:
+        pass  # refusing the file is fine; hanging is not
+    return time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("shape", sorted(LINES))
+@pytest.mark.parametrize("suffix", [".md", ".txt"])
+def test_text_and_markdown_are_linear(tmp_path, shape, suffix):
+    path = tmp_path / f"hostile{suffix}"
+    path.write_text(_md_of(LINES[shape]))
+    assert _timed(lambda: load_file(path, CFG)) < BOUND_S
+
+
+@pytest.mark.parametrize("shape", ["spaces", "title-key", "quotes"])
+def test_markdown_front_matter_is_linear(tmp_path, shape):
+    path = tmp_path / "front.md"
+    path.write_text(f"---\n{LINES[shape]}\ntitle: '{LINES[shape]}'\n---\n# Body\ntext\n")
+    assert _timed(lambda: load_file(path, CFG)) < BOUND_S
+
+
+@pytest.mark.parametrize("shape", sorted(LINES))
+def test_html_is_linear(tmp_path, shape):
+    from html import escape
+
+    line = escape(LINES[shape])
+    path = tmp_path / "hostile.html"
+    path.write_text(
+        f"<html><head><title>{line}</title><meta charset='{line[:3000]}'></head>"
+        f"<body><h1>{line}</h1><p>{line}</p><pre>{line}</pre><table><tr><td>{line}</td></tr></table></body></html>"
+    )
+    assert _timed(lambda: load_file(path, CFG)) < BOUND_S
+
+
+def test_html_deep_nesting_and_meta_prefix_are_bounded(tmp_path):
+    nested = tmp_path / "nested.html"
+    nested.write_text("<div>" * (MB // 10) + "x" + "</div>" * (MB // 10))
+    metas = tmp_path / "metas.html"
+    metas.write_text("<meta" * (MB // 5) + "<p>x</p>")
+    assert _timed(lambda: load_file(nested, CFG)) < BOUND_S
+    assert _timed(lambda: load_file(metas, CFG)) < BOUND_S
+
+
+@pytest.mark.parametrize("shape", ["spaces", "hashes", "brackets", "quotes", "letters", "dots"])
+def test_json_and_jsonl_are_linear(tmp_path, shape):
+    import json
+
+    record = json.dumps({"text": LINES[shape], "title": LINES[shape][:100]})
+    one = tmp_path / "one.json"
+    one.write_text(record)
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text(f"{record}\n{LINES[shape]}\n{record}\n")  # a malformed 1 MB line among good ones
+    assert _timed(lambda: load_file(one, CFG)) < BOUND_S
+    assert _timed(lambda: load_file(lines, CFG)) < BOUND_S
+
+
+@pytest.mark.parametrize("shape", ["spaces", "hashes", "equals", "pipes", "letters"])
+def test_docx_is_linear(tmp_path, shape):
+    import docx
+
+    document = docx.Document()
+    document.add_heading(LINES[shape][:100_000], level=1)
+    document.add_paragraph(LINES[shape])
+    path = tmp_path / "hostile.docx"
+    document.save(str(path))
+    assert _timed(lambda: load_file(path, CFG)) < BOUND_S
+
+
+def _raw_pdf(text: bytes) -> bytes:
+    """A one-page PDF whose content stream shows ``text`` (written by hand: no layout engine)."""
+    text = text.replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)")
+    stream = b"BT /F1 12 Tf 72 712 Td (" + text + b") Tj ET"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)
+
+
+@pytest.mark.parametrize("shape", ["spaces", "hashes", "dots", "letters", "newlines"])
+def test_pdf_is_linear(tmp_path, shape):
+    line = "\n" * MB if shape == "newlines" else LINES[shape]
+    path = tmp_path / "hostile.pdf"
+    path.write_bytes(_raw_pdf(line.encode("latin-1")))
+    assert _timed(lambda: load_file(path, CFG)) < BOUND_S
+
+
+def test_raw_pdf_helper_makes_a_readable_pdf(tmp_path):
+    path = tmp_path / "ok.pdf"
+    path.write_bytes(_raw_pdf(b"Hello (pdf) world"))
+    assert "Hello (pdf) world" in load_file(path, CFG)[0].text
+
+
+# --- the hand-written parsers agree with the regexes they replaced (on short strings) -------
+
+_OLD_ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_OLD_FRONT_TITLE = re.compile(r"^title:\s*[\"']?(.*?)[\"']?\s*$", re.M)
+
+
+def _old_atx(line: str) -> tuple[int, str] | None:
+    m = _OLD_ATX.match(line)
+    return (len(m.group(1)), (m.group(2) or "").strip()) if m else None
+
+
+def _old_front_title(front: str) -> str:
+    m = _OLD_FRONT_TITLE.search(front)
+    return m.group(1).strip() if m else ""
+
+
+def test_atx_parser_matches_the_old_regex():
+    rng = random.Random(18)
+    alphabet = [" ", " ", "\t", "#", "#", "#", "a", "b", "\xa0", "'"]
+    samples = ["#", "# a", "# a #", "# #", "#a", "####### a", "    # a", "   # a ##  ", "# a#", "# a ## b ##"]
+    samples += ["".join(rng.choices(alphabet, k=rng.randint(0, 14))) for _ in range(30_000)]
+    for line in samples:
+        assert _atx_heading(line) == _old_atx(line), repr(line)
+
+
+def test_front_matter_title_matches_the_old_regex():
+    rng = random.Random(18)
+    alphabet = [" ", "\t", "\n", "a", "b", "'", '"', ":", "\xa0"]
+    samples = ["title: x", "title: 'x'", 'title: "x" ', "title:\n  x", "name: y\ntitle: z\n", "title: 'x", "title:"]
+    for _ in range(30_000):
+        head = "".join(rng.choices(alphabet, k=rng.randint(0, 4)))
+        tail = "".join(rng.choices(alphabet, k=rng.randint(0, 10)))
+        samples.append(rng.choice(["", "x: y\n", head]) + "title:" + tail)
+    for front in samples:
+        assert _front_matter_title(front) == _old_front_title(front), repr(front)
