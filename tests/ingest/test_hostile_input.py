@@ -196,3 +196,70 @@ def test_front_matter_title_matches_the_old_regex():
         samples.append(rng.choice(["", "x: y\n", head]) + "title:" + tail)
     for front in samples:
         assert _front_matter_title(front) == _old_front_title(front), repr(front)
+
+
+# --- zip bombs ------------------------------------------------------------------------------
+
+_CONTENT_TYPES = (
+    '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+    '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+    '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+    '<Default Extension="xml" ContentType="application/xml"/>'
+    '<Override PartName="/word/document.xml" '
+    'ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>'
+)
+_RELS = (
+    '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+    '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+    '<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" '
+    'Target="word/document.xml"/></Relationships>'
+)
+_W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+
+
+def make_docx_bomb(path: Path, expanded_mb: int, filler: bytes) -> Path:
+    """A docx-shaped zip whose ``word/document.xml`` expands to ``expanded_mb`` MB, written streaming."""
+    block = filler * (MB // len(filler))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr("[Content_Types].xml", _CONTENT_TYPES)
+        zf.writestr("_rels/.rels", _RELS)
+        with zf.open("word/document.xml", "w", force_zip64=True) as member:
+            member.write(f'<?xml version="1.0"?><w:document xmlns:w="{_W}"><w:body>'.encode())
+            for _ in range(expanded_mb):
+                member.write(block)
+            member.write(b"</w:body></w:document>")
+    return path
+
+
+@pytest.mark.parametrize("filler", [b"\0", b"<w:p/>"], ids=["zeros", "tags"])
+def test_docx_bomb_is_refused_before_reading(tmp_path, filler):
+    import resource
+
+    path = make_docx_bomb(tmp_path / "bomb.docx", 1024, filler)  # 1 GB unpacked
+    assert path.stat().st_size < 8 * MB
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with pytest.raises(LoaderError, match=r"unpacks to 1,024 MB.*max_unzipped_mb.*zip bomb"):
+        load_file(path, CFG)
+    assert time.perf_counter() - t0 < 1.0
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    assert grown_mb < 100
+
+
+def test_docx_member_with_a_bomb_ratio_is_refused(tmp_path):
+    path = make_docx_bomb(tmp_path / "small-bomb.docx", 20, b"\0")  # 20 MB, under the size cap, ~1000x
+    with pytest.raises(LoaderError, match=r"word/document.xml' expands .*x.*max_zip_ratio"):
+        load_file(path, CFG)
+    loose = LoaderConfig(max_zip_ratio=10_000)  # a trusted file: raising the limit lets it through to the parser
+    with pytest.raises(LoaderError) as caught:
+        load_file(path, loose)
+    assert "zip bomb" not in str(caught.value)
+
+
+def test_ordinary_docx_passes_the_zip_checks(tmp_path):
+    import docx
+
+    document = docx.Document()
+    document.add_paragraph("Hello from a normal document. " * 2000)
+    document.save(str(tmp_path / "ok.docx"))
+    assert "Hello from a normal document." in load_file(tmp_path / "ok.docx", CFG)[0].text
