@@ -24,7 +24,9 @@ import importlib
 import json
 import logging
 import multiprocessing
+import sys
 import threading
+import types
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,23 @@ def _mp_context():
                 ctx = multiprocessing.get_context("spawn")
             _context = ctx
         return _context
+
+
+@contextlib.contextmanager
+def _without_main_module():
+    """Hide ``__main__`` while a child starts, so that it does not re-run the parent's main script.
+
+    ``multiprocessing`` re-imports the main module in every forkserver/spawn child: that would import the
+    whole CLI or server (seconds per child), and fails outright for a script without a ``__main__`` guard.
+    The loader process needs nothing from it.
+    """
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 def _resolve(target: str):
@@ -195,7 +214,8 @@ class LoaderPool:
         proc = ctx.Process(
             target=_serve, args=(child, self.config.memory_mb, self.target), name="ragqa-loader", daemon=True
         )
-        proc.start()
+        with _context_lock, _without_main_module():
+            proc.start()
         child.close()
         self._proc, self._conn = proc, parent
         self.started += 1
