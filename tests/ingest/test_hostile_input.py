@@ -60,6 +60,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+@pytest.mark.integration  # 1 MB inputs: seconds, not the unit tier
 @pytest.mark.parametrize("shape", sorted(LINES))
 @pytest.mark.parametrize("suffix", [".md", ".txt"])
 def test_text_and_markdown_are_linear(tmp_path, shape, suffix):
@@ -68,6 +69,7 @@ def test_text_and_markdown_are_linear(tmp_path, shape, suffix):
     assert _timed(lambda: load_file(path, CFG)) < BOUND_S
 
 
+@pytest.mark.integration  # 1 MB inputs: seconds, not the unit tier
 @pytest.mark.parametrize("shape", ["spaces", "title-key", "quotes"])
 def test_markdown_front_matter_is_linear(tmp_path, shape):
     path = tmp_path / "front.md"
@@ -75,6 +77,7 @@ def test_markdown_front_matter_is_linear(tmp_path, shape):
     assert _timed(lambda: load_file(path, CFG)) < BOUND_S
 
 
+@pytest.mark.integration  # 1 MB inputs: seconds, not the unit tier
 @pytest.mark.parametrize("shape", sorted(LINES))
 def test_html_is_linear(tmp_path, shape):
     from html import escape
@@ -88,6 +91,7 @@ def test_html_is_linear(tmp_path, shape):
     assert _timed(lambda: load_file(path, CFG)) < BOUND_S
 
 
+@pytest.mark.integration  # 1 MB inputs: seconds, not the unit tier
 def test_html_deep_nesting_and_meta_prefix_are_bounded(tmp_path):
     nested = tmp_path / "nested.html"
     nested.write_text("<div>" * (MB // 10) + "x" + "</div>" * (MB // 10))
@@ -97,6 +101,7 @@ def test_html_deep_nesting_and_meta_prefix_are_bounded(tmp_path):
     assert _timed(lambda: load_file(metas, CFG)) < BOUND_S
 
 
+@pytest.mark.integration  # 1 MB inputs: seconds, not the unit tier
 @pytest.mark.parametrize("shape", ["spaces", "hashes", "brackets", "quotes", "letters", "dots"])
 def test_json_and_jsonl_are_linear(tmp_path, shape):
     import json
@@ -110,6 +115,7 @@ def test_json_and_jsonl_are_linear(tmp_path, shape):
     assert _timed(lambda: load_file(lines, CFG)) < BOUND_S
 
 
+@pytest.mark.integration  # 1 MB inputs: seconds, not the unit tier
 @pytest.mark.parametrize("shape", ["spaces", "hashes", "equals", "pipes", "letters"])
 def test_docx_is_linear(tmp_path, shape):
     import docx
@@ -146,6 +152,7 @@ def _raw_pdf(text: bytes) -> bytes:
     return bytes(out)
 
 
+@pytest.mark.integration  # 1 MB inputs: seconds, not the unit tier
 @pytest.mark.parametrize("shape", ["spaces", "hashes", "dots", "letters", "newlines"])
 def test_pdf_is_linear(tmp_path, shape):
     line = "\n" * MB if shape == "newlines" else LINES[shape]
@@ -230,6 +237,7 @@ def make_docx_bomb(path: Path, expanded_mb: int, filler: bytes) -> Path:
     return path
 
 
+@pytest.mark.integration  # 1 MB inputs: seconds, not the unit tier
 @pytest.mark.parametrize("filler", [b"\0", b"<w:p/>"], ids=["zeros", "tags"])
 def test_docx_bomb_is_refused_before_reading(tmp_path, filler):
     import resource
@@ -245,6 +253,7 @@ def test_docx_bomb_is_refused_before_reading(tmp_path, filler):
     assert grown_mb < 100
 
 
+@pytest.mark.integration  # 1 MB inputs: seconds, not the unit tier
 def test_docx_member_with_a_bomb_ratio_is_refused(tmp_path):
     path = make_docx_bomb(tmp_path / "small-bomb.docx", 20, b"\0")  # 20 MB, under the size cap, ~1000x
     with pytest.raises(LoaderError, match=r"word/document.xml' expands .*x.*max_zip_ratio"):

@@ -16,6 +16,8 @@ from ingest.loaders.isolation import LoaderPool
 from ingest.workspace import Workspace
 from tests.ingest.test_loaders import make_docx, make_pdf
 
+pytestmark = pytest.mark.integration  # starts loader processes
+
 HERE = "tests.ingest.isolation_targets"  # a light module: the loader process imports it
 
 
