@@ -117,9 +117,17 @@ class JobStore(SqliteStore):
         error       TEXT,
         documents   INTEGER NOT NULL DEFAULT 0,
         chunks      INTEGER NOT NULL DEFAULT 0,
+        attempts    INTEGER NOT NULL DEFAULT 0,  -- times reading this file started (poison-pill count)
         PRIMARY KEY (job_id, ordinal)
     );
     """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        with self._lock:  # a server.sqlite from before per-file attempts
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(job_files)")}
+            if "attempts" not in columns:
+                self._db.execute("ALTER TABLE job_files ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
 
     def create(self, job_id: str, collection: str, files: list[dict[str, Any]], key_id: str | None) -> None:
         with self._tx() as db:
@@ -181,6 +189,15 @@ class JobStore(SqliteStore):
     def requeue(self, job_id: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE jobs SET status='queued' WHERE job_id=? AND status='running'", (job_id,))
+
+    def begin_file(self, job_id: str, ordinal: int) -> int:
+        """Count one more attempt at a file (committed before it is read); return the count."""
+        with self._tx() as db:
+            db.execute("UPDATE job_files SET attempts=attempts+1 WHERE job_id=? AND ordinal=?", (job_id, ordinal))
+            row = db.execute(
+                "SELECT attempts FROM job_files WHERE job_id=? AND ordinal=?", (job_id, ordinal)
+            ).fetchone()
+        return int(row["attempts"]) if row else 0
 
     def set_file(
         self, job_id: str, ordinal: int, status: str, error: str | None = None, documents: int = 0, chunks: int = 0
@@ -317,6 +334,7 @@ class IngestWorker:
         on_file: Callable[[str, int], None] | None = None,
         on_job: Callable[[str], None] | None = None,
         busy_retry_s: float = 2.0,
+        max_attempts: int | None = None,
     ) -> None:
         self.workspace = workspace
         self.jobs = jobs
@@ -325,6 +343,9 @@ class IngestWorker:
         self.on_file = on_file or (lambda result, chunks: None)
         self.on_job = on_job or (lambda status: None)
         self.busy_retry_s = busy_retry_s
+        # A file whose reading was started this many times without finishing (the server crashed, was killed or
+        # ran out of memory each time) fails, so that the job goes on with its other files.
+        self.max_attempts = max_attempts if max_attempts is not None else workspace.config.loader.max_attempts
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Event()
@@ -428,18 +449,29 @@ class IngestWorker:
                         self.on_file("failed", 0)
                         continue
                     existed = coll.file_hash(str(stable)) is not None
-                    report = ingest_paths(
-                        [stable],
-                        coll,
-                        lambda texts: ws.embedder.embed_documents(texts),
-                        ws.chunker_for(coll),
-                        ws.config.loader,
-                        embed_batch_chunks=max(64, 8 * ws.config.embedder.batch_size),
-                    )
+                    attempt = self.jobs.begin_file(job_id, ordinal)
+                    if attempt > self.max_attempts:
+                        report = None
+                        reason = (
+                            f"the server stopped {attempt - 1} times while reading this file (a crash, a kill or "
+                            f"running out of memory), so it failed after {self.max_attempts} attempts "
+                            "(ingest.loader.max_attempts) and the job went on with its other files; check or split "
+                            "the file before uploading it again"
+                        )
+                        logger.error("job %s: %s %s", job_id, f["filename"], reason)
+                    else:
+                        report = ingest_paths(
+                            [stable],
+                            coll,
+                            lambda texts: ws.embedder.embed_documents(texts),
+                            ws.chunker_for(coll),
+                            ws.config.loader,
+                            embed_batch_chunks=max(64, 8 * ws.config.embedder.batch_size),
+                        )
+                        reason = report.failed[0].reason.replace(str(stable), f["filename"]) if report.failed else ""
                 finally:
                     coll.close()
-                if report.failed:
-                    reason = report.failed[0].reason.replace(str(stable), f["filename"])
+                if report is None or report.failed:
                     self.jobs.set_file(job_id, ordinal, "failed", reason)
                     if backup.exists():
                         os.replace(backup, stable)  # keep the last good version on disk

@@ -82,8 +82,10 @@ class Chunker:
             fast.no_truncation()
             fast.no_padding()
 
-            def count(text: str) -> int:
+            def encode_count(text: str) -> int:
                 return len(fast.encode(text, add_special_tokens=False).ids)
+
+            count = _memo_short(encode_count)
         else:
 
             def count(text: str) -> int:
@@ -125,6 +127,29 @@ class Chunker:
 
     def chunk_all(self, docs: Iterable[Document]) -> list[Chunk]:
         return [c for d in docs for c in self.chunk(d)]
+
+
+# The splitter's last resort cuts a run without separators into single characters and measures each one (three
+# calls per character): memoising short pieces makes a long unbroken run (a base64 blob, a hostile file) ~4x
+# cheaper, with identical counts.
+_MEMO_CHARS = 8
+_MEMO_ENTRIES = 1 << 16
+
+
+def _memo_short(count: Callable[[str], int]) -> Callable[[str], int]:
+    memo: dict[str, int] = {}
+
+    def counted(text: str) -> int:
+        if len(text) > _MEMO_CHARS:
+            return count(text)
+        n = memo.get(text)
+        if n is None:
+            n = count(text)
+            if len(memo) < _MEMO_ENTRIES:
+                memo[text] = n
+        return n
+
+    return counted
 
 
 def _join_sections(sections: list[tuple[list[str], str]]) -> tuple[str, list[int], list[list[str]]]:

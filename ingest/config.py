@@ -52,6 +52,27 @@ class LoaderConfig(BaseModel):
     json_text_field: str = "text"
     json_title_field: str = "title"
     max_file_mb: float = Field(50.0, gt=0)
+    max_unzipped_mb: float = Field(
+        200.0, gt=0, description="Largest total uncompressed size of a zip-based file (.docx) before it is read (MB)."
+    )
+    max_zip_ratio: float = Field(
+        200.0,
+        gt=1,
+        description="Highest compression ratio of a zip member larger than 1 MB (a zip bomb expands ~1000x).",
+    )
+    isolate: bool = Field(
+        True,
+        description="Read each file in a separate loader process with the time and memory limits below.",
+    )
+    timeout_s: float = Field(60.0, gt=0, description="Longest time one file may take to read (isolated loaders).")
+    memory_mb: int = Field(
+        2048, ge=256, description="Address-space limit of the loader process (MB; isolated loaders, Linux/macOS)."
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Times the server may stop while reading one uploaded file before that file fails (poison pill).",
+    )
 
 
 class IngestConfig(BaseModel):

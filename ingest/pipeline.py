@@ -24,6 +24,7 @@ from ingest.config import LoaderConfig
 from ingest.documents import Chunk, Document
 from ingest.errors import IngestError, LoaderError, UnsupportedFileError
 from ingest.loaders import is_supported, load_file
+from ingest.loaders.isolation import LoaderPool
 
 logger = logging.getLogger(__name__)
 
@@ -154,19 +155,26 @@ def ingest_paths(
     progress: bool = False,
     embed_batch_chunks: int = EMBED_BATCH_CHUNKS,
     prune: bool = False,
+    loader_pool: LoaderPool | None = None,
 ) -> IngestReport:
     """Ingest ``paths`` into ``collection``; never raises for a single bad file.
 
     ``embed`` maps texts to normalised float32 vectors (n, dim). ``chunker`` may be a factory,
     called only when some file changed (so an unchanged re-ingest loads no model). With ``prune``, files that were
     ingested from one of the named folders but no longer exist there are removed.
+
+    With ``loader_config.isolate`` each file is read in a loader process with a time and a memory limit
+    (:class:`~ingest.loaders.isolation.LoaderPool`; one process serves the whole run, or pass ``loader_pool``
+    to share one across runs); a file past a limit fails alone.
     """
     t0 = time.perf_counter()
     report = IngestReport(collection=collection.name)
     files, failures, skipped = expand_paths(paths)
     report.failed.extend(failures)
     report.skipped_unsupported = [str(p) for p in skipped]
-    batch = _IngestBatch(collection, embed, chunker, loader_config, report)
+    own_pool = loader_pool is None and loader_config.isolate and bool(files)
+    pool = LoaderPool(loader_config) if own_pool else loader_pool
+    batch = _IngestBatch(collection, embed, chunker, loader_config, report, pool)
     bar = _progress_bar(progress, len(files), collection.name)
     try:
         for path in files:
@@ -182,6 +190,8 @@ def ingest_paths(
         if prune:
             report.removed = _prune(collection, paths, {str(f) for f in files})
     finally:
+        if own_pool and pool is not None:
+            pool.close()
         if bar is not None:
             bar.close()
         collection.flush()
@@ -208,8 +218,10 @@ class _IngestBatch:
         chunker: Chunker | Callable[[], Chunker],
         loader_config: LoaderConfig,
         report: IngestReport,
+        pool: LoaderPool | None = None,
     ) -> None:
         self.collection = collection
+        self.pool = pool
         self.embed = embed
         self._chunker = chunker if isinstance(chunker, Chunker) else None
         self._chunker_factory = None if isinstance(chunker, Chunker) else chunker
@@ -234,7 +246,11 @@ class _IngestBatch:
             if old == digest:
                 self.report.unchanged.append(spath)
                 return
-            docs = load_file(path, self.loader_config)
+            docs = (
+                self.pool.load(path, self.loader_config)
+                if self.pool is not None
+                else load_file(path, self.loader_config)
+            )
             chunks = self.chunker().chunk_all(docs)
             reuse = self.collection.store.embeddings_by_text(spath) if old is not None else {}
             vectors = [reuse.get(c.text) for c in chunks]

@@ -17,6 +17,7 @@ from ingest.config import LoaderConfig
 from ingest.documents import Document
 from ingest.errors import LoaderError
 from ingest.loaders.text import normalise_text
+from ingest.loaders.zipcheck import check_zip
 
 logger = logging.getLogger(__name__)
 
@@ -70,17 +71,20 @@ def _join_blocks(blocks: list[tuple[str, str]]) -> str:
     return "".join(out)
 
 
-def _open(path: Path, data: bytes):
+def _open(path: Path, data: bytes, config: LoaderConfig):
     import docx
     from docx.opc.exceptions import PackageNotFoundError
 
     try:
+        check_zip(path, data, config, ".docx")  # before python-docx unpacks anything
         return docx.Document(io.BytesIO(data))
     except (PackageNotFoundError, zipfile.BadZipFile) as exc:
         raise LoaderError(
             f"{path}: not a valid .docx file (not a Word zip package: {exc}); "
             "re-save it from Word/LibreOffice as .docx (old .doc files must be converted)"
         ) from exc
+    except LoaderError:
+        raise
     except Exception as exc:  # damaged XML parts, missing relationships, ...
         raise LoaderError(
             f"{path}: cannot read the .docx, it looks corrupt ({type(exc).__name__}: {exc}); "
@@ -92,7 +96,7 @@ def load_docx(path: Path, data: bytes, config: LoaderConfig) -> list[Document]:
     """One document per file with heading sections."""
     from docx.table import Table
 
-    document = _open(path, data)
+    document = _open(path, data, config)
     # Each section: its heading path and its blocks as (kind, text); kind "item" for list items.
     sections: list[tuple[list[str], list[tuple[str, str]]]] = [([], [])]
     stack: list[tuple[int, str]] = []

@@ -114,11 +114,44 @@ def load_text(path: Path, data: bytes, config: LoaderConfig) -> list[Document]:
 
 # --- Markdown ------------------------------------------------------------------------------
 
-_ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+# Every pattern here runs on untrusted lines, so each one is linear: anchored, with no two adjacent
+# quantifiers that can match the same characters. Headings and the front-matter title are parsed by hand
+# (a regex for them, e.g. ``[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$``, backtracks quadratically on a run of spaces).
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n(?:---|\.\.\.)(?:\n|\Z)", re.S)
-_FRONT_TITLE = re.compile(r"^title:\s*[\"']?(.*?)[\"']?\s*$", re.M)
+_FRONT_TITLE_KEY = re.compile(r"^title:", re.M)
+_QUOTES = "\"'"
+
+
+def _atx_heading(line: str) -> tuple[int, str] | None:
+    """``(level, text)`` of an ATX heading line (``## Text ##``), else None; linear in the line."""
+    body = line.lstrip(" ")
+    if len(line) - len(body) > 3 or not body.startswith("#"):
+        return None
+    rest = body.lstrip("#")
+    level = len(body) - len(rest)
+    if level > 6 or (rest and rest[0] not in " \t"):
+        return None
+    text = rest.strip(" \t")
+    closed = text.rstrip("#")
+    if closed and closed[-1] in " \t" and len(closed) < len(text):
+        text = closed  # an optional closing sequence after the text: ``# Title ##`` (``# #`` is the text "#")
+    return level, text.strip()
+
+
+def _front_matter_title(front: str) -> str:
+    """The ``title:`` value of YAML front matter (one optional pair of quotes removed), else ``""``."""
+    m = _FRONT_TITLE_KEY.search(front)
+    if m is None:
+        return ""
+    value = front[m.end() :].lstrip()
+    if value[:1] and value[0] in _QUOTES:
+        value = value[1:]
+    value = value.split("\n", 1)[0].rstrip()
+    if value[-1:] and value[-1] in _QUOTES:
+        value = value[:-1]
+    return value.strip()
 
 
 def _markdown_headings(lines: list[str]) -> list[tuple[int, int, int, str]]:
@@ -136,9 +169,9 @@ def _markdown_headings(lines: list[str]) -> list[tuple[int, int, int, str]]:
             continue
         if fence is not None:
             continue
-        m = _ATX.match(line)
-        if m:
-            found.append((i, i, len(m.group(1)), (m.group(2) or "").strip()))
+        atx = _atx_heading(line)
+        if atx is not None:
+            found.append((i, i, atx[0], atx[1]))
             continue
         m = _SETEXT.match(line)
         prev = lines[i - 1] if i > 0 else ""
@@ -182,8 +215,7 @@ def load_markdown(path: Path, data: bytes, config: LoaderConfig) -> list[Documen
     title = ""
     front = _FRONT_MATTER.match(text)
     if front:
-        m = _FRONT_TITLE.search(front.group(1))
-        title = m.group(1).strip() if m else ""
+        title = _front_matter_title(front.group(1))
         text = text[front.end() :].strip("\n")
     lines = text.split("\n")
     headings = _markdown_headings(lines)
