@@ -25,7 +25,8 @@ __all__ = ["AbstentionRule", "CalibratedThreshold"]
 class CalibratedThreshold(Protocol):
     """What the rule needs of a collection's calibration (:class:`rag.calibration.Calibration` has it)."""
 
-    min_score: float | None
+    @property
+    def min_score(self) -> float | None: ...
 
 
 @dataclass(frozen=True)

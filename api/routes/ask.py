@@ -47,7 +47,7 @@ async def ask(body: AskRequest, service: ServiceDep, key: KeyDep):
     conversation_id, history = await run_in_threadpool(
         service.open_conversation, key, body.conversation_id, body.collection, body.question
     )
-    kw = {"mode": body.mode, "k": body.k, "adapter": body.adapter, "style": body.answer_style}
+    kw: dict[str, Any] = {"mode": body.mode, "k": body.k, "adapter": body.adapter, "style": body.answer_style}
     kw |= {"conversation_id": conversation_id, "history": history}
     if not body.stream:
         return await service.answer_async(key, body.collection, body.question, **kw)

@@ -270,8 +270,9 @@ def test_finetune_squad_writes_training_files(tmp_path):
     runner = CliRunner()
     out = tmp_path / "train"
     squad = DATA / "benchmarks" / "squad2_dev_public.json"
-    result = runner.invoke(app, ["finetune", "squad", str(squad), "-o", str(out), "--held-out", "2",
-                                 "--unanswerable", "0.5", "--json"])
+    result = runner.invoke(
+        app, ["finetune", "squad", str(squad), "-o", str(out), "--held-out", "2", "--unanswerable", "0.5", "--json"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["ok"] and summary["held_out_articles"] and summary["answerable"] > 0
