@@ -7,7 +7,7 @@ it when it is ingested or changed:
 * **answerable** queries: question-like queries made from sentences of the collection's own chunks
   (:func:`answerable_queries`; at most ``max_chunks`` chunks are sampled, deterministically);
 * **unanswerable** queries: the calibration split of the general-knowledge probe set shipped in
-  ``data/probes/general_questions.txt`` (:func:`load_probes`), none of which a document collection of a
+  ``rag/probes/general_questions.txt`` (package data) (:func:`load_probes`), none of which a document collection of a
   specialised topic answers.
 
 Both are scored with the best dense cosine of the collection (the retriever's ``max_dense_score`` signal)
@@ -69,7 +69,7 @@ __all__ = [
     "recalibrate",
 ]
 
-PROBES_FILE = Path(__file__).resolve().parents[1] / "data" / "probes" / "general_questions.txt"
+PROBES_FILE = Path(__file__).resolve().parent / "probes" / "general_questions.txt"
 RULE_VERSION = 1
 Split = Literal["calibration", "bench"]
 
@@ -92,7 +92,7 @@ def load_probes(split: Split = "calibration", path: Path | None = None) -> list[
     path = Path(path) if path is not None else PROBES_FILE
     if not path.is_file():
         raise FileNotFoundError(
-            f"the probe questions {path} are missing; reinstall ragqa from its source tree (they ship in data/probes)"
+            f"the probe questions {path} are missing; reinstall ragqa (they ship in the rag package, rag/probes)"
         )
     out: dict[str, list[str]] = {"calibration": [], "bench": []}
     section: str | None = None

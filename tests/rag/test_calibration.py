@@ -49,7 +49,7 @@ def test_probe_file_errors_say_what_is_wrong(tmp_path):
     bad.write_text("What is this?\n")
     with pytest.raises(ValueError, match="before any"):
         load_probes(path=bad)
-    with pytest.raises(FileNotFoundError, match="data/probes"):
+    with pytest.raises(FileNotFoundError, match="rag/probes"):
         load_probes(path=tmp_path / "missing.txt")
 
 
