@@ -129,12 +129,23 @@ class ConversationStore(SqliteStore):
         return cur.rowcount
 
     def delete_turns_of(self, answer_ids: Iterable[str]) -> int:
-        """Delete the turns that hold these answers (their cited documents were deleted); returns how many."""
-        ids = list(answer_ids)
+        """Delete the turns that hold these answers (their cited documents were deleted); returns how many.
+        A conversation that lost turns is retitled with its first remaining question (empty when none is left)."""
         n = 0
         with self._tx() as db:
-            for answer_id in ids:
+            touched: set[str] = set()
+            for answer_id in dict.fromkeys(answer_ids):
+                rows = db.execute(
+                    "SELECT conversation_id FROM conversation_turns WHERE answer_id=?", (answer_id,)
+                ).fetchall()
+                touched.update(r[0] for r in rows)
                 n += db.execute("DELETE FROM conversation_turns WHERE answer_id=?", (answer_id,)).rowcount
+            for conversation_id in touched:
+                db.execute(
+                    "UPDATE conversations SET title=COALESCE((SELECT substr(trim(question), 1, 200) FROM "
+                    "conversation_turns WHERE conversation_id=? ORDER BY turn_id LIMIT 1), '') WHERE conversation_id=?",
+                    (conversation_id, conversation_id),
+                )
         return n
 
     def delete(self, conversation_id: str, key_id: str) -> bool:
