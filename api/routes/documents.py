@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"]
     status_code=status.HTTP_202_ACCEPTED,
     summary="Upload files; a background job ingests them (poll GET /v1/jobs/{job_id})",
     dependencies=[UploadLimit],
-    responses={409: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody}},
+    responses={413: {"model": ErrorBody}, 415: {"model": ErrorBody}},
 )
 async def upload_documents(
     name: str,
