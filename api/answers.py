@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from api.db import SqliteStore
@@ -59,7 +60,7 @@ class AnswerLog(SqliteStore):
     CREATE INDEX IF NOT EXISTS feedback_answer ON feedback(answer_id);
     """
 
-    def __init__(self, path) -> None:
+    def __init__(self, path: Path) -> None:
         super().__init__(path)
         with self._lock:  # a server.sqlite from before redaction
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(answers)")}
