@@ -41,10 +41,13 @@ class PublicPaths:
     def __init__(self, uploads: Path, private: Iterable[Path] = ()) -> None:
         self.uploads = _roots([uploads])
         self.private = _roots(private)
-        # <uploads>/<collection>/ -> "" (the upload name stays), then any other private path -> its last part
+        # <uploads>/<collection>/[.jobs/<id>/] -> "" (the upload name stays); any other private path -> its last part
         upload_alts = "|".join(re.escape(r) for r in self.uploads)
         private_alts = "|".join(re.escape(r) for r in self.private)
-        self._upload_prefix = re.compile(rf"(?:{upload_alts})[/\\][^/\\\s'\"]+[/\\]") if upload_alts else None
+        part = r"[^/\\\s'\"]+[/\\]"  # one folder: <collection>/, or a staging .jobs/<job_id>/
+        self._upload_prefix = (
+            re.compile(rf"(?:{upload_alts})[/\\]{part}(?:\.jobs[/\\]{part})?") if upload_alts else None
+        )
         self._private_path = (
             re.compile(rf"(?:{private_alts})(?![\w.-])(?:[/\\][^/\\\s'\"]*)*") if private_alts else None
         )
