@@ -7,13 +7,19 @@ mode and k, the question, the answer and the citations (chunk text, source, scor
 fine-tuning commands can turn the pair into SFT examples (question + contexts -> correction or
 an up-voted answer) and preference pairs (correction preferred over a down-voted answer); see
 :meth:`AnswerLog.feedback_records`.
+
+Deleting a collection or a document redacts the answers that used it (:meth:`AnswerLog.redact_collection`,
+:meth:`AnswerLog.redact_citing`): the question, the answer, the citations and the feedback's correction and
+comment are cleared, and ``redacted_at`` is set; the row stays, so counts and timings are kept, and
+redacted answers are left out of the fine-tuning records.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from api.db import SqliteStore
@@ -38,7 +44,8 @@ class AnswerLog(SqliteStore):
         abstained      INTEGER NOT NULL,
         abstain_reason TEXT,
         citations      TEXT NOT NULL,        -- JSON list of {index, chunk_id, doc_id, title, source, text, score, ...}
-        timings        TEXT NOT NULL         -- JSON {retrieve_s, generate_s, total_s}
+        timings        TEXT NOT NULL,        -- JSON {retrieve_s, generate_s, total_s}
+        redacted_at    REAL                  -- set when the collection or a cited document was deleted
     );
     CREATE INDEX IF NOT EXISTS answers_collection ON answers(collection, created_at);
     CREATE TABLE IF NOT EXISTS feedback (
@@ -53,11 +60,20 @@ class AnswerLog(SqliteStore):
     CREATE INDEX IF NOT EXISTS feedback_answer ON feedback(answer_id);
     """
 
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        with self._lock:  # a server.sqlite from before redaction
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(answers)")}
+            if "redacted_at" not in columns:
+                self._db.execute("ALTER TABLE answers ADD COLUMN redacted_at REAL")
+
     def log(self, answer: dict[str, Any], *, generation: int, k: int | None, endpoint: str, key_id: str | None) -> None:
         """Record an answer (``rag.qa.Answer.to_dict()``) with the collection generation it used."""
         with self._tx() as db:
             db.execute(
-                "INSERT INTO answers VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO answers(answer_id, created_at, key_id, endpoint, collection, collection_generation, "
+                "model, adapter, mode, k, question, answer, raw_answer, abstained, abstain_reason, citations, timings) "
+                "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     answer["answer_id"],
                     time.time(),
@@ -103,6 +119,49 @@ class AnswerLog(SqliteStore):
             "created_at": now,
         }
 
+    # -- redaction ------------------------------------------------------------------------------
+    def redact_collection(self, collection: str) -> int:
+        """Redact every answer from ``collection`` (it was deleted); returns how many were redacted."""
+        with self._lock:
+            ids = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT answer_id FROM answers WHERE collection=? AND redacted_at IS NULL", (collection,)
+                )
+            ]
+        return len(self.redact(ids))
+
+    def redact_citing(self, collection: str, *, doc_ids: Iterable[str] = (), sources: Iterable[str] = ()) -> list[str]:
+        """Redact the answers from ``collection`` that cite one of ``doc_ids`` or ``sources``; returns their ids."""
+        doc_ids, sources = set(doc_ids), set(sources)
+        if not doc_ids and not sources:
+            return []
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT answer_id, citations FROM answers WHERE collection=? AND redacted_at IS NULL", (collection,)
+            ).fetchall()
+        ids = []
+        for row in rows:
+            cited = json.loads(row["citations"])
+            if any(c.get("doc_id") in doc_ids or c.get("source") in sources for c in cited if isinstance(c, dict)):
+                ids.append(row["answer_id"])
+        return self.redact(ids)
+
+    def redact(self, answer_ids: Iterable[str]) -> list[str]:
+        """Clear the text of these answers and of their feedback (question, answer, citations, correction,
+        comment); the rows stay with ``redacted_at`` set."""
+        ids = list(dict.fromkeys(answer_ids))
+        now = time.time()
+        with self._tx() as db:
+            for answer_id in ids:
+                db.execute(
+                    "UPDATE answers SET question='', answer='', raw_answer='', abstain_reason=NULL, citations='[]', "
+                    "redacted_at=? WHERE answer_id=?",
+                    (now, answer_id),
+                )
+                db.execute("UPDATE feedback SET correction=NULL, comment=NULL WHERE answer_id=?", (answer_id,))
+        return ids
+
     def count(self) -> dict[str, int]:
         with self._lock:
             a = self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
@@ -118,11 +177,11 @@ class AnswerLog(SqliteStore):
         """
         sql = (
             "SELECT f.feedback_id, f.rating, f.correction, f.comment, f.created_at AS feedback_at, a.* "
-            "FROM feedback f JOIN answers a ON a.answer_id=f.answer_id"
+            "FROM feedback f JOIN answers a ON a.answer_id=f.answer_id WHERE a.redacted_at IS NULL"
         )
         args: tuple = ()
         if collection is not None:
-            sql += " WHERE a.collection=?"
+            sql += " AND a.collection=?"
             args = (collection,)
         sql += " ORDER BY f.feedback_id"
         with self._lock:
@@ -161,4 +220,5 @@ def _answer(row) -> dict[str, Any]:
         "abstain_reason": row["abstain_reason"],
         "citations": json.loads(row["citations"]),
         "timings": json.loads(row["timings"]),
+        "redacted": row["redacted_at"] is not None,
     }

@@ -4,13 +4,15 @@ A conversation belongs to the key that started it: every read and delete names t
 conversation of another key is reported as missing (the caller cannot tell it exists). Each turn keeps
 the question as asked, the standalone question it was answered as (:mod:`rag.conversation`), the
 answer and its ``answer_id`` in the answer log. At most ``max_turns`` turns are kept per conversation
-(the oldest go first).
+(the oldest go first). Deleting a collection deletes its conversations; deleting a document deletes the
+turns whose answers cited it.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from api.db import SqliteStore
@@ -119,6 +121,32 @@ class ConversationStore(SqliteStore):
                 "conversation_turns WHERE conversation_id=? ORDER BY turn_id DESC LIMIT ?)",
                 (conversation_id, conversation_id, max(1, max_turns)),
             )
+
+    def delete_collection(self, collection: str) -> int:
+        """Delete every conversation about ``collection`` (it was deleted), with its turns; returns how many."""
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM conversations WHERE collection=?", (collection,))
+        return cur.rowcount
+
+    def delete_turns_of(self, answer_ids: Iterable[str]) -> int:
+        """Delete the turns that hold these answers (their cited documents were deleted); returns how many.
+        A conversation that lost turns is retitled with its first remaining question (empty when none is left)."""
+        n = 0
+        with self._tx() as db:
+            touched: set[str] = set()
+            for answer_id in dict.fromkeys(answer_ids):
+                rows = db.execute(
+                    "SELECT conversation_id FROM conversation_turns WHERE answer_id=?", (answer_id,)
+                ).fetchall()
+                touched.update(r[0] for r in rows)
+                n += db.execute("DELETE FROM conversation_turns WHERE answer_id=?", (answer_id,)).rowcount
+            for conversation_id in touched:
+                db.execute(
+                    "UPDATE conversations SET title=COALESCE((SELECT substr(trim(question), 1, 200) FROM "
+                    "conversation_turns WHERE conversation_id=? ORDER BY turn_id LIMIT 1), '') WHERE conversation_id=?",
+                    (conversation_id, conversation_id),
+                )
+        return n
 
     def delete(self, conversation_id: str, key_id: str) -> bool:
         """Delete the conversation and its turns if it belongs to ``key_id``; False when there is none."""

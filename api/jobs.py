@@ -1,12 +1,14 @@
-"""Upload jobs: a persistent queue in the server's SQLite file and the one worker that runs it.
+"""Upload jobs: a persistent queue in the server's SQLite file and the workers that run it.
 
 Life of an upload:
 
 1. The request's files are streamed to ``uploads/<collection>/.jobs/<job_id>/<name>`` (names
    sanitised by :func:`sanitize_filename`; size and type checked on the way), then one job row and
    one row per file are committed (status ``queued``) and the request answers 202 at once.
-2. The :class:`IngestWorker` thread takes queued jobs oldest first, one at a time (it is the
-   single writer of every collection). For each file it moves the upload to its stable place
+2. The :class:`IngestWorker` threads (``server.ingest_workers``) take one file at a time, from the job that
+   the :class:`FairQueue` picks: round-robin over the keys, then the collections, with unfinished jobs, so one
+   tenant's big upload does not hold everyone else's. A collection is written by one worker at a time;
+   different collections are ingested in parallel. For each file a worker moves the upload to its stable place
    ``uploads/<collection>/<name>`` and ingests that path, so the document's source is the same on
    every re-upload of a file name and an unchanged re-upload is skipped by the pipeline's
    content hash. Each file is one transaction in the collection; readers see it once committed.
@@ -44,30 +46,46 @@ from ingest.errors import CollectionBusyError, CollectionError, CollectionNotFou
 logger = logging.getLogger(__name__)
 
 STAGING = ".jobs"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-MAX_NAME = 120
+MAX_NAME = 120  # characters
+MAX_SUFFIX = 16  # a longer "suffix" is part of the name
+MAX_NAME_BYTES = 200  # UTF-8 bytes: with the ".<name>.prev" backup still under the usual 255-byte file-name limit
+_SEPARATORS = re.compile(r"[/\\]")
+_PORTABLE = re.compile(r'[<>:"|?*]')  # legal on Linux, not on Windows (backups, zip exports)
+_DROPPED_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")  # controls, bidi/format marks, surrogates, ...
 
 JOB_STATUSES = ("queued", "running", "done", "failed")
 FILE_STATUSES = ("pending", "added", "replaced", "unchanged", "failed")
 
 
 def sanitize_filename(name: str) -> str:
-    """A safe file name for an upload: no folders, no leading dot, only ``[A-Za-z0-9._-]``.
+    """A safe file name for an upload, as close to the client's name as possible.
 
-    ``../../etc/passwd`` -> ``passwd``; ``C:\\docs\\a b.txt`` -> ``a_b.txt``; the suffix is kept
-    when the name is shortened. Never empty, never ``.``/``..``.
+    Unicode is kept, NFC-normalised (``отчёт.txt``, ``報告.pdf``, ``q3 report.txt`` stay as they are); folders
+    are dropped (``../../etc/passwd`` -> ``passwd``); control and format characters (bidi overrides, zero-width
+    marks) are removed; ``<>:"|?*`` become ``_``; leading dots, dashes and spaces and trailing dots and spaces
+    go; the suffix is lower-cased; the name is cut to :data:`MAX_NAME` characters and :data:`MAX_NAME_BYTES`
+    UTF-8 bytes, keeping the suffix. Never empty, never ``.``/``..``, never hidden.
     """
-    base = re.split(r"[/\\]", name or "")[-1]
-    base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
-    base = _UNSAFE.sub("_", base).strip("._-") or "upload"
+    base = _SEPARATORS.split(name or "")[-1]
+    base = unicodedata.normalize("NFC", base)
+    base = "".join(ch for ch in base if unicodedata.category(ch) not in _DROPPED_CATEGORIES)
+    base = _PORTABLE.sub("_", base).lstrip(" .-").rstrip(" .") or "upload"
     stem, dot, suffix = base.rpartition(".")
-    if dot and stem:
-        suffix = "." + suffix.lower()
+    if dot and stem.rstrip(" ") and 0 < len(suffix) <= MAX_SUFFIX and " " not in suffix:
+        stem, suffix = stem.rstrip(" "), "." + suffix.lower()
     else:
         stem, suffix = base, ""
-    if len(stem) + len(suffix) > MAX_NAME:
-        stem = stem[: MAX_NAME - len(suffix)]
-    return stem + suffix
+    stem = stem[: MAX_NAME - len(suffix)]
+    while stem and len((stem + suffix).encode("utf-8")) > MAX_NAME_BYTES:
+        stem = stem[:-1]
+    return (stem.rstrip(" .") or "upload") + suffix
+
+
+def name_key(name: str) -> str:
+    """How two client file names are compared: the last path part, NFC, suffix lower-cased (exact otherwise)."""
+    base = unicodedata.normalize("NFC", _SEPARATORS.split(name or "")[-1])
+    stem, dot, suffix = base.rpartition(".")
+    return f"{stem}.{suffix.lower()}" if dot and stem else base
 
 
 class UploadStorage:
@@ -124,6 +142,7 @@ class JobStore(SqliteStore):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
+        self._last_counts: dict[str, int] | None = None
         with self._lock:  # a server.sqlite from before per-file attempts
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(job_files)")}
             if "attempts" not in columns:
@@ -260,6 +279,57 @@ class JobStore(SqliteStore):
         out.update({r[0]: r[1] for r in rows})
         return out
 
+    def counts_nowait(self) -> dict[str, int]:
+        """:meth:`counts` for the event loop (``/healthz``, ``/metrics``): never waits for the store's lock, which
+        a writer may hold while SQLite waits for the file's write lock; then the last counts read are returned."""
+        if not self._lock.acquire(blocking=False):
+            return dict(self._last_counts or {s: 0 for s in JOB_STATUSES})
+        try:
+            counts = self._last_counts = self.counts()
+        finally:
+            self._lock.release()
+        return dict(counts)
+
+    # -- fair scheduling (see FairQueue) -----------------------------------------------------
+    def runnable(self) -> builtins.list[dict[str, Any]]:
+        """Unfinished jobs, oldest first: ``{job_id, collection, key_id, created_at}``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id, collection, key_id, created_at FROM jobs WHERE status IN ('queued','running') "
+                "ORDER BY created_at"
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def start(self, job_id: str) -> dict[str, Any] | None:
+        """The job, marked running if it was queued (a running job between two turns stays as it is)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET status='running', started_at=COALESCE(started_at, ?), attempts=attempts+1 "
+                "WHERE job_id=? AND status='queued'",
+                (time.time(), job_id),
+            )
+        return self.get(job_id)
+
+    # -- upload names -------------------------------------------------------------------------
+    def names_in_use(self, collection: str, filename: str, stored: bool = True) -> set[str]:
+        """The client names (as :func:`name_key`) that the file ``filename`` of ``collection`` comes from: its
+        last successful upload (when ``stored``: the file is still there) and any upload of it waiting in a job."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT f.original, f.status, j.status AS job_status FROM job_files f JOIN jobs j "
+                "ON j.job_id=f.job_id WHERE j.collection=? AND f.filename=? ORDER BY j.created_at DESC",
+                (collection, filename),
+            ).fetchall()
+        names: set[str] = set()
+        last_done = False
+        for r in rows:
+            if r["status"] == "pending" and r["job_status"] in ("queued", "running"):
+                names.add(name_key(r["original"]))
+            elif stored and r["status"] in ("added", "replaced", "unchanged") and not last_done:
+                names.add(name_key(r["original"]))
+                last_done = True
+        return names
+
 
 def _job_dict(job, files) -> dict[str, Any]:
     counts = {s: 0 for s in FILE_STATUSES}
@@ -322,8 +392,71 @@ class WriterGate:
             lock.release()
 
 
+class FairQueue:
+    """Which unfinished job a free worker takes next, one file per turn.
+
+    Round-robin over owners: the key that was served longest ago goes first, then, among that key's
+    collections, the one served longest ago, then its oldest job. So a 50-file upload of one tenant
+    interleaves file by file with everyone else's jobs instead of holding them. A job is taken by one worker
+    at a time, and a collection by one worker at a time (one writer per collection), so two workers ingest
+    two different collections in parallel.
+    """
+
+    def __init__(self, jobs: JobStore) -> None:
+        self.jobs = jobs
+        self._lock = threading.Lock()
+        self._held: dict[str, str] = {}  # job_id -> collection, for the jobs workers are on now
+        self._served: dict[Any, int] = {}  # key or (key, collection) -> tick of its last turn
+        self._tick = 0
+
+    def take(self) -> dict[str, Any] | None:
+        """The next job to work a file of (marked running), held until :meth:`release`; None when none is free."""
+        with self._lock:
+            busy = set(self._held.values())
+            best: tuple[tuple[int, int, float], dict[str, Any]] | None = None
+            for row in self.jobs.runnable():
+                if row["job_id"] in self._held or row["collection"] in busy:
+                    continue
+                key = row["key_id"] or ""
+                rank = (self._served.get(key, 0), self._served.get((key, row["collection"]), 0), row["created_at"])
+                if best is None or rank < best[0]:
+                    best = (rank, row)
+            if best is None:
+                return None
+            row = best[1]
+            key = row["key_id"] or ""
+            self._tick += 1
+            self._served[key] = self._served[(key, row["collection"])] = self._tick
+            self._held[row["job_id"]] = row["collection"]
+        try:
+            job = self.jobs.start(row["job_id"])
+        except BaseException:
+            self.release(row["job_id"])
+            raise
+        if job is None:
+            self.release(row["job_id"])
+        return job
+
+    def release(self, job_id: str) -> None:
+        with self._lock:
+            self._held.pop(job_id, None)
+
+    def busy(self) -> bool:
+        """Whether a worker is on a job now."""
+        with self._lock:
+            return bool(self._held)
+
+
+def auto_workers(cpus: int | None = None) -> int:
+    """Ingestion workers for ``server.ingest_workers: null``: 2 on a machine with 4 or more cores, else 1
+    (embedding is CPU-bound; the question path needs cores too)."""
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    return 2 if cpus >= 4 else 1
+
+
 class IngestWorker:
-    """The single ingestion thread. ``submit()`` wakes it; ``stop()`` ends it after the current file."""
+    """The ingestion threads (``workers``, default 1), fed by a :class:`FairQueue`. ``submit()`` wakes them;
+    ``stop()`` ends them after their current file."""
 
     def __init__(
         self,
@@ -335,6 +468,7 @@ class IngestWorker:
         on_job: Callable[[str], None] | None = None,
         busy_retry_s: float = 2.0,
         max_attempts: int | None = None,
+        workers: int = 1,
     ) -> None:
         self.workspace = workspace
         self.jobs = jobs
@@ -350,27 +484,29 @@ class IngestWorker:
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._thread: threading.Thread | None = None
+        self.workers = max(1, int(workers))
+        self.queue = FairQueue(jobs)
+        self._threads: list[threading.Thread] = []
+        self._wakes: list[threading.Event] = [self._wake]
+        self._current = threading.local()  # the job this worker thread holds in the queue
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         resumed = self.jobs.recover()
         if resumed:
             logger.warning("resuming %d upload job(s) interrupted by a restart: %s", len(resumed), ", ".join(resumed))
-        self._thread = threading.Thread(target=self._run, name="ragqa-ingest-worker", daemon=True)
-        self._thread.start()
+        self._start_threads()
         self.submit()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                logger.warning("ingestion worker still busy after %.0f s; its job resumes at the next start", timeout)
+        self._join_threads(timeout)
 
     def submit(self) -> None:
         self._idle.clear()
-        self._wake.set()
+        for wake in self._wakes:
+            wake.set()
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Block until the queue is empty (for tests and benchmarks)."""
@@ -378,20 +514,61 @@ class IngestWorker:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    # -- threads and turns (fairness) ---------------------------------------------------------
+    def _start_threads(self) -> None:
+        self._wakes = [self._wake] + [threading.Event() for _ in range(self.workers - 1)]
+        self._threads = [
+            threading.Thread(
+                target=self._run, args=(wake,), name=f"ragqa-ingest-worker-{i}" if i else "ragqa-ingest-worker"
+            )
+            for i, wake in enumerate(self._wakes)
+        ]
+        for t in self._threads:
+            t.daemon = True
+            t.start()
+        self._thread = self._threads[0]
+
+    def _join_threads(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                logger.warning("ingestion worker still busy after %.0f s; its job resumes at the next start", timeout)
+
+    def _claim(self) -> dict[str, Any] | None:
+        """Give back this thread's previous job and take the next one from the fair queue."""
+        previous = getattr(self._current, "job_id", None)
+        if previous is not None:
+            self.queue.release(previous)
+            self._current.job_id = None
+        job = self.queue.take()
+        if job is not None:
+            self._current.job_id = job["job_id"]
+        return job
+
+    @staticmethod
+    def _turn_over(job: dict[str, Any], ordinal: int) -> bool:
+        """True once this turn has worked one file of ``job`` (the job snapshot's first pending file): the
+        job goes back to the fair queue so that other owners' jobs get their turn."""
+        first = next((i for i, f in enumerate(job["files"]) if f["status"] == "pending"), ordinal)
+        return ordinal > first
 
     # -- loop ---------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, wake: threading.Event | None = None) -> None:
+        wake = wake if wake is not None else self._wake
         while not self._stop.is_set():
-            self._wake.clear()
+            wake.clear()
             try:
-                job = self.jobs.claim_next()
+                job = self._claim()
             except Exception:
                 logger.exception("could not read the job queue")
                 job = None
             if job is None:
-                self._idle.set()
-                self._wake.wait(timeout=5.0)
+                if not self.queue.busy():
+                    self._idle.set()
+                wake.wait(timeout=5.0)
                 continue
             try:
                 self._process(job)
@@ -421,6 +598,8 @@ class IngestWorker:
         for ordinal, f in enumerate(job["files"]):
             if f["status"] != "pending":
                 continue  # done before a restart
+            if self._turn_over(job, ordinal):
+                return  # one file per turn; the job stays 'running' and goes back to the fair queue
             if self._stop.is_set():
                 return  # stays 'running' -> queued again at the next start
             if self.jobs.status(job_id) != "running":

@@ -6,7 +6,8 @@ of the server already keep (job counts, the scheduler's queue, the prefix cache)
 into it: they are read from plain callables at scrape time by :class:`StatsCollector`, so
 ``rag/`` hands over a ``stats()`` function and never imports Prometheus.
 :class:`MetricsMiddleware` counts every HTTP request by method, route template and status and
-times it to the last byte sent (streams included).
+times it to the last byte sent (streams included). Every label set is bounded, whatever clients send:
+methods outside :data:`HTTP_METHODS` count as ``other``, paths that match no route as ``unmatched``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,21 @@ HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
     ),
     "ragqa_batch_rows": ("Rows in one batched decode step (all active requests together).", (), ROW_BUCKETS),
 }
+
+#: Methods counted by name in the HTTP metrics; any other (made-up) method is counted as ``other``.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label of a request: a known method, or ``other``."""
+    return method if method in HTTP_METHODS else "other"
+
+
+def route_label(scope: Mapping) -> str:
+    """The ``route`` label of a request: its route template (``/v1/collections/{name}``), or ``unmatched``."""
+    template = getattr(scope.get("route"), "path", None)
+    return template if isinstance(template, str) and template else "unmatched"
+
 
 #: Rejection reasons of ``ragqa_rejected_requests_total``.
 REJECT_REASONS = ("queue_full", "rate_limited", "quota", "deadline")
@@ -263,9 +279,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, _send)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
+            template = route_label(scope)
+            method = method_label(scope.get("method", ""))
             self.metrics.inc("ragqa_http_requests_total", method=method, route=template, status=str(status["code"]))
             self.metrics.observe(
                 "ragqa_http_request_duration_seconds", time.perf_counter() - t0, method=method, route=template

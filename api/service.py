@@ -25,10 +25,28 @@ from api.auth import ApiKey, KeyStore
 from api.backpressure import Deadline, refusal
 from api.conversations import ConversationStore, new_conversation_id
 from api.db import server_db_path
-from api.errors import ApiError, NotFound, PayloadTooLarge, Unprocessable, UnsupportedMediaType, from_core
+from api.errors import (
+    ApiError,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    Unprocessable,
+    UnsupportedMediaType,
+    from_core,
+)
 from api.factory import RagStack
-from api.jobs import IngestWorker, JobStore, UploadStorage, WriterGate, new_job_id, sanitize_filename
+from api.jobs import (
+    IngestWorker,
+    JobStore,
+    UploadStorage,
+    WriterGate,
+    auto_workers,
+    name_key,
+    new_job_id,
+    sanitize_filename,
+)
 from api.metrics import Metrics
+from api.public_paths import PublicPaths
 from api.readers import ReaderCache
 from api.schemas import (
     AdapterPublic,
@@ -79,6 +97,17 @@ class RagService:
     metrics: Metrics
     conversations: ConversationStore
     started_at: float = field(default_factory=time.time)
+    paths: PublicPaths = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.paths = PublicPaths(self.storage.root, [self.settings.home])
+        self._version: str | None = None
+
+    def core_error(self, exc: Exception) -> ApiError:
+        """:func:`~api.errors.from_core` with the server's folders taken out of the message."""
+        err = from_core(exc)
+        err.message = self.paths.text(err.message) or err.message
+        return err
 
     # -- access -------------------------------------------------------------------------
     def check_access(self, key: ApiKey, collection: str) -> None:
@@ -92,7 +121,7 @@ class RagService:
             with self.readers.lease(name) as (coll, _gen):
                 return coll.info()
         except IngestError as exc:
-            raise from_core(exc) from exc
+            raise self.core_error(exc) from exc
 
     def list_collections(self, key: ApiKey) -> list[CollectionPublic]:
         out = []
@@ -127,7 +156,7 @@ class RagService:
             )
             coll.close()
         except IngestError as exc:
-            raise from_core(exc) from exc
+            raise self.core_error(exc) from exc
         return CollectionPublic.model_validate(self._info(name))
 
     def delete_collection(self, key: ApiKey, name: str) -> None:
@@ -139,9 +168,18 @@ class RagService:
                 failed = self.jobs.fail_collection(name, f"collection {name!r} was deleted")
                 self.storage.remove_collection(name)
         except IngestError as exc:
-            raise from_core(exc) from exc
+            raise self.core_error(exc) from exc
+        # What the server kept about the collection goes with it (see README "Data retention").
+        redacted = self.answers.redact_collection(name)
+        conversations = self.conversations.delete_collection(name)
         if failed:
             logger.info("deleting %s failed %d unfinished job(s)", name, len(failed))
+        logger.info(
+            "deleted collection %s: %d logged answer(s) redacted, %d conversation(s) deleted",
+            name,
+            redacted,
+            conversations,
+        )
 
     # -- documents ----------------------------------------------------------------------
     def list_documents(self, key: ApiKey, name: str, source: str | None, limit: int, offset: int) -> DocumentsPublic:
@@ -152,18 +190,18 @@ class RagService:
                 rows = coll.store.list_documents(source=source, limit=limit, offset=offset)
                 total = len(coll.store.list_documents(source=source)) if source else coll.store.count_documents()
         except IngestError as exc:
-            raise from_core(exc) from exc
+            raise self.core_error(exc) from exc
         data = [
             DocumentPublic(
                 doc_id=r.doc_id,
-                source=r.source,
-                filename=Path(r.source).name,
+                source=self.paths.source(r.source),
+                filename=self.paths.source(r.source).replace("\\", "/").rsplit("/", 1)[-1],
                 key=r.key,
                 title=r.title,
                 chunks=r.n_chunks,
                 chars=r.n_chars,
                 created_at=r.created_at,
-                metadata=r.metadata,
+                metadata=self.paths.metadata(r.metadata),
             )
             for r in rows
         ]
@@ -188,22 +226,39 @@ class RagService:
                 self.gate.hold(name, timeout=self.settings.server.writer_wait_s),
                 self.workspace.open(name, check_embedder=False) as coll,
             ):
+                gone = coll.store.get_documents(doc_ids) + [r for s in resolved for r in coll.store.list_documents(s)]
                 n = coll.delete_documents(doc_ids=doc_ids, sources=resolved)
                 if n:
                     calibrate_if_stale(coll, lambda: self.workspace.embedder, quiet=True)
+                left = {r.source for r in gone if coll.store.list_documents(r.source, limit=1)}
         except IngestError as exc:
-            raise from_core(exc) from exc
+            raise self.core_error(exc) from exc
         if n == 0:
             what = ", ".join(doc_ids + sources)
             raise NotFound(
                 f"no document matched {what!r} in {name!r}; list them with GET /v1/collections/{name}/documents",
                 code="document_not_found",
             )
-        for s in resolved:  # an uploaded file removed from the collection goes from the disk too
-            p = Path(s)
-            if p.parent == self.storage.collection_dir(name).resolve():
-                p.unlink(missing_ok=True)
+        self._forget_documents(name, {r.doc_id for r in gone}, {r.source for r in gone} - left)
         return n
+
+    def _forget_documents(self, name: str, doc_ids: set[str], sources: set[str]) -> None:
+        """After documents were deleted: their uploaded files (once no document of the file is left) go from the
+        disk, and the logged answers and conversation turns that cited them are redacted."""
+        uploads = self.storage.collection_dir(name).resolve()
+        for source in sources:
+            path = Path(source)
+            if path.parent == uploads:
+                path.unlink(missing_ok=True)
+        redacted = self.answers.redact_citing(name, doc_ids=doc_ids, sources=sources)
+        turns = self.conversations.delete_turns_of(redacted)
+        logger.info(
+            "deleted %d document(s) of %s: %d logged answer(s) redacted, %d conversation turn(s) deleted",
+            len(doc_ids),
+            name,
+            len(redacted),
+            turns,
+        )
 
     # -- uploads ------------------------------------------------------------------------
     def submit_upload(self, key: ApiKey, name: str, files: list[Upload]) -> JobAccepted:
@@ -236,6 +291,7 @@ class RagService:
                 raise Unprocessable(
                     f"two files in this upload are both named {safe!r}; rename one", code="duplicate_filename"
                 )
+            self._check_name_free(name, f.filename or "", safe)
             names.append(safe)
         job_id = new_job_id()
         staging = self.storage.staging_dir(name, job_id)
@@ -264,15 +320,37 @@ class RagService:
         self.worker.submit()
         return JobAccepted(job_id=job_id, status="queued", collection=name, files=len(rows), url=f"/v1/jobs/{job_id}")
 
+    def _check_name_free(self, collection: str, original: str, safe: str) -> None:
+        """409 when ``original`` would be stored as ``safe`` but ``safe`` holds (or will hold) a file uploaded
+        under another name: the upload would silently replace it. Re-uploading the same name replaces, as ever."""
+        stored = (self.storage.collection_dir(collection) / safe).exists()
+        others = self.jobs.names_in_use(collection, safe, stored=stored)
+        others.discard(name_key(original))
+        if others:
+            raise Conflict(
+                f"{original!r} would be stored as {safe!r}, which already holds {sorted(others)[0]!r} in "
+                f"{collection!r}; rename the file, or delete the other one first "
+                f"(DELETE /v1/collections/{collection}/documents?source=...)",
+                code="filename_conflict",
+            )
+
     def get_job(self, key: ApiKey, job_id: str) -> JobPublic:
         job = self.jobs.get(job_id)
         if job is None or not key.allows(job["collection"]):
             raise NotFound(f"job {job_id!r} not found", code="job_not_found")
-        return JobPublic.model_validate(job)
+        return self._public_job(job)
 
     def list_jobs(self, key: ApiKey, status: str | None, limit: int) -> list[JobPublic]:
         allowed = None if key.collections is None else set(key.collections)
-        return [JobPublic.model_validate(job) for job in self.jobs.list(allowed, status, limit)]
+        return [self._public_job(job) for job in self.jobs.list(allowed, status, limit)]
+
+    def _public_job(self, job: dict[str, Any]) -> JobPublic:
+        """A job as the API shows it: errors without the server's folders."""
+        text = self.paths.text
+        job = {**job, "error": text(job.get("error"))}
+        job["files"] = [{**f, "error": text(f.get("error"))} for f in job["files"]]
+        job["errors"] = [{**e, "error": text(e.get("error"))} for e in job["errors"]]
+        return JobPublic.model_validate(job)
 
     # -- questions ----------------------------------------------------------------------
     def validate_question(self, key: ApiKey, collection: str, question: str, k: int | None) -> None:
@@ -291,7 +369,7 @@ class RagService:
             with self.readers.lease(collection):
                 pass  # 404 / 409 now, before a stream starts
         except IngestError as exc:
-            raise from_core(exc) from exc
+            raise self.core_error(exc) from exc
 
     def answer(
         self,
@@ -334,12 +412,13 @@ class RagService:
                     style=style,
                 )
         except (IngestError, QAError, AdapterError, RetrieverError) as exc:
-            raise from_core(exc) from exc
+            raise self.core_error(exc) from exc
         except ServingError as exc:  # queue full or deadline passed: 503 / 504
             raise refusal(exc, self.settings.serving, self.metrics) from exc
         out = ans.to_dict()
         k_used = k if k is not None else self.settings.retriever.k
         self.answers.log(out, generation=generation, k=k_used, endpoint=endpoint, key_id=key.key_id)
+        out["citations"] = [self._public_citation(c) for c in out.get("citations", [])]  # logged as they were
         out["collection_generation"] = generation
         out["k"] = k_used
         out["timings"] = {**out.get("timings", {}), "server_s": time.perf_counter() - t0}
@@ -361,6 +440,13 @@ class RagService:
         self.metrics.observe("ragqa_answer_duration_seconds", out["timings"]["server_s"], endpoint=endpoint)
         self.metrics.record_generation(out.get("generated_tokens", 0), out["timings"].get("generate_s", 0.0))
         return AnswerPublic.model_validate(out)
+
+    def _public_citation(self, citation: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **citation,
+            "source": self.paths.source(citation.get("source", "")),
+            "metadata": self.paths.metadata(citation.get("metadata")),
+        }
 
     async def answer_async(self, key: ApiKey, collection: str, question: str, **kw: Any) -> AnswerPublic:
         from starlette.concurrency import run_in_threadpool
@@ -398,6 +484,8 @@ class RagService:
                 if not hasattr(exc, "code"):
                     logger.exception("streamed answer failed")
                     exc = from_core(exc)
+                if isinstance(exc, ApiError):
+                    exc.message = self.paths.text(exc.message) or exc.message
                 put(("error", exc))
             finally:
                 put(("end", None))
@@ -484,17 +572,13 @@ class RagService:
 
     # -- health -------------------------------------------------------------------------
     def health(self) -> Health:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            v = version("ragqa")
-        except PackageNotFoundError:
-            v = "unknown"
+        """Liveness, read on the event loop: never waits for the model, the scheduler, a worker thread or a lock
+        another thread may hold (the job counts are the last ones read when the job store is busy)."""
         gen = self.qa.generator
         alive = self.worker.alive
         return Health(
             status="ok" if alive else "degraded",
-            version=v,
+            version=self.version,
             auth=self.settings.server.auth,
             models={
                 "embedder": self.workspace.embedder.name,
@@ -503,9 +587,21 @@ class RagService:
                 "loaded": gen.loaded,
             },
             worker_alive=alive,
-            jobs=self.jobs.counts(),
+            jobs=self.jobs.counts_nowait(),
             collections=len(self.workspace.list_collections()),
         )
+
+    @property
+    def version(self) -> str:
+        """The installed ragqa version (read once)."""
+        if self._version is None:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                self._version = version("ragqa")
+            except PackageNotFoundError:
+                self._version = "unknown"
+        return self._version
 
     def close(self) -> None:
         if self.qa.scheduler is not None:
@@ -541,8 +637,9 @@ def build_service(settings: Settings, *, metrics: Metrics | None = None, start_w
         gate,
         on_file=count_file,
         on_job=lambda status: metrics.inc("ragqa_ingest_jobs_total", status=status),
+        workers=settings.server.ingest_workers or auto_workers(),
     )
-    metrics.gauge("ragqa_jobs", lambda: {(("status", s),): float(n) for s, n in jobs.counts().items()})
+    metrics.gauge("ragqa_jobs", lambda: {(("status", s),): float(n) for s, n in jobs.counts_nowait().items()})
     if qa.scheduler is not None:
         scheduler = qa.scheduler
         scheduler.on_step = metrics.observe_step
@@ -572,6 +669,7 @@ def build_service(settings: Settings, *, metrics: Metrics | None = None, start_w
         metrics=metrics,
         conversations=ConversationStore(db),
     )
+    _ = service.version  # read now, not on the event loop of the first /healthz
     if start_worker:
         worker.start()
     logger.info(

@@ -51,6 +51,13 @@ class ServerConfig(BaseModel):
     )
     reader_cache: int = Field(16, ge=1, description="Read-only collection handles kept open (one per collection).")
     writer_wait_s: float = Field(30.0, ge=0, description="How long a delete waits for the ingestion worker to pause.")
+    ingest_workers: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="Ingestion worker threads (one collection each at a time, files shared round-robin across keys "
+        "and collections). null: 2 on a machine with 4 or more cores, else 1.",
+    )
 
 
 class LimitsConfig(BaseModel):

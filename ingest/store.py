@@ -106,6 +106,10 @@ class DocumentStore(Protocol):
         """Documents (of one ``source``), ordered by source then key."""
         ...
 
+    def get_documents(self, doc_ids: Sequence[str]) -> list[DocumentRow]:
+        """Documents by ``doc_id`` (ids not in the store are left out)."""
+        ...
+
     def get_chunks(self, faiss_ids: Sequence[int]) -> dict[int, ChunkRow]:
         """Chunks by ``faiss_id`` (ids not in the store are absent from the result)."""
         ...
@@ -334,6 +338,11 @@ class SQLiteDocumentStore:
         return [
             DocumentRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7]) for r in self._db.execute(sql, args)
         ]
+
+    def get_documents(self, doc_ids: Sequence[str]) -> list[DocumentRow]:
+        sql = "SELECT doc_id, source, key, title, metadata, n_chunks, n_chars, created_at FROM documents WHERE doc_id=?"
+        rows = [r for doc_id in dict.fromkeys(doc_ids) for r in self._db.execute(sql, (doc_id,))]
+        return [DocumentRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7]) for r in rows]
 
     def get_chunks(self, faiss_ids: Sequence[int]) -> dict[int, ChunkRow]:
         out: dict[int, ChunkRow] = {}

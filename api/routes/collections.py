@@ -29,6 +29,10 @@ def get_collection(name: str, service: ServiceDep, key: KeyDep) -> CollectionPub
     return service.get_collection(key, name)
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a collection and its uploads")
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a collection, its uploads and conversations; its logged answers are redacted",
+)
 def delete_collection(name: str, service: ServiceDep, key: KeyDep) -> None:
     service.delete_collection(key, name)

@@ -44,23 +44,31 @@ def list_documents(
     name: str,
     service: ServiceDep,
     key: KeyDep,
-    source: Annotated[str | None, Query(description="A source path, or an uploaded file's name.")] = None,
+    source: Annotated[str | None, Query(description="An uploaded file's name (as listed in `source`).")] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DocumentsPublic:
     return service.list_documents(key, name, source, limit, offset)
 
 
-@router.delete("/{doc_id}", response_model=Deleted, summary="Delete one document by id")
+@router.delete(
+    "/{doc_id}",
+    response_model=Deleted,
+    summary="Delete one document by id (its uploaded file goes with its last document; answers citing it are redacted)",
+)
 def delete_document(name: str, doc_id: str, service: ServiceDep, key: KeyDep) -> Deleted:
     return Deleted(deleted=service.delete_documents(key, name, [doc_id], []))
 
 
-@router.delete("", response_model=Deleted, summary="Delete every document of a source (path or uploaded file name)")
+@router.delete(
+    "",
+    response_model=Deleted,
+    summary="Delete every document of an uploaded file (by name), the file, and redact answers citing them",
+)
 def delete_documents_by_source(
     name: str,
     service: ServiceDep,
     key: KeyDep,
-    source: Annotated[list[str], Query(description="Source path or uploaded file name (repeatable).")],
+    source: Annotated[list[str], Query(description="Uploaded file name, as listed in `source` (repeatable).")],
 ) -> Deleted:
     return Deleted(deleted=service.delete_documents(key, name, [], source))

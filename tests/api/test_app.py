@@ -207,8 +207,8 @@ def test_upload_job_documents_and_reupload(env, docs):
     listing = c.get("/v1/collections/docs/documents", headers=h).json()
     assert listing["count"] == 2
     assert {d["filename"] for d in listing["data"]} == {"a.txt", "b.md"}
-    for d in listing["data"]:
-        assert Path(d["source"]).parent == (home / "uploads" / "docs").resolve()
+    for d in listing["data"]:  # the upload name, never a server path (the file is in uploads/docs)
+        assert d["source"] == d["filename"] and (home / "uploads" / "docs" / d["filename"]).exists()
     shown = c.get("/v1/collections/docs", headers=h).json()
     gen = shown["generation"]
     # the worker calibrated the collection's abstention threshold after the job (too few sentences: off)

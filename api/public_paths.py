@@ -1,0 +1,96 @@
+"""What the API shows of server-side paths: never the server's folders, only names.
+
+The store keeps a document's ``source`` as the absolute path it was read from (the CLI shows it as it
+is). Over HTTP an uploaded file is shown by its upload name (``q3 report.txt``), a file ingested from
+elsewhere on the server by its file name, and a URL as it is. Error messages and job entries have the
+workspace's folders taken out the same way. :class:`PublicPaths` is applied by the service to every
+document, citation, job and error it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ntpath
+import posixpath
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+_WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
+
+
+def _roots(paths: Iterable[Path]) -> list[str]:
+    """Each path as given and resolved, longest first (so the most specific prefix wins), without duplicates."""
+    out: set[str] = set()
+    for p in paths:
+        p = Path(p).expanduser()
+        out.add(str(p).rstrip("/\\"))
+        with contextlib.suppress(OSError):
+            out.add(str(p.resolve()).rstrip("/\\"))
+    return sorted((r for r in out if r), key=len, reverse=True)
+
+
+class PublicPaths:
+    """Maps server paths to what a client may see.
+
+    ``uploads``: the uploads folder (``<home>/uploads``, one sub-folder per collection); ``private``: other
+    folders whose paths must not leave the server (the workspace home, at least).
+    """
+
+    def __init__(self, uploads: Path, private: Iterable[Path] = ()) -> None:
+        self.uploads = _roots([uploads])
+        self.private = _roots(private)
+        # <uploads>/<collection>/[.jobs/<id>/] -> "" (the upload name stays); any other private path -> its last part
+        upload_alts = "|".join(re.escape(r) for r in self.uploads)
+        private_alts = "|".join(re.escape(r) for r in self.private)
+        part = r"[^/\\\s'\"]+[/\\]"  # one folder: <collection>/, or a staging .jobs/<job_id>/
+        self._upload_prefix = (
+            re.compile(rf"(?:{upload_alts})[/\\]{part}(?:\.jobs[/\\]{part})?") if upload_alts else None
+        )
+        self._private_path = (
+            re.compile(rf"(?:{private_alts})(?![\w.-])(?:[/\\][^/\\\s'\"]*)*") if private_alts else None
+        )
+
+    def source(self, source: str) -> str:
+        """A document's source as the API shows it: upload name, file name, or the URL / relative name as stored."""
+        if not source or "://" in source:
+            return source
+        for root in self.uploads:
+            if source.startswith(root) and source[len(root) : len(root) + 1] in ("/", "\\"):
+                rest = source[len(root) + 1 :]
+                parts = re.split(r"[/\\]", rest, maxsplit=1)
+                return parts[-1] if len(parts) == 2 else rest
+        if posixpath.isabs(source):
+            return posixpath.basename(source.rstrip("/")) or source
+        if _WINDOWS_ABS.match(source):
+            return ntpath.basename(source.rstrip("\\/")) or source
+        return source
+
+    def text(self, text: str | None) -> str | None:
+        """A message with the server's folders taken out (upload paths become upload names)."""
+        if not text:
+            return text
+        if self._upload_prefix is not None:
+            text = self._upload_prefix.sub("", text)
+        if self._private_path is not None:
+            roots = set(self.private)
+            text = self._private_path.sub(
+                lambda m: "<workspace>" if m.group(0).rstrip("/\\") in roots else _last_part(m.group(0)), text
+            )
+        return text
+
+    def metadata(self, metadata: dict[str, Any] | None) -> dict[str, Any]:
+        """Chunk / document metadata with its ``source`` (and any path-like string value) made public."""
+        out = dict(metadata or {})
+        if isinstance(out.get("source"), str):
+            out["source"] = self.source(out["source"])
+        for k, v in out.items():
+            if k != "source" and isinstance(v, str):
+                out[k] = self.text(v)
+        return out
+
+
+def _last_part(path: str) -> str:
+    name = re.split(r"[/\\]", path.rstrip("/\\"))[-1]
+    return name or "<workspace>"
