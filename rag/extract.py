@@ -207,6 +207,14 @@ def full_reply(ids: Sequence[int], decode: Callable[[list[int]], str], eos_token
         spans.append((a, b))
     if len(spans) > 1 and not ended and not is_finished(text[spans[-1][0] : spans[-1][1]]):
         spans.pop()
+    if spans:  # "The answer is: X." -> "X."
+        a, b = spans[0]
+        seg = text[a:b].rstrip()
+        kept_text = _strip_lead_in(seg)
+        if not kept_text:
+            spans.pop(0)
+        elif kept_text != seg.strip():
+            spans[0] = (a + len(seg) - len(kept_text), b)
     return FullReply(text=text, token_ids=kept, token_ends=ends, spans=spans)
 
 

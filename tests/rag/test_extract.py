@@ -135,3 +135,15 @@ def test_a_new_prompt_turn_ends_the_answer():
     assert [reply.text[a:b] for a, b in reply.spans] == ["run venv."]
     unfinished = full_reply([5, 6, 7, 8, 9, 11, 12, 8, 9, 10, EOS], decode, [EOS])
     assert [unfinished.text[a:b] for a, b in unfinished.spans] == ["run venv."]
+
+
+def test_full_reply_drops_an_answer_lead_in():
+    words = ["", "The answer is:", " Normandy", " is", " in", " France.", " It", " is", " old."]
+
+    def decode(ids):
+        return "".join(words[i] for i in ids if i != EOS).strip()
+
+    reply = full_reply([1, 2, 3, 4, 5, 6, 7, 8, EOS], decode, [EOS])
+    assert [reply.text[a:b] for a, b in reply.spans] == ["Normandy is in France.", "It is old."]
+    only = full_reply([1, EOS], decode, [EOS])
+    assert only.spans == []
