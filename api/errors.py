@@ -99,6 +99,15 @@ def is_disk_full(exc: BaseException | None) -> bool:
 
 DISK_FULL_MESSAGE = "the server's disk is full; try again later (an administrator must free space)"
 
+#: security headers of the responses the catch-all handler writes: Starlette runs it outside the app's
+#: middleware (so outside ``api.app.SecurityHeadersMiddleware``); a JSON error needs no content at all
+ERROR_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
@@ -226,9 +235,15 @@ def install_handlers(app: FastAPI) -> None:
         if is_disk_full(exc):
             return _disk_full(request, exc)
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal error; see the server log"), status_code=500)
+        return JSONResponse(
+            error_body("internal_error", "internal error; see the server log"),
+            status_code=500,
+            headers=ERROR_SECURITY_HEADERS,
+        )
 
 
 def _disk_full(request: Request, exc: BaseException) -> JSONResponse:
     logger.error("disk full on %s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse(error_body("insufficient_storage", DISK_FULL_MESSAGE), status_code=507)
+    return JSONResponse(
+        error_body("insufficient_storage", DISK_FULL_MESSAGE), status_code=507, headers=ERROR_SECURITY_HEADERS
+    )

@@ -275,9 +275,31 @@ class RagService:
         return [JobPublic.model_validate(job) for job in self.jobs.list(allowed, status, limit)]
 
     # -- questions ----------------------------------------------------------------------
-    def validate_question(self, key: ApiKey, collection: str, question: str, k: int | None) -> None:
+    def check_adapter(self, key: ApiKey, adapter: str | None) -> None:
+        """``adapter`` must be a registry name (never a path: 422) that this key may use and that exists
+        (else 404: to a key limited to other adapters, they do not exist)."""
+        if not adapter:
+            return
+        from rag.adapter_store import AdapterStore, check_adapter_name
+        from rag.errors import AdapterError
+
+        try:
+            check_adapter_name(adapter)
+            exists = AdapterStore(self.settings.adapters_dir).exists(adapter)
+        except AdapterError as exc:
+            raise from_core(exc) from exc
+        if not exists or not key.allows_adapter(adapter):
+            raise NotFound(
+                f"adapter {adapter!r} not found; list the adapters you may use with GET /v1/adapters",
+                code="adapter_not_found",
+            )
+
+    def validate_question(
+        self, key: ApiKey, collection: str, question: str, k: int | None, adapter: str | None = None
+    ) -> None:
         cfg = self.settings.server
         self.check_access(key, collection)
+        self.check_adapter(key, adapter)
         if len(question) > cfg.max_question_chars:
             raise Unprocessable(
                 f"the question has {len(question)} characters; the limit is {cfg.max_question_chars}",
@@ -317,6 +339,7 @@ class RagService:
         from rag.qa import QAError
         from rag.retriever import RetrieverError
 
+        self.check_adapter(key, adapter)
         t0 = time.perf_counter()
         on_token = self.metrics.first_token_timer(on_token, t0, endpoint=endpoint)
         asked = question
@@ -541,6 +564,7 @@ def build_service(settings: Settings, *, metrics: Metrics | None = None, start_w
         gate,
         on_file=count_file,
         on_job=lambda status: metrics.inc("ragqa_ingest_jobs_total", status=status),
+        min_free_bytes=int(settings.server.min_free_mb * (1 << 20)),
     )
     metrics.gauge("ragqa_jobs", lambda: {(("status", s),): float(n) for s, n in jobs.counts().items()})
     if qa.scheduler is not None:
