@@ -230,6 +230,15 @@ def install_handlers(app: FastAPI) -> None:
     for root in CORE_ROOTS:
         app.add_exception_handler(root, _core)
 
+    async def _storage(request: Request, exc: Exception) -> JSONResponse:
+        """A full disk is 507 (an ``OSError`` / ``sqlite3.Error`` of another kind stays a 500)."""
+        if is_disk_full(exc):
+            return _disk_full(request, exc)
+        raise exc
+
+    for kind in (OSError, sqlite3.Error):
+        app.add_exception_handler(kind, _storage)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         if is_disk_full(exc):

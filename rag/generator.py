@@ -406,9 +406,12 @@ class _ModelSnapshot:
     and removes every added child, parameter, buffer and attribute; weights are never copied (a failed load
     does not write into the base weights)."""
 
+    HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
     def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
+        self.model: Any = model
         self.modules = dict(model.named_modules(remove_duplicate=False))
+        self.hooks = {p: {h: set(getattr(m, h, {})) for h in self.HOOKS} for p, m in self.modules.items()}
         self.children = {p: list(m._modules) for p, m in self.modules.items()}
         self.params = {p: list(m._parameters) for p, m in self.modules.items()}
         self.buffers = {p: list(m._buffers) for p, m in self.modules.items()}
@@ -436,10 +439,10 @@ class _ModelSnapshot:
         added = isinstance(peft_config, dict) and adapter in peft_config
         if self.adapters is not None and added and adapter not in self.adapters:
             try:
-                model.delete_adapter(adapter)  # type: ignore[operator]  # PEFT's own clean-up of the layers
+                model.delete_adapter(adapter)  # PEFT's own clean-up of the layers
             except Exception as exc:
                 logger.warning("PEFT could not delete the half-loaded adapter %s: %s", adapter, exc)
-                peft_config.pop(adapter, None)  # type: ignore[union-attr]
+                peft_config.pop(adapter, None)
         for path, module in self.modules.items():  # pre-order: parents are put back before their children
             keep = self.children[path]
             for child in list(module._modules):
@@ -454,6 +457,10 @@ class _ModelSnapshot:
                     del store[key]
             for attr in [a for a in vars(module) if a not in self.attrs[path]]:
                 delattr(module, attr)
+            for hook, kept in self.hooks[path].items():  # e.g. an input-embedding hook of a prompt-learning adapter
+                hooks = getattr(module, hook, None)
+                for handle in [h for h in (hooks or {}) if h not in kept]:
+                    del hooks[handle]
         for tensor, flag in self.requires_grad:
             tensor.requires_grad_(flag)
         config = getattr(model, "config", None)

@@ -67,7 +67,9 @@ def env(tmp_path_factory, tiny_st_model, tiny_llm):
     store.close()
     with TestClient(create_app(settings)) as client:
         assert client.post("/v1/collections", json={"name": "docs"}, headers=h).status_code == 201
-        yield {"client": client, "h": h, "home": home, "service": client.app.state.service}
+        service = client.app.state.service
+        service.worker.disk_retry_s = 0.1  # notice quickly that space is back
+        yield {"client": client, "h": h, "home": home, "service": service}
 
 
 ONE_FILE = [("files", ("b.md", DOC_B.encode(), "text/markdown"))]
