@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from api.app import PART_OVERHEAD, _PartScanner, create_app
 from api.auth import open_key_store
 from tests.api.test_app import assert_error, make_settings, wait_job
+from tests.api.test_server_e2e import server  # noqa: F401  # the real-server fixture
 
 MB = 1 << 20
 BOUNDARY = "----ragqa-test-boundary"
@@ -180,3 +181,30 @@ def test_part_scanner_finds_delimiters_across_chunk_boundaries(chunk):
     scanner = _PartScanner(b"B", limit)
     results = [scanner.feed(bad_body[i : i + chunk]) for i in range(0, len(bad_body), chunk)]
     assert results[-1] is False and all(results[: (len(bad_body) - 60) // chunk])
+
+
+@pytest.mark.integration  # a real `ragqa serve` process
+@pytest.mark.timeout(600)
+def test_a_real_server_answers_401_to_a_400_mb_announcement_without_waiting_for_it(server):  # noqa: F811
+    """The attack of the audit: announce 400 MB, send a few bytes slowly. The 401 must come at once."""
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    base, _h, _proc = server
+    url = urlparse(base)
+    for path, content_type in (
+        ("/v1/ask", "application/json"),
+        ("/v1/collections/docs/documents", f"multipart/form-data; boundary={BOUNDARY}"),
+    ):
+        with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: {url.hostname}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {400 * MB}\r\n\r\n"
+            )
+            t0 = time.monotonic()
+            sock.sendall(head.encode() + b"{")
+            reply = sock.recv(65536).decode("latin-1")
+            assert time.monotonic() - t0 < 5
+        assert reply.startswith("HTTP/1.1 401"), reply[:200]
+        assert "www-authenticate: bearer" in reply.lower()
