@@ -452,9 +452,8 @@ class _ModelSnapshot:
                 original = self.modules[f"{path}.{child}" if path else child]
                 if module._modules.get(child) is not original:
                     module._modules[child] = original
-            for store, names in ((module._parameters, self.params[path]), (module._buffers, self.buffers[path])):
-                for key in [k for k in store if k not in names]:
-                    del store[key]
+            _drop_new_keys(module._parameters, self.params[path])
+            _drop_new_keys(module._buffers, self.buffers[path])
             for attr in [a for a in vars(module) if a not in self.attrs[path]]:
                 delattr(module, attr)
             for hook, kept in self.hooks[path].items():  # e.g. an input-embedding hook of a prompt-learning adapter
@@ -474,3 +473,8 @@ class _ModelSnapshot:
     def matches(self) -> bool:
         """Whether the model has exactly the modules and parameters it had when the snapshot was taken."""
         return self._signature(self.model) == self.signature
+
+
+def _drop_new_keys(store: dict[str, Any], keep: list[str]) -> None:
+    for key in [k for k in store if k not in keep]:
+        del store[key]
