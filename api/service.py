@@ -275,9 +275,10 @@ class RagService:
         return [JobPublic.model_validate(job) for job in self.jobs.list(allowed, status, limit)]
 
     # -- questions ----------------------------------------------------------------------
-    def check_adapter(self, key: ApiKey, adapter: str | None) -> None:
-        """``adapter`` must be a registry name (never a path: 422) that this key may use and that exists
-        (else 404: to a key limited to other adapters, they do not exist)."""
+    def check_adapter(self, key: ApiKey, adapter: str | None, *, exists: bool = True) -> None:
+        """``adapter`` must be a registry name (never a path: 422) and, with ``exists``, one that this key may
+        use and that exists (else 404: to a key limited to other adapters, they do not exist; a stream reports
+        both alike, as an error event)."""
         if not adapter:
             return
         from rag.adapter_store import AdapterStore, check_adapter_name
@@ -285,10 +286,10 @@ class RagService:
 
         try:
             check_adapter_name(adapter)
-            exists = AdapterStore(self.settings.adapters_dir).exists(adapter)
+            found = not exists or AdapterStore(self.settings.adapters_dir).exists(adapter)
         except AdapterError as exc:
             raise from_core(exc) from exc
-        if not exists or not key.allows_adapter(adapter):
+        if exists and (not found or not key.allows_adapter(adapter)):
             raise NotFound(
                 f"adapter {adapter!r} not found; list the adapters you may use with GET /v1/adapters",
                 code="adapter_not_found",
@@ -299,7 +300,7 @@ class RagService:
     ) -> None:
         cfg = self.settings.server
         self.check_access(key, collection)
-        self.check_adapter(key, adapter)
+        self.check_adapter(key, adapter, exists=False)  # a path is refused before a stream starts
         if len(question) > cfg.max_question_chars:
             raise Unprocessable(
                 f"the question has {len(question)} characters; the limit is {cfg.max_question_chars}",

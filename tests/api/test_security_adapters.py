@@ -17,7 +17,7 @@ from rag.config import GeneratorConfig, QAConfig
 from rag.errors import InvalidAdapterError
 from rag.generator import Generator
 from rag.qa import QAPipeline
-from tests.api.test_app import DOC_A, assert_error, make_settings, wait_job
+from tests.api.test_app import DOC_A, assert_error, make_settings, sse_events, wait_job
 
 PROMPT = [[1, 42, 77, 300, 12, 9, 450]]
 
@@ -169,8 +169,12 @@ def test_adapters_are_visible_per_key(api):
     assert [a["name"] for a in c.get("/v1/adapters", headers=api["admin"]).json()["data"]] == ["alpha", "beta"]
     listing = c.get("/v1/adapters", headers=api["limited"]).json()
     assert listing == {"count": 1, "data": [listing["data"][0]]} and listing["data"][0]["name"] == "alpha"
-    for stream in (False, True):  # another key's adapter does not exist for this key
-        assert_error(_ask(api, api["limited"], "beta", stream), 404, "adapter_not_found")
+    # another key's adapter does not exist for this key: the same answers as for a missing one
+    for name in ("beta", "missing"):
+        assert_error(_ask(api, api["limited"], name), 404, "adapter_not_found")
+        r = _ask(api, api["limited"], name, stream=True)  # a stream reports it as its error event
+        assert r.status_code == 200 and sse_events(r.text)[-1][0] == "error"
+        assert sse_events(r.text)[-1][1]["error"]["code"] == "adapter_not_found"
     assert _ask(api, api["limited"], "alpha").json()["adapter"] == "alpha"
     assert _ask(api, api["admin"], "beta").json()["adapter"] == "beta"
 
