@@ -435,7 +435,7 @@ class _ModelSnapshot:
 
     def restore(self, adapter: str) -> None:
         model = self.model
-        peft_config = getattr(model, "peft_config", None)
+        peft_config: Any = getattr(model, "peft_config", None)
         added = isinstance(peft_config, dict) and adapter in peft_config
         if self.adapters is not None and added and adapter not in self.adapters:
             try:
@@ -457,8 +457,8 @@ class _ModelSnapshot:
             for attr in [a for a in vars(module) if a not in self.attrs[path]]:
                 delattr(module, attr)
             for hook, kept in self.hooks[path].items():  # e.g. an input-embedding hook of a prompt-learning adapter
-                hooks = getattr(module, hook, None)
-                for handle in [h for h in (hooks or {}) if h not in kept]:
+                hooks: Any = getattr(module, hook, None) or {}
+                for handle in [h for h in hooks if h not in kept]:
                     del hooks[handle]
         for tensor, flag in self.requires_grad:
             tensor.requires_grad_(flag)
