@@ -3,7 +3,12 @@
 A key reads ``rq_<key_id>_<secret>``. Only ``sha256(secret)`` is stored, next to the public
 ``key_id`` used to find it; the whole key is shown once, at creation. A key may be limited to
 named collections: to such a key every other collection does not exist (404, never readable).
+Likewise a key may be limited to named LoRA adapters (``ragqa keys create --adapter NAME``): other
+adapters are not listed for it and asking with one answers 404, as for a missing adapter.
 Revocation takes effect on the next request (keys are looked up per request).
+
+``last_used_at`` is written at most once a minute per key and best-effort: when the write fails
+(a full disk, a locked database), the request goes on.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +26,13 @@ from typing import Any
 
 from api.db import SqliteStore
 
+logger = logging.getLogger(__name__)
+
 KEY_PREFIX = "rq_"
+MISSING_KEY = "missing API key: send `Authorization: Bearer <key>` (create one with `ragqa keys create NAME`)"
+INVALID_KEY = "invalid or revoked API key; create a new one with `ragqa keys create NAME`"
+#: where the app's auth gate (``api.app.AuthGateMiddleware``) leaves the verified key in ``request.state``
+GATE_STATE_KEY = "ragqa_api_key"
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,7 @@ class ApiKey:
     created_at: float
     revoked_at: float | None = None
     last_used_at: float | None = None
+    adapters: tuple[str, ...] | None = None  # None: every adapter
 
     @property
     def revoked(self) -> bool:
@@ -38,11 +52,15 @@ class ApiKey:
     def allows(self, collection: str) -> bool:
         return self.collections is None or collection in self.collections
 
+    def allows_adapter(self, adapter: str) -> bool:
+        return self.adapters is None or adapter in self.adapters
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "key_id": self.key_id,
             "name": self.name,
             "collections": list(self.collections) if self.collections is not None else None,
+            "adapters": list(self.adapters) if self.adapters is not None else None,
             "created_at": self.created_at,
             "revoked": self.revoked,
             "revoked_at": self.revoked_at,
@@ -67,22 +85,50 @@ class KeyStore(SqliteStore):
         collections  TEXT,            -- JSON list, NULL = all collections
         created_at   REAL NOT NULL,
         revoked_at   REAL,
-        last_used_at REAL
+        last_used_at REAL,
+        adapters     TEXT             -- JSON list, NULL = all adapters
     );
     """
 
-    def create(self, name: str, collections: list[str] | None = None) -> tuple[ApiKey, str]:
-        """A new key and its full secret text (shown once; only its hash is kept)."""
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        with self._lock:  # a server.sqlite from before per-key adapters
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(api_keys)")}
+            if "adapters" not in columns:
+                self._db.execute("ALTER TABLE api_keys ADD COLUMN adapters TEXT")
+
+    def create(
+        self, name: str, collections: list[str] | None = None, adapters: list[str] | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key and its full secret text (shown once; only its hash is kept).
+
+        ``collections`` / ``adapters``: the only ones the key may use (None or empty: all)."""
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         colls = sorted(set(collections)) if collections else None
+        adps = sorted(set(adapters)) if adapters else None
         now = time.time()
         with self._tx() as db:
             db.execute(
-                "INSERT INTO api_keys(key_id, name, secret_hash, collections, created_at) VALUES(?,?,?,?,?)",
-                (key_id, name, _hash(secret), json.dumps(colls) if colls is not None else None, now),
+                "INSERT INTO api_keys(key_id, name, secret_hash, collections, created_at, adapters) "
+                "VALUES(?,?,?,?,?,?)",
+                (
+                    key_id,
+                    name,
+                    _hash(secret),
+                    json.dumps(colls) if colls is not None else None,
+                    now,
+                    json.dumps(adps) if adps is not None else None,
+                ),
             )
-        return ApiKey(key_id, name, tuple(colls) if colls is not None else None, now), f"{KEY_PREFIX}{key_id}_{secret}"
+        key = ApiKey(
+            key_id,
+            name,
+            tuple(colls) if colls is not None else None,
+            now,
+            adapters=tuple(adps) if adps is not None else None,
+        )
+        return key, f"{KEY_PREFIX}{key_id}_{secret}"
 
     def list(self, include_revoked: bool = True) -> list[ApiKey]:
         with self._lock:
@@ -119,13 +165,21 @@ class KeyStore(SqliteStore):
             return None
         now = time.time()
         if row["last_used_at"] is None or now - row["last_used_at"] > 60:  # at most one write a minute per key
+            self._touch(key_id, now)
+        return _row_to_key(row)
+
+    def _touch(self, key_id: str, now: float) -> None:
+        """Record the key's use; best-effort: a failed write (full disk, locked database) is logged only."""
+        try:
             with self._tx() as db:
                 db.execute("UPDATE api_keys SET last_used_at=? WHERE key_id=?", (now, key_id))
-        return _row_to_key(row)
+        except (sqlite3.Error, OSError) as exc:
+            logger.warning("could not record the use of key %s (the request goes on): %s", key_id, exc)
 
 
 def _row_to_key(row) -> ApiKey:
     colls = json.loads(row["collections"]) if row["collections"] is not None else None
+    adps = json.loads(row["adapters"]) if row["adapters"] is not None else None
     return ApiKey(
         key_id=row["key_id"],
         name=row["name"],
@@ -133,6 +187,7 @@ def _row_to_key(row) -> ApiKey:
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
         last_used_at=row["last_used_at"],
+        adapters=tuple(adps) if adps is not None else None,
     )
 
 

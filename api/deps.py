@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.auth import ANONYMOUS, ApiKey
+from api.auth import ANONYMOUS, GATE_STATE_KEY, INVALID_KEY, MISSING_KEY, ApiKey
 from api.errors import Unauthorized
 from api.service import RagService
 
@@ -22,18 +22,24 @@ ServiceDep = Annotated[RagService, Depends(get_service)]
 
 
 def get_key(
-    service: ServiceDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request,
+    service: ServiceDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
-    """The caller's key; everyone is :data:`~api.auth.ANONYMOUS` when auth is off (``--no-auth``)."""
+    """The caller's key; everyone is :data:`~api.auth.ANONYMOUS` when auth is off (``--no-auth``).
+
+    The app's auth gate (:class:`api.app.AuthGateMiddleware`) has already verified it, before the body was
+    read, and left it in ``request.state``; a request that did not pass the gate is verified here."""
     if not service.settings.server.auth:
         return ANONYMOUS
+    gated = request.scope.get("state", {}).get(GATE_STATE_KEY)
+    if isinstance(gated, ApiKey):
+        return gated
     if credentials is None or not credentials.credentials:
-        raise Unauthorized(
-            "missing API key: send `Authorization: Bearer <key>` (create one with `ragqa keys create NAME`)"
-        )
+        raise Unauthorized(MISSING_KEY)
     key = service.keys.verify(credentials.credentials)
     if key is None:
-        raise Unauthorized("invalid or revoked API key; create a new one with `ragqa keys create NAME`")
+        raise Unauthorized(INVALID_KEY)
     return key
 
 

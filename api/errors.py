@@ -8,7 +8,9 @@ most specific class of the exception's MRO found in the table decides the status
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +73,40 @@ class UnsupportedMediaType(ApiError):
 
 class Unprocessable(ApiError):
     status, code = 422, "invalid_request"
+
+
+class InsufficientStorage(ApiError):
+    status, code = 507, "insufficient_storage"
+
+
+#: errno values of a full disk or an exhausted quota
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a full disk: ``OSError`` ENOSPC/EDQUOT or
+    SQLite's "database or disk is full"."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+DISK_FULL_MESSAGE = "the server's disk is full; try again later (an administrator must free space)"
+
+#: security headers of the responses the catch-all handler writes: Starlette runs it outside the app's
+#: middleware (so outside ``api.app.SecurityHeadersMiddleware``); a JSON error needs no content at all
+ERROR_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -174,6 +210,7 @@ def install_handlers(app: FastAPI) -> None:
             404: "not_found",
             405: "method_not_allowed",
             413: "payload_too_large",
+            507: "insufficient_storage",
         }
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and message == "Not Found":
@@ -185,13 +222,37 @@ def install_handlers(app: FastAPI) -> None:
         )
 
     async def _core(request: Request, exc: Exception) -> JSONResponse:
+        if is_disk_full(exc):
+            return _disk_full(request, exc)
         err = from_core(exc)
         return JSONResponse(error_body(err.code, err.message), status_code=err.status)
 
     for root in CORE_ROOTS:
         app.add_exception_handler(root, _core)
 
+    async def _storage(request: Request, exc: Exception) -> JSONResponse:
+        """A full disk is 507 (an ``OSError`` / ``sqlite3.Error`` of another kind stays a 500)."""
+        if is_disk_full(exc):
+            return _disk_full(request, exc)
+        raise exc
+
+    for kind in (OSError, sqlite3.Error):
+        app.add_exception_handler(kind, _storage)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_disk_full(exc):
+            return _disk_full(request, exc)
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal error; see the server log"), status_code=500)
+        return JSONResponse(
+            error_body("internal_error", "internal error; see the server log"),
+            status_code=500,
+            headers=ERROR_SECURITY_HEADERS,
+        )
+
+
+def _disk_full(request: Request, exc: BaseException) -> JSONResponse:
+    logger.error("disk full on %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        error_body("insufficient_storage", DISK_FULL_MESSAGE), status_code=507, headers=ERROR_SECURITY_HEADERS
+    )

@@ -21,12 +21,19 @@ Life of an upload:
 
 Restart: jobs found ``running`` are queued again and resume at their first unfinished file;
 a file whose upload is gone fails with a message; a job of a deleted collection fails. No job
-is ever dropped.
+is ever dropped. Staging folders of jobs that no longer run (left by a crash) are removed at start.
+
+Full disk: the worker never dies of it. A disk-full error (``ENOSPC``, SQLite's "disk is full")
+while a job runs pauses that job (its files stay pending, the attempt is not counted as a poison
+pill); the worker waits until the free space is above the floor (``server.min_free_mb``), then
+resumes it. The worker reads every file in one loader process (:class:`~ingest.loaders.isolation.LoaderPool`)
+for its whole life, closed when it stops.
 """
 
 from __future__ import annotations
 
 import builtins
+import errno
 import logging
 import os
 import re
@@ -41,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from api.db import SqliteStore
+from api.errors import is_disk_full
 from ingest.errors import CollectionBusyError, CollectionError, CollectionNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -109,6 +117,39 @@ class UploadStorage:
 
     def remove_collection(self, collection: str) -> None:
         shutil.rmtree(self.collection_dir(collection), ignore_errors=True)
+
+    def staging_dirs(self) -> builtins.list[tuple[str, Path]]:
+        """Every staging folder on disk: ``(job_id, folder)`` pairs."""
+        if not self.root.is_dir():
+            return []
+        return [
+            (job.name, job)
+            for coll in self.root.iterdir()
+            if (coll / STAGING).is_dir()
+            for job in (coll / STAGING).iterdir()
+            if job.is_dir()
+        ]
+
+    def remove_orphans(self, active: set[str]) -> builtins.list[str]:
+        """Remove the staging folders of jobs not in ``active`` (left by a crash mid-upload or mid-job);
+        return their job ids."""
+        removed = []
+        for job_id, folder in self.staging_dirs():
+            if job_id not in active:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(job_id)
+        return removed
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free bytes of the file system holding ``path`` (its nearest existing parent); None when unknown."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return int(shutil.disk_usage(path).free)
+    except OSError:
+        return None
 
 
 class JobStore(SqliteStore):
@@ -204,6 +245,19 @@ class JobStore(SqliteStore):
         with self._lock:
             row = self._db.execute("SELECT status FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         return row["status"] if row else None
+
+    def active_ids(self) -> set[str]:
+        """Ids of the jobs still queued or running (their staging folders are in use)."""
+        with self._lock:
+            rows = self._db.execute("SELECT job_id FROM jobs WHERE status IN ('queued','running')").fetchall()
+        return {r[0] for r in rows}
+
+    def uncount_file(self, job_id: str, ordinal: int) -> None:
+        """Take back the attempt counted by :meth:`begin_file` (the file was not read: the disk was full)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE job_files SET attempts=MAX(0, attempts-1) WHERE job_id=? AND ordinal=?", (job_id, ordinal)
+            )
 
     def requeue(self, job_id: str) -> None:
         with self._tx() as db:
@@ -469,6 +523,8 @@ class IngestWorker:
         busy_retry_s: float = 2.0,
         max_attempts: int | None = None,
         workers: int = 1,
+        min_free_bytes: int = 0,
+        disk_retry_s: float = 30.0,
     ) -> None:
         self.workspace = workspace
         self.jobs = jobs
@@ -480,6 +536,13 @@ class IngestWorker:
         # A file whose reading was started this many times without finishing (the server crashed, was killed or
         # ran out of memory each time) fails, so that the job goes on with its other files.
         self.max_attempts = max_attempts if max_attempts is not None else workspace.config.loader.max_attempts
+        # a disk-full error pauses the job; the worker polls the free space every disk_retry_s until it is
+        # above min_free_bytes (server.min_free_mb), then resumes the job
+        self.min_free_bytes = min_free_bytes
+        self.disk_retry_s = disk_retry_s
+        self.disk_full = False  # True while a job waits for disk space (health, tests)
+        self._loader_pool: Any = None  # one loader process for the worker's life (ingest.loader.isolate)
+        self._pool_lock = threading.Lock()  # the worker threads share the pool (it reads one file at a time)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Event()
@@ -495,13 +558,21 @@ class IngestWorker:
         resumed = self.jobs.recover()
         if resumed:
             logger.warning("resuming %d upload job(s) interrupted by a restart: %s", len(resumed), ", ".join(resumed))
+        orphans = self.storage.remove_orphans(self.jobs.active_ids())
+        if orphans:
+            logger.warning("removed %d orphaned staging folder(s) of finished or unknown jobs", len(orphans))
         self._start_threads()
         self.submit()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
-        self._wake.set()
+        for wake in self._wakes:
+            wake.set()
         self._join_threads(timeout)
+        with self._pool_lock:
+            if self._loader_pool is not None:
+                self._loader_pool.close()
+                self._loader_pool = None
 
     def submit(self) -> None:
         self._idle.clear()
@@ -559,28 +630,95 @@ class IngestWorker:
     def _run(self, wake: threading.Event | None = None) -> None:
         wake = wake if wake is not None else self._wake
         while not self._stop.is_set():
-            wake.clear()
             try:
-                job = self._claim()
-            except Exception:
+                self._step(wake)
+            except Exception:  # never lose the worker: log, breathe, go on
+                logger.exception("ingestion worker: unexpected error; retrying")
+                self._stop.wait(self.busy_retry_s)
+
+    def _step(self, wake: threading.Event) -> None:
+        """Claim and run one turn of a job from the fair queue (or wait to be woken)."""
+        wake.clear()
+        if self.space_low():
+            self._wait_for_space()
+            return
+        try:
+            job = self._claim()
+        except Exception as exc:
+            if is_disk_full(exc):
+                self._wait_for_space(exc)
+            else:
                 logger.exception("could not read the job queue")
-                job = None
-            if job is None:
-                if not self.queue.busy():
-                    self._idle.set()
-                wake.wait(timeout=5.0)
-                continue
+                self._stop.wait(self.busy_retry_s)
+            return
+        if job is None:
+            if not self.queue.busy():
+                self._idle.set()
+            wake.wait(timeout=5.0)
+            return
+        job_id = job["job_id"]
+        while True:
             try:
                 self._process(job)
+                return
             except CollectionBusyError as exc:  # another process (e.g. `ragqa ingest`) holds the lock
-                logger.info("job %s waits: %s", job["job_id"], exc)
-                self.jobs.requeue(job["job_id"])
+                logger.info("job %s waits: %s", job_id, exc)
+                self.jobs.requeue(job_id)
                 self._stop.wait(self.busy_retry_s)
+                return
             except CollectionError as exc:
-                self._finish(job["job_id"], "failed", str(exc))
-            except Exception as exc:  # never lose the worker to one bad job
-                logger.exception("job %s failed", job["job_id"])
-                self._finish(job["job_id"], "failed", f"{type(exc).__name__}: {exc}")
+                self._finish(job_id, "failed", str(exc))
+                return
+            except Exception as exc:
+                if not is_disk_full(exc):  # one bad job fails alone
+                    logger.exception("job %s failed", job_id)
+                    self._finish(job_id, "failed", f"{type(exc).__name__}: {exc}")
+                    return
+                # disk full: the job stays 'running' with its files pending, and resumes when space returns
+                # (a stop meanwhile leaves it 'running': queued again at the next start)
+                self._wait_for_space(exc)
+                if self._stop.is_set():
+                    return
+                fresh = self.jobs.get(job_id)
+                if fresh is None or fresh["status"] != "running":
+                    return
+                job = fresh
+
+    def space_low(self) -> bool:
+        """Whether the uploads' file system has less free space than ``min_free_bytes``."""
+        if self.min_free_bytes <= 0:
+            return False
+        free = free_bytes(self.storage.root)
+        return free is not None and free < self.min_free_bytes
+
+    def _wait_for_space(self, exc: BaseException | None = None) -> None:
+        """Wait (polling every ``disk_retry_s``) until the disk has room again, or the worker stops."""
+        if exc is not None:
+            logger.error("ingestion paused: the disk is full (%s); retrying every %g s", exc, self.disk_retry_s)
+        else:
+            logger.error(
+                "ingestion paused: less than %d MB free under %s; retrying every %g s",
+                self.min_free_bytes >> 20,
+                self.storage.root,
+                self.disk_retry_s,
+            )
+        self.disk_full = True
+        try:
+            while not self._stop.wait(self.disk_retry_s):
+                if not self.space_low():
+                    logger.warning("ingestion resumes: disk space is back")
+                    return
+        finally:
+            self.disk_full = False
+
+    def _pool(self):
+        """The worker's loader process pool (None when loaders are not isolated), started on first use."""
+        with self._pool_lock:
+            if self._loader_pool is None and self.workspace.config.loader.isolate and not self._stop.is_set():
+                from ingest.loaders.isolation import LoaderPool
+
+                self._loader_pool = LoaderPool(self.workspace.config.loader)
+            return self._loader_pool
 
     def _finish(self, job_id: str, status: str | None = None, error: str | None = None) -> None:
         final = self.jobs.finish(job_id, status, error)
@@ -639,15 +777,24 @@ class IngestWorker:
                         )
                         logger.error("job %s: %s %s", job_id, f["filename"], reason)
                     else:
-                        report = ingest_paths(
-                            [stable],
-                            coll,
-                            lambda texts: ws.embedder.embed_documents(texts),
-                            ws.chunker_for(coll),
-                            ws.config.loader,
-                            embed_batch_chunks=max(64, 8 * ws.config.embedder.batch_size),
-                        )
+                        try:
+                            report = ingest_paths(
+                                [stable],
+                                coll,
+                                lambda texts: ws.embedder.embed_documents(texts),
+                                ws.chunker_for(coll),
+                                ws.config.loader,
+                                embed_batch_chunks=max(64, 8 * ws.config.embedder.batch_size),
+                                loader_pool=self._pool(),
+                            )
+                        except Exception as exc:
+                            if is_disk_full(exc):  # not the file's fault: no poison-pill attempt
+                                self._uncount(job_id, ordinal)
+                            raise
                         reason = report.failed[0].reason.replace(str(stable), f["filename"]) if report.failed else ""
+                        if report.failed and _disk_full_reason(reason):
+                            self._uncount(job_id, ordinal)
+                            raise OSError(errno.ENOSPC, f"{f['filename']}: {reason}")
                 finally:
                     coll.close()
                 if report is None or report.failed:
@@ -665,6 +812,12 @@ class IngestWorker:
         self._calibrate(name)
         self._finish(job_id)
 
+    def _uncount(self, job_id: str, ordinal: int) -> None:
+        try:
+            self.jobs.uncount_file(job_id, ordinal)
+        except Exception as exc:  # the disk may be too full for this write too
+            logger.warning("job %s: could not take back the attempt at file %d: %s", job_id, ordinal, exc)
+
     def _calibrate(self, name: str) -> None:
         """Recompute the collection's abstention threshold once per job, after its files (skipped when no
         file changed it; a failure is logged and leaves the previous threshold)."""
@@ -672,6 +825,12 @@ class IngestWorker:
 
         with self.gate.hold(name):
             recalibrate(self.workspace, name, quiet=True)
+
+
+def _disk_full_reason(reason: str) -> bool:
+    """Whether a file's failure reason is the disk being full (then the file is retried, not failed)."""
+    low = reason.lower()
+    return "no space left on device" in low or "disk is full" in low or "disk quota exceeded" in low
 
 
 def new_job_id() -> str:

@@ -147,7 +147,7 @@ class AskRequest(_In):
     question: str = Field(min_length=1, examples=["Which FAISS index type is exact?"])
     collection: str = Field(examples=["docs"])
     mode: Literal["stuff", "rag-sequence", "rag-token"] | None = Field(None, description="Default from config.")
-    k: int | None = Field(None, ge=1, description="Chunks retrieved (default from config).")
+    k: int | None = Field(None, ge=1, le=1000, description="Chunks retrieved (default from config).")
     adapter: str | None = Field(None, description="LoRA adapter name.")
     stream: bool = Field(False, description="Answer as Server-Sent Events: `token` events, then one `answer` event.")
     answer_style: Literal["short", "full"] | None = Field(

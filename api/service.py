@@ -353,9 +353,32 @@ class RagService:
         return JobPublic.model_validate(job)
 
     # -- questions ----------------------------------------------------------------------
-    def validate_question(self, key: ApiKey, collection: str, question: str, k: int | None) -> None:
+    def check_adapter(self, key: ApiKey, adapter: str | None, *, exists: bool = True) -> None:
+        """``adapter`` must be a registry name (never a path: 422) and, with ``exists``, one that this key may
+        use and that exists (else 404: to a key limited to other adapters, they do not exist; a stream reports
+        both alike, as an error event)."""
+        if not adapter:
+            return
+        from rag.adapter_store import AdapterStore, check_adapter_name
+        from rag.errors import AdapterError
+
+        try:
+            check_adapter_name(adapter)
+            found = not exists or AdapterStore(self.settings.adapters_dir).exists(adapter)
+        except AdapterError as exc:
+            raise from_core(exc) from exc
+        if exists and (not found or not key.allows_adapter(adapter)):
+            raise NotFound(
+                f"adapter {adapter!r} not found; list the adapters you may use with GET /v1/adapters",
+                code="adapter_not_found",
+            )
+
+    def validate_question(
+        self, key: ApiKey, collection: str, question: str, k: int | None, adapter: str | None = None
+    ) -> None:
         cfg = self.settings.server
         self.check_access(key, collection)
+        self.check_adapter(key, adapter, exists=False)  # a path is refused before a stream starts
         if len(question) > cfg.max_question_chars:
             raise Unprocessable(
                 f"the question has {len(question)} characters; the limit is {cfg.max_question_chars}",
@@ -395,6 +418,7 @@ class RagService:
         from rag.qa import QAError
         from rag.retriever import RetrieverError
 
+        self.check_adapter(key, adapter)
         t0 = time.perf_counter()
         on_token = self.metrics.first_token_timer(on_token, t0, endpoint=endpoint)
         asked = question
@@ -638,6 +662,7 @@ def build_service(settings: Settings, *, metrics: Metrics | None = None, start_w
         on_file=count_file,
         on_job=lambda status: metrics.inc("ragqa_ingest_jobs_total", status=status),
         workers=settings.server.ingest_workers or auto_workers(),
+        min_free_bytes=int(settings.server.min_free_mb * (1 << 20)),
     )
     metrics.gauge("ragqa_jobs", lambda: {(("status", s),): float(n) for s, n in jobs.counts_nowait().items()})
     if qa.scheduler is not None:

@@ -29,7 +29,21 @@ class ServerConfig(BaseModel):
         True, description="Require `Authorization: Bearer <key>`; turn off only with `ragqa serve --no-auth`."
     )
     max_upload_mb: float = Field(50.0, gt=0, description="Largest file accepted by an upload (MB).")
-    max_files: int = Field(32, ge=1, description="Most files in one upload request.")
+    max_files: int = Field(32, ge=1, le=10000, description="Most files in one upload request.")
+    max_json_mb: float = Field(
+        1.0, gt=0, description="Largest body of a request that is not an upload (JSON; MB). Above it: 413."
+    )
+    min_free_mb: float = Field(
+        200.0,
+        ge=0,
+        description="Free disk space (MB) the workspace keeps: below it uploads get 507 and the ingestion worker "
+        "pauses until space returns. 0: no floor.",
+    )
+    csp: str = Field(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        description="Content-Security-Policy of every response but the API docs pages (/docs, /redoc).",
+    )
     max_question_chars: int = Field(2000, ge=1, description="Longest question accepted (characters).")
     max_k: int = Field(32, ge=1, le=1000, description="Largest k a request may ask for.")
     allowed_suffixes: list[str] = Field(

@@ -7,8 +7,9 @@
 its query encoder the ``query_encoder`` subfolder. Folders whose name starts with a dot (an
 adapter still being written or deleted) are not adapters.
 
-Adapter names are plain folder names: no path separator, not ``.``/``..``, no leading dot, so a
-name never resolves outside the adapters folder.
+Adapter names are plain folder names (:data:`NAME_RE`: a letter or digit, then letters, digits, ``.``,
+``_`` or ``-``): no path separator, not ``.``/``..``, no leading dot, never absolute, so a name never
+resolves outside the adapters folder. A request names an adapter; it never passes a path.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -31,18 +33,13 @@ ADAPTER_CONFIG = "adapter_config.json"  # written by PEFT
 ADAPTER_META = "ragqa_adapter.json"  # written by ragqa next to the PEFT files
 REWARD_KIND = "reward"
 MAX_NAME_CHARS = 128
+#: what an adapter name may look like (the folder's name under the adapters folder)
+NAME_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_CHARS - 1}}}")
 
 
 def check_adapter_name(name: str) -> str:
     """``name`` when it is a plain folder name; else :class:`rag.errors.InvalidAdapterError`."""
-    if (
-        not isinstance(name, str)
-        or not name
-        or len(name) > MAX_NAME_CHARS
-        or name.startswith(".")
-        or any(sep in name for sep in ("/", "\\", "\0"))
-        or name != name.strip()
-    ):
+    if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:
         raise InvalidAdapterError(
             f"invalid adapter name {name!r}: use a plain folder name (letters, digits, '.', '_' or '-'; "
             "no path separators, no leading '.')"
@@ -88,7 +85,7 @@ class AdapterStore:
         return sorted(
             p.name
             for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and (p / ADAPTER_CONFIG).is_file()
+            if p.is_dir() and NAME_RE.fullmatch(p.name) and (p / ADAPTER_CONFIG).is_file()
         )
 
     def list(self) -> list[AdapterEntry]:

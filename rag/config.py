@@ -112,6 +112,13 @@ class QAConfig(BaseModel):
     max_context_tokens: int = Field(
         200, ge=16, description="Each retrieved chunk is cut to this many generator tokens."
     )
+    query_encoder_cache: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Adapter query encoders (`ragqa finetune rag --train-query-encoder`) kept loaded at once; the "
+        "least recently used one is dropped beyond this (each is a copy of the embedder).",
+    )
     # The evidence threshold is each collection's own by default (auto_abstain: computed by rag.calibration
     # when the collection is ingested or changed, from questions made from its chunks versus general-knowledge
     # probe questions). The fixed thresholds stay off by default: those fitted by rag.evaluate.calibrate on one

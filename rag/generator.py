@@ -29,6 +29,8 @@ from rag.prompts import ABSTAIN_TEXT, PROMPT_TEMPLATE_VERSION, chat_messages, us
 
 logger = logging.getLogger(__name__)
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # the only adapter weights loaded (no pickle)
+
 
 def pick_device(setting: str) -> torch.device:
     if setting == "auto":
@@ -318,22 +320,63 @@ class Generator:
             self._model = model
 
     def _load_adapter(self, name: str) -> None:
+        """Load adapter ``name`` (a registry name, resolved inside the adapters folder) into the shared model.
+
+        Checked before the model is touched: a LoRA ``adapter_config.json`` and safetensors weights (never a
+        pickle). A load that still fails leaves the model exactly as it was (:class:`_ModelSnapshot`): other
+        tenants' answers never change because of someone's broken adapter."""
         path = self.adapters.validate_for_generator(name, self.name)
+        self._check_adapter_files(name, path)
         from peft import PeftModel
 
         meta = self.adapters.meta(name)
         base = self.adapters.peft_config(name).get("base_model_name_or_path")
         if not meta and base and Path(base).name != Path(str(self.name)).name and base != self.config.model:
             logger.warning("adapter %s was trained on %s, the generator is %s", name, base, self.name)
+        snapshot = _ModelSnapshot.take(self._model)
         try:
             if isinstance(self._model, PeftModel):
                 self._model.load_adapter(str(path), adapter_name=name)
+                model = self._model
             else:
-                self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise InvalidAdapterError(f"adapter {name!r} does not fit the generator {self.name!r}: {exc}") from exc
+                model = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
+        except Exception as exc:
+            self._undo_failed_load(snapshot, name)
+            if isinstance(exc, (RuntimeError, ValueError, KeyError, TypeError, AttributeError, OSError)):
+                raise InvalidAdapterError(f"adapter {name!r} does not fit the generator {self.name!r}: {exc}") from exc
+            raise
+        self._model = model
         self._model.eval()
         self._loaded_adapters.add(name)
+
+    def _check_adapter_files(self, name: str, path: Path) -> None:
+        """Refuse, before loading anything, an adapter that is not a LoRA adapter with safetensors weights."""
+        peft_type = str(self.adapters.peft_config(name).get("peft_type") or "")
+        if peft_type.upper() != "LORA":
+            raise InvalidAdapterError(
+                f"adapter {name!r} is not a LoRA adapter (adapter_config.json peft_type {peft_type or 'missing'!r}); "
+                "ragqa serves LoRA adapters trained with `ragqa finetune`"
+            )
+        if not (path / ADAPTER_WEIGHTS).is_file():
+            raise InvalidAdapterError(
+                f"adapter {name!r} has no {ADAPTER_WEIGHTS} (pickled adapter_model.bin files are not loaded); "
+                "save it again with safetensors or retrain it with `ragqa finetune`"
+            )
+
+    def _undo_failed_load(self, snapshot: _ModelSnapshot, name: str) -> None:
+        """Put the model back as it was before a failed load of adapter ``name``; reload it from disk when the
+        undo cannot be verified."""
+        try:
+            snapshot.restore(name)
+            if snapshot.matches():
+                return
+            logger.error("a failed load of adapter %s left the model changed; reloading the generator", name)
+        except Exception:
+            logger.exception("could not undo the failed load of adapter %s; reloading the generator", name)
+        self._model = None
+        self._loaded_adapters.clear()
+        self._adapter_fingerprints.clear()
+        self.warm_up()
 
     @contextmanager
     def session(self, adapter: str | None = None) -> Iterator[torch.nn.Module]:
@@ -352,3 +395,86 @@ class Generator:
                     yield self._model
             else:
                 yield self._model
+
+
+class _ModelSnapshot:
+    """The structure of a model before an adapter load, to undo a failed one exactly.
+
+    PEFT injects an adapter in place (LoRA wrappers replace the target layers, parameters are added to
+    existing wrappers, ``peft_config`` and config fields are set) before it reads the weights, so a load
+    that fails half-way leaves the shared model altered. :meth:`restore` puts back every original submodule
+    and removes every added child, parameter, buffer and attribute; weights are never copied (a failed load
+    does not write into the base weights)."""
+
+    HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model: Any = model
+        self.modules = dict(model.named_modules(remove_duplicate=False))
+        self.hooks = {p: {h: set(getattr(m, h, {})) for h in self.HOOKS} for p, m in self.modules.items()}
+        self.children = {p: list(m._modules) for p, m in self.modules.items()}
+        self.params = {p: list(m._parameters) for p, m in self.modules.items()}
+        self.buffers = {p: list(m._buffers) for p, m in self.modules.items()}
+        self.attrs = {p: set(vars(m)) for p, m in self.modules.items()}
+        self.requires_grad = [(t, t.requires_grad) for t in model.parameters()]
+        config = getattr(model, "config", None)
+        self.config = dict(vars(config)) if config is not None else None
+        peft_config = getattr(model, "peft_config", None)
+        self.adapters = set(peft_config) if isinstance(peft_config, dict) else None
+        self.signature = self._signature(model)
+
+    @classmethod
+    def take(cls, model: torch.nn.Module) -> _ModelSnapshot:
+        return cls(model)
+
+    @staticmethod
+    def _signature(model: torch.nn.Module) -> list[tuple[str, str, int]]:
+        return [(p, type(m).__name__, id(m)) for p, m in model.named_modules(remove_duplicate=False)] + [
+            (p, "param", id(t)) for p, t in model.named_parameters(remove_duplicate=False)
+        ]
+
+    def restore(self, adapter: str) -> None:
+        model = self.model
+        peft_config: Any = getattr(model, "peft_config", None)
+        added = isinstance(peft_config, dict) and adapter in peft_config
+        if self.adapters is not None and added and adapter not in self.adapters:
+            try:
+                model.delete_adapter(adapter)  # PEFT's own clean-up of the layers
+            except Exception as exc:
+                logger.warning("PEFT could not delete the half-loaded adapter %s: %s", adapter, exc)
+                peft_config.pop(adapter, None)
+        for path, module in self.modules.items():  # pre-order: parents are put back before their children
+            keep = self.children[path]
+            for child in list(module._modules):
+                if child not in keep:
+                    del module._modules[child]
+            for child in keep:
+                original = self.modules[f"{path}.{child}" if path else child]
+                if module._modules.get(child) is not original:
+                    module._modules[child] = original
+            _drop_new_keys(module._parameters, self.params[path])
+            _drop_new_keys(module._buffers, self.buffers[path])
+            for attr in [a for a in vars(module) if a not in self.attrs[path]]:
+                delattr(module, attr)
+            for hook, kept in self.hooks[path].items():  # e.g. an input-embedding hook of a prompt-learning adapter
+                hooks: Any = getattr(module, hook, None) or {}
+                for handle in [h for h in hooks if h not in kept]:
+                    del hooks[handle]
+        for tensor, flag in self.requires_grad:
+            tensor.requires_grad_(flag)
+        config = getattr(model, "config", None)
+        if config is not None and self.config is not None:
+            for key in [k for k in vars(config) if k not in self.config]:
+                delattr(config, key)
+            for key, value in self.config.items():
+                if vars(config).get(key, object()) is not value:
+                    setattr(config, key, value)
+
+    def matches(self) -> bool:
+        """Whether the model has exactly the modules and parameters it had when the snapshot was taken."""
+        return self._signature(self.model) == self.signature
+
+
+def _drop_new_keys(store: dict[str, Any], keep: list[str]) -> None:
+    for key in [k for k in store if k not in keep]:
+        del store[key]

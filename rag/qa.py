@@ -36,6 +36,7 @@ import math
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -187,25 +188,38 @@ class QAPipeline:
         #: a :class:`rag.scheduler.Scheduler` that owns the model and batches concurrent answers (the
         #: server), or None: each answer holds the model alone (``Generator.session``; the CLI, eval)
         self.scheduler = scheduler
-        self._query_encoders: dict[str, Any] = {}
+        # adapter name (as resolved in the adapters folder) -> (query encoder folder mtime, embedder), LRU order
+        self._query_encoders: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     def query_embedder(self, adapter: str | None):
-        """The query encoder trained with ``adapter`` (loaded once), or None for the configured embedder."""
+        """The query encoder trained with ``adapter`` (loaded once), or None for the configured embedder.
+
+        At most ``config.query_encoder_cache`` encoders stay loaded (least recently used dropped), keyed by the
+        adapter's resolved folder name; a retrained encoder (newer folder) replaces its old copy."""
         if not adapter:
             return None
         folder = self.generator.adapter_query_encoder(adapter)
         if folder is None:
             return None
+        key = self.generator.adapter_path(adapter).resolve().name
+        mtime = folder.stat().st_mtime_ns
         with self._lock:
-            key = f"{adapter}:{folder.stat().st_mtime_ns}"
-            if key not in self._query_encoders:
-                from ingest.config import EmbedderConfig
-                from ingest.embedder import load_embedder
+            cached = self._query_encoders.get(key)
+            if cached is not None and cached[0] == mtime:
+                self._query_encoders.move_to_end(key)
+                return cached[1]
+            from ingest.config import EmbedderConfig
+            from ingest.embedder import load_embedder
 
-                logger.info("adapter %s brings its own query encoder (%s)", adapter, folder)
-                self._query_encoders[key] = load_embedder(EmbedderConfig(model=str(folder)))
-            return self._query_encoders[key]
+            logger.info("adapter %s brings its own query encoder (%s)", adapter, folder)
+            embedder = load_embedder(EmbedderConfig(model=str(folder)))
+            self._query_encoders[key] = (mtime, embedder)
+            self._query_encoders.move_to_end(key)
+            while len(self._query_encoders) > self.config.query_encoder_cache:
+                dropped, _ = self._query_encoders.popitem(last=False)
+                logger.info("query encoder of adapter %s dropped from the cache", dropped)
+            return embedder
 
     def contexts(self, retrieval: Retrieval) -> list[str]:
         """The context blocks of ``retrieval``'s chunks, as the prompts hold them (:func:`format_contexts`)."""

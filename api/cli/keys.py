@@ -22,12 +22,23 @@ def keys_create(
         list[str] | None,
         typer.Option("--collection", "-c", help="Limit the key to this collection (repeatable); default: all."),
     ] = None,
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option("--adapter", "-a", help="Limit the key to this LoRA adapter (repeatable); default: all."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API key; its secret is shown once (only a hash is stored)."""
+    from rag.adapter_store import check_adapter_name
+    from rag.errors import InvalidAdapterError
+
+    try:
+        adapters = [check_adapter_name(a) for a in adapter or []]
+    except InvalidAdapterError as exc:
+        fail(str(exc), as_json)
     store = open_key_store(settings(ctx).home)
     try:
-        key, secret = store.create(name, collection or None)
+        key, secret = store.create(name, collection or None, adapters or None)
     finally:
         store.close()
     if as_json:
@@ -35,7 +46,8 @@ def keys_create(
         return
     out.print(
         f"created key [bold]{key.key_id}[/] ({name}); "
-        f"collections: {', '.join(key.collections) if key.collections else 'all'}",
+        f"collections: {', '.join(key.collections) if key.collections else 'all'}; "
+        f"adapters: {', '.join(key.adapters) if key.adapters else 'all'}",
         highlight=False,
     )
     out.print("the secret is shown only now; store it safely:")
@@ -57,7 +69,7 @@ def keys_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json({"data": keys, "count": len(keys)})
         return
-    table = Table("key_id", "name", "collections", "status", "last used")
+    table = Table("key_id", "name", "collections", "adapters", "status", "last used")
     for k in keys:
         used = (
             dt.datetime.fromtimestamp(k["last_used_at"]).isoformat(timespec="seconds") if k["last_used_at"] else "never"
@@ -66,6 +78,7 @@ def keys_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             k["key_id"],
             k["name"],
             ", ".join(k["collections"]) if k["collections"] else "all",
+            ", ".join(k["adapters"]) if k["adapters"] else "all",
             "revoked" if k["revoked"] else "active",
             used,
         )

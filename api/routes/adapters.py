@@ -12,7 +12,7 @@ from api.schemas import AdaptersPublic
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"], responses=ERRORS)
 
 
-@router.get("", response_model=AdaptersPublic, summary="List the LoRA adapters in the workspace")
+@router.get("", response_model=AdaptersPublic, summary="List the LoRA adapters this key may use")
 async def list_adapters(service: ServiceDep, key: KeyDep) -> AdaptersPublic:
-    data = await run_in_threadpool(service.list_adapters)
+    data = [a for a in await run_in_threadpool(service.list_adapters) if key.allows_adapter(a.name)]
     return AdaptersPublic(data=data, count=len(data))

@@ -43,7 +43,7 @@ def sse(event: str, data: Any) -> str:
     },
 )
 async def ask(body: AskRequest, service: ServiceDep, key: KeyDep):
-    await run_in_threadpool(service.validate_question, key, body.collection, body.question, body.k)
+    await run_in_threadpool(service.validate_question, key, body.collection, body.question, body.k, body.adapter)
     conversation_id, history = await run_in_threadpool(
         service.open_conversation, key, body.conversation_id, body.collection, body.question
     )

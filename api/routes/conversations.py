@@ -20,7 +20,7 @@ async def list_conversations(
     service: ServiceDep,
     key: KeyDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> ConversationsPublic:
     return await run_in_threadpool(service.list_conversations, key, limit, offset)
 

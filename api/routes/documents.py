@@ -13,6 +13,9 @@ from api.routes import ERRORS
 from api.schemas import Deleted, DocumentsPublic, ErrorBody, JobAccepted
 from api.service import Upload
 
+#: the largest offset a listing accepts (SQLite integers are 64-bit; beyond this a page is empty anyway)
+MAX_OFFSET = 2**31 - 1
+
 router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"], responses=ERRORS)
 
 
@@ -22,7 +25,7 @@ router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"]
     status_code=status.HTTP_202_ACCEPTED,
     summary="Upload files; a background job ingests them (poll GET /v1/jobs/{job_id})",
     dependencies=[UploadLimit],
-    responses={413: {"model": ErrorBody}, 415: {"model": ErrorBody}},
+    responses={413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 507: {"model": ErrorBody}},
 )
 async def upload_documents(
     name: str,
@@ -46,7 +49,7 @@ def list_documents(
     key: KeyDep,
     source: Annotated[str | None, Query(description="An uploaded file's name (as listed in `source`).")] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> DocumentsPublic:
     return service.list_documents(key, name, source, limit, offset)
 
