@@ -1,0 +1,183 @@
+"""Offline OCR of page images with ``rapidocr-onnxruntime`` (PP-OCRv4 ONNX models shipped in its wheel).
+
+Used by the PDF loader for pages without a text layer and by the image loader. Nothing is downloaded: the
+detection, orientation and recognition models lie in the installed package, and run on onnxruntime's CPU
+provider. The engine is imported and built on first use (about a second), once per process, so a run that
+meets no scanned page pays nothing.
+
+Each call has a time budget (``LoaderConfig.ocr_page_timeout_s``): a timer sets onnxruntime's ``terminate``
+flag on the run options of every model session, which stops the model running at that moment, and the page
+fails with :class:`OcrTimeoutError` naming the setting to raise.
+
+rapidocr-onnxruntime asks for the GUI build of OpenCV (``opencv-python``, which needs ``libGL``); ragqa depends
+on ``opencv-python-headless`` and the rest of rapidocr's dependencies itself and installs rapidocr with
+``--no-deps`` (see the Makefile).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ingest.errors import LoaderError
+
+logger = logging.getLogger(__name__)
+
+RAPIDOCR_REQUIREMENT = "rapidocr-onnxruntime==1.4.4"
+INSTALL_HINT = (
+    f"pip install --no-deps {RAPIDOCR_REQUIREMENT} (its other dependencies come with ragqa), "
+    "or set ingest.loader.ocr to false"
+)
+
+
+class OcrTimeoutError(LoaderError):
+    """OCR of one page or image took longer than ``LoaderConfig.ocr_page_timeout_s``."""
+
+
+@dataclass(frozen=True)
+class OcrText:
+    """Text recognised on one image: lines top to bottom, a blank line where a paragraph gap is.
+
+    ``confidence`` is the mean recognition score of the text lines (0..1), ``None`` when none was found.
+    """
+
+    text: str
+    confidence: float | None
+    lines: int
+    seconds: float
+
+
+class _Interruptible:
+    """An onnxruntime session whose ``run`` uses the engine's current run options (for the time budget)."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self.options: Any = None
+
+    def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
+        return self._session.run(output_names, input_feed, run_options or self.options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+class OcrEngine:
+    """rapidocr's detector, orientation classifier and recogniser, with a time budget per image."""
+
+    def __init__(self) -> None:
+        try:
+            from rapidocr_onnxruntime import RapidOCR
+            from rapidocr_onnxruntime.utils import OrtInferSession
+        except ImportError as exc:
+            raise LoaderError(f"OCR needs {RAPIDOCR_REQUIREMENT}, which is not installed: {INSTALL_HINT}") from exc
+        start = time.perf_counter()
+        self._ocr = RapidOCR()
+        self._sessions: list[_Interruptible] = []
+        for part in (self._ocr.text_det, self._ocr.text_cls, self._ocr.text_rec):
+            for value in vars(part).values():
+                if isinstance(value, OrtInferSession):
+                    wrapped = _Interruptible(value.session)
+                    value.session = wrapped
+                    self._sessions.append(wrapped)
+        if len(self._sessions) != 3:  # another rapidocr layout: the budget could not be enforced
+            raise LoaderError(
+                f"unexpected rapidocr-onnxruntime layout ({len(self._sessions)} model sessions found); "
+                f"install {RAPIDOCR_REQUIREMENT}"
+            )
+        logger.debug("OCR engine ready in %.2f s", time.perf_counter() - start)
+
+    def recognise(self, image: Any, what: str, budget_s: float, started: float | None = None) -> OcrText:
+        """Recognise the text of a PIL image.
+
+        ``what`` names the page in error messages; ``budget_s`` counts from ``started`` (``time.monotonic()``,
+        default now), so that the caller's rendering time counts too. Raises :class:`OcrTimeoutError`.
+        """
+        from onnxruntime import RunOptions
+
+        started = time.monotonic() if started is None else started
+        deadline = started + budget_s
+        options = RunOptions()
+        for session in self._sessions:
+            session.options = options
+        timer = threading.Timer(max(deadline - time.monotonic(), 0.0), _terminate, args=(options,))
+        timer.daemon = True
+        timer.start()
+        try:
+            result, _elapsed = self._ocr(image.convert("RGB"))
+        except Exception as exc:
+            if options.terminate or time.monotonic() >= deadline:
+                raise self._timeout(what, budget_s) from None
+            raise LoaderError(f"{what}: OCR failed ({type(exc).__name__}: {exc})") from exc
+        finally:
+            timer.cancel()
+            for session in self._sessions:
+                session.options = None
+        if options.terminate or time.monotonic() > deadline:
+            raise self._timeout(what, budget_s)
+        text, scores, lines = _layout(result or [])
+        confidence = round(statistics.fmean(scores), 4) if scores else None
+        return OcrText(text=text, confidence=confidence, lines=lines, seconds=time.monotonic() - started)
+
+    @staticmethod
+    def _timeout(what: str, budget_s: float) -> OcrTimeoutError:
+        return OcrTimeoutError(
+            f"{what}: OCR took longer than {budget_s:g} s; raise ingest.loader.ocr_page_timeout_s, lower "
+            "ingest.loader.ocr_dpi, or set ingest.loader.ocr to false to skip pages without a text layer"
+        )
+
+
+def _terminate(options: Any) -> None:
+    options.terminate = True
+
+
+def _layout(result: list[Any]) -> tuple[str, list[float], int]:
+    """rapidocr's ``[box, text, score]`` items as lines (boxes on one line joined left to right)."""
+    boxes: list[tuple[float, float, float, str, float]] = []  # top, bottom, left, text, score
+    for box, text, score in result:
+        text = str(text).strip()
+        if not text:
+            continue
+        ys = [float(p[1]) for p in box]
+        xs = [float(p[0]) for p in box]
+        boxes.append((min(ys), max(ys), min(xs), text, float(score)))
+    if not boxes:
+        return "", [], 0
+    boxes.sort(key=lambda b: (b[0] + b[1]) / 2)
+    lines: list[list[tuple[float, float, float, str, float]]] = []
+    for b in boxes:
+        if lines:
+            last = lines[-1]
+            top, bottom = min(x[0] for x in last), max(x[1] for x in last)
+            centre = (b[0] + b[1]) / 2
+            if top <= centre <= bottom:  # the box's middle lies within the current line's band
+                last.append(b)
+                continue
+        lines.append([b])
+    heights = sorted(b[1] - b[0] for b in boxes)
+    line_height = heights[len(heights) // 2] or 1.0
+    out: list[str] = []
+    prev_bottom: float | None = None
+    for line in lines:
+        top = min(b[0] for b in line)
+        if prev_bottom is not None:
+            out.append("\n\n" if top - prev_bottom > line_height else "\n")
+        out.append(" ".join(b[3] for b in sorted(line, key=lambda b: b[2])))
+        prev_bottom = max(b[1] for b in line)
+    return "".join(out), [b[4] for b in boxes], len(lines)
+
+
+_engine: OcrEngine | None = None
+_engine_lock = threading.Lock()
+
+
+def get_engine() -> OcrEngine:
+    """The process's OCR engine, built on first use."""
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            _engine = OcrEngine()
+        return _engine
