@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 _SPACES = re.compile(r"\s+")
-# A separator row: cells of dashes with optional alignment colons, e.g. "| --- | :-: |" or "---|---".
-_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{1,}:?\s*(?:\|\s*:?-{1,}:?\s*)+\|?\s*$")
+_SEPARATOR_CELL = re.compile(r":?-+:?")
 
 
 def _cell(text: str | None) -> str:
@@ -69,6 +68,14 @@ def _is_row(line: str) -> bool:
     return "|" in line and bool(line.strip())
 
 
+def _is_separator(line: str) -> bool:
+    """A separator row: cells of dashes with optional alignment colons, e.g. ``| --- | :-: |`` or ``---|---``."""
+    if "|" not in line or "-" not in line:
+        return False
+    cells = line.strip().removeprefix("|").removesuffix("|").split("|")
+    return all(_SEPARATOR_CELL.fullmatch(c.strip()) for c in cells)
+
+
 def find_tables(text: str) -> list[TableSpan]:
     """Every pipe table in ``text`` (a header row with ``|``, a separator row, then rows with ``|``). Linear."""
     if "|" not in text or "-" not in text:
@@ -84,7 +91,7 @@ def find_tables(text: str) -> list[TableSpan]:
     n = len(lines)
     while i < n - 1:
         head, sep = lines[i].rstrip("\r\n"), lines[i + 1].rstrip("\r\n")
-        if not (_is_row(head) and _SEPARATOR.match(sep)):
+        if not (_is_row(head) and _is_separator(sep)):
             i += 1
             continue
         header_end = offsets[i + 1] + len(sep)
