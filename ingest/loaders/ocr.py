@@ -20,6 +20,7 @@ import logging
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,10 @@ INSTALL_HINT = (
     f"pip install --no-deps {RAPIDOCR_REQUIREMENT} (its other dependencies come with ragqa), "
     "or set ingest.loader.ocr to false"
 )
+
+
+# Called after each recognised page; the isolated loader process sets it to tell its parent it is alive.
+page_done: Callable[[], None] | None = None
 
 
 class OcrTimeoutError(LoaderError):
@@ -118,6 +123,8 @@ class OcrEngine:
                 session.options = None
         if options.terminate or time.monotonic() > deadline:
             raise self._timeout(what, budget_s)
+        if page_done is not None:
+            page_done()
         text, scores, lines = _layout(result or [])
         confidence = round(statistics.fmean(scores), 4) if scores else None
         return OcrText(text=text, confidence=confidence, lines=lines, seconds=time.monotonic() - started)

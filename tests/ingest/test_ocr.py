@@ -185,6 +185,17 @@ class TestBudgetAndIsolation:
             (doc,) = pool.load(path)
         assert doc.metadata["ocr"] is True and char_accuracy(" ".join(PAGE_1), doc.text) >= 0.95
 
+    @pytest.mark.integration
+    def test_each_ocr_page_restarts_the_file_clock(self, tmp_path):
+        """A file of many pages may take longer than timeout_s in all; a page that stalls is still stopped."""
+        (tmp_path / "pages.txt").write_text("six pages of 0.4 s")
+        (tmp_path / "evil.txt").write_text("one page, then a stall")
+        target = "tests.ingest.isolation_targets:paged_load"
+        with LoaderPool(LoaderConfig(timeout_s=1.0), target=target) as pool:
+            assert pool.load(tmp_path / "pages.txt")[0].text == "six pages of 0.4 s"
+            with pytest.raises(LoaderError, match="took longer than 1 s"):
+                pool.load(tmp_path / "evil.txt")
+
     def test_models_ship_in_the_wheel_no_network(self, monkeypatch):
         """Building the engine and recognising a page opens no network connection."""
 
