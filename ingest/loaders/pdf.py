@@ -169,7 +169,7 @@ def load_pdf(path: Path, data: bytes, config: LoaderConfig) -> list[Document]:
     if table_pages:
         texts.update(_with_tables(path, data, table_pages))
     found = _ocr_pages(path, data, ocr_pages, config) if ocr_pages else {}
-    ocr_ran = found is not None
+    ocr_ran = config.ocr and found is not None
     recognised = found or {}
 
     docs: list[Document] = []
@@ -187,8 +187,8 @@ def load_pdf(path: Path, data: bytes, config: LoaderConfig) -> list[Document]:
     if not docs:
         if ocr_ran:
             raise EmptyDocumentError(
-                f"{path}: none of its {n_pages} page(s) has a text layer, and OCR found no text on them "
-                "(blank pages, or drawings without words); leave the file out"
+                f"{path}: none of its {n_pages} page(s) has text, neither in a text layer nor by OCR of its "
+                "images (blank pages, or drawings without words); leave the file out"
             )
         raise EmptyDocumentError(
             f"{path}: none of its {n_pages} page(s) has extractable text (a scanned PDF?); "
@@ -275,7 +275,7 @@ def _with_tables(path: Path, data: bytes, numbers: list[int]) -> dict[int, str]:
 
 
 def _page_with_tables(page) -> str | None:
-    tables = []
+    tables: list[tuple[tuple[float, float, float, float], str]] = []
     for table in page.find_tables():
         rows = table.extract()
         if len(rows) >= 2 and table_width(rows) >= 2:
@@ -293,14 +293,19 @@ def _page_with_tables(page) -> str | None:
 
     rest = page.filter(outside_tables)
     blocks: list[str] = []
+
+    def text_between(upper: float, lower: float) -> None:
+        text = _page_text(rest.within_bbox((x0, upper, x1, lower)).extract_text())
+        if text:
+            blocks.append(text)
+
     cursor = top
     for bbox, markdown in sorted(tables, key=lambda t: t[0][1]):
         t_top = min(max(bbox[1], cursor), bottom)
         if t_top > cursor:
-            blocks.append(rest.within_bbox((x0, cursor, x1, t_top)).extract_text())
+            text_between(cursor, t_top)
         blocks.append(markdown)
-        cursor = t_top
+        cursor = t_top  # text beside a table lands after it (its cells are filtered out)
     if cursor < bottom:
-        blocks.append(rest.within_bbox((x0, cursor, x1, bottom)).extract_text())
-    parts = [_page_text(b) if not b.startswith("| ") else b for b in blocks if b and b.strip()]
-    return "\n\n".join(parts)
+        text_between(cursor, bottom)
+    return "\n\n".join(blocks)
