@@ -17,6 +17,7 @@ on ``opencv-python-headless`` and the rest of rapidocr's dependencies itself and
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import threading
 import time
@@ -29,6 +30,7 @@ from ingest.errors import LoaderError
 logger = logging.getLogger(__name__)
 
 RAPIDOCR_REQUIREMENT = "rapidocr-onnxruntime==1.4.4"
+MAX_THREADS = 4
 INSTALL_HINT = (
     f"pip install --no-deps {RAPIDOCR_REQUIREMENT} (its other dependencies come with ragqa), "
     "or set ingest.loader.ocr to false"
@@ -80,7 +82,10 @@ class OcrEngine:
         except ImportError as exc:
             raise LoaderError(f"OCR needs {RAPIDOCR_REQUIREMENT}, which is not installed: {INSTALL_HINT}") from exc
         start = time.perf_counter()
-        self._ocr = RapidOCR()
+        # A few threads per model: OCR gains little past four, and each idle thread's stack still counts
+        # against the loader process's address-space limit (LoaderConfig.memory_mb) on a many-core machine.
+        threads = min(MAX_THREADS, os.cpu_count() or 1)
+        self._ocr = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
         self._sessions: list[_Interruptible] = []
         for part in (self._ocr.text_det, self._ocr.text_cls, self._ocr.text_rec):
             for value in vars(part).values():
