@@ -87,6 +87,7 @@ class OcrEngine:
         threads = min(MAX_THREADS, os.cpu_count() or 1)
         self._ocr = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
         self._sessions: list[_Interruptible] = []
+        self._lock = threading.Lock()  # one image at a time: the run options are shared by the sessions
         for part in (self._ocr.text_det, self._ocr.text_cls, self._ocr.text_rec):
             for value in vars(part).values():
                 if isinstance(value, OrtInferSession):
@@ -106,10 +107,18 @@ class OcrEngine:
         ``what`` names the page in error messages; ``budget_s`` counts from ``started`` (``time.monotonic()``,
         default now), so that the caller's rendering time counts too. Raises :class:`OcrTimeoutError`.
         """
+        started = time.monotonic() if started is None else started
+        with self._lock:
+            result = self._run(image, what, budget_s, started + budget_s)
+        if page_done is not None:
+            page_done()
+        text, scores, lines = _layout(result or [])
+        confidence = round(statistics.fmean(scores), 4) if scores else None
+        return OcrText(text=text, confidence=confidence, lines=lines, seconds=time.monotonic() - started)
+
+    def _run(self, image: Any, what: str, budget_s: float, deadline: float) -> Any:
         from onnxruntime import RunOptions
 
-        started = time.monotonic() if started is None else started
-        deadline = started + budget_s
         options = RunOptions()
         for session in self._sessions:
             session.options = options
@@ -128,11 +137,7 @@ class OcrEngine:
                 session.options = None
         if options.terminate or time.monotonic() > deadline:
             raise self._timeout(what, budget_s)
-        if page_done is not None:
-            page_done()
-        text, scores, lines = _layout(result or [])
-        confidence = round(statistics.fmean(scores), 4) if scores else None
-        return OcrText(text=text, confidence=confidence, lines=lines, seconds=time.monotonic() - started)
+        return result
 
     @staticmethod
     def _timeout(what: str, budget_s: float) -> OcrTimeoutError:
