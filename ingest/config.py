@@ -81,7 +81,10 @@ class LoaderConfig(BaseModel):
         ),
     )
     ocr_page_timeout_s: float = Field(
-        30.0, gt=0, description="Longest time OCR may take on one page or image; past it the file fails."
+        120.0,
+        gt=0,
+        description="Longest time OCR may take on one page or image (a dense A4 page: ~10-40 s on 2 cores); "
+        "past it the file fails.",
     )
     ocr_dpi: int = Field(
         200, ge=72, le=600, description="Resolution PDF pages are rendered at for OCR (capped at 2000 px a side)."

@@ -37,8 +37,9 @@ INSTALL_HINT = (
 )
 
 
-# Called after each recognised page; the isolated loader process sets it to tell its parent it is alive.
-page_done: Callable[[], None] | None = None
+# Called as each page's OCR starts; the isolated loader process sets it to tell its parent that a page (with
+# its own budget, ocr_page_timeout_s) is under way, so that a long scan is not taken for a hung file.
+on_page: Callable[[], None] | None = None
 
 
 class OcrTimeoutError(LoaderError):
@@ -73,7 +74,7 @@ class _Interruptible:
 
 
 class OcrEngine:
-    """rapidocr's detector, orientation classifier and recogniser, with a time budget per image."""
+    """rapidocr's text detector and recogniser, with a time budget per image."""
 
     def __init__(self) -> None:
         try:
@@ -85,7 +86,9 @@ class OcrEngine:
         # A few threads per model: OCR gains little past four, and each idle thread's stack still counts
         # against the loader process's address-space limit (LoaderConfig.memory_mb) on a many-core machine.
         threads = min(MAX_THREADS, os.cpu_count() or 1)
-        self._ocr = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
+        # No orientation classifier: pages are upright, and on small print it turned correct lines upside down
+        # (half the lines of a dense test page were lost).
+        self._ocr = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1, use_cls=False)
         self._sessions: list[_Interruptible] = []
         self._lock = threading.Lock()  # one image at a time: the run options are shared by the sessions
         for part in (self._ocr.text_det, self._ocr.text_cls, self._ocr.text_rec):
@@ -108,10 +111,10 @@ class OcrEngine:
         default now), so that the caller's rendering time counts too. Raises :class:`OcrTimeoutError`.
         """
         started = time.monotonic() if started is None else started
+        if on_page is not None:
+            on_page()
         with self._lock:
             result = self._run(image, what, budget_s, started + budget_s)
-        if page_done is not None:
-            page_done()
         text, scores, lines = _layout(result or [])
         confidence = round(statistics.fmean(scores), 4) if scores else None
         return OcrText(text=text, confidence=confidence, lines=lines, seconds=time.monotonic() - started)

@@ -35,13 +35,13 @@ def crashing_load(path: Path, config: LoaderConfig):
 
 
 def paged_load(path: Path, config: LoaderConfig):
-    """Like a long scanned PDF: pages of 0.4 s, each reported as OCR does; ``evil`` files stall after one page."""
+    """Like a long scanned PDF: pages of 0.4 s, each reported as OCR does; ``evil`` files stall on one page."""
     from ingest.loaders import ocr
 
     for _ in range(1 if path.name.startswith("evil") else 6):
+        if ocr.on_page is not None:
+            ocr.on_page()
         time.sleep(0.4)
-        if ocr.page_done is not None:
-            ocr.page_done()
     if path.name.startswith("evil"):
         time.sleep(600)
     return load_file(path, config)
