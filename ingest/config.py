@@ -87,7 +87,7 @@ class LoaderConfig(BaseModel):
         "past it the file fails.",
     )
     ocr_dpi: int = Field(
-        200, ge=72, le=600, description="Resolution PDF pages are rendered at for OCR (capped at 2000 px a side)."
+        300, ge=72, le=600, description="Resolution PDF pages are rendered at for OCR (capped at 4000 px a side)."
     )
     pdf_tables: bool = Field(
         True, description="Find ruled tables on PDF pages (pdfplumber) and write them as Markdown tables."

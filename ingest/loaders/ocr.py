@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 RAPIDOCR_REQUIREMENT = "rapidocr-onnxruntime==1.4.4"
 MAX_THREADS = 4
+DETECT_MAX_SIDE = 2000  # px; line detection runs on a copy this size (rapidocr's default), reading on the full image
 INSTALL_HINT = (
     f"pip install --no-deps {RAPIDOCR_REQUIREMENT} (its other dependencies come with ragqa), "
     "or set ingest.loader.ocr to false"
@@ -129,7 +130,7 @@ class OcrEngine:
         timer.daemon = True
         timer.start()
         try:
-            result, _elapsed = self._ocr(image.convert("RGB"))
+            result = self._read(image)
         except Exception as exc:
             if options.terminate or time.monotonic() >= deadline:
                 raise self._timeout(what, budget_s) from None
@@ -141,6 +142,26 @@ class OcrEngine:
         if options.terminate or time.monotonic() > deadline:
             raise self._timeout(what, budget_s)
         return result
+
+    def _read(self, image: Any) -> list[Any]:
+        """Detect lines on a copy at most ``DETECT_MAX_SIDE`` px a side, read them from the full image.
+
+        rapidocr's own call crops the lines from the reduced copy: small print then reaches the recogniser
+        blurred, and it drops the spaces between words. Cropping from the full render keeps them.
+        """
+        import cv2
+        import numpy as np
+
+        full = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
+        height, width = full.shape[:2]
+        scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
+        small = full if scale == 1.0 else cv2.resize(full, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        boxes, _ = self._ocr.text_det(small)
+        if boxes is None or len(boxes) == 0:
+            return []
+        boxes = [np.asarray(b, dtype=np.float32) / scale for b in self._ocr.sorted_boxes(boxes)]
+        lines, _ = self._ocr.text_rec(self._ocr.get_crop_img_list(full, boxes))
+        return [[box, line[0], line[1]] for box, line in zip(boxes, lines) if float(line[1]) >= self._ocr.text_score]
 
     @staticmethod
     def _timeout(what: str, budget_s: float) -> OcrTimeoutError:

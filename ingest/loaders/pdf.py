@@ -42,7 +42,7 @@ _LINE_OPS = re.compile(rb"(?<![^\s\d.])(?:l|re)(?=\s)")
 _CURVE_OPS = re.compile(rb"(?<![^\s\d.])[cvy](?=\s)")
 _MIN_TABLE_OPS = 6  # a 2 x 2 table needs at least 4 rectangles or 6 lines
 _MIN_DRAWN_TEXT_OPS = 200  # curves of a few words drawn as outlines
-_MAX_RENDER_SIDE = 2000  # rapidocr reduces larger images to this side before detection
+_MAX_RENDER_SIDE = 4000  # px: A4 at 300 dpi is 3508 px high
 
 
 def _open(path: Path, data: bytes):
