@@ -109,14 +109,14 @@ def _has_image(page, content: bytes) -> bool:
     try:
         stack: list[tuple[Any, int]] = [(page.get("/Resources"), 0)]
         while stack:
-            resources, depth = stack.pop()
-            resources = resources.get_object() if resources is not None else None
-            xobjects = resources.get("/XObject") if hasattr(resources, "get") else None
-            xobjects = xobjects.get_object() if xobjects is not None else None
+            ref, depth = stack.pop()
+            resources: Any = ref.get_object() if ref is not None else None
+            found: Any = resources.get("/XObject") if hasattr(resources, "get") else None
+            xobjects: Any = found.get_object() if found is not None else None
             if not hasattr(xobjects, "values"):
                 continue
-            for ref in xobjects.values():
-                obj = ref.get_object()
+            for item in xobjects.values():
+                obj = item.get_object()
                 subtype = obj.get("/Subtype")
                 if subtype == "/Image":
                     return True
