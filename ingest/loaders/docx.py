@@ -1,8 +1,9 @@
 """Word ``.docx`` loader (python-docx): paragraphs and tables in order, headings as sections.
 
-Paragraphs styled ``Heading N`` open a section at level N (``Title`` at level 0); table rows
-become lines with cells joined by ``" | "``. Title: the core-properties title, else the first
-``Title``/heading paragraph, else the file stem.
+Paragraphs styled ``Heading N`` open a section at level N (``Title`` at level 0); a table with
+two or more columns becomes a Markdown pipe table (:mod:`ingest.markdown_tables`, first row =
+header). Title: the core-properties title, else the first ``Title``/heading paragraph, else the
+file stem.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ingest.documents import Document
 from ingest.errors import LoaderError
 from ingest.loaders.text import normalise_text
 from ingest.loaders.zipcheck import check_zip
+from ingest.markdown_tables import markdown_table, table_width
 
 logger = logging.getLogger(__name__)
 
@@ -40,23 +42,36 @@ def _style_name(paragraph) -> str:
         return ""
 
 
-def _table_rows(table) -> list[str]:
-    rows: list[str] = []
+def _cell_text(cell) -> str:
+    """A cell's paragraphs on one line; a nested table's rows follow, separated by ``;``."""
+    text = " ".join(p.text.strip() for p in cell.paragraphs if p.text.strip())
+    nested = ["; ".join(" ".join(c for c in row if c) for row in _table_grid(t)) for t in cell.tables]
+    return " ".join([text, *nested]).strip()
+
+
+def _table_grid(table) -> list[list[str]]:
+    """One list per row, one cell per grid column; a merged cell's text is kept in its first column."""
+    grid: list[list[str]] = []
     for row in table.rows:
         cells: list[str] = []
         last = None
         for cell in row.cells:
             if cell._tc is last:  # a merged cell is returned once per grid column
+                cells.append("")
                 continue
             last = cell._tc
-            text = " ".join(p.text.strip() for p in cell.paragraphs if p.text.strip())
-            nested = [line for t in cell.tables for line in _table_rows(t)]
-            text = " ".join([text, *nested]).strip()
-            if text:
-                cells.append(text)
-        if cells:
-            rows.append(" | ".join(cells))
-    return rows
+            cells.append(_cell_text(cell))
+        if any(cells):
+            grid.append(cells)
+    return grid
+
+
+def _table_block(table) -> str:
+    """A Markdown table (header = first row); a one-column table stays one line per row."""
+    grid = _table_grid(table)
+    if table_width(grid) >= 2:
+        return markdown_table(grid)
+    return "\n".join(" ".join(c for c in row if c) for row in grid)
 
 
 def _join_blocks(blocks: list[tuple[str, str]]) -> str:
@@ -104,9 +119,9 @@ def load_docx(path: Path, data: bytes, config: LoaderConfig) -> list[Document]:
     try:
         for block in document.iter_inner_content():
             if isinstance(block, Table):
-                rows = _table_rows(block)
-                if rows:
-                    sections[-1][1].append(("table", "\n".join(rows)))
+                rendered = _table_block(block)
+                if rendered:
+                    sections[-1][1].append(("table", rendered))
                 continue
             text = block.text.strip()
             if not text:

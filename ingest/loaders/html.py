@@ -5,8 +5,10 @@ longer on the Python docs for the same text. Only the main content is read: the 
 else ``<main>``, else a single ``<article>``, else ``<body>``. Scripts, styles, navigation, page headers and
 footers, hidden elements and Sphinx chrome (``div.related``, ``div.sphinxsidebar``,
 ``div.footer``, the ``¶`` header links) are dropped. Paragraphs are separated by blank lines,
-list items and table rows by single newlines, ``<pre>`` keeps its line breaks, and every
-heading starts a new section whose heading path is the list of enclosing headings.
+list items by single newlines, a table with two or more columns becomes a Markdown pipe table
+(:mod:`ingest.markdown_tables`; first row = header) and a one-column table one line per row,
+``<pre>`` keeps its line breaks, and every heading starts a new section whose heading path is the
+list of enclosing headings.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ingest.config import LoaderConfig
 from ingest.documents import Document
 from ingest.errors import EmptyDocumentError, LoaderError
 from ingest.loaders.text import decode_bytes, normalise_text
+from ingest.markdown_tables import markdown_table, table_width
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ _BLOCK_TAGS = frozenset(
 )  # fmt: skip
 _HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 _CELL_TAGS = frozenset({"td", "th"})
+_MAX_COLSPAN = 64  # a hostile colspan="1000000" must not build a million empty cells
+_MAX_ROWSPAN = 10_000
 
 _SPACES = re.compile(r"[ \t\n\r\f\v\xa0]+")
 _BR = "\x00"  # line-break marker inside a paragraph (control characters never survive decoding)
@@ -146,6 +151,51 @@ class _Walker:
             if child.tail:
                 parts.append(child.tail)
 
+    def table(self, el, inside_article: bool) -> None:
+        """A table with two or more columns as a Markdown table (first row = header), else one line per row."""
+        self.flush()
+        rows: list = []
+        for child in el:
+            if not isinstance(child.tag, str) or _skipped(child, inside_article):
+                continue
+            if child.tag == "caption":
+                self.emit("para", self.inline_text(child, inside_article))
+            elif child.tag == "tr":
+                rows.append(child)
+            elif child.tag in ("thead", "tbody", "tfoot"):
+                rows += [tr for tr in child if tr.tag == "tr" and not _skipped(tr, inside_article)]
+        grid = self.grid(rows, inside_article)
+        if table_width(grid) >= 2:
+            self.emit("table", markdown_table(grid))
+        else:
+            for cells in grid:
+                self.emit("row", " | ".join(c for c in cells if c))
+
+    def grid(self, rows: list, inside_article: bool) -> list[list[str]]:
+        """Cells by grid column: a ``colspan``/``rowspan`` cell keeps its text in its first column only."""
+        grid: list[list[str]] = []
+        covered: dict[int, int] = {}  # column -> rows still covered by a rowspan from above
+        for tr in rows:
+            cells: list[str] = []
+            for c in tr:
+                if not isinstance(c.tag, str) or c.tag not in _CELL_TAGS or _skipped(c, inside_article):
+                    continue
+                while covered.get(len(cells), 0) > 0:
+                    covered[len(cells)] -= 1
+                    cells.append("")
+                col = len(cells)
+                cols, down = _span(c, "colspan", _MAX_COLSPAN), _span(c, "rowspan", _MAX_ROWSPAN)
+                cells.append(self.inline_text(c, inside_article))
+                cells += [""] * (cols - 1)
+                if down > 1:
+                    for k in range(col, col + cols):
+                        covered[k] = down - 1
+            for k, left in covered.items():
+                if k >= len(cells) and left > 0:
+                    covered[k] = left - 1
+            grid.append(cells)
+        return grid
+
     def walk(self, el, inside_article: bool = False, list_depth: int = 0) -> None:
         tag = el.tag
         if tag == "pre":
@@ -155,6 +205,9 @@ class _Walker:
         level = _HEADINGS.get(tag)
         if level is not None:
             self.heading(level, self.inline_text(el, inside_article))
+            return
+        if tag == "table":
+            self.table(el, inside_article)
             return
         if tag == "tr":
             self.flush()
@@ -192,6 +245,13 @@ class _Walker:
             self.flush("item" if tag == "li" else "para")
             if tag == "li":
                 self.prefix = ""
+
+
+def _span(cell, attr: str, cap: int) -> int:
+    try:
+        return min(max(int(cell.get(attr, "1")), 1), cap)
+    except ValueError:
+        return 1
 
 
 def _list_start(el) -> int:

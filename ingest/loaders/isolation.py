@@ -8,7 +8,9 @@ reused across the files of an ingest run:
 - the child's address space is capped (``RLIMIT_AS`` = ``LoaderConfig.memory_mb``), so an allocation past the
   limit raises ``MemoryError`` in the child and fails that file;
 - the parent waits at most ``LoaderConfig.timeout_s`` for each file, then kills the child (a fresh one is
-  started for the next file) and fails that file with a message saying which setting to raise;
+  started for the next file) and fails that file with a message saying which setting to raise; each page
+  that OCR starts restarts that clock, then at ``max(timeout_s, 2 * ocr_page_timeout_s)`` (a page has its
+  own budget, enforced in the child), so a long scanned PDF is not taken for a hung file;
 - a child that dies (a signal, the kernel's OOM killer) fails its file the same way.
 
 The child is forked from a ``forkserver`` that has the loader libraries imported already (``spawn`` where
@@ -45,6 +47,7 @@ _ERRORS: dict[str, type[LoaderError]] = {
     "EmptyDocumentError": EmptyDocumentError,
     "UnsupportedFileError": UnsupportedFileError,
 }
+_ALIVE = b"alive"  # sent by the child as each OCR page starts: the parent's per-file clock restarts
 _context_lock = threading.Lock()
 _context: Any = None
 
@@ -157,6 +160,9 @@ def _serve(conn, memory_mb: int, target: str) -> None:
     """The child: answer one JSON request per file until the parent closes the pipe."""
     _limit_memory(memory_mb)
     load = _resolve(target)
+    from ingest.loaders import ocr
+
+    ocr.on_page = lambda: conn.send_bytes(_ALIVE)  # a long scanned PDF is not a hung file
     collect = _Collect()
     root = logging.getLogger()
     root.handlers[:] = [collect]
@@ -258,18 +264,18 @@ class LoaderPool:
             self._ensure()
             try:
                 self._conn.send_bytes(request)
-                ready = self._conn.poll(self.config.timeout_s)
-            except (OSError, EOFError):
-                ready = True  # the child is gone: recv below reports how
-            if not ready:
-                self._stop(kill=True)
-                logger.warning("%s: loader killed after %g s", path, self.config.timeout_s)
-                raise LoaderError(
-                    f"{path}: took longer than {self.config.timeout_s:g} s to read; raise ingest.loader.timeout_s "
-                    "or split the file"
-                )
-            try:
-                raw = self._conn.recv_bytes()
+                wait, raw = self.config.timeout_s, _ALIVE
+                while raw == _ALIVE:
+                    if not self._conn.poll(wait):
+                        self._stop(kill=True)
+                        logger.warning("%s: loader killed after %g s", path, wait)
+                        raise LoaderError(
+                            f"{path}: took longer than {wait:g} s to read; raise ingest.loader.timeout_s "
+                            "(ocr_page_timeout_s for a page of a scan) or split the file"
+                        )
+                    raw = self._conn.recv_bytes()
+                    # an OCR page started: it has its own budget, enforced in the child; twice that here
+                    wait = max(self.config.timeout_s, 2 * config.ocr_page_timeout_s)
             except (OSError, EOFError):
                 code = self._stop(kill=True)
                 how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"

@@ -18,6 +18,7 @@ from ingest.documents import Document
 from ingest.errors import EmptyDocumentError, LoaderError, UnsupportedFileError
 from ingest.loaders.docx import load_docx
 from ingest.loaders.html import load_html
+from ingest.loaders.image import load_image
 from ingest.loaders.jsonl import load_json, load_jsonl
 from ingest.loaders.pdf import load_pdf
 from ingest.loaders.text import load_markdown, load_text
@@ -40,6 +41,11 @@ LOADERS: Mapping[str, Loader] = MappingProxyType(
         ".json": load_json,
         ".jsonl": load_jsonl,
         ".ndjson": load_jsonl,
+        ".png": load_image,
+        ".jpg": load_image,
+        ".jpeg": load_image,
+        ".tif": load_image,
+        ".tiff": load_image,
     }
 )
 

@@ -32,3 +32,16 @@ def crashing_load(path: Path, config: LoaderConfig):
     if path.name.startswith("evil"):
         os.kill(os.getpid(), signal.SIGKILL)
     return load_file(path, config)
+
+
+def paged_load(path: Path, config: LoaderConfig):
+    """Like a long scanned PDF: pages of 0.4 s, each reported as OCR does; ``evil`` files stall on one page."""
+    from ingest.loaders import ocr
+
+    for _ in range(1 if path.name.startswith("evil") else 6):
+        if ocr.on_page is not None:
+            ocr.on_page()
+        time.sleep(0.4)
+    if path.name.startswith("evil"):
+        time.sleep(600)
+    return load_file(path, config)

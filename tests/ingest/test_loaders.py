@@ -318,7 +318,7 @@ class TestHtmlLoader:
     def test_lists_tables_and_breaks(self, doc):
         assert "- first item\n- second item" in doc.text
         assert "1. one\n2. two" in doc.text
-        assert "Name | Value\na | 1" in doc.text
+        assert "| Name | Value |\n| --- | --- |\n| a | 1 |" in doc.text
         assert "Line one\nline two" in doc.text
 
     def test_title_from_h1(self, doc):
@@ -493,7 +493,7 @@ class TestDocxLoader:
         assert doc.title == "Handbook"
         assert doc.text.startswith("Opening paragraph.\n\nSetup\n\nInstall it.")
         assert "- first step\n- second step" in doc.text
-        assert "Key | Value\nport | 8080" in doc.text
+        assert "| Key | Value |\n| --- | --- |\n| port | 8080 |" in doc.text
         assert doc.text.endswith("Usage\n\nRun it.")
 
     def test_heading_sections(self, tmp_path):
