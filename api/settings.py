@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from ingest.config import IngestConfig
+from ingest.source_config import WatchedFolder, WebConfig
 from rag.config import ConversationConfig, GeneratorConfig, QAConfig, RetrieverConfig
 
 DEFAULT_HOME = Path("~/.ragqa")
@@ -51,6 +52,12 @@ class ServerConfig(BaseModel):
     )
     reader_cache: int = Field(16, ge=1, description="Read-only collection handles kept open (one per collection).")
     writer_wait_s: float = Field(30.0, ge=0, description="How long a delete waits for the ingestion worker to pause.")
+    # Folder sync (ragqa watch) inside the server: each folder keeps its collection in sync while serving.
+    watch: list[WatchedFolder] = Field(
+        default_factory=list,
+        description="Folders kept in sync with collections while the server runs, e.g. "
+        "[{dir: ~/notes, collection: notes}]; each catches up at start-up and then follows the folder's changes.",
+    )
 
 
 class LimitsConfig(BaseModel):
@@ -146,6 +153,7 @@ class Settings(BaseSettings):
     server: ServerConfig = ServerConfig()
     limits: LimitsConfig = LimitsConfig()
     serving: ServingConfig = ServingConfig()
+    web: WebConfig = WebConfig()  # `ragqa ingest URL`: timeout, size limit, crawl defaults, user agent
 
     @classmethod
     def settings_customise_sources(

@@ -146,6 +146,7 @@ class FolderSync:
         self.force_polling = force_polling
         self.totals = SyncTotals()
         self._pool: LoaderPool | None = None
+        self.ready = threading.Event()  # set once run() has caught up and is following the folder
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None  # what ended a thread started with start(), if anything
@@ -295,7 +296,10 @@ class FolderSync:
                 batch, pending = pending, set()
                 try:
                     self.sync_once(batch if caught_up else None, stop_event)
-                    caught_up = True
+                    if not caught_up:
+                        caught_up = True
+                        self.ready.set()
+                        logger.info("caught up with %s; following its changes", self.root)
                 except CollectionBusyError as exc:
                     pending |= batch
                     self.totals.busy_retries += 1
@@ -322,6 +326,10 @@ class FolderSync:
         except Exception as exc:  # never die silently in the server
             self.error = exc
             logger.exception("folder sync %s -> %s stopped", self.root, self.name)
+
+    def request_stop(self) -> None:
+        """Ask the thread to stop after the batch in progress (returns at once)."""
+        self._stop.set()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the thread to stop (after the batch in progress) and wait up to ``timeout`` seconds."""
