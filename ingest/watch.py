@@ -245,8 +245,8 @@ class FolderSync:
 
     # -- watching ---------------------------------------------------------------------------
     def wanted(self, change: Any, path: str) -> bool:
-        """The watchfiles filter: supported files and folders under the root, no hidden ones; every deletion
-        (a deleted path may have been a folder)."""
+        """The watchfiles filter: supported files and folders under the root, no hidden ones; every path that is
+        gone (it may have been a folder). A sync looks at what is on disk, not at the kind of event."""
         from watchfiles import Change
 
         p = Path(path)
@@ -256,7 +256,7 @@ class FolderSync:
             return False
         if any(part.startswith(".") for part in rel.parts):
             return False
-        if change == Change.deleted:
+        if change == Change.deleted or not p.exists():  # a move out may be reported as an addition
             return True
         return p.is_dir() or is_supported(p)
 

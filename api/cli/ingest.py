@@ -114,9 +114,9 @@ def _merged(files: IngestReport, web: WebReport) -> WebReport:
     """One report for a run given both files and URLs (the web counters kept)."""
     from ingest.watch import merge_reports
 
-    merged = merge_reports(web, files)
-    merged.seconds = files.seconds + web.seconds
-    return merged
+    merge_reports(web, files)
+    web.seconds += files.seconds
+    return web
 
 
 def _web_rows(report: IngestReport) -> list[tuple[str, object]]:

@@ -51,7 +51,6 @@ def watch(
     try:
         if once:
             report = sync.sync_once()
-            sync.close()
         else:
             err.print(
                 f"watching {sync.root} -> collection {collection!r} (Ctrl-C stops)",
@@ -62,6 +61,7 @@ def watch(
         fail(str(exc), as_json)
     finally:
         restore()
+        sync.close()
     totals = sync.totals.to_dict()
     if once:
         totals["unchanged"] = len(report.unchanged)

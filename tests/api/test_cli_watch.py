@@ -109,7 +109,7 @@ def test_watch_process_stops_cleanly_and_catches_up_after_a_restart(env, home, t
 
     proc, out, err = start(1)
     try:
-        wait_for(lambda: sources(home, tiny_st_model) == {str(a.resolve())}, "the catch-up")
+        wait_for(lambda: sources(home, tiny_st_model) == {str(a.resolve())}, "the catch-up", timeout=90)
         b = write(docs / "b.txt", para("beta"))
         wait_for(lambda: str(b.resolve()) in sources(home, tiny_st_model), "the new file")
         proc.send_signal(signal.SIGINT)
@@ -126,7 +126,7 @@ def test_watch_process_stops_cleanly_and_catches_up_after_a_restart(env, home, t
     proc, out, err = start(2)
     try:
         want = {str(b.resolve()), str(c.resolve())}
-        wait_for(lambda: sources(home, tiny_st_model) == want, "the catch-up after the restart")
+        wait_for(lambda: sources(home, tiny_st_model) == want, "the catch-up after the restart", timeout=90)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=WAIT_S) == 0, err.read_text()
     finally:
