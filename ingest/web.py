@@ -163,9 +163,9 @@ class Fetcher:
         return Fetched(url=final, content_type=content_type, charset=charset, body=bytes(body))
 
     def _too_large(self, url: str, size: int | None) -> FetchError:
-        what = f"{size / (1 << 20):.3g} MB" if size is not None else "larger than that"
+        what = f"{size / (1 << 20):.3g} MB, " if size is not None else ""
         return FetchError(
-            f"{url}: the page is {what}, above the limit of {self.config.max_page_mb:g} MB (web.max_page_mb); "
+            f"{url}: the page is {what}above the limit of {self.config.max_page_mb:g} MB (web.max_page_mb); "
             "raise the limit or leave the page out"
         )
 
@@ -282,12 +282,14 @@ def _decode(fetched: Fetched) -> str:
     return text
 
 
-def _document(url: str, text: str, title: str, metadata: dict[str, Any]) -> Document:
+def _document(url: str, text: str, title: str, metadata: dict[str, Any], markdown: bool = True) -> Document:
+    """The page's document; Markdown text (what trafilatura gives) is split into its heading sections."""
     text = normalise_text(text)
     if not text.strip():
         raise LoaderError(f"{url}: no main text found on the page; nothing to ingest")
     meta = {"format": "web", "url": url, "title": title, **{k: v for k, v in metadata.items() if v}}
-    return Document(text=text, source=url, title=title, metadata=meta, sections=split_markdown(text))
+    sections = split_markdown(text) if markdown else None
+    return Document(text=text, source=url, title=title, metadata=meta, sections=sections)
 
 
 def extract_page(fetched: Fetched) -> Page:
@@ -296,7 +298,7 @@ def extract_page(fetched: Fetched) -> Page:
     if ctype in HTML_TYPES:
         return _extract_html(fetched)
     if ctype in TEXT_TYPES:
-        return Page(_document(url, _decode(fetched), _url_title(url), {"content_type": ctype}))
+        return Page(_document(url, _decode(fetched), _url_title(url), {"content_type": ctype}, markdown=False))
     if ctype in MARKDOWN_TYPES:
         text = _decode(fetched)
         return Page(_document(url, text, _title_from(text, _url_title(url)), {"content_type": ctype}))

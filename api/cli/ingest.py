@@ -73,7 +73,7 @@ def ingest(
     ws = stack(ctx).workspace
     try:
         file_report = ws.ingest(files, collection, progress=not as_json, prune=prune) if files or not urls else None
-        web = None
+        web: WebReport | None = None
         if urls:
             web = ingest_web(
                 ws, urls, collection, s.web, crawl=crawl, depth=depth, max_pages=max_pages, progress=not as_json
