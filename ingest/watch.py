@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Longest idle wait inside watchfiles before the loop looks at its retry timer (milliseconds).
-TICK_MS = 1000
+TICK_MS = 250
 #: Failures kept for the final summary (the first ones; the count is always exact).
 MAX_KEPT_FAILURES = 100
 
