@@ -54,6 +54,12 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 READ_BLOCK = 1 << 16
 MAX_REDIRECTS = 5
 MAX_SITEMAPS = 20  # sitemap files read per crawl (an index may name many)
+DISALLOW_ALL = ["User-agent: *", "Disallow: /"]
+# Permalink anchors ("¶" after every Sphinx heading) and copy buttons: never text.
+PRUNE_XPATH = ["//a[contains(@class, 'headerlink')]", "//button"]
+# trafilatura's Markdown escapes literal underscores and asterisks (``\_\_init\_\_``); the text is for reading
+# and embedding, so they are put back as they were on the page.
+_MD_ESCAPE = re.compile(r"\\([_*])")
 
 
 class FetchError(LoaderError):
@@ -191,13 +197,11 @@ class RobotsRules:
                 rp.parse(text.splitlines())
             except FetchError as exc:
                 if exc.status in (401, 403) or (exc.status is not None and exc.status >= 500):
-                    rp.disallow_all = True
-                elif exc.status is not None:  # 404 and other client errors: no rules
-                    rp.allow_all = True
-                else:  # unreachable: the page fetch reports it
-                    rp.allow_all = True
+                    rp.parse(DISALLOW_ALL)
+                else:  # 404 and other client errors: no rules; unreachable: the page fetch reports it
+                    rp.parse([])
             except LoaderError:  # not text: no usable rules
-                rp.allow_all = True
+                rp.parse([])
             self._parsers[origin] = rp
         return rp
 
@@ -319,7 +323,7 @@ def _extract_html(fetched: Fetched) -> Page:
     links = _links(tree, url) if follow else []
     if not index:
         return Page(None, links, follow)
-    meta = trafilatura.extract_metadata(tree, default_url=url)
+    meta = trafilatura.extract_metadata(tree, default_url=url, extensive=False)  # extensive: date search, slow
     text = trafilatura.extract(
         tree,
         url=url,
@@ -330,12 +334,15 @@ def _extract_html(fetched: Fetched) -> Page:
         include_images=False,
         favor_recall=True,
         with_metadata=False,
+        prune_xpath=PRUNE_XPATH,
     )
     title = (meta.title if meta is not None else None) or _title_from(text or "", _url_title(url))
-    extra = {"content_type": fetched.content_type, "extractor": "trafilatura"}
+    title = title.rstrip("¶ ").strip() or _url_title(url)
+    text = _MD_ESCAPE.sub(r"\1", text or "")
+    extra: dict[str, Any] = {"content_type": fetched.content_type, "extractor": "trafilatura"}
     if meta is not None:
         extra.update({"sitename": meta.sitename, "date": meta.date, "language": getattr(meta, "language", None)})
-    return Page(_document(url, text or "", title, extra), links, follow)
+    return Page(_document(url, text, title, extra), links, follow)
 
 
 # -- sitemaps ------------------------------------------------------------------------------------

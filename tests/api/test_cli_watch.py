@@ -49,11 +49,15 @@ def para(tag: str) -> str:
 
 @pytest.fixture()
 def env(home, tiny_st_model) -> dict[str, str]:
-    return {"RAGQA_HOME": str(home), "RAGQA_INGEST__EMBEDDER__MODEL": str(tiny_st_model)}
+    return {
+        "RAGQA_HOME": str(home),
+        "RAGQA_INGEST__EMBEDDER__MODEL": str(tiny_st_model),
+        "RAGQA_INGEST__EMBEDDER__BACKEND": "torch",  # no ONNX export per workspace
+    }
 
 
 def sources(home: Path, model: Path, name: str = "notes") -> set[str]:
-    ws = Workspace(home, IngestConfig(embedder=EmbedderConfig(model=str(model))))
+    ws = Workspace(home, IngestConfig(embedder=EmbedderConfig(model=str(model), backend="torch")))
     try:
         with ws.open(name, readonly=True, check_embedder=False) as coll:
             return set(coll.store.file_paths())

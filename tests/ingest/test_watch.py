@@ -24,7 +24,7 @@ WAIT_S = 20.0
 @pytest.fixture()
 def ws(tmp_path, tiny_st_model) -> Workspace:
     cfg = IngestConfig(
-        embedder=EmbedderConfig(model=str(tiny_st_model)),
+        embedder=EmbedderConfig(model=str(tiny_st_model), backend="torch"),  # no ONNX export per workspace
         chunking=ChunkingConfig(chunk_tokens=40, overlap_tokens=5),
         loader=LoaderConfig(isolate=False),
     )
