@@ -25,6 +25,7 @@ from api.jobs import free_bytes
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import adapters, ask, collections, conversations, documents, feedback, health, jobs, openai
 from api.settings import Settings
+from api.watchers import start_folder_syncs, stop_folder_syncs
 
 logger = logging.getLogger(__name__)
 
@@ -224,9 +225,11 @@ def create_app(settings: Settings | None = None, *, start_worker: bool = True) -
             logger.warning(NO_AUTH_BANNER)
         service = await run_in_threadpool(lambda: build_service(settings, metrics=metrics, start_worker=start_worker))
         app.state.service = service
+        folder_syncs = start_folder_syncs(service) if start_worker else []  # server.watch
         try:
             yield
         finally:
+            await run_in_threadpool(stop_folder_syncs, folder_syncs)
             await run_in_threadpool(service.close)
 
     app = FastAPI(

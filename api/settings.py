@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from ingest.config import IngestConfig
+from ingest.source_config import WatchedFolder, WebConfig
 from rag.config import ConversationConfig, GeneratorConfig, QAConfig, RetrieverConfig
 
 DEFAULT_HOME = Path("~/.ragqa")
@@ -71,6 +72,12 @@ class ServerConfig(BaseModel):
         le=16,
         description="Ingestion worker threads (one collection each at a time, files shared round-robin across keys "
         "and collections). null: 2 on a machine with 4 or more cores, else 1.",
+    )
+    # Folder sync (ragqa watch) inside the server: each folder keeps its collection in sync while serving.
+    watch: list[WatchedFolder] = Field(
+        default_factory=list,
+        description="Folders kept in sync with collections while the server runs, e.g. "
+        "[{dir: ~/notes, collection: notes}]; each catches up at start-up and then follows the folder's changes.",
     )
 
 
@@ -167,6 +174,7 @@ class Settings(BaseSettings):
     server: ServerConfig = ServerConfig()
     limits: LimitsConfig = LimitsConfig()
     serving: ServingConfig = ServingConfig()
+    web: WebConfig = WebConfig()  # `ragqa ingest URL`: timeout, size limit, crawl defaults, user agent
 
     @classmethod
     def settings_customise_sources(

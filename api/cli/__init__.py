@@ -31,6 +31,7 @@ from api.cli import (
     models,
     search,
     serve,
+    watch,
 )
 from api.factory import RagStack
 from api.settings import Settings
@@ -71,6 +72,7 @@ app.command("ask")(ask.ask)
 app.command("eval")(ask.eval_cmd)
 app.command("chat")(chat.chat)
 app.command("serve")(serve.serve)
+app.command("watch")(watch.watch)
 app.command("mcp")(mcp.mcp)
 app.add_typer(collections.app, name="collections")
 app.add_typer(documents.app, name="documents")

@@ -21,6 +21,8 @@ from api.cli.common import (
 from ingest.errors import IngestError
 
 if TYPE_CHECKING:
+    from ingest.pipeline import IngestReport
+    from ingest.web import WebReport
     from rag.calibration import Calibration
 
 INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")
@@ -28,23 +30,60 @@ INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")
 
 def ingest(
     ctx: typer.Context,
-    paths: Annotated[list[str], typer.Argument(help="Files, folders (searched recursively) or glob patterns.")],
+    paths: Annotated[
+        list[str],
+        typer.Argument(help="Files, folders (searched recursively), glob patterns, or http(s):// URLs of web pages."),
+    ],
     collection: CollectionOpt,
     index: Annotated[str | None, typer.Option(help="Index kind for a new collection: flat, ivf, hnsw, ivfpq.")] = None,
     prune: Annotated[
         bool, typer.Option("--prune", help="Remove files ingested from these folders that no longer exist.")
     ] = False,
+    crawl: Annotated[
+        bool,
+        typer.Option("--crawl", help="Follow the links of the URLs (or the pages a sitemap lists) within their host."),
+    ] = False,
+    depth: Annotated[
+        int | None, typer.Option(min=0, max=20, help="With --crawl: links followed from a start URL (default 2).")
+    ] = None,
+    max_pages: Annotated[
+        int | None, typer.Option("--max-pages", min=1, help="With --crawl: most pages fetched (default 100).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ingest documents into a collection (created on first use); unchanged files are skipped."""
+    """Ingest documents or web pages into a collection (created on first use); unchanged files and pages are skipped.
+
+    A URL's page is fetched (robots.txt respected), its main text extracted, and stored with the URL as its
+    source. `--crawl` also follows its links within the same host, up to `--depth` links away and `--max-pages`
+    pages; a sitemap URL (sitemap.xml) crawls the pages it lists.
+    """
+    from ingest.web import ingest_web, is_url
+
+    s = settings(ctx)
     if index is not None:
         if index not in INDEX_KINDS:
             fail(f"unknown index kind {index!r}; use flat, ivf, hnsw or ivfpq", as_json)
-        settings(ctx).ingest.index.kind = index  # type: ignore[assignment]
+        s.ingest.index.kind = index  # type: ignore[assignment]
+    urls = [p for p in paths if is_url(p)]
+    files = [p for p in paths if not is_url(p)]
+    if (crawl or depth is not None or max_pages is not None) and not urls:
+        fail("--crawl, --depth and --max-pages apply to URLs; pass an http(s):// URL", as_json)
+    if (depth is not None or max_pages is not None) and not crawl:
+        fail("--depth and --max-pages limit a crawl; add --crawl", as_json)
+    ws = stack(ctx).workspace
     try:
-        report = stack(ctx).workspace.ingest(paths, collection, progress=not as_json, prune=prune)
+        file_report = ws.ingest(files, collection, progress=not as_json, prune=prune) if files or not urls else None
+        web: WebReport | None = None
+        if urls:
+            web = ingest_web(
+                ws, urls, collection, s.web, crawl=crawl, depth=depth, max_pages=max_pages, progress=not as_json
+            )
     except IngestError as exc:
         fail(str(exc), as_json)
+    if web is None:
+        report: IngestReport = file_report  # type: ignore[assignment]
+    else:
+        report = web if file_report is None else _merged(file_report, web)
     calibration = _calibrate(ctx, collection)
     if as_json:
         emit_json({**report.to_dict(), "calibration": calibration.to_dict() if calibration else None})
@@ -57,6 +96,7 @@ def ingest(
             ("files failed", len(report.failed)),
             ("unsupported files skipped", len(report.skipped_unsupported)),
             ("files removed (--prune)", len(report.removed)),
+            *_web_rows(report),
             ("documents", report.documents),
             ("chunks", report.chunks),
             ("chunks embedded / reused", f"{report.chunks_embedded} / {report.chunks_reused}"),
@@ -68,6 +108,27 @@ def ingest(
         for f in report.failed:
             err.print(f"[red]failed[/] {f.path}: {f.reason}", highlight=False)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _merged(files: IngestReport, web: WebReport) -> WebReport:
+    """One report for a run given both files and URLs (the web counters kept)."""
+    from ingest.watch import merge_reports
+
+    merge_reports(web, files)
+    web.seconds += files.seconds
+    return web
+
+
+def _web_rows(report: IngestReport) -> list[tuple[str, object]]:
+    from ingest.web import WebReport
+
+    if not isinstance(report, WebReport):
+        return []
+    return [
+        ("pages fetched", report.pages_fetched),
+        ("pages skipped (robots)", len(report.skipped_robots)),
+        ("links past --max-pages", report.not_fetched),
+    ]
 
 
 def _calibrate(ctx: typer.Context, collection: str) -> Calibration | None:
