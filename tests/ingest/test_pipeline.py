@@ -63,12 +63,13 @@ class TestPipeline:
         (tmp_path / "in" / "empty.txt").write_text("   \n")
         (tmp_path / "in" / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
         (tmp_path / "in" / "bad.json").write_text("{not json")
-        (tmp_path / "in" / "image.png").write_bytes(b"\x89PNG....")  # unsupported, found in a folder: skipped
+        (tmp_path / "in" / "image.png").write_bytes(b"\x89PNG....")  # an image (OCR), but not a readable one
+        (tmp_path / "in" / "blob.bin").write_bytes(b"\x00\x01")  # unsupported, found in a folder: skipped
         named_unsupported = write(tmp_path / "notes.xyz", "hello")
         rep = ws.ingest([tmp_path / "in", named_unsupported, tmp_path / "missing.txt"], "c")
         assert rep.added == [str(good.resolve())]
         failed = {Path(f.path).name: f.reason for f in rep.failed}
-        assert set(failed) == {"empty.txt", "broken.pdf", "bad.json", "notes.xyz", "missing.txt"}
+        assert set(failed) == {"empty.txt", "broken.pdf", "bad.json", "image.png", "notes.xyz", "missing.txt"}
         assert all(reason for reason in failed.values())
         assert len(rep.skipped_unsupported) == 1 and not rep.ok
         hits = ws.search("good paragraph", "c", k=3)
