@@ -33,6 +33,10 @@ _ANSWER_PREFIX = re.compile(
     r"^(?:(?:the\s+)?answer(?:\s+to\s+(?:this|the)\s+question)?(?:\s+is)?\s*:|the\s+answer\s+is\b|a\s*:)\s*",
     re.IGNORECASE,
 )
+#: a full answer's lead-in ("The answer is: X."); without the colon ("The answer is to ...") it is part of the sentence
+_FULL_LEAD_IN = re.compile(
+    r"^(?:(?:the\s+)?answer(?:\s+to\s+(?:this|the)\s+question)?(?:\s+is)?\s*:)\s*", re.IGNORECASE
+)
 #: the end of a first sentence: a full stop after a lower-case letter, digit or closing mark, then a capital
 _SENTENCE_END = re.compile(r"(?<=[a-z0-9)\"'”\]])\.\s+(?=[A-Z])")
 _COPULA = re.compile(r"\s(?:is|was|are|were)(?:\s+called)?\s", re.IGNORECASE)
@@ -210,7 +214,7 @@ def full_reply(ids: Sequence[int], decode: Callable[[list[int]], str], eos_token
     if spans:  # "The answer is: X." -> "X."
         a, b = spans[0]
         seg = text[a:b].rstrip()
-        kept_text = _strip_lead_in(seg)
+        kept_text = _FULL_LEAD_IN.sub("", seg.strip(), count=1).strip()
         if not kept_text:
             spans.pop(0)
         elif kept_text != seg.strip():

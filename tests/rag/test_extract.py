@@ -147,3 +147,10 @@ def test_full_reply_drops_an_answer_lead_in():
     assert [reply.text[a:b] for a, b in reply.spans] == ["Normandy is in France.", "It is old."]
     only = full_reply([1, EOS], decode, [EOS])
     assert only.spans == []
+    plain = ["", "The answer is", " to", " use", " venv."]
+
+    def decode_plain(ids):
+        return "".join(plain[i] for i in ids if i != EOS).strip()
+
+    kept = full_reply([1, 2, 3, 4, EOS], decode_plain, [EOS])
+    assert [kept.text[a:b] for a, b in kept.spans] == ["The answer is to use venv."]
