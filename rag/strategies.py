@@ -214,6 +214,8 @@ class AnswerStrategy:
     """How one mode turns the retrieved documents into an answer."""
 
     mode: ClassVar[str]
+    #: per-sentence document shares from token log-probs ``(K', T)``, log p(z|x) and token spans (None: overlap)
+    token_posteriors: ClassVar[Callable[..., torch.Tensor] | None] = None
 
     def select_documents(self, doc_logprobs: torch.Tensor, config: QAConfig) -> list[int] | None:
         """Indices of the documents to read, or None for all of them (their p(z|x) unchanged).
@@ -244,8 +246,13 @@ class AnswerStrategy:
             token_spans: ``S`` ranges of ``out.token_ids`` (:func:`rag.attribution.token_sentence_spans`).
             sentences: the ``S`` sentence texts.
             chunks: the ``K'`` chunk texts.
+
+        A mode with per-document token likelihoods sets :attr:`token_posteriors` (the maths of
+        :mod:`rag.attribution`); without them (stuff, or no token log-probs) the shares are content-word overlaps.
         """
-        return overlap_shares(sentences, chunks)
+        if self.token_posteriors is None or out.token_logprobs is None:
+            return overlap_shares(sentences, chunks)
+        return self.token_posteriors(out.token_logprobs, doc_logprobs.float().cpu(), token_spans)
 
 
 def _per_document_parts(generator: Generator, config: QAConfig, request: GenerationRequest) -> Parts:
@@ -287,18 +294,8 @@ class RagTokenStrategy(AnswerStrategy):
             out.token_ids, out.logprob, list(out.doc_contributions), out.reference_logprob, out.token_logprobs
         )
 
-    def sentence_posteriors(
-        self,
-        out: Generated,
-        doc_logprobs: torch.Tensor,
-        token_spans: Sequence[tuple[int, int]],
-        sentences: Sequence[str],
-        chunks: Sequence[str],
-    ) -> torch.Tensor:
-        """Mean per-token document posterior over each sentence's tokens."""
-        if out.token_logprobs is None:
-            return overlap_shares(sentences, chunks)
-        return rag_token_sentence_posteriors(out.token_logprobs, doc_logprobs.float().cpu(), token_spans)
+    #: Mean per-token document posterior over each sentence's tokens.
+    token_posteriors = staticmethod(rag_token_sentence_posteriors)
 
 
 class RagSequenceStrategy(AnswerStrategy):
@@ -334,18 +331,8 @@ class RagSequenceStrategy(AnswerStrategy):
             best.token_ids, best.logprob, list(best.doc_posterior), best.reference_logprob, best.token_logprobs
         )
 
-    def sentence_posteriors(
-        self,
-        out: Generated,
-        doc_logprobs: torch.Tensor,
-        token_spans: Sequence[tuple[int, int]],
-        sentences: Sequence[str],
-        chunks: Sequence[str],
-    ) -> torch.Tensor:
-        """p(z | x, y_s) from the product of each sentence's token likelihoods under each document."""
-        if out.token_logprobs is None:
-            return overlap_shares(sentences, chunks)
-        return rag_sequence_sentence_posteriors(out.token_logprobs, doc_logprobs.float().cpu(), token_spans)
+    #: p(z | x, y_s) from the product of each sentence's token likelihoods under each document.
+    token_posteriors = staticmethod(rag_sequence_sentence_posteriors)
 
 
 #: mode -> its strategy; :data:`rag.qa.MODES` lists these keys.
