@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo lint test test-fast bench clean
+.PHONY: install demo lint test test-fast bench adapter clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ lint: install
 
 bench: install
 	$(PY) -m bench.ingest
+
+# Retrain the shipped default reader adapter (data/adapters/reader) from its recipe, on the public SQuAD 2.0
+# articles; prints its held-out F1 next to the shipped one's (a retrain lands within 0.02). ~30 min on 2 cores.
+adapter: install
+	$(PY) -m bench.reader_adapter --ship data/adapters/reader
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -110,6 +110,13 @@ class SFTJob(BaseJob, RetrievalOptions):
         "trained to answer \"I don't know\". stuffed: share of prompts without the gold chunk (RAFT's 1-P).",
     )
     gold_fallback: bool = Field(True, description="Use the record's own context when retrieval missed the answer.")
+    full_style_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="per-document: share of questions trained in the full answer style, with the context sentence "
+        "holding the answer as target (one adapter for short spans and complete grounded sentences).",
+    )
 
 
 class RewardJob(BaseJob):

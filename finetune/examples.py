@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,8 +50,30 @@ def cut(tokenizer, text: str, limit: int) -> str:
     return tokenizer.decode(ids[:limit]) if len(ids) > limit else text
 
 
+def evidence_sentence(context: str, answer: str) -> str | None:
+    """The sentence of ``context`` that holds ``answer``: a grounded full-style target.
+
+    A full-style reply should be a complete sentence built only from the context; for an
+    extractive QA record the sentence around the gold span is exactly that. None when no single
+    sentence holds the answer (it spans a boundary, or it is not in the context).
+    """
+    for sentence in _SENTENCE_BREAK.split(" ".join(context.split())):
+        if contains_answer(sentence, answer):
+            return sentence.strip()
+    return None
+
+
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
+
+
 def tokenize_pair(
-    gen: Generator, question: str, contexts: Sequence[str], answer: str, *, one_shot: bool
+    gen: Generator,
+    question: str,
+    contexts: Sequence[str],
+    answer: str,
+    *,
+    one_shot: bool,
+    style: str = "short",
 ) -> dict[str, list[int]]:
     """``input_ids`` of prompt + answer turn and ``completion_mask`` (1 on the answer turn's tokens).
 
@@ -59,10 +82,10 @@ def tokenize_pair(
     ``<|im_end|>``), so the adapter also learns to stop.
     """
     tok = gen.tokenizer
-    prompt = gen.prompt_ids(question, contexts, one_shot=one_shot)
+    prompt = gen.prompt_ids(question, contexts, one_shot=one_shot, style=style)
     completion: list[int] | None = None
     if getattr(tok, "chat_template", None):
-        messages = chat_messages(question, contexts, one_shot=one_shot) + [{"role": "assistant", "content": answer}]
+        messages = chat_messages(question, contexts, one_shot=one_shot, style=style) + [{"role": "assistant", "content": answer}]
         full = tok.apply_chat_template(messages, tokenize=True, return_dict=False)
         if isinstance(full, dict) or hasattr(full, "keys"):
             full = full["input_ids"]
@@ -87,6 +110,7 @@ class BuildReport:
     no_evidence: int = 0
     distractor_examples: int = 0
     too_long: int = 0
+    full_style: int = 0
     lengths: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +123,7 @@ class BuildReport:
             "skipped_no_evidence": self.no_evidence,
             "distractor_examples": self.distractor_examples,
             "skipped_too_long": self.too_long,
+            "full_style_examples": self.full_style,
             "tokens": sum(self.lengths),
             "median_length": lengths[len(lengths) // 2],
             "max_length": lengths[-1],
@@ -117,6 +142,7 @@ def build_sft_examples(
     gold_fallback: bool = True,
     one_shot: bool = False,
     seed: int = 0,
+    full_style_rate: float = 0.0,
 ) -> tuple[list[dict[str, list[int]]], BuildReport]:
     """Tokenised SFT examples from :class:`finetune.data.Example` records.
 
@@ -128,14 +154,19 @@ def build_sft_examples(
     none holds the answer the record's context replaces the last one, except for a
     ``distractor_rate`` share of prompts that keep only distractors (RAFT's 1-P).
     Without a collection the record's own contexts are used as they are.
+
+    ``full_style_rate``: share of questions whose prompt uses the ``full`` answer style
+    (:data:`rag.prompts.FULL_SYSTEM`) with the context sentence holding the answer as the target
+    (:func:`evidence_sentence`), so one adapter learns both styles: short spans, and complete
+    sentences taken only from the evidence. Questions whose answer is not inside one sentence stay short.
     """
     rng = random.Random(seed)
     tok = gen.tokenizer
     report = BuildReport()
     out: list[dict[str, list[int]]] = []
 
-    def add(question: str, contexts: list[str], answer: str) -> None:
-        ex = tokenize_pair(gen, question, contexts, answer, one_shot=one_shot)
+    def add(question: str, contexts: list[str], answer: str, style: str = "short") -> None:
+        ex = tokenize_pair(gen, question, contexts, answer, one_shot=one_shot, style=style)
         if len(ex["input_ids"]) > max_length:
             report.too_long += 1
             return
@@ -164,9 +195,15 @@ def build_sft_examples(
             if gold is None:
                 report.no_evidence += 1
                 continue
-            add(rec.question, [gold], answer)
+            style, target = "short", answer
+            if full_style_rate > 0 and rng.random() < full_style_rate:
+                sentence = answer if answer == ABSTAIN_TEXT else evidence_sentence(gold, answer)
+                if sentence is not None:
+                    style, target = "full", sentence
+                    report.full_style += 1
+            add(rec.question, [gold], target, style)
             if without and rng.random() < distractor_rate:
-                add(rec.question, [rng.choice(without)], ABSTAIN_TEXT)
+                add(rec.question, [rng.choice(without)], ABSTAIN_TEXT, style)
                 report.distractor_examples += 1
         else:
             contexts = list(retrieved) if source is not None else list(own)

@@ -97,6 +97,7 @@ def run_sft(job: SFTJob, ws: Workspace) -> TrainResult:
         gold_fallback=job.gold_fallback,
         one_shot=ws.qa.one_shot,
         seed=job.train.seed,
+        full_style_rate=job.full_style_rate,
     )
     if len(examples) < 2:
         raise FinetuneError(

@@ -1,0 +1,213 @@
+"""Train the shipped default reader adapter from its recipe, measure it, and ship it (``make adapter``).
+
+The recipe (``data/adapters/reader.recipe.yaml``) names the data (articles of the public SQuAD 2.0
+file ``data/benchmarks/squad2_dev_public.json``, CC BY-SA 4.0, one article held out), the
+``ragqa finetune sft`` options and the evaluation. Every step is the user's own CLI command run as a
+whole process, as in ``bench/finetune.py``:
+
+1. build the SFT records of the training articles and the held-out questions;
+2. ``ragqa ingest`` the SQuAD file into a collection, ``ragqa finetune sft --config <recipe sft part>``;
+3. ``ragqa eval`` the adapter (and, with ``--with-base``, the bare model) on the held-out article;
+4. with ``--ship DIR``: replace DIR by the new adapter, its ``ragqa_adapter.json`` extended with the
+   recipe (text and sha256), the data hashes, the held-out figures and the cost of the run; and
+   compare with the adapter shipped before (``make adapter`` retrains within 0.02 F1 of it).
+
+    .venv/bin/python -m bench.reader_adapter --ship data/adapters/reader
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+import yaml
+
+from bench import common
+
+sys.path.insert(0, str(common.ROOT))  # the ragqa packages first
+from bench.finetune import COLLECTION, Runner, prepare_home  # noqa: E402
+from finetune.squad import squad_training_data  # noqa: E402
+
+logger = logging.getLogger("bench.reader_adapter")
+
+RECIPE = common.ROOT / "data" / "adapters" / "reader.recipe.yaml"
+ADAPTER_NAME = "reader"
+META = "ragqa_adapter.json"
+REPRODUCE_TOLERANCE = 0.02  # held-out F1 of a retrain vs the shipped adapter
+
+
+def sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_recipe(path: pathlib.Path) -> dict[str, Any]:
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("sft"), dict):
+        raise SystemExit(f"{path}: a recipe needs an 'sft' mapping (options of `ragqa finetune sft`)")
+    return recipe
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    recipe_path = pathlib.Path(args.recipe)
+    recipe = load_recipe(recipe_path)
+    data_opts, eval_opts = recipe.get("data", {}), recipe.get("eval", {})
+    held_out = [] if args.all_articles else list(data_opts.get("held_out", [2]))
+    home = prepare_home(args)
+    env = common.offline_env(RAGQA_HOME=str(home))
+    r = Runner(home, env)
+    data = squad_training_data(
+        common.SQUAD,
+        home / "bench-data",
+        held_out=held_out or list(data_opts.get("held_out", [2])),
+        unanswerable=float(data_opts.get("unanswerable", 0.0)),
+        seed=int(data_opts.get("seed", 0)),
+    )
+    sft_path = data.sft_path
+    if args.all_articles:  # train on every article; the "held-out" questions are then seen in training
+        sft_path = home / "bench-data" / "sft-all.jsonl"
+        rows = squad_training_data(
+            common.SQUAD,
+            home / "bench-data-all",
+            held_out=[],
+            unanswerable=float(data_opts.get("unanswerable", 0.0)),
+            seed=int(data_opts.get("seed", 0)),
+        )
+        shutil.copyfile(rows.sft_path, sft_path)
+    r.run("models", "prepare", "--json", timeout=1800)
+    if COLLECTION not in json.dumps(r.run("collections", "list", "--json")[0]):
+        r.run("ingest", str(common.SQUAD), "-c", COLLECTION, "--json")
+    sft_config = home / "reader-sft.yaml"
+    sft_config.write_text(yaml.safe_dump(recipe["sft"], sort_keys=True), encoding="utf-8")
+    sft, wall = r.run(
+        "finetune",
+        "sft",
+        "--data",
+        str(sft_path),
+        "-c",
+        COLLECTION,
+        "--output",
+        ADAPTER_NAME,
+        "--config",
+        str(sft_config),
+        "--overwrite",
+        "--json",
+        timeout=4 * 3600,
+    )
+    mode, n = str(eval_opts.get("mode", "rag-token")), int(args.n or eval_opts.get("n", 200))
+    res: dict[str, Any] = {
+        "home": str(home),
+        "recipe": {"path": str(recipe_path.relative_to(common.ROOT)), "sha256": sha256(recipe_path)},
+        "data": {
+            "squad_file": common.SQUAD.name,
+            "squad_sha256": sha256(common.SQUAD),
+            "sft_records_sha256": sha256(sft_path),
+            "train_articles": data.train_articles if not args.all_articles else "all",
+            "held_out_article": data.held_out_articles[0],
+            "train_questions": data.answerable,
+            "train_unanswerable": data.unanswerable,
+            "license": "CC BY-SA 4.0 (SQuAD 2.0, Rajpurkar et al. 2018)",
+        },
+        "sft": {"wall_s": round(wall, 1), **sft["metrics"]},
+        "eval": {"mode": mode, "n": n, "adapter": r.evaluate(data.held_out_path, mode, n, ADAPTER_NAME)},
+        "cpu_bf16": os.environ.get("RAGQA_CPU_BF16", "auto"),
+        "machine": common.machine_summary(),
+        "commit": common.git_revision(),
+        "date": common.today(),
+    }
+    if args.with_base:
+        res["eval"]["base"] = r.evaluate(data.held_out_path, mode, n, None)
+    return res
+
+
+def ship(res: dict[str, Any], dest: pathlib.Path, recipe_path: pathlib.Path) -> dict[str, Any]:
+    """Replace ``dest`` by the trained adapter (atomically: staged beside it, then renamed)."""
+    src = pathlib.Path(res["home"]) / "adapters" / ADAPTER_NAME
+    previous = None
+    if (dest / META).is_file():
+        previous = json.loads((dest / META).read_text(encoding="utf-8")).get("shipped", {}).get("heldout_f1")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    for name in ("adapter_config.json", "adapter_model.safetensors", META):
+        shutil.copyfile(src / name, staging / name)
+    meta = json.loads((staging / META).read_text(encoding="utf-8"))
+    meta["data"] = res["data"]  # the training run's own record pointed at a temporary file
+    meta["recipe"] = {**res["recipe"], "text": recipe_path.read_text(encoding="utf-8")}
+    ev = res["eval"]["adapter"]
+    meta["shipped"] = {
+        "heldout_f1": ev["f1"],
+        "heldout_em": ev["em"],
+        "heldout_article": res["data"]["held_out_article"],
+        "eval_mode": res["eval"]["mode"],
+        "eval_n": ev.get("n"),
+        "sft_wall_s": res["sft"]["wall_s"],
+        "peak_rss_mb": res["sft"].get("peak_rss_mb"),
+        "cpu_bf16": res["cpu_bf16"],
+        "machine": res["machine"],
+        "commit": res["commit"],
+        "date": res["date"],
+    }
+    (staging / META).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    staging.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    out = {"shipped": str(dest), "heldout_f1": ev["f1"], "previous_heldout_f1": previous}
+    if previous is not None:
+        out["reproduced"] = abs(ev["f1"] - previous) <= REPRODUCE_TOLERANCE
+    return out
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", default=str(RECIPE), help="recipe YAML (default: the shipped adapter's)")
+    p.add_argument("--ship", default=None, help="replace this adapter folder by the result (data/adapters/reader)")
+    p.add_argument("--all-articles", action="store_true", help="train on every article (no held-out figure)")
+    p.add_argument("--with-base", action="store_true", help="also evaluate the bare model")
+    p.add_argument("--n", type=int, default=None, help="held-out answerable questions (default: the recipe's)")
+    p.add_argument("--home", default=None, help="RAGQA_HOME (default: a temporary one)")
+    p.add_argument("--models-from", default=None, help="prepared models folder to link (default ~/.ragqa/models)")
+    p.add_argument("--json", default=None, help="also write the raw results to this file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    res = train(args)
+    if args.ship:
+        if args.all_articles:
+            raise SystemExit("--ship needs the held-out figure: train without --all-articles")
+        res["ship"] = ship(res, pathlib.Path(args.ship), pathlib.Path(args.recipe))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    ev = res["eval"]["adapter"]
+    print(
+        f"reader adapter: held-out F1 {ev['f1']:.3f} EM {ev['em']:.3f} on {res['data']['held_out_article']} "
+        f"({res['eval']['mode']}, n={ev.get('n')}); SFT {res['sft']['wall_s'] / 60:.1f} min, "
+        f"peak RSS {res['sft'].get('peak_rss_mb', 0) / 1024:.2f} GiB"
+    )
+    if "base" in res["eval"]:
+        print(f"bare model: held-out F1 {res['eval']['base']['f1']:.3f}")
+    shipped = res.get("ship")
+    if shipped and shipped.get("previous_heldout_f1") is not None:
+        verdict = "within" if shipped["reproduced"] else "NOT within"
+        print(
+            f"previous shipped adapter: F1 {shipped['previous_heldout_f1']:.3f}; the retrain is {verdict} "
+            f"{REPRODUCE_TOLERANCE} of it"
+        )
+        return 0 if shipped["reproduced"] else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
