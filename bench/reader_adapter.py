@@ -33,8 +33,8 @@ import yaml
 from bench import common
 
 sys.path.insert(0, str(common.ROOT))  # the ragqa packages first
-from bench.finetune import COLLECTION, Runner, prepare_home  # noqa: E402
-from finetune.squad import squad_training_data  # noqa: E402
+from bench.finetune import COLLECTION, Runner, prepare_home
+from finetune.squad import squad_training_data
 
 logger = logging.getLogger("bench.reader_adapter")
 

@@ -85,7 +85,9 @@ def tokenize_pair(
     prompt = gen.prompt_ids(question, contexts, one_shot=one_shot, style=style)
     completion: list[int] | None = None
     if getattr(tok, "chat_template", None):
-        messages = chat_messages(question, contexts, one_shot=one_shot, style=style) + [{"role": "assistant", "content": answer}]
+        messages = chat_messages(question, contexts, one_shot=one_shot, style=style) + [
+            {"role": "assistant", "content": answer}
+        ]
         full = tok.apply_chat_template(messages, tokenize=True, return_dict=False)
         if isinstance(full, dict) or hasattr(full, "keys"):
             full = full["input_ids"]
