@@ -132,7 +132,7 @@ def ship(res: dict[str, Any], dest: pathlib.Path, recipe_path: pathlib.Path) -> 
     src = pathlib.Path(res["home"]) / "adapters" / ADAPTER_NAME
     previous = None
     if (dest / META).is_file():
-        previous = json.loads((dest / META).read_text(encoding="utf-8")).get("shipped", {}).get("heldout_f1")
+        previous = json.loads((dest / META).read_text(encoding="utf-8")).get("evaluation", {}).get("heldout_f1")
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     for name in ("adapter_config.json", "adapter_model.safetensors", META):
@@ -141,7 +141,7 @@ def ship(res: dict[str, Any], dest: pathlib.Path, recipe_path: pathlib.Path) -> 
     meta["data"] = res["data"]  # the training run's own record pointed at a temporary file
     meta["recipe"] = {**res["recipe"], "text": recipe_path.read_text(encoding="utf-8")}
     ev = res["eval"]["adapter"]
-    meta["shipped"] = {
+    meta["evaluation"] = {
         "heldout_f1": ev["f1"],
         "heldout_em": ev["em"],
         "heldout_article": res["data"]["held_out_article"],
