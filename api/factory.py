@@ -88,8 +88,9 @@ class RagStack:
         from rag.qa import QAPipeline
 
         scheduler = self.scheduler if self.settings.serving.batching else None
+        resolver = self.adapter_resolver
         return QAPipeline(
-            self.retriever, self.generator, self.settings.qa, scheduler=scheduler, adapter_resolver=self.adapter_resolver
+            self.retriever, self.generator, self.settings.qa, scheduler=scheduler, adapter_resolver=resolver
         )
 
     @cached_property

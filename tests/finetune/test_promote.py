@@ -1,0 +1,105 @@
+"""The eval gate on tiny models: a trained adapter is promoted over the bare model, a noise adapter is
+refused against it, ``ask`` follows the promoted default, ``--force`` and ``rollback`` work through the
+CLI, and the comparison is the real evaluation (``rag.evaluate``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from api.cli import app
+from finetune.gate import GateEvaluator, GateOptions, GateRefused, load_eval_examples, promote, run_gate
+from rag.adapter_defaults import AdapterDefaults
+from tests.finetune.conftest import PARIS_QUESTIONS, finetune_workspace, gate_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def cli(args: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> dict:
+    result = CliRunner().invoke(app, [*args, "--json"], env=env, catch_exceptions=False)
+    assert result.exit_code in ok, f"{args} -> {result.exit_code}\n{result.stdout}\n{result.stderr}"
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stdout
+    return json.loads(lines[0])
+
+
+def test_gate_promotes_the_better_adapter_refuses_noise_and_ask_follows(gate_home, gate_base, tiny_st_model, tiny_llm):
+    env = gate_env(gate_home, tiny_st_model, tiny_llm)
+    question = PARIS_QUESTIONS[0][0]
+    before = cli(["ask", question, "-c", "facts"], env)
+    assert before["adapter"] is None and before["adapter_source"] == "none"
+
+    # the trained adapter beats the bare model on the held-out questions: promoted
+    out = cli(["adapters", "promote", "good", "-c", "facts", "--eval", str(gate_base["heldout"])], env)
+    gate = out["gate"]
+    assert out["promoted"] and gate["passed"]
+    assert gate["current"]["adapter"] is None and gate["current"]["source"] == "none"
+    assert gate["candidate"]["metrics"]["f1"] == pytest.approx(1.0)
+    assert gate["current"]["metrics"]["f1"] < 0.5
+    assert gate["candidate"]["metrics"]["n"] == 4 and gate["candidate"]["metrics"]["n_unanswerable"] == 1
+
+    after = cli(["ask", question, "-c", "facts"], env)
+    assert after["adapter"] == "good" and after["adapter_source"] == "collection"
+    assert after["answer"].strip().rstrip(".") == "Paris"
+    named = cli(["ask", question, "-c", "facts", "--adapter", "noise"], env)  # a named adapter still wins
+    assert named["adapter"] == "noise" and named["adapter_source"] == "request"
+    bare = cli(["ask", question, "-c", "facts", "--adapter", "none"], env)  # "none": the bare model
+    assert bare["adapter"] is None and bare["answer"] == before["answer"]
+
+    # the noise adapter is worse than the default: refused, exit 1, nothing changed
+    pointer = (gate_home / "adapter_defaults.json").read_bytes()
+    refused = cli(
+        ["adapters", "promote", "noise", "-c", "facts", "--eval", str(gate_base["heldout"])], env, ok=(1,)
+    )
+    assert refused["ok"] is False and not refused["promoted"]
+    assert refused["gate"]["current"]["adapter"] == "good"
+    assert refused["gate"]["candidate"]["metrics"]["f1"] < refused["gate"]["current"]["metrics"]["f1"]
+    assert "does not reach" in refused["error"]
+    assert (gate_home / "adapter_defaults.json").read_bytes() == pointer
+
+    # --force skips the gate (recorded); rollback restores the previous default, and ask follows
+    forced = cli(["adapters", "promote", "noise", "-c", "facts", "--force"], env)
+    assert forced["promoted"] and forced["entry"]["action"] == "force" and forced["gate"] is None
+    assert cli(["ask", question, "-c", "facts"], env)["adapter"] == "noise"
+    listed = {a["name"]: a for a in cli(["adapters", "list"], env)["adapters"]}
+    assert listed["noise"]["default_for"] == ["collection facts"] and listed["good"]["default_for"] == []
+    back = cli(["adapters", "rollback", "-c", "facts"], env)
+    assert back["entry"]["adapter"] == "good" and back["answers_with"] == "good"
+    assert cli(["ask", question, "-c", "facts"], env)["adapter"] == "good"
+    log = AdapterDefaults(gate_home).scope("facts")["log"]
+    assert [e["action"] for e in log] == ["promote", "force", "rollback"]
+    assert log[0]["gate"]["candidate_f1"] == pytest.approx(1.0)
+
+
+def test_server_default_and_bad_requests(gate_home, gate_base, tiny_st_model, tiny_llm):
+    env = gate_env(gate_home, tiny_st_model, tiny_llm)
+    heldout = str(gate_base["heldout"])
+    # neither or both scopes: a clear error
+    assert "one of them" in cli(["adapters", "promote", "good", "--eval", heldout], env, ok=(2,))["error"]
+    assert "not found" in cli(["adapters", "promote", "nope", "--server", "--eval", heldout], env, ok=(2,))["error"]
+    assert "--eval" in cli(["adapters", "promote", "noise", "--server"], env, ok=(2,))["error"]
+    assert "no previous default" in cli(["adapters", "rollback", "--server"], env, ok=(2,))["error"]
+    # server-wide: the training collection of 'good' answers the questions when --eval-collection is not given
+    out = cli(["adapters", "promote", "good", "--server", "--eval", heldout], env)
+    assert out["promoted"] and out["gate"]["collection"] == "facts" and out["scope"] == "server"
+    ans = cli(["ask", PARIS_QUESTIONS[1][0], "-c", "facts"], env)
+    assert ans["adapter"] == "good" and ans["adapter_source"] == "server"
+    again = cli(["adapters", "promote", "good", "--server", "--eval", heldout], env, ok=(2,))
+    assert "already answers" in again["error"]
+
+
+def test_gate_api_in_process(gate_home, gate_base, tiny_st_model, tiny_llm):
+    """The library side: run_gate + promote refuse noise against the bare model (F1 0 vs 0 < margin)."""
+    ws = finetune_workspace(gate_home, tiny_st_model, tiny_llm)
+    evaluator = GateEvaluator.from_workspace(ws)
+    examples = load_eval_examples(gate_base["heldout"])
+    assert sum(e.impossible for e in examples) == 1
+    result = run_gate(evaluator, "noise", "facts", GateOptions(eval=gate_base["heldout"], margin=0.01))
+    assert not result.passed and result.current.adapter is None
+    with pytest.raises(GateRefused):
+        promote(AdapterDefaults(gate_home), "noise", "facts", result)
+    assert AdapterDefaults(gate_home).current("facts") is None
+    table = result.rows()
+    assert [r[0] for r in table][:2] == ["F1", "EM"] and table[-1][1] == "4 / 1"
