@@ -50,9 +50,7 @@ def test_gate_promotes_the_better_adapter_refuses_noise_and_ask_follows(gate_hom
 
     # the noise adapter is worse than the default: refused, exit 1, nothing changed
     pointer = (gate_home / "adapter_defaults.json").read_bytes()
-    refused = cli(
-        ["adapters", "promote", "noise", "-c", "facts", "--eval", str(gate_base["heldout"])], env, ok=(1,)
-    )
+    refused = cli(["adapters", "promote", "noise", "-c", "facts", "--eval", str(gate_base["heldout"])], env, ok=(1,))
     assert refused["ok"] is False and not refused["promoted"]
     assert refused["gate"]["current"]["adapter"] == "good"
     assert refused["gate"]["candidate"]["metrics"]["f1"] < refused["gate"]["current"]["metrics"]["f1"]
@@ -103,3 +101,57 @@ def test_gate_api_in_process(gate_home, gate_base, tiny_st_model, tiny_llm):
     assert AdapterDefaults(gate_home).current("facts") is None
     table = result.rows()
     assert [r[0] for r in table][:2] == ["F1", "EM"] and table[-1][1] == "4 / 1"
+
+
+def make_shipped(gate_base, tiny_llm, dest):
+    """A shipped-adapter folder as the repository holds one: PEFT files + meta with recipe and data hashes."""
+    import hashlib
+    import shutil
+
+    shutil.copytree(gate_base["home"] / "adapters" / "good", dest)
+    recipe = "sft:\n  data: train.jsonl\n  lora: {r: 8}\n"
+    meta = {
+        "kind": "sft",
+        "base_model": str(tiny_llm),
+        "recipe": {
+            "path": "recipes/reader.yaml",
+            "text": recipe,
+            "sha256": hashlib.sha256(recipe.encode()).hexdigest(),
+        },
+        "data": {"train": {"path": "train.jsonl", "sha256": "ab" * 32}},
+    }
+    (dest / "ragqa_adapter.json").write_text(json.dumps(meta))
+    return meta
+
+
+def test_models_prepare_installs_the_shipped_default(gate_home, gate_base, tiny_st_model, tiny_llm, tmp_path):
+    shipped = tmp_path / "shipped" / "reader"
+    meta = make_shipped(gate_base, tiny_llm, shipped)
+    env = {**gate_env(gate_home, tiny_st_model, tiny_llm), "RAGQA_SHIPPED_ADAPTER": str(shipped)}
+    prepared = cli(["models", "prepare"], env)
+    assert prepared["shipped_adapter"]["status"] == "installed"
+    shown = cli(["adapters", "show", "reader"], env)
+    assert shown["meta"]["shipped"] is True
+    assert shown["meta"]["recipe"]["sha256"] == meta["recipe"]["sha256"] and shown["meta"]["data"] == meta["data"]
+    question = PARIS_QUESTIONS[0][0]
+    ans = cli(["ask", question, "-c", "facts"], env)
+    assert ans["adapter"] == "reader" and ans["adapter_source"] == "shipped"
+    assert ans["answer"].strip().rstrip(".") == "Paris"  # the shipped adapter loads and answers
+    listed = {a["name"]: a for a in cli(["adapters", "list"], env)["adapters"]}
+    assert listed["reader"]["default_for"] == ["shipped"]
+    assert cli(["models", "prepare"], env)["shipped_adapter"]["status"] == "up-to-date"
+    # a promoted default comes first
+    cli(["adapters", "promote", "noise", "-c", "facts", "--force"], env)
+    assert cli(["ask", question, "-c", "facts"], env)["adapter"] == "noise"
+    # for another base model it is not installed, and an installed copy no longer answers
+
+    from finetune.shipped import install_shipped
+
+    report = install_shipped(shipped, tmp_path / "other-home" / "adapters", "SmolLM2-135M-Instruct")
+    assert report.status == "skipped" and "configured generator" in report.reason
+    assert not (tmp_path / "other-home" / "adapters" / "reader").exists()
+
+    # an incomplete shipped folder is reported, not installed
+    (shipped / "adapter_model.safetensors").unlink()
+    broken = cli(["models", "prepare"], {**env, "RAGQA_HOME": str(tmp_path / "h2")})
+    assert broken["shipped_adapter"]["status"] == "error" and "lacks" in broken["shipped_adapter"]["reason"]
