@@ -91,11 +91,8 @@ def make_noise_adapter(ws, name: str, scale: float = 2.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def gate_base(tmp_path_factory, tiny_st_model, tiny_llm) -> dict[str, Path]:
-    """A workspace with collection 'facts', adapter 'good' (SFT: answers "Paris") and 'noise'; and the
-    held-out file. Tests copy it (:func:`gate_home`) so promotions never leak between them."""
-    from finetune.config import SFTJob
-    from finetune.sft import run_sft
+def gate_files(tmp_path_factory, tiny_st_model, tiny_llm) -> dict[str, Path]:
+    """A workspace with collection 'facts' (no adapters), the training file and the held-out file."""
     from ingest.workspace import Workspace as IngestWorkspace
 
     root = tmp_path_factory.mktemp("gate")
@@ -114,19 +111,43 @@ def gate_base(tmp_path_factory, tiny_st_model, tiny_llm) -> dict[str, Path]:
         [{"question": q, "answer": "Paris"} for q, _ in PARIS_QUESTIONS]
         + [{"question": "What is the capital of Mars?", "answerable": False}],
     )
-    run_sft(SFTJob(data=train, output="good", collection="facts", k=2, lora={"r": 8}, train=GOOD_TRAIN), ws)
-    make_noise_adapter(ws, "noise")
     return {"home": home, "train": train, "heldout": heldout, "root": root}
 
 
-@pytest.fixture()
-def gate_home(gate_base, tmp_path, monkeypatch) -> Path:
-    """A private copy of the gate workspace (RAGQA_* of the caller cleared)."""
+@pytest.fixture(scope="session")
+def gate_base(gate_files, tmp_path_factory, tiny_st_model, tiny_llm) -> dict[str, Path]:
+    """:func:`gate_files` plus adapter 'good' (SFT: answers "Paris") and 'noise'. Tests copy it
+    (:func:`gate_home`) so promotions never leak between them."""
+    from finetune.config import SFTJob
+    from finetune.sft import run_sft
+
+    home = tmp_path_factory.mktemp("gate-base") / "home"
+    shutil.copytree(gate_files["home"], home)
+    ws = finetune_workspace(home, tiny_st_model, tiny_llm)
+    job = SFTJob(data=gate_files["train"], output="good", collection="facts", k=2, lora={"r": 8}, train=GOOD_TRAIN)
+    run_sft(job, ws)
+    make_noise_adapter(ws, "noise")
+    return {**gate_files, "home": home}
+
+
+def private_copy(source: Path, tmp_path: Path, monkeypatch) -> Path:
     import os
 
     for key in list(os.environ):
         if key.startswith("RAGQA_"):
             monkeypatch.delenv(key)
     home = tmp_path / "home"
-    shutil.copytree(gate_base["home"], home, ignore=shutil.ignore_patterns("finetune-runs"))
+    shutil.copytree(source, home, ignore=shutil.ignore_patterns("finetune-runs"))
     return home
+
+
+@pytest.fixture()
+def gate_home(gate_base, tmp_path, monkeypatch) -> Path:
+    """A private copy of the gate workspace with its adapters (RAGQA_* of the caller cleared)."""
+    return private_copy(gate_base["home"], tmp_path, monkeypatch)
+
+
+@pytest.fixture()
+def bare_home(gate_files, tmp_path, monkeypatch) -> Path:
+    """A private copy of the gate workspace without adapters (RAGQA_* of the caller cleared)."""
+    return private_copy(gate_files["home"], tmp_path, monkeypatch)
