@@ -301,7 +301,7 @@ def promote(
         raise GateRefused(result)
     if result is None and not force:
         raise GateError("promotion without an evaluation needs force=True (--force)")
-    details = {"gate": result.summary()} if result is not None else {}
+    details: dict[str, Any] = {"gate": result.summary()} if result is not None else {}
     if force:
         details["forced"] = True
     return defaults.set(scope, candidate, action="force" if force else "promote", details=details)

@@ -42,7 +42,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from finetune.config import DPOJob, RLHFJob, SFTJob
+from finetune.config import BaseJob, DPOJob, RLHFJob, SFTJob
 from finetune.data import file_sha256, read_jsonl, write_jsonl
 from finetune.errors import ConfigError, FinetuneError
 from finetune.gate import GateEvaluator, GateOptions, GateRefused, GateResult, promote, run_gate
@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 STEP_ORDER = ("data", "sft", "prefs", "dpo", "rlhf", "gate", "promote")
 #: the training steps: job model and runner (``module:function``, imported when the step runs)
-TRAINING_STEPS: dict[str, tuple[type[BaseModel], str]] = {
+TRAINING_STEPS: dict[str, tuple[type[BaseJob], str]] = {
     "sft": (SFTJob, "finetune.sft:run_sft"),
     "dpo": (DPOJob, "finetune.dpo:run_dpo"),
     "rlhf": (RLHFJob, "finetune.rlhf:run_rlhf"),
@@ -318,7 +318,8 @@ class Pipeline:
     # -- data -------------------------------------------------------------------------------------
     def _step_data(self) -> StepReport:
         d = self.recipe.data
-        assert_present(d, "data")
+        if d is None:
+            raise PipelineError("data: the recipe has no data section")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.state.collection = d.collection
         if d.source == "synth":
@@ -538,7 +539,8 @@ class Pipeline:
 
     def _step_promote(self) -> StepReport:
         p = self.recipe.promote
-        assert_present(p, "promote")
+        if p is None:
+            raise PipelineError("promote: the recipe has no promote section")
         candidate = self.state.adapter
         if candidate is None:
             raise PipelineError("promote: no adapter was trained in this pipeline")
@@ -548,11 +550,6 @@ class Pipeline:
         entry = promote(AdapterDefaults(self.ws.home), candidate, scope, self.state.gate, force=p.force)
         entry_pipeline = {"scope": "server" if scope is None else scope, "action": entry["action"]}
         return StepReport("promote", "done", output=candidate, details=entry_pipeline)
-
-
-def assert_present(value: Any, step: str) -> None:
-    if value is None:
-        raise PipelineError(f"{step}: the recipe has no {step} section")
 
 
 def _split(records: list[dict[str, Any]], share: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
