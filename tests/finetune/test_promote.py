@@ -155,3 +155,31 @@ def test_models_prepare_installs_the_shipped_default(gate_home, gate_base, tiny_
     (shipped / "adapter_model.safetensors").unlink()
     broken = cli(["models", "prepare"], {**env, "RAGQA_HOME": str(tmp_path / "h2")})
     assert broken["shipped_adapter"]["status"] == "error" and "lacks" in broken["shipped_adapter"]["reason"]
+
+
+def test_rest_api_uses_the_default_and_none_means_bare(gate_home, tiny_st_model, tiny_llm, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.auth import open_key_store
+    from api.settings import Settings
+
+    for name, value in gate_env(gate_home, tiny_st_model, tiny_llm).items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    store = open_key_store(gate_home)
+    _, key = store.create("admin")
+    store.close()
+    AdapterDefaults(gate_home).set("facts", "good", action="promote")
+    h = {"Authorization": f"Bearer {key}"}
+    body = {"collection": "facts", "question": PARIS_QUESTIONS[0][0]}
+    with TestClient(create_app(settings, start_worker=False)) as client:
+        r = client.post("/v1/ask", json=body, headers=h)
+        assert r.status_code == 200, r.text
+        assert r.json()["adapter"] == "good" and r.json()["adapter_source"] == "collection"
+        assert r.json()["answer"].strip().rstrip(".") == "Paris"
+        bare = client.post("/v1/ask", json={**body, "adapter": "none"}, headers=h).json()
+        assert bare["adapter"] is None and bare["adapter_source"] == "none"
+        named = client.post("/v1/ask", json={**body, "adapter": "noise"}, headers=h).json()
+        assert named["adapter"] == "noise" and named["adapter_source"] == "request"
+        assert client.post("/v1/ask", json={**body, "adapter": "nope"}, headers=h).status_code == 404
