@@ -15,7 +15,7 @@ from finetune.errors import ConfigError
 from finetune.pipeline import PREFS_STEP, OptionalStep, load_recipe
 from tests.finetune.conftest import GOOD_TRAIN, PARIS_QUESTIONS, gate_env
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def cli(args: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> dict:

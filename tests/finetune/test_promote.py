@@ -14,7 +14,7 @@ from finetune.gate import GateEvaluator, GateOptions, GateRefused, load_eval_exa
 from rag.adapter_defaults import AdapterDefaults
 from tests.finetune.conftest import PARIS_QUESTIONS, finetune_workspace, gate_env
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def cli(args: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> dict:
@@ -72,15 +72,22 @@ def test_gate_promotes_the_better_adapter_refuses_noise_and_ask_follows(gate_hom
 
 def test_server_default_and_bad_requests(gate_home, gate_base, tiny_st_model, tiny_llm):
     env = gate_env(gate_home, tiny_st_model, tiny_llm)
+    wide = {**env, "COLUMNS": "250"}
     heldout = str(gate_base["heldout"])
     # neither or both scopes: a clear error
     assert "one of them" in cli(["adapters", "promote", "good", "--eval", heldout], env, ok=(2,))["error"]
     assert "not found" in cli(["adapters", "promote", "nope", "--server", "--eval", heldout], env, ok=(2,))["error"]
     assert "--eval" in cli(["adapters", "promote", "noise", "--server"], env, ok=(2,))["error"]
     assert "no previous default" in cli(["adapters", "rollback", "--server"], env, ok=(2,))["error"]
-    # server-wide: the training collection of 'good' answers the questions when --eval-collection is not given
-    out = cli(["adapters", "promote", "good", "--server", "--eval", heldout], env)
-    assert out["promoted"] and out["gate"]["collection"] == "facts" and out["scope"] == "server"
+    # server-wide (human output): the training collection of 'good' answers the questions without --eval-collection
+    human = CliRunner().invoke(app, ["adapters", "promote", "good", "--server", "--eval", heldout], env=wide)
+    assert human.exit_code == 0, human.output
+    assert "passes" in human.stdout and "F1" in human.stdout and "abstain R" in human.stdout
+    assert "promoted 'good' to the default of the server" in human.stdout
+    assert "via 'facts'" in human.stdout  # the training collection of 'good' answered the questions
+    assert AdapterDefaults(gate_home).current(None) == "good"
+    table = CliRunner().invoke(app, ["adapters", "list"], env=wide)
+    assert table.exit_code == 0 and "default for" in table.stdout and "server" in table.stdout
     ans = cli(["ask", PARIS_QUESTIONS[1][0], "-c", "facts"], env)
     assert ans["adapter"] == "good" and ans["adapter_source"] == "server"
     again = cli(["adapters", "promote", "good", "--server", "--eval", heldout], env, ok=(2,))
