@@ -187,6 +187,7 @@ def adapters_promote(
                 GateEvaluator(rag.qa, rag.workspace), name, scope, options, meta=info.meta, progress=not as_json
             )
             if not as_json:
+                out.print(gate_headline(result), highlight=False)
                 out.print(comparison_table(result))
         entry = promote(rag.adapter_defaults(), name, scope, result, force=force)
     except GateRefused as exc:
@@ -215,16 +216,22 @@ def adapters_promote(
     out.print(f"undo: ragqa adapters rollback {'--server' if scope is None else '-c ' + scope}", highlight=False)
 
 
+def gate_headline(result: Any) -> str:
+    """One line: where the questions came from and the verdict (printed above :func:`comparison_table`)."""
+    verdict = "[green]passes[/]" if result.passed else "[red]refused[/]"
+    return (
+        f"eval gate on {result.eval_source} via {result.collection!r}: {verdict} "
+        f"(candidate F1 must reach current F1 {result.margin:+.3f})"
+    )
+
+
 def comparison_table(result: Any) -> Table:
     """The gate's comparison (a :class:`finetune.gate.GateResult`) as a table."""
-    verdict = "[green]passes[/]" if result.passed else "[red]refused[/]"
     table = Table(
         "metric",
         f"current: {result.current.label} ({result.current.source})",
         f"candidate: {result.candidate.label}",
         "delta",
-        title=f"eval gate on {result.eval_source} via {result.collection!r}: {verdict} "
-        f"(margin {result.margin:+.3f} F1)",
     )
     for row in result.rows():
         table.add_row(*row)

@@ -62,8 +62,9 @@ def pipeline_cmd(
         )
     out.print(table)
     if report.gate is not None:
-        from api.cli.adapters import comparison_table
+        from api.cli.adapters import comparison_table, gate_headline
 
+        out.print(gate_headline(report.gate), highlight=False)
         out.print(comparison_table(report.gate))
     if report.promoted:
         out.print(f"promoted {report.adapter!r}; undo with `ragqa adapters rollback`", highlight=False)
