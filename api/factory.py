@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the real imports are inside the builders: importing this mo
     from finetune.adapters import AdapterRegistry
     from finetune.runner import Workspace as FinetuneWorkspace
     from ingest.workspace import Workspace
+    from rag.adapter_defaults import AdapterDefaults, AdapterResolver
     from rag.generator import Generator
     from rag.qa import QAPipeline
     from rag.retriever import Retriever
@@ -62,7 +63,7 @@ class RagStack:
         """The QA pipeline: retriever + generator + the QA settings."""
         from rag.qa import QAPipeline
 
-        return QAPipeline(self.retriever, self.generator, self.settings.qa)
+        return QAPipeline(self.retriever, self.generator, self.settings.qa, adapter_resolver=self.adapter_resolver)
 
     @cached_property
     def scheduler(self) -> Scheduler:
@@ -87,7 +88,25 @@ class RagStack:
         from rag.qa import QAPipeline
 
         scheduler = self.scheduler if self.settings.serving.batching else None
-        return QAPipeline(self.retriever, self.generator, self.settings.qa, scheduler=scheduler)
+        resolver = self.adapter_resolver
+        return QAPipeline(
+            self.retriever, self.generator, self.settings.qa, scheduler=scheduler, adapter_resolver=resolver
+        )
+
+    @cached_property
+    def adapter_resolver(self) -> AdapterResolver:
+        """Which adapter answers when a request names none: collection default, server default, shipped, none."""
+        from rag.adapter_defaults import AdapterResolver
+        from rag.models import canonical_name
+
+        s = self.settings
+        return AdapterResolver(s.home, s.adapters_dir, canonical_name(s.generator.model))
+
+    def adapter_defaults(self) -> AdapterDefaults:
+        """The default-adapter pointers of the workspace (``ragqa adapters promote|rollback``)."""
+        from rag.adapter_defaults import AdapterDefaults
+
+        return AdapterDefaults(self.settings.home)
 
     def warm_up(self) -> RagStack:
         """Load the embedder and the generator now rather than on the first question."""

@@ -132,8 +132,10 @@ class RagTools:
         return name
 
     def check_adapter(self, name: str | None) -> str | None:
-        if not name:
-            return None
+        from rag.adapter_defaults import NO_ADAPTER
+
+        if not name or name == NO_ADAPTER:
+            return name or None
         available = self.rag.generator.list_adapters()
         if name not in available:
             listing = ", ".join(available) if available else "none (train one with `ragqa finetune`)"

@@ -148,7 +148,11 @@ class AskRequest(_In):
     collection: str = Field(examples=["docs"])
     mode: Literal["stuff", "rag-sequence", "rag-token"] | None = Field(None, description="Default from config.")
     k: int | None = Field(None, ge=1, le=1000, description="Chunks retrieved (default from config).")
-    adapter: str | None = Field(None, description="LoRA adapter name.")
+    adapter: str | None = Field(
+        None,
+        description="LoRA adapter name; omitted: the collection's default adapter (else the server's, else the "
+        "shipped one); 'none': the bare model.",
+    )
     stream: bool = Field(False, description="Answer as Server-Sent Events: `token` events, then one `answer` event.")
     answer_style: Literal["short", "full"] | None = Field(
         None,
@@ -194,7 +198,12 @@ class AnswerPublic(BaseModel):
     collection_generation: int
     mode: str
     model: str
-    adapter: str | None = None
+    adapter: str | None = Field(None, description="The LoRA adapter that answered (None: the bare model).")
+    adapter_source: str = Field(
+        "none",
+        description="Why that adapter answered: 'request' (named), 'collection' or 'server' (a promoted default), "
+        "'shipped' (the bundled model's reader adapter) or 'none' (the bare model).",
+    )
     k: int
     citations: list[CitationPublic]
     generated_tokens: int = 0

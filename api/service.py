@@ -356,8 +356,10 @@ class RagService:
     def check_adapter(self, key: ApiKey, adapter: str | None, *, exists: bool = True) -> None:
         """``adapter`` must be a registry name (never a path: 422) and, with ``exists``, one that this key may
         use and that exists (else 404: to a key limited to other adapters, they do not exist; a stream reports
-        both alike, as an error event)."""
-        if not adapter:
+        both alike, as an error event). ``"none"`` asks for the bare model; no adapter at all for the default."""
+        from rag.adapter_defaults import NO_ADAPTER
+
+        if not adapter or adapter == NO_ADAPTER:
             return
         from rag.adapter_store import AdapterStore, check_adapter_name
         from rag.errors import AdapterError

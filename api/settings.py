@@ -175,6 +175,11 @@ class Settings(BaseSettings):
     limits: LimitsConfig = LimitsConfig()
     serving: ServingConfig = ServingConfig()
     web: WebConfig = WebConfig()  # `ragqa ingest URL`: timeout, size limit, crawl defaults, user agent
+    shipped_adapter: Path | None = Field(
+        None,
+        description="Folder of the shipped reader adapter that `ragqa models prepare` installs as 'reader' "
+        "(default: data/adapters/reader of the source tree, else share/ragqa/adapters/reader of the install).",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -60,8 +60,7 @@ class Runner:
 
     def evaluate(self, data: pathlib.Path, mode: str, n: int, adapter: str | None) -> dict[str, Any]:
         args = ["eval", "--data", str(data), "-c", COLLECTION, "--mode", mode, "--n", str(n), "--json"]
-        if adapter:
-            args += ["--adapter", adapter]
+        args += ["--adapter", adapter or "none"]  # "none": the bare base model, never a promoted/shipped default
         js, secs = self.run(*args)
         js["wall_s"] = secs
         logger.info("eval %s %s: F1 %.3f EM %.3f", mode, adapter or "base", js["f1"], js["em"])

@@ -29,6 +29,11 @@ BUNDLED_GENERATORS = {
 _ALIASES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "SmolLM2-135M-Instruct"}
 
 
+def canonical_name(model: str) -> str:
+    """The bundled name of ``model`` when it is an alias of a bundled generator, else ``model`` itself."""
+    return _ALIASES.get(model, model)
+
+
 def package_dir(package: str) -> Path | None:
     """Folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)

@@ -45,6 +45,7 @@ import torch
 
 from ingest.collection import Collection
 from rag.abstention import AbstentionRule
+from rag.adapter_defaults import NO_ADAPTER, AdapterResolver, Resolved
 from rag.attribution import choose_documents, supporting_span, token_sentence_spans
 from rag.calibration import read_calibration
 from rag.config import QAConfig
@@ -108,6 +109,9 @@ class Answer:
     adapter: str | None
     collection: str
     citations: list[Citation]
+    #: why ``adapter`` answered: ``request`` (named), ``collection`` / ``server`` (a promoted default),
+    #: ``shipped`` (the bundled model's reader adapter) or ``none`` (the bare model)
+    adapter_source: str = "none"
     logprob: float | None = None
     mean_token_logprob: float | None = None
     idk_margin: float | None = None  # mean per-token log p("I don't know.") - the answer's (same marginal)
@@ -180,7 +184,13 @@ class QAPipeline:
     """Retriever + generator. One instance serves many questions (models load once)."""
 
     def __init__(
-        self, retriever: Retriever, generator: Generator, config: QAConfig | None = None, *, scheduler: Any = None
+        self,
+        retriever: Retriever,
+        generator: Generator,
+        config: QAConfig | None = None,
+        *,
+        scheduler: Any = None,
+        adapter_resolver: AdapterResolver | None = None,
     ) -> None:
         self.retriever = retriever
         self.generator = generator
@@ -188,6 +198,8 @@ class QAPipeline:
         #: a :class:`rag.scheduler.Scheduler` that owns the model and batches concurrent answers (the
         #: server), or None: each answer holds the model alone (``Generator.session``; the CLI, eval)
         self.scheduler = scheduler
+        #: picks the default adapter when a request names none (:mod:`rag.adapter_defaults`); None: no defaults
+        self.adapter_resolver = adapter_resolver
         # adapter name (as resolved in the adapters folder) -> (query encoder folder mtime, embedder), LRU order
         self._query_encoders: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self._lock = threading.Lock()
@@ -220,6 +232,14 @@ class QAPipeline:
                 dropped, _ = self._query_encoders.popitem(last=False)
                 logger.info("query encoder of adapter %s dropped from the cache", dropped)
             return embedder
+
+    def resolve_adapter(self, collection: str | None, adapter: str | None) -> Resolved:
+        """The adapter that answers a request naming ``adapter`` (None: the default; ``"none"``: the bare model)."""
+        if self.adapter_resolver is not None:
+            return self.adapter_resolver.resolve(collection, adapter)
+        if adapter and adapter != NO_ADAPTER:
+            return Resolved(adapter, "request")
+        return Resolved(None, "none")
 
     def contexts(self, retrieval: Retrieval) -> list[str]:
         """The context blocks of ``retrieval``'s chunks, as the prompts hold them (:func:`format_contexts`)."""
@@ -257,13 +277,15 @@ class QAPipeline:
         question = question.strip()
         if not question:
             raise QAError("the question is empty")
+        resolved = self.resolve_adapter(collection.name, adapter)
+        adapter = resolved.adapter
         t0 = time.perf_counter()
         retrieval = self.retriever.retrieve(
             collection, question, k, sources=sources, titles=titles, query_embedder=self.query_embedder(adapter)
         )
         t_ret = time.perf_counter() - t0
         ans = self._new_answer(collection, question, mode, adapter, retrieval)
-        ans.style = style
+        ans.style, ans.adapter_source = style, resolved.source
         if not retrieval.chunks:
             return self._abstain(ans, "the collection returned no evidence", t0, t_ret, on_token)
         rule = AbstentionRule.for_collection(cfg, read_calibration(collection)) if abstain else AbstentionRule()

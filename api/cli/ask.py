@@ -133,7 +133,16 @@ def eval_cmd(
         fail(str(exc), as_json)
     s = settings(ctx)
     metrics = compute_metrics(records, **thresholds(s.qa)).to_dict()
-    metrics.update({"mode": mode or s.qa.mode, "k": k or s.retriever.k, "adapter": adapter, "collection": collection})
+    answered_by = rag.qa.resolve_adapter(collection, adapter)  # no --adapter: the default adapter answered
+    metrics.update(
+        {
+            "mode": mode or s.qa.mode,
+            "k": k or s.retriever.k,
+            "adapter": answered_by.adapter,
+            "adapter_source": answered_by.source,
+            "collection": collection,
+        }
+    )
     if calibrate_:
         metrics["calibration"] = calibrate(records)
     if as_json:

@@ -26,7 +26,14 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON ob
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
 ModeOpt = Annotated[str | None, typer.Option("--mode", help="stuff, rag-sequence or rag-token (default from config).")]
 KOpt = Annotated[int | None, typer.Option("-k", min=1, max=64, help="Documents retrieved (default from config).")]
-AdapterOpt = Annotated[str | None, typer.Option("--adapter", help="LoRA adapter name (see `ragqa adapters list`).")]
+AdapterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--adapter",
+        help="LoRA adapter name (see `ragqa adapters list`); default: the collection's or server's promoted "
+        "adapter, else the shipped one; 'none': the bare model.",
+    ),
+]
 
 
 def stack(ctx: typer.Context) -> RagStack:

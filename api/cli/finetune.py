@@ -1,4 +1,4 @@
-"""``ragqa finetune synth|sft|reward|dpo|rlhf|rag``: training data and LoRA training runs.
+"""``ragqa finetune synth|sft|reward|dpo|rlhf|rag|pipeline``: training data and LoRA training runs.
 
 The trainer commands' options are generated from the job models of :mod:`finetune.config`
 (:mod:`api.cli.job_options`); each takes them on the command line or from ``--config file.yaml``
@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from api.cli import job_options
 from api.cli.common import CollectionOpt, JsonOpt, emit_json, err, fail, out, stack, summary_table
+from api.cli.pipeline import pipeline_cmd
 from finetune.config import DPOJob, RAGJob, RewardJob, RLHFJob, SFTJob
 from ingest.errors import IngestError
 
@@ -291,3 +292,6 @@ def training_command(trainer: Trainer) -> Callable[..., None]:
 
 for _trainer in TRAINERS:
     app.command(_trainer.kind, help=_trainer.help)(training_command(_trainer))
+
+# -- pipeline: the whole loop from a recipe -------------------------------------------------------
+app.command("pipeline")(pipeline_cmd)

@@ -67,7 +67,8 @@ def models_main(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 @app.command("prepare")
 def models_prepare(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Prepare the models: convert the generator's GGUF once, build the embedder's caches."""
+    """Prepare the models: convert the generator's GGUF once, build the embedder's caches, install the
+    shipped reader adapter (the bundled model's default adapter)."""
     from rag.models import prepare_generator
 
     s = settings(ctx)
@@ -80,8 +81,22 @@ def models_prepare(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         prepare_generator(s.generator, s.models_dir)
     except IngestError as exc:
         fail(str(exc), as_json)
+    shipped = install_shipped_adapter(s)
     rows = model_rows(s)
     if as_json:
-        emit_json({"models": rows, "ok": all(r["ready"] for r in rows)})
+        emit_json({"models": rows, "ok": all(r["ready"] for r in rows), "shipped_adapter": shipped})
     else:
         _print_models(rows)
+        out.print(f"shipped adapter: {shipped['status']} ({shipped['reason']})", highlight=False)
+
+
+def install_shipped_adapter(s: Settings) -> dict[str, Any]:
+    """Install the shipped reader adapter when it fits the configured generator (see :mod:`finetune.shipped`)."""
+    from finetune.shipped import ShippedAdapterError, install_shipped, shipped_dir
+    from rag.models import canonical_name
+
+    try:
+        report = install_shipped(shipped_dir(s.shipped_adapter), s.adapters_dir, canonical_name(s.generator.model))
+    except ShippedAdapterError as exc:
+        return {"status": "error", "reason": str(exc), "source": None, "adapter": None}
+    return report.to_dict()

@@ -322,7 +322,9 @@
       if (err.status !== 404) throw err;
       res = { data: [] }; // an older server without the listing
     }
-    select.replaceChildren(el("option", { value: "", textContent: "none" }));
+    // "" sends no adapter: the server's default (promoted, else shipped); "none" asks for the bare model
+    select.replaceChildren(el("option", { value: "", textContent: "default" }),
+      el("option", { value: "none", textContent: "none (bare model)" }));
     for (const a of res.data) {
       const m = a.metadata || {};
       if (m.kind === "reward") continue; // a reward model scores answers; it cannot write them
@@ -330,7 +332,7 @@
         .filter(Boolean).join(", ");
       select.append(el("option", { value: a.name, textContent: extra ? `${a.name} (${extra})` : a.name }));
     }
-    select.value = res.data.some((a) => a.name === wanted) ? wanted : "";
+    select.value = wanted === "none" || res.data.some((a) => a.name === wanted) ? wanted : "";
   }
 
   function readSettings() {
@@ -534,7 +536,7 @@
     }
     const secs = a.timings && a.timings.server_s !== undefined ? ` · ${a.timings.server_s.toFixed(2)} s` : "";
     $(".answer-meta", card).textContent =
-      `${a.mode} · k ${a.k} · ${a.style || "short"} · ${a.model}${a.adapter ? " + " + a.adapter : ""} · ${a.generated_tokens} tokens${secs}`;
+      `${a.mode} · k ${a.k} · ${a.style || "short"} · ${a.model}${a.adapter ? " + " + a.adapter + (a.adapter_source && a.adapter_source !== "request" ? ` (${a.adapter_source} default)` : "") : ""} · ${a.generated_tokens} tokens${secs}`;
     const full = a.style === "full"; // full answers are not copied spans: their markers show the support
     $(".citations", card).replaceChildren(...a.citations.map((c) => citationItem(c, full ? "" : a.answer, a.abstained)));
     if (!a.citations.length) $(".citations", card).append(el("li", { class: "hint", textContent: "No citations." }));

@@ -188,7 +188,7 @@ def test_drop_upload_adapters_and_422(page, web_server):
     connect(d, api["key"])
     # the adapter picker lists the workspace's adapters (GET /v1/adapters)
     wait(d).until(lambda d: "demo-lora" in [o.get_attribute("value") for o in Select(css(d, "#adapter")).options])
-    assert [o.text for o in Select(css(d, "#adapter")).options] == ["none", "demo-lora (sft)"]
+    assert [o.text for o in Select(css(d, "#adapter")).options] == ["default", "none (bare model)", "demo-lora (sft)"]
     Select(css(d, "#collection-select")).select_by_value("dropped")
     # a file dropped on the drop zone is uploaded and ingested
     d.execute_script(DROP_FILE_JS, "dropped.txt", "Dropped files are ingested like picked ones.")
