@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-
 def make_reward_function(scorer: RewardScorer):
     """TRL reward function: (prompts, completions, question, contexts) -> one float per completion."""
 

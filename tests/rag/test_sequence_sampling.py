@@ -37,7 +37,12 @@ def brute_seq_prob(model, prompt: list[int], tokens: list[int]) -> float:
 def test_a_draw_is_scored_by_the_brute_force_marginal_and_posterior(model):
     for seed in range(5):
         hyp = rag_sequence_sample(
-            model, PROMPTS, DOC_LOGPROBS, max_new_tokens=3, eos_token_ids=EOS, generator=torch.Generator().manual_seed(seed)
+            model,
+            PROMPTS,
+            DOC_LOGPROBS,
+            max_new_tokens=3,
+            eos_token_ids=EOS,
+            generator=torch.Generator().manual_seed(seed),
         )
         joint = [math.exp(float(lp)) * brute_seq_prob(model, p, hyp.token_ids) for p, lp in zip(PROMPTS, DOC_LOGPROBS)]
         assert hyp.logprob == pytest.approx(math.log(sum(joint)), abs=1e-4)
