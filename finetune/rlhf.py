@@ -200,14 +200,14 @@ class PtxMixin:
     ptx_coef: float = 0.0
     ptx_iter: Iterator[dict[str, torch.Tensor]] | None = None
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
-        loss = super().compute_loss(  # type: ignore[misc]  # the TRL trainer this is mixed into
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(  # the TRL trainer this is mixed into
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
         if self.ptx_coef > 0 and self.ptx_iter is not None:
             sft = ptx_sft_loss(model, next(self.ptx_iter))
             mode = "train" if model.training else "eval"
-            self._metrics[mode]["ptx_sft_loss"].append(float(sft.detach()))  # type: ignore[attr-defined]
+            self._metrics[mode]["ptx_sft_loss"].append(float(sft.detach()))
             loss = loss + self.ptx_coef * sft
         return loss
 
