@@ -187,3 +187,18 @@ def test_prefs_needs_a_verifier_for_every_question(env):
     data = write_jsonl(root / "nogold.jsonl", [{"question": q} for q, _, _ in FACTS])
     with pytest.raises(DataError, match="--reward-model"):
         run_prefs(PrefsJob(data=data, collection="facts", output=root / "x.jsonl"), ws)
+
+
+def test_cli_prefs_bad_input_exits_2_with_a_clear_error(home, tmp_path):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    runner = CliRunner()
+    base = ["finetune", "prefs", "-c", "facts", "--output", str(tmp_path / "p.jsonl"), "--json"]
+    missing = runner.invoke(app, [*base, "--data", str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 2 and "does not exist" in json.loads(missing.stdout.splitlines()[-1])["error"]
+    one = runner.invoke(app, [*base, "--data", str(tmp_path / "nope.jsonl"), "--samples", "1"])
+    assert one.exit_code == 2 and "samples" in one.stdout
+    mode = runner.invoke(app, [*base, "--data", str(tmp_path / "nope.jsonl"), "--mode", "stuff"])
+    assert mode.exit_code == 2 and "mode" in mode.stdout
