@@ -18,6 +18,8 @@ from finetune.errors import ConfigError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
+DEFAULT_PTX_COEF = 0.5  # RLHFJob.ptx_coef when the prompts carry gold answers
+
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -145,11 +147,11 @@ class RLHFJob(BaseJob):
         "(verifiable); both: their sum. Default: model when --reward-model is given, else f1.",
     )
     reward_model: str | None = Field(None, description="A reward adapter trained with `ragqa finetune reward`.")
-    ptx_coef: float = Field(
-        0.5,
+    ptx_coef: float | None = Field(
+        None,
         ge=0,
         description="PPO-ptx guard (InstructGPT): this times the SFT loss on the prompts' gold answers is added "
-        "to the RL loss. 0 = off; needs gold answers in the prompts file.",
+        f"to the RL loss. 0 = off; default {DEFAULT_PTX_COEF} when the prompts file has gold answers, else off.",
     )
     from_adapter: str | None = Field(None, description="Start from this SFT adapter (it is also the KL reference).")
     algorithm: Literal["grpo", "rloo"] = Field("rloo", description="TRL's online RL trainer.")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from finetune.config import RLHFJob
+from finetune.config import DEFAULT_PTX_COEF, RLHFJob
 from finetune.data import Example, file_sha256, read_jsonl
 from finetune.errors import DataError
 from finetune.examples import cut, tokenize_pair
@@ -238,6 +238,13 @@ def answer_scorer(job: RLHFJob, scorer: RewardScorer | None) -> Callable[[Exampl
     return score
 
 
+def ptx_coefficient(job: RLHFJob, records: list[Example]) -> float:
+    """The ptx coefficient of the run: the job's, else the default when some prompt has a gold answer, else 0."""
+    if job.ptx_coef is not None:
+        return job.ptx_coef
+    return DEFAULT_PTX_COEF if any(r.answer for r in records) else 0.0
+
+
 def build_trainer(job: RLHFJob, ws: Workspace, gen: Generator, model: Any, records: list[Example], run_dir: Any):
     """The TRL trainer of ``job`` (a :class:`PtxMixin` subclass) over ``records``, with its reward functions
     and the ptx batches set. Returns ``(trainer, reward scorer or None, ptx example count)``."""
@@ -287,7 +294,8 @@ def build_trainer(job: RLHFJob, ws: Workspace, gen: Generator, model: Any, recor
         peft_config=lora_config(job.lora, model),
     )
     ptx_rows: list[dict[str, list[int]]] = []
-    if job.ptx_coef > 0:
+    coef = ptx_coefficient(job, records)
+    if coef > 0:
         ptx_rows = ptx_features(gen, records, max_ctx, ws.qa.one_shot, job.train.max_length)
         if not ptx_rows:
             raise DataError(
@@ -295,7 +303,7 @@ def build_trainer(job: RLHFJob, ws: Workspace, gen: Generator, model: Any, recor
                 f"train.max_length={job.train.max_length}); add answers or pass --ptx-coef 0"
             )
         prompts_per_step = max(1, kwargs["per_device_train_batch_size"] // job.num_generations)
-        trainer.ptx_coef = job.ptx_coef
+        trainer.ptx_coef = coef
         trainer.ptx_iter = ptx_batches(ptx_rows, prompts_per_step, gen.tokenizer.pad_token_id, job.train.seed)
     return trainer, scorer, len(ptx_rows)
 
@@ -342,7 +350,7 @@ def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
         "algorithm": job.algorithm,
         "reward": job.reward,
         "beta": job.beta,
-        "ptx_coef": job.ptx_coef,
+        "ptx_coef": ptx_coefficient(job, records),
         "ptx_examples": ptx_examples,
         "learning_rate": job.train.learning_rate,
         "steps": int(out.global_step),
