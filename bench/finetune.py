@@ -11,6 +11,13 @@ articles (chosen: the gold span; rejected: the whole sentence around it, the lon
 model tends to give): ``finetune reward`` (held-out pairwise accuracy), ``finetune dpo`` and
 ``finetune rlhf`` from the SFT adapter (mean reward and KL before/after, held-out F1).
 
+``--on-policy`` runs the preference side on the policy's own answers: ``finetune prefs`` samples answers
+to training questions from the SFT adapter through retrieval and the RAG pipeline and pairs them by
+their F1 against the gold answer; then ``finetune dpo`` (with its RPO term) on those pairs and
+``finetune rlhf --reward f1`` (with its PPO-ptx term) on those questions, both from the SFT adapter.
+Each is evaluated on the held-out article and compared with SFT question by question: the mean F1
+difference with a paired bootstrap 95% interval (:func:`rag.evaluate.paired_bootstrap`).
+
 ``--write`` replaces the "Fine-tuning" section of BENCHMARKS.md (between ``<!-- finetune:start -->``
 and ``<!-- finetune:end -->``).
 
@@ -40,6 +47,7 @@ END_MARKER = "<!-- finetune:end -->"
 SECTION_HEADING = "## Fine-tuning"
 COLLECTION = "squad"
 SFT_NAME, RM_NAME, DPO_NAME, RLHF_NAME = "squad-sft", "squad-reward", "squad-dpo", "squad-rlhf"
+OP_DPO_NAME, OP_RLHF_NAME = "squad-dpo-onpolicy", "squad-rlhf-onpolicy"
 
 
 # -- steps ----------------------------------------------------------------------------------------
@@ -59,10 +67,17 @@ class Runner:
         return js, t.seconds
 
     def evaluate(self, data: pathlib.Path, mode: str, n: int, adapter: str | None) -> dict[str, Any]:
+        """``ragqa eval`` metrics, plus ``question_f1``: each answerable question's F1 (for paired comparisons)."""
+        from rag.evaluate import Record, question_f1s
+
+        records = self.home / "bench-data" / f"records-{adapter or 'base'}.jsonl"
         args = ["eval", "--data", str(data), "-c", COLLECTION, "--mode", mode, "--n", str(n), "--json"]
+        args += ["--records", str(records)]
         args += ["--adapter", adapter or "none"]  # "none": the bare base model, never a promoted/shipped default
         js, secs = self.run(*args)
         js["wall_s"] = secs
+        rows = [Record(**json.loads(line)) for line in records.read_text(encoding="utf-8").splitlines() if line.strip()]
+        js["question_f1"] = question_f1s(rows, js.get("min_score"), js.get("min_logprob"), js.get("max_idk_margin"))
         logger.info("eval %s %s: F1 %.3f EM %.3f", mode, adapter or "base", js["f1"], js["em"])
         return js
 
@@ -177,9 +192,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         res["rlhf"] = {"wall_s": rl_wall, **rl["metrics"]}
         res["rlhf_eval"] = r.evaluate(held_path, args.mode, args.n, RLHF_NAME)
+    if args.on_policy:
+        run_on_policy(r, args, data.sft_path, held_path, res)
     if not args.home and not args.keep:
         shutil.rmtree(home, ignore_errors=True)
     return res
+
+
+def run_on_policy(
+    r: Runner, args: argparse.Namespace, sft_path: pathlib.Path, held_path: pathlib.Path, res: dict[str, Any]
+) -> None:
+    """SFT -> on-policy prefs -> DPO, and SFT -> RLHF (F1 reward), each compared with SFT on the held-out questions."""
+    import random
+
+    from finetune.data import read_jsonl, write_jsonl
+    from rag.evaluate import paired_bootstrap
+
+    records = read_jsonl(sft_path, "sft")
+    answerable = [x for x in records if x.answer and x.answer.strip() != "I don't know."]
+    chosen = random.Random(0).sample(answerable, min(args.onpolicy_n, len(answerable)))
+    questions = sft_path.with_name("onpolicy-questions.jsonl")
+    write_jsonl(questions, [x.to_json() for x in chosen])
+    pairs = sft_path.with_name("onpolicy-pairs.jsonl")
+    prefs, prefs_wall = r.run(
+        "finetune", "prefs", "--data", str(questions), "-c", COLLECTION, "--adapter", SFT_NAME,
+        "--samples", str(args.samples), "--mode", args.mode, "--output", str(pairs), "--json",
+    )  # fmt: skip
+    res["onpolicy_prefs"] = {"wall_s": prefs_wall, **prefs["metrics"]}
+    dpo, dpo_wall = r.run(
+        "finetune", "dpo", "--data", str(pairs), "--from-adapter", SFT_NAME, "--output", OP_DPO_NAME,
+        "--overwrite", "--json", *args.dpo_args.split(),
+    )  # fmt: skip
+    res["onpolicy_dpo"] = {"wall_s": dpo_wall, **dpo["metrics"]}
+    res["onpolicy_dpo_eval"] = r.evaluate(held_path, args.mode, args.n, OP_DPO_NAME)
+    rl, rl_wall = r.run(
+        "finetune", "rlhf", "--prompts", str(questions), "--reward", "f1", "--from-adapter", SFT_NAME,
+        "--output", OP_RLHF_NAME, "--overwrite", "--json", *args.rlhf_args.split(),
+    )  # fmt: skip
+    res["onpolicy_rlhf"] = {"wall_s": rl_wall, **rl["metrics"]}
+    res["onpolicy_rlhf_eval"] = r.evaluate(held_path, args.mode, args.n, OP_RLHF_NAME)
+    sft_f1 = res["after"]["question_f1"]
+    for key in ("onpolicy_dpo_eval", "onpolicy_rlhf_eval"):
+        res[key]["vs_sft"] = paired_bootstrap(sft_f1, res[key]["question_f1"], n=1000, seed=0)
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -259,7 +313,43 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
             f"{_f(rl.get('length_before'), '.1f')} -> {_f(rl.get('length_after'), '.1f')} tokens, "
             f"held-out F1 {_f(res['rlhf_eval']['f1'])}, {rl['wall_s']:.0f} s.",
         ]
+    if "onpolicy_prefs" in res:
+        lines += render_on_policy(res)
     return "\n".join(lines) + "\n"
+
+
+def render_on_policy(res: dict[str, Any]) -> list[str]:
+    pf, dpo, rl = res["onpolicy_prefs"], res["onpolicy_dpo"], res["onpolicy_rlhf"]
+    sft_f1 = res["after"]["f1"]
+    lines = [
+        "",
+        f"On-policy preference side (`finetune prefs --adapter {SFT_NAME}`: {pf['questions']} training questions, "
+        f"{pf['pairs']} pairs by F1 against the gold answer, mean margin {_f(pf.get('mean_margin'))}, "
+        f"{pf['wall_s']:.0f} s); held-out F1 against SFT's {_f(sft_f1)}, difference with a paired bootstrap 95% CI "
+        f"over {len(res['after']['question_f1'])} questions (target: >= +0.03):",
+        "",
+        "| model | F1 | F1 - SFT [95% CI] | target |",
+        "|---|---|---|---|",
+    ]
+    for name, key in ((f"SFT then on-policy DPO `{OP_DPO_NAME}`", "onpolicy_dpo_eval"),
+                      (f"SFT then RLHF, F1 reward `{OP_RLHF_NAME}`", "onpolicy_rlhf_eval")):  # fmt: skip
+        m, b = res[key], res[key]["vs_sft"]
+        ok = m["f1"] >= sft_f1 + 0.03 and b["low"] > 0
+        lines.append(
+            f"| {name} | {_f(m['f1'])} | {b['diff']:+.3f} [{b['low']:+.3f}, {b['high']:+.3f}] | "
+            f"{'met' if ok else 'not met'} |"
+        )
+    lines += [
+        "",
+        f"- `finetune dpo` (RPO alpha {dpo.get('rpo_alpha')}, lr {dpo.get('learning_rate')}): margin "
+        f"{_f(dpo.get('rewards_margin_before'))} -> {_f(dpo.get('rewards_margin_after'))}, preference accuracy "
+        f"{_f(dpo.get('accuracy_before'), '.2f')} -> {_f(dpo.get('accuracy_after'), '.2f')}, {dpo['wall_s']:.0f} s.",
+        f"- `finetune rlhf --reward f1` ({str(rl.get('algorithm', '')).upper()}, ptx {rl.get('ptx_coef')}): mean F1 "
+        f"reward {_f(rl.get('reward_before'))} -> {_f(rl.get('reward_after'))}, KL to the SFT reference "
+        f"{_f(rl.get('kl_before'))} -> {_f(rl.get('kl_after'))} (per step in training {_f(rl.get('train_kl'))}), "
+        f"{rl['wall_s']:.0f} s.",
+    ]
+    return lines
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -278,6 +368,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--preferences", action="store_true", help="also run reward -> rlhf and dpo")
     p.add_argument("--pref-n", type=int, default=48, help="preference pairs")
     p.add_argument("--prompt-n", type=int, default=16, help="RLHF prompts")
+    p.add_argument("--on-policy", action="store_true", help="also run prefs -> dpo and rlhf (F1 reward) from SFT")
+    p.add_argument("--onpolicy-n", type=int, default=128, help="training questions sampled for on-policy training")
+    p.add_argument("--samples", type=int, default=4, help="answers sampled per question (finetune prefs)")
+    p.add_argument("--dpo-args", default="", help="extra options for the on-policy `ragqa finetune dpo`")
+    p.add_argument("--rlhf-args", default="", help="extra options for the on-policy `ragqa finetune rlhf`")
     p.add_argument("--home", default=None, help="RAGQA_HOME (default: a temporary one)")
     p.add_argument("--models-from", default=None, help="prepared models folder to link (default ~/.ragqa/models)")
     p.add_argument("--keep", action="store_true", help="keep the temporary home")

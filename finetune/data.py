@@ -4,7 +4,8 @@ Formats (one JSON object per line; blank lines and lines starting with ``#`` are
 
 - SFT: ``{"question": str, "answer": str}`` plus optional ``"context": str`` or ``"contexts": [str]``.
 - Preferences: ``{"question": str, "chosen": str, "rejected": str}`` plus optional context(s).
-- Prompts (online RL): ``{"question": str}`` plus optional context(s).
+- Prompts (online RL, on-policy preferences): ``{"question": str}`` plus optional context(s) and an
+  optional gold ``"answer"`` (the verifier's reference).
 
 Every malformed line is reported with its line number; nothing is silently dropped.
 """
@@ -66,6 +67,11 @@ def _contexts(obj: dict[str, Any], where: str) -> list[str]:
     return []
 
 
+def _answer(obj: dict[str, Any]) -> str | None:
+    value = obj.get("answer")
+    return value if isinstance(value, str) and value.strip() else None
+
+
 def parse_records(lines: Iterable[str], kind: str, source: str = "<data>") -> tuple[list[Example], list[str]]:
     """Parse JSONL ``lines`` of ``kind`` ('sft', 'preference', 'prompt'): (examples, per-line errors)."""
     if kind not in REQUIRED:
@@ -97,7 +103,8 @@ def parse_records(lines: Iterable[str], kind: str, source: str = "<data>") -> tu
         examples.append(
             Example(
                 question=obj["question"].strip(),
-                answer=(obj.get("answer") or None) if kind == "sft" else None,
+                # prompts keep an optional gold answer: the verifiable reward and the ptx loss read it
+                answer=_answer(obj) if kind in ("sft", "prompt") else None,
                 contexts=contexts,
                 chosen=obj.get("chosen") if kind == "preference" else None,
                 rejected=obj.get("rejected") if kind == "preference" else None,

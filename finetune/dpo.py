@@ -1,5 +1,10 @@
 """Offline preference alignment with TRL's DPOTrainer, LoRA, optionally continuing an SFT adapter
-(which is then also the reference model; see :mod:`finetune.lora`)."""
+(which is then also the reference model; see :mod:`finetune.lora`).
+
+Regression guard: ``rpo_alpha`` adds the SFT loss on the chosen answers to the DPO loss (RPO), so the
+chosen answers stay likely while the margin grows; the default loop is also gentler than SFT's
+(:class:`finetune.config.PreferenceTrainOptions`).
+"""
 
 from __future__ import annotations
 
@@ -58,6 +63,18 @@ def dpo_features(
     return rows
 
 
+def rpo_loss(rpo_alpha: float) -> dict[str, Any]:
+    """DPOConfig arguments of DPO plus ``rpo_alpha`` x the SFT loss on the chosen answers (RPO).
+
+    The installed TRL (1.x) has no ``rpo_alpha`` option; its DPOTrainer sums the losses named in
+    ``loss_type`` weighted by ``loss_weights``, and its ``"sft"`` loss is the mean NLL of the chosen
+    completions' tokens, which is RPO's term.
+    """
+    if rpo_alpha <= 0:
+        return {"loss_type": ["sigmoid"]}
+    return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, rpo_alpha]}
+
+
 def _pick(metrics: dict[str, float], key: str) -> float | None:
     v = metrics.get(f"eval_{key}")
     return None if v is None else round(float(v), 4)
@@ -79,7 +96,12 @@ def run_dpo(job: DPOJob, ws: Workspace) -> TrainResult:
     model.train()
     run_dir = ws.run_dir("dpo", job.output)
     resume = prepare_run_dir(run_dir, job.resume)
-    args = DPOConfig(**trainer_kwargs(job, run_dir, has_eval=True), beta=job.beta, max_length=job.train.max_length)
+    args = DPOConfig(
+        **trainer_kwargs(job, run_dir, has_eval=True),
+        beta=job.beta,
+        max_length=job.train.max_length,
+        **rpo_loss(job.rpo_alpha),
+    )
     stats = RunStats()
     trainer = DPOTrainer(
         model=cast("PreTrainedModel", model),  # start_policy's model: a transformers causal LM
@@ -99,6 +121,8 @@ def run_dpo(job: DPOJob, ws: Workspace) -> TrainResult:
         "train_loss": round(float(out.training_loss), 4),
         "steps": int(out.global_step),
         "beta": job.beta,
+        "rpo_alpha": job.rpo_alpha,
+        "learning_rate": job.train.learning_rate,
         "pairs": len(rows),
         "train_pairs": len(train_rows),
         "eval_pairs": len(eval_rows),

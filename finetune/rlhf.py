@@ -1,20 +1,35 @@
-"""Online RL of the generator against a reward model with a KL penalty to the reference policy
-(TRL's RLOOTrainer or GRPOTrainer, LoRA). Starting from an SFT adapter makes the SFT model the
-reference (see :mod:`finetune.lora`)."""
+"""Online RL of the generator with a KL penalty to the reference policy (TRL's RLOOTrainer or
+GRPOTrainer, LoRA). Starting from an SFT adapter makes the SFT model the reference (see :mod:`finetune.lora`).
+
+Rewards (``RLHFJob.reward``): the reward adapter (``model``), the verifiable token F1 of the answer against
+the prompt's gold answer (``f1``, :mod:`finetune.verifier`), or their sum (``both``, TRL's ``reward_funcs``
+with unit ``reward_weights``).
+
+Regression guard (PPO-ptx, Ouyang et al. 2022): :class:`PtxMixin` overrides ``compute_loss(model, inputs,
+return_outputs=False, num_items_in_batch=None)`` of the installed TRL's ``RLOOTrainer`` / ``GRPOTrainer``
+(1.x; both route every training micro-batch of rollouts through it, inside the Trainer's autocast) and
+returns ``rl_loss + ptx_coef * sft_loss``, the SFT loss being the mean token NLL of the gold answers of a
+batch of prompts drawn in a seeded cycle (:func:`ptx_sft_loss`). InstructGPT mixes in pretraining
+gradients; here the SFT data plays that part, which is what keeps the policy near the answers SFT taught.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from finetune.config import RLHFJob
+from finetune.config import DEFAULT_PTX_COEF, RLHFJob
 from finetune.data import Example, file_sha256, read_jsonl
-from finetune.examples import cut
+from finetune.errors import DataError
+from finetune.examples import cut, tokenize_pair
+from finetune.losses import IGNORE_INDEX, answer_logits
 from finetune.reward import RewardScorer
 from finetune.runner import (
+    FinetuneError,
     RunStats,
     TrainResult,
     Workspace,
@@ -27,6 +42,7 @@ from finetune.runner import (
     trainable_parameters,
     trainer_kwargs,
 )
+from finetune.verifier import answer_f1, completion_text, make_f1_reward, reply_answer
 from rag.generator import Generator
 from rag.prompts import chat_messages
 
@@ -34,12 +50,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
-
-
-def _completion_text(completion: Any) -> str:
-    if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
-        return "".join(m.get("content", "") for m in completion if isinstance(m, dict))
-    return str(completion)
 
 
 def make_reward_function(scorer: RewardScorer):
@@ -50,7 +60,7 @@ def make_reward_function(scorer: RewardScorer):
         for i, completion in enumerate(completions):
             q = question[i] if question is not None else ""
             ctx = contexts[i] if contexts is not None else []
-            scores.append(scorer.score(q, list(ctx), [_completion_text(completion)])[0])
+            scores.append(scorer.score(q, list(ctx), [completion_text(completion)])[0])
         return scores
 
     reward.__name__ = "reward_model"
@@ -61,7 +71,7 @@ def make_reward_function(scorer: RewardScorer):
 def policy_stats(
     model,
     gen: Generator,
-    scorer: RewardScorer,
+    score: Callable[[Example, list[str]], list[float]],
     prompts: list[Example],
     max_context_tokens: int,
     one_shot: bool,
@@ -117,7 +127,7 @@ def policy_stats(
         kls += ((lp - lp_ref) * mask).sum(-1).tolist()
         lengths += mask.sum(-1).float().tolist()
         texts = [gen.decode(row[m].tolist()) for row, m in zip(completion, mask)]
-        rewards += scorer.score(ex.question, list(ex.contexts), texts)
+        rewards += score(ex, texts)
     n = max(1, len(rewards))
     return {
         "reward": sum(rewards) / n,
@@ -126,18 +136,130 @@ def policy_stats(
     }
 
 
-def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
-    from datasets import Dataset
+def ptx_features(
+    gen: Generator, records: list[Example], max_context_tokens: int, one_shot: bool, max_length: int
+) -> list[dict[str, list[int]]]:
+    """SFT examples of the prompts with a gold answer (prompt as at inference + answer turn), for the ptx loss."""
+    rows = []
+    for r in records:
+        if not r.answer:
+            continue
+        contexts = [cut(gen.tokenizer, c, max_context_tokens) for c in r.contexts]
+        ex = tokenize_pair(gen, r.question, contexts, r.answer, one_shot=one_shot)
+        if len(ex["input_ids"]) <= max_length:
+            rows.append(ex)
+    return rows
+
+
+def collate_ptx(rows: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` / ``attention_mask`` ``(N, L)`` and ``labels`` (-100 off the answer turn)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids, att, labels = [], [], []
+    for r in rows:
+        n = len(r["input_ids"])
+        ids.append(r["input_ids"] + [pad_token_id] * (width - n))
+        att.append([1] * n + [0] * (width - n))
+        labels.append(
+            [t if m else IGNORE_INDEX for t, m in zip(r["input_ids"], r["completion_mask"])]
+            + [IGNORE_INDEX] * (width - n)
+        )
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(att), "labels": torch.tensor(labels)}
+
+
+def ptx_batches(
+    rows: list[dict[str, list[int]]], batch_size: int, pad_token_id: int, seed: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches of ``rows``: each pass in a fresh seeded order."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            yield collate_ptx([rows[i] for i in order[start : start + batch_size]], pad_token_id)
+
+
+def ptx_sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean NLL of the answer tokens of ``batch`` (:func:`collate_ptx`) under ``model``: the SFT loss."""
+    device = next(model.parameters()).device
+    labels = batch["labels"].to(device)
+    logits, target, _ = answer_logits(
+        model, batch["input_ids"].to(device), labels, attention_mask=batch["attention_mask"].to(device)
+    )
+    return torch.nn.functional.cross_entropy(logits, target)
+
+
+class PtxMixin:
+    """PPO-ptx for TRL's online trainers: ``compute_loss`` returns ``rl_loss + ptx_coef * sft_loss``.
+
+    Overrides ``compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None)`` of TRL 1.x's
+    ``RLOOTrainer`` and ``GRPOTrainer`` (their RL loss is ``_compute_loss(model, inputs)``, called from it).
+    Set :attr:`ptx_coef` and :attr:`ptx_iter` (:func:`ptx_batches`) after building the trainer; with
+    ``ptx_coef == 0`` or no batches the loss is TRL's own.
+    """
+
+    ptx_coef: float = 0.0
+    ptx_iter: Iterator[dict[str, torch.Tensor]] | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(  # the TRL trainer this is mixed into
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        if self.ptx_coef > 0 and self.ptx_iter is not None:
+            sft = ptx_sft_loss(model, next(self.ptx_iter))
+            mode = "train" if model.training else "eval"
+            self._metrics[mode]["ptx_sft_loss"].append(float(sft.detach()))
+            loss = loss + self.ptx_coef * sft
+        return loss
+
+
+def _trainer_classes() -> dict[str, tuple[type, type]]:
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    check_output_free(ws, job)
-    records = read_jsonl(job.prompts, "prompt", min_examples=2)
-    set_threads()
-    gen, model = start_policy(ws, job.from_adapter)
-    scorer = RewardScorer(ws, job.reward_model, gen)
+    class PtxRLOOTrainer(PtxMixin, RLOOTrainer):
+        """RLOOTrainer whose loss also holds ``ptx_coef`` x the SFT loss on gold answers."""
+
+    class PtxGRPOTrainer(PtxMixin, GRPOTrainer):
+        """GRPOTrainer whose loss also holds ``ptx_coef`` x the SFT loss on gold answers."""
+
+    return {"rloo": (RLOOConfig, PtxRLOOTrainer), "grpo": (GRPOConfig, PtxGRPOTrainer)}
+
+
+def answer_scorer(job: RLHFJob, scorer: RewardScorer | None) -> Callable[[Example, list[str]], list[float]]:
+    """``score(example, raw replies)``: the reward of :func:`policy_stats`, as training computes it."""
+
+    def score(ex: Example, texts: list[str]) -> list[float]:
+        total = [0.0] * len(texts)
+        if job.reward in ("model", "both") and scorer is not None:
+            total = [a + b for a, b in zip(total, scorer.score(ex.question, list(ex.contexts), texts))]
+        if job.reward in ("f1", "both") and ex.answer:
+            total = [a + answer_f1(reply_answer(t, ex.question), ex.answer) for a, t in zip(total, texts)]
+        return total
+
+    return score
+
+
+def ptx_coefficient(job: RLHFJob, records: list[Example]) -> float:
+    """The ptx coefficient of the run: the job's, else the default when some prompt has a gold answer, else 0."""
+    if job.ptx_coef is not None:
+        return job.ptx_coef
+    return DEFAULT_PTX_COEF if any(r.answer for r in records) else 0.0
+
+
+def build_trainer(job: RLHFJob, ws: Workspace, gen: Generator, model: Any, records: list[Example], run_dir: Any):
+    """The TRL trainer of ``job`` (a :class:`PtxMixin` subclass) over ``records``, with its reward functions
+    and the ptx batches set. Returns ``(trainer, reward scorer or None, ptx example count)``."""
+    from datasets import Dataset
+
     max_ctx = ws.qa.max_context_tokens
-    rng = random.Random(job.train.seed)
-    eval_prompts = rng.sample(records, min(len(records), 4))  # sampled before and after: keep it cheap on a CPU
+    scorer = RewardScorer(ws, str(job.reward_model), gen) if job.reward in ("model", "both") else None
+    gold = sum(1 for r in records if r.answer)
+    if job.reward == "f1" and not gold:
+        raise DataError(f"reward=f1 needs a gold 'answer' on the prompts of {job.prompts}; none has one")
+    reward_funcs: list[Any] = []
+    if scorer is not None:
+        reward_funcs.append(make_reward_function(scorer))
+    if job.reward in ("f1", "both"):
+        reward_funcs.append(make_f1_reward())
     rows = [
         {
             "prompt": chat_messages(
@@ -145,11 +267,10 @@ def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
             ),
             "question": r.question,
             "contexts": list(r.contexts),
+            "answer": r.answer or "",
         }
         for r in records
     ]
-    run_dir = ws.run_dir("rlhf", job.output)
-    resume = prepare_run_dir(run_dir, job.resume)
     kwargs = trainer_kwargs(job, run_dir, has_eval=False)
     # One optimiser step sees batch_size completions: batch_size / num_generations prompts.
     kwargs["per_device_train_batch_size"] = max(
@@ -163,39 +284,75 @@ def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
         disable_dropout=True,
         log_completions=False,
     )
-    cfg_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if job.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
-    args = cfg_cls(**kwargs, **common)
-    stats = RunStats()
+    cfg_cls, trainer_cls = _trainer_classes()[job.algorithm]
     trainer = trainer_cls(
         model=cast("PreTrainedModel", model),  # start_policy returns the (merged) causal LM
-        reward_funcs=make_reward_function(scorer),
-        args=args,  # type: ignore[arg-type]  # cfg_cls is trainer_cls's config: mypy cannot pair the unions
+        reward_funcs=reward_funcs,
+        args=cfg_cls(**kwargs, **common),
         processing_class=gen.tokenizer,
         train_dataset=Dataset.from_list(rows),
         peft_config=lora_config(job.lora, model),
     )
+    ptx_rows: list[dict[str, list[int]]] = []
+    coef = ptx_coefficient(job, records)
+    if coef > 0:
+        ptx_rows = ptx_features(gen, records, max_ctx, ws.qa.one_shot, job.train.max_length)
+        if not ptx_rows:
+            raise DataError(
+                f"ptx_coef={job.ptx_coef} needs prompts with a gold 'answer' in {job.prompts} (within "
+                f"train.max_length={job.train.max_length}); add answers or pass --ptx-coef 0"
+            )
+        prompts_per_step = max(1, kwargs["per_device_train_batch_size"] // job.num_generations)
+        trainer.ptx_coef = coef
+        trainer.ptx_iter = ptx_batches(ptx_rows, prompts_per_step, gen.tokenizer.pad_token_id, job.train.seed)
+    return trainer, scorer, len(ptx_rows)
+
+
+def _mean_logged(history: list[dict[str, Any]], key: str) -> float | None:
+    values = [float(h[key]) for h in history if key in h]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
+    check_output_free(ws, job)
+    records = read_jsonl(job.prompts, "prompt", min_examples=2)
+    set_threads()
+    gen, model = start_policy(ws, job.from_adapter)
+    run_dir = ws.run_dir("rlhf", job.output)
+    resume = prepare_run_dir(run_dir, job.resume)
+    trainer, scorer, ptx_examples = build_trainer(job, ws, gen, model, records, run_dir)
+    rng = random.Random(job.train.seed)
+    scorable = [r for r in records if r.answer] if job.reward == "f1" else records
+    eval_prompts = rng.sample(scorable, min(len(scorable), 4))  # sampled before and after: keep it cheap on a CPU
     policy = trainer.model
     if policy is None:
-        raise RuntimeError("the TRL trainer holds no model.")
+        raise FinetuneError("the TRL trainer holds no model.")
     sample_kw: dict[str, Any] = dict(
-        max_context_tokens=max_ctx,
+        max_context_tokens=ws.qa.max_context_tokens,
         one_shot=ws.qa.one_shot,
         samples=job.num_generations,
         max_new_tokens=job.max_completion_length,
         temperature=job.temperature,
         seed=job.train.seed,
     )
+    score = answer_scorer(job, scorer)
+    stats = RunStats()
     policy.eval()
-    before = policy_stats(policy, gen, scorer, eval_prompts, **sample_kw)
+    before = policy_stats(policy, gen, score, eval_prompts, **sample_kw)
     policy.train()
     out = trainer.train(resume_from_checkpoint=resume)
     policy.eval()
-    after = policy_stats(policy, gen, scorer, eval_prompts, **sample_kw)
+    after = policy_stats(policy, gen, score, eval_prompts, **sample_kw)
     stats.stop()
     trainable, total = trainable_parameters(policy)
+    history = trainer.state.log_history
     metrics = {
         "algorithm": job.algorithm,
+        "reward": job.reward,
         "beta": job.beta,
+        "ptx_coef": ptx_coefficient(job, records),
+        "ptx_examples": ptx_examples,
+        "learning_rate": job.train.learning_rate,
         "steps": int(out.global_step),
         "train_loss": round(float(out.training_loss), 4),
         "prompts": len(records),
@@ -204,6 +361,8 @@ def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
         "reward_after": round(after["reward"], 4),
         "kl_before": round(before["kl"], 4),
         "kl_after": round(after["kl"], 4),
+        "train_kl": _mean_logged(history, "kl"),
+        "train_ptx_sft_loss": _mean_logged(history, "ptx_sft_loss"),
         "length_before": round(before["length"], 2),
         "length_after": round(after["length"], 2),
         "from_adapter": job.from_adapter,

@@ -94,7 +94,11 @@ class QAConfig(BaseModel):
         "share of the sentence (document posterior; stuff mode: word overlap) is at least this.",
     )
     decoding: Literal["thorough", "fast"] = Field("thorough", description="RAG-Sequence decoding of Lewis et al.")
-    strategy: Literal["greedy", "beam", "sample"] = Field("greedy", description="RAG-Token search strategy.")
+    strategy: Literal["greedy", "beam", "sample"] = Field(
+        "greedy",
+        description="RAG-Token search strategy; 'sample' also draws RAG-Sequence answers from their marginal "
+        "(z ~ p(z|x), then y ~ p(y|x,z)).",
+    )
     num_beams: int = Field(1, ge=1, le=32, description="Beams (rag-token beam search; per document for rag-sequence).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (strategy=sample).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (strategy=sample).")

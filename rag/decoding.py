@@ -59,6 +59,7 @@ __all__ = [
     "prefill_many",
     "warm_prefix_cache",
     "rag_sequence_generate",
+    "rag_sequence_sample",
     "rag_token_generate",
     "rag_token_reference_logprob",
     "score_continuations",
@@ -704,6 +705,66 @@ def rag_sequence_generate(
         marginal, posterior, token_lp = _fast_scores(out, generated, cands, doc_logprobs, mask, len(prompt_ids))
     reference = float(marginal[ref_index]) if ref_index is not None else None
     return _ranked_hypotheses(cands, marginal, posterior, reference, token_lp)
+
+
+def rag_sequence_sample(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    doc_logprobs: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_ids: int | Sequence[int],
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    pad_token_id: int | None = None,
+    reference_ids: Sequence[int] | None = None,
+    stop: Callable[[list[int]], bool] | None = None,
+    prefix: PrefixSpec | None = None,
+) -> RagSequenceHypothesis:
+    """One RAG-Sequence answer drawn by ancestral sampling: z ~ p(z|x), then y ~ p(y|x,z) token by token.
+
+    At ``temperature=1`` and ``top_p=1`` the answer is an exact draw from the RAG-Sequence marginal
+    p(y|x) = sum_z p(z|x) p(y|x,z). The document is drawn first, then the tokens, both from ``generator``
+    (so a seeded generator gives the same answer). The answer is then scored under every document as
+    thorough decoding scores its candidates: ``logprob`` is the marginal log p(y|x), ``doc_posterior``
+    p(z|x,y), ``reference_logprob`` the marginal of ``reference_ids``.
+
+    Args:
+        prompt_ids: K lists of token ids, one prompt per document.
+        doc_logprobs: ``(K,)`` log p(z|x).
+        prefix: cached prompt prefixes of the K prompts, used by the scoring pass.
+    """
+    _check_prompts(prompt_ids, doc_logprobs)
+    eos = _eos_list(eos_token_ids)
+    if not eos:
+        raise ValueError("rag_sequence_sample needs at least one eos token id (the model's end-of-turn token).")
+    device = _model_device(model)
+    pad = _pad_token_id(model, pad_token_id)
+    doc_logprobs = doc_logprobs.to(device=device, dtype=torch.float32)
+    prior = doc_logprobs.float().exp().cpu()
+    doc = int(torch.multinomial(prior / prior.sum(), 1, generator=generator))
+    drawn = rag_token_generate(  # RAG-Token over one document is plain sampling from p(y|x,z)
+        model,
+        [prompt_ids[doc]],
+        torch.zeros(1),
+        max_new_tokens=max_new_tokens,
+        eos_token_ids=eos,
+        strategy="sample",
+        temperature=temperature,
+        top_p=top_p,
+        generator=generator,
+        pad_token_id=pad,
+        stop=stop,
+    )
+    cands = _SequenceCandidates([list(drawn.token_ids)], {tuple(drawn.token_ids): 0}, [], 1)
+    ref_index = cands.add_reference(reference_ids) if reference_ids else None
+    with torch.inference_mode():
+        marginal, posterior, token_lp = _thorough_scores(
+            model, prompt_ids, cands.ids, doc_logprobs, cands.mask(device), pad, prefix
+        )
+    reference = float(marginal[ref_index]) if ref_index is not None else None
+    return _ranked_hypotheses(cands, marginal, posterior, reference, token_lp)[0]
 
 
 @dataclass

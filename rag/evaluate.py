@@ -184,6 +184,40 @@ def em_f1(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
     return _em_f1(prediction, tuple(golds))
 
 
+def question_f1s(
+    records: list[Record],
+    min_score: float | None = None,
+    min_logprob: float | None = None,
+    max_idk_margin: float | None = None,
+) -> list[float]:
+    """Each answerable question's F1 as :func:`compute_metrics` averages it (0 where the rule abstains), in
+    record order: the per-question scores two systems are compared on (:func:`paired_bootstrap`)."""
+    rule = AbstentionRule(min_score, min_logprob, max_idk_margin)
+    return [
+        0.0 if r.abstains_under(rule) else _em_f1(r.prediction, tuple(r.golds))[1] for r in records if not r.impossible
+    ]
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], n: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Paired bootstrap of the mean difference ``b - a`` of two systems scored on the same questions.
+
+    Args:
+        a, b: ``(Q,)`` per-question scores of the two systems, question i in the same place in both.
+        n: bootstrap resamples (questions drawn with replacement, the pairs kept together).
+
+    Returns:
+        ``diff`` (the observed mean of b - a), ``low`` / ``high`` (the 95% percentile interval of the
+        resampled mean differences) and ``p_better`` (the share of resamples in which b beats a).
+    """
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"paired scores need the same questions on both sides, got {len(a)} and {len(b)}")
+    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(n, len(d)))
+    means = d[idx].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return {"diff": float(d.mean()), "low": float(low), "high": float(high), "p_better": float((means > 0).mean())}
+
+
 def compute_metrics(
     records: list[Record],
     min_score: float | None = None,

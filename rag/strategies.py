@@ -3,7 +3,8 @@
 * :class:`StuffStrategy` (``stuff``): all K chunks in one prompt, decoded with the document axis of
   size 1;
 * :class:`RagSequenceStrategy` (``rag-sequence``): one prompt per document, candidates ranked by
-  p(y|x) = sum_z p(z|x) prod_i p(y_i|x,z,y<i) (:func:`rag.decoding.rag_sequence_generate`);
+  p(y|x) = sum_z p(z|x) prod_i p(y_i|x,z,y<i) (:func:`rag.decoding.rag_sequence_generate`), or with
+  ``strategy="sample"`` one answer drawn from that marginal (:func:`rag.decoding.rag_sequence_sample`);
 * :class:`RagTokenStrategy` (``rag-token``): one prompt per document run as one batch, the next-token
   distributions mixed by p(z|x) at every step (:func:`rag.decoding.rag_token_generate`).
 
@@ -23,7 +24,7 @@ import torch
 
 from rag.attribution import overlap_shares, rag_sequence_sentence_posteriors, rag_token_sentence_posteriors
 from rag.config import QAConfig
-from rag.decoding import RagTokenOutput, rag_sequence_generate, rag_token_generate
+from rag.decoding import RagTokenOutput, rag_sequence_generate, rag_sequence_sample, rag_token_generate
 from rag.generator import Generator
 from rag.prefix_cache import PrefixSpec
 
@@ -308,6 +309,8 @@ class RagSequenceStrategy(AnswerStrategy):
     ) -> Generated:
         parts = _per_document_parts(generator, config, request)
         prompts = [p + s for p, s in parts]
+        if config.strategy == "sample":
+            return self._sample(decoder, generator, config, request, parts, prompts)
         hyps = decoder.call(
             lambda model, prefix: rag_sequence_generate(
                 model,
@@ -330,6 +333,38 @@ class RagSequenceStrategy(AnswerStrategy):
         return Generated(
             best.token_ids, best.logprob, list(best.doc_posterior), best.reference_logprob, best.token_logprobs
         )
+
+    @staticmethod
+    def _sample(
+        decoder: Decoder,
+        generator: Generator,
+        config: QAConfig,
+        request: GenerationRequest,
+        parts: Parts,
+        prompts: list[list[int]],
+    ) -> Generated:
+        """``strategy="sample"``: one answer drawn from the RAG-Sequence marginal (z ~ p(z|x), then
+        y ~ p(y|x,z); :func:`rag.decoding.rag_sequence_sample`), with ``request.rng``."""
+        hyp = decoder.call(
+            lambda model, prefix: rag_sequence_sample(
+                model,
+                prompts,
+                request.doc_logprobs,
+                max_new_tokens=request.max_new_tokens or config.max_new_tokens,
+                eos_token_ids=generator.eos_token_ids,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                generator=request.rng,
+                pad_token_id=generator.tokenizer.pad_token_id,
+                reference_ids=request.reference_ids,
+                stop=request.stop,
+                prefix=prefix,
+            ),
+            parts,
+        )
+        if request.on_token is not None:
+            request.on_token(generator.decode(hyp.token_ids))
+        return Generated(hyp.token_ids, hyp.logprob, list(hyp.doc_posterior), hyp.reference_logprob, hyp.token_logprobs)
 
     #: p(z | x, y_s) from the product of each sentence's token likelihoods under each document.
     token_posteriors = staticmethod(rag_sequence_sentence_posteriors)

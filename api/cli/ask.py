@@ -114,6 +114,10 @@ def eval_cmd(
     calibrate_: Annotated[
         bool, typer.Option("--calibrate", help="Also fit abstention thresholds on this data.")
     ] = False,
+    records_out: Annotated[
+        Path | None,
+        typer.Option("--records", help="Also write every question's answer and signals to this JSONL file."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate on SQuAD-format data: recall@k, EM, F1, abstention, latency, tokens/s."""
@@ -131,6 +135,12 @@ def eval_cmd(
             records = run_eval(rag.qa, coll, examples, mode=mode, k=k, adapter=adapter, progress=not as_json)
     except answer_errors() as exc:
         fail(str(exc), as_json)
+    if records_out is not None:  # per-question records, e.g. for a paired comparison of two adapters
+        from dataclasses import asdict
+
+        from finetune.data import write_jsonl
+
+        write_jsonl(records_out, [asdict(r) for r in records])
     s = settings(ctx)
     metrics = compute_metrics(records, **thresholds(s.qa)).to_dict()
     answered_by = rag.qa.resolve_adapter(collection, adapter)  # no --adapter: the default adapter answered

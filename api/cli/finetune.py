@@ -1,4 +1,4 @@
-"""``ragqa finetune synth|sft|reward|dpo|rlhf|rag|pipeline``: training data and LoRA training runs.
+"""``ragqa finetune synth|prefs|sft|reward|dpo|rlhf|rag|pipeline``: training data and LoRA training runs.
 
 The trainer commands' options are generated from the job models of :mod:`finetune.config`
 (:mod:`api.cli.job_options`); each takes them on the command line or from ``--config file.yaml``
@@ -23,11 +23,11 @@ from pydantic import BaseModel
 from api.cli import job_options
 from api.cli.common import CollectionOpt, JsonOpt, emit_json, err, fail, out, stack, summary_table
 from api.cli.pipeline import pipeline_cmd
-from finetune.config import DPOJob, RAGJob, RewardJob, RLHFJob, SFTJob
+from finetune.config import DPOJob, PrefsJob, RAGJob, RewardJob, RLHFJob, SFTJob
 from ingest.errors import IngestError
 
 app = typer.Typer(
-    help="Fine-tune the generator with LoRA: sft, reward, rlhf, dpo, rag; synth builds training data.",
+    help="Fine-tune the generator with LoRA: sft, reward, rlhf, dpo, rag; synth and prefs build training data.",
     no_args_is_help=True,
 )
 
@@ -295,3 +295,51 @@ for _trainer in TRAINERS:
 
 # -- pipeline: the whole loop from a recipe -------------------------------------------------------
 app.command("pipeline")(pipeline_cmd)
+
+# -- prefs: on-policy preference pairs ------------------------------------------------------------
+PREFS_HELP = (
+    "On-policy preference pairs: sample --samples answers per question from the policy (base or --adapter) "
+    "through retrieval and the RAG pipeline, score them (F1 against the gold answer, else --reward-model), "
+    "write best vs worst with its margin (the format `feedback export` writes) for `finetune dpo` / `reward`."
+)
+
+
+def _prefs_command() -> Callable[..., None]:
+    options = job_options.job_options(PrefsJob)
+
+    def command(ctx: typer.Context, config: Path | None = None, as_json: bool = False, **values: Any) -> None:
+        from finetune.config import load_job
+        from finetune.prefs import run_prefs
+
+        try:
+            job = load_job(PrefsJob, config, job_options.overrides(options, values))
+            if not as_json:
+                policy = f"adapter {job.adapter!r}" if job.adapter else "the base model"
+                err.print(f"[bold]prefs[/]: sampling {job.samples} {job.mode} answers per question from {policy}")
+            result = run_prefs(job, stack(ctx).finetune_workspace(), progress=not as_json)
+        except _training_errors() as exc:
+            fail(str(exc), as_json)
+        if as_json:
+            emit_json({"ok": True, "kind": "prefs", **result.to_dict()})
+            return
+        rows: list[tuple[str, Any]] = [("pairs file", result.output), ("meta", result.meta_path)]
+        rows += list(result.metrics.items())
+        out.print(summary_table("finetune prefs: done", rows))
+        out.print(
+            f"train on it: ragqa finetune dpo --data {result.output} --from-adapter SFT_ADAPTER --output NAME",
+            highlight=False,
+        )
+
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        *job_options.parameters(options),
+        inspect.Parameter("config", kw, default=None, annotation=ConfigOpt),
+        inspect.Parameter("as_json", kw, default=False, annotation=JsonOpt),
+    ]
+    command.__name__ = "finetune_prefs"
+    command.__doc__ = PREFS_HELP
+    return job_options.with_signature(command, params)
+
+
+app.command("prefs", help=PREFS_HELP)(_prefs_command())

@@ -112,7 +112,10 @@ def test_bad_values_exit_2_with_a_clear_error(home, tmp_path):
     bad_name = runner.invoke(app, ["finetune", "dpo", "--data", data, "--output", "no spaces please"])
     assert bad_name.exit_code == 2 and "adapter names use" in bad_name.stderr
     missing = runner.invoke(app, ["finetune", "rlhf", "--output", "x", "--json"])
-    assert missing.exit_code == 2 and "prompts" in missing.stdout and "reward_model" in missing.stdout
+    assert missing.exit_code == 2 and "prompts" in missing.stdout
+    # the reward model is needed only for reward=model|both (reward=f1 scores against the gold answers)
+    no_rm = runner.invoke(app, ["finetune", "rlhf", "--prompts", data, "--output", "x", "--reward", "both", "--json"])
+    assert no_rm.exit_code == 2 and "--reward-model" in no_rm.stdout
     no_config = runner.invoke(app, ["finetune", "reward", "--config", str(tmp_path / "nope.yaml"), "--json"])
     assert no_config.exit_code == 2 and "does not exist" in no_config.stdout
 

@@ -1,0 +1,145 @@
+"""Preference training that guards against regressions: DPO with the RPO (SFT) term, RLHF with the verifiable
+F1 reward, a KL to the reference and the PPO-ptx loss, on a tiny random model built in-process."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune.config import DPOJob, RLHFJob
+from finetune.runner import Workspace
+from rag.config import GeneratorConfig, QAConfig
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+FACTS = [
+    (
+        "What is the capital of France?",
+        "Paris",
+        "Paris is the capital of France. The Eiffel Tower was finished in 1889.",
+    ),
+    (
+        "What is the capital of Italy?",
+        "Rome",
+        "Rome is the capital of Italy. The Colosseum held fifty thousand people.",
+    ),
+    ("Where does Oslo lie?", "the head of the Oslofjord", "Oslo lies at the head of the Oslofjord in Norway."),
+]
+TRAIN = {
+    "max_steps": 2,
+    "batch_size": 2,
+    "learning_rate": 5e-3,
+    "logging_steps": 1,
+    "save_steps": 50,
+    "max_length": 256,
+}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_llm):
+    root = tmp_path_factory.mktemp("preference-training")
+    ws = Workspace(root / "home", GeneratorConfig(model=str(tiny_llm)), qa=QAConfig(max_new_tokens=4))
+    return ws, root
+
+
+def test_dpo_with_the_rpo_term_trains(env):
+    from finetune.dpo import rpo_loss, run_dpo
+
+    ws, root = env
+    assert rpo_loss(0.0) == {"loss_type": ["sigmoid"]}
+    assert rpo_loss(0.5) == {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}
+    data = write_jsonl(
+        root / "dpo.jsonl",
+        [{"question": q, "chosen": a, "rejected": "no idea at all", "contexts": [c]} for q, a, c in FACTS] * 2,
+    )
+    res = run_dpo(DPOJob(data=data, output="dpo-rpo", rpo_alpha=1.0, train=TRAIN), ws)
+    assert res.metrics["steps"] == 2 and res.metrics["rpo_alpha"] == 1.0
+    assert ws.adapters.get("dpo-rpo").kind == "dpo"
+
+
+def test_preference_jobs_default_to_a_gentle_loop():
+    job = DPOJob(data=Path("x"), output="a")
+    assert job.train.learning_rate < 4e-4 and job.train.epochs <= 1 and job.rpo_alpha > 0
+    assert RLHFJob(prompts=Path("p"), output="a").reward == "f1"
+    assert RLHFJob(prompts=Path("p"), output="a", reward_model="rm").reward == "model"
+
+
+def _gold_prompts(root: Path) -> Path:
+    return write_jsonl(root / "rl.jsonl", [{"question": q, "answer": a, "context": c} for q, a, c in FACTS])
+
+
+def test_rlhf_with_the_f1_reward_and_ptx_trains_and_reports_kl(env):
+    from finetune.rlhf import run_rlhf
+
+    ws, root = env
+    job = RLHFJob(
+        prompts=_gold_prompts(root),
+        output="rl-f1",
+        reward="f1",
+        ptx_coef=0.5,
+        num_generations=2,
+        max_completion_length=4,
+        train={**TRAIN, "batch_size": 2},
+    )
+    m = run_rlhf(job, ws).metrics
+    assert m["steps"] == 2 and m["reward"] == "f1" and m["ptx_examples"] == len(FACTS)
+    assert m["kl_before"] == pytest.approx(0.0, abs=1e-4)
+    assert isinstance(m["kl_after"], float) and isinstance(m["train_kl"], float)
+    assert isinstance(m["train_ptx_sft_loss"], float) and m["train_ptx_sft_loss"] > 0
+
+
+def test_ptx_adds_exactly_coef_times_the_sft_loss(env):
+    from finetune.data import read_jsonl as read
+    from finetune.rlhf import build_trainer, collate_ptx, ptx_features, ptx_sft_loss
+    from finetune.runner import start_policy
+
+    ws, root = env
+    job = RLHFJob(
+        prompts=_gold_prompts(root),
+        output="rl-ptx",
+        reward="f1",
+        ptx_coef=0.0,
+        num_generations=2,
+        max_completion_length=4,
+        lora={"dropout": 0.0},
+        train={**TRAIN, "batch_size": 2},
+    )
+    records = read(job.prompts, "prompt")
+    gen, model = start_policy(ws, None)
+    trainer, _, _ = build_trainer(job, ws, gen, model, records, root / "run-ptx")
+    policy = trainer.model
+    policy.train()
+    gold = ptx_features(gen, records, ws.qa.max_context_tokens, ws.qa.one_shot, 256)
+    batch = collate_ptx(gold[:2], gen.tokenizer.pad_token_id)
+    # A fixed rollout batch: two prompts' completions with hand-made advantages.
+    prompt = gen.prompt_ids(FACTS[0][0], [FACTS[0][2]], one_shot=False)
+    inputs = {
+        "prompt_ids": torch.tensor([prompt, prompt]),
+        "prompt_mask": torch.ones(2, len(prompt), dtype=torch.long),
+        "completion_ids": torch.tensor([[300, 301, 302], [400, 401, gen.eos_token_ids[0]]]),
+        "completion_mask": torch.tensor([[1, 1, 1], [1, 1, 1]]),
+        "old_logps": torch.tensor([-20.0, -25.0]),
+        "advantages": torch.tensor([0.7, -0.7]),
+    }
+    rl = trainer.compute_loss(policy, inputs)
+    trainer.ptx_coef, trainer.ptx_iter = 0.3, itertools.repeat(batch)
+    mixed = trainer.compute_loss(policy, inputs)
+    sft = ptx_sft_loss(policy, batch)
+    assert float(mixed - rl) == pytest.approx(0.3 * float(sft), rel=1e-5, abs=1e-6)
+    # The SFT loss is the mean NLL of the answer tokens, from the full logits by brute force.
+    with torch.no_grad():
+        nll = []
+        for ids, att, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]):
+            n = int(att.sum())
+            logp = torch.log_softmax(policy(input_ids=ids[None, :n]).logits[0].float(), -1)
+            nll += [-logp[t - 1, ids[t]].item() for t in range(1, n) if labels[t] != -100]
+    assert float(sft) == pytest.approx(sum(nll) / len(nll), rel=1e-4)
