@@ -45,6 +45,15 @@ DOC_BETA = "Project beta stores its secret launch code in the blue vault.\n"
 
 
 # -- the server and what the suite measures ---------------------------------------------------
+def rss_kb(pid: int) -> int:
+    """VmRSS (KiB) of ``pid`` alone, from /proc (0 once it ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+
+
 def tree_rss_kb(pid: int) -> int:
     """VmRSS (KiB) of ``pid`` and all its descendants (the loader processes), from /proc."""
     total, todo, seen = 0, [pid], set()
@@ -53,12 +62,11 @@ def tree_rss_kb(pid: int) -> int:
         if p in seen:
             continue
         seen.add(p)
+        total += rss_kb(p)
         try:
-            status = Path(f"/proc/{p}/status").read_text()
-            total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, StopIteration, ValueError):
+        except (OSError, ValueError):
             continue  # a loader process that just ended
     return total
 
@@ -96,8 +104,10 @@ class Live:
         self.statuses: Counter[int] = Counter()
         self.t0 = time.perf_counter()
         self.rss0_kb = 0
+        self.rss0_own_kb = 0
         self.watch = HealthWatch(base, proc.pid)
         self.ids: dict[str, Any] = {}
+        self.rss_trace: list[tuple[str, int, int]] = []  # (test, server KiB, server and loaders KiB)
 
     def send(self, method: str, path: str, who: str | None = "admin", **kw) -> httpx.Response:
         headers = {**(self.h[who] if who else {}), **kw.pop("headers", {})}
@@ -170,6 +180,7 @@ def live(tmp_path_factory, tiny_st_model, tiny_llm):
         lv.ids["doc_b"] = docs[0]["doc_id"]
         lv.statuses.clear()
         lv.rss0_kb = tree_rss_kb(proc.pid)  # after the models loaded and answered once
+        lv.rss0_own_kb = rss_kb(proc.pid)
         lv.t0 = time.perf_counter()
         lv.watch.start()
         try:
@@ -179,6 +190,13 @@ def live(tmp_path_factory, tiny_st_model, tiny_llm):
             lv.watch.join(15)
             lv.client.close()
             httpx_logger.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def rss_trace(request, live):
+    """The server's memory (its process, and with its loader processes) after each test, for the last test's log."""
+    yield
+    live.rss_trace.append((request.node.name, rss_kb(live.proc.pid), tree_rss_kb(live.proc.pid)))
 
 
 # -- authentication --------------------------------------------------------------------------
@@ -669,6 +687,14 @@ def test_zz_server_stayed_healthy_within_its_memory_bound(live):
         sum(1 for s, _ in samples if s != 200),
         p95,
         latencies[-1] if latencies else 0.0,
+    )
+    steps, before = [], (live.rss0_own_kb, live.rss0_kb)
+    for name, own, tree in live.rss_trace:
+        steps.append((tree - before[1], own - before[0], name))
+        before = (own, tree)
+    logger.info(
+        "largest RSS steps (MiB, server and loaders / server alone): %s",
+        "; ".join(f"{t / 1024:+.0f} / {o / 1024:+.0f} {n}" for t, o, n in sorted(steps, reverse=True)[:6]),
     )
     assert fives == 0, live.statuses
     assert samples and all(s == 200 for s, _ in samples), [s for s, _ in samples if s != 200]
