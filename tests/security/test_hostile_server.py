@@ -176,11 +176,6 @@ def live(tmp_path_factory, tiny_st_model, tiny_llm):
         assert ans.status_code == 200, ans.text
         lv.ids["answer_b"] = ans.json()["answer_id"]
         lv.ids["conversation_b"] = ans.json()["conversation_id"]
-        for body in (  # warm up the answer paths (threads, caches) so the baseline is a server that has served
-            {"question": "Which lake cools the reactor?", "collection": "alpha", "stream": True},
-            {"question": "What is in the blue vault?", "collection": "beta", "answer_style": "full"},
-        ):
-            assert lv.send("POST", "/v1/ask", who="a" if body["collection"] == "alpha" else "b", json=body).is_success
         docs = lv.send("GET", "/v1/collections/beta/documents", who="b").json()["data"]
         lv.ids["doc_b"] = docs[0]["doc_id"]
         lv.statuses.clear()
