@@ -109,8 +109,23 @@ ERROR_SECURITY_HEADERS = {
 }
 
 
+#: longest error message sent: a hostile value quoted in it (a 600 KB collection name) is cut in the middle,
+#: so the advice at the end of the message stays and the payload is not echoed back
+MAX_MESSAGE_CHARS = 1000
+#: longest part of a validation error's ``loc`` (a field name the client made up)
+MAX_LOC_CHARS = 100
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` with its middle cut out when it is longer than ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, **extra}}
+    return {"error": {"code": code, "message": shorten(message, MAX_MESSAGE_CHARS), **extra}}
 
 
 @dataclass(frozen=True)
@@ -194,7 +209,12 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+            {
+                "loc": [shorten(p, MAX_LOC_CHARS) if isinstance(p, str) else p for p in e.get("loc", ())],
+                "msg": shorten(str(e.get("msg", "")), MAX_MESSAGE_CHARS),
+                "type": e.get("type", ""),
+            }
+            for e in exc.errors()
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])

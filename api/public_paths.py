@@ -4,7 +4,9 @@ The store keeps a document's ``source`` as the absolute path it was read from (t
 is). Over HTTP an uploaded file is shown by its upload name (``q3 report.txt``), a file ingested from
 elsewhere on the server by its file name, and a URL as it is. Error messages and job entries have the
 workspace's folders taken out the same way. :class:`PublicPaths` is applied by the service to every
-document, citation, job and error it returns.
+document, citation, job and error it returns. A model configured as a folder is shown by its name
+(:func:`model_name`: the folder's last part) in ``/healthz``, answers and collections; the full path
+stays in the server's log and the admin CLI (``ragqa models``).
 """
 
 from __future__ import annotations
@@ -89,6 +91,21 @@ class PublicPaths:
             if k != "source" and isinstance(v, str):
                 out[k] = self.text(v)
         return out
+
+
+def model_name(model: str) -> str:
+    """A model as the API shows it: a name or hub id (``SmolLM2-135M-Instruct``,
+    ``sentence-transformers/all-MiniLM-L6-v2``) as it is, a local folder or file by its last part."""
+    text = model.rstrip("/\\")
+    if (
+        posixpath.isabs(text)
+        or _WINDOWS_ABS.match(text)
+        or text.startswith(("~", "./", "../", ".\\", "..\\"))
+        or text.count("/") > 1
+        or "\\" in text
+    ):
+        return _last_part(text or model)
+    return model
 
 
 def _last_part(path: str) -> str:

@@ -46,7 +46,7 @@ from api.jobs import (
     sanitize_filename,
 )
 from api.metrics import Metrics
-from api.public_paths import PublicPaths
+from api.public_paths import PublicPaths, model_name
 from api.readers import ReaderCache
 from api.schemas import (
     AdapterPublic,
@@ -119,9 +119,13 @@ class RagService:
     def _info(self, name: str) -> dict[str, Any]:
         try:
             with self.readers.lease(name) as (coll, _gen):
-                return coll.info()
+                info = coll.info()
         except IngestError as exc:
             raise self.core_error(exc) from exc
+        info["embedder"] = model_name(info["embedder"])  # a folder's name, never the server's path
+        if isinstance(info.get("calibration"), dict) and isinstance(info["calibration"].get("embedder"), str):
+            info["calibration"] = {**info["calibration"], "embedder": model_name(info["calibration"]["embedder"])}
+        return info
 
     def list_collections(self, key: ApiKey) -> list[CollectionPublic]:
         out = []
@@ -445,6 +449,7 @@ class RagService:
         k_used = k if k is not None else self.settings.retriever.k
         self.answers.log(out, generation=generation, k=k_used, endpoint=endpoint, key_id=key.key_id)
         out["citations"] = [self._public_citation(c) for c in out.get("citations", [])]  # logged as they were
+        out["model"] = model_name(str(out.get("model", "")))  # the log keeps the full path, the client the name
         out["collection_generation"] = generation
         out["k"] = k_used
         out["timings"] = {**out.get("timings", {}), "server_s": time.perf_counter() - t0}
@@ -592,7 +597,7 @@ class RagService:
         from rag.adapter_store import AdapterStore
 
         return [
-            AdapterPublic(name=e.name, base_model=e.base_model, metadata=e.meta)
+            AdapterPublic(name=e.name, base_model=model_name(e.base_model) if e.base_model else None, metadata=e.meta)
             for e in AdapterStore(self.settings.adapters_dir).list()
         ]
 
@@ -607,8 +612,8 @@ class RagService:
             version=self.version,
             auth=self.settings.server.auth,
             models={
-                "embedder": self.workspace.embedder.name,
-                "generator": str(gen.name),
+                "embedder": model_name(self.workspace.embedder.name),  # names only: no server paths
+                "generator": model_name(str(gen.name)),
                 "generator_device": str(gen.device),
                 "loaded": gen.loaded,
             },

@@ -140,3 +140,33 @@ def test_handlers_answer_every_root_in_the_json_shape() -> None:
             assert set(r.json()) == {"error"} and r.json()["error"]["code"] == code
         assert r.json()["error"]["message"] == "internal error; see the server log"
         assert client.get("/raise/rag").json()["error"]["message"] == "adapter 'a' not found in /x"
+
+
+def test_a_hostile_value_in_an_error_is_cut_and_the_advice_stays() -> None:
+    """A 600 KB collection name or field name is not echoed back whole (issue 18: hostile payload suite)."""
+    from pydantic import BaseModel, ConfigDict
+
+    from api.errors import MAX_MESSAGE_CHARS, error_body
+
+    huge = "é" * 300_000
+    body = error_body("collection_not_found", f"collection {huge!r} not found; list yours with GET /v1/collections")
+    message = body["error"]["message"]
+    assert len(message) <= MAX_MESSAGE_CHARS and message.endswith("list yours with GET /v1/collections")
+    assert message.startswith("collection 'éé") and " ... " in message
+    assert error_body("c", "short")["error"]["message"] == "short"
+
+    class Strict(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        name: str
+
+    app = FastAPI()
+    install_handlers(app)
+
+    @app.post("/strict")
+    def _strict(body: Strict) -> dict:
+        return {}
+
+    with TestClient(app) as client:
+        r = client.post("/strict", json={"name": "x", huge: 1})
+    assert r.status_code == 422 and len(r.content) < 4000, len(r.content)
+    assert r.json()["error"]["code"] == "validation_error"

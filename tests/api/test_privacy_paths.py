@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.auth import open_key_store
 from api.jobs import sanitize_filename
-from api.public_paths import PublicPaths
+from api.public_paths import PublicPaths, model_name
 from tests.api.test_app import assert_error, make_settings, sse_events, wait_job
 from tests.ingest.test_loaders import make_pdf
 
@@ -152,6 +152,24 @@ def test_public_paths_maps_sources_to_names(tmp_path):
     assert paths.text(f"GET /v1/collections/{{name}}/documents and {tmp_path}2/x") == (
         f"GET /v1/collections/{{name}}/documents and {tmp_path}2/x"  # another folder, and API routes, stay
     )
+
+
+@pytest.mark.parametrize(
+    "model, shown",
+    [
+        ("SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct"),
+        ("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+        ("/srv/ragqa/models/generators/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct"),
+        ("/srv/models/st/", "st"),
+        ("~/models/my-llm", "my-llm"),
+        ("./models/my-llm", "my-llm"),
+        ("models/org/name", "name"),
+        ("C:\\models\\llm", "llm"),
+        ("/srv/models/q4.gguf", "q4.gguf"),
+    ],
+)
+def test_model_name_hides_folders_and_keeps_names(model, shown):
+    assert model_name(model) == shown
 
 
 @pytest.mark.parametrize(

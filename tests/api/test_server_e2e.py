@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -24,24 +26,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def server(home, tiny_st_model, tiny_llm, tmp_path):
-    env = dict(os.environ)
+def server_env(home, st_model, llm, **settings: str) -> dict[str, str]:
+    """The environment of a `ragqa` subprocess on workspace ``home`` with the tiny models; ``settings`` are
+    more RAGQA_* variables (e.g. ``RAGQA_SERVER__MAX_UPLOAD_MB="1"``). RAGQA_* variables of the caller are dropped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGQA_")}
     env.update(
         {
             "RAGQA_HOME": str(home),
-            "RAGQA_INGEST__EMBEDDER__MODEL": str(tiny_st_model),
-            "RAGQA_GENERATOR__MODEL": str(tiny_llm),
+            "RAGQA_INGEST__EMBEDDER__MODEL": str(st_model),
+            "RAGQA_GENERATOR__MODEL": str(llm),
             "RAGQA_QA__MAX_NEW_TOKENS": "4",
+            **settings,
         }
     )
+    return env
+
+
+def create_key(env: dict[str, str], name: str, *options: str) -> str:
+    """A new API key's secret, made by `ragqa keys create NAME [options] --json` (e.g. ``"-c", "docs"``)."""
     created = subprocess.run(
-        ragqa_cmd() + ["keys", "create", "e2e", "--json"], env=env, capture_output=True, text=True, timeout=120
+        ragqa_cmd() + ["keys", "create", name, *options, "--json"], env=env, capture_output=True, text=True, timeout=120
     )
     assert created.returncode == 0, created.stderr
-    key = json.loads(created.stdout.strip().splitlines()[-1])["key"]
+    return json.loads(created.stdout.strip().splitlines()[-1])["key"]
+
+
+@contextmanager
+def running_server(env: dict[str, str], log_path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `ragqa serve` process on a free loopback port: yields its base URL once /healthz answers 200,
+    and stops it (SIGTERM, then kill) afterwards; its output goes to ``log_path``."""
     port = free_port()
-    log = open(tmp_path / "server.log", "w+")
+    log = open(log_path, "w+")
     proc = subprocess.Popen(
         ragqa_cmd() + ["serve", "--port", str(port), "--log-level", "warning"],
         env=env,
@@ -64,7 +79,7 @@ def server(home, tiny_st_model, tiny_llm, tmp_path):
             pytest.fail("server did not start in time")
         time.sleep(0.2)
     try:
-        yield base, {"Authorization": f"Bearer {key}"}, proc
+        yield base, proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -73,6 +88,14 @@ def server(home, tiny_st_model, tiny_llm, tmp_path):
             except subprocess.TimeoutExpired:
                 proc.kill()
         log.close()
+
+
+@pytest.fixture()
+def server(home, tiny_st_model, tiny_llm, tmp_path):
+    env = server_env(home, tiny_st_model, tiny_llm)
+    key = create_key(env, "e2e")
+    with running_server(env, tmp_path / "server.log") as (base, proc):
+        yield base, {"Authorization": f"Bearer {key}"}, proc
 
 
 def test_server_end_to_end(server):
