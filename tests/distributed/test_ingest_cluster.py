@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ingest.cluster import RayIngester
 from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig, RayConfig
+from ingest.pipeline import IngestReport
 from ingest.workspace import Workspace
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -27,6 +29,19 @@ def connected(ray_cluster):
     ray.init(address=ray_cluster, logging_level="ERROR", log_to_driver=False)
     yield ray_cluster
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ingester(connected, tiny_st_model):
+    """One pool of workers for the module (a worker loads torch and its model once: seconds)."""
+    with RayIngester(config(tiny_st_model, connected)) as shared:
+        yield shared
+
+
+def cluster_ingest(ws: Workspace, ingester: RayIngester, paths: list[Path], **kw: object) -> IngestReport:
+    """``ws.ingest`` with ``ingest.ray.address`` set, on the module's workers."""
+    with ws.open_or_create("c") as coll:
+        return ingester.ingest(paths, coll, **kw)  # type: ignore[arg-type]
 
 
 def config(tiny_st_model: Path, address: str | None = None, **ray: object) -> IngestConfig:
@@ -67,57 +82,46 @@ def contents(ws: Workspace, name: str) -> tuple[list[tuple[str, str, str, int]],
     return rows, vectors
 
 
-def test_cluster_ingest_equals_local_ingest(connected, tiny_st_model, tmp_path):
+def test_cluster_ingest_equals_local_ingest(ingester, tiny_st_model, tmp_path):
     docs = corpus(tmp_path / "docs", 6)
     local = Workspace(tmp_path / "local", config(tiny_st_model))
-    cluster = Workspace(tmp_path / "cluster", config(tiny_st_model, connected))
-    try:
-        expected = local.ingest([docs], "c")
-        got = cluster.ingest([docs], "c")
-        assert got.ok and sorted(got.added) == sorted(expected.added) and len(got.added) == 6
-        assert (got.documents, got.chunks, got.chunks_embedded) == (
-            expected.documents,
-            expected.chunks,
-            expected.chunks,
-        )
-        assert len(cluster.ray_ingester().workers()) == 2  # one per CPU of the two nodes
-        rows, vectors = contents(cluster, "c")
-        want_rows, want_vectors = contents(local, "c")
-        assert rows == want_rows and len(rows) == got.chunks
-        np.testing.assert_allclose(vectors, want_vectors, atol=1e-5)
+    cluster = Workspace(tmp_path / "cluster", config(tiny_st_model, ingester.ray_config.address))
+    expected = local.ingest([docs], "c")
+    got = cluster_ingest(cluster, ingester, [docs])
+    assert got.ok and sorted(got.added) == sorted(expected.added) and len(got.added) == 6
+    assert (got.documents, got.chunks) == (expected.documents, expected.chunks) == (6, got.chunks_embedded)
+    assert len(ingester.workers()) == 2  # one per CPU of the two nodes
+    rows, vectors = contents(cluster, "c")
+    want_rows, want_vectors = contents(local, "c")
+    assert rows == want_rows and len(rows) == got.chunks
+    np.testing.assert_allclose(vectors, want_vectors, atol=1e-5)
 
-        # A changed file: the same replacement and reuse of stored vectors as a local re-ingest.
-        changed = docs / "text0.txt"
-        changed.write_text(para("plain0", 5) + "\n\nA brand new closing paragraph about gamma rays.")
-        expected = local.ingest([docs], "c")
-        got = cluster.ingest([docs], "c")
-        assert got.replaced == expected.replaced == [str(changed.resolve())]
-        assert (got.chunks_reused, got.chunks_embedded) == (expected.chunks_reused, expected.chunks_embedded)
-        assert got.chunks_reused > 0
-        rows, vectors = contents(cluster, "c")
-        want_rows, want_vectors = contents(local, "c")
-        assert rows == want_rows
-        np.testing.assert_allclose(vectors, want_vectors, atol=1e-5)
-    finally:
-        cluster.close()
+    # A changed file: the same replacement and reuse of stored vectors as a local re-ingest.
+    changed = docs / "text0.txt"
+    changed.write_text(para("plain0", 5) + "\n\nA brand new closing paragraph about gamma rays.")
+    expected = local.ingest([docs], "c")
+    got = cluster_ingest(cluster, ingester, [docs])
+    assert got.replaced == expected.replaced == [str(changed.resolve())]
+    assert (got.chunks_reused, got.chunks_embedded) == (expected.chunks_reused, expected.chunks_embedded)
+    assert got.chunks_reused > 0
+    rows, vectors = contents(cluster, "c")
+    want_rows, want_vectors = contents(local, "c")
+    assert rows == want_rows
+    np.testing.assert_allclose(vectors, want_vectors, atol=1e-5)
 
 
-def test_unchanged_files_are_skipped_before_any_work_is_shipped(connected, tiny_st_model, tmp_path):
+def test_unchanged_files_are_skipped_before_any_work_is_shipped(ingester, tiny_st_model, tmp_path):
     docs = corpus(tmp_path / "docs", 3)
-    cfg = config(tiny_st_model, connected)
-    first = Workspace(tmp_path / "home", cfg)
-    try:
-        assert len(first.ingest([docs], "c").added) == 3
-    finally:
-        first.close()
-    fresh = Workspace(tmp_path / "home", cfg)
+    cfg = config(tiny_st_model, ingester.ray_config.address)
+    assert len(cluster_ingest(Workspace(tmp_path / "home", cfg), ingester, [docs]).added) == 3
+    fresh = Workspace(tmp_path / "home", cfg)  # ingest.ray.address set: Workspace.ingest runs on the cluster
     again = fresh.ingest([docs], "c")
     assert len(again.unchanged) == 3 and again.chunks_embedded == 0 and not again.added and again.ok
     assert fresh.ray_ingester()._workers == []  # no worker was started, nothing shipped
     assert fresh._embedder is None  # and no model loaded by the writer
 
 
-def test_bad_files_fail_alone_as_in_a_local_ingest(connected, tiny_st_model, tmp_path):
+def test_bad_files_fail_alone_as_in_a_local_ingest(ingester, tiny_st_model, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     good = folder / "good.txt"
@@ -126,12 +130,9 @@ def test_bad_files_fail_alone_as_in_a_local_ingest(connected, tiny_st_model, tmp
     (folder / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
     (folder / "bad.json").write_text("{not json")
     local = Workspace(tmp_path / "local", config(tiny_st_model))
-    cluster = Workspace(tmp_path / "cluster", config(tiny_st_model, connected))
-    try:
-        expected = local.ingest([folder, tmp_path / "missing.txt"], "c")
-        got = cluster.ingest([folder, tmp_path / "missing.txt"], "c")
-    finally:
-        cluster.close()
+    cluster = Workspace(tmp_path / "cluster", config(tiny_st_model, ingester.ray_config.address))
+    expected = local.ingest([folder, tmp_path / "missing.txt"], "c")
+    got = cluster_ingest(cluster, ingester, [folder, tmp_path / "missing.txt"])
     assert got.added == [str(good.resolve())] and not got.ok
     failed = {Path(f.path).name: f.reason for f in got.failed}
     assert set(failed) == {"empty.txt", "broken.pdf", "bad.json", "missing.txt"}
@@ -139,34 +140,28 @@ def test_bad_files_fail_alone_as_in_a_local_ingest(connected, tiny_st_model, tmp
     assert contents(cluster, "c")[0] == contents(local, "c")[0]
 
 
-def test_a_worker_killed_mid_ingest_loses_nothing(connected, tiny_st_model, tmp_path):
+def test_a_worker_killed_mid_ingest_loses_nothing(ingester, tiny_st_model, tmp_path):
+    import ray
+
     docs = corpus(tmp_path / "docs", 10)
-    cluster = Workspace(tmp_path / "cluster", config(tiny_st_model, connected, files_in_flight=2))
-    ingester = cluster.ray_ingester()
-    try:
-        import ray
+    cluster = Workspace(tmp_path / "cluster", config(tiny_st_model, ingester.ray_config.address))
+    victim = ingester.workers()[0]
+    pid = ray.get(victim.pid.remote())
+    committed: list[str] = []
 
-        victim = ingester.workers()[0]
-        pid = ray.get(victim.pid.remote())
-        committed: list[str] = []
+    def kill_after_first_commit(path: str) -> None:
+        committed.append(path)
+        if len(committed) == 1:  # other files are queued on every worker now
+            os.kill(pid, signal.SIGKILL)
 
-        def kill_after_first_commit(path: str) -> None:
-            committed.append(path)
-            if len(committed) == 1:  # other files are queued on every worker now
-                os.kill(pid, signal.SIGKILL)
+    report = cluster_ingest(cluster, ingester, [docs], on_commit=kill_after_first_commit)
+    assert report.ok and len(report.added) == 10 and len(committed) == 10
+    assert ray.get(victim.pid.remote()) != pid  # the worker was restarted and its files retried
+    assert len(contents(cluster, "c")[0]) == report.chunks
 
-        with cluster.open_or_create("c") as coll:
-            report = ingester.ingest([docs], coll, on_commit=kill_after_first_commit)
-        assert report.ok and len(report.added) == 10 and len(committed) == 10
-        assert ray.get(victim.pid.remote()) != pid  # the worker was restarted and its files retried
-        rows, _ = contents(cluster, "c")
-        assert {r[1] for r in rows} and len(rows) == report.chunks
-
-        # A re-run after the kill has nothing left to do: every file was committed once.
-        again = cluster.ingest([docs], "c")
-        assert len(again.unchanged) == 10 and again.chunks_embedded == 0
-    finally:
-        cluster.close()
+    # A re-run after the kill has nothing left to do: every file was committed once.
+    again = cluster_ingest(cluster, ingester, [docs])
+    assert len(again.unchanged) == 10 and again.chunks_embedded == 0
     local = Workspace(tmp_path / "local", config(tiny_st_model))
     local.ingest([docs], "c")
     assert contents(cluster, "c")[0] == contents(local, "c")[0]
