@@ -22,6 +22,7 @@ and the workers through Ray's object store, inside the cluster only.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -113,6 +114,7 @@ def connect(address: str) -> Any:
     except ImportError as exc:
         raise ClusterUnavailableError(f"Ray is not installed; install it with {INSTALL_HINT}") from exc
     if not ray.is_initialized():
+        _probe(address)
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -121,6 +123,20 @@ def connect(address: str) -> Any:
                 "`ray start --head` and pass its address (HOST:PORT) with --ray, or 'auto' on its head node"
             ) from exc
     return ray
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when nothing listens at HOST:PORT (``ray.init`` would retry for minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # 'auto': Ray finds the local cluster, or says there is none
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ClusterUnavailableError(
+            f"no Ray cluster answers at {address} ({exc}); start one with `ray start --head --port {port}` "
+            "and join the other nodes with `ray start --address HOST:PORT`"
+        ) from exc
 
 
 class RayIngester:
