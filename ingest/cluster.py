@@ -158,9 +158,16 @@ class RayIngester:
         self._gpu_workers = 0
 
     # -- the pool -------------------------------------------------------------------------------------
+    def connect(self) -> Any:
+        """The ``ray`` module, connected to the cluster (raises :class:`ClusterUnavailableError` at once when
+        there is none)."""
+        if self._ray is None:
+            self._ray = connect(self.ray_config.address or "auto")
+        return self._ray
+
     def workers(self, wanted: int | None = None) -> list[Any]:
         """The worker actors (started here when fewer than ``wanted`` run, at most the pool's size)."""
-        ray = self._ray = self._ray or connect(self.ray_config.address or "auto")
+        ray = self.connect()
         resources = ray.cluster_resources()
         size = self.ray_config.workers or max(1, int(resources.get("CPU", 1)))
         target = min(size, wanted if wanted is not None else size)

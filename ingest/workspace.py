@@ -90,9 +90,12 @@ class Workspace:
     def ingest(
         self, paths: Sequence[str | Path], name: str, *, progress: bool = False, prune: bool = False
     ) -> IngestReport:
+        if self.config.ray.address:
+            ingester = self.ray_ingester()
+            ingester.connect()  # no cluster: say so before a new collection loads the embedder
+            with self.open_or_create(name) as coll:
+                return ingester.ingest(paths, coll, progress=progress, prune=prune)
         with self.open_or_create(name) as coll:
-            if self.config.ray.address:
-                return self.ray_ingester().ingest(paths, coll, progress=progress, prune=prune)
             # The model loads only when a file has changed: an unchanged re-ingest reads hashes only.
             return ingest_paths(
                 paths,
