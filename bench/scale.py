@@ -55,7 +55,9 @@ class LocalRayCluster:
     killed as whole groups by :meth:`stop` (``ray stop`` would also stop other clusters of the machine)."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.env = {**env, "RAY_USAGE_STATS_ENABLED": "0"}
+        # Ray starts its workers at nice 15 (RAY_worker_niceness); on a machine shared with other work that
+        # starves them, so they run at the plain process's priority here for a fair comparison.
+        self.env = {**env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[tuple[int, Path]] = []

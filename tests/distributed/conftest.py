@@ -141,7 +141,8 @@ def ray_cluster() -> Iterator[str]:
     end of the session.
     """
     _require_ray()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Workers at the test's own priority (Ray's default nice 15 starves them on a busy CI machine).
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     head, worker = _Node("h"), _Node("w")
     port = _free_port()
