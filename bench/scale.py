@@ -57,7 +57,7 @@ class LocalRayCluster:
     def __init__(self, env: dict[str, str]) -> None:
         # Ray starts its workers at nice 15 (RAY_worker_niceness); on a machine shared with other work that
         # starves them, so they run at the plain process's priority here for a fair comparison.
-        self.env = {**env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
+        self.env = {**env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0", "RAY_AUTH_MODE": "disabled"}
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[tuple[int, Path]] = []

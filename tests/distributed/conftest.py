@@ -142,8 +142,10 @@ def ray_cluster() -> Iterator[str]:
     """
     _require_ray()
     # Workers at the test's own priority (Ray's default nice 15 starves them on a busy CI machine).
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # No token auth on this loopback-only cluster, whatever ~/.ray/auth_token holds (the driver must agree).
+    ray_env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, **ray_env, "RAY_worker_niceness": "0"}
+    os.environ.update(ray_env)
     head, worker = _Node("h"), _Node("w")
     port = _free_port()
     address = f"127.0.0.1:{port}"
