@@ -152,7 +152,8 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="ragqa-bench-scale-", dir=args.workdir))
         self.home = self.work / "home"
         # This tree's code in the CLI processes and in the Ray workers (they inherit the nodes' environment).
-        self.env = common.offline_env(RAGQA_HOME=str(self.home), PYTHONPATH=str(common.ROOT))
+        # Drivers and nodes agree: no Ray token auth on this loopback-only cluster.
+        self.env = common.offline_env(RAGQA_HOME=str(self.home), PYTHONPATH=str(common.ROOT), RAY_AUTH_MODE="disabled")
         self.res = Results()
         self.corpus = self.build_corpus()
         self._n = 0
