@@ -82,6 +82,26 @@ def contents(ws: Workspace, name: str) -> tuple[list[tuple[str, str, str, int]],
     return rows, vectors
 
 
+def test_cli_says_what_to_do_without_a_cluster(home, tmp_path):
+    """No cluster at the address: a clear error at once, before a new collection loads the embedder.
+    First in the module: no driver is connected yet (a connected one would be kept)."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    docs = corpus(tmp_path / "docs", 1)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = CliRunner().invoke(app, ["ingest", str(docs), "-c", "c", "--ray", f"127.0.0.1:{port}", "--json"])
+    assert result.exit_code == 2, result.stdout
+    assert "no Ray cluster answers at" in result.stdout and "ray start --head" in result.stdout
+    result = CliRunner().invoke(app, ["ingest", str(docs), "-c", "c", "--ray", "not an address", "--json"])
+    assert result.exit_code == 2 and "HOST:PORT" in result.stdout
+
+
 def test_cluster_ingest_equals_local_ingest(ingester, tiny_st_model, tmp_path):
     docs = corpus(tmp_path / "docs", 6)
     local = Workspace(tmp_path / "local", config(tiny_st_model))
@@ -165,22 +185,3 @@ def test_a_worker_killed_mid_ingest_loses_nothing(ingester, tiny_st_model, tmp_p
     local = Workspace(tmp_path / "local", config(tiny_st_model))
     local.ingest([docs], "c")
     assert contents(cluster, "c")[0] == contents(local, "c")[0]
-
-
-def test_cli_says_what_to_do_without_a_cluster(home, tmp_path):
-    """No cluster at the address: a clear error at once, before a new collection loads the embedder."""
-    import socket
-
-    from typer.testing import CliRunner
-
-    from api.cli import app
-
-    docs = corpus(tmp_path / "docs", 1)
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    result = CliRunner().invoke(app, ["ingest", str(docs), "-c", "c", "--ray", f"127.0.0.1:{port}", "--json"])
-    assert result.exit_code == 2, result.stdout
-    assert "no Ray cluster answers at" in result.stdout and "ray start --head" in result.stdout
-    result = CliRunner().invoke(app, ["ingest", str(docs), "-c", "c", "--ray", "not an address", "--json"])
-    assert result.exit_code == 2 and "HOST:PORT" in result.stdout
