@@ -778,15 +778,18 @@ class IngestWorker:
                         logger.error("job %s: %s %s", job_id, f["filename"], reason)
                     else:
                         try:
-                            report = ingest_paths(
-                                [stable],
-                                coll,
-                                lambda texts: ws.embedder.embed_documents(texts),
-                                ws.chunker_for(coll),
-                                ws.config.loader,
-                                embed_batch_chunks=max(64, 8 * ws.config.embedder.batch_size),
-                                loader_pool=self._pool(),
-                            )
+                            if ws.config.ray.address:  # ingest.ray.address: the file's work runs on a Ray cluster
+                                report = ws.ray_ingester().ingest([stable], coll)
+                            else:
+                                report = ingest_paths(
+                                    [stable],
+                                    coll,
+                                    lambda texts: ws.embedder.embed_documents(texts),
+                                    ws.chunker_for(coll),
+                                    ws.config.loader,
+                                    embed_batch_chunks=max(64, 8 * ws.config.embedder.batch_size),
+                                    loader_pool=self._pool(),
+                                )
                         except Exception as exc:
                             if is_disk_full(exc):  # not the file's fault: no poison-pill attempt
                                 self._uncount(job_id, ordinal)

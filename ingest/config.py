@@ -99,8 +99,33 @@ class LoaderConfig(BaseModel):
     )
 
 
+class RayConfig(BaseModel):
+    """Ingestion on a Ray cluster (``ragqa ingest --ray``; the ``ray`` extra): off unless ``address`` is set."""
+
+    address: str | None = Field(
+        None,
+        description="Ray cluster that loads, chunks and embeds the files: 'auto' (the cluster `ray start` runs on "
+        "this machine) or HOST:PORT of its head node; unset = ingest in this process. Every node must read the "
+        "files at the same paths (a shared file system).",
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="File workers, one embedder each; default one per CPU of the cluster, and a worker gets a "
+        "GPU for each GPU in the cluster.",
+    )
+    files_in_flight: int = Field(2, ge=1, description="Files queued on each worker at once.")
+    max_restarts: int = Field(
+        2,
+        ge=0,
+        description="Times a worker that dies (kill -9, out of memory) is restarted and its file retried before "
+        "that file fails.",
+    )
+
+
 class IngestConfig(BaseModel):
     embedder: EmbedderConfig = EmbedderConfig()
     chunking: ChunkingConfig = ChunkingConfig()
     index: IndexConfig = IndexConfig()
     loader: LoaderConfig = LoaderConfig()
+    ray: RayConfig = RayConfig()

@@ -10,6 +10,7 @@ errors subclass a kind, so a caller (the REST API's error table) can act on the 
     │                             InvalidCollectionNameError
     ├── ConflictError ─────────── CollectionExistsError, CollectionBusyError, EmbedderMismatchError
     ├── ModelUnavailableError ─── ModelNotFoundError
+    ├── ClusterUnavailableError   (ingestion on a Ray cluster)
     └── CollectionError ───────── every collection error above, and a collection used wrongly
                                   (opened read-only, query of the wrong dimension)
 """
@@ -34,6 +35,11 @@ class ConflictError(IngestError):
 
 class ModelUnavailableError(IngestError):
     """A model the work needs cannot be loaded."""
+
+
+class ClusterUnavailableError(IngestError):
+    """The Ray cluster asked for cannot be used (Ray not installed, no cluster at the address, workers
+    that cannot start)."""
 
 
 # -- files ------------------------------------------------------------------------------------------

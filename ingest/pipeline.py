@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, cast
 
 import numpy as np
 
@@ -134,8 +134,47 @@ def file_digest(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+# The errors that fail one file (reported in the file's FileFailure); anything else stops the run.
+FILE_ERRORS: tuple[type[Exception], ...] = (
+    LoaderError,
+    UnsupportedFileError,
+    OSError,
+    IngestError,
+    ValueError,
+    UnicodeError,
+)
+
+
+def file_failure(path: str, exc: Exception) -> FileFailure:
+    """How the report shows a file that failed with one of :data:`FILE_ERRORS`."""
+    if isinstance(exc, (LoaderError, UnsupportedFileError)):
+        return FileFailure(path, str(exc))
+    logger.warning("failed to ingest %s: %s", path, exc)
+    return FileFailure(path, f"{type(exc).__name__}: {exc}")
+
+
+def load_and_chunk(
+    path: Path, loader_config: LoaderConfig, chunker: Chunker, pool: LoaderPool | None = None
+) -> tuple[list[Document], list[Chunk]]:
+    """One file's documents (read in ``pool``'s loader process when given) and their chunks; raises
+    one of :data:`FILE_ERRORS` for a bad file."""
+    docs = pool.load(path, loader_config) if pool is not None else load_file(path, loader_config)
+    return docs, chunker.chunk_all(docs)
+
+
+class FileChange(NamedTuple):
+    """A file whose content differs from the committed version (or that is new)."""
+
+    digest: str
+    size: int
+    replaced: bool
+
+
 @dataclass
-class _Pending:
+class PendingFile:
+    """A loaded and chunked file not committed yet; ``vectors[i]`` is None until chunk i is embedded
+    (or was found stored for the same text)."""
+
     path: str
     digest: str
     size: int
@@ -143,6 +182,22 @@ class _Pending:
     chunks: list[Chunk]
     vectors: list[np.ndarray | None]
     replaced: bool
+
+    @property
+    def n_missing(self) -> int:
+        return sum(v is None for v in self.vectors)
+
+
+def embed_missing(pending: Sequence[PendingFile], embed: Callable[[list[str]], np.ndarray]) -> int:
+    """Fill the missing vectors of ``pending`` with one ``embed`` call (across files); returns how many
+    chunks were embedded. Raises what ``embed`` raises, leaving every vector as it was."""
+    todo = [(p, i) for p in pending for i, v in enumerate(p.vectors) if v is None]
+    if not todo:
+        return 0
+    vecs = embed([p.chunks[i].text for p, i in todo])
+    for (p, i), v in zip(todo, vecs):
+        p.vectors[i] = v
+    return len(todo)
 
 
 def ingest_paths(
@@ -174,7 +229,7 @@ def ingest_paths(
     report.skipped_unsupported = [str(p) for p in skipped]
     own_pool = loader_pool is None and loader_config.isolate and bool(files)
     pool = LoaderPool(loader_config) if own_pool else loader_pool
-    batch = _IngestBatch(collection, embed, chunker, loader_config, report, pool)
+    batch = IngestBatch(collection, embed, chunker, loader_config, report, pool)
     bar = _progress_bar(progress, len(files), collection.name)
     try:
         for path in files:
@@ -207,7 +262,7 @@ def _progress_bar(enabled: bool, total: int, name: str):
     return tqdm(total=total, desc=f"ingest {name}", unit="file")
 
 
-class _IngestBatch:
+class IngestBatch:
     """Files loaded and chunked but not committed yet, embedded together (across files) and then
     committed one transaction per file; failures go to ``report``, never raise."""
 
@@ -227,7 +282,7 @@ class _IngestBatch:
         self._chunker_factory = None if isinstance(chunker, Chunker) else chunker
         self.loader_config = loader_config
         self.report = report
-        self.pending: list[_Pending] = []
+        self.pending: list[PendingFile] = []
         self.n_new = 0  # pending chunks without a stored vector
         self.last_flush = time.monotonic()
 
@@ -241,27 +296,35 @@ class _IngestBatch:
         """Load and chunk ``path`` unless its content is unchanged; a bad file is reported, not raised."""
         spath = str(path)
         try:
-            digest, size = file_digest(path)
-            old = self.collection.file_hash(spath)
-            if old == digest:
-                self.report.unchanged.append(spath)
+            change = self.change(path)
+            if change is None:
                 return
-            docs = (
-                self.pool.load(path, self.loader_config)
-                if self.pool is not None
-                else load_file(path, self.loader_config)
-            )
-            chunks = self.chunker().chunk_all(docs)
-            reuse = self.collection.store.embeddings_by_text(spath) if old is not None else {}
+            docs, chunks = load_and_chunk(path, self.loader_config, self.chunker(), self.pool)
+            reuse = self.stored_vectors(spath, change)
             vectors = [reuse.get(c.text) for c in chunks]
-            self.report.chunks_reused += sum(v is not None for v in vectors)
-            self.pending.append(_Pending(spath, digest, size, docs, chunks, vectors, replaced=old is not None))
-            self.n_new += sum(v is None for v in vectors)
-        except (LoaderError, UnsupportedFileError) as exc:
-            self.report.failed.append(FileFailure(spath, str(exc)))
-        except (OSError, IngestError, ValueError, UnicodeError) as exc:
-            logger.warning("failed to ingest %s: %s", spath, exc)
-            self.report.failed.append(FileFailure(spath, f"{type(exc).__name__}: {exc}"))
+            self.add(PendingFile(spath, change.digest, change.size, docs, chunks, vectors, replaced=change.replaced))
+        except FILE_ERRORS as exc:
+            self.report.failed.append(file_failure(spath, exc))
+
+    def change(self, path: Path) -> FileChange | None:
+        """``path``'s content hash and size against the stored hash; None (and reported unchanged) when the
+        content is the one committed. Raises OSError for a file that cannot be read."""
+        digest, size = file_digest(path)
+        old = self.collection.file_hash(str(path))
+        if old == digest:
+            self.report.unchanged.append(str(path))
+            return None
+        return FileChange(digest, size, replaced=old is not None)
+
+    def stored_vectors(self, spath: str, change: FileChange) -> dict[str, np.ndarray]:
+        """The vectors stored for the chunk texts of a replaced file's committed version (reused as they are)."""
+        return self.collection.store.embeddings_by_text(spath) if change.replaced else {}
+
+    def add(self, pending: PendingFile) -> None:
+        """Queue a loaded and chunked file for the next :meth:`commit`."""
+        self.report.chunks_reused += sum(v is not None for v in pending.vectors)
+        self.pending.append(pending)
+        self.n_new += pending.n_missing
 
     def commit(self) -> None:
         """Embed the pending chunks that need it, store each pending file, and flush now and then."""
@@ -276,18 +339,12 @@ class _IngestBatch:
 
     def _embed_pending(self) -> bool:
         """Fill the missing vectors; False (every pending file failed) when embedding raised."""
-        todo = [(p, i) for p in self.pending for i, v in enumerate(p.vectors) if v is None]
-        if not todo:
-            return True
         try:
-            vecs = self.embed([p.chunks[i].text for p, i in todo])
+            self.report.chunks_embedded += embed_missing(self.pending, self.embed)
         except Exception as exc:  # e.g. out of memory: these files fail, the run goes on
             logger.exception("embedding failed")
-            self.report.failed.extend(FileFailure(p.path, f"embedding failed: {exc}") for p in self.pending)
+            self.report.failed.extend(embedding_failure(p.path, exc) for p in self.pending)
             return False
-        for (p, i), v in zip(todo, vecs):
-            p.vectors[i] = v
-        self.report.chunks_embedded += len(todo)
         return True
 
     def _store_pending(self) -> None:
@@ -306,6 +363,11 @@ class _IngestBatch:
             (report.replaced if p.replaced else report.added).append(p.path)
             report.documents += len(p.docs)
             report.chunks += len(p.chunks)
+
+
+def embedding_failure(path: str, exc: Exception) -> FileFailure:
+    """How the report shows a file whose chunks could not be embedded."""
+    return FileFailure(path, f"embedding failed: {exc}")
 
 
 def _prune(collection: Collection, paths: Sequence[str | Path], present: set[str]) -> list[str]:

@@ -9,12 +9,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ingest.chunker import Chunker
 from ingest.collection import Collection, SearchHit, delete_collection, list_collections
 from ingest.config import IngestConfig
 from ingest.errors import CollectionNotFoundError
 from ingest.pipeline import IngestReport, ingest_paths
+
+if TYPE_CHECKING:
+    from ingest.cluster import RayIngester
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +28,7 @@ class Workspace:
         self.home = Path(home).expanduser()
         self.config = config
         self._embedder = None
+        self._ray_ingester: RayIngester | None = None
 
     @property
     def collections_dir(self) -> Path:
@@ -85,6 +90,11 @@ class Workspace:
     def ingest(
         self, paths: Sequence[str | Path], name: str, *, progress: bool = False, prune: bool = False
     ) -> IngestReport:
+        if self.config.ray.address:
+            ingester = self.ray_ingester()
+            ingester.connect()  # no cluster: say so before a new collection loads the embedder
+            with self.open_or_create(name) as coll:
+                return ingester.ingest(paths, coll, progress=progress, prune=prune)
         with self.open_or_create(name) as coll:
             # The model loads only when a file has changed: an unchanged re-ingest reads hashes only.
             return ingest_paths(
@@ -97,6 +107,21 @@ class Workspace:
                 embed_batch_chunks=max(64, 8 * self.config.embedder.batch_size),
                 prune=prune,
             )
+
+    def ray_ingester(self) -> RayIngester:
+        """The ingester on the Ray cluster of ``ingest.ray.address`` (its workers start on first use and are
+        kept for later runs)."""
+        if self._ray_ingester is None:
+            from ingest.cluster import RayIngester
+
+            self._ray_ingester = RayIngester(self.config, cache_dir=self.models_dir)
+        return self._ray_ingester
+
+    def close(self) -> None:
+        """End what the workspace started outside this process (the Ray workers)."""
+        if self._ray_ingester is not None:
+            self._ray_ingester.close()
+            self._ray_ingester = None
 
     def search(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from rag.calibration import Calibration
 
 INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")
+RAY_ADDRESS = re.compile(r"(ray://)?[\w.\-]+:\d{1,5}")
 
 
 def ingest(
@@ -49,6 +51,17 @@ def ingest(
     max_pages: Annotated[
         int | None, typer.Option("--max-pages", min=1, help="With --crawl: most pages fetched (default 100).")
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            is_flag=False,
+            flag_value="auto",
+            metavar="[ADDRESS]",
+            help="Load, chunk and embed the files on a Ray cluster: its head's HOST:PORT, or alone for the "
+            "cluster `ray start` runs on this machine (the files must be at the same paths on every node).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ingest documents or web pages into a collection (created on first use); unchanged files and pages are skipped.
@@ -64,6 +77,10 @@ def ingest(
         if index not in INDEX_KINDS:
             fail(f"unknown index kind {index!r}; use flat, ivf, hnsw or ivfpq", as_json)
         s.ingest.index.kind = index  # type: ignore[assignment]
+    if ray is not None:
+        if ray != "auto" and not RAY_ADDRESS.fullmatch(ray):
+            fail(f"--ray takes a Ray head's HOST:PORT or nothing, not {ray!r}; put a bare --ray last", as_json)
+        s.ingest.ray.address = ray
     urls = [p for p in paths if is_url(p)]
     files = [p for p in paths if not is_url(p)]
     if (crawl or depth is not None or max_pages is not None) and not urls:
