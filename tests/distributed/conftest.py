@@ -64,22 +64,39 @@ def _start_node(args: list[str], temp_dir: str, log: Path) -> subprocess.Popen:
         )
 
 
-def _wait_for_nodes(address: str, n: int, procs: list[subprocess.Popen], logs: list[Path], timeout: float) -> None:
-    """Until the cluster at ``address`` has ``n`` alive nodes (a node process that exits fails the wait)."""
-    probe = (
-        "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
-        "print(sum(1 for node in ray.nodes() if node['Alive']))"
-    )
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Until the head's GCS accepts connections on ``port`` (the head process exiting fails the wait)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for proc, log in zip(procs, logs):
-            if proc.poll() is not None:
-                raise RuntimeError(f"a Ray node exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        out = subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True, timeout=60)
-        if out.returncode == 0 and out.stdout.strip().isdigit() and int(out.stdout.strip()) >= n:
-            return
-        time.sleep(1.0)
-    raise RuntimeError(f"the Ray cluster at {address} did not reach {n} nodes in {timeout:.0f} s")
+        if proc.poll() is not None:
+            raise RuntimeError(f"the Ray head exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        with socket.socket() as s:
+            s.settimeout(1.0)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"the Ray head did not listen on port {port} in {timeout:.0f} s")
+
+
+def _wait_for_nodes(address: str, n: int, procs: list[subprocess.Popen], logs: list[Path], timeout: float) -> None:
+    """Until the cluster at ``address`` has ``n`` alive nodes (a node process that exits fails the wait).
+
+    Connects this process as a Ray driver for the wait and disconnects again."""
+    import ray
+
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc, log in zip(procs, logs):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"a Ray node exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+            if sum(1 for node in ray.nodes() if node["Alive"]) >= n:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"the Ray cluster at {address} did not reach {n} nodes in {timeout:.0f} s")
+    finally:
+        ray.shutdown()
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -105,7 +122,7 @@ def ray_cluster() -> Iterator[str]:
     procs: list[subprocess.Popen] = []
     try:
         procs.append(_start_node(["--head", "--port", str(port), "--include-dashboard", "false"], head_dir, logs[0]))
-        _wait_for_nodes(address, 1, procs, logs[:1], timeout=120)
+        _wait_for_port(port, procs[0], logs[0], timeout=120)
         procs.append(_start_node(["--address", address], node_dir, logs[1]))
         _wait_for_nodes(address, 2, procs, logs, timeout=120)
         yield address
