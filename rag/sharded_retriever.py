@@ -193,7 +193,9 @@ class ShardedRetriever(Retriever):
                     time.perf_counter() - t0,
                 )
                 return shard_set
-            logger.info("collection %s changed while its shards loaded (%s); loading again", collection.name, generations)
+            logger.info(
+                "collection %s changed while its shards loaded (%s); loading again", collection.name, generations
+            )
             for actor in actors:
                 ray.kill(actor)
         raise RetrieverError(

@@ -35,7 +35,10 @@ NEW = [
 def _start(env: dict[str, str], port: int, log_path: Path) -> tuple[subprocess.Popen, object]:
     log = open(log_path, "w+")
     proc = subprocess.Popen(
-        ragqa_cmd() + ["serve", "--port", str(port), "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT
+        ragqa_cmd() + ["serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     return proc, log
 
@@ -110,7 +113,10 @@ def _ask(c: httpx.Client, question: str) -> dict:
 
 def test_two_replicas_share_jobs_answers_and_feedback(replicas, home) -> None:
     (a_base, b_base), h = replicas
-    with httpx.Client(base_url=a_base, headers=h, timeout=120) as a, httpx.Client(base_url=b_base, headers=h, timeout=120) as b:
+    with (
+        httpx.Client(base_url=a_base, headers=h, timeout=120) as a,
+        httpx.Client(base_url=b_base, headers=h, timeout=120) as b,
+    ):
         assert a.post("/v1/collections", json={"name": "kb"}).status_code == 201
         seed = a.post("/v1/collections/kb/documents", files=[("files", (SEED[0], SEED[1], "text/plain"))])
         assert _wait_job(b, seed.json()["job_id"])["status"] == "done"  # B reports A's job from the shared DB

@@ -124,9 +124,7 @@ def test_same_top_k_as_the_single_index(tiny_ws, tmp_path, ray_address, shards) 
 
 def test_a_query_after_an_ingest_sees_the_new_generation(tiny_ws, tmp_path, ray_address) -> None:
     _ingest(tiny_ws, tmp_path / "docs", TOPICS[:8])
-    sharded = ShardedRetriever(
-        tiny_ws.embedder, RetrieverConfig(k=3, backend="ray", shards=2, ray_address=ray_address)
-    )
+    sharded = ShardedRetriever(tiny_ws.embedder, RetrieverConfig(k=3, backend="ray", shards=2, ray_address=ray_address))
     new_text = "The quokka is a small marsupial that lives on Rottnest Island near Perth."
     with tiny_ws.open("c", readonly=True) as coll:
         old = sharded.shard_set(coll)
