@@ -21,7 +21,7 @@ import pytest
 from tests.api.test_server_e2e import free_port
 from tests.conftest import ragqa_cmd
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 SEED = ("paris.txt", b"Paris is the capital of France. It lies on the Seine.")
 NEW = [
@@ -43,7 +43,7 @@ def _start(env: dict[str, str], port: int, log_path: Path) -> tuple[subprocess.P
     return proc, log
 
 
-def _wait_healthy(base: str, proc: subprocess.Popen, log, timeout: float = 240) -> None:
+def _wait_healthy(base: str, proc: subprocess.Popen, log, timeout: float = 420) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
