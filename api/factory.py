@@ -45,10 +45,16 @@ class RagStack:
 
     @cached_property
     def retriever(self) -> Retriever:
-        """The hybrid retriever over the workspace's embedder (loads the embedder)."""
+        """The hybrid retriever over the workspace's embedder (loads the embedder); with ``retriever.backend: ray``
+        its dense search runs over ``retriever.shards`` FAISS shards held by Ray actors."""
+        config = self.settings.retriever
+        if config.backend == "ray":
+            from rag.sharded_retriever import ShardedRetriever
+
+            return ShardedRetriever(self.workspace.embedder, config)
         from rag.retriever import Retriever
 
-        return Retriever(self.workspace.embedder, self.settings.retriever)
+        return Retriever(self.workspace.embedder, config)
 
     @cached_property
     def generator(self) -> Generator:

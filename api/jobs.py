@@ -19,7 +19,14 @@ Life of an upload:
 4. After the last file the collection's abstention threshold is recalibrated (:mod:`rag.calibration`)
    when the job changed the collection.
 
-Restart: jobs found ``running`` are queued again and resume at their first unfinished file;
+Replicas: several ``ragqa serve`` processes may share one ``RAGQA_HOME`` (one ``server.sqlite``). A job is
+worked under a lease in the jobs table (``lease_owner`` = ``host:pid:nonce`` of the :class:`JobStore`,
+``lease_expires``): a worker claims a job with one conditional ``UPDATE`` (free, its own, or expired), renews
+the lease every ``lease_s / 3`` while it holds the job, and gives it back after each turn and at stop. So two
+replicas never ingest the same job at once; the job of a replica that died is taken over once its lease
+expires (at once when the dead process ran on this host: its pid is gone).
+
+Restart: jobs found ``running`` (without a live lease) are queued again and resume at their first unfinished file;
 a file whose upload is gone fails with a message; a job of a deleted collection fails. No job
 is ever dropped. Staging folders of jobs that no longer run (left by a crash) are removed at start.
 
@@ -34,10 +41,13 @@ from __future__ import annotations
 
 import builtins
 import errno
+import json
 import logging
 import os
 import re
 import shutil
+import socket
+import sqlite3
 import threading
 import time
 import unicodedata
@@ -181,13 +191,97 @@ class JobStore(SqliteStore):
     );
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, lease_s: float = 30.0, owner: str | None = None) -> None:
         super().__init__(path)
+        if not lease_s > 0:
+            raise ValueError(f"lease_s must be > 0, got {lease_s}")
+        self.lease_s = float(lease_s)
+        #: who holds this store's leases: host:pid:nonce (one per JobStore, so one per server process)
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._last_counts: dict[str, int] | None = None
-        with self._lock:  # a server.sqlite from before per-file attempts
+        with self._lock:  # a server.sqlite from before per-file attempts / job leases
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(job_files)")}
             if "attempts" not in columns:
                 self._db.execute("ALTER TABLE job_files ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            if "lease_owner" not in columns:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN lease_owner TEXT")
+            if "lease_expires" not in columns:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN lease_expires REAL")
+
+    def close(self) -> None:
+        """Give back this store's leases (a clean stop), then close the connection."""
+        try:
+            self.release_leases()
+        except sqlite3.Error as exc:  # closing must not fail (e.g. the disk is full)
+            logger.warning("could not give back the job leases of %s: %s", self.owner, exc)
+        super().close()
+
+    # -- leases (several server processes over one server.sqlite) -----------------------------
+    def claim(self, job_id: str) -> dict[str, Any] | None:
+        """Take the lease of ``job_id`` and mark it running, atomically: only when the job is unfinished and its
+        lease is free, ours or expired. Returns the job, or None when another live owner holds it (or it ended)."""
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status='running', started_at=COALESCE(started_at, ?), "
+                "attempts=attempts + (status='queued'), lease_owner=?, lease_expires=? "
+                "WHERE job_id=? AND status IN ('queued','running') "
+                "AND (lease_owner IS NULL OR lease_owner=? OR lease_expires < ?)",
+                (now, self.owner, now + self.lease_s, job_id, self.owner, now),
+            )
+            claimed = cur.rowcount == 1
+        return self.get(job_id) if claimed else None
+
+    def renew(self, job_ids: builtins.list[str]) -> set[str]:
+        """Push the expiry of our leases of ``job_ids`` to now + ``lease_s``; returns the ids still ours."""
+        if not job_ids:
+            return set()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET lease_expires=? WHERE lease_owner=? AND job_id IN (SELECT value FROM json_each(?))",
+                (time.time() + self.lease_s, self.owner, json.dumps(job_ids)),
+            )
+            rows = db.execute(
+                "SELECT job_id FROM jobs WHERE lease_owner=? AND job_id IN (SELECT value FROM json_each(?))",
+                (self.owner, json.dumps(job_ids)),
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def holds(self, job_id: str) -> bool:
+        """Whether ``job_id`` is running under our lease (checked before each file)."""
+        with self._lock:
+            row = self._db.execute("SELECT status, lease_owner FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return row is not None and row["status"] == "running" and row["lease_owner"] == self.owner
+
+    def release_lease(self, job_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET lease_owner=NULL, lease_expires=NULL WHERE job_id=? AND lease_owner=?",
+                (job_id, self.owner),
+            )
+
+    def release_leases(self) -> None:
+        """Give back every lease this store holds (at stop)."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET lease_owner=NULL, lease_expires=NULL WHERE lease_owner=?", (self.owner,))
+
+    def reap_dead_owners(self) -> builtins.list[str]:
+        """Free the leases of owners on this host whose process is gone (no need to wait for the expiry);
+        returns the job ids freed."""
+        host = socket.gethostname()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id, lease_owner FROM jobs WHERE lease_owner IS NOT NULL AND lease_owner != ?",
+                (self.owner,),
+            ).fetchall()
+        dead = [r["job_id"] for r in rows if _owner_dead(r["lease_owner"], host)]
+        if dead:
+            with self._tx() as db:
+                for job_id in dead:
+                    db.execute("UPDATE jobs SET lease_owner=NULL, lease_expires=NULL WHERE job_id=?", (job_id,))
+            logger.warning("freed the job lease(s) of %s: their server process is gone", ", ".join(dead))
+        return dead
 
     def create(self, job_id: str, collection: str, files: list[dict[str, Any]], key_id: str | None) -> None:
         with self._tx() as db:
@@ -229,17 +323,18 @@ class JobStore(SqliteStore):
         return out
 
     def claim_next(self) -> dict[str, Any] | None:
-        """The oldest queued job, now marked running (None when the queue is empty)."""
-        with self._tx() as db:
-            row = db.execute("SELECT job_id FROM jobs WHERE status='queued' ORDER BY created_at LIMIT 1").fetchone()
-            if row is None:
-                return None
-            db.execute(
-                "UPDATE jobs SET status='running', started_at=COALESCE(started_at, ?), "
-                "attempts=attempts+1 WHERE job_id=?",
-                (time.time(), row["job_id"]),
-            )
-        return self.get(row["job_id"])
+        """The oldest queued job that is free to take, now running under our lease (None when there is none)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id FROM jobs WHERE status='queued' AND (lease_owner IS NULL OR lease_expires < ?) "
+                "ORDER BY created_at",
+                (time.time(),),
+            ).fetchall()
+        for row in rows:
+            job = self.claim(row["job_id"])
+            if job is not None:
+                return job
+        return None
 
     def status(self, job_id: str) -> str | None:
         with self._lock:
@@ -301,7 +396,8 @@ class JobStore(SqliteStore):
                     (error or "the job failed before this file was processed", job_id),
                 )
             db.execute(
-                "UPDATE jobs SET status=?, error=?, finished_at=? WHERE job_id=? AND status IN ('queued','running')",
+                "UPDATE jobs SET status=?, error=?, finished_at=?, lease_owner=NULL, lease_expires=NULL "
+                "WHERE job_id=? AND status IN ('queued','running')",
                 (status, error, time.time(), job_id),
             )
         return status
@@ -320,10 +416,14 @@ class JobStore(SqliteStore):
         return ids
 
     def recover(self) -> builtins.list[str]:
-        """At start-up: jobs left ``running`` by a stopped or crashed server are queued again."""
+        """At start-up: jobs left ``running`` by a stopped or crashed server are queued again (not those a live
+        replica holds under an unexpired lease)."""
+        self.reap_dead_owners()
+        free = "status='running' AND (lease_owner IS NULL OR lease_owner=? OR lease_expires < ?)"
+        args = (self.owner, time.time())
         with self._tx() as db:
-            ids = [r[0] for r in db.execute("SELECT job_id FROM jobs WHERE status='running'")]
-            db.execute("UPDATE jobs SET status='queued' WHERE status='running'")
+            ids = [r[0] for r in db.execute(f"SELECT job_id FROM jobs WHERE {free}", args)]
+            db.execute(f"UPDATE jobs SET status='queued', lease_owner=NULL, lease_expires=NULL WHERE {free}", args)
         return ids
 
     def counts(self) -> dict[str, int]:
@@ -346,23 +446,21 @@ class JobStore(SqliteStore):
 
     # -- fair scheduling (see FairQueue) -----------------------------------------------------
     def runnable(self) -> builtins.list[dict[str, Any]]:
-        """Unfinished jobs, oldest first: ``{job_id, collection, key_id, created_at}``."""
+        """Unfinished jobs free for us to take (no live lease of another owner), oldest first:
+        ``{job_id, collection, key_id, created_at}``."""
+        self.reap_dead_owners()
         with self._lock:
             rows = self._db.execute(
                 "SELECT job_id, collection, key_id, created_at FROM jobs WHERE status IN ('queued','running') "
-                "ORDER BY created_at"
+                "AND (lease_owner IS NULL OR lease_owner=? OR lease_expires < ?) ORDER BY created_at",
+                (self.owner, time.time()),
             ).fetchall()
         return [dict(r) for r in rows]
 
     def start(self, job_id: str) -> dict[str, Any] | None:
-        """The job, marked running if it was queued (a running job between two turns stays as it is)."""
-        with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET status='running', started_at=COALESCE(started_at, ?), attempts=attempts+1 "
-                "WHERE job_id=? AND status='queued'",
-                (time.time(), job_id),
-            )
-        return self.get(job_id)
+        """The job, running under our lease (a running job between two turns stays as it is); None when another
+        live owner holds its lease or it has ended."""
+        return self.claim(job_id)
 
     # -- upload names -------------------------------------------------------------------------
     def names_in_use(self, collection: str, filename: str, stored: bool = True) -> set[str]:
@@ -383,6 +481,23 @@ class JobStore(SqliteStore):
                 names.add(name_key(r["original"]))
                 last_done = True
         return names
+
+
+def _owner_dead(owner: str, host: str) -> bool:
+    """Whether lease owner ``host:pid:nonce`` is a process of this host that no longer runs."""
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False  # another JobStore of this process: it gives its leases back when closed
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _job_dict(job, files) -> dict[str, Any]:
@@ -464,12 +579,30 @@ class FairQueue:
         self._tick = 0
 
     def take(self) -> dict[str, Any] | None:
-        """The next job to work a file of (marked running), held until :meth:`release`; None when none is free."""
+        """The next job to work a file of (marked running under this process's lease), held until
+        :meth:`release`; None when none is free. A job another replica claimed meanwhile is passed over."""
+        lost: set[str] = set()
+        while True:
+            row = self._pick(lost)
+            if row is None:
+                return None
+            try:
+                job = self.jobs.start(row["job_id"])
+            except BaseException:
+                self.release(row["job_id"])
+                raise
+            if job is not None:
+                return job
+            self.release(row["job_id"])  # another replica took it first
+            lost.add(row["job_id"])
+
+    def _pick(self, skip: set[str]) -> dict[str, Any] | None:
+        """The fairest free job (its turn counted, held in-process), or None."""
         with self._lock:
             busy = set(self._held.values())
             best: tuple[tuple[int, int, float], dict[str, Any]] | None = None
             for row in self.jobs.runnable():
-                if row["job_id"] in self._held or row["collection"] in busy:
+                if row["job_id"] in self._held or row["job_id"] in skip or row["collection"] in busy:
                     continue
                 key = row["key_id"] or ""
                 rank = (self._served.get(key, 0), self._served.get((key, row["collection"]), 0), row["created_at"])
@@ -482,18 +615,18 @@ class FairQueue:
             self._tick += 1
             self._served[key] = self._served[(key, row["collection"])] = self._tick
             self._held[row["job_id"]] = row["collection"]
-        try:
-            job = self.jobs.start(row["job_id"])
-        except BaseException:
-            self.release(row["job_id"])
-            raise
-        if job is None:
-            self.release(row["job_id"])
-        return job
+            return row
 
     def release(self, job_id: str) -> None:
+        """End this process's turn on ``job_id``: forget it and give back its lease."""
         with self._lock:
             self._held.pop(job_id, None)
+        self.jobs.release_lease(job_id)
+
+    def held(self) -> builtins.list[str]:
+        """The jobs this process's workers are on now (their leases are renewed)."""
+        with self._lock:
+            return builtins.list(self._held)
 
     def busy(self) -> bool:
         """Whether a worker is on a job now."""
@@ -552,6 +685,7 @@ class IngestWorker:
         self._threads: list[threading.Thread] = []
         self._wakes: list[threading.Event] = [self._wake]
         self._current = threading.local()  # the job this worker thread holds in the queue
+        self._renewer: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -562,6 +696,8 @@ class IngestWorker:
         if orphans:
             logger.warning("removed %d orphaned staging folder(s) of finished or unknown jobs", len(orphans))
         self._start_threads()
+        self._renewer = threading.Thread(target=self._renew_leases, name="ragqa-job-leases", daemon=True)
+        self._renewer.start()
         self.submit()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -569,6 +705,12 @@ class IngestWorker:
         for wake in self._wakes:
             wake.set()
         self._join_threads(timeout)
+        if self._renewer is not None:
+            self._renewer.join(timeout=5)
+        try:
+            self.jobs.release_leases()  # another replica may take the unfinished jobs at once
+        except Exception as exc:
+            logger.warning("could not give back the job leases at stop: %s", exc)
         with self._pool_lock:
             if self._loader_pool is not None:
                 self._loader_pool.close()
@@ -586,6 +728,18 @@ class IngestWorker:
     @property
     def alive(self) -> bool:
         return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def _renew_leases(self) -> None:
+        """Renew the leases of the jobs being worked every ``lease_s / 3`` until the worker stops."""
+        while not self._stop.wait(self.jobs.lease_s / 3):
+            held = self.queue.held()
+            try:
+                kept = self.jobs.renew(held)
+            except Exception as exc:  # a busy or full disk: try again next round, the lease still runs
+                logger.warning("could not renew the job leases: %s", exc)
+                continue
+            for job_id in set(held) - kept:
+                logger.error("job %s: its lease was taken over by another server; this one stops working it", job_id)
 
     # -- threads and turns (fairness) ---------------------------------------------------------
     def _start_threads(self) -> None:
@@ -740,8 +894,8 @@ class IngestWorker:
                 return  # one file per turn; the job stays 'running' and goes back to the fair queue
             if self._stop.is_set():
                 return  # stays 'running' -> queued again at the next start
-            if self.jobs.status(job_id) != "running":
-                return  # failed meanwhile (collection deleted)
+            if not self.jobs.holds(job_id):
+                return  # failed meanwhile (collection deleted), or its lease lapsed and another server took it
             staged = self.storage.staging_dir(name, job_id) / f["filename"]
             stable = self.storage.stable_path(name, f["filename"])
             with self.gate.hold(name):

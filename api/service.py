@@ -653,7 +653,7 @@ def build_service(settings: Settings, *, metrics: Metrics | None = None, start_w
     qa, generator = stack.serving_qa, stack.generator
     db = server_db_path(settings.home)
     metrics = metrics or Metrics()
-    jobs = JobStore(db)
+    jobs = JobStore(db, lease_s=settings.server.job_lease_s)
     storage = UploadStorage(settings.home / "uploads")
     gate = WriterGate()
 

@@ -73,6 +73,13 @@ class ServerConfig(BaseModel):
         description="Ingestion worker threads (one collection each at a time, files shared round-robin across keys "
         "and collections). null: 2 on a machine with 4 or more cores, else 1.",
     )
+    job_lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="Upload jobs are worked under a lease in server.sqlite, renewed every third of this while a "
+        "server works them: with several `ragqa serve` replicas over one RAGQA_HOME, a replica that dies loses its "
+        "jobs to the others after this long (at once when it ran on the same host).",
+    )
     # Folder sync (ragqa watch) inside the server: each folder keeps its collection in sync while serving.
     watch: list[WatchedFolder] = Field(
         default_factory=list,

@@ -68,6 +68,20 @@ class RetrieverConfig(BaseModel):
     mmr: bool = Field(False, description="Re-rank the fused candidates with maximal marginal relevance.")
     mmr_lambda: float = Field(0.5, ge=0, le=1, description="MMR trade-off: 1 = relevance only, 0 = diversity only.")
     bm25: BM25Config = BM25Config()
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="Where dense search runs: 'local' (the collection's own FAISS index, in this process) or 'ray' "
+        "(the vectors split into `shards` FAISS indexes held by Ray actors, queried in parallel and merged; "
+        "`pip install -e '.[ray]'`). Both give the same top-k with an exact ('flat') index.",
+    )
+    shards: int = Field(
+        2, ge=1, le=1024, description="backend 'ray': FAISS shards per collection (chunk faiss_id modulo shards)."
+    )
+    ray_address: str | None = Field(
+        None,
+        description="backend 'ray': the cluster to join, e.g. '10.0.0.5:6379' (`ray start --head` prints it); "
+        "None: RAY_ADDRESS, else a cluster started on this machine, else a new local Ray.",
+    )
 
 
 class QAConfig(BaseModel):
