@@ -140,6 +140,9 @@ def ship(res: dict[str, Any], dest: pathlib.Path, recipe_path: pathlib.Path) -> 
     meta = json.loads((staging / META).read_text(encoding="utf-8"))
     meta["data"] = res["data"]  # the training run's own record pointed at a temporary file
     meta["recipe"] = {**res["recipe"], "text": recipe_path.read_text(encoding="utf-8")}
+    styles = load_recipe(recipe_path).get("default_styles")
+    if styles:  # the answer styles it is the shipped default for (rag.adapter_defaults.AdapterResolver.shipped)
+        meta["default_styles"] = list(styles)
     ev = res["eval"]["adapter"]
     meta["evaluation"] = {
         "heldout_f1": ev["f1"],

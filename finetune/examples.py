@@ -57,12 +57,14 @@ def evidence_sentence(context: str, answer: str) -> str | None:
     extractive QA record the sentence around the gold span is exactly that. None when no single
     sentence holds the answer (it spans a boundary, or it is not in the context).
     """
-    for sentence in _SENTENCE_BREAK.split(" ".join(context.split())):
+    text = _TITLE.sub("", " ".join(context.split()), count=1)  # the "[title] " format_contexts puts first
+    for sentence in _SENTENCE_BREAK.split(text):
         if contains_answer(sentence, answer):
             return sentence.strip()
     return None
 
 
+_TITLE = re.compile(r"^\[[^\]]*\]\s*")
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 
 

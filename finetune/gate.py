@@ -276,7 +276,7 @@ def run_gate(
     if not collection:
         raise GateError("say which collection answers the held-out questions: --eval-collection NAME")
     examples = load_eval_examples(path, options.n, options.seed)
-    current = evaluator.resolver.resolve(scope, None)
+    current = evaluator.resolver.resolve(scope, None, "short")  # the held-out evaluation answers short
     if current.adapter == candidate:
         raise GateError(f"{candidate!r} already answers the {scope_label(scope_key(scope))} ({current.source} default)")
     sides = []

@@ -193,16 +193,24 @@ class AdapterResolver:
         self.store = AdapterStore(adapters_dir)
         self.generator_name = str(generator_name)
 
-    def shipped(self) -> str | None:
-        """The installed shipped adapter when it was made for the configured generator, else None."""
+    def shipped(self, style: str | None = None) -> str | None:
+        """The installed shipped adapter when it was made for the configured generator, else None.
+
+        ``style``: the answer style of the request. A shipped adapter whose metadata lists
+        ``default_styles`` is the default only for those styles (the others get the bare model), so
+        an adapter is never the default where it was measured to answer worse than the bare model.
+        """
         if not self.store.exists(SHIPPED_ADAPTER):
             return None
         meta = self.store.meta(SHIPPED_ADAPTER)
         if not meta.get("shipped") or meta.get("base_model") != self.generator_name:
             return None
+        styles = meta.get("default_styles")
+        if style is not None and isinstance(styles, list) and style not in styles:
+            return None
         return SHIPPED_ADAPTER
 
-    def resolve(self, collection: str | None, requested: str | None = None) -> Resolved:
+    def resolve(self, collection: str | None, requested: str | None = None, style: str | None = None) -> Resolved:
         if requested == NO_ADAPTER:
             return Resolved(None, "none")
         if requested:
@@ -220,7 +228,7 @@ class AdapterResolver:
             if self.store.exists(name):
                 return Resolved(name, "server" if key == SERVER_SCOPE else "collection")
             logger.warning("default adapter %r of the %s no longer exists; skipped", name, scope_label(key))
-        shipped = self.shipped()
+        shipped = self.shipped(style)
         if shipped is not None:
             return Resolved(shipped, "shipped")
         return Resolved(None, "none")

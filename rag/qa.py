@@ -233,10 +233,11 @@ class QAPipeline:
                 logger.info("query encoder of adapter %s dropped from the cache", dropped)
             return embedder
 
-    def resolve_adapter(self, collection: str | None, adapter: str | None) -> Resolved:
-        """The adapter that answers a request naming ``adapter`` (None: the default; ``"none"``: the bare model)."""
+    def resolve_adapter(self, collection: str | None, adapter: str | None, style: str | None = None) -> Resolved:
+        """The adapter that answers a request naming ``adapter`` (None: the default; ``"none"``: the bare model)
+        in answer style ``style`` (None: any; the shipped default may serve only some styles)."""
         if self.adapter_resolver is not None:
-            return self.adapter_resolver.resolve(collection, adapter)
+            return self.adapter_resolver.resolve(collection, adapter, style)
         if adapter and adapter != NO_ADAPTER:
             return Resolved(adapter, "request")
         return Resolved(None, "none")
@@ -277,7 +278,7 @@ class QAPipeline:
         question = question.strip()
         if not question:
             raise QAError("the question is empty")
-        resolved = self.resolve_adapter(collection.name, adapter)
+        resolved = self.resolve_adapter(collection.name, adapter, style)
         adapter = resolved.adapter
         t0 = time.perf_counter()
         retrieval = self.retriever.retrieve(

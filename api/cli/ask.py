@@ -143,7 +143,7 @@ def eval_cmd(
         write_jsonl(records_out, [asdict(r) for r in records])
     s = settings(ctx)
     metrics = compute_metrics(records, **thresholds(s.qa)).to_dict()
-    answered_by = rag.qa.resolve_adapter(collection, adapter)  # no --adapter: the default adapter answered
+    answered_by = rag.qa.resolve_adapter(collection, adapter, "short")  # eval answers short; no --adapter: the default adapter answered
     metrics.update(
         {
             "mode": mode or s.qa.mode,

@@ -32,6 +32,8 @@ def test_evidence_sentence_is_the_sentence_holding_the_answer():
     )
     assert evidence_sentence(CONTEXT, "norman french") == "Their language was Norman French!"
     assert evidence_sentence(CONTEXT, "Later they spread") == "Later they spread to Italy."
+    # The "[title] " header of a retrieved chunk is not part of the sentence.
+    assert evidence_sentence("[Normans] " + CONTEXT, "Normandy") == "The Normans lived in Normandy."
     # Not in the context, or across a sentence boundary: no full-style target.
     assert evidence_sentence(CONTEXT, "Mars") is None
     assert evidence_sentence(CONTEXT, "Normandy. In 911") is None

@@ -62,6 +62,18 @@ def test_shipped_adapter_only_for_its_base_model(ws):
     assert AdapterResolver(home, adapters, "tiny").resolve(None) == Resolved(None, "none")  # not marked shipped
 
 
+def test_shipped_adapter_only_for_the_styles_it_serves(ws):
+    home, adapters = ws
+    make_adapter(adapters, SHIPPED_ADAPTER, base_model="tiny", shipped=True, default_styles=["short"])
+    resolver = AdapterResolver(home, adapters, "tiny")
+    assert resolver.resolve("docs", style="short") == Resolved(SHIPPED_ADAPTER, "shipped")
+    assert resolver.resolve("docs", style="full") == Resolved(None, "none")  # the bare model answers full
+    assert resolver.resolve("docs") == Resolved(SHIPPED_ADAPTER, "shipped")  # no style: listed as the default
+    resolver.defaults.set("docs", "a", action="promote")
+    assert resolver.resolve("docs", style="full") == Resolved("a", "collection")  # promoted ones serve every style
+    assert resolver.resolve("docs", SHIPPED_ADAPTER, style="full") == Resolved(SHIPPED_ADAPTER, "request")
+
+
 def test_a_deleted_default_falls_through(ws, caplog):
     home, adapters = ws
     resolver = AdapterResolver(home, adapters, "tiny")
