@@ -150,6 +150,7 @@ CORE_ERRORS: dict[type[Exception], HttpMapping] = {
     ingest_errors.InvalidInputError: HttpMapping(422, "invalid_input"),
     ingest_errors.ConflictError: HttpMapping(409, "conflict"),
     ingest_errors.ModelUnavailableError: HttpMapping(503, "model_unavailable"),
+    ingest_errors.ClusterUnavailableError: HttpMapping(503, "cluster_unavailable"),
     ingest_errors.IngestError: HttpMapping(500, "ingest_error"),
     # rag
     rag_errors.AdapterNotFoundError: HttpMapping(404, "adapter_not_found"),

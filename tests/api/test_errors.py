@@ -27,6 +27,7 @@ EXPECTED = [
     (ie.InvalidInputError, 422, "invalid_input"),
     (ie.ConflictError, 409, "conflict"),
     (ie.ModelUnavailableError, 503, "model_unavailable"),
+    (ie.ClusterUnavailableError, 503, "cluster_unavailable"),
     (ie.IngestError, 500, "ingest_error"),
     # rag
     (re_.AdapterNotFoundError, 404, "adapter_not_found"),
