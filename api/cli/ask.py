@@ -143,7 +143,8 @@ def eval_cmd(
         write_jsonl(records_out, [asdict(r) for r in records])
     s = settings(ctx)
     metrics = compute_metrics(records, **thresholds(s.qa)).to_dict()
-    answered_by = rag.qa.resolve_adapter(collection, adapter, "short")  # eval answers short; no --adapter: the default adapter answered
+    # eval answers in the short style; with no --adapter, the default adapter for that style answered
+    answered_by = rag.qa.resolve_adapter(collection, adapter, "short")
     metrics.update(
         {
             "mode": mode or s.qa.mode,
