@@ -119,7 +119,9 @@ def install_shipped(source: Path | None, adapters_dir: Path, generator_name: str
                 f"an adapter of yours is named {SHIPPED_ADAPTER!r}; the shipped one was not installed",
                 source,
             )
-        if installed.get("weights_sha256") == weights_sha:
+        # Up to date only when the weights and every shipped metadata field match: a metadata-only change
+        # (e.g. the answer styles it is the default for) must reach existing installs too.
+        if installed.get("weights_sha256") == weights_sha and all(installed.get(k) == v for k, v in meta.items()):
             return InstallReport("up-to-date", "the shipped adapter is installed", source)
     staging = registry.staging_dir(SHIPPED_ADAPTER)
     try:

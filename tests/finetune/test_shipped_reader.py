@@ -3,6 +3,7 @@ bundled model, and changes what the bundled model says (the real SmolLM2-135M; s
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -38,6 +39,13 @@ def test_shipped_reader_installs_and_changes_the_bundled_models_output(tmp_path)
     assert install_shipped(REPO_DIR, adapters, "Other-Model").status == "skipped"
     assert install_shipped(REPO_DIR, adapters, "SmolLM2-135M-Instruct").status == "installed"
     assert install_shipped(REPO_DIR, adapters, "SmolLM2-135M-Instruct").status == "up-to-date"
+    # A metadata-only change of the shipped folder (same weights) reaches the installed copy.
+    meta_file = adapters / "reader" / "ragqa_adapter.json"
+    stale = json.loads(meta_file.read_text())
+    stale.pop("default_styles")
+    meta_file.write_text(json.dumps(stale))
+    assert install_shipped(REPO_DIR, adapters, "SmolLM2-135M-Instruct").status == "installed"
+    assert json.loads(meta_file.read_text())["default_styles"] == ["short"]
 
     home = Path(os.environ.get("RAGQA_HOME", "~/.ragqa")).expanduser()
     gen = Generator(GeneratorConfig(device="cpu", dtype="float32", int8_decode="off"), home / "models", adapters)
