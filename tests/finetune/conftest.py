@@ -1,25 +1,32 @@
-"""Fixtures of the eval-gate tests: a tiny workspace with a collection, a trained adapter that answers
-the held-out questions, and a noise adapter that wrecks the answers."""
+"""Shared fixtures of the fine-tune tests: tiny-model training workspaces with a collection of facts, and the
+eval-gate workspace (a trained adapter that answers the held-out questions, and a noise adapter that wrecks the
+answers)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
+PARIS_DOC = "Paris is the capital of France. The Eiffel Tower was finished in 1889."
+ROME_DOC = "Rome is the capital of Italy. The Colosseum held fifty thousand people."
+#: (question, gold answer, context) of the preference tests
+FACTS = [
+    ("What is the capital of France?", "Paris", PARIS_DOC),
+    ("What is the capital of Italy?", "Rome", ROME_DOC),
+    ("Where does Oslo lie?", "the head of the Oslofjord", "Oslo lies at the head of the Oslofjord in Norway."),
+]
 #: held-out questions whose answer is "Paris" (the trained adapter learns to answer it, the bare tiny model cannot)
 PARIS_QUESTIONS = [
-    ("What is the capital of France?", "Paris is the capital of France. The Eiffel Tower was finished in 1889."),
-    ("Which city has the Eiffel Tower?", "Paris is the capital of France. The Eiffel Tower was finished in 1889."),
-    ("Where was the Eiffel Tower finished?", "Paris is the capital of France. The Eiffel Tower was finished in 1889."),
-    ("Which French city is the capital?", "Paris is the capital of France. The Eiffel Tower was finished in 1889."),
+    ("What is the capital of France?", PARIS_DOC),
+    ("Which city has the Eiffel Tower?", PARIS_DOC),
+    ("Where was the Eiffel Tower finished?", PARIS_DOC),
+    ("Which French city is the capital?", PARIS_DOC),
 ]
-DOCS = [
-    "Paris is the capital of France. The Eiffel Tower was finished in 1889.",
-    "Rome is the capital of Italy. The Colosseum held fifty thousand people.",
-]
+DOCS = [PARIS_DOC, ROME_DOC]
 #: SFT settings that teach the tiny model to answer "Paris" in a few seconds
 GOOD_TRAIN = {
     "epochs": 100,
@@ -35,6 +42,48 @@ GOOD_TRAIN = {
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def tiny_workspace(home: Path, tiny_st_model: Path, tiny_llm: Path, *, qa=None, retriever=None):
+    """A fine-tune workspace on the tiny models (64-token chunks); ``qa``/``retriever`` default to the configs'."""
+    from finetune.runner import Workspace
+    from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig
+    from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
+
+    ingest = IngestConfig(
+        embedder=EmbedderConfig(model=str(tiny_st_model)), chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8)
+    )
+    retriever = retriever if retriever is not None else RetrieverConfig()
+    qa = qa if qa is not None else QAConfig()
+    return Workspace(home, GeneratorConfig(model=str(tiny_llm)), ingest, retriever, qa)
+
+
+def ingest_docs(ws, docs_dir: Path, texts: Sequence[str], collection: str = "facts") -> None:
+    """Write each text to its own file in ``docs_dir`` and ingest them into ``collection`` of ``ws``."""
+    from ingest.workspace import Workspace as IngestWorkspace
+
+    docs_dir.mkdir()
+    for i, text in enumerate(texts):
+        (docs_dir / f"d{i}.txt").write_text(text)
+    assert IngestWorkspace(ws.home, ws.ingest).ingest([docs_dir], collection).ok
+
+
+@pytest.fixture(scope="session")
+def training_env(tmp_path_factory, tiny_st_model, tiny_llm) -> Callable:
+    """Factory of training workspaces: ``make(name, docs=(), qa=None)`` returns ``(workspace, root)``, a workspace
+    under a fresh folder ``root`` whose collection 'facts' holds ``docs`` (one file each; none when empty) and which
+    answers in at most 4 short tokens unless ``qa`` says otherwise."""
+    from rag.config import QAConfig
+
+    def make(name: str, docs: Sequence[str] = (), qa=None):
+        root = tmp_path_factory.mktemp(name)
+        qa = qa if qa is not None else QAConfig(max_new_tokens=4, answer_style="short")
+        ws = tiny_workspace(root / "home", tiny_st_model, tiny_llm, qa=qa)
+        if docs:
+            ingest_docs(ws, root / "docs", docs)
+        return ws, root
+
+    return make
 
 
 def gate_env(home: Path, tiny_st_model: Path, tiny_llm: Path) -> dict[str, str]:
@@ -53,20 +102,11 @@ def gate_env(home: Path, tiny_st_model: Path, tiny_llm: Path) -> dict[str, str]:
 
 
 def finetune_workspace(home: Path, tiny_st_model: Path, tiny_llm: Path):
-    from finetune.runner import Workspace
-    from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig
-    from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
+    """The gate workspace's settings: retrieve 2 chunks, answer one short token from the stuff mode."""
+    from rag.config import QAConfig, RetrieverConfig
 
-    ingest = IngestConfig(
-        embedder=EmbedderConfig(model=str(tiny_st_model)), chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8)
-    )
-    return Workspace(
-        home,
-        GeneratorConfig(model=str(tiny_llm)),
-        ingest,
-        RetrieverConfig(k=2),
-        QAConfig(max_new_tokens=1, answer_style="short", mode="stuff"),
-    )
+    qa = QAConfig(max_new_tokens=1, answer_style="short", mode="stuff")
+    return tiny_workspace(home, tiny_st_model, tiny_llm, qa=qa, retriever=RetrieverConfig(k=2))
 
 
 def make_noise_adapter(ws, name: str, scale: float = 2.0) -> None:
@@ -93,16 +133,9 @@ def make_noise_adapter(ws, name: str, scale: float = 2.0) -> None:
 @pytest.fixture(scope="session")
 def gate_files(tmp_path_factory, tiny_st_model, tiny_llm) -> dict[str, Path]:
     """A workspace with collection 'facts' (no adapters), the training file and the held-out file."""
-    from ingest.workspace import Workspace as IngestWorkspace
-
     root = tmp_path_factory.mktemp("gate")
     home = root / "home"
-    docs = root / "docs"
-    docs.mkdir()
-    for i, text in enumerate(DOCS):
-        (docs / f"d{i}.txt").write_text(text)
-    ws = finetune_workspace(home, tiny_st_model, tiny_llm)
-    assert IngestWorkspace(home, ws.ingest).ingest([docs], "facts").ok
+    ingest_docs(finetune_workspace(home, tiny_st_model, tiny_llm), root / "docs", DOCS)
     train = write_jsonl(
         root / "train.jsonl", [{"question": q, "answer": "Paris", "context": c} for q, c in PARIS_QUESTIONS]
     )

@@ -4,31 +4,17 @@ F1 reward, a KL to the reference and the PPO-ptx loss, on a tiny random model bu
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from finetune.config import DPOJob, RLHFJob
-from finetune.runner import Workspace
-from rag.config import GeneratorConfig, QAConfig
+from rag.config import QAConfig
+from tests.finetune.conftest import FACTS, write_jsonl
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-FACTS = [
-    (
-        "What is the capital of France?",
-        "Paris",
-        "Paris is the capital of France. The Eiffel Tower was finished in 1889.",
-    ),
-    (
-        "What is the capital of Italy?",
-        "Rome",
-        "Rome is the capital of Italy. The Colosseum held fifty thousand people.",
-    ),
-    ("Where does Oslo lie?", "the head of the Oslofjord", "Oslo lies at the head of the Oslofjord in Norway."),
-]
 TRAIN = {
     "max_steps": 2,
     "batch_size": 2,
@@ -39,16 +25,9 @@ TRAIN = {
 }
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, tiny_llm):
-    root = tmp_path_factory.mktemp("preference-training")
-    ws = Workspace(root / "home", GeneratorConfig(model=str(tiny_llm)), qa=QAConfig(max_new_tokens=4))
-    return ws, root
+def env(training_env):
+    return training_env("preference-training", qa=QAConfig(max_new_tokens=4))
 
 
 def test_dpo_with_the_rpo_term_trains(env):

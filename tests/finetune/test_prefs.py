@@ -6,67 +6,23 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from pathlib import Path
 
 import pytest
 
 from finetune.config import PrefsJob
 from finetune.data import DataError, read_jsonl
 from finetune.prefs import meta_path, preference_pair, run_prefs, sample_seed
-from finetune.runner import Workspace
 from finetune.verifier import answer_f1, make_f1_reward
-from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig
-from ingest.workspace import Workspace as IngestWorkspace
-from rag.config import GeneratorConfig, QAConfig
 from rag.evaluate import Record, compute_metrics, f1_score
 from rag.prompts import ABSTAIN_TEXT
+from tests.finetune.conftest import FACTS, write_jsonl
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-FACTS = [
-    (
-        "What is the capital of France?",
-        "Paris",
-        "Paris is the capital of France. The Eiffel Tower was finished in 1889.",
-    ),
-    (
-        "What is the capital of Italy?",
-        "Rome",
-        "Rome is the capital of Italy. The Colosseum held fifty thousand people.",
-    ),
-    ("Where does Oslo lie?", "the head of the Oslofjord", "Oslo lies at the head of the Oslofjord in Norway."),
-]
-TRAIN = {
-    "max_steps": 2,
-    "batch_size": 2,
-    "learning_rate": 5e-3,
-    "logging_steps": 1,
-    "save_steps": 50,
-    "max_length": 256,
-}
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, tiny_st_model, tiny_llm):
-    root = tmp_path_factory.mktemp("prefs")
-    home = root / "home"
-    docs = root / "docs"
-    docs.mkdir()
-    for i, (_, _, ctx) in enumerate(FACTS):
-        (docs / f"d{i}.txt").write_text(ctx)
-    ingest_cfg = IngestConfig(
-        embedder=EmbedderConfig(model=str(tiny_st_model)), chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8)
-    )
-    assert IngestWorkspace(home, ingest_cfg).ingest([docs], "facts").ok
-    ws = Workspace(
-        home, GeneratorConfig(model=str(tiny_llm)), ingest_cfg, qa=QAConfig(max_new_tokens=4, answer_style="short")
-    )
-    return ws, root
+def env(training_env):
+    return training_env("prefs", [ctx for _, _, ctx in FACTS])
 
 
 # -- pure parts ------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ LoRA weights change, the adapter saves, reloads and changes the generator's outp
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,40 +13,20 @@ from finetune.adapters import AdapterRegistry
 from finetune.config import ConfigError, DPOJob, RewardJob, RLHFJob, SFTJob, load_job
 from finetune.data import DataError
 from finetune.runner import FinetuneError, Workspace
-from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig
 from ingest.workspace import Workspace as IngestWorkspace
-from rag.config import GeneratorConfig, QAConfig
 from rag.generator import AdapterError, Generator
+from tests.finetune.conftest import FACTS as PREFERENCE_FACTS
+from tests.finetune.conftest import PARIS_DOC, ROME_DOC, write_jsonl
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # trains tiny models for a few steps
 
+OSLO_DOC = "Oslo is the capital of Norway. It lies at the head of the Oslofjord."
 FACTS = [
-    (
-        "What is the capital of France?",
-        "Paris",
-        "Paris is the capital of France. The Eiffel Tower was finished in 1889.",
-    ),
-    (
-        "What is the capital of Italy?",
-        "Rome",
-        "Rome is the capital of Italy. The Colosseum held fifty thousand people.",
-    ),
-    ("What is the capital of Norway?", "Oslo", "Oslo is the capital of Norway. It lies at the head of the Oslofjord."),
-    (
-        "When was the Eiffel Tower finished?",
-        "1889",
-        "Paris is the capital of France. The Eiffel Tower was finished in 1889.",
-    ),
-    (
-        "How many people did the Colosseum hold?",
-        "fifty thousand",
-        "Rome is the capital of Italy. The Colosseum held fifty thousand people.",
-    ),
-    (
-        "Where does Oslo lie?",
-        "the head of the Oslofjord",
-        "Oslo is the capital of Norway. It lies at the head of the Oslofjord.",
-    ),
+    *PREFERENCE_FACTS[:2],
+    ("What is the capital of Norway?", "Oslo", OSLO_DOC),
+    ("When was the Eiffel Tower finished?", "1889", PARIS_DOC),
+    ("How many people did the Colosseum hold?", "fifty thousand", ROME_DOC),
+    ("Where does Oslo lie?", "the head of the Oslofjord", OSLO_DOC),
 ]
 TRAIN = {
     "epochs": 1,
@@ -61,26 +40,9 @@ TRAIN = {
 }
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, tiny_st_model, tiny_llm):
-    root = tmp_path_factory.mktemp("ft")
-    home = root / "home"
-    docs = root / "docs"
-    docs.mkdir()
-    for i, ctx in enumerate(sorted({f[2] for f in FACTS})):
-        (docs / f"d{i}.txt").write_text(ctx)
-    ingest_cfg = IngestConfig(
-        embedder=EmbedderConfig(model=str(tiny_st_model)), chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8)
-    )
-    assert IngestWorkspace(home, ingest_cfg).ingest([docs], "facts").ok
-    ws = Workspace(
-        home, GeneratorConfig(model=str(tiny_llm)), ingest_cfg, qa=QAConfig(max_new_tokens=4, answer_style="short")
-    )
+def env(training_env):
+    ws, root = training_env("ft", sorted({f[2] for f in FACTS}))
     sft = write_jsonl(root / "sft.jsonl", [{"question": q, "answer": a, "context": c} for q, a, c in FACTS] * 2)
     prefs = write_jsonl(
         root / "prefs.jsonl",
