@@ -5,11 +5,7 @@ feedback written by both processes land once each."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.test_server_e2e import free_port
-from tests.conftest import ragqa_cmd
+from tests.api.server_process import create_key, free_port, server_env, start_server, stop_server, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -32,67 +27,20 @@ NEW = [
 ]
 
 
-def _start(env: dict[str, str], port: int, log_path: Path) -> tuple[subprocess.Popen, object]:
-    log = open(log_path, "w+")
-    proc = subprocess.Popen(
-        ragqa_cmd() + ["serve", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    return proc, log
-
-
-def _wait_healthy(base: str, proc: subprocess.Popen, log, timeout: float = 420) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read()}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"server {base} did not start in time")
-        time.sleep(0.3)
-
-
 @pytest.fixture()
 def replicas(home, tiny_st_model, tiny_llm, tmp_path) -> Iterator[tuple[list[str], dict[str, str]]]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "RAGQA_HOME": str(home),
-            "RAGQA_INGEST__EMBEDDER__MODEL": str(tiny_st_model),
-            "RAGQA_GENERATOR__MODEL": str(tiny_llm),
-            "RAGQA_QA__MAX_NEW_TOKENS": "4",
-            "RAGQA_QA__ANSWER_STYLE": "short",
-            "RAGQA_SERVER__JOB_LEASE_S": "6",
-        }
-    )
-    created = subprocess.run(
-        ragqa_cmd() + ["keys", "create", "replicas", "--json"], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert created.returncode == 0, created.stderr
-    key = json.loads(created.stdout.strip().splitlines()[-1])["key"]
+    env = server_env(home, tiny_st_model, tiny_llm, RAGQA_QA__ANSWER_STYLE="short", RAGQA_SERVER__JOB_LEASE_S="6")
+    key = create_key(env, "replicas")
     ports = [free_port(), free_port()]
-    started = [_start(env, port, tmp_path / f"replica{i}.log") for i, port in enumerate(ports)]
+    started = [start_server(env, port, tmp_path / f"replica{i}.log") for i, port in enumerate(ports)]
     bases = [f"http://127.0.0.1:{port}" for port in ports]
     try:
         for base, (proc, log) in zip(bases, started):
-            _wait_healthy(base, proc, log)
+            wait_healthy(base, proc, log, timeout=420)
         yield bases, {"Authorization": f"Bearer {key}"}
     finally:
         for proc, log in started:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            log.close()  # type: ignore[attr-defined]
+            stop_server(proc, log)
 
 
 def _wait_job(c: httpx.Client, job_id: str, timeout: float = 240) -> dict:

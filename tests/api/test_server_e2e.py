@@ -4,90 +4,15 @@ upload -> job done -> ask -> stream -> feedback -> delete document -> ask again.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
 
-from tests.conftest import ragqa_cmd
+from tests.api.server_process import create_key, running_server, server_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_env(home, st_model, llm, **settings: str) -> dict[str, str]:
-    """The environment of a `ragqa` subprocess on workspace ``home`` with the tiny models; ``settings`` are
-    more RAGQA_* variables (e.g. ``RAGQA_SERVER__MAX_UPLOAD_MB="1"``). RAGQA_* variables of the caller are dropped."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGQA_")}
-    env.update(
-        {
-            "RAGQA_HOME": str(home),
-            "RAGQA_INGEST__EMBEDDER__MODEL": str(st_model),
-            "RAGQA_GENERATOR__MODEL": str(llm),
-            "RAGQA_QA__MAX_NEW_TOKENS": "4",
-            **settings,
-        }
-    )
-    return env
-
-
-def create_key(env: dict[str, str], name: str, *options: str) -> str:
-    """A new API key's secret, made by `ragqa keys create NAME [options] --json` (e.g. ``"-c", "docs"``)."""
-    created = subprocess.run(
-        ragqa_cmd() + ["keys", "create", name, *options, "--json"], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert created.returncode == 0, created.stderr
-    return json.loads(created.stdout.strip().splitlines()[-1])["key"]
-
-
-@contextmanager
-def running_server(env: dict[str, str], log_path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A real `ragqa serve` process on a free loopback port: yields its base URL once /healthz answers 200,
-    and stops it (SIGTERM, then kill) afterwards; its output goes to ``log_path``."""
-    port = free_port()
-    log = open(log_path, "w+")
-    proc = subprocess.Popen(
-        ragqa_cmd() + ["serve", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read()}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("server did not start in time")
-        time.sleep(0.2)
-    try:
-        yield base, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
 
 
 @pytest.fixture()

@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from api.auth import open_key_store
-from tests.api.test_server_e2e import running_server, server_env
+from tests.api.server_process import running_server, server_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 logger = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 from api.auth import open_key_store  # noqa: E402
-from tests.api.test_server_e2e import running_server, server_env  # noqa: E402
+from tests.api.server_process import running_server, server_env  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 logger = logging.getLogger(__name__)
