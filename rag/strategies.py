@@ -24,7 +24,13 @@ import torch
 
 from rag.attribution import overlap_shares, rag_sequence_sentence_posteriors, rag_token_sentence_posteriors
 from rag.config import QAConfig
-from rag.decoding import RagTokenOutput, rag_sequence_generate, rag_sequence_sample, rag_token_generate
+from rag.decoding import (
+    RagSequenceHypothesis,
+    RagTokenOutput,
+    rag_sequence_generate,
+    rag_sequence_sample,
+    rag_token_generate,
+)
 from rag.generator import Generator
 from rag.prefix_cache import PrefixSpec
 
@@ -309,62 +315,49 @@ class RagSequenceStrategy(AnswerStrategy):
     ) -> Generated:
         parts = _per_document_parts(generator, config, request)
         prompts = [p + s for p, s in parts]
-        if config.strategy == "sample":
-            return self._sample(decoder, generator, config, request, parts, prompts)
-        hyps = decoder.call(
-            lambda model, prefix: rag_sequence_generate(
-                model,
-                prompts,
-                request.doc_logprobs,
-                max_new_tokens=request.max_new_tokens or config.max_new_tokens,
-                eos_token_ids=generator.eos_token_ids,
-                num_beams=config.num_beams,
-                decoding=config.decoding,
-                pad_token_id=generator.tokenizer.pad_token_id,
-                reference_ids=request.reference_ids,
-                stop=request.stop,
-                prefix=prefix,
-            ),
-            parts,
-        )
-        best = hyps[0]
-        if request.on_token is not None:
-            request.on_token(generator.decode(best.token_ids))
-        return Generated(
-            best.token_ids, best.logprob, list(best.doc_posterior), best.reference_logprob, best.token_logprobs
+        decode = self._sample if config.strategy == "sample" else self._best
+        common: dict[str, Any] = dict(
+            max_new_tokens=request.max_new_tokens or config.max_new_tokens,
+            eos_token_ids=generator.eos_token_ids,
+            pad_token_id=generator.tokenizer.pad_token_id,
+            reference_ids=request.reference_ids,
+            stop=request.stop,
         )
 
-    @staticmethod
-    def _sample(
-        decoder: Decoder,
-        generator: Generator,
-        config: QAConfig,
-        request: GenerationRequest,
-        parts: Parts,
-        prompts: list[list[int]],
-    ) -> Generated:
-        """``strategy="sample"``: one answer drawn from the RAG-Sequence marginal (z ~ p(z|x), then
-        y ~ p(y|x,z); :func:`rag.decoding.rag_sequence_sample`), with ``request.rng``."""
-        hyp = decoder.call(
-            lambda model, prefix: rag_sequence_sample(
-                model,
-                prompts,
-                request.doc_logprobs,
-                max_new_tokens=request.max_new_tokens or config.max_new_tokens,
-                eos_token_ids=generator.eos_token_ids,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                generator=request.rng,
-                pad_token_id=generator.tokenizer.pad_token_id,
-                reference_ids=request.reference_ids,
-                stop=request.stop,
-                prefix=prefix,
-            ),
-            parts,
-        )
+        def run(model: Any, prefix: PrefixSpec | None) -> RagSequenceHypothesis:
+            return decode(model, prompts, config, request, prefix=prefix, **common)
+
+        hyp = decoder.call(run, parts)
         if request.on_token is not None:
             request.on_token(generator.decode(hyp.token_ids))
         return Generated(hyp.token_ids, hyp.logprob, list(hyp.doc_posterior), hyp.reference_logprob, hyp.token_logprobs)
+
+    @staticmethod
+    def _best(
+        model: Any, prompts: list[list[int]], config: QAConfig, request: GenerationRequest, **common: Any
+    ) -> RagSequenceHypothesis:
+        """Greedy (``num_beams=1``) or beam candidates per document, ranked by the marginal: the best one
+        (:func:`rag.decoding.rag_sequence_generate`)."""
+        hyps = rag_sequence_generate(
+            model, prompts, request.doc_logprobs, num_beams=config.num_beams, decoding=config.decoding, **common
+        )
+        return hyps[0]
+
+    @staticmethod
+    def _sample(
+        model: Any, prompts: list[list[int]], config: QAConfig, request: GenerationRequest, **common: Any
+    ) -> RagSequenceHypothesis:
+        """``strategy="sample"``: one answer drawn from the RAG-Sequence marginal (z ~ p(z|x), then
+        y ~ p(y|x,z); :func:`rag.decoding.rag_sequence_sample`), with ``request.rng``."""
+        return rag_sequence_sample(
+            model,
+            prompts,
+            request.doc_logprobs,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            generator=request.rng,
+            **common,
+        )
 
     #: p(z | x, y_s) from the product of each sentence's token likelihoods under each document.
     token_posteriors = staticmethod(rag_sequence_sentence_posteriors)
