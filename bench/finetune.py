@@ -42,9 +42,7 @@ from finetune.squad import squad_training_data
 
 logger = logging.getLogger("bench.finetune")
 
-START_MARKER = "<!-- finetune:start -->"
-END_MARKER = "<!-- finetune:end -->"
-SECTION_HEADING = "## Fine-tuning"
+SECTION = common.Section("finetune", "## Fine-tuning")
 COLLECTION = "squad"
 SFT_NAME, RM_NAME, DPO_NAME, RLHF_NAME = "squad-sft", "squad-reward", "squad-dpo", "squad-rlhf"
 OP_DPO_NAME, OP_RLHF_NAME = "squad-dpo-onpolicy", "squad-rlhf-onpolicy"
@@ -385,15 +383,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=common.LOG_FORMAT)
     res = run(args)
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    common.save_json(args.json, res)
     body = render(res, argv)
-    print(body)
-    if args.write:
-        common.update_markdown_section(common.BENCHMARKS_MD, START_MARKER, END_MARKER, body, SECTION_HEADING)
-        print(f"\nwrote {common.BENCHMARKS_MD}")
+    SECTION.publish(body, write=args.write)
     return 0
 
 

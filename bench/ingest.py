@@ -51,9 +51,7 @@ from bench import common
 
 logger = logging.getLogger("bench.ingest")
 
-START_MARKER = "<!-- ingest:start -->"
-END_MARKER = "<!-- ingest:end -->"
-SECTION_HEADING = "## Ingestion"
+SECTION = common.Section("ingest", "## Ingestion")
 DOCS_COLLECTION = "pydocs"
 SQUAD_COLLECTION = "squad"
 K = 4
@@ -564,14 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("\n".join(f"- {n}" for n in notes))
     if args.write:
-        common.update_markdown_section(
-            common.BENCHMARKS_MD,
-            START_MARKER,
-            END_MARKER,
-            render_section(res, args, argv, table, notes),
-            SECTION_HEADING,
-        )
-        print(f"\nupdated {common.BENCHMARKS_MD.relative_to(common.ROOT)} ({SECTION_HEADING[3:]} section)")
+        SECTION.write(render_section(res, args, argv, table, notes))
+        print(f"\nupdated {common.BENCHMARKS_MD.relative_to(common.ROOT)} ({SECTION.heading[3:]} section)")
     return 1 if res.failures else 0
 
 

@@ -57,15 +57,11 @@ from typing import Any
 
 from bench import common
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+common.stay_offline()
 
 logger = logging.getLogger("bench.longform")
 
-START_MARKER = "<!-- longform:start -->"
-END_MARKER = "<!-- longform:end -->"
-SECTION_HEADING = "## Long-form answers (Python FAQ)"
+SECTION = common.Section("longform", "## Long-form answers (Python FAQ)")
 ALL_SECTIONS = ("tutorial", "faq", "howto", "reference", "library")
 DEFAULT_HOME = pathlib.Path("~/.cache/ragqa-bench/longform")
 K = 4
@@ -697,18 +693,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format=common.LOG_FORMAT)
     logger.setLevel(logging.INFO)
     res = run(args)
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    common.save_json(args.json, res)
     body = render(res, args, argv)
-    print(body)
-    if args.write:
-        common.update_markdown_section(common.BENCHMARKS_MD, START_MARKER, END_MARKER, body, SECTION_HEADING)
-        print(f"\nwrote {common.BENCHMARKS_MD}")
+    SECTION.publish(body, write=args.write)
     return 0
 
 

@@ -58,15 +58,11 @@ from typing import Any
 
 from bench import common
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+common.stay_offline()
 
 logger = logging.getLogger("bench.qa")
 
-START_MARKER = "<!-- qa:start -->"
-END_MARKER = "<!-- qa:end -->"
-SECTION_HEADING = "## Question answering"
+SECTION = common.Section("qa", "## Question answering")
 COLLECTION = "squad"
 K = 4
 ALL_MODES = ("stuff", "rag-sequence", "rag-token")
@@ -754,13 +750,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format=common.LOG_FORMAT)
     logger.setLevel(logging.INFO)
     res = run(args)
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    common.save_json(args.json, res)
     if args.calibrate:
         for m, a in res["abstention"].items():
             c = a.get("calibration")
@@ -784,10 +777,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     body = render(res, args, argv)
-    print(body)
-    if args.write:
-        common.update_markdown_section(common.BENCHMARKS_MD, START_MARKER, END_MARKER, body, SECTION_HEADING)
-        print(f"\nwrote {common.BENCHMARKS_MD}")
+    SECTION.publish(body, write=args.write)
     return 0
 
 
