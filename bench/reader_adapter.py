@@ -48,6 +48,12 @@ def sha256(path: pathlib.Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def recipe_label(path: pathlib.Path) -> str:
+    """The recipe's path relative to the repository, or as given when it lies outside (a trial recipe)."""
+    path = path.resolve()
+    return str(path.relative_to(common.ROOT)) if path.is_relative_to(common.ROOT) else str(path)
+
+
 def load_recipe(path: pathlib.Path) -> dict[str, Any]:
     recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(recipe, dict) or not isinstance(recipe.get("sft"), dict):
@@ -104,7 +110,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     mode, n = str(eval_opts.get("mode", "rag-token")), int(args.n or eval_opts.get("n", 200))
     res: dict[str, Any] = {
         "home": str(home),
-        "recipe": {"path": str(recipe_path.relative_to(common.ROOT)), "sha256": sha256(recipe_path)},
+        "recipe": {"path": recipe_label(recipe_path), "sha256": sha256(recipe_path)},
         "data": {
             "squad_file": common.SQUAD.name,
             "squad_sha256": sha256(common.SQUAD),
