@@ -146,7 +146,7 @@ def test_sft_trains_on_two_cpu_processes(tmp_path, home, tiny_llm):
         "--save-steps",
         "1000",
         "--max-length",
-        "64",
+        "128",
         "--accelerate-config",
         str(CONFIGS / "ddp_cpu.yaml"),
         "--json",
