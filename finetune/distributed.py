@@ -102,7 +102,9 @@ def load_launch_config(path: Path) -> LaunchConfig:
     path = Path(path).expanduser()
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
-        raise ConfigError(f"accelerate config {path} {what}; give a YAML file made by `accelerate config`, {EXAMPLES_HINT}")
+        raise ConfigError(
+            f"accelerate config {path} {what}; give a YAML file made by `accelerate config`, {EXAMPLES_HINT}"
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
