@@ -22,6 +22,7 @@ import torch
 
 from finetune.config import RAGJob
 from finetune.data import file_sha256, read_jsonl
+from finetune.distributed import is_main_process
 from finetune.examples import contains_answer, tokenize_pair
 from finetune.losses import answer_logits
 from finetune.runner import (
@@ -295,7 +296,7 @@ def run_rag(job: RAGJob, ws: Workspace) -> TrainResult:
             "query_encoder": QUERY_ENCODER_DIR if qenc is not None else None,
         },
     )
-    if qenc is not None:
+    if qenc is not None and is_main_process():  # under accelerate, rank 0 alone writes the adapter's files
         qenc.save(info.path / QUERY_ENCODER_DIR)
     return TrainResult(info, metrics)
 

@@ -205,7 +205,9 @@ class PtxMixin:
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
         if self.ptx_coef > 0 and self.ptx_iter is not None:
-            sft = ptx_sft_loss(model, next(self.ptx_iter))
+            # Past a DDP wrapper: the RL loss above went through its forward, which makes this step's
+            # backward all-reduce the summed gradients of both terms.
+            sft = ptx_sft_loss(self.accelerator.unwrap_model(model), next(self.ptx_iter))
             mode = "train" if model.training else "eval"
             self._metrics[mode]["ptx_sft_loss"].append(float(sft.detach()))
             loss = loss + self.ptx_coef * sft

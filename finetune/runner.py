@@ -1,5 +1,8 @@
 """What every fine-tune command shares: the base model, LoRA set-up, Trainer arguments,
-checkpoints and resume, resource accounting, and saving the adapter into the registry."""
+checkpoints and resume, resource accounting, and saving the adapter into the registry.
+
+Under an accelerate launch (:mod:`finetune.distributed`) every process runs the same trainer; the
+run folder is cleared and the adapter written by rank 0 alone, and every rank returns the adapter."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import logging
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ import torch
 
 from finetune.adapters import AdapterInfo, AdapterRegistry
 from finetune.config import BaseJob, LoraOptions
+from finetune.distributed import is_main_process, local_world_size, wait_for_everyone, world_size
 from finetune.errors import AdapterExistsError, FinetuneError, InvalidAdapterError
 from ingest.config import IngestConfig
 from ingest.hardware import cpu_fast_bf16
@@ -105,6 +110,7 @@ class RunStats:
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
     peak_gpu_mb: float | None = None
+    num_processes: int = field(default_factory=world_size)  #: processes that trained together (accelerate)
 
     def stop(self) -> RunStats:
         self.seconds = time.perf_counter() - self.started
@@ -118,6 +124,7 @@ class RunStats:
             "train_seconds": round(self.seconds, 1),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "peak_gpu_mb": None if self.peak_gpu_mb is None else round(self.peak_gpu_mb, 1),
+            "num_processes": self.num_processes,
         }
 
 
@@ -199,11 +206,14 @@ def last_checkpoint(run_dir: Path) -> str | None:
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> str | None:
-    """The checkpoint to resume from (when asked and present); a stale run is cleared otherwise."""
+    """The checkpoint to resume from (when asked and present); a stale run is cleared otherwise.
+
+    Under accelerate only rank 0 clears it: the others write into it only at the first checkpoint,
+    after training steps that wait for rank 0."""
     ckpt = last_checkpoint(run_dir) if resume else None
     if resume and ckpt is None:
         logger.warning("no checkpoint under %s to resume from; starting afresh", run_dir)
-    if ckpt is None and run_dir.exists():
+    if ckpt is None and run_dir.exists() and is_main_process():
         import shutil
 
         shutil.rmtree(run_dir)
@@ -219,9 +229,10 @@ def check_output_free(ws: Workspace, job: BaseJob) -> None:
 
 
 def set_threads() -> None:
-    """Use every core for the CPU kernels (the tokenizer's thread pool stays off)."""
+    """Use every core for the CPU kernels, shared among the processes of a launch on this machine
+    (the tokenizer's thread pool stays off)."""
     if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size()))
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -230,10 +241,31 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+def on_main_process(ws: Workspace, name: str, save: Callable[[], AdapterInfo]) -> AdapterInfo:
+    """Run ``save`` on rank 0 only; every rank then returns the adapter it committed (one write per launch)."""
+    if world_size() == 1:
+        return save()
+    if is_main_process():
+        try:
+            return save()
+        finally:
+            wait_for_everyone()
+    wait_for_everyone()
+    return ws.adapters.get(name)
+
+
 def save_adapter(
     ws: Workspace, model, job: BaseJob, *, kind: str, base: Generator, meta: dict[str, Any], tokenizer=None
 ) -> AdapterInfo:
-    """Save a PeftModel's adapter atomically under ``job.output`` with its ragqa metadata."""
+    """Save a PeftModel's adapter atomically under ``job.output`` with its ragqa metadata (rank 0 only)."""
+    return on_main_process(
+        ws, job.output, lambda: _save_adapter(ws, model, job, kind=kind, base=base, meta=meta, tokenizer=tokenizer)
+    )
+
+
+def _save_adapter(
+    ws: Workspace, model, job: BaseJob, *, kind: str, base: Generator, meta: dict[str, Any], tokenizer=None
+) -> AdapterInfo:
     reg = ws.adapters
     staging = reg.staging_dir(job.output)
     try:
@@ -286,9 +318,20 @@ def save_continuation(
     meta: dict[str, Any],
     from_adapter: str | None,
 ) -> AdapterInfo:
-    """Save a LoRA trained on top of ``from_adapter`` as one adapter over the base (stacked), else as is."""
+    """Save a LoRA trained on top of ``from_adapter`` as one adapter over the base (stacked), else as is
+    (rank 0 only)."""
     if not from_adapter:
         return save_adapter(ws, peft_model, job, kind=kind, base=base, meta=meta)
+    return on_main_process(
+        ws,
+        job.output,
+        lambda: _save_stacked(ws, peft_model, job, kind=kind, base=base, meta=meta, from_adapter=from_adapter),
+    )
+
+
+def _save_stacked(
+    ws: Workspace, peft_model, job: BaseJob, *, kind: str, base: Generator, meta: dict[str, Any], from_adapter: str
+) -> AdapterInfo:
     from finetune.lora import stack_adapters
 
     reg = ws.adapters

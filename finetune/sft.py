@@ -54,6 +54,11 @@ def sft_trainer_class():
 
     class AnswerOnlySFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.accelerator.num_processes > 1:
+                # Under DDP the wrapper's forward is what all-reduces the gradients, so calling the backbone
+                # past it would train each process apart: use TRL's loss, the same cross-entropy on the answer
+                # tokens (completion_only_loss) with every position projected.
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             mode = "train" if self.model.training else "eval"
             with self.accelerator.autocast():  # the loss calls the backbone directly, past accelerate's wrapper
                 loss, (correct, n) = answer_only_loss(model, inputs, num_items_in_batch)

@@ -4,6 +4,12 @@ The trainer commands' options are generated from the job models of :mod:`finetun
 (:mod:`api.cli.job_options`); each takes them on the command line or from ``--config file.yaml``
 (command-line options win), shows progress on stderr, ends with a summary (``--json``: one JSON
 object) and exits with status 2 on bad input.
+
+With ``--accelerate-config FILE`` a trainer command runs under HF accelerate on several processes or
+GPUs (:mod:`finetune.distributed`): the options are validated here, written to a job file, and the
+same command is launched in every process with that file as its ``--config``. Rank 0 prints the
+summary; the launcher passes it on. The config is a file on the user's machine: it is a CLI option
+only, never a REST API field.
 """
 
 from __future__ import annotations
@@ -11,13 +17,16 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from pydantic import BaseModel
 
 from api.cli import job_options
@@ -32,6 +41,14 @@ app = typer.Typer(
 )
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of options (command-line options win).")]
+AccelerateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--accelerate-config",
+        help="Train on several processes or GPUs: an accelerate config file (`accelerate config`; examples in "
+        "data/accelerate/).",
+    ),
+]
 
 
 # -- squad: training files from a SQuAD-format file ----------------------------------------------
@@ -242,10 +259,11 @@ def run_training(
 ) -> None:
     """Validate the options, run the trainer, print the summary; every known failure exits 2 with its reason."""
     from finetune.config import load_job
+    from finetune.distributed import is_main_process, process_rank
 
     try:
         job = load_job(trainer.job, config, overrides)
-        if not as_json:
+        if not as_json and is_main_process():
             err.print(
                 f"[bold]{trainer.kind}[/]: training adapter {job.output!r} "
                 "(progress below; Ctrl-C stops, --resume continues)"
@@ -254,7 +272,12 @@ def run_training(
         with contextlib.redirect_stdout(sys.stderr):
             result = trainer.run(job, stack(ctx).finetune_workspace())
     except _training_errors() as exc:
+        if not is_main_process():  # rank 0 reports (stdout stays one summary); the others only say why they stop
+            err.print(f"[bold red]error (rank {process_rank()}):[/] {exc}", highlight=False)
+            raise typer.Exit(2) from exc
         fail(str(exc), as_json)
+    if not is_main_process():
+        return
     if as_json:
         emit_json({"ok": True, "kind": trainer.kind, **result.to_dict()})
         return
@@ -271,18 +294,74 @@ def run_training(
     )
 
 
+def run_distributed(
+    ctx: typer.Context,
+    trainer: Trainer,
+    config: Path | None,
+    overrides: dict[str, Any],
+    as_json: bool,
+    accelerate_config: Path,
+) -> None:
+    """Run the training under accelerate: check the launch config and the options, then launch this same
+    command (with the options as a job file) in every process and pass on rank 0's summary and exit status."""
+    from finetune.config import load_job
+    from finetune.distributed import launch_command, load_launch_config
+    from finetune.runner import check_output_free
+
+    rag = stack(ctx)
+    try:
+        launch = load_launch_config(accelerate_config)
+        job = load_job(trainer.job, config, overrides)
+        check_output_free(rag.finetune_workspace(), job)
+    except _training_errors() as exc:
+        fail(str(exc), as_json)
+    with tempfile.TemporaryDirectory(prefix="ragqa-launch-") as tmp:
+        job_file = Path(tmp) / f"{trainer.kind}.yaml"
+        job_file.write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+        args = ["--home", str(rag.settings.home), "finetune", trainer.kind, "--config", str(job_file)]
+        if ctx.find_root().params.get("verbose"):
+            args.insert(0, "--verbose")
+        if as_json:
+            args.append("--json")
+        argv, env = launch_command(launch, "api.cli", args)
+        if not as_json:
+            err.print(
+                f"[bold]{trainer.kind}[/]: launching {launch.num_processes} process(es), {launch.distributed_type}, "
+                f"from {launch.path}"
+            )
+        # stdout carries rank 0's summary (one JSON object with --json); progress and logs stream on stderr
+        proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        if not proc.stdout.strip():
+            fail(f"training under accelerate failed (exit status {proc.returncode}); see the messages above", as_json)
+        raise typer.Exit(2)
+
+
 def training_command(trainer: Trainer) -> Callable[..., None]:
-    """The Typer command of ``trainer``: its job model's options, then ``--config`` and ``--json``."""
+    """The Typer command of ``trainer``: its job model's options, then ``--config``, ``--accelerate-config``
+    and ``--json``."""
     options = job_options.job_options(trainer.job)
 
-    def command(ctx: typer.Context, config: Path | None = None, as_json: bool = False, **values: Any) -> None:
-        run_training(ctx, trainer, config, job_options.overrides(options, values), as_json)
+    def command(
+        ctx: typer.Context,
+        config: Path | None = None,
+        accelerate_config: Path | None = None,
+        as_json: bool = False,
+        **values: Any,
+    ) -> None:
+        overrides = job_options.overrides(options, values)
+        if accelerate_config is not None:
+            run_distributed(ctx, trainer, config, overrides, as_json, accelerate_config)
+        else:
+            run_training(ctx, trainer, config, overrides, as_json)
 
     kw = inspect.Parameter.KEYWORD_ONLY
     params = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
         *job_options.parameters(options),
         inspect.Parameter("config", kw, default=None, annotation=ConfigOpt),
+        inspect.Parameter("accelerate_config", kw, default=None, annotation=AccelerateOpt),
         inspect.Parameter("as_json", kw, default=False, annotation=JsonOpt),
     ]
     command.__name__ = f"finetune_{trainer.kind}"

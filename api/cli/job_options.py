@@ -35,7 +35,7 @@ FLAG_NAMES: dict[str, tuple[str, ...]] = {
 #: Nested models whose fields get flags without the model's name as a prefix.
 UNPREFIXED = frozenset({"train"})
 #: Flags the commands declare themselves.
-RESERVED = frozenset({"--config", "--json", "--help"})
+RESERVED = frozenset({"--config", "--accelerate-config", "--json", "--help"})
 
 
 @dataclass(frozen=True)
