@@ -153,7 +153,7 @@ class LocalRayCluster:
         was_connected = ray.is_initialized()
         if not was_connected:
             os.environ.update(DRIVER_ENV)
-            ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+            ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False)
         try:
             deadline = time.monotonic() + timeout_s
             while True:
