@@ -41,7 +41,7 @@ from ingest.ray_local import LocalRayCluster, driver_env
 logger = logging.getLogger("bench.scale")
 
 OVERHEAD_TARGET = 1.3
-WARM_UP_PAGES = 3
+WARM_UP_PAGES = 1
 
 
 @dataclass
