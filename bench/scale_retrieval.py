@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import statistics
 import sys
 import tempfile
@@ -190,6 +191,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
+    # `timeout`/kill: exit through the finally blocks, which stop the Ray nodes started here
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.nodes is not None:
