@@ -11,7 +11,9 @@ embedder, so the figures are retrieval only (no model). Per configuration: the p
 built). The dense top-k of every sharded query is checked against the single index's.
 
 ``--address``: an existing cluster (e.g. two local nodes: ``ray start --head --num-cpus 1`` and
-``ray start --address HEAD --num-cpus 1``); without it a local Ray is started in this process.
+``ray start --address HEAD --num-cpus 1``); ``--nodes N``: a loopback cluster of N one-CPU nodes started here
+(:func:`ingest.ray_local.local_ray_cluster`, untimed) and stopped at the end; with neither, a local Ray is
+started in this process.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import statistics
 import sys
 import tempfile
@@ -168,6 +171,9 @@ def format_table(results: dict[str, Any]) -> str:
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray in this process)")
+    p.add_argument(
+        "--nodes", type=int, default=None, help="start a loopback cluster of this many one-CPU nodes (not --address)"
+    )
     p.add_argument("--chunks", type=int, default=50_000)
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--queries", type=int, default=200)
@@ -184,9 +190,26 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    # `timeout`/kill: exit through the finally blocks, which stop the Ray nodes started here
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    results = run(args)
+    if args.nodes is not None:
+        if args.address is not None or args.nodes < 1:
+            parser.error("--nodes takes a count >= 1 and excludes --address")
+        from ingest.ray_local import local_ray_cluster
+
+        with local_ray_cluster(nodes=args.nodes, num_cpus=1) as cluster:
+            args.address = cluster.address
+            try:
+                results = run(args)
+            finally:
+                import ray
+
+                ray.shutdown()
+    else:
+        results = run(args)
     print(format_table(results))
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
