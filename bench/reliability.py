@@ -390,11 +390,15 @@ def render(args, argv, startup_s: float, load: dict[str, Any], crash: dict[str, 
     st = load["statuses"]
     other = sum(c for s, c in st.items() if s not in (200, 429, 503, 504))
     health_ok = all(s == 200 for s in load["health_status"].elements())
-    crash = crash or {"job": {}, "kills": [], "job_s": 0.0, "lost": [], "duplicate_docs": 0, "duplicate_chunks": 0}
-    crash = {"index_vectors": None, "store_chunks": None, "store_files": None, "problems": ["not run"], **crash}
-    job = crash["job"]
+    crash = crash or {}
+    timeout = (
+        f"serving.request_timeout_s {args.request_timeout:g} s"
+        if args.request_timeout
+        else "serving.request_timeout_s at its default, 120 s"
+    )
+    job = crash.get("job", {})
     prog = job.get("progress", {})
-    kills = crash["kills"]
+    kills = crash.get("kills", [])
     restarts = ", ".join(f"{k['restart_s']:.0f}" for k in kills) or "-"
     versions = ", ".join(
         f"{k} {v}" for k, v in common.package_versions(("ragqa", "fastapi", "uvicorn", "torch", "transformers")).items()
@@ -415,22 +419,27 @@ def render(args, argv, startup_s: float, load: dict[str, Any], crash: dict[str, 
         f"{fmt_s(load['rss_before'][0], '.0f')} / {fmt_s(load['rss_peak'], '.0f')} / {fmt_s(load['hwm'], '.0f')} |",
         f"| server + loader processes (VmRSS, MiB): before / peak | {fmt_s(load['rss_before'][1], '.0f')} / "
         f"{fmt_s(load['rss_peak_total'], '.0f')} |",
-        f"| kill -9 during a {args.files}-file upload job: kills survived | {len(kills)} of {args.kills} "
-        f"(at {', '.join(str(k['processed']) for k in kills) or '-'} files processed; restarts "
-        f"{restarts} s) |",
-        f"| job after the kills | {job.get('status')}: added {prog.get('added')}, replaced {prog.get('replaced')}, "
-        f"unchanged {prog.get('unchanged')}, failed {prog.get('failed')} ({crash['job_s']:.0f} s with the restarts) |",
-        f"| files lost / duplicate documents / duplicate chunks | {len(crash['lost'])} / {crash['duplicate_docs']} / "
-        f"{crash['duplicate_chunks']} |",
-        f"| FAISS vectors / store chunks / store files; consistency check | {crash['index_vectors']} / "
-        f"{crash['store_chunks']} / {crash['store_files']}; {'; '.join(crash['problems']) or 'no problem'} |",
     ]
+    if args.kills:
+        rows += [
+            f"| kill -9 during a {args.files}-file upload job: kills survived | {len(kills)} of {args.kills} "
+            f"(at {', '.join(str(k['processed']) for k in kills) or '-'} files processed; restarts "
+            f"{restarts} s) |",
+            f"| job after the kills | {job.get('status')}: added {prog.get('added')}, "
+            f"replaced {prog.get('replaced')}, unchanged {prog.get('unchanged')}, failed {prog.get('failed')} "
+            f"({crash['job_s']:.0f} s with the restarts) |",
+            f"| files lost / duplicate documents / duplicate chunks | {len(crash['lost'])} / "
+            f"{crash['duplicate_docs']} / {crash['duplicate_chunks']} |",
+            f"| FAISS vectors / store chunks / store files; consistency check | {crash['index_vectors']} / "
+            f"{crash['store_chunks']} / {crash['store_files']}; {'; '.join(crash['problems']) or 'no problem'} |",
+        ]
     notes = [
         "",
         f"- Command: `{cmd}`",
         f"- Date {common.today()}, git {common.git_revision()}; machine: {common.machine_summary()}, load average "
         f"before the run {loadavg}; {versions}.",
-        f"- One `ragqa serve` process with the bundled models (start-up {startup_s:.0f} s), default settings; "
+        f"- One `ragqa serve` process with the bundled models (start-up {startup_s:.0f} s), default settings "
+        f"({timeout}); "
         f"collection `rel`: {args.paragraphs} SQuAD 2.0 public dev paragraphs; {args.questions} of their questions "
         f"posted at once by {args.questions} client threads (`answer_style` {args.style or 'default'}, one question "
         f"each), `/healthz` polled every {args.poll} s by another thread; the crash job: {args.files} text files of "
@@ -451,6 +460,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--paragraphs", type=int, default=12, help="SQuAD paragraphs in the question collection.")
     p.add_argument(
         "--style", default="short", help="answer_style of the questions ('short' bounds the run time; '' = default)."
+    )
+    p.add_argument(
+        "--request-timeout", type=float, default=None, help="serving.request_timeout_s (default: the server's)."
     )
     p.add_argument("--poll", type=float, default=0.1, help="Seconds between two /healthz polls.")
     p.add_argument("--idle", type=float, default=3.0, help="Seconds of polling before the load (idle baseline).")
@@ -491,9 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="ragqa-reliability-"))
     home = tmp / "home"
     home.mkdir()
-    env = {
-        "RAGQA_SERVER__MAX_FILES": str(max(32, args.files)),
-    }
+    env = {"RAGQA_SERVER__MAX_FILES": str(max(32, args.files))}
+    if args.request_timeout:
+        env["RAGQA_SERVING__REQUEST_TIMEOUT_S"] = str(args.request_timeout)
     server: Server | None = None
     try:
         if args.models_from:
