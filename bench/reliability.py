@@ -478,6 +478,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--write", action="store_true", help=f"Record the results in BENCHMARKS.md between {START} and {END}."
     )
+    p.add_argument("--append", action="store_true", help="With --write: add this run below the ones recorded.")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -527,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     print(body)
     shutil.rmtree(tmp, ignore_errors=True)
     if args.write:
-        common.update_markdown_section(common.BENCHMARKS_MD, START, END, body, HEADING)
+        common.update_markdown_section(common.BENCHMARKS_MD, START, END, body, HEADING, append=args.append)
         print(f"wrote {common.BENCHMARKS_MD}", file=sys.stderr)
     bad = (
         (load["p95"] or 0) > HEALTH_TARGET_S
