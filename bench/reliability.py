@@ -265,7 +265,7 @@ def health_under_load(server: Server, key: str, args, paragraphs, questions) -> 
         "statuses": statuses,
         "ask_p50": pct(ok, 0.5),
         "ask_max": max(ok, default=None),
-        "errors": [r["detail"] for r in results if r["status"] != 200][:3],
+        "errors": list(dict.fromkeys(str(r["detail"]) for r in results if r["status"] != 200))[:3],
         "rss_before": poller.rss[0][1:] if poller.rss else (None, None),
         "rss_peak": max(o for o, _ in rss_during) if rss_during else None,
         "rss_peak_total": max(t for _, t in rss_during) if rss_during else None,
