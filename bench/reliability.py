@@ -133,27 +133,36 @@ def kill9(server: Server) -> None:
 # -- health under load -----------------------------------------------------------------------------
 
 
-def _poll(base: str, pid: int, interval: float, halt: Any, conn: Any) -> None:
+def _poll(base: str, key: str, pid: int, interval: float, halt: Any, conn: Any) -> None:
     """The poller process: GET /healthz every ``interval`` s and the server's memory, until ``halt`` is set;
-    then the samples are sent back through ``conn``."""
+    meanwhile another thread GETs /v1/collections (a route with a key, answered from the server's thread pool)
+    every ``interval`` s. Then the samples are sent back through ``conn``."""
     import httpx
 
     samples: list[tuple[float, float, int]] = []  # (time, seconds, status; 0 = no answer)
+    keyed: list[tuple[float, float, int]] = []  # the same for GET /v1/collections
     rss: list[tuple[float, float, float]] = []  # (time, server MiB, server + children MiB)
-    with httpx.Client(base_url=base, timeout=30) as client:
-        while not halt.is_set():
-            t0 = time.perf_counter()
-            try:
-                status = client.get("/healthz").status_code
-            except httpx.HTTPError:
-                status = 0
-            now = time.perf_counter()
-            samples.append((now, now - t0, status))
-            own, total = rss_mib(pid)
-            if own is not None and total is not None:
-                rss.append((now, own, total))
-            halt.wait(max(0.0, interval - (time.perf_counter() - t0)))
-    conn.send((samples, rss))
+
+    def loop(path: str, headers: dict[str, str], out: list[tuple[float, float, int]], memory: bool) -> None:
+        with httpx.Client(base_url=base, timeout=300, headers=headers) as client:
+            while not halt.is_set():
+                t0 = time.perf_counter()
+                try:
+                    status = client.get(path).status_code
+                except httpx.HTTPError:
+                    status = 0
+                now = time.perf_counter()
+                out.append((t0, now - t0, status))  # by start: a poll that began during the load counts
+                own, total = rss_mib(pid) if memory else (None, None)
+                if own is not None and total is not None:
+                    rss.append((now, own, total))
+                halt.wait(max(0.0, interval - (time.perf_counter() - t0)))
+
+    other = threading.Thread(target=loop, args=("/v1/collections", {"Authorization": f"Bearer {key}"}, keyed, False))
+    other.start()
+    loop("/healthz", {}, samples, True)
+    other.join()
+    conn.send((samples, keyed, rss))
     conn.close()
 
 
@@ -161,14 +170,15 @@ class Poller:
     """:func:`_poll` in its own process, so that the client threads asking questions (their GIL) do not delay
     or inflate the health measurement; times are ``time.perf_counter()`` (CLOCK_MONOTONIC, shared by processes)."""
 
-    def __init__(self, base: str, pid: int, interval: float) -> None:
+    def __init__(self, base: str, key: str, pid: int, interval: float) -> None:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
         self.halt = ctx.Event()
         self._recv, send = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=_poll, args=(base, pid, interval, self.halt, send), daemon=True)
+        self.proc = ctx.Process(target=_poll, args=(base, key, pid, interval, self.halt, send), daemon=True)
         self.samples: list[tuple[float, float, int]] = []
+        self.keyed: list[tuple[float, float, int]] = []
         self.rss: list[tuple[float, float, float]] = []
 
     def start(self) -> None:
@@ -176,7 +186,7 @@ class Poller:
 
     def stop(self) -> None:
         self.halt.set()
-        self.samples, self.rss = self._recv.recv()
+        self.samples, self.keyed, self.rss = self._recv.recv()
         self.proc.join(30)
 
 
@@ -240,7 +250,7 @@ def health_under_load(server: Server, key: str, args, paragraphs, questions) -> 
         body = {"question": questions[0], "collection": "rel"} | ({"answer_style": args.style} if args.style else {})
         client.post("/v1/ask", json=body).raise_for_status()  # warm-up: first-call allocations, not measured
     assert server.proc is not None
-    poller = Poller(server.base, server.proc.pid, args.poll)
+    poller = Poller(server.base, key, server.proc.pid, args.poll)
     poller.start()
     time.sleep(args.idle)  # the idle baseline
     t_idle = time.perf_counter()
@@ -260,6 +270,8 @@ def health_under_load(server: Server, key: str, args, paragraphs, questions) -> 
         "p95": pct([s for s, _ in during], 0.95),
         "max": max((s for s, _ in during), default=None),
         "over_target": sum(1 for s, _ in during if s > HEALTH_TARGET_S),
+        "keyed": [s for t, s, st in poller.keyed if t0 <= t <= t1],
+        "keyed_status": Counter(st for t, _, st in poller.keyed if t0 <= t <= t1),
         "slow_at": [(t - t0, s) for t, s, _ in poller.samples if t0 <= t <= t1 and s > HEALTH_TARGET_S],
         "load_s": t1 - t0,
         "statuses": statuses,
@@ -411,6 +423,9 @@ def render(args, argv, startup_s: float, load: dict[str, Any], crash: dict[str, 
         f"(target < {HEALTH_TARGET_S}; idle p50 {fmt_s(load['idle_p50'])}) |",
         f"| `/healthz` polls during the load, all 200 | {load['polls']} polls over {load['load_s']:.0f} s, "
         f"{'all 200' if health_ok else dict(load['health_status'])}; {load['over_target']} over {HEALTH_TARGET_S} s |",
+        f"| `GET /v1/collections` (a route with a key) during the load: polls, p50 / p95 / max (s) | "
+        f"{len(load['keyed'])} ({dict(load['keyed_status'])}), {fmt_s(pct(load['keyed'], 0.5))} / "
+        f"{fmt_s(pct(load['keyed'], 0.95))} / {fmt_s(max(load['keyed'], default=None))} |",
         f"| questions: 200 / 429 / 503 / 504 / other | {st.get(200, 0)} / {st.get(429, 0)} / {st.get(503, 0)} / "
         f"{st.get(504, 0)} / {other} |",
         f"| question latency (200s): p50 / max (s) | {fmt_s(load['ask_p50'], '.1f')} / "
