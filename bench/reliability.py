@@ -6,9 +6,11 @@ as hard links where it can), three measurements:
 * **Health under load**: collection ``rel`` gets ``--paragraphs`` SQuAD 2.0 paragraphs; then
   ``--questions`` client threads each post one of their questions to ``POST /v1/ask`` at the same moment
   (``answer_style`` ``--style``, default settings otherwise: continuous batching, ``serving.max_queue``,
-  ``serving.request_timeout_s``), while a thread polls ``GET /healthz`` every ``--poll`` seconds (a 30 s client
-  timeout). Reported: ``/healthz`` p50 / p95 / max and status codes, and how the questions fared (200, 429,
-  503, 504, other; latency p50 / max).
+  ``serving.request_timeout_s``, or ``--request-timeout``), while a separate process polls ``GET /healthz`` every
+  ``--poll`` seconds (a 30 s client timeout) and, from another thread, ``GET /v1/collections`` with the key (a
+  route served from the server's thread pool). Reported: p50 / p95 / max and status codes of both, the times of
+  ``/healthz`` polls over 0.5 s, and how the questions fared (200, 429, 503, 504, other; latency p50 / max).
+  ``--kills 0`` runs this part only; ``--append`` keeps the runs already recorded.
 * **Memory bound**: the server's VmRSS (and that of its loader processes) sampled with every poll; the peak
   during the load, and the process's VmHWM.
 * **kill -9 survival**: one upload job of ``--files`` text files (a few KB each, into collection ``crash``);
@@ -457,7 +459,8 @@ def render(args, argv, startup_s: float, load: dict[str, Any], crash: dict[str, 
         f"({timeout}); "
         f"collection `rel`: {args.paragraphs} SQuAD 2.0 public dev paragraphs; {args.questions} of their questions "
         f"posted at once by {args.questions} client threads (`answer_style` {args.style or 'default'}, one question "
-        f"each), `/healthz` polled every {args.poll} s by another thread; the crash job: {args.files} text files of "
+        f"each), `/healthz` polled every {args.poll} s from a separate process (and `GET /v1/collections` with the "
+        f"key by another thread of it); the crash job: {args.files} text files of "
         f"{args.sentences} lines (about {len(crash_corpus(1, args.sentences)[0][1]) // 1024 + 1} KB each), "
         "killed with SIGKILL at evenly spaced points of its progress.",
     ]
