@@ -460,9 +460,14 @@ def render(args, argv, startup_s: float, load: dict[str, Any], crash: dict[str, 
         f"collection `rel`: {args.paragraphs} SQuAD 2.0 public dev paragraphs; {args.questions} of their questions "
         f"posted at once by {args.questions} client threads (`answer_style` {args.style or 'default'}, one question "
         f"each), `/healthz` polled every {args.poll} s from a separate process (and `GET /v1/collections` with the "
-        f"key by another thread of it); the crash job: {args.files} text files of "
-        f"{args.sentences} lines (about {len(crash_corpus(1, args.sentences)[0][1]) // 1024 + 1} KB each), "
-        "killed with SIGKILL at evenly spaced points of its progress.",
+        f"key by another thread of it)"
+        + (
+            f"; the crash job: {args.files} text files of {args.sentences} lines (about "
+            f"{len(crash_corpus(1, args.sentences)[0][1]) // 1024 + 1} KB each), killed with SIGKILL at evenly "
+            "spaced points of its progress."
+            if args.kills
+            else "."
+        ),
     ]
     if load["slow_at"]:
         slow = ", ".join(f"{s:.2f} s at +{t:.1f} s" for t, s in load["slow_at"][:10])
