@@ -6,7 +6,9 @@ elsewhere on the server by its file name, and a URL as it is. Error messages and
 workspace's folders taken out the same way. :class:`PublicPaths` is applied by the service to every
 document, citation, job and error it returns. A model configured as a folder is shown by its name
 (:func:`model_name`: the folder's last part) in ``/healthz``, answers and collections; the full path
-stays in the server's log and the admin CLI (``ragqa models``).
+stays in the server's log and the admin CLI (``ragqa models``). Nested metadata (an adapter's
+``ragqa_adapter.json``: training data, held-out split, base model folder, recipe) goes through
+:meth:`PublicPaths.tree`: every path in it, at any depth, is shown by its last part.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 _WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
+# an absolute or home-relative POSIX path inside free text (a recipe's YAML, a message): not part of a URL,
+# a relative path or a word; its last part is kept
+_EMBEDDED_PATH = re.compile(r"(?<![\w.:/~-])~?/(?:[^/\s'\"`]+/)+")
 
 
 def _roots(paths: Iterable[Path]) -> list[str]:
@@ -91,6 +96,25 @@ class PublicPaths:
             if k != "source" and isinstance(v, str):
                 out[k] = self.text(v)
         return out
+
+    def tree(self, value: Any) -> Any:
+        """``value`` (JSON-like: dicts, lists, strings, numbers) with every path in its strings made public, at any
+        depth: a string that is a path (``/srv/data/train.jsonl``, ``~/x``, ``C:\\x``) becomes its last part, a path
+        inside text loses its folders, the workspace's folders become ``<workspace>``. Names, hub ids
+        (``org/model``), URLs and relative names stay as they are. Keys are kept."""
+        if isinstance(value, dict):
+            return {k: self.tree(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.tree(v) for v in value]
+        if not isinstance(value, str) or not value:
+            return value
+        if not any(ch.isspace() for ch in value):  # one token: a URL, a name, or a path
+            if "://" in value:
+                return value
+            shown = model_name(value)
+            if shown != value:
+                return shown
+        return _EMBEDDED_PATH.sub("", self.text(value) or value)
 
 
 def model_name(model: str) -> str:

@@ -273,7 +273,11 @@ class AdapterPublic(BaseModel):
     base_model: str | None = Field(
         None, description="The model the adapter was trained on (ragqa_adapter.json, else adapter_config.json)."
     )
-    metadata: dict[str, Any] = Field({}, description="The adapter's ragqa_adapter.json (how it was trained), if any.")
+    metadata: dict[str, Any] = Field(
+        {},
+        description="The adapter's ragqa_adapter.json (how it was trained), if any; a server path in it is shown by "
+        "its last part (a file or folder name).",
+    )
 
 
 class AdaptersPublic(BaseModel):

@@ -593,11 +593,16 @@ class RagService:
     def list_adapters(self) -> list[AdapterPublic]:
         """LoRA adapters in the workspace: folders of ``adapters_dir`` holding ``adapter_config.json``
         (hidden ones, such as an adapter still being written, are skipped), with their base model and
-        their ``ragqa_adapter.json`` metadata (kind, training options, metrics) when present."""
+        their ``ragqa_adapter.json`` metadata (kind, training options, metrics) when present, with every server
+        path in it shown by its last part (:meth:`~api.public_paths.PublicPaths.tree`)."""
         from rag.adapter_store import AdapterStore
 
         return [
-            AdapterPublic(name=e.name, base_model=model_name(e.base_model) if e.base_model else None, metadata=e.meta)
+            AdapterPublic(
+                name=e.name,
+                base_model=model_name(e.base_model) if e.base_model else None,
+                metadata=self.paths.tree(e.meta),  # training data, held-out split, base folder: names only
+            )
             for e in AdapterStore(self.settings.adapters_dir).list()
         ]
 
