@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import shutil
 import threading
@@ -19,6 +20,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import anyio
+import anyio.to_thread
 
 from api.answers import AnswerLog
 from api.auth import ApiKey, KeyStore
@@ -98,6 +102,7 @@ class RagService:
     conversations: ConversationStore
     started_at: float = field(default_factory=time.time)
     paths: PublicPaths = field(init=False)
+    _answer_limiter: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.paths = PublicPaths(self.storage.root, [self.settings.home])
@@ -480,10 +485,14 @@ class RagService:
         }
 
     async def answer_async(self, key: ApiKey, collection: str, question: str, **kw: Any) -> AnswerPublic:
-        from starlette.concurrency import run_in_threadpool
-
+        """:meth:`answer` on a worker thread of its own pool (``serving.answer_threads``), not anyio's default
+        one: answers waiting for the model must not hold the threads that key checks and other routes need."""
+        if self._answer_limiter is None:  # made on the event loop that serves the app
+            self._answer_limiter = anyio.CapacityLimiter(self.settings.serving.answer_threads)
+        limiter = self._answer_limiter
         deadline = Deadline(self.settings.serving, self.metrics)  # serving.request_timeout_s: then 504
-        return await deadline.wait(run_in_threadpool(lambda: self.answer(key, collection, question, **kw)))
+        work = functools.partial(self.answer, key, collection, question, **kw)
+        return await deadline.wait(anyio.to_thread.run_sync(work, limiter=limiter))
 
     async def answer_events(
         self, key: ApiKey, collection: str, question: str, **kw: Any

@@ -143,6 +143,12 @@ class ServingConfig(BaseModel):
     max_queue: int = Field(
         64, ge=0, description="Questions that may wait for the model; beyond it: 503 with Retry-After."
     )
+    answer_threads: int = Field(
+        64,
+        ge=1,
+        description="Worker threads for answers (each waits for the model while its question is queued or decoded), "
+        "apart from the thread pool of every other route: a full model queue never delays key checks or listings.",
+    )
     max_batch_rows: int = Field(
         64, ge=1, description="Most rows in one decode forward (K per rag-token answer, 1 per stuff answer)."
     )
