@@ -487,12 +487,15 @@ class RagService:
     async def answer_async(self, key: ApiKey, collection: str, question: str, **kw: Any) -> AnswerPublic:
         """:meth:`answer` on a worker thread of its own pool (``serving.answer_threads``), not anyio's default
         one: answers waiting for the model must not hold the threads that key checks and other routes need."""
-        if self._answer_limiter is None:  # made on the event loop that serves the app
-            self._answer_limiter = anyio.CapacityLimiter(self.settings.serving.answer_threads)
-        limiter = self._answer_limiter
         deadline = Deadline(self.settings.serving, self.metrics)  # serving.request_timeout_s: then 504
         work = functools.partial(self.answer, key, collection, question, **kw)
-        return await deadline.wait(anyio.to_thread.run_sync(work, limiter=limiter))
+        return await deadline.wait(anyio.to_thread.run_sync(work, limiter=self._answer_threads()))
+
+    def _answer_threads(self) -> anyio.CapacityLimiter:
+        """The thread pool of answers, plain and streamed (made on the event loop that serves the app)."""
+        if self._answer_limiter is None:
+            self._answer_limiter = anyio.CapacityLimiter(self.settings.serving.answer_threads)
+        return self._answer_limiter
 
     async def answer_events(
         self, key: ApiKey, collection: str, question: str, **kw: Any
@@ -531,7 +534,8 @@ class RagService:
                 put(("end", None))
 
         deadline = Deadline(self.settings.serving, self.metrics)
-        future = loop.run_in_executor(None, work)
+        # the answer threads, not the loop's default executor (min(32, cores + 4) threads: 6 streams at once here)
+        future = asyncio.ensure_future(anyio.to_thread.run_sync(work, limiter=self._answer_threads()))
         try:
             while True:
                 try:

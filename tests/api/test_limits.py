@@ -3,6 +3,7 @@ deadline (504), and a /healthz that answers while every worker thread waits on t
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -267,6 +268,36 @@ def test_other_routes_answer_while_every_answer_thread_waits_on_the_model(unlimi
         codes = [f.result(timeout=60).status_code for f in futures]
         pool.shutdown()
     assert set(codes) == {503}
+
+
+def test_streamed_answers_share_the_answer_threads(unlimited, monkeypatch):
+    """Streamed answers run on the answer threads too: more streams than the loop's default executor has threads
+    (min(32, cores + 4)) all reach the model at once, so the scheduler can batch them."""
+    env = unlimited
+    c, service = env["client"], env["service"]
+    n = min(32, (os.cpu_count() or 1) + 4) + 4
+    entered, release = [], threading.Event()
+
+    def blocked(*args, **kwargs):
+        entered.append(1)
+        release.wait(60)
+        raise ServerBusyError()
+
+    monkeypatch.setattr(service.qa, "answer", blocked)
+    pool = ThreadPoolExecutor(n)
+    try:
+        futures = [
+            pool.submit(c.post, "/v1/ask", json={**ASK, "stream": True}, headers=env["health"]) for _ in range(n)
+        ]
+        deadline = time.monotonic() + 30
+        while len(entered) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(entered) == n, f"{len(entered)} of {n} streamed answers reached the model"
+    finally:
+        release.set()
+        responses = [f.result(timeout=60) for f in futures]
+        pool.shutdown()
+    assert all(r.status_code == 200 and "server_busy" in r.text for r in responses)
 
 
 async def _total_tokens() -> int:
