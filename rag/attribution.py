@@ -34,6 +34,8 @@ __all__ = [
     "rag_sequence_sentence_posteriors",
     "rag_token_sentence_posteriors",
     "sentence_spans",
+    "supported_sentences",
+    "support_share",
     "supporting_span",
     "token_sentence_spans",
 ]
@@ -162,6 +164,28 @@ def rag_sequence_sentence_posteriors(
         return token_logprobs.new_zeros((0, token_logprobs.shape[0]))
     mask = _mask(spans, token_logprobs.shape[-1], token_logprobs.device)
     return rag_sequence_doc_posterior(token_logprobs.unsqueeze(0).expand(len(spans), -1, -1), doc_logprobs, mask)
+
+
+def support_share(sentence: str, chunks: Sequence[str]) -> float | None:
+    """Share of ``sentence``'s content words (:func:`content_words`) found in ``chunks``; None when it has none."""
+    words = content_words(sentence)
+    if not words:
+        return None
+    found: set[str] = set()
+    for chunk in chunks:
+        found |= content_words(chunk)
+    return len(words & found) / len(words)
+
+
+def supported_sentences(sentences: Sequence[str], chunks: Sequence[str], min_support: float) -> list[int]:
+    """Indices of the ``sentences`` to keep: the first always, then each whose :func:`support_share` in
+    ``chunks`` is at least ``min_support`` (or that has no content words)."""
+    keep = []
+    for i, sentence in enumerate(sentences):
+        share = support_share(sentence, chunks)
+        if i == 0 or share is None or share >= min_support:
+            keep.append(i)
+    return keep
 
 
 def _overlap(words: set[str], text: str) -> float:

@@ -100,6 +100,13 @@ class QAConfig(BaseModel):
         le=4096,
         description="Token budget of a 'full' answer (a cut answer loses its unfinished last sentence).",
     )
+    full_min_support: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="'full' answers drop a sentence (after the first) when less than this share of its content words "
+        "appear in the chunks the model read: a guard against sentences the documents do not support (0: keep all).",
+    )
     citation_min_share: float = Field(
         0.3,
         gt=0,

@@ -46,7 +46,7 @@ import torch
 from ingest.collection import Collection
 from rag.abstention import AbstentionRule
 from rag.adapter_defaults import NO_ADAPTER, AdapterResolver, Resolved
-from rag.attribution import choose_documents, supporting_span, token_sentence_spans
+from rag.attribution import choose_documents, supported_sentences, supporting_span, token_sentence_spans
 from rag.calibration import read_calibration
 from rag.config import QAConfig
 from rag.errors import QAError
@@ -142,14 +142,23 @@ def format_contexts(tokenizer, chunks: Sequence[Any], limit: int) -> list[str]:
     return out
 
 
-def with_markers(text: str, spans: Sequence[tuple[int, int]], citations: Sequence[Sequence[int]]) -> str:
+def with_markers(
+    text: str,
+    spans: Sequence[tuple[int, int]],
+    citations: Sequence[Sequence[int]],
+    gaps: Sequence[int] | None = None,
+) -> str:
     """The sentences ``spans`` of ``text`` joined as written, each with markers ``[n]`` for its
-    ``citations`` before its final punctuation: ``"Run it [1]. Then activate it [1][2]."``."""
+    ``citations`` before its final punctuation: ``"Run it [1]. Then activate it [1][2]."``.
+
+    ``gaps[j]``: where the text before sentence j starts (default: the end of sentence j - 1), so that a
+    sentence left out between two kept ones leaves only the separator that preceded the next one.
+    """
     out: list[str] = []
     prev = None
-    for (start, end), cited in zip(spans, citations):
+    for j, ((start, end), cited) in enumerate(zip(spans, citations)):
         if prev is not None:
-            out.append(text[prev:start])
+            out.append(text[prev if gaps is None else max(prev, gaps[j]) : start])
         sentence = text[start:end]
         marks = "".join(f"[{n}]" for n in cited)
         if marks:
@@ -418,12 +427,20 @@ class QAPipeline:
             ans.answer, ans.abstained, ans.abstain_reason = ABSTAIN_TEXT, True, "the model gave no answer"
             return
         texts = [reply.text[a:b] for a, b in reply.spans]
-        token_spans = token_sentence_spans(reply.token_ends, reply.spans)
+        keep = supported_sentences(texts, chunks, self.config.full_min_support)
+        if len(keep) < len(texts):
+            logger.info(
+                "full answer: left out %d of %d sentences the chunks do not support", len(texts) - len(keep), len(texts)
+            )
+        gaps = [reply.spans[i - 1][1] if i else 0 for i in keep]  # where the separator before each kept one starts
+        spans = [reply.spans[i] for i in keep]
+        texts = [texts[i] for i in keep]
+        token_spans = token_sentence_spans(reply.token_ends, spans)
         shares = strategy.sentence_posteriors(out, request.doc_logprobs, token_spans, texts, chunks)
         ans.sentences = [
             self._sentence(text, choose_documents(shares[s], min_share), used, chunks) for s, text in enumerate(texts)
         ]
-        ans.answer = with_markers(reply.text, reply.spans, [s.citations for s in ans.sentences])
+        ans.answer = with_markers(reply.text, spans, [s.citations for s in ans.sentences], gaps)
 
     @staticmethod
     def _sentence(text: str, docs: list[int], used: list[int], chunks: list[str]) -> AnswerSentence:

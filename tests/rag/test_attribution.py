@@ -186,3 +186,17 @@ def test_rag_sequence_marker_posteriors_equal_brute_force(model, decoding) -> No
         for row in _brute_sequence(torch.where(known.unsqueeze(-1), brute_lp, -1e9), DOC_LOGPROBS, spans)
     ]
     _close(used, expected, 1e-4)
+
+
+def test_support_share_and_supported_sentences():
+    from rag.attribution import support_share, supported_sentences
+
+    chunks = ["Paris is the capital of France.", "The Eiffel Tower was finished in 1889."]
+    assert support_share("The capital of France is Paris.", chunks) == 1.0
+    assert support_share("Zebras paint volcanoes purple.", chunks) == 0.0
+    assert support_share("It is.", chunks) is None  # no content words
+    share = support_share("Paris towers over zebras.", chunks)  # paris, tower(s) found, zebra(s) not; "over" a stopword
+    assert share is not None and abs(share - 2 / 3) < 1e-9
+    sentences = ["Zebras paint.", "Paris is the capital.", "Volcanoes sing loudly.", "It is.", "Tower of Paris."]
+    assert supported_sentences(sentences, chunks, 0.6) == [0, 1, 3, 4]  # the first is always kept
+    assert supported_sentences(sentences, chunks, 0.0) == [0, 1, 2, 3, 4]

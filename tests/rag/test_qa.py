@@ -292,6 +292,47 @@ def test_with_markers():
     assert with_markers(text, spans, [[1], [1, 2], []]) == "Create it with venv [1]. Then activate it [1][2]!\nDone"
 
 
+def test_with_markers_leaves_out_a_dropped_sentence_with_its_separator():
+    from rag.qa import with_markers
+
+    text = "Create it with venv. Zebras paint volcanoes.\n\nThen activate it!"
+    spans = [(0, 20), (46, 63)]  # the middle sentence (21, 44) is left out
+    got = with_markers(text, spans, [[1], [2]], gaps=[0, 44])
+    assert got == "Create it with venv [1].\n\nThen activate it [2]!"
+
+
+def test_full_answers_leave_out_sentences_the_chunks_do_not_support(setup, monkeypatch):
+    """A full answer keeps its first sentence and every later one whose content words the chunks hold
+    (``full_min_support``); an invented sentence is left out of the answer, its sentences and its markers."""
+    import rag.qa as qa_module
+    from rag.extract import FullReply
+
+    ws, _ = setup
+    text = "Paris is the capital of France. Zebras paint volcanoes purple. The Eiffel Tower was finished in 1889."
+    real = qa_module.full_reply
+
+    def scripted(ids, decode, eos):
+        r = real(ids, decode, eos)
+        n = len(r.token_ids)
+        assert n >= 3, "the tiny model generated too few tokens to map three sentences onto"
+        ends = [round((i + 1) * len(text) / n) for i in range(n)]
+        spans = [(0, 31), (32, 62), (63, len(text))]
+        return FullReply(text=text, token_ids=r.token_ids, token_ends=ends, spans=spans)
+
+    monkeypatch.setattr(qa_module, "full_reply", scripted)
+    with ws.open("c", readonly=True) as coll:
+        kept = pipeline(setup, answer_style="full", full_max_new_tokens=24).answer(
+            coll, "What is the capital of France?", mode="rag-token", abstain=False, k=2
+        )
+        every = pipeline(setup, answer_style="full", full_max_new_tokens=24, full_min_support=0.0).answer(
+            coll, "What is the capital of France?", mode="rag-token", abstain=False, k=2
+        )
+    assert [s.text for s in every.sentences] == [text[0:31], text[32:62], text[63:]]
+    assert [s.text for s in kept.sentences] == [text[0:31], text[63:]]
+    assert "Zebras" not in kept.answer and "Zebras" in every.answer
+    assert MARKER.sub("", kept.answer) == "Paris is the capital of France. The Eiffel Tower was finished in 1889."
+
+
 def test_unknown_style(setup):
     ws, _ = setup
     with ws.open("c", readonly=True) as coll, pytest.raises(QAError, match="answer style"):
