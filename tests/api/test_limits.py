@@ -229,6 +229,21 @@ def test_request_deadline_answers_504(unlimited, monkeypatch):
         release.set()
 
 
+def block_answers(service, monkeypatch) -> tuple[list[int], threading.Event]:
+    """Every answer waits (on its worker thread) until the returned event is set, then is refused as busy;
+    ``entered`` counts the answers that reached the model."""
+    entered: list[int] = []
+    release = threading.Event()
+
+    def blocked(*args, **kwargs):
+        entered.append(1)
+        release.wait(60)
+        raise ServerBusyError()
+
+    monkeypatch.setattr(service.qa, "answer", blocked)
+    return entered, release
+
+
 # -- /healthz while the model is busy -------------------------------------------------------------
 def test_other_routes_answer_while_every_answer_thread_waits_on_the_model(unlimited, monkeypatch):
     """Answers run on their own thread pool (serving.answer_threads): with every one of those threads waiting for
@@ -237,14 +252,7 @@ def test_other_routes_answer_while_every_answer_thread_waits_on_the_model(unlimi
     c, service = env["client"], env["service"]
     threads = service.settings.serving.answer_threads
     default_pool = c.portal.call(lambda: _total_tokens())
-    entered, release = [], threading.Event()
-
-    def blocked(*args, **kwargs):
-        entered.append(1)
-        release.wait(60)
-        raise ServerBusyError()
-
-    monkeypatch.setattr(service.qa, "answer", blocked)
+    entered, release = block_answers(service, monkeypatch)
     lock = service.qa.generator._lock
     lock.acquire()  # the generator is busy too: /healthz must not wait for it
     pool = ThreadPoolExecutor(threads + 4)
@@ -276,14 +284,7 @@ def test_streamed_answers_share_the_answer_threads(unlimited, monkeypatch):
     env = unlimited
     c, service = env["client"], env["service"]
     n = min(32, (os.cpu_count() or 1) + 4) + 4
-    entered, release = [], threading.Event()
-
-    def blocked(*args, **kwargs):
-        entered.append(1)
-        release.wait(60)
-        raise ServerBusyError()
-
-    monkeypatch.setattr(service.qa, "answer", blocked)
+    entered, release = block_answers(service, monkeypatch)
     pool = ThreadPoolExecutor(n)
     try:
         futures = [
