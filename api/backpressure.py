@@ -3,8 +3,10 @@ deadline 504, and per-key limits 429 (:mod:`api.ratelimit`).
 
 :func:`install_backpressure` wires one app (its rate limiter and the handler of
 :class:`rag.serving_errors.ServingError`); :func:`refusal` maps one serving error to the
-:class:`~api.errors.ApiError` the client gets and counts it in ``ragqa_rejected_requests_total``;
-:class:`Deadline` bounds how long a request may wait on the event loop.
+:class:`~api.errors.ApiError` the client gets and counts it in ``ragqa_rejected_requests_total``
+(reason ``queue_full``, or ``predicted_late`` when the scheduler's admission test refused it);
+:class:`Deadline` bounds how long a request may wait on the event loop, counted from its arrival
+(:func:`arrival`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api.errors import ApiError, error_body
-from api.metrics import Metrics
+from api.metrics import REQUEST_ARRIVED_AT, Metrics
 from api.settings import ServingConfig, Settings
 from rag.serving_errors import DeadlineExceededError, ServerBusyError, ServingError
 
@@ -31,7 +33,7 @@ def refusal(exc: ServingError, serving: ServingConfig, metrics: Metrics | None =
     if isinstance(exc, ServerBusyError):
         retry = exc.retry_after_s if exc.retry_after_s is not None else serving.busy_retry_after_s
         err = ApiError(str(exc), code="server_busy", status=503, headers={"Retry-After": str(max(1, math.ceil(retry)))})
-        reason = "queue_full"
+        reason = getattr(exc, "reason", "queue_full")  # rag.admission.PredictedLateError: "predicted_late"
     elif isinstance(exc, DeadlineExceededError):
         err, reason = ApiError(str(exc), code="deadline_exceeded", status=504), "deadline"
     else:
@@ -49,8 +51,20 @@ def refusal(exc: ServingError, serving: ServingConfig, metrics: Metrics | None =
     return err
 
 
+def arrival() -> float:
+    """``time.monotonic()`` when the HTTP request being served arrived (now, outside a request)."""
+    arrived = REQUEST_ARRIVED_AT.get()
+    return time.monotonic() if arrived is None else arrived
+
+
+def remaining_s(serving: ServingConfig) -> float:
+    """Seconds left of the current request's deadline (``serving.request_timeout_s`` after :func:`arrival`)."""
+    return arrival() + serving.request_timeout_s - time.monotonic()
+
+
 class Deadline:
-    """One request's deadline (``serving.request_timeout_s`` from now).
+    """One request's deadline: ``serving.request_timeout_s`` after it arrived (:func:`arrival`), so
+    validation, retrieval and queueing all count.
 
     :meth:`wait` awaits something before the deadline or raises the 504 :class:`~api.errors.ApiError`.
     Work already running in a thread is not interrupted (it finishes and is logged); only the
@@ -61,7 +75,7 @@ class Deadline:
         self.serving = serving
         self.metrics = metrics
         self.timeout_s = serving.request_timeout_s
-        self.at = time.monotonic() + self.timeout_s
+        self.at = arrival() + self.timeout_s
 
     def remaining(self) -> float:
         return max(0.0, self.at - time.monotonic())

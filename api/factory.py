@@ -85,6 +85,9 @@ class RagStack:
             pad_token_id=gen.tokenizer.pad_token_id,
             max_prefills_per_step=s.max_prefills_per_step,
             max_prefill_tokens=s.max_prefill_tokens,
+            max_active_requests=s.active_answers(self.settings.retriever.k),
+            admission=s.admission == "predict",
+            admission_margin=s.admission_margin,
         )
 
     @cached_property

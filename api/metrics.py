@@ -12,6 +12,7 @@ methods outside :data:`HTTP_METHODS` count as ``other``, paths that match no rou
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -42,7 +43,10 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "ragqa_ingest_chunks_total": ("Chunks written by the ingestion worker.", ()),
     "ragqa_rejected_requests_total": (
-        ("Requests refused before or while answering, by reason (queue_full, rate_limited, quota, deadline)."),
+        (
+            "Requests refused before or while answering, by reason (queue_full, predicted_late, rate_limited, "
+            "quota, deadline)."
+        ),
         ("reason",),
     ),
     "ragqa_generated_tokens_total": ("Tokens generated for answers.", ()),
@@ -92,7 +96,13 @@ def route_label(scope: Mapping) -> str:
 
 
 #: Rejection reasons of ``ragqa_rejected_requests_total``.
-REJECT_REASONS = ("queue_full", "rate_limited", "quota", "deadline")
+REJECT_REASONS = ("queue_full", "predicted_late", "rate_limited", "quota", "deadline")
+
+#: ``time.monotonic()`` when the HTTP request being served arrived (set by :class:`MetricsMiddleware`, before
+#: authentication and body reading): the start of its deadline (:class:`api.backpressure.Deadline`).
+REQUEST_ARRIVED_AT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "ragqa_request_arrived_at", default=None
+)
 
 #: Stats read from the scheduler's ``stats()`` at scrape time: key -> (metric, kind, help).
 SCHEDULER_STATS: dict[str, tuple[str, str, str]] = {
@@ -103,6 +113,18 @@ SCHEDULER_STATS: dict[str, tuple[str, str, str]] = {
         "ragqa_active_rows",
         "gauge",
         "Rows in the running batch now (K per request for rag-token/rag-sequence).",
+    ),
+    "max_active_requests": ("ragqa_max_active_requests", "gauge", "Most answers prefilled or decoded at once."),
+    "predicted_wait_s": (
+        "ragqa_predicted_wait_seconds",
+        "gauge",
+        "Predicted seconds a new question (shaped like the last one) would wait before its prefill starts "
+        "(absent until the first decode step is measured).",
+    ),
+    "predicted_finish_s": (
+        "ragqa_predicted_finish_seconds",
+        "gauge",
+        "Predicted seconds until such a question would be answered (the admission test compares it to the deadline).",
     ),
 }
 
@@ -147,7 +169,7 @@ class StatsCollector:
             if stats is None:
                 continue
             for key, (name, kind, text) in table.items():
-                if key in stats:
+                if stats.get(key) is not None:
                     family_cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
                     yield family_cls(name, text, value=float(stats[key]))
 
@@ -269,6 +291,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
+        arrived = REQUEST_ARRIVED_AT.set(time.monotonic())
         status = {"code": 500}
 
         async def _send(message) -> None:
@@ -279,6 +302,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, _send)
         finally:
+            REQUEST_ARRIVED_AT.reset(arrived)
             template = route_label(scope)
             method = method_label(scope.get("method", ""))
             self.metrics.inc("ragqa_http_requests_total", method=method, route=template, status=str(status["code"]))

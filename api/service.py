@@ -26,7 +26,7 @@ import anyio.to_thread
 
 from api.answers import AnswerLog
 from api.auth import ApiKey, KeyStore
-from api.backpressure import Deadline, refusal
+from api.backpressure import Deadline, refusal, remaining_s
 from api.conversations import ConversationStore, new_conversation_id
 from api.db import server_db_path
 from api.errors import (
@@ -71,7 +71,7 @@ from ingest.errors import IngestError
 from rag.calibration import calibrate_if_stale
 from rag.conversation import Turn
 from rag.scheduler import RequestCancelledError
-from rag.serving_errors import ServingError
+from rag.serving_errors import DeadlineExceededError, ServingError
 
 logger = logging.getLogger(__name__)
 
@@ -434,7 +434,11 @@ class RagService:
         on_token = self.metrics.first_token_timer(on_token, t0, endpoint=endpoint)
         asked = question
         question = self.standalone(question, history) if history else question.strip()
+        serving = self.settings.serving
         try:
+            left = remaining_s(serving)  # the deadline runs from the request's arrival
+            if left <= 0:
+                raise DeadlineExceededError(serving.request_timeout_s)
             with self.readers.lease(collection) as (coll, generation):
                 ans = self.qa.answer(
                     coll,
@@ -443,13 +447,13 @@ class RagService:
                     k=k,
                     adapter=adapter,
                     on_token=on_token,
-                    deadline_s=self.settings.serving.request_timeout_s,
+                    deadline_s=left,
                     style=style,
                 )
         except (IngestError, QAError, AdapterError, RetrieverError) as exc:
             raise self.core_error(exc) from exc
         except ServingError as exc:  # queue full or deadline passed: 503 / 504
-            raise refusal(exc, self.settings.serving, self.metrics) from exc
+            raise refusal(exc, serving, self.metrics) from exc
         out = ans.to_dict()
         k_used = k if k is not None else self.settings.retriever.k
         self.answers.log(out, generation=generation, k=k_used, endpoint=endpoint, key_id=key.key_id)

@@ -130,7 +130,10 @@ class ServingConfig(BaseModel):
     """Serving many requests at once: how long a request may take and how a refused client is told to wait."""
 
     request_timeout_s: float = Field(
-        120.0, gt=0, description="Deadline of one question, queueing included; past it: 504."
+        120.0,
+        gt=0,
+        description="Deadline of one question, counted from its arrival (validation, retrieval and queueing "
+        "included); past it: 504 (and the answer's rows are freed).",
     )
     busy_retry_after_s: int = Field(
         2, ge=1, description="Retry-After (seconds) sent with 503 when the request queue is full."
@@ -164,6 +167,27 @@ class ServingConfig(BaseModel):
         "between two decode steps (one whole context-chunk prompt at a time, at least one per step), so a cold "
         "question does not pause the answers already decoding for its whole prefill. null: no cap.",
     )
+    max_active_answers: int | None = Field(
+        None,
+        ge=1,
+        description="Most answers prefilled or decoded at once; the others wait in the queue, first come first "
+        "served, so admitted answers finish in bounded time instead of all slowing down together. "
+        "null: max_batch_rows // retriever.k (16 with the defaults).",
+    )
+    admission: Literal["predict", "off"] = Field(
+        "predict",
+        description="'predict': a question whose predicted finish time (measured step, prefill and answer-length "
+        "rates, and the answers ahead of it) passes its deadline is refused at once with 503 and a Retry-After "
+        "of the predicted excess, instead of a 504 at the deadline. Until the first decode step is measured "
+        "every question is admitted. 'off': admit whatever the queue holds.",
+    )
+    admission_margin: float = Field(
+        0.2, ge=0, description="Safety factor of the admission test: refuse when prediction x (1 + margin) > deadline."
+    )
+
+    def active_answers(self, k: int) -> int:
+        """:attr:`max_active_answers`, or its default for answers of ``k`` rows (documents)."""
+        return self.max_active_answers or max(1, self.max_batch_rows // max(1, k))
 
 
 def _yaml_file() -> Path | None:

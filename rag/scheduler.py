@@ -41,7 +41,13 @@ exclusively in the scheduler thread between two steps (:meth:`Scheduler.submit_c
 
 Backpressure: at most ``max_queue`` waiting requests (:class:`QueueFullError` at submit), a
 per-request ``deadline_s`` (:class:`DeadlineExceededError`, rows freed at the next step) and
-:meth:`RequestHandle.cancel`. An exception in one request (prefill, stream callback, stop rule)
+:meth:`RequestHandle.cancel`. Admission by predicted finish time (:mod:`rag.admission`): at most
+``max_active_requests`` answers decode at once (the others wait FIFO), so admitted answers finish in
+bounded time instead of all slowing down together; the scheduler measures its service rates
+(:attr:`Scheduler.rates`: step seconds vs rows, prefill seconds per token, tokens per answer) and,
+with ``admission=True``, refuses at submit a request whose predicted finish passes its deadline
+(:class:`rag.admission.PredictedLateError`, a :class:`ServerBusyError` with ``retry_after_s``).
+An exception in one request (prefill, stream callback, stop rule)
 fails that request only; a failed batched forward fails the requests of that forward; the loop
 keeps running. :meth:`Scheduler.close` fails whatever is left and joins the thread.
 """
@@ -54,6 +60,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +71,7 @@ from typing import Any, Literal, cast
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from rag.admission import PredictedLateError, Prediction, ServiceRates, Work, predict
 from rag.decoding import (
     PrefillState,
     RagTokenOutput,
@@ -92,6 +100,7 @@ __all__ = [
     "DeadlineExceededError",
     "GenerationRequest",
     "ModelSession",
+    "PredictedLateError",
     "QueueFullError",
     "RequestCancelledError",
     "RequestHandle",
@@ -368,6 +377,10 @@ class SchedulerStats:
     cancelled: int
     expired: int
     rejected: int
+    refused_late: int = 0  # of ``rejected``: refused because the predicted finish passed the deadline
+    max_active_requests: int | None = None
+    predicted_wait_s: float | None = None  # a new request like the last one: seconds until admitted (None: cold)
+    predicted_finish_s: float | None = None  # ... and until its last token
 
 
 class RequestHandle:
@@ -375,9 +388,20 @@ class RequestHandle:
 
     _ids = itertools.count(1)
 
-    def __init__(self, scheduler: Scheduler, rows: int, adapter: str | None, deadline_s: float | None) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        rows: int,
+        adapter: str | None,
+        deadline_s: float | None,
+        *,
+        max_new_tokens: int = 0,
+        prompt_tokens: int = 0,
+    ) -> None:
         self.id = next(self._ids)
         self.rows = rows
+        self.max_new_tokens = max_new_tokens  # 0: a solo call (its cost is not predicted)
+        self.prompt_tokens = prompt_tokens
         self.adapter = adapter
         self.submitted_at = time.monotonic()
         self.deadline = self.submitted_at + deadline_s if deadline_s is not None else None
@@ -481,6 +505,12 @@ class Scheduler:
             pauses every answer already decoding for its whole prefill).
         on_step: ``on_step(rows, seconds)`` after every batched forward (histogram of batch sizes).
         on_request_done: ``on_request_done(RequestMetrics)`` when a request leaves.
+        max_active_requests: at most this many requests admitted (prefilling or decoding) at once; the
+            others wait FIFO (None: as many as ``max_batch_rows`` holds).
+        admission: refuse at submit a request with a deadline whose predicted finish time (times
+            ``1 + admission_margin``) passes it (:class:`PredictedLateError`); False: admit every request
+            the queue holds. No prediction before the first decode step was measured: then it is admitted.
+        admission_margin: the safety factor of that comparison (0.2: the prediction plus 20 %).
     """
 
     def __init__(
@@ -495,9 +525,23 @@ class Scheduler:
         on_step: Callable[[int, float], None] | None = None,
         on_request_done: Callable[[RequestMetrics], None] | None = None,
         name: str = "rag-scheduler",
+        max_active_requests: int | None = None,
+        admission: bool = False,
+        admission_margin: float = 0.2,
     ) -> None:
         if max_batch_rows < 1 or max_queue < 0:
             raise ValueError("max_batch_rows must be >= 1 and max_queue >= 0.")
+        if max_active_requests is not None and max_active_requests < 1:
+            raise ValueError("max_active_requests must be >= 1 (or None).")
+        if admission_margin < 0:
+            raise ValueError("admission_margin must be >= 0.")
+        self.max_active_requests = max_active_requests
+        self.admission = admission
+        self.admission_margin = admission_margin
+        self.rates = ServiceRates()
+        self._admitted: dict[int, RequestHandle] = {}  # handle id -> handle, from admission until done
+        self._probe: RequestHandle | None = None  # the last submitted request: the shape of the predicted-wait gauge
+        self._prefill_s = 0.0  # admission seconds not yet attributed to prompt tokens
         if max_prefills_per_step is not None and max_prefills_per_step < 1:
             raise ValueError("max_prefills_per_step must be >= 1 (or None).")
         if max_prefill_tokens is not None and max_prefill_tokens < 1:
@@ -534,7 +578,14 @@ class Scheduler:
                 f"the request has {request.num_rows} rows (documents) but max_batch_rows is {self.max_batch_rows}; "
                 "raise max_batch_rows or retrieve fewer documents."
             )
-        handle = RequestHandle(self, request.num_rows, request.adapter, request.deadline_s)
+        handle = RequestHandle(
+            self,
+            request.num_rows,
+            request.adapter,
+            request.deadline_s,
+            max_new_tokens=request.max_new_tokens,
+            prompt_tokens=sum(len(p) for p in request.prompt_ids),
+        )
         if request.strategy == "beam":
             return self._enqueue(_Job(handle, call=functools.partial(self._beam_call, request)))
         return self._enqueue(_Job(handle, request=request))
@@ -549,6 +600,7 @@ class Scheduler:
     def stats(self) -> SchedulerStats:
         with self._cv:
             c = self._counts
+            probe = self._predict(self._probe) if self._probe is not None else None
             return SchedulerStats(
                 queue_depth=len(self._waiting),
                 active_requests=c["active_requests"],
@@ -561,7 +613,25 @@ class Scheduler:
                 cancelled=c["cancelled"],
                 expired=c["expired"],
                 rejected=c["rejected"],
+                refused_late=c["refused_late"],
+                max_active_requests=self.max_active_requests,
+                predicted_wait_s=None if probe is None else probe.wait_s,
+                predicted_finish_s=None if probe is None else probe.finish_s,
             )
+
+    def predict(self, request: GenerationRequest) -> Prediction | None:
+        """When ``request``, submitted now, would be admitted and finish (seconds from now; None: nothing
+        measured yet). See :func:`rag.admission.predict`."""
+        handle = RequestHandle(
+            self,
+            request.num_rows,
+            request.adapter,
+            None,
+            max_new_tokens=request.max_new_tokens,
+            prompt_tokens=sum(len(p) for p in request.prompt_ids),
+        )
+        with self._cv:
+            return self._predict(handle)
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop the loop after the current step; waiting and active requests fail with
@@ -598,9 +668,57 @@ class Scheduler:
                 raise QueueFullError(
                     f"{len(self._waiting)} requests are already waiting (max_queue={self.max_queue}); retry later."
                 )
+            if job.handle.max_new_tokens:
+                self._probe = job.handle
+            if self.admission and job.handle.deadline is not None and job.handle.max_new_tokens:
+                self._refuse_if_late(job.handle)
             self._waiting.append(job)
             self._cv.notify_all()
         return job.handle
+
+    def _work(self, handle: RequestHandle) -> Work:
+        """What is left of ``handle``'s answer, as the predictor sees it."""
+        if not handle.max_new_tokens:  # a solo call: its cost is unknown
+            return Work(rows=0, steps=0.0)
+        expected = self.rates.expected_tokens(handle.max_new_tokens)
+        if handle.first_token_at is None:  # not prefilled yet: the prefill chooses the first token
+            return Work(handle.rows, max(0.0, expected - 1.0), handle.prompt_tokens)
+        return Work(handle.rows, max(1.0, expected - handle.new_tokens))
+
+    def _predict(self, handle: RequestHandle) -> Prediction | None:
+        """:func:`rag.admission.predict` for ``handle`` queued behind everything there is now (hold ``_cv``)."""
+        if not self.rates.measured:
+            return None
+        return predict(
+            [self._work(h) for h in self._admitted.values()],
+            [self._work(j.handle) for j in self._waiting if j.handle is not handle],
+            Work(handle.rows, max(0.0, self.rates.expected_tokens(handle.max_new_tokens) - 1.0), handle.prompt_tokens),
+            rates=self.rates,
+            max_active=self.max_active_requests,
+            max_rows=self.max_batch_rows,
+        )
+
+    def _refuse_if_late(self, handle: RequestHandle) -> None:
+        """Raise :class:`PredictedLateError` when ``handle``'s predicted finish (with the margin) passes its
+        deadline (hold ``_cv``)."""
+        prediction = self._predict(handle)
+        if prediction is None or handle.deadline is None:
+            return  # cold: nothing measured yet, admit
+        budget = handle.deadline - handle.submitted_at
+        needed = prediction.finish_s * (1.0 + self.admission_margin)
+        if needed <= budget:
+            return
+        self._counts["rejected"] += 1
+        self._counts["refused_late"] += 1
+        retry = min(max(1.0, needed - budget), max(1.0, budget)) if math.isfinite(needed) else max(1.0, budget)
+        ahead = len(self._waiting) + len(self._admitted)
+        raise PredictedLateError(
+            f"the server is busy: this answer would take about {prediction.finish_s:.0f} s "
+            f"({prediction.wait_s:.0f} s waiting behind {ahead} answers), more than its deadline of {budget:.0f} s; "
+            f"retry in {math.ceil(retry)} s",
+            retry_after_s=retry,
+            predicted_s=prediction.finish_s,
+        )
 
     def _next_admissions(self) -> list[_Job] | None:
         """Block until there is work; return the jobs to admit now (FIFO while rows are free), None to stop."""
@@ -615,12 +733,18 @@ class Scheduler:
                 self._finish_dropped(job.handle, now)
             jobs: list[_Job] = []
             free = self.max_batch_rows - self._counts["active_rows"]
-            limit = self.max_prefills_per_step
-            while self._waiting and self._waiting[0].handle.rows <= free and (limit is None or len(jobs) < limit):
+            limit, cap = self.max_prefills_per_step, self.max_active_requests
+            while (
+                self._waiting
+                and self._waiting[0].handle.rows <= free
+                and (limit is None or len(jobs) < limit)
+                and (cap is None or self._counts["active_requests"] < cap)
+            ):
                 job = self._waiting.popleft()
                 free -= job.handle.rows
                 self._counts["active_rows"] += job.handle.rows
                 self._counts["active_requests"] += 1
+                self._admitted[job.handle.id] = job.handle
                 jobs.append(job)
             return jobs
 
@@ -628,9 +752,11 @@ class Scheduler:
     def _run(self) -> None:
         try:
             while (jobs := self._next_admissions()) is not None:
+                start = time.perf_counter()
                 if self.max_prefill_tokens is not None:
                     jobs = self._warm(jobs)
                 self._admit_all(jobs)
+                self._observe_prefill(jobs, time.perf_counter() - start)
                 self._drop_cancelled()
                 for group in list(self._groups.values()):
                     self._step(group)
@@ -639,6 +765,14 @@ class Scheduler:
             raise
         finally:
             self._shutdown()
+
+    def _observe_prefill(self, jobs: list[_Job], seconds: float) -> None:
+        """Attribute this step's admission time (warming included) to the prompt tokens admitted in it."""
+        self._prefill_s += seconds
+        tokens = sum(job.handle.prompt_tokens for job in jobs)
+        if tokens:
+            self.rates.observe_prefill(tokens, self._prefill_s)
+            self._prefill_s = 0.0
 
     def _shutdown(self) -> None:
         with self._cv:
@@ -931,6 +1065,7 @@ class Scheduler:
                 self._finish(member.handle, "failed", error=error)
             return
         seconds = time.perf_counter() - start
+        self.rates.observe_step(group.rows, seconds)
         with self._cv:
             self._last_step_rows = group.rows
             self._counts["steps"] += 1
@@ -999,7 +1134,10 @@ class Scheduler:
             if handle.admitted_at is not None:  # it held rows (or was being admitted)
                 self._counts["active_rows"] -= handle.rows
                 self._counts["active_requests"] -= 1
+            self._admitted.pop(handle.id, None)
             self._counts["failed" if outcome == "closed" else outcome] += 1
+        if outcome == "completed" and handle.max_new_tokens:
+            self.rates.observe_answer(handle.max_new_tokens, handle.new_tokens)
         if error is not None:
             handle._future.set_exception(error)
         else:
