@@ -16,6 +16,7 @@ from rag.prefix_cache import PrefixKVCache, PrefixSpec
 from rag.scheduler import (
     DeadlineExceededError,
     GenerationRequest,
+    PredictedLateError,
     QueueFullError,
     RequestCancelledError,
     Scheduler,
@@ -25,6 +26,7 @@ from rag.scheduler import (
     keep_rows,
     model_session,
 )
+from rag.serving_errors import ServerBusyError
 from tests.rag.tiny_llama import tiny_llama
 
 VOCAB = 32
@@ -480,6 +482,84 @@ class TestBackpressure:
         assert late.new_tokens < 60
         _assert_same(after.result(WAIT), _solo(model, after_req))
         assert scheduler.stats().expired == 1
+
+
+class TestAdmission:
+    def test_at_most_max_active_requests_decode_at_once(self, model, make_scheduler):
+        rows_seen: list[int] = []
+        scheduler = make_scheduler(
+            model_session(model), max_batch_rows=64, max_active_requests=2, on_step=lambda r, s: rows_seen.append(r)
+        )
+        requests = [GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=n, eos_token_ids=[]) for n in (9, 7, 3, 3, 5)]
+        handles = [scheduler.submit(r) for r in requests]
+        for handle, request in zip(handles, requests):
+            _assert_same(handle.result(WAIT), _solo(model, request))
+        assert rows_seen and max(rows_seen) <= 8  # two answers of K=4 rows, though 64 rows were free
+        stats = scheduler.stats()
+        assert stats.max_active_requests == 2 and stats.active_requests == 0 and stats.completed == 5
+
+    def test_waiting_requests_are_admitted_first_come_first_served(self, model, make_scheduler):
+        """One at a time: answers finish in submission order although the later ones are shorter."""
+        scheduler = make_scheduler(model_session(model), max_batch_rows=64, max_active_requests=1)
+        done: list[int] = []
+        handles = []
+        for n in (8, 6, 2, 1):
+            handle = scheduler.submit(GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=n, eos_token_ids=[]))
+            handle.add_done_callback(lambda h: done.append(h.id))
+            handles.append(handle)
+        assert [len(h.result(WAIT).token_ids) for h in handles] == [8, 6, 2, 1]
+        assert done == [h.id for h in handles]
+        admitted = [h.admitted_at for h in handles]
+        assert admitted == sorted(admitted)
+
+    @pytest.mark.parametrize("admission", [True, False])
+    def test_a_request_predicted_to_miss_its_deadline_is_refused_at_once(self, model, make_scheduler, admission):
+        """Known rates (1 s per step of 4 rows, nothing else measured) with the scheduler held at a first token:
+        the prediction for each new 10-token answer is exact arithmetic, and it is refused at submit when the
+        prediction (+20 %) passes its deadline. A cold scheduler (nothing measured) admits."""
+        gate = _Gate(at=1)
+        scheduler = make_scheduler(model_session(model), max_batch_rows=64, admission=admission)
+        first = scheduler.submit(
+            GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=10, eos_token_ids=[], stream_callback=gate)
+        )
+        assert gate.reached.wait(WAIT)
+
+        def ask(deadline_s: float):
+            return scheduler.submit(
+                GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=10, eos_token_ids=[], deadline_s=deadline_s)
+            )
+
+        cold = ask(5.0)  # nothing measured yet: admitted, whatever its deadline
+        assert scheduler.stats().predicted_wait_s is None
+        scheduler.rates.observe_step(4, 1.0)  # known timings: a step of R rows takes R / 4 s
+        # first + cold + new: 12 rows, 3 s a step, 9 steps after the prefill's token: 27 s; x 1.2 = 32.4 s
+        late_deadline = 30.0
+        try:
+            if admission:
+                with pytest.raises(PredictedLateError, match="deadline of 30 s") as refused:
+                    ask(late_deadline)
+                assert isinstance(refused.value, ServerBusyError)
+                assert refused.value.predicted_s == pytest.approx(27.0)
+                assert refused.value.retry_after_s == pytest.approx(32.4 - 30.0)
+                stats = scheduler.stats()
+                assert stats.rejected == 1 and stats.refused_late == 1
+                assert stats.predicted_wait_s == pytest.approx(0.0) and stats.predicted_finish_s == pytest.approx(27.0)
+                admitted = [cold]
+            else:
+                admitted = [cold, ask(late_deadline)]  # admission off: only the queue bound refuses
+                assert scheduler.stats().rejected == 0
+            fits = ask(60.0)  # 16 rows, 4 s a step: 36 s, x 1.2 = 43.2 s < 60 s
+        finally:
+            gate.release.set()
+        assert len(first.result(WAIT).token_ids) == 10
+        for handle in [*admitted, fits]:
+            assert len(handle.result(WAIT).token_ids) == 10
+
+    def test_bad_admission_settings_are_refused(self, model):
+        with pytest.raises(ValueError, match="max_active_requests"):
+            Scheduler(model_session(model), max_active_requests=0)
+        with pytest.raises(ValueError, match="admission_margin"):
+            Scheduler(model_session(model), admission_margin=-0.1)
 
 
 class TestFailures:
