@@ -9,7 +9,9 @@ as hard links where it can), three measurements:
   ``serving.request_timeout_s``, or ``--request-timeout``), while a separate process polls ``GET /healthz`` every
   ``--poll`` seconds (a 30 s client timeout) and, from another thread, ``GET /v1/collections`` with the key (a
   route served from the server's thread pool). Reported: p50 / p95 / max and status codes of both, the times of
-  ``/healthz`` polls over 0.5 s, and how the questions fared (200, 429, 503, 504, other; latency p50 / max).
+  ``/healthz`` polls over 0.5 s, and how the questions fared (200, 429, 503, 504, other; latency p50 / p95 / max
+  of the 200s; time to refusal and ``Retry-After`` of the 503s). ``--admission off`` turns the scheduler's
+  admission by predicted finish time off (``serving.admission``), for a before / after comparison.
   ``--kills 0`` runs this part only; ``--append`` keeps the runs already recorded.
 * **Memory bound**: the server's VmRSS (and that of its loader processes) sampled with every poll; the peak
   during the load, and the process's VmHWM.
@@ -206,13 +208,16 @@ def ask_all(base: str, key: str, questions: list[str], style: str | None) -> tup
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=900) as client:
             barrier.wait()
             t0 = time.perf_counter()
+            retry: str | None = None
             try:
                 r = client.post("/v1/ask", json=body)
                 status, detail = r.status_code, r.json().get("answer") if r.status_code == 200 else r.text[:200]
+                retry = r.headers.get("Retry-After")
             except httpx.HTTPError as exc:
                 status, detail = 0, f"{type(exc).__name__}: {exc}"
             results[i] = {"status": status, "seconds": time.perf_counter() - t0, "end": time.perf_counter()}
             results[i]["detail"] = detail
+            results[i]["retry_after"] = int(retry) if retry and retry.isdigit() else None
 
     threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(questions))]
     t_start = time.perf_counter()
@@ -264,6 +269,8 @@ def health_under_load(server: Server, key: str, args, paragraphs, questions) -> 
     rss_during = [(own, total) for t, own, total in poller.rss if t0 <= t <= t1]
     statuses = Counter(r["status"] for r in results)
     ok = [r["seconds"] for r in results if r["status"] == 200]
+    busy = [r for r in results if r["status"] == 503]
+    retry = [r["retry_after"] for r in busy if r["retry_after"] is not None]
     return {
         "idle_p50": pct(idle, 0.5),
         "polls": len(during),
@@ -278,6 +285,11 @@ def health_under_load(server: Server, key: str, args, paragraphs, questions) -> 
         "load_s": t1 - t0,
         "statuses": statuses,
         "ask_p50": pct(ok, 0.5),
+        "ask_p95": pct(ok, 0.95),
+        "refusal_p50": pct([r["seconds"] for r in busy], 0.5),
+        "refusal_max": max((r["seconds"] for r in busy), default=None),
+        "retry_after": (min(retry), max(retry)) if retry else None,
+        "late_504": max((r["seconds"] for r in results if r["status"] == 504), default=None),
         "ask_max": max(ok, default=None),
         "errors": list(dict.fromkeys(str(r["detail"]) for r in results if r["status"] != 200))[:3],
         "rss_before": poller.rss[0][1:] if poller.rss else (None, None),
@@ -417,6 +429,7 @@ def render(args, argv, startup_s: float, load: dict[str, Any], crash: dict[str, 
     versions = ", ".join(
         f"{k} {v}" for k, v in common.package_versions(("ragqa", "fastapi", "uvicorn", "torch", "transformers")).items()
     )
+    retry = "-" if load["retry_after"] is None else "{} / {}".format(*load["retry_after"])
     rows = [
         "| measure | value |",
         "|---|---|",
@@ -430,8 +443,11 @@ def render(args, argv, startup_s: float, load: dict[str, Any], crash: dict[str, 
         f"{fmt_s(pct(load['keyed'], 0.95))} / {fmt_s(max(load['keyed'], default=None))} |",
         f"| questions: 200 / 429 / 503 / 504 / other | {st.get(200, 0)} / {st.get(429, 0)} / {st.get(503, 0)} / "
         f"{st.get(504, 0)} / {other} |",
-        f"| question latency (200s): p50 / max (s) | {fmt_s(load['ask_p50'], '.1f')} / "
-        f"{fmt_s(load['ask_max'], '.1f')} |",
+        f"| question latency (200s): p50 / p95 / max (s) | {fmt_s(load['ask_p50'], '.1f')} / "
+        f"{fmt_s(load['ask_p95'], '.1f')} / {fmt_s(load['ask_max'], '.1f')} |",
+        f"| time to refusal (503s): p50 / max (s); Retry-After min / max (s) | {fmt_s(load['refusal_p50'], '.1f')} / "
+        f"{fmt_s(load['refusal_max'], '.1f')}; {retry} |",
+        f"| 504s: the latest (s) | {fmt_s(load['late_504'], '.1f')} |",
         f"| server memory (VmRSS, MiB): before the load / peak during it / VmHWM | "
         f"{fmt_s(load['rss_before'][0], '.0f')} / {fmt_s(load['rss_peak'], '.0f')} / {fmt_s(load['hwm'], '.0f')} |",
         f"| server + loader processes (VmRSS, MiB): before / peak | {fmt_s(load['rss_before'][1], '.0f')} / "
@@ -456,7 +472,7 @@ def render(args, argv, startup_s: float, load: dict[str, Any], crash: dict[str, 
         f"- Date {common.today()}, git {common.git_revision()}; machine: {common.machine_summary()}, load average "
         f"before the run {loadavg}; {versions}.",
         f"- One `ragqa serve` process with the bundled models (start-up {startup_s:.0f} s), default settings "
-        f"({timeout}); "
+        f"({timeout}, serving.admission {args.admission}); "
         f"collection `rel`: {args.paragraphs} SQuAD 2.0 public dev paragraphs; {args.questions} of their questions "
         f"posted at once by {args.questions} client threads (`answer_style` {args.style or 'default'}, one question "
         f"each), `/healthz` polled every {args.poll} s from a separate process (and `GET /v1/collections` with the "
@@ -486,6 +502,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--request-timeout", type=float, default=None, help="serving.request_timeout_s (default: the server's)."
+    )
+    p.add_argument(
+        "--admission",
+        choices=("predict", "off"),
+        default="predict",
+        help="serving.admission: refuse questions predicted to miss their deadline (503) or admit all (off).",
     )
     p.add_argument("--poll", type=float, default=0.1, help="Seconds between two /healthz polls.")
     p.add_argument("--idle", type=float, default=3.0, help="Seconds of polling before the load (idle baseline).")
@@ -530,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {"RAGQA_SERVER__MAX_FILES": str(max(32, args.files))}
     if args.request_timeout:
         env["RAGQA_SERVING__REQUEST_TIMEOUT_S"] = str(args.request_timeout)
+    env["RAGQA_SERVING__ADMISSION"] = args.admission
     server: Server | None = None
     try:
         if args.models_from:
