@@ -124,7 +124,7 @@ PrefixFn = Callable[[torch.nn.Module], PrefixSpec | None]
 # --------------------------------------------------------------------------- errors
 
 
-_Outcome = Literal["completed", "failed", "cancelled", "expired", "closed"]
+_Outcome = Literal["completed", "failed", "cancelled", "expired", "refused", "closed"]
 
 
 class SchedulerError(RagError, RuntimeError):
@@ -670,8 +670,8 @@ class Scheduler:
                 )
             if job.handle.max_new_tokens:
                 self._probe = job.handle
-            if self.admission and job.handle.deadline is not None and job.handle.max_new_tokens:
-                self._refuse_if_late(job.handle)
+            if self.admission and (late := self._late(job.handle, list(self._waiting), job.handle.submitted_at)):
+                raise late
             self._waiting.append(job)
             self._cv.notify_all()
         return job.handle
@@ -685,37 +685,41 @@ class Scheduler:
             return Work(handle.rows, max(0.0, expected - 1.0), handle.prompt_tokens)
         return Work(handle.rows, max(1.0, expected - handle.new_tokens))
 
-    def _predict(self, handle: RequestHandle) -> Prediction | None:
-        """:func:`rag.admission.predict` for ``handle`` queued behind everything there is now (hold ``_cv``)."""
+    def _predict(self, handle: RequestHandle, ahead: list[_Job] | None = None) -> Prediction | None:
+        """:func:`rag.admission.predict` for ``handle`` queued behind the answers admitted now and ``ahead``
+        (default: every other waiting request); hold ``_cv``."""
         if not self.rates.measured:
             return None
+        ahead = [j for j in self._waiting if j.handle is not handle] if ahead is None else ahead
         return predict(
             [self._work(h) for h in self._admitted.values()],
-            [self._work(j.handle) for j in self._waiting if j.handle is not handle],
+            [self._work(j.handle) for j in ahead],
             Work(handle.rows, max(0.0, self.rates.expected_tokens(handle.max_new_tokens) - 1.0), handle.prompt_tokens),
             rates=self.rates,
             max_active=self.max_active_requests,
             max_rows=self.max_batch_rows,
         )
 
-    def _refuse_if_late(self, handle: RequestHandle) -> None:
-        """Raise :class:`PredictedLateError` when ``handle``'s predicted finish (with the margin) passes its
-        deadline (hold ``_cv``)."""
-        prediction = self._predict(handle)
-        if prediction is None or handle.deadline is None:
-            return  # cold: nothing measured yet, admit
-        budget = handle.deadline - handle.submitted_at
+    def _late(self, handle: RequestHandle, ahead: list[_Job], now: float) -> PredictedLateError | None:
+        """The refusal of ``handle`` (counted) when, queued behind the admitted answers and ``ahead``, its
+        predicted finish (times ``1 + admission_margin``) passes its deadline; None when it fits, when it has
+        no deadline or is a solo call, or when nothing is measured yet (cold: admit). Hold ``_cv``."""
+        if handle.deadline is None or not handle.max_new_tokens:
+            return None
+        prediction = self._predict(handle, ahead)
+        if prediction is None:
+            return None
+        budget = handle.deadline - now
         needed = prediction.finish_s * (1.0 + self.admission_margin)
         if needed <= budget:
-            return
+            return None
         self._counts["rejected"] += 1
         self._counts["refused_late"] += 1
         retry = min(max(1.0, needed - budget), max(1.0, budget)) if math.isfinite(needed) else max(1.0, budget)
-        ahead = len(self._waiting) + len(self._admitted)
-        raise PredictedLateError(
+        return PredictedLateError(
             f"the server is busy: this answer would take about {prediction.finish_s:.0f} s "
-            f"({prediction.wait_s:.0f} s waiting behind {ahead} answers), more than its deadline of {budget:.0f} s; "
-            f"retry in {math.ceil(retry)} s",
+            f"({prediction.wait_s:.0f} s waiting behind {len(ahead) + len(self._admitted)} answers), more than "
+            f"the {budget:.0f} s left of its deadline; retry in {math.ceil(retry)} s",
             retry_after_s=retry,
             predicted_s=prediction.finish_s,
         )
@@ -741,6 +745,11 @@ class Scheduler:
                 and (cap is None or self._counts["active_requests"] < cap)
             ):
                 job = self._waiting.popleft()
+                if self.admission and (late := self._late(job.handle, [], now)):
+                    # it fitted when it arrived, but the answers ahead took longer than predicted: refuse it now
+                    # rather than spend rows on an answer that would miss its deadline
+                    self._finish(job.handle, "refused", error=late)
+                    continue
                 free -= job.handle.rows
                 self._counts["active_rows"] += job.handle.rows
                 self._counts["active_requests"] += 1

@@ -65,7 +65,7 @@ def test_a_question_predicted_to_miss_its_deadline_gets_503_at_once(env, monkeyp
     r = c.post("/v1/ask", json=ASK, headers=h)
     took = time.perf_counter() - t0
     err = assert_error(r, 503, "server_busy")
-    assert "deadline of" in err["message"] and "retry in" in err["message"]
+    assert "of its deadline" in err["message"] and "retry in" in err["message"]
     assert 1 <= int(r.headers["Retry-After"]) <= 120  # serving.request_timeout_s
     assert took < 10.0, f"the refusal took {took:.1f} s"
     assert rejected(env, "predicted_late") == late + 1 and rejected(env, "queue_full") == full

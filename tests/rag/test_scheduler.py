@@ -529,14 +529,15 @@ class TestAdmission:
                 GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=10, eos_token_ids=[], deadline_s=deadline_s)
             )
 
-        cold = ask(5.0)  # nothing measured yet: admitted, whatever its deadline
+        cold = ask(40.0)  # nothing measured yet: queued without a prediction
         assert scheduler.stats().predicted_wait_s is None
+        assert scheduler.predict(GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=10, deadline_s=0.01)) is None
         scheduler.rates.observe_step(4, 1.0)  # known timings: a step of R rows takes R / 4 s
         # first + cold + new: 12 rows, 3 s a step, 9 steps after the prefill's token: 27 s; x 1.2 = 32.4 s
         late_deadline = 30.0
         try:
             if admission:
-                with pytest.raises(PredictedLateError, match="deadline of 30 s") as refused:
+                with pytest.raises(PredictedLateError, match="30 s left of its deadline") as refused:
                     ask(late_deadline)
                 assert isinstance(refused.value, ServerBusyError)
                 assert refused.value.predicted_s == pytest.approx(27.0)
@@ -554,6 +555,29 @@ class TestAdmission:
         assert len(first.result(WAIT).token_ids) == 10
         for handle in [*admitted, fits]:
             assert len(handle.result(WAIT).token_ids) == 10
+
+    def test_a_queued_request_that_no_longer_fits_is_refused_when_its_turn_comes(self, model, make_scheduler):
+        """It fitted at submit (1 s a step); the answer ahead then proved far slower (100 s a step), so at its
+        admission it is refused (PredictedLateError) instead of decoding an answer that would miss its deadline."""
+        gate = _Gate(at=1)
+        scheduler = make_scheduler(model_session(model), max_batch_rows=64, max_active_requests=1, admission=True)
+        first = scheduler.submit(
+            GenerationRequest(PROMPTS_4, DOC_4, max_new_tokens=10, eos_token_ids=[], stream_callback=gate)
+        )
+        assert gate.reached.wait(WAIT)
+        scheduler.rates.observe_step(4, 1.0)
+        queued = scheduler.submit(
+            GenerationRequest(PROMPTS_4B, DOC_4B, max_new_tokens=10, eos_token_ids=[], deadline_s=50.0)
+        )  # 9 steps of the first, then its own 9: 18 s, x 1.2 < 50 s
+        for _ in range(50):
+            scheduler.rates.observe_step(4, 100.0)
+        gate.release.set()
+        assert len(first.result(WAIT).token_ids) == 10
+        with pytest.raises(PredictedLateError, match="left of its deadline"):
+            queued.result(WAIT)
+        assert queued.admitted_at is None and queued.new_tokens == 0
+        stats = scheduler.stats()
+        assert stats.refused_late == 1 and stats.rejected == 1 and stats.active_requests == 0
 
     def test_bad_admission_settings_are_refused(self, model):
         with pytest.raises(ValueError, match="max_active_requests"):
