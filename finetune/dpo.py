@@ -26,7 +26,7 @@ from finetune.runner import (
     set_threads,
     split_holdout,
     start_policy,
-    trainable_parameters,
+    train_evaluated,
     trainer_kwargs,
 )
 
@@ -111,12 +111,8 @@ def run_dpo(job: DPOJob, ws: Workspace) -> TrainResult:
         eval_dataset=Dataset.from_list(eval_rows),
         peft_config=lora_config(job.lora, model),
     )
-    before = trainer.evaluate()
-    out = trainer.train(resume_from_checkpoint=resume)
-    after = trainer.evaluate()
-    stats.stop()
-    assert trainer.model is not None  # the Trainer was built with a model
-    trainable, total = trainable_parameters(trainer.model)
+    run = train_evaluated(trainer, resume, stats)
+    out, before, after = run.output, run.before, run.after
     metrics = {
         "train_loss": round(float(out.training_loss), 4),
         "steps": int(out.global_step),
@@ -133,14 +129,14 @@ def run_dpo(job: DPOJob, ws: Workspace) -> TrainResult:
         "rewards_margin_before": _pick(before, "rewards/margins"),
         "rewards_margin_after": _pick(after, "rewards/margins"),
         "from_adapter": job.from_adapter,
-        "trainable_params": trainable,
-        "total_params": total,
+        "trainable_params": run.trainable,
+        "total_params": run.total,
         **stats.to_dict(),
     }
-    trainer.model.eval()
+    run.model.eval()
     info = save_continuation(
         ws,
-        trainer.model,
+        run.model,
         job,
         kind="dpo",
         base=gen,

@@ -23,7 +23,7 @@ from finetune.runner import (
     save_adapter,
     set_threads,
     split_holdout,
-    trainable_parameters,
+    train_evaluated,
     trainer_kwargs,
 )
 from rag.generator import Generator
@@ -87,12 +87,8 @@ def run_reward(job: RewardJob, ws: Workspace) -> TrainResult:
         eval_dataset=Dataset.from_list(eval_rows),
         peft_config=peft_cfg,
     )
-    before = trainer.evaluate()
-    out = trainer.train(resume_from_checkpoint=resume)
-    after = trainer.evaluate()
-    stats.stop()
-    assert trainer.model is not None  # the Trainer was built with a model
-    trainable, total = trainable_parameters(trainer.model)
+    run = train_evaluated(trainer, resume, stats)
+    out, before, after = run.output, run.before, run.after
     metrics = {
         "train_loss": round(float(out.training_loss), 4),
         "steps": int(out.global_step),
@@ -103,13 +99,13 @@ def run_reward(job: RewardJob, ws: Workspace) -> TrainResult:
         "eval_accuracy": round(float(after.get("eval_accuracy", float("nan"))), 4),
         "eval_margin": round(float(after.get("eval_margin", float("nan"))), 4),
         "eval_loss": round(float(after["eval_loss"]), 4),
-        "trainable_params": trainable,
-        "total_params": total,
+        "trainable_params": run.trainable,
+        "total_params": run.total,
         **stats.to_dict(),
     }
     info = save_adapter(
         ws,
-        trainer.model,
+        run.model,
         job,
         kind="reward",
         base=gen,

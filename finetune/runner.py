@@ -241,6 +241,31 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+@dataclass
+class EvaluatedRun:
+    """A Trainer's run between two evaluations on its eval set: the train output, the metrics before and after,
+    its wall time and memory, and the trained model with its parameter counts."""
+
+    model: torch.nn.Module  #: the trained model (the Trainer's, with its adapter)
+    output: Any
+    before: dict[str, float]
+    after: dict[str, float]
+    stats: RunStats
+    trainable: int
+    total: int
+
+
+def train_evaluated(trainer: Any, resume: str | bool | None, stats: RunStats) -> EvaluatedRun:
+    """Evaluate, train (resuming from ``resume`` if set), evaluate again, and stop ``stats``."""
+    before = trainer.evaluate()
+    out = trainer.train(resume_from_checkpoint=resume)
+    after = trainer.evaluate()
+    stats.stop()
+    assert trainer.model is not None  # the Trainer was built with a model
+    trainable, total = trainable_parameters(trainer.model)
+    return EvaluatedRun(trainer.model, out, before, after, stats, trainable, total)
+
+
 def on_main_process(ws: Workspace, name: str, save: Callable[[], AdapterInfo]) -> AdapterInfo:
     """Run ``save`` on rank 0 only; every rank then returns the adapter it committed (one write per launch)."""
     if world_size() == 1:

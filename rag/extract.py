@@ -15,7 +15,8 @@ functions keep the answer:
 Full style (a few sentences): small models loop, repeating a sentence or a long run of tokens.
 
 * :func:`repetition_start`: where a repeated run of tokens starts;
-* :func:`FullReplyStop`: the stop rule, True once the reply repeats itself;
+* :func:`FullReplyStop`: the stop rule, True once the reply repeats itself (or writes a sentence the
+  documents do not support);
 * :func:`full_reply`: the reply's sentences, without the repetition, the sentences that repeat an
   earlier one and (when the budget cut it) the unfinished last sentence.
 """
@@ -135,12 +136,22 @@ def _sentence_key(sentence: str) -> str:
 class FullReplyStop:
     """The full style's stop rule: True once the reply repeats itself, i.e. its last ``n`` tokens
     occurred before, or its last finished sentence equals (case and punctuation aside) an earlier one,
-    or once it starts a new prompt turn (:func:`prompt_echo_start`). Eos and the token budget end
-    decoding too, outside this rule."""
+    or once it starts a new prompt turn (:func:`prompt_echo_start`), or, given ``sentence_ok``, once a
+    finished sentence fails it (the sentence-support guard would leave it out, and what a small model
+    writes after an unsupported sentence rarely returns to the documents: decoding it costs time for
+    nothing). Eos and the token budget end decoding too, outside this rule. One rule may serve several
+    rows (it keeps no per-row state; ``sentence_ok``'s verdicts are remembered per sentence text)."""
 
-    def __init__(self, decode: Callable[[list[int]], str], n: int = REPEAT_NGRAM) -> None:
+    def __init__(
+        self,
+        decode: Callable[[list[int]], str],
+        n: int = REPEAT_NGRAM,
+        sentence_ok: Callable[[str], bool] | None = None,
+    ) -> None:
         self.decode = decode
         self.n = n
+        self.sentence_ok = sentence_ok
+        self._verdicts: dict[str, bool] = {}  # sentence_ok per finished sentence (rows share this rule)
 
     def __call__(self, ids: list[int]) -> bool:
         n = self.n
@@ -152,13 +163,22 @@ class FullReplyStop:
         if prompt_echo_start(text) is not None:
             return True
         spans = sentence_spans(text)
-        if len(spans) < 2:
+        if not spans or (len(spans) < 2 and self.sentence_ok is None):
             return False
         done = spans if is_finished(text[spans[-1][0] : spans[-1][1]]) else spans[:-1]
+        if self.sentence_ok is not None and any(not self._ok(text[a:b]) for a, b in done):
+            return True
         if len(done) < 2:
             return False
         last = _sentence_key(text[done[-1][0] : done[-1][1]])
         return bool(last) and any(_sentence_key(text[a:b]) == last for a, b in done[:-1])
+
+    def _ok(self, sentence: str) -> bool:
+        verdict = self._verdicts.get(sentence)
+        if verdict is None:
+            assert self.sentence_ok is not None
+            verdict = self._verdicts[sentence] = self.sentence_ok(sentence)
+        return verdict
 
 
 @dataclass(frozen=True)

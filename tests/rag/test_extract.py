@@ -109,6 +109,24 @@ def test_full_reply_stop_on_repeated_tokens_or_sentence():
     assert sentence_stop([5, 6, 7, 8, 9, 10, 5, 6, 7])  # "run venv." again
 
 
+def test_full_reply_stop_on_a_sentence_that_fails_the_check():
+    checked: list[str] = []
+
+    def ok(sentence: str) -> bool:
+        checked.append(sentence)
+        return "activate" not in sentence
+
+    stop = FullReplyStop(_decode, n=50, sentence_ok=ok)
+    assert not stop([1, 2, 3, 4, 5])  # no finished sentence yet
+    assert not stop([1, 2, 3, 4, 5, 6, 7])  # "To create it, run venv." passes
+    assert not stop([1, 2, 3, 4, 5, 6, 7, 8, 9])  # "Then activate" is not finished
+    assert stop([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])  # "Then activate!" fails: stop
+    assert stop([8, 9, 10])  # a first sentence that fails stops too (no per-row state)
+    assert checked.count("To create it, run venv.") == 1  # each verdict is computed once
+    without = FullReplyStop(_decode, n=50)
+    assert not without([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+
+
 def test_full_reply_keeps_finished_sentences():
     # ended on eos: everything kept
     reply = full_reply([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, EOS], _decode, [EOS])

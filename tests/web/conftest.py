@@ -8,20 +8,14 @@ except under CI (`CI=true`), where they fail.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import ragqa_cmd
+from tests.api.server_process import create_key, running_server, server_env
 
 CHROMIUM = Path(os.environ.get("RAGQA_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("RAGQA_TEST_CHROMEDRIVER", "/usr/bin/chromedriver"))
@@ -52,66 +46,16 @@ def missing_browser() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- the server ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def web_server(tmp_path_factory, tiny_st_model, tiny_llm):
     """A real `ragqa serve` on a free loopback port with tiny models; yields base URL, key and home."""
     home = tmp_path_factory.mktemp("web-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGQA_")}
-    env.update(
-        {
-            "RAGQA_HOME": str(home),
-            "RAGQA_INGEST__EMBEDDER__MODEL": str(tiny_st_model),
-            "RAGQA_GENERATOR__MODEL": str(tiny_llm),
-            "RAGQA_QA__MAX_NEW_TOKENS": "4",
-            "RAGQA_QA__FULL_MAX_NEW_TOKENS": "8",
-        }
-    )
-    created = subprocess.run(
-        ragqa_cmd() + ["keys", "create", "web", "--json"], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert created.returncode == 0, created.stderr
-    key = json.loads(created.stdout.strip().splitlines()[-1])["key"]
-    port = free_port()
+    env = server_env(home, tiny_st_model, tiny_llm, RAGQA_QA__FULL_MAX_NEW_TOKENS="8")
+    key = create_key(env, "web")
     log_path = home.parent / "server.log"
-    log = open(log_path, "w+")
-    proc = subprocess.Popen(
-        ragqa_cmd() + ["serve", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read()}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("server did not start in time")
-        time.sleep(0.2)
-    try:
+    with running_server(env, log_path) as (base, _proc):
         yield {"base": base, "key": key, "home": home, "headers": {"Authorization": f"Bearer {key}"}, "log": log_path}
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
 
 
 # -- the browser ---------------------------------------------------------------------------------
