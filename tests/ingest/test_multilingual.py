@@ -40,7 +40,10 @@ E5_ZH_RECALL_AT_4 = 0.90
 
 def zh_questions() -> list[tuple[str, str, int]]:
     return [
-        (q.question, a.title, p.index) for a, p in iter_paragraphs(read_squad(ZH_QA)) for q in p.questions if q.answerable
+        (q.question, a.title, p.index)
+        for a, p in iter_paragraphs(read_squad(ZH_QA))
+        for q in p.questions
+        if q.answerable
     ]
 
 
@@ -162,7 +165,9 @@ class TestRealModel:
         other = Workspace(tmp_path / "multilingual-e5-small", IngestConfig())
         with pytest.raises(EmbedderMismatchError, match=MULTILINGUAL_CANONICAL):
             other.open("zh")
-        same = Workspace(tmp_path / "multilingual-e5-small", IngestConfig(embedder=EmbedderConfig(model=MULTILINGUAL_CANONICAL)))
+        same = Workspace(
+            tmp_path / "multilingual-e5-small", IngestConfig(embedder=EmbedderConfig(model=MULTILINGUAL_CANONICAL))
+        )
         with same.open("zh", readonly=True) as coll:
             assert coll.embedder_name == same.embedder.name == MULTILINGUAL_CANONICAL
         same.close()
