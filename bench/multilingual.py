@@ -131,6 +131,11 @@ def report(results: list[ModelResult], args: argparse.Namespace, load: tuple[flo
             f"| {f(rc.get('squad dense@4'), '.2f')} | {f(rc.get('squad hybrid@4'), '.2f')} "
             f"| {f(r.chunks_per_s, '.1f')} ({r.chunks} chunks) | {f(r.load_s, '.1f')} |"
         )
+    lines += [
+        "",
+        "load s: the first query vector in a fresh workspace (imports, model load and, for MiniLM's onnx-int8 "
+        "here, its one-time ONNX build, cached afterwards).",
+    ]
     if len(results) == 2 and results[0].chunks_per_s and results[1].chunks_per_s:
         lines += [
             "",
