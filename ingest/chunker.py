@@ -72,8 +72,12 @@ class Chunker:
 
     @classmethod
     def for_tokenizer(cls, config: ChunkingConfig, tokenizer: Any, max_tokens: int | None = None) -> Chunker:
-        """A chunker that counts tokens with a Hugging Face tokenizer."""
+        """A chunker that counts tokens with a Hugging Face tokenizer, or with an engine's own counter
+        (an object with ``count_tokens`` and ``special_tokens``, such as :class:`ingest.embedder.E5TokenCounter`)."""
 
+        counter = getattr(tokenizer, "count_tokens", None)
+        if callable(counter):
+            return cls(config, _memo_short(counter), max_tokens=max_tokens, special_tokens=tokenizer.special_tokens)
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is not None:
             # the Rust tokenizer directly: no Python wrapper per piece, no length limit (a piece longer
