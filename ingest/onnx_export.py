@@ -284,7 +284,7 @@ class _BuildLock:
 
     def __init__(self, folder: pathlib.Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self._fh = open(folder / ".build.lock", "a+b")  # noqa: SIM115 - closed in __exit__
+        self._fh = open(folder / ".build.lock", "a+b")  # closed in __exit__
 
     def __enter__(self) -> None:
         try:

@@ -18,6 +18,7 @@ from ingest.config import EmbedderConfig, IngestConfig
 from ingest.workspace import CACHE_DIR_ENV, Workspace, user_cache_dir
 from tests.conftest import ROOT
 
+
 def _onnx_config(model: pathlib.Path, **kw) -> IngestConfig:
     return IngestConfig(embedder=EmbedderConfig(model=str(model), backend="onnx-int8", device="cpu"), **kw)
 
