@@ -222,9 +222,12 @@ def ragqa_worker(
 
 def torch_path_env() -> tuple[dict[str, str], str]:
     """The environment that puts ``ragqa`` on its torch path here, and how the report names it."""
-    from ingest.hardware import cpu_flags
-
-    if "amx_bf16" in cpu_flags():
+    # read here, not via ingest.hardware: run as bench/ingest.py, "ingest" is this file
+    try:
+        amx = "amx_bf16" in pathlib.Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split()
+    except OSError:
+        amx = False
+    if amx:
         return {"RAGQA_CPU_BF16": "1"}, "torch bf16 (RAGQA_CPU_BF16=1, AMX)"
     return (
         {"RAGQA_CPU_BF16": "0", "RAGQA_INGEST__EMBEDDER__BACKEND": "torch"},
