@@ -246,10 +246,12 @@ def ingest_paths(
     batch = IngestBatch(collection, embed, chunker, loader_config, report, pool)
     bar = _progress_bar(progress, len(files), collection.name)
     prefetch = None
-    if overlap and len(files) > 1:
-        stored = {str(f): collection.file_hash(str(f)) for f in files}
-        prefetch = Prefetcher(files, lambda f: batch.prepare(f, stored[str(f)]), PREFETCH_BATCHES * embed_batch_chunks)
     try:
+        if overlap and len(files) > 1:
+            stored = {str(f): collection.file_hash(str(f)) for f in files}
+            prefetch = Prefetcher(
+                files, lambda f: batch.prepare(f, stored[str(f)]), PREFETCH_BATCHES * embed_batch_chunks
+            )
         loaded = iter(prefetch) if prefetch is not None else (batch.prepare(f) for f in files)
         for item in loaded:
             try:
