@@ -163,7 +163,12 @@ def langchain_eval_worker(store_dir: pathlib.Path, squad: pathlib.Path, limit: i
 
 
 def ragqa_worker(
-    action: str, collection: str, squad: pathlib.Path, limit: int | None, source: pathlib.Path | None
+    action: str,
+    collection: str,
+    squad: pathlib.Path,
+    limit: int | None,
+    source: pathlib.Path | None,
+    pairs: int = 1,
 ) -> None:
     """``prepare``: load the embedder (builds the per-machine cache); ``eval``: SQuAD recall; ``overlap``:
     in-process seconds of ingesting ``source`` with and without the prefetch thread (embedder loaded first)."""
@@ -188,7 +193,7 @@ def ragqa_worker(
         if source is None:
             raise SystemExit("--ragqa-worker overlap needs --input")
         seconds: dict[str, float] = {}
-        for overlap in (False, True, False, True):  # interleaved: drifting machine load hits both
+        for overlap in (False, True) * pairs:  # interleaved: drifting machine load hits both
             name = f"overlap-{int(overlap)}-{len(seconds)}"
             with ws.open_or_create(name) as coll:
                 t0 = time.perf_counter()
@@ -448,7 +453,15 @@ class Bench:
         if path is None or self.args.no_overlap_check:
             return
         env = self.ragqa_env(path, self.fresh_home("overlap"))
-        t = self.worker("--ragqa-worker", "overlap", "--input", str(source), env=env)
+        t = self.worker(
+            "--ragqa-worker",
+            "overlap",
+            "--input",
+            str(source),
+            "--overlap-pairs",
+            str(self.args.overlap_pairs),
+            env=env,
+        )
         if t.ok and t.last_json():
             self.res.overlap = t.last_json()
         else:
@@ -649,6 +662,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--no-overlap-check", action="store_true", help="skip the in-process overlap-vs-sequential measurement"
     )
+    p.add_argument(
+        "--overlap-pairs", type=int, default=1, help="sequential/overlapped ingest pairs of the overlap measurement"
+    )
     p.add_argument("--workdir", type=pathlib.Path, default=None, help="parent of the temporary work folder")
     p.add_argument("--keep", action="store_true", help="keep the work folder (corpus, homes, stores)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -688,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
         langchain_eval_worker(args.out, common.SQUAD, args.questions)
         return 0
     if args.ragqa_worker:
-        ragqa_worker(args.ragqa_worker, args.collection, common.SQUAD, args.questions, args.input)
+        ragqa_worker(args.ragqa_worker, args.collection, common.SQUAD, args.questions, args.input, args.overlap_pairs)
         return 0
 
     res = Bench(args).run()
