@@ -1,4 +1,5 @@
-"""The workspace: one folder (``$RAGQA_HOME``) holding every collection and model cache.
+"""The workspace: one folder (``$RAGQA_HOME``) holding every collection and model cache, except the
+embedder's prepared ONNX files, which are built once per machine in :func:`user_cache_dir`.
 
 A :class:`Workspace` is the entry point the interfaces (CLI, API) use for ingestion: it
 opens collections, loads the embedder once, and runs the pipeline.
