@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
@@ -124,6 +125,12 @@ class RayConfig(BaseModel):
 
 
 class IngestConfig(BaseModel):
+    cache_dir: Path | None = Field(
+        None,
+        description="Per-machine cache of prepared embedder files (the ONNX export and int8 model, ~15 s to "
+        "build), shared by every workspace of the user; unset = $RAGQA_CACHE_DIR, else $XDG_CACHE_HOME/ragqa, "
+        "else ~/.cache/ragqa. When it cannot be written, they are built in the workspace's models folder.",
+    )
     embedder: EmbedderConfig = EmbedderConfig()
     chunking: ChunkingConfig = ChunkingConfig()
     index: IndexConfig = IndexConfig()

@@ -312,6 +312,8 @@ class _PlannedEmbedder(_BaseEmbedder):
 class OnnxEmbedder(_PlannedEmbedder):
     """ONNX Runtime on CPU (``onnx`` fp32 or ``onnx-int8`` graphs)."""
 
+    model_file: pathlib.Path | None = None  #: the prepared .onnx file (in the per-machine cache)
+
     def __init__(self, session: Any, fast_tokenizer: Any, pooling: str, *, backend: str, **kw: Any) -> None:
         super().__init__(fast_tokenizer, pooling, **kw)
         self.session = session
@@ -479,7 +481,12 @@ def _fast_tokenizer(folder: pathlib.Path, max_tokens: int) -> Any:
 
 
 def _load_onnx(
-    config: EmbedderConfig, path: str, name: str, backend: str, cache_dir: pathlib.Path | None
+    config: EmbedderConfig,
+    path: str,
+    name: str,
+    backend: str,
+    cache_dir: pathlib.Path | None,
+    fallback_dir: pathlib.Path | None = None,
 ) -> OnnxEmbedder | None:
     folder = pathlib.Path(path)
     plan = _onnx_plan(folder) if folder.is_dir() else None
@@ -499,7 +506,9 @@ def _load_onnx(
         cache_dir = pathlib.Path(tempfile.gettempdir()) / "ragqa-embedder-cache"
         logger.warning("No cache_dir for the ONNX embedder; building under %s", cache_dir)
     try:
-        onnx_file = build_onnx(folder, pathlib.Path(cache_dir), _ONNX_VARIANT[backend], max_tokens)
+        onnx_file = build_onnx(
+            folder, pathlib.Path(cache_dir), _ONNX_VARIANT[backend], max_tokens, fallback_dir=fallback_dir
+        )
     except OnnxExportError as exc:
         logger.warning("%s; falling back to torch", exc)
         return None
@@ -512,7 +521,8 @@ def _load_onnx(
     session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
 
     tok = _fast_tokenizer(folder, max_tokens)
-    return OnnxEmbedder(
+    logger.info("Embedder %s: prepared ONNX file %s", name, onnx_file)
+    embedder = OnnxEmbedder(
         session,
         tok,
         plan["pooling"],
@@ -523,6 +533,8 @@ def _load_onnx(
         max_tokens=max_tokens,
         batch_size=config.batch_size,
     )
+    embedder.model_file = onnx_file
+    return embedder
 
 
 def _load_transformers(config: EmbedderConfig, path: str, name: str) -> TransformersEmbedder | None:
@@ -622,8 +634,12 @@ def _device(config: EmbedderConfig) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_embedder(config: EmbedderConfig, cache_dir: pathlib.Path | None = None) -> Embedder:
-    """Load the configured embedder; ``cache_dir`` holds converted artefacts (ONNX files).
+def load_embedder(
+    config: EmbedderConfig, cache_dir: pathlib.Path | None = None, fallback_dir: pathlib.Path | None = None
+) -> Embedder:
+    """Load the configured embedder; ``cache_dir`` holds converted artefacts (ONNX files), ``fallback_dir``
+    is where they are also looked for, and built when ``cache_dir`` is not writable (see
+    :func:`ingest.onnx_export.build_onnx`).
 
     Raises :class:`ModelNotFoundError` when the model is neither bundled, a local folder, nor loadable.
     """
@@ -642,7 +658,7 @@ def load_embedder(config: EmbedderConfig, cache_dir: pathlib.Path | None = None)
         onnx_pays = device == "cpu" and cache_dir is not None and not cpu_fast_bf16()
         backend = AUTO_CPU_BACKEND if onnx_pays else "torch"
     if backend in _ONNX_VARIANT:
-        embedder = _load_onnx(config, path, name, backend, cache_dir)
+        embedder = _load_onnx(config, path, name, backend, cache_dir, fallback_dir)
         if embedder is not None:
             logger.info("Loaded embedder %s (%s, %d threads)", name, backend, _cpu_threads())
             return embedder
@@ -653,7 +669,9 @@ def load_embedder(config: EmbedderConfig, cache_dir: pathlib.Path | None = None)
     return _load_torch(config, path, name, device)
 
 
-def prepare_embedder(config: EmbedderConfig, cache_dir: pathlib.Path) -> list[pathlib.Path]:
+def prepare_embedder(
+    config: EmbedderConfig, cache_dir: pathlib.Path, fallback_dir: pathlib.Path | None = None
+) -> list[pathlib.Path]:
     """Build the ONNX artefacts ahead of time (``ragqa models prepare``); returns the files built or found."""
     from ingest.onnx_export import OnnxExportError, build_onnx
 
@@ -668,7 +686,7 @@ def prepare_embedder(config: EmbedderConfig, cache_dir: pathlib.Path) -> list[pa
     by_backend: dict[str, list[Variant]] = {"onnx": ["fp32"], "torch": []}
     variants = by_backend.get(backend, ["int8"])
     try:
-        return [build_onnx(path, cache_dir, v, max_tokens) for v in variants]
+        return [build_onnx(path, cache_dir, v, max_tokens, fallback_dir=fallback_dir) for v in variants]
     except OnnxExportError as exc:
         logger.warning("%s", exc)
         return []

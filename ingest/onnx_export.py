@@ -1,9 +1,14 @@
 """Build (once) and cache ONNX versions of a sentence-transformers BERT encoder.
 
 The artefacts live in ``<cache_dir>/onnx/<model-slug>-<key>/`` where the key hashes the model folder
-(file names, sizes, mtimes) and the build settings, so a changed model or a new builder version is
-rebuilt, never silently reused. Every file is written to a temporary name and moved into place with
-``os.replace``: a crash mid-build leaves no half-written model behind. Nothing is downloaded.
+(file names, sizes, mtimes) and the build settings (builder version, opset, onnxruntime version), so a
+changed model or a new builder version is rebuilt, never silently reused. ``cache_dir`` is normally the
+per-machine user cache (:func:`ingest.workspace.user_cache_dir`), shared by every workspace of the user.
+Every file is written to a temporary name and moved into place with ``os.replace``: a crash mid-build
+leaves no half-written model behind. Two processes building the same artefact at once take turns on a
+file lock in its folder: the second waits and then finds the first one's files (no second export).
+A cache folder that cannot be written falls back to ``fallback_dir`` (the workspace's models folder),
+with a log line. Nothing is downloaded.
 
 Variants:
 
@@ -269,22 +274,83 @@ def _quantize(src: pathlib.Path, dest: pathlib.Path) -> None:
     )
 
 
+class _BuildLock:
+    """An exclusive lock on ``folder/.build.lock`` (``fcntl.flock``; released when the process dies).
+
+    Creating it raises OSError when the folder cannot be created or written. Where ``fcntl`` does not
+    exist (Windows) there is no lock: two builders then both build, and the atomic renames still leave
+    whole files (the last one wins; both built the same model).
+    """
+
+    def __init__(self, folder: pathlib.Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self._fh = open(folder / ".build.lock", "a+b")  # closed in __exit__
+
+    def __enter__(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()  # closing releases the lock
+
+
+def find_onnx(
+    model_dir: str | os.PathLike[str], cache_dirs: list[pathlib.Path], variant: Variant, max_seq_length: int
+) -> pathlib.Path | None:
+    """The first already-built ``variant`` file of ``model_dir`` in ``cache_dirs``, or None."""
+    for cache_dir in cache_dirs:
+        target = onnx_path(artefact_dir(cache_dir, model_dir, max_seq_length), variant)
+        if target.is_file():
+            return target
+    return None
+
+
 def build_onnx(
     model_dir: str | os.PathLike[str],
     cache_dir: pathlib.Path,
     variant: Variant = "fp32",
     max_seq_length: int = 256,
+    *,
+    fallback_dir: pathlib.Path | None = None,
 ) -> pathlib.Path:
     """Return the cached ONNX file of ``model_dir``, building it (and the fp32 base) when missing.
+
+    A file already built in ``cache_dir`` or ``fallback_dir`` (the workspace's own models folder, where
+    older versions built it) is used as it is. A new build goes to ``cache_dir``, or to ``fallback_dir``
+    when ``cache_dir`` cannot be written (logged), under a lock that concurrent builders share.
 
     Raises :class:`OnnxExportError` for an architecture the exporter does not handle.
     """
     model_dir = str(pathlib.Path(model_dir).resolve())
-    folder = artefact_dir(cache_dir, model_dir, max_seq_length)
+    candidates = [pathlib.Path(d) for d in (cache_dir, fallback_dir) if d is not None]
+    found = find_onnx(model_dir, candidates, variant, max_seq_length)
+    if found is not None:
+        return found
+    for i, base in enumerate(candidates):
+        folder = artefact_dir(base, model_dir, max_seq_length)
+        try:
+            lock = _BuildLock(folder)
+        except OSError as exc:  # an unwritable cache: build where the workspace can write
+            if i + 1 == len(candidates):
+                raise
+            logger.warning(
+                "Embedder cache %s is not writable (%s); building in %s instead", base, exc, candidates[i + 1]
+            )
+            continue
+        with lock:
+            return _build_locked(model_dir, folder, variant, max_seq_length)
+    raise ValueError("build_onnx needs a cache_dir")
+
+
+def _build_locked(model_dir: str, folder: pathlib.Path, variant: Variant, max_seq_length: int) -> pathlib.Path:
+    """Build ``variant`` in ``folder`` (the caller holds the folder's lock); a file another process built
+    while this one waited for the lock is returned as it is."""
     target = onnx_path(folder, variant)
     if target.is_file():
         return target
-    folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     fp32 = onnx_path(folder, "fp32")
     meta: dict[str, Any] = {}

@@ -3,6 +3,11 @@
 Each file is loaded, chunked and committed on its own (one transaction per file), so a bad
 file fails alone and a crash loses at most the files not yet committed. Vectors are computed
 in batches that span files, and chunks whose text is unchanged reuse their stored vectors.
+
+Loading and chunking overlap with embedding: one thread (:class:`Prefetcher`) hashes, loads and
+chunks the next files while the caller's thread embeds and commits the current batch. Only the
+caller's thread touches the collection, the report and the embedder, in file order, so the
+result (chunks, ids, vectors, report) is the one of the sequential loop.
 """
 
 from __future__ import annotations
@@ -10,8 +15,10 @@ from __future__ import annotations
 import glob
 import hashlib
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, cast
@@ -32,6 +39,9 @@ logger = logging.getLogger(__name__)
 FLUSH_EVERY_S = 30.0
 # Embed this many chunks at a time (across files) before committing their files.
 EMBED_BATCH_CHUNKS = 512
+# Files loaded and chunked ahead of the embedder (and chunks, in multiples of the embedding batch).
+PREFETCH_FILES = 256
+PREFETCH_BATCHES = 2
 
 
 @dataclass
@@ -211,6 +221,7 @@ def ingest_paths(
     embed_batch_chunks: int = EMBED_BATCH_CHUNKS,
     prune: bool = False,
     loader_pool: LoaderPool | None = None,
+    overlap: bool = True,
 ) -> IngestReport:
     """Ingest ``paths`` into ``collection``; never raises for a single bad file.
 
@@ -221,6 +232,9 @@ def ingest_paths(
     With ``loader_config.isolate`` each file is read in a loader process with a time and a memory limit
     (:class:`~ingest.loaders.isolation.LoaderPool`; one process serves the whole run, or pass ``loader_pool``
     to share one across runs); a file past a limit fails alone.
+
+    With ``overlap`` (and more than one file) the next files are loaded and chunked in a second thread while
+    a batch is embedded (:class:`Prefetcher`); the results are the same as with ``overlap=False``.
     """
     t0 = time.perf_counter()
     report = IngestReport(collection=collection.name)
@@ -231,10 +245,17 @@ def ingest_paths(
     pool = LoaderPool(loader_config) if own_pool else loader_pool
     batch = IngestBatch(collection, embed, chunker, loader_config, report, pool)
     bar = _progress_bar(progress, len(files), collection.name)
+    prefetch = None
     try:
-        for path in files:
+        if overlap and len(files) > 1:
+            stored = {str(f): collection.file_hash(str(f)) for f in files}
+            prefetch = Prefetcher(
+                files, lambda f: batch.prepare(f, stored[str(f)]), PREFETCH_BATCHES * embed_batch_chunks
+            )
+        loaded = iter(prefetch) if prefetch is not None else (batch.prepare(f) for f in files)
+        for item in loaded:
             try:
-                batch.stage(path)
+                batch.take(item)
             finally:
                 if bar is not None:
                     bar.update(1)
@@ -245,6 +266,8 @@ def ingest_paths(
         if prune:
             report.removed = _prune(collection, paths, {str(f) for f in files})
     finally:
+        if prefetch is not None:
+            prefetch.close()
         if own_pool and pool is not None:
             pool.close()
         if bar is not None:
@@ -260,6 +283,91 @@ def _progress_bar(enabled: bool, total: int, name: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=f"ingest {name}", unit="file")
+
+
+class _Lookup:
+    """The default of :meth:`IngestBatch.prepare`'s ``stored_hash``: look it up in the collection."""
+
+
+_LOOKUP = _Lookup()
+
+
+@dataclass
+class LoadedFile:
+    """What :meth:`IngestBatch.prepare` found: a changed file's content (``change`` set), an unchanged file
+    (``change`` None), or a bad file (``error`` set)."""
+
+    path: Path
+    change: FileChange | None
+    docs: list[Document] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)
+    error: Exception | None = None
+
+
+class Prefetcher:
+    """Runs ``prepare`` on ``files`` in one background thread, at most ``max_chunks`` chunks (and
+    :data:`PREFETCH_FILES` files) ahead of the consumer; iterating yields the results in file order.
+
+    An exception that ``prepare`` raises (beyond the file errors it reports) is raised by the iteration.
+    :meth:`close` stops the thread after the file it is on and waits for it.
+    """
+
+    def __init__(self, files: Sequence[Path], prepare: Callable[[Path], LoadedFile], max_chunks: int) -> None:
+        self._files = list(files)
+        self._prepare = prepare
+        self._max_chunks = max(1, max_chunks)
+        self._ready: deque[LoadedFile] = deque()
+        self._chunks = 0
+        self._done = False
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="ragqa-ingest-prefetch", daemon=True)
+        self._thread.start()
+
+    def _full(self) -> bool:
+        return bool(self._ready) and (self._chunks >= self._max_chunks or len(self._ready) >= PREFETCH_FILES)
+
+    def _run(self) -> None:
+        try:
+            for path in self._files:
+                item = self._prepare(path)
+                with self._cond:
+                    while self._full() and not self._stopped:
+                        self._cond.wait()
+                    if self._stopped:
+                        return
+                    self._ready.append(item)
+                    self._chunks += len(item.chunks)
+                    self._cond.notify_all()
+        except BaseException as exc:  # handed to the consumer's thread
+            with self._cond:
+                self._error = exc
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def __iter__(self) -> Iterator[LoadedFile]:
+        while True:
+            with self._cond:
+                while not self._ready and not self._done:
+                    self._cond.wait()
+                if not self._ready:
+                    if self._error is not None:
+                        raise self._error
+                    return
+                item = self._ready.popleft()
+                self._chunks -= len(item.chunks)
+                self._cond.notify_all()
+            yield item
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._ready.clear()
+            self._cond.notify_all()
+        self._thread.join()
 
 
 class IngestBatch:
@@ -294,17 +402,45 @@ class IngestBatch:
 
     def stage(self, path: Path) -> None:
         """Load and chunk ``path`` unless its content is unchanged; a bad file is reported, not raised."""
-        spath = str(path)
+        self.take(self.prepare(path))
+
+    def prepare(self, path: Path, stored_hash: str | None | _Lookup = _LOOKUP) -> LoadedFile:
+        """Hash, load and chunk ``path`` (unless its content is ``stored_hash``, the committed one); never raises
+        for a bad file. Touches neither the collection (when ``stored_hash`` is given) nor the report, so it may
+        run in another thread than :meth:`take`."""
         try:
-            change = self.change(path)
-            if change is None:
-                return
+            digest, size = file_digest(path)
+            old = self.collection.file_hash(str(path)) if isinstance(stored_hash, _Lookup) else stored_hash
+            if old == digest:
+                return LoadedFile(path, None)
+            change = FileChange(digest, size, replaced=old is not None)
             docs, chunks = load_and_chunk(path, self.loader_config, self.chunker(), self.pool)
+            return LoadedFile(path, change, docs, chunks)
+        except FILE_ERRORS as exc:
+            return LoadedFile(path, None, error=exc)
+
+    def take(self, loaded: LoadedFile) -> None:
+        """Report a file :meth:`prepare` found unchanged or bad, or queue it (with the stored vectors it can reuse)
+        for the next :meth:`commit`."""
+        spath = str(loaded.path)
+        if loaded.error is not None:
+            self.report.failed.append(file_failure(spath, loaded.error))
+            return
+        change = loaded.change
+        if change is None:
+            self.report.unchanged.append(spath)
+            return
+        try:
             reuse = self.stored_vectors(spath, change)
-            vectors = [reuse.get(c.text) for c in chunks]
-            self.add(PendingFile(spath, change.digest, change.size, docs, chunks, vectors, replaced=change.replaced))
         except FILE_ERRORS as exc:
             self.report.failed.append(file_failure(spath, exc))
+            return
+        vectors = [reuse.get(c.text) for c in loaded.chunks]
+        self.add(
+            PendingFile(
+                spath, change.digest, change.size, loaded.docs, loaded.chunks, vectors, replaced=change.replaced
+            )
+        )
 
     def change(self, path: Path) -> FileChange | None:
         """``path``'s content hash and size against the stored hash; None (and reported unchanged) when the

@@ -1,4 +1,5 @@
-"""The workspace: one folder (``$RAGQA_HOME``) holding every collection and model cache.
+"""The workspace: one folder (``$RAGQA_HOME``) holding every collection and model cache, except the
+embedder's prepared ONNX files, which are built once per machine in :func:`user_cache_dir`.
 
 A :class:`Workspace` is the entry point the interfaces (CLI, API) use for ingestion: it
 opens collections, loads the embedder once, and runs the pipeline.
@@ -7,6 +8,7 @@ opens collections, loads the embedder once, and runs the pipeline.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +23,20 @@ if TYPE_CHECKING:
     from ingest.cluster import RayIngester
 
 logger = logging.getLogger(__name__)
+
+#: Environment variable naming the per-machine cache when ``ingest.cache_dir`` is not set.
+CACHE_DIR_ENV = "RAGQA_CACHE_DIR"
+
+
+def user_cache_dir(configured: Path | None = None) -> Path:
+    """The per-machine cache of prepared models: ``configured`` (``ingest.cache_dir``), else
+    ``$RAGQA_CACHE_DIR``, else ``$XDG_CACHE_HOME/ragqa``, else ``~/.cache/ragqa``."""
+    if configured is not None:
+        return Path(configured).expanduser()
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ragqa"
 
 
 class Workspace:
@@ -38,6 +54,13 @@ class Workspace:
     def models_dir(self) -> Path:
         return self.home / "models"
 
+    @property
+    def cache_dir(self) -> Path:
+        """Where prepared embedder files (ONNX) are built and shared by all workspaces (:func:`user_cache_dir`).
+        Files that older versions built in :attr:`models_dir` are still used, and new ones go there when
+        this folder cannot be written."""
+        return user_cache_dir(self.config.cache_dir)
+
     # -- embedder -----------------------------------------------------------------------
     @property
     def embedder(self):
@@ -45,7 +68,8 @@ class Workspace:
         if self._embedder is None:
             from ingest.embedder import load_embedder
 
-            self._embedder = load_embedder(self.config.embedder, cache_dir=self.models_dir)
+            logger.info("embedder cache (per machine): %s", self.cache_dir)
+            self._embedder = load_embedder(self.config.embedder, cache_dir=self.cache_dir, fallback_dir=self.models_dir)
         return self._embedder
 
     def chunker_for(self, collection: Collection) -> Chunker:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Embedder files prepared for the tiny test models go to a folder of this session, not the user's cache.
+os.environ.setdefault("RAGQA_CACHE_DIR", tempfile.mkdtemp(prefix="ragqa-test-cache-"))
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB_TESTS = Path(__file__).resolve().parent / "web"

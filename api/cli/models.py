@@ -75,7 +75,13 @@ def models_prepare(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     try:
         if not as_json:
             err.print("preparing the embedder…")
-        _ = stack(ctx).workspace.embedder  # loads and caches converted artefacts
+        ws = stack(ctx).workspace
+        if not as_json:
+            err.print(f"embedder cache (per machine, shared by every workspace): {ws.cache_dir}", highlight=False)
+        embedder = ws.embedder  # loads the embedder, building its converted artefacts once per machine
+        embedder_file = getattr(embedder, "model_file", None)
+        if not as_json and embedder_file is not None:
+            err.print(f"embedder prepared: {embedder_file}", highlight=False)
         if not as_json:
             err.print("preparing the generator (a GGUF is converted once, ~30-40 s)…")
         prepare_generator(s.generator, s.models_dir)
@@ -84,7 +90,15 @@ def models_prepare(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     shipped = install_shipped_adapter(s)
     rows = model_rows(s)
     if as_json:
-        emit_json({"models": rows, "ok": all(r["ready"] for r in rows), "shipped_adapter": shipped})
+        emit_json(
+            {
+                "models": rows,
+                "ok": all(r["ready"] for r in rows),
+                "shipped_adapter": shipped,
+                "embedder_cache": str(ws.cache_dir),
+                "embedder_file": str(embedder_file) if embedder_file is not None else None,
+            }
+        )
     else:
         _print_models(rows)
         out.print(f"shipped adapter: {shipped['status']} ({shipped['reason']})", highlight=False)
