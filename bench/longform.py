@@ -267,6 +267,8 @@ class SystemAnswer:
     cited_sources: list[str]  #: source path of each cited chunk (each chunk once)
     latency_s: float
     timings: dict[str, float] = field(default_factory=dict)  #: the system's own split (ragqa: retrieve/generate)
+    fallback: str | None = None  #: ragqa full style: "extractive" / "abstain" when the guard left no sentence
+    left_out: int = 0  #: ragqa full style: generated sentences the sentence-support guard left out
 
 
 class RagqaSystem:
@@ -292,8 +294,9 @@ def ragqa_answer(ans: Any, latency_s: float) -> SystemAnswer:
     by_index = {c.index: c for c in ans.citations}
     sentences: list[tuple[str, list[str]]] = []
     cited: dict[int, str] = {}
+    fallback, left_out = getattr(ans, "fallback", None), getattr(ans, "sentences_left_out", 0)
     if ans.abstained:
-        return SystemAnswer(ans.answer, True, [], [], latency_s, dict(ans.timings))
+        return SystemAnswer(ans.answer, True, [], [], latency_s, dict(ans.timings), fallback, left_out)
     structured = getattr(ans, "sentences", None)
     if structured is not None:
         for s in structured:
@@ -304,7 +307,9 @@ def ragqa_answer(ans: Any, latency_s: float) -> SystemAnswer:
         cites = [c for c in ans.citations if c.contribution > 0]
         sentences.append((strip_markers(ans.answer), [c.text for c in cites]))
         cited.update((c.index, c.source) for c in cites)
-    return SystemAnswer(ans.answer, False, sentences, list(cited.values()), latency_s, dict(ans.timings))
+    return SystemAnswer(
+        ans.answer, False, sentences, list(cited.values()), latency_s, dict(ans.timings), fallback, left_out
+    )
 
 
 class LangChainSystem:
@@ -479,6 +484,9 @@ class SystemResult:
             "p50_s": float(np.percentile(lat, 50)),
             "p95_s": float(np.percentile(lat, 95)),
             "words_per_answer": sum(len(strip_markers(r.answer.text).split()) for r in rows) / n,
+            "fallback_extractive": sum(r.answer.fallback == "extractive" for r in rows),
+            "fallback_abstain": sum(r.answer.fallback == "abstain" for r in rows),
+            "sentences_left_out": sum(r.answer.left_out for r in rows),
         }
 
 
