@@ -329,6 +329,55 @@ class LangChainSystem:
         )
 
 
+def replaying_strategy(inner: Any) -> Any:
+    """A :class:`rag.strategies.AnswerStrategy` that generates through ``inner`` once per prompt and replays
+    that reply afterwards (greedy decoding gives the same tokens again), so the settings applied after
+    generation (the sentence-support guard, its fallback, citations) are compared on identical replies
+    without generating again (``--sweep``)."""
+    from rag.strategies import AnswerStrategy
+
+    class ReplayStrategy(AnswerStrategy):
+        def __init__(self) -> None:
+            self.replies: dict[tuple[Any, ...], Any] = {}
+
+        def select_documents(self, doc_logprobs: Any, config: Any) -> Any:
+            return inner.select_documents(doc_logprobs, config)
+
+        def generate(self, decoder: Any, generator: Any, config: Any, request: Any) -> Any:
+            key = (request.question, tuple(request.contexts), request.style, request.max_new_tokens)
+            if key not in self.replies:
+                self.replies[key] = inner.generate(decoder, generator, config, request)
+            return self.replies[key]
+
+        def sentence_posteriors(self, *args: Any, **kwargs: Any) -> Any:
+            return inner.sentence_posteriors(*args, **kwargs)
+
+    replay = ReplayStrategy()
+    replay.mode = inner.mode  # type: ignore[misc]
+    return replay
+
+
+def parse_sweep(settings: Sequence[str], base: Any) -> list[tuple[str, Any]]:
+    """``--sweep`` settings (``key=value[,key=value]``, ``QAConfig`` fields) as (label, validated QAConfig)."""
+    from pydantic import ValidationError
+
+    out = []
+    for setting in settings:
+        updates = {}
+        for part in setting.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or key.strip() not in type(base).model_fields:
+                raise SystemExit(
+                    f"--sweep {setting!r}: use key=value pairs of QAConfig fields, e.g. full_min_support=0.7"
+                )
+            updates[key.strip()] = value.strip()
+        try:
+            out.append((setting, type(base).model_validate({**base.model_dump(), **updates})))
+        except ValidationError as e:
+            raise SystemExit(f"--sweep {setting!r}: {e}") from None
+    return out
+
+
 # =============================================================================================
 # Collections (cached under --home)
 # =============================================================================================
@@ -523,14 +572,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     embedder = stack.workspace.embedder
     for s in systems.values():  # untimed warm-up
         s.answer(sample[0].question)
+    from rag.strategies import STRATEGIES
+
+    sweep = parse_sweep(args.sweep, stack.qa.config)
+    inner = STRATEGIES[args.mode]
+    if sweep:  # after the warm-up, so that the timed pass generates every answer
+        STRATEGIES[args.mode] = replaying_strategy(inner)
     results = {s: SystemResult() for s in systems}
     order = list(systems)
     t_start = time.perf_counter()
-    for i, entry in enumerate(sample):
-        for s in order[i % len(order) :] + order[: i % len(order)]:
-            ans = systems[s].answer(entry.question)
-            results[s].rows.append(score(entry, ans, embedder.embed_documents))
-        logger.info("%d/%d questions (%.0f s)", i + 1, len(sample), time.perf_counter() - t_start)
+    try:
+        for i, entry in enumerate(sample):
+            for s in order[i % len(order) :] + order[: i % len(order)]:
+                ans = systems[s].answer(entry.question)
+                results[s].rows.append(score(entry, ans, embedder.embed_documents))
+            logger.info("%d/%d questions (%.0f s)", i + 1, len(sample), time.perf_counter() - t_start)
+        swept: dict[str, Any] = {}
+        base = stack.qa.config
+        for label, cfg_v in sweep:
+            stack.qa.config = cfg_v
+            res = SystemResult()
+            for entry in sample:
+                res.rows.append(score(entry, systems[RAGQA].answer(entry.question), embedder.embed_documents))
+            swept[label] = res.summary()
+            logger.info("sweep %s: %s", label, swept[label])
+        stack.qa.config = base
+    finally:
+        STRATEGIES[args.mode] = inner
     coll.close()
     cfg = stack.settings.qa
     return {
@@ -546,6 +614,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": cfg.model_dump(),
         "retriever": stack.settings.retriever.model_dump(exclude={"bm25"}),
         "systems": {s: r.summary() for s, r in results.items()},
+        "sweep": swept,
         "answers": {s: [_row_dict(r) for r in res.rows] for s, res in results.items()},
     }
 
@@ -620,10 +689,34 @@ def render(res: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> st
         "sentence citing every chunk that contributed."
     )
     lines.append("")
+    if res.get("sweep"):
+        lines += _render_sweep(res, sysres[RAGQA])
     if LC in sysres and RAGQA in sysres:
         lines += _render_targets(sysres)
     lines += _render_samples(res)
     return "\n".join(lines)
+
+
+def _render_sweep(res: dict[str, Any], timed: dict[str, Any]) -> list[str]:
+    cfg = res["config"]
+    lines = [
+        "The same generated replies under other settings (`--sweep`; the first row is the timed pass, "
+        f"full_min_support={cfg['full_min_support']}, full_fallback_min_overlap={cfg['full_fallback_min_overlap']}, "
+        f"citation_by_overlap={cfg['citation_by_overlap']}):",
+        "",
+        "| setting | ROUGE-L F1 | embedding cosine | citation precision | supported-sentence rate (sentences) | "
+        "words/answer | sentences left out | quoted / I don't know (fallback) | abstention rate |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in [("(timed pass)", timed), *res["sweep"].items()]:
+        lines.append(
+            f"| {label} | {_f(r['rouge_l'])} | {_f(r['cosine'])} | {_f(r['citation_precision'])} | "
+            f"{_f(r['supported_rate'])} ({r['sentences']}) | {_f(r['words_per_answer'], '.1f')} | "
+            f"{r.get('sentences_left_out', 0)} | {r.get('fallback_extractive', 0)} / {r.get('fallback_abstain', 0)} | "
+            f"{_f(r['abstention_rate'])} |"
+        )
+    lines.append("")
+    return lines
 
 
 def _render_ingest(res: dict[str, Any]) -> list[str]:
@@ -685,6 +778,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lc-max-new-tokens", type=int, default=256)
     p.add_argument("--home", default=str(DEFAULT_HOME), help="workspace kept between runs (collections, caches)")
     p.add_argument("--no-langchain", action="store_true", help="ragqa only")
+    p.add_argument(
+        "--sweep",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="after the timed pass, answer again under each of these QAConfig settings (e.g. full_min_support=0.7), "
+        "replaying the timed pass's generated replies: compares the guard / fallback / citation settings on "
+        "identical replies (their latencies are not reported)",
+    )
     p.add_argument("--write", action="store_true", help="update the Long-form answers section of BENCHMARKS.md")
     p.add_argument("--json", default=None, help="also write the raw results to this file")
     p.add_argument("-v", "--verbose", action="store_true")
