@@ -232,7 +232,9 @@ def test_full_style_budget_stop_and_markers(setup, mode):
     for s in ans.sentences:
         at = plain.index(s.text, at) + len(s.text)
     for s in ans.sentences:
-        assert s.text in ans.raw_answer and len(s.spans) == len(s.citations)
+        # the model's own sentences, or (the guard left none: the tiny random model's are gibberish) a quote
+        source = ans.raw_answer if ans.fallback is None else ans.citations[s.citations[0] - 1].text
+        assert s.text in source and len(s.spans) == len(s.citations)
         for n, span in zip(s.citations, s.spans):
             assert 1 <= n <= len(ans.citations)
             if span is not None:
