@@ -575,35 +575,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from rag.strategies import STRATEGIES
 
     sweep = parse_sweep(args.sweep, stack.qa.config)
-    inner = STRATEGIES[args.mode]
+    inner, base = STRATEGIES[args.mode], stack.qa.config
     if sweep:  # after the warm-up, so that the timed pass generates every answer
         STRATEGIES[args.mode] = replaying_strategy(inner)
     results = {s: SystemResult() for s in systems}
+    swept = {label: SystemResult() for label, _ in sweep}
     order = list(systems)
-    t_start = time.perf_counter()
-    try:
-        for i, entry in enumerate(sample):
-            for s in order[i % len(order) :] + order[: i % len(order)]:
-                ans = systems[s].answer(entry.question)
-                results[s].rows.append(score(entry, ans, embedder.embed_documents))
-            logger.info("%d/%d questions (%.0f s)", i + 1, len(sample), time.perf_counter() - t_start)
-        swept: dict[str, Any] = {}
-        base = stack.qa.config
-        for label, cfg_v in sweep:
-            stack.qa.config = cfg_v
-            res = SystemResult()
-            for entry in sample:
-                res.rows.append(score(entry, systems[RAGQA].answer(entry.question), embedder.embed_documents))
-            swept[label] = res.summary()
-            logger.info("sweep %s: %s", label, swept[label])
-        stack.qa.config = base
-    finally:
-        STRATEGIES[args.mode] = inner
-    coll.close()
     cfg = stack.settings.qa
-    return {
+    head = {
         "n_entries": len(entries),
-        "n": len(sample),
         "seed": args.seed,
         "min_words": args.min_words,
         "corpus": list(args.corpus),
@@ -613,9 +593,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ingest": {RAGQA: ragqa_ingest, LC: lc_ingest},
         "config": cfg.model_dump(),
         "retriever": stack.settings.retriever.model_dump(exclude={"bm25"}),
+    }
+    t_start = time.perf_counter()
+    try:
+        for i, entry in enumerate(sample):
+            for s in order[i % len(order) :] + order[: i % len(order)]:
+                ans = systems[s].answer(entry.question)
+                results[s].rows.append(score(entry, ans, embedder.embed_documents))
+            for label, cfg_v in sweep:  # the same reply, replayed, under each other setting
+                stack.qa.config = cfg_v
+                swept[label].rows.append(score(entry, systems[RAGQA].answer(entry.question), embedder.embed_documents))
+            stack.qa.config = base
+            logger.info("%d/%d questions (%.0f s)", i + 1, len(sample), time.perf_counter() - t_start)
+            common.save_json(args.json, _results(head, i + 1, results, swept))  # so far: a stopped run keeps them
+    finally:
+        STRATEGIES[args.mode], stack.qa.config = inner, base
+    coll.close()
+    return _results(head, len(sample), results, swept)
+
+
+def _results(
+    head: dict[str, Any], n: int, results: dict[str, SystemResult], swept: dict[str, SystemResult]
+) -> dict[str, Any]:
+    return {
+        **head,
+        "n": n,
         "systems": {s: r.summary() for s, r in results.items()},
-        "sweep": swept,
+        "sweep": {label: r.summary() for label, r in swept.items()},
         "answers": {s: [_row_dict(r) for r in res.rows] for s, res in results.items()},
+        "sweep_answers": {label: [_row_dict(r) for r in res.rows] for label, res in swept.items()},
     }
 
 

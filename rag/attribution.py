@@ -350,6 +350,10 @@ class Quote:
     overlap: float
 
 
+def _asks(sentence: str) -> bool:
+    return sentence.rstrip().endswith("?")
+
+
 #: :func:`extractive_fallback` quotes sentences until it has at least this many words (or ``max_sentences``)
 QUOTE_MIN_WORDS = 25
 
@@ -365,7 +369,9 @@ def extractive_fallback(
 
     Every sentence (:func:`sentence_spans`) of every chunk is scored by the share of the question's content
     words it holds (ties: the larger ``weights[k]``, e.g. the document posterior, then the earlier chunk and
-    sentence). The best one starts the quote, which runs on through the chunk's next sentences until it has
+    sentence). A sentence that asks (ends with ``?``, e.g. a FAQ heading) is never quoted: the sentence after
+    it scores as well as it does, since that is where its answer starts. The best one starts the quote, which
+    runs on through the chunk's next sentences, up to the next one that asks, until it has
     :data:`QUOTE_MIN_WORDS` words or ``max_sentences`` sentences.
 
     Returns:
@@ -379,8 +385,14 @@ def extractive_fallback(
     best: tuple[float, float, int, int] | None = None  # (overlap, weight, -chunk, -sentence)
     spans_of = [sentence_spans(c) for c in chunks]
     for k, (chunk, spans) in enumerate(zip(chunks, spans_of)):
-        for j, (a, b) in enumerate(spans):
-            key = (_overlap(words, chunk[a:b]), w[k], -k, -j)
+        texts = [chunk[a:b] for a, b in spans]
+        for j, text in enumerate(texts):
+            if _asks(text):
+                continue
+            score = _overlap(words, text)
+            if j and _asks(texts[j - 1]):
+                score = max(score, _overlap(words, texts[j - 1]))
+            key = (score, w[k], -k, -j)
             if best is None or key > best:
                 best = key
     if best is None or best[0] <= 0 or best[0] < min_overlap:
@@ -391,6 +403,7 @@ def extractive_fallback(
     while (
         end + 1 < len(spans)
         and end + 1 - j < max_sentences
+        and not _asks(chunks[k][spans[end + 1][0] : spans[end + 1][1]])
         and len(chunks[k][spans[j][0] : spans[end][1]].split()) < QUOTE_MIN_WORDS
     ):
         end += 1

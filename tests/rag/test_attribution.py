@@ -302,3 +302,17 @@ def test_extractive_fallback() -> None:
     assert extractive_fallback("What is the capital of Australia?", chunks, min_overlap=0.5) is not None
     assert extractive_fallback("Unicorns?", chunks) is None and extractive_fallback("Is it?", chunks) is None
     assert extractive_fallback("capital", []) is None
+
+
+def test_extractive_fallback_quotes_the_answer_under_a_heading_that_asks() -> None:
+    """A FAQ heading repeating the question is not quoted: the answer after it is, up to the next heading."""
+    from rag.attribution import extractive_fallback
+
+    chunks = [
+        "Lambdas bind late. How do I share global variables across modules?",  # the heading ends this chunk
+        "How do I share global variables across modules?\n\nCreate a config module. Import it everywhere.\n\n"
+        "Why is my list changed?",
+    ]
+    quote = extractive_fallback("How do I share global variables across modules?", chunks, [0.9, 0.1])
+    assert quote is not None and quote.chunk == 1 and quote.overlap == 1.0
+    assert quote.text == "Create a config module. Import it everywhere."
