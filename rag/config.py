@@ -101,7 +101,7 @@ class QAConfig(BaseModel):
         description="Token budget of a 'full' answer (a cut answer loses its unfinished last sentence).",
     )
     full_min_support: float = Field(
-        0.6,
+        0.7,
         ge=0,
         le=1,
         description="'full' answers leave out each sentence, the first included, when less than this share of its "
