@@ -51,7 +51,7 @@ __all__ = [
     "token_sentence_spans",
 ]
 
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_WORD = re.compile(r"\w+", re.UNICODE)
 _STOPWORDS = frozenset(
     """a an the of in on at to for from by with and or but not no is are was were be been being it its this that
     these those which who whom what when where why how as if then than so such can could may might must shall
@@ -66,8 +66,12 @@ _FINISHED = re.compile(r"[.!?][\"')\]`*”’]*$")
 
 
 def content_words(text: str) -> set[str]:
-    """The lower-cased, plural-folded (:func:`rag.stemming.s_stem`) words of ``text`` that are not stopwords."""
-    return {s_stem(w) for w in (m.group(0).lower() for m in _WORD.finditer(text)) if w not in _STOPWORDS}
+    """The lower-cased, plural-folded (:func:`rag.stemming.s_stem`) words of ``text`` that are not stopwords.
+
+    A code identifier is one word (``list_list`` is not ``list``); one-character tokens (``x``, ``0``) are left
+    out: found in almost any chunk, they would make an invented line of code look supported.
+    """
+    return {s_stem(w) for w in (m.group(0).lower() for m in _WORD.finditer(text)) if len(w) > 1 and w not in _STOPWORDS}
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:

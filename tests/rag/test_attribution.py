@@ -316,3 +316,13 @@ def test_extractive_fallback_quotes_the_answer_under_a_heading_that_asks() -> No
     quote = extractive_fallback("How do I share global variables across modules?", chunks, [0.9, 0.1])
     assert quote is not None and quote.chunk == 1 and quote.overlap == 1.0
     assert quote.text == "Create a config module. Import it everywhere."
+
+
+def test_content_words_keep_identifiers_whole_and_skip_single_characters() -> None:
+    """An invented identifier is not supported by the words it is built from, nor by digits found anywhere."""
+    from rag.attribution import support_share
+
+    assert content_words("my_tuple = tuple(x, 0)") == {"my_tuple", "tuple"}
+    chunks = ["Convert a list to a tuple with tuple(x); x = [0, 1]."]
+    assert support_share("list_list = tuple(0, 1)", chunks) == 0.5  # list_list is not in the chunk
+    assert support_share("x = 1", chunks) is None  # nothing but one-character tokens
