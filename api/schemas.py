@@ -218,6 +218,15 @@ class AnswerPublic(BaseModel):
     sentences: list[AnswerSentencePublic] = Field(
         [], description="The answer sentence by sentence, with the citations of each (abstentions: none)."
     )
+    fallback: Literal["extractive", "abstain"] | None = Field(
+        None,
+        description="Full style, when the documents support no generated sentence: 'extractive' (the answer quotes "
+        "the retrieved sentences that best match the question, with their citation) or 'abstain' (\"I don't "
+        "know.\"); null: the answer is the model's own.",
+    )
+    sentences_left_out: int = Field(
+        0, description="Full style: generated sentences left out because the retrieved chunks do not support them."
+    )
     conversation_id: str | None = Field(None, description="The conversation this answer is a turn of.")
     standalone_question: str | None = Field(
         None, description="The question as retrieved and answered, made standalone from the conversation's history."

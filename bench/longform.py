@@ -267,6 +267,8 @@ class SystemAnswer:
     cited_sources: list[str]  #: source path of each cited chunk (each chunk once)
     latency_s: float
     timings: dict[str, float] = field(default_factory=dict)  #: the system's own split (ragqa: retrieve/generate)
+    fallback: str | None = None  #: ragqa full style: "extractive" / "abstain" when the guard left no sentence
+    left_out: int = 0  #: ragqa full style: generated sentences the sentence-support guard left out
 
 
 class RagqaSystem:
@@ -292,8 +294,9 @@ def ragqa_answer(ans: Any, latency_s: float) -> SystemAnswer:
     by_index = {c.index: c for c in ans.citations}
     sentences: list[tuple[str, list[str]]] = []
     cited: dict[int, str] = {}
+    fallback, left_out = getattr(ans, "fallback", None), getattr(ans, "sentences_left_out", 0)
     if ans.abstained:
-        return SystemAnswer(ans.answer, True, [], [], latency_s, dict(ans.timings))
+        return SystemAnswer(ans.answer, True, [], [], latency_s, dict(ans.timings), fallback, left_out)
     structured = getattr(ans, "sentences", None)
     if structured is not None:
         for s in structured:
@@ -304,7 +307,9 @@ def ragqa_answer(ans: Any, latency_s: float) -> SystemAnswer:
         cites = [c for c in ans.citations if c.contribution > 0]
         sentences.append((strip_markers(ans.answer), [c.text for c in cites]))
         cited.update((c.index, c.source) for c in cites)
-    return SystemAnswer(ans.answer, False, sentences, list(cited.values()), latency_s, dict(ans.timings))
+    return SystemAnswer(
+        ans.answer, False, sentences, list(cited.values()), latency_s, dict(ans.timings), fallback, left_out
+    )
 
 
 class LangChainSystem:
@@ -322,6 +327,55 @@ class LangChainSystem:
         return SystemAnswer(
             out["answer"], abstained, sentences, sources, out["latency_s"], {"generate_s": out["generate_s"]}
         )
+
+
+def replaying_strategy(inner: Any) -> Any:
+    """A :class:`rag.strategies.AnswerStrategy` that generates through ``inner`` once per prompt and replays
+    that reply afterwards (greedy decoding gives the same tokens again), so the settings applied after
+    generation (the sentence-support guard, its fallback, citations) are compared on identical replies
+    without generating again (``--sweep``)."""
+    from rag.strategies import AnswerStrategy
+
+    class ReplayStrategy(AnswerStrategy):
+        def __init__(self) -> None:
+            self.replies: dict[tuple[Any, ...], Any] = {}
+
+        def select_documents(self, doc_logprobs: Any, config: Any) -> Any:
+            return inner.select_documents(doc_logprobs, config)
+
+        def generate(self, decoder: Any, generator: Any, config: Any, request: Any) -> Any:
+            key = (request.question, tuple(request.contexts), request.style, request.max_new_tokens)
+            if key not in self.replies:
+                self.replies[key] = inner.generate(decoder, generator, config, request)
+            return self.replies[key]
+
+        def sentence_posteriors(self, *args: Any, **kwargs: Any) -> Any:
+            return inner.sentence_posteriors(*args, **kwargs)
+
+    replay = ReplayStrategy()
+    replay.mode = inner.mode  # type: ignore[misc]
+    return replay
+
+
+def parse_sweep(settings: Sequence[str], base: Any) -> list[tuple[str, Any]]:
+    """``--sweep`` settings (``key=value[,key=value]``, ``QAConfig`` fields) as (label, validated QAConfig)."""
+    from pydantic import ValidationError
+
+    out = []
+    for setting in settings:
+        updates = {}
+        for part in setting.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or key.strip() not in type(base).model_fields:
+                raise SystemExit(
+                    f"--sweep {setting!r}: use key=value pairs of QAConfig fields, e.g. full_min_support=0.7"
+                )
+            updates[key.strip()] = value.strip()
+        try:
+            out.append((setting, type(base).model_validate({**base.model_dump(), **updates})))
+        except ValidationError as e:
+            raise SystemExit(f"--sweep {setting!r}: {e}") from None
+    return out
 
 
 # =============================================================================================
@@ -479,6 +533,9 @@ class SystemResult:
             "p50_s": float(np.percentile(lat, 50)),
             "p95_s": float(np.percentile(lat, 95)),
             "words_per_answer": sum(len(strip_markers(r.answer.text).split()) for r in rows) / n,
+            "fallback_extractive": sum(r.answer.fallback == "extractive" for r in rows),
+            "fallback_abstain": sum(r.answer.fallback == "abstain" for r in rows),
+            "sentences_left_out": sum(r.answer.left_out for r in rows),
         }
 
 
@@ -515,19 +572,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     embedder = stack.workspace.embedder
     for s in systems.values():  # untimed warm-up
         s.answer(sample[0].question)
+    from rag.strategies import STRATEGIES
+
+    sweep = parse_sweep(args.sweep, stack.qa.config)
+    inner, base = STRATEGIES[args.mode], stack.qa.config
+    if sweep:  # after the warm-up, so that the timed pass generates every answer
+        STRATEGIES[args.mode] = replaying_strategy(inner)
     results = {s: SystemResult() for s in systems}
+    swept = {label: SystemResult() for label, _ in sweep}
     order = list(systems)
-    t_start = time.perf_counter()
-    for i, entry in enumerate(sample):
-        for s in order[i % len(order) :] + order[: i % len(order)]:
-            ans = systems[s].answer(entry.question)
-            results[s].rows.append(score(entry, ans, embedder.embed_documents))
-        logger.info("%d/%d questions (%.0f s)", i + 1, len(sample), time.perf_counter() - t_start)
-    coll.close()
     cfg = stack.settings.qa
-    return {
+    head = {
         "n_entries": len(entries),
-        "n": len(sample),
         "seed": args.seed,
         "min_words": args.min_words,
         "corpus": list(args.corpus),
@@ -537,8 +593,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ingest": {RAGQA: ragqa_ingest, LC: lc_ingest},
         "config": cfg.model_dump(),
         "retriever": stack.settings.retriever.model_dump(exclude={"bm25"}),
+    }
+    t_start = time.perf_counter()
+    try:
+        for i, entry in enumerate(sample):
+            for s in order[i % len(order) :] + order[: i % len(order)]:
+                ans = systems[s].answer(entry.question)
+                results[s].rows.append(score(entry, ans, embedder.embed_documents))
+            for label, cfg_v in sweep:  # the same reply, replayed, under each other setting
+                stack.qa.config = cfg_v
+                swept[label].rows.append(score(entry, systems[RAGQA].answer(entry.question), embedder.embed_documents))
+            stack.qa.config = base
+            logger.info("%d/%d questions (%.0f s)", i + 1, len(sample), time.perf_counter() - t_start)
+            common.save_json(args.json, _results(head, i + 1, results, swept))  # so far: a stopped run keeps them
+    finally:
+        STRATEGIES[args.mode], stack.qa.config = inner, base
+    coll.close()
+    return _results(head, len(sample), results, swept)
+
+
+def _results(
+    head: dict[str, Any], n: int, results: dict[str, SystemResult], swept: dict[str, SystemResult]
+) -> dict[str, Any]:
+    return {
+        **head,
+        "n": n,
         "systems": {s: r.summary() for s, r in results.items()},
+        "sweep": {label: r.summary() for label, r in swept.items()},
         "answers": {s: [_row_dict(r) for r in res.rows] for s, res in results.items()},
+        "sweep_answers": {label: [_row_dict(r) for r in res.rows] for label, res in swept.items()},
     }
 
 
@@ -612,10 +695,34 @@ def render(res: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> st
         "sentence citing every chunk that contributed."
     )
     lines.append("")
+    if res.get("sweep"):
+        lines += _render_sweep(res, sysres[RAGQA])
     if LC in sysres and RAGQA in sysres:
         lines += _render_targets(sysres)
     lines += _render_samples(res)
     return "\n".join(lines)
+
+
+def _render_sweep(res: dict[str, Any], timed: dict[str, Any]) -> list[str]:
+    cfg = res["config"]
+    lines = [
+        "The same generated replies under other settings (`--sweep`; the first row is the timed pass, "
+        f"full_min_support={cfg['full_min_support']}, full_fallback_min_overlap={cfg['full_fallback_min_overlap']}, "
+        f"citation_by_overlap={cfg['citation_by_overlap']}):",
+        "",
+        "| setting | ROUGE-L F1 | embedding cosine | citation precision | supported-sentence rate (sentences) | "
+        "words/answer | sentences left out | quoted / I don't know (fallback) | abstention rate |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in [("(timed pass)", timed), *res["sweep"].items()]:
+        lines.append(
+            f"| {label} | {_f(r['rouge_l'])} | {_f(r['cosine'])} | {_f(r['citation_precision'])} | "
+            f"{_f(r['supported_rate'])} ({r['sentences']}) | {_f(r['words_per_answer'], '.1f')} | "
+            f"{r.get('sentences_left_out', 0)} | {r.get('fallback_extractive', 0)} / {r.get('fallback_abstain', 0)} | "
+            f"{_f(r['abstention_rate'])} |"
+        )
+    lines.append("")
+    return lines
 
 
 def _render_ingest(res: dict[str, Any]) -> list[str]:
@@ -677,6 +784,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lc-max-new-tokens", type=int, default=256)
     p.add_argument("--home", default=str(DEFAULT_HOME), help="workspace kept between runs (collections, caches)")
     p.add_argument("--no-langchain", action="store_true", help="ragqa only")
+    p.add_argument(
+        "--sweep",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="after the timed pass, answer again under each of these QAConfig settings (e.g. full_min_support=0.7), "
+        "replaying the timed pass's generated replies: compares the guard / fallback / citation settings on "
+        "identical replies (their latencies are not reported)",
+    )
     p.add_argument("--write", action="store_true", help="update the Long-form answers section of BENCHMARKS.md")
     p.add_argument("--json", default=None, help="also write the raw results to this file")
     p.add_argument("-v", "--verbose", action="store_true")

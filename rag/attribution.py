@@ -13,13 +13,21 @@ sentence's tokens (notation of :mod:`rag.marginalize`: ``K`` documents, ``T`` an
   likelihood; a sentence's share of chunk k is its content-word overlap with the chunk.
 
 :func:`choose_documents` cites the top document of a sentence and every other one whose share is at
-least a threshold; :func:`supporting_span` finds, in a cited chunk, the sentence that best supports it.
+least a threshold; :func:`cite_supporting` filters and extends that choice by content-word overlap, so that the
+cited chunks hold the sentence's words; :func:`supporting_span` finds, in a cited chunk, the sentence that best
+supports it.
+
+The sentence-support guard of ``full`` answers: :func:`supported_sentences` keeps the sentences whose content
+words the chunks the model read hold; when none is left, :func:`extractive_fallback` quotes the chunk sentences
+that best match the question (or nothing, and the answer is "I don't know").
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
 
 import torch
 
@@ -28,7 +36,10 @@ from rag.stemming import s_stem
 
 __all__ = [
     "choose_documents",
+    "cite_supporting",
     "content_words",
+    "extractive_fallback",
+    "Quote",
     "is_finished",
     "overlap_shares",
     "rag_sequence_sentence_posteriors",
@@ -40,7 +51,7 @@ __all__ = [
     "token_sentence_spans",
 ]
 
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_WORD = re.compile(r"\w+", re.UNICODE)
 _STOPWORDS = frozenset(
     """a an the of in on at to for from by with and or but not no is are was were be been being it its this that
     these those which who whom what when where why how as if then than so such can could may might must shall
@@ -55,8 +66,12 @@ _FINISHED = re.compile(r"[.!?][\"')\]`*”’]*$")
 
 
 def content_words(text: str) -> set[str]:
-    """The lower-cased, plural-folded (:func:`rag.stemming.s_stem`) words of ``text`` that are not stopwords."""
-    return {s_stem(w) for w in (m.group(0).lower() for m in _WORD.finditer(text)) if w not in _STOPWORDS}
+    """The lower-cased, plural-folded (:func:`rag.stemming.s_stem`) words of ``text`` that are not stopwords.
+
+    A code identifier is one word (``list_list`` is not ``list``); one-character tokens (``x``, ``0``) are left
+    out: found in almost any chunk, they would make an invented line of code look supported.
+    """
+    return {s_stem(w) for w in (m.group(0).lower() for m in _WORD.finditer(text)) if len(w) > 1 and w not in _STOPWORDS}
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
@@ -178,12 +193,12 @@ def support_share(sentence: str, chunks: Sequence[str]) -> float | None:
 
 
 def supported_sentences(sentences: Sequence[str], chunks: Sequence[str], min_support: float) -> list[int]:
-    """Indices of the ``sentences`` to keep: the first always, then each whose :func:`support_share` in
-    ``chunks`` is at least ``min_support`` (or that has no content words)."""
+    """Indices of the ``sentences`` to keep: each, the first included, whose :func:`support_share` in ``chunks``
+    is at least ``min_support`` or that has no content words (``min_support`` 0 keeps every sentence)."""
     keep = []
     for i, sentence in enumerate(sentences):
         share = support_share(sentence, chunks)
-        if i == 0 or share is None or share >= min_support:
+        if share is None or share >= min_support:
             keep.append(i)
     return keep
 
@@ -232,3 +247,169 @@ def supporting_span(sentence: str, chunk: str) -> tuple[int, int] | None:
         if score > best_score:
             best, best_score = (start, end), score
     return best
+
+
+def _coverage(words: set[str], chunk_words: Sequence[set[str]], docs: Sequence[int]) -> int:
+    found: set[str] = set()
+    for d in docs:
+        found |= chunk_words[d]
+    return len(words & found)
+
+
+#: :func:`cite_supporting` searches the smallest extension exactly up to this many candidate chunks, greedily beyond
+_EXACT_EXTENSION = 10
+
+
+def cite_supporting(
+    sentence: str, chunks: Sequence[str], shares: torch.Tensor | Sequence[float], min_share: float
+) -> list[int]:
+    """The documents a sentence cites: the posterior's choice (:func:`choose_documents`) filtered and extended by
+    content-word overlap, so that the cited chunks hold every content word of the sentence that the ``chunks``
+    hold together.
+
+    1. Of the documents :func:`choose_documents` picks from ``shares``, those that share no content word with
+       the sentence are dropped (the posterior may favour a chunk that holds none of its words).
+    2. When the rest miss some of the sentence's words that other chunks hold, the smallest set of further
+       chunks that covers them is added (ties: the larger sum of ``shares``; exact up to
+       ``_EXACT_EXTENSION`` candidates, greedy beyond), in decreasing order of share.
+
+    A sentence without content words keeps the posterior's choice; one that no chunk shares a word with cites
+    nothing.
+
+    Args:
+        sentence: the answer sentence.
+        chunks: the ``K`` chunk texts.
+        shares: ``(K,)`` the sentence's share of each chunk (document posterior or overlap).
+        min_share: :func:`choose_documents`'s threshold.
+
+    Returns:
+        Indices into ``chunks``, the posterior's choice first.
+    """
+    values = [float(v) for v in (shares.tolist() if isinstance(shares, torch.Tensor) else shares)]
+    chosen = choose_documents(values, min_share)
+    words = content_words(sentence)
+    if not words:
+        return chosen
+    chunk_words = [content_words(c) & words for c in chunks]
+    cited = [d for d in chosen if chunk_words[d]]
+    target = _coverage(words, chunk_words, range(len(chunks)))
+    if _coverage(words, chunk_words, cited) == target:
+        return cited
+    candidates = [d for d in range(len(chunks)) if d not in cited and chunk_words[d]]
+    if len(candidates) <= _EXACT_EXTENSION:
+        extra = _smallest_extension(words, chunk_words, cited, candidates, values, target)
+    else:
+        extra = _greedy_extension(words, chunk_words, cited, candidates, values, target)
+    return cited + sorted(extra, key=lambda d: (-values[d], d))
+
+
+def _smallest_extension(
+    words: set[str],
+    chunk_words: Sequence[set[str]],
+    cited: list[int],
+    candidates: list[int],
+    values: list[float],
+    target: int,
+) -> list[int]:
+    """The fewest ``candidates`` that bring ``cited`` to ``target`` covered words (ties: the larger share sum)."""
+    for size in range(1, len(candidates) + 1):
+        best: tuple[int, ...] | None = None
+        for combo in combinations(candidates, size):
+            if _coverage(words, chunk_words, cited + list(combo)) == target and (
+                best is None or sum(values[d] for d in combo) > sum(values[d] for d in best)
+            ):
+                best = combo
+        if best is not None:
+            return list(best)
+    return candidates
+
+
+def _greedy_extension(
+    words: set[str],
+    chunk_words: Sequence[set[str]],
+    cited: list[int],
+    candidates: list[int],
+    values: list[float],
+    target: int,
+) -> list[int]:
+    """Add the candidate that covers the most missing words (ties: the larger share) until ``target``."""
+    extra: list[int] = []
+    left = list(candidates)
+    while _coverage(words, chunk_words, cited + extra) < target and left:
+        have = _coverage(words, chunk_words, cited + extra)
+        best = max(left, key=lambda d: (_coverage(words, chunk_words, cited + extra + [d]) - have, values[d], -d))
+        extra.append(best)
+        left.remove(best)
+    return extra
+
+
+@dataclass(frozen=True)
+class Quote:
+    """Sentences quoted from one chunk: ``chunk`` (index into the chunks), ``span`` ``[start, end)`` in its text,
+    ``text`` the quoted text and ``overlap`` the share of the question's content words it holds."""
+
+    chunk: int
+    span: tuple[int, int]
+    text: str
+    overlap: float
+
+
+def _asks(sentence: str) -> bool:
+    return sentence.rstrip().endswith("?")
+
+
+#: :func:`extractive_fallback` quotes sentences until it has at least this many words (or ``max_sentences``)
+QUOTE_MIN_WORDS = 25
+
+
+def extractive_fallback(
+    question: str,
+    chunks: Sequence[str],
+    weights: Sequence[float] | None = None,
+    min_overlap: float = 0.5,
+    max_sentences: int = 3,
+) -> Quote | None:
+    """The chunk sentence that best matches ``question``, quoted with the sentences after it in its chunk.
+
+    Every sentence (:func:`sentence_spans`) of every chunk is scored by the share of the question's content
+    words it holds (ties: the larger ``weights[k]``, e.g. the document posterior, then the earlier chunk and
+    sentence). A sentence that asks (ends with ``?``, e.g. a FAQ heading) is never quoted: the sentence after
+    it scores as well as it does, since that is where its answer starts. The best one starts the quote, which
+    runs on through the chunk's next sentences, up to the next one that asks, until it has
+    :data:`QUOTE_MIN_WORDS` words or ``max_sentences`` sentences.
+
+    Returns:
+        The quote, or None when the question has no content words or the best sentence holds less than
+        ``min_overlap`` of them (then nothing in the chunks answers it well enough to quote).
+    """
+    words = content_words(question)
+    if not words or not chunks:
+        return None
+    w = list(weights) if weights is not None else [0.0] * len(chunks)
+    best: tuple[float, float, int, int] | None = None  # (overlap, weight, -chunk, -sentence)
+    spans_of = [sentence_spans(c) for c in chunks]
+    for k, (chunk, spans) in enumerate(zip(chunks, spans_of)):
+        texts = [chunk[a:b] for a, b in spans]
+        for j, text in enumerate(texts):
+            if _asks(text):
+                continue
+            score = _overlap(words, text)
+            if j and _asks(texts[j - 1]):
+                score = max(score, _overlap(words, texts[j - 1]))
+            key = (score, w[k], -k, -j)
+            if best is None or key > best:
+                best = key
+    if best is None or best[0] <= 0 or best[0] < min_overlap:
+        return None
+    k, j = -best[2], -best[3]
+    spans = spans_of[k]
+    end = j
+    while (
+        end + 1 < len(spans)
+        and end + 1 - j < max_sentences
+        and not _asks(chunks[k][spans[end + 1][0] : spans[end + 1][1]])
+        and len(chunks[k][spans[j][0] : spans[end][1]].split()) < QUOTE_MIN_WORDS
+    ):
+        end += 1
+    span = (spans[j][0], spans[end][1])
+    return Quote(chunk=k, span=span, text=chunks[k][span[0] : span[1]], overlap=best[0])

@@ -101,11 +101,25 @@ class QAConfig(BaseModel):
         description="Token budget of a 'full' answer (a cut answer loses its unfinished last sentence).",
     )
     full_min_support: float = Field(
-        0.6,
+        0.7,
         ge=0,
         le=1,
-        description="'full' answers drop a sentence (after the first) when less than this share of its content words "
-        "appear in the chunks the model read: a guard against sentences the documents do not support (0: keep all).",
+        description="'full' answers leave out each sentence, the first included, when less than this share of its "
+        "content words appear in the chunks the model read: a guard against sentences the documents do not support "
+        "(0: keep all). When no sentence is left, the answer falls back to a quote (full_fallback_min_overlap).",
+    )
+    full_fallback_min_overlap: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="When the guard leaves no sentence of a 'full' answer, the answer quotes the sentences of the "
+        "read chunks that best match the question, cited (`fallback: extractive`), if the best holds at least "
+        "this share of the question's content words; else it says \"I don't know.\" (`fallback: abstain`).",
+    )
+    citation_by_overlap: bool = Field(
+        True,
+        description="'full' answers: a sentence cites the posterior's chunks that share its content words, plus the "
+        "fewest other read chunks that hold the rest of its words (False: the posterior's choice alone).",
     )
     citation_min_share: float = Field(
         0.3,

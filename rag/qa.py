@@ -26,7 +26,12 @@ Answer styles (``QAConfig.answer_style``, or ``style=`` per call):
 * ``full``: a complete answer of a few sentences (budget ``full_max_new_tokens``), ended by eos, the
   budget or the model repeating itself (:class:`rag.extract.FullReplyStop`); each sentence cites the
   documents that the model's own document posterior restricted to the sentence's tokens favours
-  (:mod:`rag.attribution`; stuff mode: word overlap), as inline markers ``[n]``.
+  (:mod:`rag.attribution`; stuff mode: word overlap), filtered and extended by word overlap so that the cited
+  chunks hold the sentence's words (``citation_by_overlap``), as inline markers ``[n]``. The sentence-support
+  guard (``full_min_support``) leaves out every sentence, the first included, whose content words the chunks
+  read do not hold; when none is left, the answer quotes the chunk sentences that best match the question
+  (``Answer.fallback == "extractive"``), or says "I don't know" when even those match it weakly
+  (``fallback == "abstain"``).
 """
 
 from __future__ import annotations
@@ -46,7 +51,16 @@ import torch
 from ingest.collection import Collection
 from rag.abstention import AbstentionRule
 from rag.adapter_defaults import NO_ADAPTER, AdapterResolver, Resolved
-from rag.attribution import choose_documents, supported_sentences, supporting_span, token_sentence_spans
+from rag.attribution import (
+    choose_documents,
+    cite_supporting,
+    content_words,
+    extractive_fallback,
+    sentence_spans,
+    supported_sentences,
+    supporting_span,
+    token_sentence_spans,
+)
 from rag.calibration import read_calibration
 from rag.config import QAConfig
 from rag.errors import QAError
@@ -122,6 +136,12 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
     style: str = "short"
     sentences: list[AnswerSentence] = field(default_factory=list)
+    #: full style, when the sentence-support guard left no generated sentence: ``"extractive"`` (the answer
+    #: quotes the read chunks' sentences that best match the question) or ``"abstain"`` ("I don't know");
+    #: None: the answer is the model's own (or an abstention for another reason)
+    fallback: str | None = None
+    #: full style: generated sentences the guard left out (their content words are not in the chunks read)
+    sentences_left_out: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -413,13 +433,14 @@ class QAPipeline:
         """``ans.sentences`` and (full style) ``ans.answer`` with its markers.
 
         Short style: the cleaned answer is one sentence citing the chunks of the largest whole-answer
-        shares. Full style: the reply trimmed by :func:`rag.extract.full_reply`, each sentence citing
-        the documents chosen from ``strategy``'s per-sentence posterior over the documents it read.
+        shares. Full style: the reply trimmed by :func:`rag.extract.full_reply`, less the sentences the
+        chunks read do not support (``full_min_support``), each sentence citing the documents chosen from
+        ``strategy``'s per-sentence posterior over the documents it read and by word overlap (:meth:`_cite`);
+        when no sentence is left, :meth:`_fall_back`.
         """
-        min_share = self.config.citation_min_share
         chunks = [retrieval.chunks[i].text for i in used]
         if ans.style == "short":
-            docs = choose_documents([ans.citations[i].contribution for i in used], min_share)
+            docs = choose_documents([ans.citations[i].contribution for i in used], self.config.citation_min_share)
             ans.sentences = [self._sentence(ans.answer, docs, used, chunks)] if ans.answer else []
             return
         reply = full_reply(out.token_ids, self.generator.decode, self.generator.eos_token_ids)
@@ -428,19 +449,48 @@ class QAPipeline:
             return
         texts = [reply.text[a:b] for a, b in reply.spans]
         keep = supported_sentences(texts, chunks, self.config.full_min_support)
-        if len(keep) < len(texts):
+        ans.sentences_left_out = len(texts) - len(keep)
+        if ans.sentences_left_out:
             logger.info(
                 "full answer: left out %d of %d sentences the chunks do not support", len(texts) - len(keep), len(texts)
             )
+        if self.config.full_min_support > 0 and not any(content_words(texts[i]) for i in keep):
+            # nothing the documents back is left (a kept sentence without content words says nothing)
+            self._fall_back(ans, retrieval, used, chunks)
+            return
         gaps = [reply.spans[i - 1][1] if i else 0 for i in keep]  # where the separator before each kept one starts
         spans = [reply.spans[i] for i in keep]
         texts = [texts[i] for i in keep]
         token_spans = token_sentence_spans(reply.token_ends, spans)
         shares = strategy.sentence_posteriors(out, request.doc_logprobs, token_spans, texts, chunks)
         ans.sentences = [
-            self._sentence(text, choose_documents(shares[s], min_share), used, chunks) for s, text in enumerate(texts)
+            self._sentence(text, self._cite(text, chunks, shares[s]), used, chunks) for s, text in enumerate(texts)
         ]
         ans.answer = with_markers(reply.text, spans, [s.citations for s in ans.sentences], gaps)
+
+    def _cite(self, sentence: str, chunks: list[str], shares: torch.Tensor) -> list[int]:
+        """The documents (indices into ``chunks``) a full answer's sentence cites."""
+        if self.config.citation_by_overlap:
+            return cite_supporting(sentence, chunks, shares, self.config.citation_min_share)
+        return choose_documents(shares, self.config.citation_min_share)
+
+    def _fall_back(self, ans: Answer, retrieval: Retrieval, used: list[int], chunks: list[str]) -> None:
+        """No generated sentence is supported: quote the read chunks' sentences that best match the question
+        (:func:`rag.attribution.extractive_fallback`), each citing its chunk, or say "I don't know"."""
+        weights = [float(retrieval.chunks[i].posterior) for i in used]
+        quote = extractive_fallback(ans.question, chunks, weights, self.config.full_fallback_min_overlap)
+        if quote is None:
+            ans.answer, ans.abstained, ans.fallback = ABSTAIN_TEXT, True, "abstain"
+            ans.abstain_reason = "the documents support no sentence of the answer"
+            ans.sentences = []
+            return
+        chunk, base = chunks[quote.chunk], quote.span[0]
+        spans = [(base + a, base + b) for a, b in sentence_spans(quote.text)]
+        n = used[quote.chunk] + 1
+        ans.sentences = [AnswerSentence(text=chunk[a:b], citations=[n], spans=[(a, b)]) for a, b in spans]
+        ans.answer = with_markers(chunk, spans, [[n]] * len(spans))
+        ans.fallback = "extractive"
+        logger.info("full answer: no generated sentence is supported; quoting citation %d", n)
 
     @staticmethod
     def _sentence(text: str, docs: list[int], used: list[int], chunks: list[str]) -> AnswerSentence:

@@ -165,3 +165,47 @@ class TestFaqParsing:
         assert is_question("How do I copy a file")
         assert not is_question("General Questions")
         assert not is_question("Table of Contents")
+
+
+class TestSweep:
+    def test_settings_are_validated_qa_configs(self):
+        from bench.longform import parse_sweep
+        from rag.config import QAConfig
+
+        base = QAConfig(full_min_support=0.6)
+        (label, cfg), (_, off) = parse_sweep(
+            ["full_min_support=0.7,citation_by_overlap=false", "full_min_support=0"], base
+        )
+        assert label == "full_min_support=0.7,citation_by_overlap=false"
+        assert cfg.full_min_support == 0.7 and cfg.citation_by_overlap is False and cfg.mode == base.mode
+        assert off.full_min_support == 0.0 and base.full_min_support == 0.6
+        for bad in ["full_min_support", "no_such_field=1", "full_min_support=2"]:
+            with pytest.raises(SystemExit, match="--sweep"):
+                parse_sweep([bad], base)
+
+    def test_replies_are_generated_once_per_prompt(self):
+        from bench.longform import replaying_strategy
+        from rag.strategies import STRATEGIES
+
+        calls = []
+
+        class Inner:
+            mode = "rag-token"
+
+            def select_documents(self, doc_logprobs, config):
+                return [0]
+
+            def generate(self, decoder, generator, config, request):
+                calls.append(request.question)
+                return f"reply to {request.question} #{len(calls)}"
+
+            def sentence_posteriors(self, *args):
+                return args
+
+        replay = replaying_strategy(Inner())
+        assert replay.mode == "rag-token" and STRATEGIES["rag-token"] is not replay
+        req = SimpleNamespace(question="q1", contexts=["c"], style="full", max_new_tokens=8)
+        assert replay.generate(None, None, None, req) == replay.generate(None, None, None, req) == "reply to q1 #1"
+        other = SimpleNamespace(question="q2", contexts=["c"], style="full", max_new_tokens=8)
+        assert replay.generate(None, None, None, other) == "reply to q2 #2" and calls == ["q1", "q2"]
+        assert replay.select_documents(None, None) == [0] and replay.sentence_posteriors(1, 2) == (1, 2)

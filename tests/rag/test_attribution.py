@@ -198,5 +198,131 @@ def test_support_share_and_supported_sentences():
     share = support_share("Paris towers over zebras.", chunks)  # paris, tower(s) found, zebra(s) not; "over" a stopword
     assert share is not None and abs(share - 2 / 3) < 1e-9
     sentences = ["Zebras paint.", "Paris is the capital.", "Volcanoes sing loudly.", "It is.", "Tower of Paris."]
-    assert supported_sentences(sentences, chunks, 0.6) == [0, 1, 3, 4]  # the first is always kept
+    assert supported_sentences(sentences, chunks, 0.6) == [1, 3, 4]  # the first sentence is checked too
     assert supported_sentences(sentences, chunks, 0.0) == [0, 1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------- citing what supports
+
+#: content words that no stopword list, plural folding or stemming changes
+VOCAB = ["apple", "bread", "cedar", "delta", "ember", "fjord", "grape", "hotel", "igloo", "joker", "kayak", "lemon"]
+
+
+def _brute_cite(sentence: str, chunks: list[str], shares: list[float], min_share: float) -> list[int]:
+    """Every subset of the chunks: of those that contain the posterior's choice less its chunks without a
+    word of the sentence, and hold as many of its words as all the chunks do, the smallest (ties: the larger
+    share sum)."""
+    from itertools import combinations
+
+    words = content_words(sentence)
+    base = [d for d in choose_documents(shares, min_share) if content_words(chunks[d]) & words]
+    everything = set().union(*(content_words(c) for c in chunks)) & words
+    best: tuple[int, float, frozenset[int]] | None = None
+    for size in range(len(chunks) + 1):
+        for combo in combinations(range(len(chunks)), size):
+            if not set(base) <= set(combo):
+                continue
+            held = set().union(*(content_words(chunks[d]) for d in combo)) & words if combo else set()
+            if held != everything:
+                continue
+            key = (-len(combo), sum(shares[d] for d in combo), frozenset(combo))
+            if best is None or key[:2] > best[:2]:
+                best = key
+    assert best is not None
+    return sorted(best[2])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_cite_supporting_matches_brute_force(seed: int) -> None:
+    """The cited chunks hold every word of the sentence that the chunks hold, with the fewest chunks added to
+    the posterior's choice (less its chunks without a word of the sentence), brute force over all subsets."""
+    import random
+
+    from rag.attribution import cite_supporting
+
+    rng = random.Random(seed)
+    k = rng.randint(1, 6)
+    chunks = [" ".join(rng.sample(VOCAB, rng.randint(0, 5))) for _ in range(k)]
+    sentence = " ".join(rng.sample(VOCAB, rng.randint(1, 5))) + "."
+    raw = [rng.random() for _ in range(k)]
+    shares = [v / sum(raw) for v in raw]
+    got = cite_supporting(sentence, chunks, shares, 0.3)
+    assert sorted(got) == _brute_cite(sentence, chunks, shares, 0.3), (sentence, chunks, shares)
+    words = content_words(sentence)
+    assert all(content_words(chunks[d]) & words for d in got)  # every cited chunk holds a word of the sentence
+    posterior = [d for d in choose_documents(shares, 0.3) if content_words(chunks[d]) & words]
+    assert got[: len(posterior)] == posterior  # the posterior's choice first, in its order
+
+
+def test_cite_supporting_by_hand() -> None:
+    from rag.attribution import cite_supporting
+
+    chunks = ["Paris is the capital of France.", "Rome is the capital of Italy.", "Zebras are striped."]
+    # the posterior favours the zebra chunk, which holds no word of the sentence: it is dropped, and the two
+    # chunks that hold its words are cited, the likelier first
+    assert cite_supporting("Paris and Rome are capitals.", chunks, [0.1, 0.2, 0.7], 0.3) == [1, 0]
+    assert cite_supporting("Rome is a capital.", chunks, [0.1, 0.6, 0.3], 0.3) == [1]  # rome holds both words
+    assert cite_supporting("Paris is a capital.", chunks, [0.1, 0.6, 0.3], 0.3) == [1, 0]  # paris holds "paris"
+    assert cite_supporting("Paris is in France.", chunks, [0.1, 0.6, 0.3], 0.3) == [0]  # rome holds no word
+    assert cite_supporting("Unicorns fly.", chunks, [0.1, 0.6, 0.3], 0.3) == []  # no chunk holds a word
+    assert cite_supporting("It is.", chunks, [0.1, 0.6, 0.3], 0.3) == [1, 2]  # no content word: the posterior's
+
+
+def test_greedy_extension_beyond_the_exact_search() -> None:
+    """Past ``_EXACT_EXTENSION`` candidate chunks the extension is greedy and still covers every held word."""
+    from rag.attribution import _EXACT_EXTENSION, cite_supporting
+
+    filler = ["apple"] * (_EXACT_EXTENSION + 2)
+    chunks = [*filler, "bread cedar", "delta"]
+    got = cite_supporting("apple bread cedar delta.", chunks, [1.0] + [0.0] * (len(chunks) - 1), 0.3)
+    assert got[0] == 0 and sorted(got[1:]) == [len(chunks) - 2, len(chunks) - 1]
+
+
+def test_extractive_fallback() -> None:
+    from rag.attribution import QUOTE_MIN_WORDS, extractive_fallback
+
+    chunks = [
+        "Rome is the capital of Italy. The Colosseum held fifty thousand people.",
+        "Paris is the capital of France. The Eiffel Tower was finished in 1889. It is tall.",
+    ]
+    quote = extractive_fallback("What is the capital of France?", chunks, [0.9, 0.1])
+    assert quote is not None and quote.chunk == 1 and quote.overlap == 1.0
+    # the best sentence, then the chunk's next ones until QUOTE_MIN_WORDS words or 3 sentences
+    assert quote.text == chunks[1] and chunks[1][quote.span[0] : quote.span[1]] == quote.text
+    assert len(quote.text.split()) < QUOTE_MIN_WORDS
+    one = extractive_fallback("What is the capital of France?", chunks, [0.9, 0.1], max_sentences=1)
+    assert one is not None and one.text == "Paris is the capital of France."
+    # equal overlap ("capital" only): the larger weight wins
+    tie = extractive_fallback("Which capital?", chunks, [0.2, 0.8], max_sentences=1)
+    assert tie is not None and tie.text == "Paris is the capital of France."
+    tie = extractive_fallback("Which capital?", chunks, [0.8, 0.2], max_sentences=1)
+    assert tie is not None and tie.text == "Rome is the capital of Italy."
+    # weak matches give nothing to quote: the answer will be "I don't know"
+    assert extractive_fallback("What is the capital of Australia?", chunks, min_overlap=0.6) is None
+    assert extractive_fallback("What is the capital of Australia?", chunks, min_overlap=0.5) is not None
+    assert extractive_fallback("Unicorns?", chunks) is None and extractive_fallback("Is it?", chunks) is None
+    assert extractive_fallback("capital", []) is None
+
+
+def test_extractive_fallback_quotes_the_answer_under_a_heading_that_asks() -> None:
+    """A FAQ heading repeating the question is not quoted: the answer after it is, up to the next heading."""
+    from rag.attribution import extractive_fallback
+
+    chunks = [
+        "Lambdas bind late. How do I share global variables across modules?",  # the heading ends this chunk
+        "How do I share global variables across modules?\n\nCreate a config module. Import it everywhere.\n\n"
+        "Why is my list changed?",
+    ]
+    quote = extractive_fallback("How do I share global variables across modules?", chunks, [0.9, 0.1])
+    assert quote is not None and quote.chunk == 1 and quote.overlap == 1.0
+    assert quote.text == "Create a config module. Import it everywhere."
+
+
+def test_content_words_keep_identifiers_whole_and_skip_single_characters() -> None:
+    """An invented identifier is not supported by the words it is built from, nor by digits found anywhere."""
+    from rag.attribution import support_share
+
+    assert content_words("my_tuple = tuple(x, 0)") == {"my_tuple", "tuple"}
+    chunks = ["Convert a list to a tuple with tuple(x); x = [0, 1]."]
+    assert support_share("list_list = tuple(0, 1)", chunks) == 0.5  # list_list is not in the chunk
+    assert support_share("x = 1", chunks) is None  # nothing but one-character tokens

@@ -232,7 +232,9 @@ def test_full_style_budget_stop_and_markers(setup, mode):
     for s in ans.sentences:
         at = plain.index(s.text, at) + len(s.text)
     for s in ans.sentences:
-        assert s.text in ans.raw_answer and len(s.spans) == len(s.citations)
+        # the model's own sentences, or (the guard left none: the tiny random model's are gibberish) a quote
+        source = ans.raw_answer if ans.fallback is None else ans.citations[s.citations[0] - 1].text
+        assert s.text in source and len(s.spans) == len(s.citations)
         for n, span in zip(s.citations, s.spans):
             assert 1 <= n <= len(ans.citations)
             if span is not None:
@@ -331,6 +333,89 @@ def test_full_answers_leave_out_sentences_the_chunks_do_not_support(setup, monke
     assert [s.text for s in kept.sentences] == [text[0:31], text[63:]]
     assert "Zebras" not in kept.answer and "Zebras" in every.answer
     assert MARKER.sub("", kept.answer) == "Paris is the capital of France. The Eiffel Tower was finished in 1889."
+
+
+def _script_reply(monkeypatch, text: str) -> None:
+    """Full answers read ``text`` as the model's reply (its sentences mapped evenly onto the generated tokens)."""
+    import rag.qa as qa_module
+    from rag.attribution import sentence_spans
+    from rag.extract import FullReply
+
+    real = qa_module.full_reply
+    spans = sentence_spans(text)
+
+    def scripted(ids, decode, eos):
+        r = real(ids, decode, eos)
+        n = len(r.token_ids)
+        assert n >= len(spans), "the tiny model generated too few tokens to map the sentences onto"
+        ends = [round((i + 1) * len(text) / n) for i in range(n)]
+        return FullReply(text=text, token_ids=r.token_ids, token_ends=ends, spans=spans)
+
+    monkeypatch.setattr(qa_module, "full_reply", scripted)
+
+
+def _full(setup, question: str, **qa):
+    ws, _ = setup
+    options = {"answer_style": "full", "full_max_new_tokens": 24, "min_doc_posterior": 0.0, **qa}
+    with ws.open("c", readonly=True) as coll:
+        return pipeline(setup, **options).answer(coll, question, mode="rag-token", abstain=False)
+
+
+def test_full_answers_check_the_first_sentence_too(setup, monkeypatch):
+    """An unsupported first sentence is left out like any other; the answer starts at the next kept one."""
+    _script_reply(monkeypatch, "Zebras paint volcanoes purple. Paris is the capital of France. Giraffes sing.")
+    ans = _full(setup, "What is the capital of France?")
+    assert [s.text for s in ans.sentences] == ["Paris is the capital of France."]
+    assert MARKER.sub("", ans.answer) == "Paris is the capital of France."
+    assert ans.sentences_left_out == 2 and ans.fallback is None and not ans.abstained
+    every = _full(setup, "What is the capital of France?", full_min_support=0.0)  # the guard off: all kept
+    assert len(every.sentences) == 3 and every.sentences_left_out == 0 and every.fallback is None
+    assert MARKER.sub("", every.answer).startswith("Zebras paint volcanoes purple.")
+
+
+def test_unsupported_answers_fall_back_to_a_cited_quote(setup, monkeypatch):
+    """No generated sentence is supported: the answer quotes the chunk sentences that best match the
+    question, each citing the chunk it is copied from, and says so (``fallback == "extractive"``)."""
+    _script_reply(monkeypatch, "Zebras paint volcanoes purple. Giraffes sing loudly.")
+    ans = _full(setup, "What is the capital of France?")
+    assert ans.fallback == "extractive" and not ans.abstained and ans.sentences_left_out == 2
+    assert ans.sentences and ans.sentences[0].text == "Paris is the capital of France."
+    for s in ans.sentences:
+        assert len(s.citations) == 1
+        chunk = ans.citations[s.citations[0] - 1].text
+        start, end = s.spans[0]
+        assert chunk[start:end] == s.text  # copied from the chunk it cites
+    assert "Zebras" not in ans.answer and MARKER.findall(ans.answer)
+    assert MARKER.sub("", ans.answer).startswith("Paris is the capital of France.")
+    # the guard off: the unsupported reply stays, with no fallback
+    off = _full(setup, "What is the capital of France?", full_min_support=0.0)
+    assert off.fallback is None and MARKER.sub("", off.answer) == "Zebras paint volcanoes purple. Giraffes sing loudly."
+
+
+def test_unsupported_answers_without_a_good_quote_say_i_do_not_know(setup, monkeypatch):
+    """When no chunk sentence holds enough of the question's words either, the answer is "I don't know"."""
+    _script_reply(monkeypatch, "Zebras paint volcanoes purple. Giraffes sing loudly.")
+    ans = _full(setup, "Which zebras paint volcanoes?")
+    assert ans.abstained and ans.answer == "I don't know." and ans.fallback == "abstain"
+    assert ans.sentences == [] and ans.abstain_reason == "the documents support no sentence of the answer"
+    lenient = _full(setup, "Which zebras paint the capital?", full_fallback_min_overlap=0.2)
+    assert lenient.fallback == "extractive" and "capital" in lenient.answer
+
+
+def test_full_sentences_cite_the_chunks_that_hold_their_words(setup, monkeypatch):
+    """A sentence drawing on two chunks cites both, whatever the posterior favours; without
+    ``citation_by_overlap`` it cites the posterior's choice alone."""
+    _script_reply(monkeypatch, "Paris and Rome are capitals. The Colosseum held fifty thousand people.")
+    ans = _full(setup, "What is the capital of France?")
+    assert len(ans.sentences) == 2
+    first = {ans.citations[n - 1].doc_id for n in ans.sentences[0].citations}
+    texts = [ans.citations[n - 1].text for n in ans.sentences[0].citations]
+    assert any("Paris" in t for t in texts) and any("Rome" in t for t in texts), first
+    assert all("Paris" in t or "Rome" in t for t in texts)  # every cited chunk holds a word of it
+    second = [ans.citations[n - 1].text for n in ans.sentences[1].citations]
+    assert second and all("Colosseum" in t for t in second)
+    plain = _full(setup, "What is the capital of France?", citation_by_overlap=False, citation_min_share=0.99)
+    assert all(len(s.citations) == 1 for s in plain.sentences)  # the top posterior document alone
 
 
 def test_unknown_style(setup):
