@@ -192,6 +192,20 @@ def support_share(sentence: str, chunks: Sequence[str]) -> float | None:
     return len(words & found) / len(words)
 
 
+class ClaimCheck:
+    """Whether a sentence may be followed by more of the reply: True unless it makes a claim (at least
+    ``min_words`` content words) of which less than ``min_support`` is found in ``chunks`` (the
+    words of the chunks are read once, for every sentence checked)."""
+
+    def __init__(self, chunks: Sequence[str], min_support: float, min_words: int = 3) -> None:
+        self.found: set[str] = set().union(*(content_words(c) for c in chunks))
+        self.min_support, self.min_words = min_support, min_words
+
+    def __call__(self, sentence: str) -> bool:
+        words = content_words(sentence)
+        return len(words) < self.min_words or len(words & self.found) / len(words) >= self.min_support
+
+
 def supported_sentences(sentences: Sequence[str], chunks: Sequence[str], min_support: float) -> list[int]:
     """Indices of the ``sentences`` to keep: each, the first included, whose :func:`support_share` in ``chunks``
     is at least ``min_support`` or that has no content words (``min_support`` 0 keeps every sentence)."""

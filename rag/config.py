@@ -108,6 +108,12 @@ class QAConfig(BaseModel):
         "content words appear in the chunks the model read: a guard against sentences the documents do not support "
         "(0: keep all). When no sentence is left, the answer falls back to a quote (full_fallback_min_overlap).",
     )
+    full_stop_unsupported: bool = Field(
+        True,
+        description="'full' answers stop generating at the first finished sentence that makes a claim (3+ content "
+        "words) the chunks read do not support (full_min_support): the guard would leave it out, and what the model "
+        "writes after it rarely returns to the documents. False: generate to eos, the budget or a repetition.",
+    )
     full_fallback_min_overlap: float = Field(
         0.5,
         ge=0,

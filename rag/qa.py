@@ -52,6 +52,7 @@ from ingest.collection import Collection
 from rag.abstention import AbstentionRule
 from rag.adapter_defaults import NO_ADAPTER, AdapterResolver, Resolved
 from rag.attribution import (
+    ClaimCheck,
     choose_documents,
     cite_supporting,
     content_words,
@@ -389,7 +390,12 @@ class QAPipeline:
             max_new_tokens=self.config.max_new_tokens,
         )
         if style == "full":
-            request.stop = FullReplyStop(gen.decode)  # eos, the budget, or the model repeating itself
+            check = None
+            if self.config.full_stop_unsupported and self.config.full_min_support > 0:
+                check = ClaimCheck([retrieval.chunks[i].text for i in used], self.config.full_min_support)
+            # eos, the budget, the model repeating itself, or (check) a sentence the chunks read (as the guard) do not
+            # support
+            request.stop = FullReplyStop(gen.decode, sentence_ok=check)
             request.max_new_tokens = self.config.full_max_new_tokens
         return used, request
 

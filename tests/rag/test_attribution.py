@@ -326,3 +326,14 @@ def test_content_words_keep_identifiers_whole_and_skip_single_characters() -> No
     chunks = ["Convert a list to a tuple with tuple(x); x = [0, 1]."]
     assert support_share("list_list = tuple(0, 1)", chunks) == 0.5  # list_list is not in the chunk
     assert support_share("x = 1", chunks) is None  # nothing but one-character tokens
+
+
+def test_claim_check():
+    from rag.attribution import ClaimCheck
+
+    check = ClaimCheck(["Paris is the capital of France.", "The Eiffel Tower was finished in 1889."], 0.7)
+    assert check("The capital of France is Paris.")
+    assert check("The Eiffel Tower in Paris was finished.")  # tower, eiffel, paris, finished: all found
+    assert not check("Zebras paint volcanoes purple in Paris.")  # 1 of 5 found
+    assert check("Zebras paint.")  # under three content words: no claim
+    assert ClaimCheck([], 0.7, min_words=1)("Paris.") is False

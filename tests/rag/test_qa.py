@@ -253,7 +253,7 @@ def test_full_style_decoding_ends_on_its_stop_rule(setup, monkeypatch):
     ws, _ = setup
     seen: list[int] = []
 
-    def stop_after_five(decode):
+    def stop_after_five(decode, **_):
         def stop(ids):
             seen.append(len(ids))
             return len(ids) >= 5
@@ -444,3 +444,30 @@ def test_style_prompts_and_their_cacheable_prefixes(setup):
         shared = spec.shared_lengths[0]
         assert spec.lengths == [len(prefix)] and 0 < shared < len(prefix)
         assert system in gen.tokenizer.decode(prefix[:shared])  # the shared head holds the style's system turn
+
+
+def test_full_answers_stop_at_a_sentence_the_chunks_do_not_support(setup, monkeypatch):
+    """With ``full_stop_unsupported`` the full style's stop rule gets a check built from the chunks read: an
+    invented claim fails it (decoding ends there), a sentence of the documents passes; off, or with the guard
+    off, no check."""
+    import rag.qa as qa_module
+
+    ws, _ = setup
+    checks: list = []
+    real = qa_module.FullReplyStop
+
+    def capture(decode, sentence_ok=None, **kw):
+        checks.append(sentence_ok)
+        return real(decode, sentence_ok=sentence_ok, **kw)
+
+    monkeypatch.setattr(qa_module, "FullReplyStop", capture)
+    question = "What is the capital of France?"
+    with ws.open("c", readonly=True) as coll:
+        for settings in ({}, {"full_stop_unsupported": False}, {"full_min_support": 0.0}):
+            qa = pipeline(setup, answer_style="full", full_max_new_tokens=8, min_doc_posterior=0.0, **settings)
+            qa.answer(coll, question, mode="rag-token", abstain=False, k=10)  # every chunk read
+    on, off, guard_off = checks
+    assert off is None and guard_off is None and on is not None
+    assert not on("Zebras paint volcanoes purple every winter.")
+    assert on("Zebras paint.")  # fewer than three content words: not a claim to stop on
+    assert on("Paris is the capital of France.")
