@@ -197,7 +197,13 @@ def test_an_abandoned_stream_stops_generating(tmp_path, tiny_st_model, tiny_llm)
     settings = make_settings(tmp_path / "home", tiny_st_model, tiny_llm, auth=False)
     # long answers: sampled at a high temperature (no repetition stop), a large budget, reproducible
     settings.qa = QAConfig(
-        answer_style="full", full_max_new_tokens=1200, strategy="sample", temperature=3.0, seed=7, mode="rag-token"
+        answer_style="full",
+        full_max_new_tokens=1200,
+        strategy="sample",
+        temperature=3.0,
+        seed=7,
+        mode="rag-token",
+        full_stop_unsupported=False,  # random text is never supported: it would stop at its first sentence
     )
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
