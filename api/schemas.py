@@ -186,6 +186,9 @@ class AnswerSentencePublic(BaseModel):
         description="Aligned with citations: [start, end) char offsets in that citation's text of the supporting "
         "span, or null."
     )
+    quoted: bool = Field(
+        False, description="Full style: the sentence is quoted as written from its citation, not generated."
+    )
 
 
 class AnswerPublic(BaseModel):

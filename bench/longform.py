@@ -269,6 +269,7 @@ class SystemAnswer:
     timings: dict[str, float] = field(default_factory=dict)  #: the system's own split (ragqa: retrieve/generate)
     fallback: str | None = None  #: ragqa full style: "extractive" / "abstain" when the guard left no sentence
     left_out: int = 0  #: ragqa full style: generated sentences the sentence-support guard left out
+    quoted_words: int = 0  #: ragqa full style: words of the sentences quoted from the chunks (not generated)
 
 
 class RagqaSystem:
@@ -298,6 +299,7 @@ def ragqa_answer(ans: Any, latency_s: float) -> SystemAnswer:
     if ans.abstained:
         return SystemAnswer(ans.answer, True, [], [], latency_s, dict(ans.timings), fallback, left_out)
     structured = getattr(ans, "sentences", None)
+    quoted = sum(len(s.text.split()) for s in structured or [] if getattr(s, "quoted", False))
     if structured is not None:
         for s in structured:
             cites = [by_index[i] for i in s.citations if i in by_index]
@@ -308,7 +310,7 @@ def ragqa_answer(ans: Any, latency_s: float) -> SystemAnswer:
         sentences.append((strip_markers(ans.answer), [c.text for c in cites]))
         cited.update((c.index, c.source) for c in cites)
     return SystemAnswer(
-        ans.answer, False, sentences, list(cited.values()), latency_s, dict(ans.timings), fallback, left_out
+        ans.answer, False, sentences, list(cited.values()), latency_s, dict(ans.timings), fallback, left_out, quoted
     )
 
 
@@ -402,8 +404,9 @@ def prepare_home(home: pathlib.Path) -> None:
 
 
 def open_ragqa(home: pathlib.Path, sections: Sequence[str]) -> tuple[Any, Any, str, dict[str, Any]]:
-    """ragqa's stack (models loaded) and the collection of ``sections``, ingested (incrementally) now:
-    (stack, open read-only collection, name, ingest summary with its wall seconds)."""
+    """ragqa's stack (models loaded) and the collection of ``sections``, ingested (incrementally) and calibrated
+    (when stale) now, as ``ragqa ingest`` leaves it: (stack, open read-only collection, name, ingest summary with its
+    wall seconds)."""
     from api.factory import RagStack
     from api.settings import Settings
 
@@ -412,6 +415,9 @@ def open_ragqa(home: pathlib.Path, sections: Sequence[str]) -> tuple[Any, Any, s
     t0 = time.perf_counter()
     report = stack.workspace.ingest(section_dirs(sections), name)
     seconds = time.perf_counter() - t0
+    from rag.calibration import recalibrate
+
+    recalibrate(stack.workspace, name)  # as `ragqa ingest` does: the collection's own "I don't know" threshold
     summary = {
         "seconds": seconds,
         "files_ingested": len(report.added) + len(report.replaced),
@@ -533,6 +539,8 @@ class SystemResult:
             "p50_s": float(np.percentile(lat, 50)),
             "p95_s": float(np.percentile(lat, 95)),
             "words_per_answer": sum(len(strip_markers(r.answer.text).split()) for r in rows) / n,
+            "quoted_word_share": sum(r.answer.quoted_words for r in rows)
+            / max(sum(len(strip_markers(r.answer.text).split()) for r in rows if not r.answer.abstained), 1),
             "fallback_extractive": sum(r.answer.fallback == "extractive" for r in rows),
             "fallback_abstain": sum(r.answer.fallback == "abstain" for r in rows),
             "sentences_left_out": sum(r.answer.left_out for r in rows),
@@ -672,9 +680,9 @@ def render(res: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> st
     lines += _render_ingest(res)
     lines.append(
         "| system | ROUGE-L F1 | embedding cosine | citation precision | supported-sentence rate (sentences) | "
-        "abstention rate | p50 latency (s) | p95 latency (s) | words/answer |"
+        "abstention rate | p50 latency (s) | p95 latency (s) | words/answer | quoted words |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for s in (LC, RAGQA):
         if s not in sysres:
             continue
@@ -683,7 +691,8 @@ def render(res: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> st
         lines.append(
             f"| {name} | {_f(r['rouge_l'])} | {_f(r['cosine'])} | {_f(r['citation_precision'])} | "
             f"{_f(r['supported_rate'])} ({r['sentences']}) | {_f(r['abstention_rate'])} | {_f(r['p50_s'], '.2f')} | "
-            f"{_f(r['p95_s'], '.2f')} | {_f(r['words_per_answer'], '.1f')} |"
+            f"{_f(r['p95_s'], '.2f')} | {_f(r['words_per_answer'], '.1f')} | "
+            f"{_f(r.get('quoted_word_share', 0.0), '.2f') if s == RAGQA else '-'} |"
         )
     lines.append("")
     lines.append(
@@ -692,7 +701,9 @@ def render(res: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> st
         "the cited chunks (LangChain: the 4 it was given) from the entry's own FAQ page, mean over answers "
         "that cite. Supported: answer sentences whose content words are >= 70% found in the chunks they cite "
         "(LangChain: the chunks it was given); ragqa without sentence attribution counts its whole answer as one "
-        "sentence citing every chunk that contributed."
+        "sentence citing every chunk that contributed. Quoted words: share of the words of ragqa's answers "
+        "(abstentions aside) in sentences quoted as written from the chunks (`qa.full_quote_min_words`, the fallback "
+        "quote), not generated."
     )
     lines.append("")
     if res.get("sweep"):
@@ -708,17 +719,19 @@ def _render_sweep(res: dict[str, Any], timed: dict[str, Any]) -> list[str]:
     lines = [
         "The same generated replies under other settings (`--sweep`; the first row is the timed pass, "
         f"full_min_support={cfg['full_min_support']}, full_fallback_min_overlap={cfg['full_fallback_min_overlap']}, "
-        f"citation_by_overlap={cfg['citation_by_overlap']}):",
+        f"citation_by_overlap={cfg['citation_by_overlap']}, "
+        f"full_quote_min_words={cfg.get('full_quote_min_words', 0)}):",
         "",
         "| setting | ROUGE-L F1 | embedding cosine | citation precision | supported-sentence rate (sentences) | "
-        "words/answer | sentences left out | quoted / I don't know (fallback) | abstention rate |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "words/answer | quoted words | sentences left out | quoted / I don't know (fallback) | abstention rate |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in [("(timed pass)", timed), *res["sweep"].items()]:
         lines.append(
             f"| {label} | {_f(r['rouge_l'])} | {_f(r['cosine'])} | {_f(r['citation_precision'])} | "
             f"{_f(r['supported_rate'])} ({r['sentences']}) | {_f(r['words_per_answer'], '.1f')} | "
-            f"{r.get('sentences_left_out', 0)} | {r.get('fallback_extractive', 0)} / {r.get('fallback_abstain', 0)} | "
+            f"{_f(r.get('quoted_word_share', 0.0), '.2f')} | {r.get('sentences_left_out', 0)} | "
+            f"{r.get('fallback_extractive', 0)} / {r.get('fallback_abstain', 0)} | "
             f"{_f(r['abstention_rate'])} |"
         )
     lines.append("")

@@ -39,6 +39,7 @@ __all__ = [
     "cite_supporting",
     "content_words",
     "extractive_fallback",
+    "is_lead_in",
     "Quote",
     "is_finished",
     "overlap_shares",
@@ -49,6 +50,8 @@ __all__ = [
     "support_share",
     "supporting_span",
     "token_sentence_spans",
+    "unsaid_sentences",
+    "without_dangling_lead_ins",
 ]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -209,12 +212,25 @@ class ClaimCheck:
 def supported_sentences(sentences: Sequence[str], chunks: Sequence[str], min_support: float) -> list[int]:
     """Indices of the ``sentences`` to keep: each, the first included, whose :func:`support_share` in ``chunks``
     is at least ``min_support`` or that has no content words (``min_support`` 0 keeps every sentence)."""
+    found: set[str] = set().union(*(content_words(c) for c in chunks))  # the chunks' words, read once
     keep = []
     for i, sentence in enumerate(sentences):
-        share = support_share(sentence, chunks)
-        if share is None or share >= min_support:
+        words = content_words(sentence)
+        if not words or len(words & found) / len(words) >= min_support:
             keep.append(i)
     return keep
+
+
+def is_lead_in(sentence: str) -> bool:
+    """True when ``sentence`` only announces what follows it (it ends with ``:``, e.g. "The steps are:")."""
+    return sentence.rstrip().rstrip("*`").endswith(":")
+
+
+def without_dangling_lead_ins(sentences: Sequence[str], keep: Sequence[int]) -> list[int]:
+    """``keep`` less the lead-ins (:func:`is_lead_in`) whose next sentence is not kept: a kept "The steps are:"
+    before a left-out (or missing) list promises an answer it does not give."""
+    kept = set(keep)
+    return [i for i in keep if not (is_lead_in(sentences[i]) and i + 1 not in kept)]
 
 
 def _overlap(words: set[str], text: str) -> float:
@@ -376,12 +392,26 @@ def _asks(sentence: str) -> bool:
 QUOTE_MIN_WORDS = 25
 
 
+def unsaid_sentences(quote: Quote, said: str, min_support: float = 0.7) -> list[tuple[int, int]]:
+    """Spans (in the quoted chunk) of the sentences of ``quote`` that ``said`` does not already say: those with content
+    words of which less than ``min_support`` are in ``said`` (a sentence without content words is left out)."""
+    found = content_words(said)
+    base = quote.span[0]
+    out = []
+    for a, b in sentence_spans(quote.text):
+        words = content_words(quote.text[a:b])
+        if words and len(words & found) / len(words) < min_support:
+            out.append((base + a, base + b))
+    return out
+
+
 def extractive_fallback(
     question: str,
     chunks: Sequence[str],
     weights: Sequence[float] | None = None,
     min_overlap: float = 0.5,
     max_sentences: int = 3,
+    min_words: int = QUOTE_MIN_WORDS,
 ) -> Quote | None:
     """The chunk sentence that best matches ``question``, quoted with the sentences after it in its chunk.
 
@@ -390,7 +420,7 @@ def extractive_fallback(
     sentence). A sentence that asks (ends with ``?``, e.g. a FAQ heading) is never quoted: the sentence after
     it scores as well as it does, since that is where its answer starts. The best one starts the quote, which
     runs on through the chunk's next sentences, up to the next one that asks, until it has
-    :data:`QUOTE_MIN_WORDS` words or ``max_sentences`` sentences.
+    ``min_words`` words or ``max_sentences`` sentences.
 
     Returns:
         The quote, or None when the question has no content words or the best sentence holds less than
@@ -422,7 +452,7 @@ def extractive_fallback(
         end + 1 < len(spans)
         and end + 1 - j < max_sentences
         and not _asks(chunks[k][spans[end + 1][0] : spans[end + 1][1]])
-        and len(chunks[k][spans[j][0] : spans[end][1]].split()) < QUOTE_MIN_WORDS
+        and len(chunks[k][spans[j][0] : spans[end][1]].split()) < min_words
     ):
         end += 1
     span = (spans[j][0], spans[end][1])

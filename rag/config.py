@@ -122,6 +122,15 @@ class QAConfig(BaseModel):
         "read chunks that best match the question, cited (`fallback: extractive`), if the best holds at least "
         "this share of the question's content words; else it says \"I don't know.\" (`fallback: abstain`).",
     )
+    full_quote_min_words: int = Field(
+        60,
+        ge=0,
+        le=1000,
+        description="'full' answers shorter than this many words (after the guard) go on with the sentences of the "
+        "read chunks that best match the question and that the answer does not already say, quoted as written and "
+        "cited (each marked `quoted`), up to this length; the fallback quote runs to it too. A small model's own "
+        "words rarely cover an answer; the documents' do. 0: never add a quote.",
+    )
     citation_by_overlap: bool = Field(
         True,
         description="'full' answers: a sentence cites the posterior's chunks that share its content words, plus the "

@@ -29,9 +29,11 @@ Answer styles (``QAConfig.answer_style``, or ``style=`` per call):
   (:mod:`rag.attribution`; stuff mode: word overlap), filtered and extended by word overlap so that the cited
   chunks hold the sentence's words (``citation_by_overlap``), as inline markers ``[n]``. The sentence-support
   guard (``full_min_support``) leaves out every sentence, the first included, whose content words the chunks
-  read do not hold; when none is left, the answer quotes the chunk sentences that best match the question
-  (``Answer.fallback == "extractive"``), or says "I don't know" when even those match it weakly
-  (``fallback == "abstain"``).
+  read do not hold, and a lead-in ("The steps are:") whose next sentence it left out; when none is left, the
+  answer quotes the chunk sentences that best match the question (``Answer.fallback == "extractive"``), or
+  says "I don't know" when even those match it weakly (``fallback == "abstain"``). An answer shorter than
+  ``full_quote_min_words`` goes on with the sentences of that quote it does not already say
+  (``AnswerSentence.quoted``).
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ from ingest.collection import Collection
 from rag.abstention import AbstentionRule
 from rag.adapter_defaults import NO_ADAPTER, AdapterResolver, Resolved
 from rag.attribution import (
+    QUOTE_MIN_WORDS,
     ClaimCheck,
+    Quote,
     choose_documents,
     cite_supporting,
     content_words,
@@ -61,6 +65,8 @@ from rag.attribution import (
     supported_sentences,
     supporting_span,
     token_sentence_spans,
+    unsaid_sentences,
+    without_dangling_lead_ins,
 )
 from rag.calibration import read_calibration
 from rag.config import QAConfig
@@ -102,11 +108,14 @@ class AnswerSentence:
         citations: 1-based :attr:`Citation.index` values, most supporting first.
         spans: aligned with ``citations``: char offsets ``(start, end)`` in that citation's ``text`` of
             the chunk sentence that best supports this one, or None when no chunk sentence shares a word.
+        quoted: the sentence is copied from its citation's chunk (``spans[0]``), not generated.
     """
 
     text: str
     citations: list[int] = field(default_factory=list)
     spans: list[tuple[int, int] | None] = field(default_factory=list)
+    #: full style: the sentence is quoted as written from its (one) citation, not the model's own
+    quoted: bool = False
 
 
 @dataclass
@@ -455,6 +464,8 @@ class QAPipeline:
             return
         texts = [reply.text[a:b] for a, b in reply.spans]
         keep = supported_sentences(texts, chunks, self.config.full_min_support)
+        if self.config.full_min_support > 0:
+            keep = without_dangling_lead_ins(texts, keep)
         ans.sentences_left_out = len(texts) - len(keep)
         if ans.sentences_left_out:
             logger.info(
@@ -473,6 +484,7 @@ class QAPipeline:
             self._sentence(text, self._cite(text, chunks, shares[s]), used, chunks) for s, text in enumerate(texts)
         ]
         ans.answer = with_markers(reply.text, spans, [s.citations for s in ans.sentences], gaps)
+        self._extend_with_quote(ans, retrieval, used, chunks)
 
     def _cite(self, sentence: str, chunks: list[str], shares: torch.Tensor) -> list[int]:
         """The documents (indices into ``chunks``) a full answer's sentence cites."""
@@ -480,11 +492,43 @@ class QAPipeline:
             return cite_supporting(sentence, chunks, shares, self.config.citation_min_share)
         return choose_documents(shares, self.config.citation_min_share)
 
+    def _quote(self, question: str, retrieval: Retrieval, used: list[int], chunks: list[str]) -> Quote | None:
+        """The read chunks' sentences that best match ``question`` (:func:`rag.attribution.extractive_fallback`),
+        up to ``full_quote_min_words`` words (at least :data:`QUOTE_MIN_WORDS`)."""
+        weights = [float(retrieval.chunks[i].posterior) for i in used]
+        words = max(self.config.full_quote_min_words, QUOTE_MIN_WORDS)
+        return extractive_fallback(
+            question, chunks, weights, self.config.full_fallback_min_overlap, max(3, words // 10), words
+        )
+
+    def _extend_with_quote(self, ans: Answer, retrieval: Retrieval, used: list[int], chunks: list[str]) -> None:
+        """A full answer shorter than ``full_quote_min_words`` goes on with the quote's sentences it does not
+        already say (:func:`rag.attribution.unsaid_sentences`), as written, each citing its chunk, until it has
+        that many words."""
+        target = self.config.full_quote_min_words
+        have = sum(len(x.text.split()) for x in ans.sentences)
+        if have >= target:
+            return
+        quote = self._quote(ans.question, retrieval, used, chunks)
+        if quote is None:
+            return
+        chunk, n = chunks[quote.chunk], used[quote.chunk] + 1
+        spans: list[tuple[int, int]] = []
+        for a, b in unsaid_sentences(quote, " ".join(x.text for x in ans.sentences)):
+            if have >= target:
+                break
+            spans.append((a, b))
+            have += len(chunk[a:b].split())
+        if not spans:
+            return
+        ans.sentences += [AnswerSentence(text=chunk[a:b], citations=[n], spans=[(a, b)], quoted=True) for a, b in spans]
+        ans.answer = ans.answer.rstrip() + " " + with_markers(chunk, spans, [[n]] * len(spans))
+        logger.info("full answer: %d sentences quoted from citation %d to reach %d words", len(spans), n, target)
+
     def _fall_back(self, ans: Answer, retrieval: Retrieval, used: list[int], chunks: list[str]) -> None:
         """No generated sentence is supported: quote the read chunks' sentences that best match the question
-        (:func:`rag.attribution.extractive_fallback`), each citing its chunk, or say "I don't know"."""
-        weights = [float(retrieval.chunks[i].posterior) for i in used]
-        quote = extractive_fallback(ans.question, chunks, weights, self.config.full_fallback_min_overlap)
+        (:meth:`_quote`), each citing its chunk, or say "I don't know"."""
+        quote = self._quote(ans.question, retrieval, used, chunks)
         if quote is None:
             ans.answer, ans.abstained, ans.fallback = ABSTAIN_TEXT, True, "abstain"
             ans.abstain_reason = "the documents support no sentence of the answer"
@@ -493,7 +537,7 @@ class QAPipeline:
         chunk, base = chunks[quote.chunk], quote.span[0]
         spans = [(base + a, base + b) for a, b in sentence_spans(quote.text)]
         n = used[quote.chunk] + 1
-        ans.sentences = [AnswerSentence(text=chunk[a:b], citations=[n], spans=[(a, b)]) for a, b in spans]
+        ans.sentences = [AnswerSentence(text=chunk[a:b], citations=[n], spans=[(a, b)], quoted=True) for a, b in spans]
         ans.answer = with_markers(chunk, spans, [[n]] * len(spans))
         ans.fallback = "extractive"
         logger.info("full answer: no generated sentence is supported; quoting citation %d", n)

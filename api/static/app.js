@@ -388,7 +388,12 @@
     for (const m of a.answer.matchAll(/(?:\[\d+\])+/g)) {
       const sentence = cited[group++];
       if (!sentence) break;
-      if (m.index > last) out.push(document.createTextNode(a.answer.slice(last, m.index)));
+      if (m.index > last) {
+        const text = document.createTextNode(a.answer.slice(last, m.index));
+        // a sentence copied as written from its chunk (full answers shorter than qa.full_quote_min_words)
+        out.push(sentence.quoted ? el("span", { class: "quoted", title: "Quoted from the cited passage" }, text)
+          : text);
+      }
       for (const [, n] of m[0].matchAll(/\[(\d+)\]/g)) {
         const index = Number(n);
         const span = sentence.spans[sentence.citations.indexOf(index)] || null;

@@ -349,7 +349,8 @@ def test_ask_answer_style(env, docs):
     for ans in (full, short):
         assert isinstance(ans["sentences"], list) and (ans["abstained"] or ans["sentences"])
         for sentence in ans["sentences"]:
-            assert set(sentence) == {"text", "citations", "spans"}
+            assert set(sentence) == {"text", "citations", "spans", "quoted"}
+            assert sentence["quoted"] is False or len(sentence["citations"]) == 1  # a quote cites its one chunk
             assert len(sentence["spans"]) == len(sentence["citations"])
             assert all(1 <= n <= len(ans["citations"]) for n in sentence["citations"])
             for n in sentence["citations"]:

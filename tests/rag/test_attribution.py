@@ -337,3 +337,30 @@ def test_claim_check():
     assert not check("Zebras paint volcanoes purple in Paris.")  # 1 of 5 found
     assert check("Zebras paint.")  # under three content words: no claim
     assert ClaimCheck([], 0.7, min_words=1)("Paris.") is False
+
+
+def test_lead_ins_are_left_out_when_what_they_announce_is() -> None:
+    from rag.attribution import is_lead_in, without_dangling_lead_ins
+
+    assert is_lead_in("The steps are:") and is_lead_in("Use it like this: ") and is_lead_in("**Steps**:")
+    assert not is_lead_in("Paris is the capital.") and not is_lead_in("Ratio 1:2 holds.")
+    texts = ["Intro:", "Step one.", "More:", "Unsupported.", "Last:"]
+    assert without_dangling_lead_ins(texts, [0, 1, 2, 4]) == [0, 1]  # "More:" lost its next one, "Last:" has none
+    assert without_dangling_lead_ins(texts, [1, 3]) == [1, 3]
+
+
+def test_unsaid_sentences_skip_what_the_answer_already_says() -> None:
+    from rag.attribution import extractive_fallback, unsaid_sentences
+
+    chunk = "Paris is the capital of France. The Eiffel Tower was finished in 1889. It is 330 metres tall."
+    quote = extractive_fallback("What is the capital of France?", [chunk], min_words=60, max_sentences=6)
+    assert quote is not None and quote.text == chunk
+    spans = unsaid_sentences(quote, "The capital of France is Paris [1].")
+    assert [chunk[a:b] for a, b in spans] == ["The Eiffel Tower was finished in 1889.", "It is 330 metres tall."]
+    assert unsaid_sentences(quote, chunk) == []  # all said
+    # the spans are offsets in the chunk, also when the quote starts inside it
+    longer = "Intro here. " + chunk
+    later = extractive_fallback("When was the Eiffel Tower finished?", [longer], min_words=5)
+    assert later is not None and later.span[0] > 0
+    a, b = unsaid_sentences(later, "")[0]
+    assert longer[a:b] == "The Eiffel Tower was finished in 1889."

@@ -356,7 +356,9 @@ def _script_reply(monkeypatch, text: str) -> None:
 
 def _full(setup, question: str, **qa):
     ws, _ = setup
-    options = {"answer_style": "full", "full_max_new_tokens": 24, "min_doc_posterior": 0.0, **qa}
+    # the guard's tests see the guard alone: no quote added to short answers unless a test asks for it
+    options = {"answer_style": "full", "full_max_new_tokens": 24, "min_doc_posterior": 0.0, "full_quote_min_words": 0}
+    options |= qa
     with ws.open("c", readonly=True) as coll:
         return pipeline(setup, **options).answer(coll, question, mode="rag-token", abstain=False)
 
@@ -390,6 +392,41 @@ def test_unsupported_answers_fall_back_to_a_cited_quote(setup, monkeypatch):
     # the guard off: the unsupported reply stays, with no fallback
     off = _full(setup, "What is the capital of France?", full_min_support=0.0)
     assert off.fallback is None and MARKER.sub("", off.answer) == "Zebras paint volcanoes purple. Giraffes sing loudly."
+
+
+def test_short_full_answers_go_on_with_the_quote_they_do_not_already_say(setup, monkeypatch):
+    """An answer shorter than ``full_quote_min_words`` goes on with the best-matching chunk sentences it does not
+    already say, copied as written, each citing its chunk and marked ``quoted``; the model's own sentence stays
+    first and unmarked."""
+    _script_reply(monkeypatch, "Paris is the capital of France.")
+    ans = _full(setup, "What is the capital of France?", full_quote_min_words=60)
+    own, *quoted = ans.sentences
+    assert own.text == "Paris is the capital of France." and not own.quoted
+    assert [s.text for s in quoted] == ["The Eiffel Tower was finished in 1889."]  # not the sentence it said
+    for s in quoted:
+        assert s.quoted and len(s.citations) == 1
+        start, end = s.spans[0]
+        assert ans.citations[s.citations[0] - 1].text[start:end] == s.text
+    assert MARKER.sub("", ans.answer) == "Paris is the capital of France. The Eiffel Tower was finished in 1889."
+    assert ans.fallback is None and not ans.abstained
+    # long enough already (3 words asked for) or turned off (0): the model's answer alone
+    for words in (3, 0):
+        alone = _full(setup, "What is the capital of France?", full_quote_min_words=words)
+        assert [s.text for s in alone.sentences] == ["Paris is the capital of France."]
+        assert not any(s.quoted for s in alone.sentences)
+
+
+def test_a_lead_in_whose_list_was_left_out_falls_back_to_the_quote(setup, monkeypatch):
+    """A kept sentence that only announces what follows ("... is:") is left out when what follows was, so an
+    answer that would only say "The capital of France is:" quotes the documents instead."""
+    _script_reply(monkeypatch, "The capital of France is:\nZebras paint volcanoes purple.")
+    ans = _full(setup, "What is the capital of France?")
+    assert ans.fallback == "extractive" and ans.sentences_left_out == 2
+    assert all(s.quoted for s in ans.sentences) and ans.sentences[0].text == "Paris is the capital of France."
+    # a lead-in followed by a kept sentence stays
+    _script_reply(monkeypatch, "The capital of France is:\nParis is the capital of France.")
+    kept = _full(setup, "What is the capital of France?")
+    assert kept.fallback is None and [s.text for s in kept.sentences][0] == "The capital of France is:"
 
 
 def test_unsupported_answers_without_a_good_quote_say_i_do_not_know(setup, monkeypatch):
