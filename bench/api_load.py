@@ -156,14 +156,35 @@ CONFIGS: dict[str, dict[str, str]] = {
 }
 
 
+#: a refused question (503 / 429 with Retry-After) is asked again after the wait, at most this many times
+MAX_RETRIES = 5
+#: rows of the report that count (shown as integers)
+COUNTS = ("answers", "errors", "refused")
+
+
 async def ask_stream(client, question: str) -> dict[str, Any]:
-    """One streamed question: latency, time to first token, the answer (or the error)."""
+    """One streamed question as a well-behaved client asks it: latency (from the first try), time to first token,
+    the answer (or the error), and ``refused``, how often the server said 503 / 429 with ``Retry-After`` first
+    (the client waits that long and asks again, up to :data:`MAX_RETRIES` times)."""
     t0 = time.perf_counter()
+    for refused in range(MAX_RETRIES + 1):
+        res = await _ask_once(client, question, t0)
+        wait = res.pop("retry_after", None)
+        if wait is None or refused == MAX_RETRIES:
+            return {**res, "refused": refused}
+        await asyncio.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+async def _ask_once(client, question: str, t0: float) -> dict[str, Any]:
     ttft = None
     answer = None
     async with client.stream(
         "POST", "/v1/ask", json={"question": question, "collection": "bench", "stream": True}
     ) as r:
+        if r.status_code in (429, 503) and r.headers.get("retry-after", "").isdigit():
+            body = (await r.aread())[:200]
+            return {"error": f"{r.status_code}: {body!r}", "retry_after": float(r.headers["retry-after"])}
         if r.status_code != 200:
             return {"error": f"{r.status_code}: {(await r.aread())[:200]!r}"}
         event = None
@@ -188,6 +209,7 @@ async def ask_stream(client, question: str) -> dict[str, Any]:
 
 async def phase(client, clients: int, duration: float, questions: list[str], offset: int) -> dict[str, Any]:
     latencies, ttfts, errors = [], [], []
+    refused = [0]
     deadline = time.perf_counter() + duration
     t_start = time.perf_counter()
 
@@ -201,6 +223,7 @@ async def phase(client, clients: int, duration: float, questions: list[str], off
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
+            refused[0] += res.get("refused", 0)
             if "error" in res:
                 errors.append(res["error"])
             else:
@@ -214,6 +237,7 @@ async def phase(client, clients: int, duration: float, questions: list[str], off
         "latencies": latencies,
         "ttfts": ttfts,
         "errors": errors,
+        "refused": refused[0],
     }
 
 
@@ -355,6 +379,7 @@ def render(args, argv, results: dict[str, dict[str, Any]]) -> str:
                 "ttft": pct(p["ttfts"], 0.5),
                 "answers": float(len(lat)),
                 "errors": float(len(p["errors"])),
+                "refused": float(p.get("refused", 0)),
             }[what]
 
         for what, label in (
@@ -364,12 +389,13 @@ def render(args, argv, results: dict[str, dict[str, Any]]) -> str:
             ("ttft", "time to first token p50 (s)"),
             ("answers", "answers"),
             ("errors", "errors"),
+            ("refused", "refused, asked again after Retry-After"),
         ):
             vals = [val(n, what) for n in names]
             ratio = common.ratio(vals[-1], vals[0]) if what in ("throughput", "p50", "p95", "ttft") else None
             rows.append(
                 f"| {clients} | {label} | "
-                + " | ".join(fmt_s(v) if what not in ("answers", "errors") else str(int(v or 0)) for v in vals)
+                + " | ".join(str(int(v or 0)) if what in COUNTS else fmt_s(v) for v in vals)
                 + f" | {fmt_s(ratio) + 'x' if ratio else ''} |"
             )
     extra = []

@@ -43,6 +43,7 @@ __all__ = [
     "Quote",
     "is_finished",
     "overlap_shares",
+    "quote_runs",
     "rag_sequence_sentence_posteriors",
     "rag_token_sentence_posteriors",
     "sentence_spans",
@@ -388,6 +389,23 @@ def _asks(sentence: str) -> bool:
     return sentence.rstrip().endswith("?")
 
 
+def _breaks(sentence: str) -> bool:
+    """A quote stops before this sentence: a lead-in ("Consider the following code:") or a line of an interactive
+    session (``>>>`` / ``...``), which a quote cut by its word budget would leave unfinished."""
+    return is_lead_in(sentence) or sentence.lstrip().startswith((">>>", "..."))
+
+
+def quote_runs(spans: Sequence[tuple[int, int]], text: str) -> list[tuple[int, int]]:
+    """``spans`` of ``text`` merged into runs: consecutive ones with only whitespace between them become one."""
+    runs: list[tuple[int, int]] = []
+    for a, b in spans:
+        if runs and not text[runs[-1][1] : a].strip():
+            runs[-1] = (runs[-1][0], b)
+        else:
+            runs.append((a, b))
+    return runs
+
+
 #: :func:`extractive_fallback` quotes sentences until it has at least this many words (or ``max_sentences``)
 QUOTE_MIN_WORDS = 25
 
@@ -419,8 +437,9 @@ def extractive_fallback(
     words it holds (ties: the larger ``weights[k]``, e.g. the document posterior, then the earlier chunk and
     sentence). A sentence that asks (ends with ``?``, e.g. a FAQ heading) is never quoted: the sentence after
     it scores as well as it does, since that is where its answer starts. The best one starts the quote, which
-    runs on through the chunk's next sentences, up to the next one that asks, until it has
-    ``min_words`` words or ``max_sentences`` sentences.
+    runs on through the chunk's next sentences, up to the next one that asks, a lead-in or a line of an interactive
+    session (unless the best one is itself a lead-in), until it has ``min_words`` words or ``max_sentences``
+    sentences.
 
     Returns:
         The quote, or None when the question has no content words or the best sentence holds less than
@@ -448,10 +467,12 @@ def extractive_fallback(
     k, j = -best[2], -best[3]
     spans = spans_of[k]
     end = j
+    lead_in = is_lead_in(chunks[k][spans[j][0] : spans[j][1]])  # then what it announces is the answer: go on
     while (
         end + 1 < len(spans)
         and end + 1 - j < max_sentences
-        and not _asks(chunks[k][spans[end + 1][0] : spans[end + 1][1]])
+        and not _asks(nxt := chunks[k][spans[end + 1][0] : spans[end + 1][1]])
+        and (lead_in or not _breaks(nxt))
         and len(chunks[k][spans[j][0] : spans[end][1]].split()) < min_words
     ):
         end += 1

@@ -61,7 +61,7 @@ from rag.attribution import (
     cite_supporting,
     content_words,
     extractive_fallback,
-    sentence_spans,
+    quote_runs,
     supported_sentences,
     supporting_span,
     token_sentence_spans,
@@ -459,7 +459,11 @@ class QAPipeline:
             ans.sentences = [self._sentence(ans.answer, docs, used, chunks)] if ans.answer else []
             return
         reply = full_reply(out.token_ids, self.generator.decode, self.generator.eos_token_ids)
-        if not reply.spans:  # e.g. the reply only started a new "Question:" turn
+        if not reply.spans:  # e.g. the reply only started a new "Question:" turn, or repeated a lead-in
+            if self.config.full_min_support > 0:
+                ans.sentences_left_out = 0
+                self._fall_back(ans, retrieval, used, chunks)  # the documents' own words, or "I don't know"
+                return
             ans.answer, ans.abstained, ans.abstain_reason = ABSTAIN_TEXT, True, "the model gave no answer"
             return
         texts = [reply.text[a:b] for a, b in reply.spans]
@@ -521,9 +525,18 @@ class QAPipeline:
             have += len(chunk[a:b].split())
         if not spans:
             return
-        ans.sentences += [AnswerSentence(text=chunk[a:b], citations=[n], spans=[(a, b)], quoted=True) for a, b in spans]
-        ans.answer = ans.answer.rstrip() + " " + with_markers(chunk, spans, [[n]] * len(spans))
+        sentences, text = self._quoted(chunk, spans, n)
+        ans.sentences += sentences
+        ans.answer = ans.answer.rstrip() + " " + text
         logger.info("full answer: %d sentences quoted from citation %d to reach %d words", len(spans), n, target)
+
+    @staticmethod
+    def _quoted(chunk: str, spans: list[tuple[int, int]], n: int) -> tuple[list[AnswerSentence], str]:
+        """Sentences ``spans`` of ``chunk`` (citation ``n``) as quoted answer sentences and their text: each run of
+        consecutive ones (:func:`rag.attribution.quote_runs`) is one passage, as written, with one marker."""
+        runs = quote_runs(spans, chunk)
+        sentences = [AnswerSentence(text=chunk[a:b], citations=[n], spans=[(a, b)], quoted=True) for a, b in runs]
+        return sentences, " ".join(with_markers(chunk, [run], [[n]]) for run in runs)
 
     def _fall_back(self, ans: Answer, retrieval: Retrieval, used: list[int], chunks: list[str]) -> None:
         """No generated sentence is supported: quote the read chunks' sentences that best match the question
@@ -534,13 +547,9 @@ class QAPipeline:
             ans.abstain_reason = "the documents support no sentence of the answer"
             ans.sentences = []
             return
-        chunk, base = chunks[quote.chunk], quote.span[0]
-        spans = [(base + a, base + b) for a, b in sentence_spans(quote.text)]
-        n = used[quote.chunk] + 1
-        ans.sentences = [AnswerSentence(text=chunk[a:b], citations=[n], spans=[(a, b)], quoted=True) for a, b in spans]
-        ans.answer = with_markers(chunk, spans, [[n]] * len(spans))
+        ans.sentences, ans.answer = self._quoted(chunks[quote.chunk], [quote.span], used[quote.chunk] + 1)
         ans.fallback = "extractive"
-        logger.info("full answer: no generated sentence is supported; quoting citation %d", n)
+        logger.info("full answer: no generated sentence is supported; quoting citation %d", used[quote.chunk] + 1)
 
     @staticmethod
     def _sentence(text: str, docs: list[int], used: list[int], chunks: list[str]) -> AnswerSentence:

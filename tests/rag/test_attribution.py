@@ -364,3 +364,21 @@ def test_unsaid_sentences_skip_what_the_answer_already_says() -> None:
     assert later is not None and later.span[0] > 0
     a, b = unsaid_sentences(later, "")[0]
     assert longer[a:b] == "The Eiffel Tower was finished in 1889."
+
+
+def test_quotes_stop_before_a_lead_in_or_a_session_line_and_merge_into_passages() -> None:
+    from rag.attribution import extractive_fallback, quote_runs
+
+    chunk = (
+        "Objects do not really have names. Assignment binds a name to a value. Consider the following code:\n"
+        ">>> class A:\n...     pass"
+    )
+    quote = extractive_fallback("Do objects have names?", [chunk], min_words=100, max_sentences=10)
+    assert quote is not None and quote.text == "Objects do not really have names. Assignment binds a name to a value."
+    # a best sentence that is itself a lead-in goes on into what it announces
+    lead = "Create one with this command:\npython -m venv tutorial-env\nThen activate it."
+    quote = extractive_fallback("Which command creates one?", [lead], min_words=100, max_sentences=10)
+    assert quote is not None and quote.text == lead
+    text = "One. Two.  Three. Four."
+    assert quote_runs([(0, 4), (5, 9), (18, 23)], text) == [(0, 9), (18, 23)]
+    assert quote_runs([], text) == []

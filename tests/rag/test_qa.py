@@ -381,7 +381,8 @@ def test_unsupported_answers_fall_back_to_a_cited_quote(setup, monkeypatch):
     _script_reply(monkeypatch, "Zebras paint volcanoes purple. Giraffes sing loudly.")
     ans = _full(setup, "What is the capital of France?")
     assert ans.fallback == "extractive" and not ans.abstained and ans.sentences_left_out == 2
-    assert ans.sentences and ans.sentences[0].text == "Paris is the capital of France."
+    # the quote is one passage, as written, with one marker
+    assert [s.text for s in ans.sentences] == ["Paris is the capital of France. The Eiffel Tower was finished in 1889."]
     for s in ans.sentences:
         assert len(s.citations) == 1
         chunk = ans.citations[s.citations[0] - 1].text
@@ -422,11 +423,21 @@ def test_a_lead_in_whose_list_was_left_out_falls_back_to_the_quote(setup, monkey
     _script_reply(monkeypatch, "The capital of France is:\nZebras paint volcanoes purple.")
     ans = _full(setup, "What is the capital of France?")
     assert ans.fallback == "extractive" and ans.sentences_left_out == 2
-    assert all(s.quoted for s in ans.sentences) and ans.sentences[0].text == "Paris is the capital of France."
+    assert all(s.quoted for s in ans.sentences) and ans.sentences[0].text.startswith("Paris is the capital of France.")
     # a lead-in followed by a kept sentence stays
     _script_reply(monkeypatch, "The capital of France is:\nParis is the capital of France.")
     kept = _full(setup, "What is the capital of France?")
     assert kept.fallback is None and [s.text for s in kept.sentences][0] == "The capital of France is:"
+
+
+def test_a_reply_with_no_sentence_falls_back_to_the_quote(setup, monkeypatch):
+    """A reply with no sentence left (e.g. only "The answer is:\n\nThe answer is:", which full_reply cuts to
+    nothing): with the guard on, the documents' best-matching passage answers; with it off, "I don't know"."""
+    _script_reply(monkeypatch, "")
+    ans = _full(setup, "What is the capital of France?")
+    assert ans.fallback == "extractive" and not ans.abstained and ans.sentences[0].quoted
+    off = _full(setup, "What is the capital of France?", full_min_support=0.0)
+    assert off.abstained and off.abstain_reason == "the model gave no answer"
 
 
 def test_unsupported_answers_without_a_good_quote_say_i_do_not_know(setup, monkeypatch):
