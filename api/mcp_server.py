@@ -89,6 +89,7 @@ class AnswerSentenceOut(BaseModel):
     spans: list[tuple[int, int] | None] = Field(
         description="Per cited index: character offsets of the supporting span in that citation's text."
     )
+    quoted: bool = Field(False, description="The sentence is quoted as written from its citation, not generated.")
 
 
 class AskResult(BaseModel):
@@ -236,7 +237,10 @@ class RagTools:
             if sentences is None
             else [
                 AnswerSentenceOut(
-                    text=s.text, citations=list(s.citations), spans=[tuple(sp) if sp else None for sp in s.spans]
+                    text=s.text,
+                    citations=list(s.citations),
+                    spans=[tuple(sp) if sp else None for sp in s.spans],
+                    quoted=getattr(s, "quoted", False),
                 )
                 for s in sentences
             ],
