@@ -118,6 +118,26 @@ class TestRagqaAnswer:
         assert out.sentences == [("Alpha.", ["alpha text"]), ("Beta.", ["beta text", "alpha text"])]
         assert sorted(out.cited_sources) == ["/d/faq/a.html", "/d/library/b.html"]
 
+    def test_quoted_words_are_counted(self):
+        sentences = [
+            SimpleNamespace(text="Alpha it is.", citations=[1]),
+            SimpleNamespace(text="Beta text says so.", citations=[2], quoted=True),
+        ]
+        ans = SimpleNamespace(
+            answer="Alpha it is [1]. Beta text says so [2].",
+            abstained=False,
+            citations=self.cites,
+            sentences=sentences,
+            timings={},
+        )
+        out = ragqa_answer(ans, 0.1)
+        assert out.quoted_words == 4
+        from bench.longform import FaqEntry, Row, SystemResult
+
+        entry = FaqEntry("faq/a.html", "a", "Alpha?", "Alpha it is.")
+        summary = SystemResult([Row(entry, out, 0.5, 0.5, 1.0, 1.0)]).summary()
+        assert summary["quoted_word_share"] == 4 / 7  # of the 7 words shown, markers aside
+
     def test_abstention_has_no_sentences(self):
         ans = SimpleNamespace(answer="I don't know.", abstained=True, citations=self.cites, sentences=[], timings={})
         out = ragqa_answer(ans, 0.1)
