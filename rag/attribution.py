@@ -433,13 +433,16 @@ def extractive_fallback(
 ) -> Quote | None:
     """The chunk sentence that best matches ``question``, quoted with the sentences after it in its chunk.
 
+    Only whole sentences (ending with ``.``, ``!`` or ``?``) or lead-ins start a quote: a heading or a list item
+    alone says nothing.
+
     Every sentence (:func:`sentence_spans`) of every chunk is scored by the share of the question's content
     words it holds (ties: the larger ``weights[k]``, e.g. the document posterior, then the earlier chunk and
     sentence). A sentence that asks (ends with ``?``, e.g. a FAQ heading) is never quoted: the sentence after
     it scores as well as it does, since that is where its answer starts. The best one starts the quote, which
-    runs on through the chunk's next sentences, up to the next one that asks, a lead-in or a line of an interactive
-    session (unless the best one is itself a lead-in), until it has ``min_words`` words or ``max_sentences``
-    sentences.
+    runs on through the chunk's next sentences, up to the next one that asks, is unfinished (a heading), a lead-in or
+    a line of an interactive session (unless the best one is itself a lead-in), until it has ``min_words`` words or
+    ``max_sentences`` sentences.
 
     Returns:
         The quote, or None when the question has no content words or the best sentence holds less than
@@ -454,7 +457,7 @@ def extractive_fallback(
     for k, (chunk, spans) in enumerate(zip(chunks, spans_of)):
         texts = [chunk[a:b] for a, b in spans]
         for j, text in enumerate(texts):
-            if _asks(text):
+            if _asks(text) or not (is_finished(text) or is_lead_in(text)):  # a heading, a list item, a code line
                 continue
             score = _overlap(words, text)
             if j and _asks(texts[j - 1]):
@@ -472,7 +475,7 @@ def extractive_fallback(
         end + 1 < len(spans)
         and end + 1 - j < max_sentences
         and not _asks(nxt := chunks[k][spans[end + 1][0] : spans[end + 1][1]])
-        and (lead_in or not _breaks(nxt))
+        and (lead_in or (is_finished(nxt) and not _breaks(nxt)))
         and len(chunks[k][spans[j][0] : spans[end][1]].split()) < min_words
     ):
         end += 1

@@ -382,3 +382,15 @@ def test_quotes_stop_before_a_lead_in_or_a_session_line_and_merge_into_passages(
     text = "One. Two.  Three. Four."
     assert quote_runs([(0, 4), (5, 9), (18, 23)], text) == [(0, 9), (18, 23)]
     assert quote_runs([], text) == []
+
+
+def test_quotes_are_whole_sentences_not_headings() -> None:
+    from rag.attribution import extractive_fallback
+
+    chunk = (
+        "General Python FAQ\n\nWhat is Python\n\nPython is an interpreted language. It has modules.\n\nLicence terms"
+    )
+    quote = extractive_fallback("What is Python?", [chunk], min_words=100, max_sentences=10)
+    # the headings hold the question's words too, but a quote starts at a whole sentence and stops before a heading
+    assert quote is not None and quote.text == "Python is an interpreted language. It has modules."
+    assert extractive_fallback("What is Python?", ["General Python FAQ\nWhat is Python"]) is None
