@@ -1,1 +1,3 @@
 """rag package of ragqa."""
+
+import ingest  # noqa: F401  # first: it sets OpenMP's passive wait before torch loads
