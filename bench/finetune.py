@@ -317,13 +317,7 @@ def run_on_policy(
         "--samples", str(args.samples), "--mode", prefs_mode, "--output", str(pairs), "--json", inputs=(sft_name,),
     )  # fmt: skip
     res["onpolicy_prefs"] = {"wall_s": prefs_wall, "mode": prefs_mode, "samples": args.samples, **prefs["metrics"]}
-    if args.reward_model_eval:
-        rm, rm_wall = r.step(
-            "reward", "finetune", "reward", "--data", str(pairs), "--output", OP_RM_NAME, "--eval-split",
-            str(args.rm_eval_split), "--overwrite", "--json", *args.rm_args.split(),
-        )  # fmt: skip
-        res["onpolicy_reward"] = {"wall_s": rm_wall, **rm["metrics"]}
-        logger.info("reward model: held-out pairwise accuracy %s", rm["metrics"].get("eval_accuracy"))
+    common.save_json(args.json, res)
     if not args.skip_dpo:
         dpo, dpo_wall = r.step(
             "dpo", "finetune", "dpo", "--data", str(pairs), "--from-adapter", sft_name, "--output", OP_DPO_NAME,
@@ -332,6 +326,7 @@ def run_on_policy(
         res["onpolicy_dpo"] = {"wall_s": dpo_wall, "args": args.dpo_args, **dpo["metrics"]}
         res["onpolicy_dpo_eval"] = r.evaluate(held_path, args.mode, args.compare_n or args.n, OP_DPO_NAME)
         res["onpolicy_dpo_eval"]["vs_sft"] = compare(res["after"], res["onpolicy_dpo_eval"])
+        common.save_json(args.json, res)  # partial results survive a later failure
     if not args.skip_rlhf:
         rl, rl_wall = r.step(
             "rlhf", "finetune", "rlhf", "--prompts", str(questions), "--reward", "f1", "--from-adapter", sft_name,
@@ -340,6 +335,15 @@ def run_on_policy(
         res["onpolicy_rlhf"] = {"wall_s": rl_wall, "args": args.rlhf_args, **rl["metrics"]}
         res["onpolicy_rlhf_eval"] = r.evaluate(held_path, args.mode, args.compare_n or args.n, OP_RLHF_NAME)
         res["onpolicy_rlhf_eval"]["vs_sft"] = compare(res["after"], res["onpolicy_rlhf_eval"])
+        common.save_json(args.json, res)  # partial results survive a later failure
+
+    if args.reward_model_eval:
+        rm, rm_wall = r.step(
+            "reward", "finetune", "reward", "--data", str(pairs), "--output", OP_RM_NAME, "--eval-split",
+            str(args.rm_eval_split), "--overwrite", "--json", *args.rm_args.split(),
+        )  # fmt: skip
+        res["onpolicy_reward"] = {"wall_s": rm_wall, **rm["metrics"]}
+        logger.info("reward model: held-out pairwise accuracy %s", rm["metrics"].get("eval_accuracy"))
 
 
 def compare(sft: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
