@@ -94,8 +94,15 @@ class Runner:
     def step(self, key: str, *args: str, inputs: tuple[str | None, ...] = ()) -> tuple[dict[str, Any], float]:
         """:meth:`run`, saved under ``key`` (and reused with ``--reuse`` when run with the same arguments and the
         ``inputs`` adapters unchanged)."""
-        files = [pathlib.Path(a) for a in args if a.startswith("/") and pathlib.Path(a).is_file()]
-        stamp = [*args, *(self.adapter_stamp(a) for a in inputs), *(f"{f}@{f.stat().st_mtime_ns}" for f in files)]
+        import hashlib
+
+        files = [  # input files (not the one written after --output), by content: rewritten unchanged, they match
+            pathlib.Path(a)
+            for i, a in enumerate(args)
+            if a.startswith("/") and pathlib.Path(a).is_file() and (i == 0 or args[i - 1] != "--output")
+        ]
+        stamp = [*args, *(self.adapter_stamp(a) for a in inputs)]
+        stamp += [f"{f}@{hashlib.sha256(f.read_bytes()).hexdigest()}" for f in files]
         hit = self.cached(key, stamp)
         if hit is not None:
             return hit[0], hit[1]
