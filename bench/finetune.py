@@ -164,8 +164,16 @@ def answerable_only(held_path: pathlib.Path) -> pathlib.Path:
         for para in article["paragraphs"]:
             para["qas"] = [q for q in para["qas"] if not q.get("is_impossible")]
     out = held_path.with_name(held_path.stem + "-answerable.json")
-    out.write_text(json.dumps(squad), encoding="utf-8")
+    write_if_changed(out, json.dumps(squad))
     return out
+
+
+def write_if_changed(path: pathlib.Path, text: str) -> None:
+    """Leave a file that already holds ``text`` alone (another run sharing the home may be reading it)."""
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
 
 
 def install_sft(folder: str, prepared: dict[str, Any], wall: float, res: dict[str, Any]) -> str:
@@ -309,16 +317,19 @@ def run_on_policy(
     with ``--reward-model-eval`` also a reward model trained on the pairs, scored on the pairs it held out."""
     import random
 
-    from finetune.data import read_jsonl, write_jsonl
+    from finetune.data import read_jsonl
 
     sft_name = res["sft_name"]
     records = read_jsonl(sft_path, "sft")
     answerable = [x for x in records if x.answer and x.answer.strip() != "I don't know."]
     chosen = random.Random(0).sample(answerable, min(args.onpolicy_n, len(answerable)))
     questions = sft_path.with_name("onpolicy-questions.jsonl")
-    write_jsonl(questions, [x.to_json() for x in chosen])
+    write_if_changed(questions, "".join(json.dumps(x.to_json(), ensure_ascii=False) + "\n" for x in chosen))
     pairs = sft_path.with_name("onpolicy-pairs.jsonl")
     prefs_mode = args.prefs_mode or args.mode
+    if args.skip_dpo and not args.reward_model_eval:  # RLHF alone needs the questions, not the pairs
+        run_on_policy_rlhf(r, args, questions, held_path, res)
+        return
     prefs, prefs_wall = r.step(
         "prefs", "finetune", "prefs", "--data", str(questions), "-c", COLLECTION, "--adapter", sft_name,
         "--samples", str(args.samples), "--mode", prefs_mode, "--output", str(pairs), "--json", inputs=(sft_name,),
@@ -335,15 +346,7 @@ def run_on_policy(
         res["onpolicy_dpo_eval"]["vs_sft"] = compare(res["after"], res["onpolicy_dpo_eval"])
         common.save_json(args.json, res)  # partial results survive a later failure
     if not args.skip_rlhf:
-        rl, rl_wall = r.step(
-            "rlhf", "finetune", "rlhf", "--prompts", str(questions), "--reward", "f1", "--from-adapter", sft_name,
-            "--output", OP_RLHF_NAME, "--overwrite", "--json", *args.rlhf_args.split(), inputs=(sft_name,),
-        )  # fmt: skip
-        res["onpolicy_rlhf"] = {"wall_s": rl_wall, "args": args.rlhf_args, **rl["metrics"]}
-        res["onpolicy_rlhf_eval"] = r.evaluate(held_path, args.mode, args.compare_n or args.n, OP_RLHF_NAME)
-        res["onpolicy_rlhf_eval"]["vs_sft"] = compare(res["after"], res["onpolicy_rlhf_eval"])
-        common.save_json(args.json, res)  # partial results survive a later failure
-
+        run_on_policy_rlhf(r, args, questions, held_path, res)
     if args.reward_model_eval:
         rm, rm_wall = r.step(
             "reward", "finetune", "reward", "--data", str(pairs), "--output", OP_RM_NAME, "--eval-split",
@@ -351,6 +354,20 @@ def run_on_policy(
         )  # fmt: skip
         res["onpolicy_reward"] = {"wall_s": rm_wall, **rm["metrics"]}
         logger.info("reward model: held-out pairwise accuracy %s", rm["metrics"].get("eval_accuracy"))
+
+
+def run_on_policy_rlhf(
+    r: Runner, args: argparse.Namespace, questions: pathlib.Path, held_path: pathlib.Path, res: dict[str, Any]
+) -> None:
+    """SFT -> RLHF with the verifiable F1 reward on the on-policy questions, compared with SFT."""
+    rl, rl_wall = r.step(
+        "rlhf", "finetune", "rlhf", "--prompts", str(questions), "--reward", "f1", "--from-adapter", res["sft_name"],
+        "--output", OP_RLHF_NAME, "--overwrite", "--json", *args.rlhf_args.split(), inputs=(res["sft_name"],),
+    )  # fmt: skip
+    res["onpolicy_rlhf"] = {"wall_s": rl_wall, "args": args.rlhf_args, **rl["metrics"]}
+    res["onpolicy_rlhf_eval"] = r.evaluate(held_path, args.mode, args.compare_n or args.n, OP_RLHF_NAME)
+    res["onpolicy_rlhf_eval"]["vs_sft"] = compare(res["after"], res["onpolicy_rlhf_eval"])
+    common.save_json(args.json, res)  # partial results survive a later failure
 
 
 def compare(sft: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
