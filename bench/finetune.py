@@ -315,16 +315,8 @@ def run_on_policy(
 ) -> None:
     """SFT -> on-policy prefs -> DPO, and SFT -> RLHF (F1 reward), each compared with SFT on the held-out questions;
     with ``--reward-model-eval`` also a reward model trained on the pairs, scored on the pairs it held out."""
-    import random
-
-    from finetune.data import read_jsonl
-
     sft_name = res["sft_name"]
-    records = read_jsonl(sft_path, "sft")
-    answerable = [x for x in records if x.answer and x.answer.strip() != "I don't know."]
-    chosen = random.Random(0).sample(answerable, min(args.onpolicy_n, len(answerable)))
-    questions = sft_path.with_name("onpolicy-questions.jsonl")
-    write_if_changed(questions, "".join(json.dumps(x.to_json(), ensure_ascii=False) + "\n" for x in chosen))
+    questions = onpolicy_questions(args, sft_path)
     pairs = sft_path.with_name("onpolicy-pairs.jsonl")
     prefs_mode = args.prefs_mode or args.mode
     if args.skip_dpo and not args.reward_model_eval:  # RLHF alone needs the questions, not the pairs
@@ -356,14 +348,33 @@ def run_on_policy(
         logger.info("reward model: held-out pairwise accuracy %s", rm["metrics"].get("eval_accuracy"))
 
 
+def onpolicy_questions(args: argparse.Namespace, sft_path: pathlib.Path) -> pathlib.Path:
+    """``--onpolicy-n`` answerable training questions (seeded), written beside the SFT records."""
+    import random
+
+    from finetune.data import read_jsonl
+
+    records = read_jsonl(sft_path, "sft")
+    answerable = [x for x in records if x.answer and x.answer.strip() != "I don't know."]
+    chosen = random.Random(0).sample(answerable, min(args.onpolicy_n, len(answerable)))
+    questions = sft_path.with_name("onpolicy-questions.jsonl")
+    write_if_changed(questions, "".join(json.dumps(x.to_json(), ensure_ascii=False) + "\n" for x in chosen))
+    return questions
+
+
+def train_rlhf(r: Runner, args: argparse.Namespace, questions: pathlib.Path, sft_name: str) -> tuple[Any, float]:
+    """``ragqa finetune rlhf --reward f1`` from the SFT adapter on the on-policy questions (a cached step)."""
+    return r.step(
+        "rlhf", "finetune", "rlhf", "--prompts", str(questions), "--reward", "f1", "--from-adapter", sft_name,
+        "--output", OP_RLHF_NAME, "--overwrite", "--json", *args.rlhf_args.split(), inputs=(sft_name,),
+    )  # fmt: skip
+
+
 def run_on_policy_rlhf(
     r: Runner, args: argparse.Namespace, questions: pathlib.Path, held_path: pathlib.Path, res: dict[str, Any]
 ) -> None:
     """SFT -> RLHF with the verifiable F1 reward on the on-policy questions, compared with SFT."""
-    rl, rl_wall = r.step(
-        "rlhf", "finetune", "rlhf", "--prompts", str(questions), "--reward", "f1", "--from-adapter", res["sft_name"],
-        "--output", OP_RLHF_NAME, "--overwrite", "--json", *args.rlhf_args.split(), inputs=(res["sft_name"],),
-    )  # fmt: skip
+    rl, rl_wall = train_rlhf(r, args, questions, res["sft_name"])
     res["onpolicy_rlhf"] = {"wall_s": rl_wall, "args": args.rlhf_args, **rl["metrics"]}
     res["onpolicy_rlhf_eval"] = r.evaluate(held_path, args.mode, args.compare_n or args.n, OP_RLHF_NAME)
     res["onpolicy_rlhf_eval"]["vs_sft"] = compare(res["after"], res["onpolicy_rlhf_eval"])
