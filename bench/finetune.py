@@ -322,10 +322,7 @@ def run_on_policy(
     if args.skip_dpo and not args.reward_model_eval:  # RLHF alone needs the questions, not the pairs
         run_on_policy_rlhf(r, args, questions, held_path, res)
         return
-    prefs, prefs_wall = r.step(
-        "prefs", "finetune", "prefs", "--data", str(questions), "-c", COLLECTION, "--adapter", sft_name,
-        "--samples", str(args.samples), "--mode", prefs_mode, "--output", str(pairs), "--json", inputs=(sft_name,),
-    )  # fmt: skip
+    prefs, prefs_wall = sample_prefs(r, args, questions, pairs, sft_name)
     res["onpolicy_prefs"] = {"wall_s": prefs_wall, "mode": prefs_mode, "samples": args.samples, **prefs["metrics"]}
     common.save_json(args.json, res)
     if not args.skip_dpo:
@@ -360,6 +357,17 @@ def onpolicy_questions(args: argparse.Namespace, sft_path: pathlib.Path) -> path
     questions = sft_path.with_name("onpolicy-questions.jsonl")
     write_if_changed(questions, "".join(json.dumps(x.to_json(), ensure_ascii=False) + "\n" for x in chosen))
     return questions
+
+
+def sample_prefs(
+    r: Runner, args: argparse.Namespace, questions: pathlib.Path, pairs: pathlib.Path, sft_name: str
+) -> tuple[Any, float]:
+    """``ragqa finetune prefs``: the SFT adapter's sampled answers to the questions, paired by F1 (a cached step)."""
+    return r.step(
+        "prefs", "finetune", "prefs", "--data", str(questions), "-c", COLLECTION, "--adapter", sft_name,
+        "--samples", str(args.samples), "--mode", args.prefs_mode or args.mode, "--output", str(pairs), "--json",
+        inputs=(sft_name,),
+    )  # fmt: skip
 
 
 def train_rlhf(r: Runner, args: argparse.Namespace, questions: pathlib.Path, sft_name: str) -> tuple[Any, float]:
