@@ -4,7 +4,8 @@ ranked by a verifier.
 For every training question, ``samples`` short answers (:data:`ANSWER_STYLE`, as ``ragqa eval``
 answers) are drawn from the policy (the base model or an adapter) by :class:`rag.qa.QAPipeline` itself:
 the same retrieval, the same per-document prompts and the RAG-Sequence or RAG-Token marginal, with
-``strategy="sample"`` (RAG-Token: each token drawn from the mixture; RAG-Sequence: z ~ p(z|x), then y ~ p(y|x,z)) and one seed per sample. Each answer is scored by
+``strategy="sample"`` (RAG-Token: each token drawn from the mixture; RAG-Sequence: z ~ p(z|x), then
+y ~ p(y|x,z)) and one seed per sample. Each answer is scored by
 the verifier: token F1 against the record's gold answer (:func:`finetune.verifier.answer_f1`, the
 benchmark's score), or the reward model for a question without one. The best answer becomes ``chosen``,
 the worst ``rejected`` (:func:`preference_pair`); a group whose scores all tie teaches nothing and is
