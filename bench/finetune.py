@@ -25,6 +25,9 @@ PEFT files plus ``ragqa_adapter.json`` with its recipe) is installed into the wo
 own path, ``ragqa models prepare`` with ``RAGQA_SHIPPED_ADAPTER=DIR``, and is the SFT policy and
 reference. ``--skip-base`` skips the bare model's evaluation; ``--answerable-only`` evaluates the held-out
 answerable questions only (F1 is scored on those alone; it saves the unanswerable questions' time).
+``--compare-n`` evaluates the DPO / RLHF adapters on a subset (paired with SFT by question id), and
+``--reuse`` (with ``--home``) keeps the evaluations and on-policy steps already run there with the same
+arguments and inputs (``bench-data/steps/``), so a long run can be resumed or extended.
 
 ``--write`` replaces the "Fine-tuning" section of BENCHMARKS.md (between ``<!-- finetune:start -->``
 and ``<!-- finetune:end -->``).
