@@ -15,8 +15,19 @@ model tends to give): ``finetune reward`` (held-out pairwise accuracy), ``finetu
 to training questions from the SFT adapter through retrieval and the RAG pipeline and pairs them by
 their F1 against the gold answer; then ``finetune dpo`` (with its RPO term) on those pairs and
 ``finetune rlhf --reward f1`` (with its PPO-ptx term) on those questions, both from the SFT adapter.
-Each is evaluated on the held-out article and compared with SFT question by question: the mean F1
-difference with a paired bootstrap 95% interval (:func:`rag.evaluate.paired_bootstrap`).
+Each is evaluated on the held-out article and compared with SFT question by question (the answerable
+questions, paired by question id): the mean F1 difference with a paired bootstrap 95% interval
+(:func:`rag.evaluate.paired_bootstrap`). With ``--reward-model-eval`` it also trains ``finetune reward``
+on the on-policy pairs and reports its pairwise accuracy on the pairs it held out (``--rm-eval-split``).
+
+``--sft-from DIR`` skips SFT training: DIR (a shipped-adapter folder such as ``data/adapters/reader``,
+PEFT files plus ``ragqa_adapter.json`` with its recipe) is installed into the workspace by the project's
+own path, ``ragqa models prepare`` with ``RAGQA_SHIPPED_ADAPTER=DIR``, and is the SFT policy and
+reference. ``--skip-base`` skips the bare model's evaluation; ``--answerable-only`` evaluates the held-out
+answerable questions only (F1 is scored on those alone; it saves the unanswerable questions' time).
+``--compare-n`` evaluates the DPO / RLHF adapters on a subset (paired with SFT by question id), and
+``--reuse`` (with ``--home``) keeps the evaluations and on-policy steps already run there with the same
+arguments and inputs (``bench-data/steps/``), so a long run can be resumed or extended.
 
 ``--write`` replaces the "Fine-tuning" section of BENCHMARKS.md (between ``<!-- finetune:start -->``
 and ``<!-- finetune:end -->``).
@@ -46,17 +57,66 @@ SECTION = common.Section("finetune", "## Fine-tuning")
 COLLECTION = "squad"
 SFT_NAME, RM_NAME, DPO_NAME, RLHF_NAME = "squad-sft", "squad-reward", "squad-dpo", "squad-rlhf"
 OP_DPO_NAME, OP_RLHF_NAME = "squad-dpo-onpolicy", "squad-rlhf-onpolicy"
+OP_RM_NAME = "squad-reward-onpolicy"
 
 
 # -- steps ----------------------------------------------------------------------------------------
 class Runner:
-    def __init__(self, home: pathlib.Path, env: dict[str, str]) -> None:
+    def __init__(self, home: pathlib.Path, env: dict[str, str], reuse: bool = False) -> None:
         self.home = home
         self.env = env
         self.ragqa = common.venv_bin("ragqa")
+        self.reuse = reuse  # --reuse: steps already run in this home with the same arguments are not rerun
 
-    def run(self, *args: str, timeout: float | None = None) -> tuple[dict[str, Any], float]:
-        t = common.run_timed([self.ragqa, *args], env=self.env, timeout=timeout)
+    def _cache(self, key: str) -> pathlib.Path:
+        return self.home / "bench-data" / "steps" / f"{key}.json"
+
+    def cached(self, key: str, stamp: list[str]) -> Any:
+        """The result saved by :meth:`save` for ``key`` when ``--reuse`` is on and it was made from ``stamp``."""
+        path = self._cache(key)
+        if not self.reuse or not path.is_file():
+            return None
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("stamp") != stamp:
+            return None
+        logger.info("reusing %s (--reuse)", path)
+        return saved["result"]
+
+    def save(self, key: str, stamp: list[str], result: Any) -> None:
+        path = self._cache(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"stamp": stamp, "result": result}), encoding="utf-8")
+
+    def adapter_stamp(self, adapter: str | None) -> str:
+        """Changes whenever the adapter is retrained (its metadata file is rewritten)."""
+        if adapter is None:
+            return "base"
+        meta = self.home / "adapters" / adapter / "ragqa_adapter.json"
+        return f"{adapter}@{meta.stat().st_mtime_ns}" if meta.is_file() else adapter
+
+    def step(self, key: str, *args: str, inputs: tuple[str | None, ...] = ()) -> tuple[dict[str, Any], float]:
+        """:meth:`run`, saved under ``key`` (and reused with ``--reuse`` when run with the same arguments and the
+        ``inputs`` adapters unchanged)."""
+        import hashlib
+
+        files = [  # input files (not the one written after --output), by content: rewritten unchanged, they match
+            pathlib.Path(a)
+            for i, a in enumerate(args)
+            if a.startswith("/") and pathlib.Path(a).is_file() and (i == 0 or args[i - 1] != "--output")
+        ]
+        stamp = [*args, *(self.adapter_stamp(a) for a in inputs)]
+        stamp += [f"{f}@{hashlib.sha256(f.read_bytes()).hexdigest()}" for f in files]
+        hit = self.cached(key, stamp)
+        if hit is not None:
+            return hit[0], hit[1]
+        js, secs = self.run(*args)
+        self.save(key, stamp, [js, secs])
+        return js, secs
+
+    def run(
+        self, *args: str, timeout: float | None = None, env: dict[str, str] | None = None
+    ) -> tuple[dict[str, Any], float]:
+        t = common.run_timed([self.ragqa, *args], env={**self.env, **(env or {})}, timeout=timeout)
         if not t.ok:
             raise SystemExit(t.describe_failure())
         js = t.last_json()
@@ -72,11 +132,17 @@ class Runner:
         args = ["eval", "--data", str(data), "-c", COLLECTION, "--mode", mode, "--n", str(n), "--json"]
         args += ["--records", str(records)]
         args += ["--adapter", adapter or "none"]  # "none": the bare base model, never a promoted/shipped default
+        stamp = [*args, self.adapter_stamp(adapter)]
+        hit = self.cached(f"eval-{adapter or 'base'}", stamp)
+        if hit is not None:
+            return dict(hit)
         js, secs = self.run(*args)
         js["wall_s"] = secs
         rows = [Record(**json.loads(line)) for line in records.read_text(encoding="utf-8").splitlines() if line.strip()]
         js["question_f1"] = question_f1s(rows, js.get("min_score"), js.get("min_logprob"), js.get("max_idk_margin"))
+        js["question_ids"] = [row.qid for row in rows if not row.impossible]  # question_f1's questions, in order
         logger.info("eval %s %s: F1 %.3f EM %.3f", mode, adapter or "base", js["f1"], js["em"])
+        self.save(f"eval-{adapter or 'base'}", stamp, js)
         return js
 
 
@@ -93,10 +159,52 @@ def prepare_home(args: argparse.Namespace) -> pathlib.Path:
     return home
 
 
+def answerable_only(held_path: pathlib.Path) -> pathlib.Path:
+    """A copy of the held-out SQuAD file without its unanswerable questions (``ragqa eval`` then samples the
+    same answerable questions in the same order: :func:`rag.evaluate.sample_examples` draws them first)."""
+    squad = json.loads(held_path.read_text(encoding="utf-8"))
+    for article in squad["data"]:
+        for para in article["paragraphs"]:
+            para["qas"] = [q for q in para["qas"] if not q.get("is_impossible")]
+    out = held_path.with_name(held_path.stem + "-answerable.json")
+    write_if_changed(out, json.dumps(squad))
+    return out
+
+
+def write_if_changed(path: pathlib.Path, text: str) -> None:
+    """Leave a file that already holds ``text`` alone (another run sharing the home may be reading it)."""
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+
+
+def install_sft(folder: str, prepared: dict[str, Any], wall: float, res: dict[str, Any]) -> str:
+    """The adapter ``ragqa models prepare`` installed from ``folder`` (``RAGQA_SHIPPED_ADAPTER``): its name."""
+    shipped = prepared.get("shipped_adapter") or {}
+    if shipped.get("status") not in ("installed", "up-to-date"):
+        raise SystemExit(
+            f"--sft-from {folder}: `ragqa models prepare` did not install it ({shipped.get('status')}: "
+            f"{shipped.get('reason')}); give a shipped-adapter folder (PEFT files and a ragqa_adapter.json with "
+            "its base_model, recipe and data) for the bundled model"
+        )
+    meta = json.loads((pathlib.Path(folder) / "ragqa_adapter.json").read_text(encoding="utf-8"))
+    res["sft"] = {
+        "from": folder,
+        "installed_as": shipped["adapter"],
+        "prepare_wall_s": wall,
+        "recipe": (meta.get("recipe") or {}).get("path"),
+        "shipped_evaluation": meta.get("evaluation"),
+        "train_seconds": (meta.get("metrics") or {}).get("train_seconds"),
+    }
+    logger.info("SFT policy: %s installed as %r (%s)", folder, shipped["adapter"], shipped["status"])
+    return str(shipped["adapter"])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     home = prepare_home(args)
     env = common.offline_env(RAGQA_HOME=str(home))
-    r = Runner(home, env)
+    r = Runner(home, env, reuse=args.reuse)
     data = squad_training_data(
         common.SQUAD,
         home / "bench-data",
@@ -115,31 +223,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mode": args.mode,
         "n": args.n,
     }
-    r.run("models", "prepare", "--json", timeout=1800)
+    prepare_env = {"RAGQA_SHIPPED_ADAPTER": str(pathlib.Path(args.sft_from).resolve())} if args.sft_from else None
+    prepared, prepare_wall = r.run("models", "prepare", "--json", timeout=1800, env=prepare_env)
     if COLLECTION not in json.dumps(r.run("collections", "list", "--json")[0]):
         r.run("ingest", str(common.SQUAD), "-c", COLLECTION, "--json")
+    if args.answerable_only:
+        held_path = answerable_only(held_path)
 
-    res["base"] = r.evaluate(held_path, args.mode, args.n, None)
-    sft_args = [
-        "finetune",
-        "sft",
-        "--data",
-        str(data.sft_path),
-        "-c",
-        COLLECTION,
-        "--output",
-        SFT_NAME,
-        "--overwrite",
-        "--json",
-    ]
-    sft_args += args.sft_args.split() if args.sft_args else []
-    sft, sft_wall = r.run(*sft_args)
-    res["sft"] = {
-        "wall_s": sft_wall,
-        **sft["metrics"],
-        "command": "ragqa " + " ".join(a if not a.startswith("/") else pathlib.Path(a).name for a in sft_args),
-    }
-    res["after"] = r.evaluate(held_path, args.mode, args.n, SFT_NAME)
+    if not args.skip_base:
+        res["base"] = r.evaluate(held_path, args.mode, args.n, None)
+    if args.sft_from:
+        res["sft_name"] = sft_name = install_sft(args.sft_from, prepared, prepare_wall, res)
+    else:
+        res["sft_name"] = sft_name = SFT_NAME
+        sft_args = [
+            "finetune",
+            "sft",
+            "--data",
+            str(data.sft_path),
+            "-c",
+            COLLECTION,
+            "--output",
+            SFT_NAME,
+            "--overwrite",
+            "--json",
+        ]
+        sft_args += args.sft_args.split() if args.sft_args else []
+        sft, sft_wall = r.run(*sft_args)
+        res["sft"] = {
+            "wall_s": sft_wall,
+            **sft["metrics"],
+            "command": "ragqa " + " ".join(a if not a.startswith("/") else pathlib.Path(a).name for a in sft_args),
+        }
+    res["after"] = r.evaluate(held_path, args.mode, args.n, sft_name)
 
     if args.preferences:
         prefs_path, prompts_path = data.preferences_path, data.prompts_path
@@ -162,7 +278,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--data",
             str(prefs_path),
             "--from-adapter",
-            SFT_NAME,
+            sft_name,
             "--epochs",
             "2",
             "--output",
@@ -180,7 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--prompts",
             str(prompts_path),
             "--from-adapter",
-            SFT_NAME,
+            sft_name,
             "--epochs",
             "1",
             "--output",
@@ -200,38 +316,96 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def run_on_policy(
     r: Runner, args: argparse.Namespace, sft_path: pathlib.Path, held_path: pathlib.Path, res: dict[str, Any]
 ) -> None:
-    """SFT -> on-policy prefs -> DPO, and SFT -> RLHF (F1 reward), each compared with SFT on the held-out questions."""
+    """SFT -> on-policy prefs -> DPO, and SFT -> RLHF (F1 reward), each compared with SFT on the held-out questions;
+    with ``--reward-model-eval`` also a reward model trained on the pairs, scored on the pairs it held out."""
+    sft_name = res["sft_name"]
+    questions = onpolicy_questions(args, sft_path)
+    pairs = sft_path.with_name("onpolicy-pairs.jsonl")
+    prefs_mode = args.prefs_mode or args.mode
+    if args.skip_dpo and not args.reward_model_eval:  # RLHF alone needs the questions, not the pairs
+        run_on_policy_rlhf(r, args, questions, held_path, res)
+        return
+    prefs, prefs_wall = sample_prefs(r, args, questions, pairs, sft_name)
+    res["onpolicy_prefs"] = {"wall_s": prefs_wall, "mode": prefs_mode, "samples": args.samples, **prefs["metrics"]}
+    common.save_json(args.json, res)
+    if not args.skip_dpo:
+        dpo, dpo_wall = r.step(
+            "dpo", "finetune", "dpo", "--data", str(pairs), "--from-adapter", sft_name, "--output", OP_DPO_NAME,
+            "--overwrite", "--json", *args.dpo_args.split(), inputs=(sft_name,),
+        )  # fmt: skip
+        res["onpolicy_dpo"] = {"wall_s": dpo_wall, "args": args.dpo_args, **dpo["metrics"]}
+        res["onpolicy_dpo_eval"] = r.evaluate(held_path, args.mode, args.compare_n or args.n, OP_DPO_NAME)
+        res["onpolicy_dpo_eval"]["vs_sft"] = compare(res["after"], res["onpolicy_dpo_eval"])
+        common.save_json(args.json, res)  # partial results survive a later failure
+    if not args.skip_rlhf:
+        run_on_policy_rlhf(r, args, questions, held_path, res)
+    if args.reward_model_eval:
+        rm, rm_wall = r.step(
+            "reward", "finetune", "reward", "--data", str(pairs), "--output", OP_RM_NAME, "--eval-split",
+            str(args.rm_eval_split), "--overwrite", "--json", *args.rm_args.split(),
+        )  # fmt: skip
+        res["onpolicy_reward"] = {"wall_s": rm_wall, **rm["metrics"]}
+        logger.info("reward model: held-out pairwise accuracy %s", rm["metrics"].get("eval_accuracy"))
+
+
+def onpolicy_questions(args: argparse.Namespace, sft_path: pathlib.Path) -> pathlib.Path:
+    """``--onpolicy-n`` answerable training questions (seeded), written beside the SFT records."""
     import random
 
-    from finetune.data import read_jsonl, write_jsonl
-    from rag.evaluate import paired_bootstrap
+    from finetune.data import read_jsonl
 
     records = read_jsonl(sft_path, "sft")
     answerable = [x for x in records if x.answer and x.answer.strip() != "I don't know."]
     chosen = random.Random(0).sample(answerable, min(args.onpolicy_n, len(answerable)))
     questions = sft_path.with_name("onpolicy-questions.jsonl")
-    write_jsonl(questions, [x.to_json() for x in chosen])
-    pairs = sft_path.with_name("onpolicy-pairs.jsonl")
-    prefs, prefs_wall = r.run(
-        "finetune", "prefs", "--data", str(questions), "-c", COLLECTION, "--adapter", SFT_NAME,
-        "--samples", str(args.samples), "--mode", args.mode, "--output", str(pairs), "--json",
+    write_if_changed(questions, "".join(json.dumps(x.to_json(), ensure_ascii=False) + "\n" for x in chosen))
+    return questions
+
+
+def sample_prefs(
+    r: Runner, args: argparse.Namespace, questions: pathlib.Path, pairs: pathlib.Path, sft_name: str
+) -> tuple[Any, float]:
+    """``ragqa finetune prefs``: the SFT adapter's sampled answers to the questions, paired by F1 (a cached step)."""
+    return r.step(
+        "prefs", "finetune", "prefs", "--data", str(questions), "-c", COLLECTION, "--adapter", sft_name,
+        "--samples", str(args.samples), "--mode", args.prefs_mode or args.mode, "--output", str(pairs), "--json",
+        inputs=(sft_name,),
     )  # fmt: skip
-    res["onpolicy_prefs"] = {"wall_s": prefs_wall, **prefs["metrics"]}
-    dpo, dpo_wall = r.run(
-        "finetune", "dpo", "--data", str(pairs), "--from-adapter", SFT_NAME, "--output", OP_DPO_NAME,
-        "--overwrite", "--json", *args.dpo_args.split(),
+
+
+def train_rlhf(r: Runner, args: argparse.Namespace, questions: pathlib.Path, sft_name: str) -> tuple[Any, float]:
+    """``ragqa finetune rlhf --reward f1`` from the SFT adapter on the on-policy questions (a cached step)."""
+    return r.step(
+        "rlhf", "finetune", "rlhf", "--prompts", str(questions), "--reward", "f1", "--from-adapter", sft_name,
+        "--output", OP_RLHF_NAME, "--overwrite", "--json", *args.rlhf_args.split(), inputs=(sft_name,),
     )  # fmt: skip
-    res["onpolicy_dpo"] = {"wall_s": dpo_wall, **dpo["metrics"]}
-    res["onpolicy_dpo_eval"] = r.evaluate(held_path, args.mode, args.n, OP_DPO_NAME)
-    rl, rl_wall = r.run(
-        "finetune", "rlhf", "--prompts", str(questions), "--reward", "f1", "--from-adapter", SFT_NAME,
-        "--output", OP_RLHF_NAME, "--overwrite", "--json", *args.rlhf_args.split(),
-    )  # fmt: skip
-    res["onpolicy_rlhf"] = {"wall_s": rl_wall, **rl["metrics"]}
-    res["onpolicy_rlhf_eval"] = r.evaluate(held_path, args.mode, args.n, OP_RLHF_NAME)
-    sft_f1 = res["after"]["question_f1"]
-    for key in ("onpolicy_dpo_eval", "onpolicy_rlhf_eval"):
-        res[key]["vs_sft"] = paired_bootstrap(sft_f1, res[key]["question_f1"], n=1000, seed=0)
+
+
+def run_on_policy_rlhf(
+    r: Runner, args: argparse.Namespace, questions: pathlib.Path, held_path: pathlib.Path, res: dict[str, Any]
+) -> None:
+    """SFT -> RLHF with the verifiable F1 reward on the on-policy questions, compared with SFT."""
+    rl, rl_wall = train_rlhf(r, args, questions, res["sft_name"])
+    res["onpolicy_rlhf"] = {"wall_s": rl_wall, "args": args.rlhf_args, **rl["metrics"]}
+    res["onpolicy_rlhf_eval"] = r.evaluate(held_path, args.mode, args.compare_n or args.n, OP_RLHF_NAME)
+    res["onpolicy_rlhf_eval"]["vs_sft"] = compare(res["after"], res["onpolicy_rlhf_eval"])
+    common.save_json(args.json, res)  # partial results survive a later failure
+
+
+def compare(sft: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """``other`` - ``sft`` F1 on the answerable questions both answered, paired by question id (paired bootstrap)."""
+    from rag.evaluate import paired_bootstrap
+
+    theirs = dict(zip(other["question_ids"], other["question_f1"], strict=True))
+    ids = [q for q in sft["question_ids"] if q in theirs]
+    ours = dict(zip(sft["question_ids"], sft["question_f1"], strict=True))
+    out: dict[str, Any] = paired_bootstrap([ours[q] for q in ids], [theirs[q] for q in ids], n=1000, seed=0)
+    out["questions"] = len(ids)
+    out["sft_f1"] = sum(ours[q] for q in ids) / len(ids)  # SFT on the paired questions (all of them with --compare-n)
+    out["f1"] = sum(theirs[q] for q in ids) / len(ids)
+    out["better"] = sum(theirs[q] > ours[q] for q in ids)
+    out["worse"] = sum(theirs[q] < ours[q] for q in ids)
+    return out
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -240,6 +414,8 @@ def _f(v: Any, spec: str = ".3f") -> str:
 
 
 def render(res: dict[str, Any], argv: list[str]) -> str:
+    if "base" not in res or "from" in res["sft"]:
+        return render_from_adapter(res, argv)
     base, after, sft = res["base"], res["after"], res["sft"]
     f1_ok = after["f1"] >= 0.45 and after["f1"] >= 2 * base["f1"]
     time_ok = sft["wall_s"] < 30 * 60
@@ -272,7 +448,7 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
         )
 
     lines.append(row("SmolLM2-135M-Instruct (base)", base))
-    lines.append(row(f"+ LoRA SFT `{SFT_NAME}`", after))
+    lines.append(row(f"+ LoRA SFT `{res.get('sft_name', SFT_NAME)}`", after))
     if "dpo_eval" in res:
         lines.append(row(f"+ SFT then DPO `{DPO_NAME}`", res["dpo_eval"]))
     if "rlhf_eval" in res:
@@ -295,6 +471,7 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
     ]
     if "reward" in res:
         rm, dpo, rl = res["reward"], res["dpo"], res["rlhf"]
+        sft_name = res.get("sft_name", SFT_NAME)
         lines += [
             "",
             "Preference side, end to end on a small set built from the training articles (chosen: the gold span; "
@@ -302,10 +479,10 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
             "",
             f"- `finetune reward`: held-out pairwise accuracy {_f(rm.get('eval_accuracy'), '.2f')} "
             f"(before training {_f(rm.get('eval_accuracy_before'), '.2f')}), {rm['wall_s']:.0f} s.",
-            f"- `finetune dpo --from-adapter {SFT_NAME}`: reward margin {_f(dpo.get('rewards_margin_before'))} -> "
+            f"- `finetune dpo --from-adapter {sft_name}`: reward margin {_f(dpo.get('rewards_margin_before'))} -> "
             f"{_f(dpo.get('rewards_margin_after'))}, preference accuracy {_f(dpo.get('accuracy_before'), '.2f')} -> "
             f"{_f(dpo.get('accuracy_after'), '.2f')}, held-out F1 {_f(res['dpo_eval']['f1'])}, {dpo['wall_s']:.0f} s.",
-            f"- `finetune rlhf --from-adapter {SFT_NAME}` ({rl.get('algorithm', '').upper()}): mean reward "
+            f"- `finetune rlhf --from-adapter {sft_name}` ({rl.get('algorithm', '').upper()}): mean reward "
             f"{_f(rl.get('reward_before'))} -> {_f(rl.get('reward_after'))}, KL to the SFT reference "
             f"{_f(rl.get('kl_before'))} -> {_f(rl.get('kl_after'))}, mean completion length "
             f"{_f(rl.get('length_before'), '.1f')} -> {_f(rl.get('length_after'), '.1f')} tokens, "
@@ -316,45 +493,118 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_from_adapter(res: dict[str, Any], argv: list[str]) -> str:
+    """The report of a run from an installed SFT adapter (``--sft-from``) and/or without the base model."""
+    after, sft = res["after"], res["sft"]
+    sft_name = res.get("sft_name", SFT_NAME)
+    origin = (
+        f"`{sft['from']}` installed as `{sft_name}` by `ragqa models prepare` (recipe `{sft.get('recipe')}`)"
+        if "from" in sft
+        else f"trained here with `{sft.get('command')}` in {sft['wall_s'] / 60:.1f} min"
+    )
+    unans = after.get("n_unanswerable", 0)
+    lines = [
+        f"Run {common.today()} on {common.machine_summary()}, commit `{common.git_revision()}`.",
+        "",
+        f"Command: `{common.command_line(pathlib.Path(__file__), argv)}`",
+        "",
+        f"SFT policy and reference: {origin}. Evaluated with `ragqa eval --mode {res['mode']} --n {res['n']}` on "
+        f"the held-out article **{res['held_out_article']}** ({after['n']} answerable"
+        + (f" + {unans} unanswerable" if unans else " questions only")
+        + f"); SFT F1 {_f(after['f1'])}, EM {_f(after['em'])}, {after['wall_s'] / 60:.1f} min.",
+    ]
+    if "base" in res:
+        lines.append(f"Bare model: F1 {_f(res['base']['f1'])}, EM {_f(res['base']['em'])}.")
+    if "onpolicy_prefs" in res:
+        lines += render_on_policy(res)
+    return "\n".join(lines) + "\n"
+
+
 def render_on_policy(res: dict[str, Any]) -> list[str]:
-    pf, dpo, rl = res["onpolicy_prefs"], res["onpolicy_dpo"], res["onpolicy_rlhf"]
-    sft_f1 = res["after"]["f1"]
+    pf = res["onpolicy_prefs"]
+    sft_name = res.get("sft_name", SFT_NAME)
+    after = res["after"]
     lines = [
         "",
-        f"On-policy preference side (`finetune prefs --adapter {SFT_NAME}`: {pf['questions']} training questions, "
-        f"{pf['pairs']} pairs by F1 against the gold answer, mean margin {_f(pf.get('mean_margin'))}, "
-        f"{pf['wall_s']:.0f} s); held-out F1 against SFT's {_f(sft_f1)}, difference with a paired bootstrap 95% CI "
-        f"over {len(res['after']['question_f1'])} questions (target: >= +0.03):",
+        f"On-policy pairs (`finetune prefs --adapter {sft_name} --mode {pf.get('mode')} --samples "
+        f"{pf.get('samples')}`): {pf['questions']} training questions, {pf['pairs']} pairs (best against worst "
+        f"answer by F1 against the gold answer; {pf.get('skipped_tied')} questions skipped, all samples tied), "
+        f"{pf.get('distinct_answers_per_question')} distinct answers per question, mean margin "
+        f"{_f(pf.get('mean_margin'))}, mean sampled F1 {_f(pf.get('mean_score'))}; {pf['wall_s'] / 60:.1f} min.",
         "",
-        "| model | F1 | F1 - SFT [95% CI] | target |",
-        "|---|---|---|---|",
+        f"Held-out F1 against SFT's {_f(after['f1'])}: mean difference over the answerable questions paired by "
+        "question id, paired bootstrap 95% CI (1000 resamples; target: >= +0.03):",
+        "",
+        "| model | F1 | EM | F1 - SFT [95% CI] | better / worse / same | target | train / eval min |",
+        "|---|---|---|---|---|---|---|",
+        f"| SFT `{sft_name}` | {_f(after['f1'])} | {_f(after['em'])} | | | | - / {after['wall_s'] / 60:.1f} |",
     ]
-    for name, key in ((f"SFT then on-policy DPO `{OP_DPO_NAME}`", "onpolicy_dpo_eval"),
-                      (f"SFT then RLHF, F1 reward `{OP_RLHF_NAME}`", "onpolicy_rlhf_eval")):  # fmt: skip
+    for name, key, train in (
+        (f"SFT then on-policy DPO `{OP_DPO_NAME}`", "onpolicy_dpo_eval", "onpolicy_dpo"),
+        (f"SFT then RLHF, F1 reward `{OP_RLHF_NAME}`", "onpolicy_rlhf_eval", "onpolicy_rlhf"),
+    ):
+        if key not in res:
+            continue
         m, b = res[key], res[key]["vs_sft"]
-        ok = m["f1"] >= sft_f1 + 0.03 and b["low"] > 0
+        ok = b["diff"] >= 0.03 and b["low"] > 0
+        same = b["questions"] - b["better"] - b["worse"]
         lines.append(
-            f"| {name} | {_f(m['f1'])} | {b['diff']:+.3f} [{b['low']:+.3f}, {b['high']:+.3f}] | "
-            f"{'met' if ok else 'not met'} |"
+            f"| {name} | {_f(b['f1'])} (SFT {_f(b['sft_f1'])} on the same {b['questions']}) | {_f(m['em'])} | "
+            f"{b['diff']:+.3f} [{b['low']:+.3f}, {b['high']:+.3f}] | "
+            f"{b['better']} / {b['worse']} / {same} | {'met' if ok else 'not met'} | "
+            f"{res[train]['wall_s'] / 60:.1f} / {m['wall_s'] / 60:.1f} |"
         )
-    lines += [
-        "",
-        f"- `finetune dpo` (RPO alpha {dpo.get('rpo_alpha')}, lr {dpo.get('learning_rate')}): margin "
-        f"{_f(dpo.get('rewards_margin_before'))} -> {_f(dpo.get('rewards_margin_after'))}, preference accuracy "
-        f"{_f(dpo.get('accuracy_before'), '.2f')} -> {_f(dpo.get('accuracy_after'), '.2f')}, {dpo['wall_s']:.0f} s.",
-        f"- `finetune rlhf --reward f1` ({str(rl.get('algorithm', '')).upper()}, ptx {rl.get('ptx_coef')}): mean F1 "
-        f"reward {_f(rl.get('reward_before'))} -> {_f(rl.get('reward_after'))}, KL to the SFT reference "
-        f"{_f(rl.get('kl_before'))} -> {_f(rl.get('kl_after'))} (per step in training {_f(rl.get('train_kl'))}), "
-        f"{rl['wall_s']:.0f} s.",
-    ]
+    lines.append("")
+    if "onpolicy_reward" in res:
+        rm = res["onpolicy_reward"]
+        acc = rm.get("eval_accuracy")
+        lines.append(
+            f"- `finetune reward` on the on-policy pairs: pairwise accuracy on {rm.get('eval_pairs')} held-out pairs "
+            f"**{_f(acc, '.2f')}** (before training {_f(rm.get('eval_accuracy_before'), '.2f')}; trained on "
+            f"{rm.get('train_pairs')}, {rm.get('steps')} steps; target >= 0.75: "
+            f"**{'met' if acc is not None and acc >= 0.75 else 'not met'}**), {rm['wall_s'] / 60:.1f} min."
+        )
+    if "onpolicy_dpo" in res:
+        dpo = res["onpolicy_dpo"]
+        lines.append(
+            f"- `finetune dpo --from-adapter {sft_name}` (beta {dpo.get('beta')}, RPO alpha {dpo.get('rpo_alpha')}, "
+            f"lr {dpo.get('learning_rate')}, {dpo.get('steps')} steps on {dpo.get('train_pairs')} pairs): reward "
+            f"margin on {dpo.get('eval_pairs')} held-out pairs {_f(dpo.get('rewards_margin_before'))} -> "
+            f"{_f(dpo.get('rewards_margin_after'))}, preference accuracy {_f(dpo.get('accuracy_before'), '.2f')} -> "
+            f"{_f(dpo.get('accuracy_after'), '.2f')}, peak RSS {dpo.get('peak_rss_mb', 0) / 1024:.2f} GiB."
+        )
+    if "onpolicy_rlhf" in res:
+        rl = res["onpolicy_rlhf"]
+        lines.append(
+            f"- `finetune rlhf --reward f1 --from-adapter {sft_name}` ({str(rl.get('algorithm', '')).upper()}, "
+            f"beta {rl.get('beta')}, ptx {rl.get('ptx_coef')}, {rl.get('steps')} steps): mean F1 reward "
+            f"{_f(rl.get('reward_before'))} -> {_f(rl.get('reward_after'))}, KL to the SFT reference "
+            f"{_f(rl.get('kl_before'))} -> {_f(rl.get('kl_after'))} (mean in training {_f(rl.get('train_kl'))}), "
+            f"peak RSS {rl.get('peak_rss_mb', 0) / 1024:.2f} GiB."
+        )
     return lines
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--held-out", type=int, default=2, help="index of the held-out article (default: the third)")
-    p.add_argument("--mode", default="rag-token", help="generation mode evaluated")
-    p.add_argument("--n", type=int, default=60, help="answerable held-out questions (plus as many unanswerable)")
+    p.add_argument("--mode", default="rag-token", help="generation mode evaluated (the reader recipe's)")
+    p.add_argument(
+        "--n", type=int, default=200, help="answerable held-out questions (plus as many unanswerable; the recipe's)"
+    )
+    p.add_argument(
+        "--sft-from",
+        default=None,
+        metavar="DIR",
+        help="skip SFT training: install this shipped-adapter folder (e.g. data/adapters/reader) with "
+        "`ragqa models prepare` and use it as the SFT policy and reference",
+    )
+    p.add_argument("--skip-base", action="store_true", help="skip the bare model's evaluation")
+    p.add_argument(
+        "--answerable-only",
+        action="store_true",
+        help="evaluate the held-out answerable questions only (F1 is scored on them alone)",
+    )
     p.add_argument(
         "--unanswerable",
         type=float,
@@ -369,11 +619,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--on-policy", action="store_true", help="also run prefs -> dpo and rlhf (F1 reward) from SFT")
     p.add_argument("--onpolicy-n", type=int, default=128, help="training questions sampled for on-policy training")
     p.add_argument("--samples", type=int, default=4, help="answers sampled per question (finetune prefs)")
+    p.add_argument("--prefs-mode", default=None, help="RAG mode the on-policy answers are sampled in (default: --mode)")
     p.add_argument("--dpo-args", default="", help="extra options for the on-policy `ragqa finetune dpo`")
     p.add_argument("--rlhf-args", default="", help="extra options for the on-policy `ragqa finetune rlhf`")
+    p.add_argument(
+        "--compare-n",
+        type=int,
+        default=None,
+        help="answerable held-out questions the DPO / RLHF adapters are evaluated on (default --n); they are "
+        "compared with SFT on those questions (SFT's own evaluation covers --n)",
+    )
+    p.add_argument("--skip-dpo", action="store_true", help="on-policy side without DPO")
+    p.add_argument("--skip-rlhf", action="store_true", help="on-policy side without RLHF")
+    p.add_argument(
+        "--reward-model-eval",
+        action="store_true",
+        help="also train `finetune reward` on the on-policy pairs and report its held-out pairwise accuracy",
+    )
+    p.add_argument("--rm-eval-split", type=float, default=0.25, help="share of the on-policy pairs held out")
+    p.add_argument("--rm-args", default="", help="extra options for the on-policy `ragqa finetune reward`")
     p.add_argument("--home", default=None, help="RAGQA_HOME (default: a temporary one)")
     p.add_argument("--models-from", default=None, help="prepared models folder to link (default ~/.ragqa/models)")
     p.add_argument("--keep", action="store_true", help="keep the temporary home")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --home: reuse the evaluations and on-policy steps already run there with the same arguments",
+    )
     p.add_argument("--write", action="store_true", help="update the Fine-tuning section of BENCHMARKS.md")
     p.add_argument("--json", default=None, help="also write the raw results to this file")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -1,10 +1,11 @@
 """On-policy preference pairs: the policy's own answers, sampled through retrieval and the RAG pipeline,
 ranked by a verifier.
 
-For every training question, ``samples`` answers are drawn from the policy (the base model or an
-adapter) by :class:`rag.qa.QAPipeline` itself: the same retrieval, the same per-document prompts and the
-RAG-Sequence or RAG-Token marginal, with ``strategy="sample"`` (RAG-Token: each token drawn from the
-mixture; RAG-Sequence: z ~ p(z|x), then y ~ p(y|x,z)) and one seed per sample. Each answer is scored by
+For every training question, ``samples`` short answers (:data:`ANSWER_STYLE`, as ``ragqa eval``
+answers) are drawn from the policy (the base model or an adapter) by :class:`rag.qa.QAPipeline` itself:
+the same retrieval, the same per-document prompts and the RAG-Sequence or RAG-Token marginal, with
+``strategy="sample"`` (RAG-Token: each token drawn from the mixture; RAG-Sequence: z ~ p(z|x), then
+y ~ p(y|x,z)) and one seed per sample. Each answer is scored by
 the verifier: token F1 against the record's gold answer (:func:`finetune.verifier.answer_f1`, the
 benchmark's score), or the reward model for a question without one. The best answer becomes ``chosen``,
 the worst ``rejected`` (:func:`preference_pair`); a group whose scores all tie teaches nothing and is
@@ -31,6 +32,11 @@ from finetune.runner import Workspace, set_threads
 from finetune.verifier import answer_f1
 
 logger = logging.getLogger(__name__)
+
+#: The answer style sampled: the short span the F1 verifier scores against a gold answer, as ``ragqa eval``
+#: answers (not the workspace's default style: full answers with citation markers and up to
+#: ``full_max_new_tokens`` tokens would be scored against a span and train the short-answer policy on them).
+ANSWER_STYLE = "short"
 
 
 @dataclass(frozen=True)
@@ -241,7 +247,9 @@ def _sample_pairs(
             pipe = QAPipeline(
                 retriever, gen, config.model_copy(update={"seed": sample_seed(job.seed, qi, j, job.samples)})
             )
-            answers.append(pipe.answer(collection, rec.question, k=job.k, adapter=job.adapter, abstain=False))
+            answers.append(
+                pipe.answer(collection, rec.question, k=job.k, adapter=job.adapter, abstain=False, style=ANSWER_STYLE)
+            )
         if not answers[0].citations:
             report.no_evidence += 1
             continue

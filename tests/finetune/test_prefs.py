@@ -158,3 +158,38 @@ def test_cli_prefs_bad_input_exits_2_with_a_clear_error(home, tmp_path):
     assert one.exit_code == 2 and "samples" in one.stdout
     mode = runner.invoke(app, [*base, "--data", str(tmp_path / "nope.jsonl"), "--mode", "stuff"])
     assert mode.exit_code == 2 and "mode" in mode.stdout
+
+
+def test_prefs_samples_short_answers_whatever_the_workspace_style(training_env):
+    """A workspace answering in the full style by default (the CLI's) still gets short-style pairs: the answers
+    `ragqa eval` scores and the F1 verifier compares with a gold span, never full sentences with [n] markers."""
+    from ingest.workspace import Workspace as IW
+    from rag.config import QAConfig
+    from rag.qa import QAPipeline
+    from rag.retriever import Retriever
+
+    ws, root = training_env(
+        "prefs-full", [ctx for _, _, ctx in FACTS], qa=QAConfig(max_new_tokens=4, full_max_new_tokens=24)
+    )
+    assert ws.qa.answer_style == "full"
+    samples, mode = 3, "rag-token"
+    gen = ws.base_generator()
+    iws = IW(ws.home, ws.ingest)
+    config = ws.qa.model_copy(update={"mode": mode, "strategy": "sample", "temperature": 1.0, "top_p": 0.95})
+    short: list[list[str]] = []
+    with iws.open("facts", readonly=True) as coll:
+        retriever = Retriever(iws.embedder, ws.retriever)
+        for qi, (q, _, _) in enumerate(FACTS[:2]):
+            group = []
+            for j in range(samples):
+                pipe = QAPipeline(retriever, gen, config.model_copy(update={"seed": sample_seed(5, qi, j, samples)}))
+                group.append(pipe.answer(coll, q, k=2, abstain=False, style="short").answer)
+            short.append(group)
+    data = write_jsonl(root / "q.jsonl", [{"question": q, "answer": g[0]} for (q, _, _), g in zip(FACTS[:2], short)])
+    out = root / "pairs.jsonl"
+    run_prefs(PrefsJob(data=data, collection="facts", output=out, samples=samples, mode=mode, seed=5, k=2), ws)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows
+    for row in rows:
+        group = short[[q for q, _, _ in FACTS].index(row["question"])]
+        assert row["chosen"] == group[0] and row["rejected"] in group
