@@ -39,6 +39,7 @@ __all__ = [
     "cite_supporting",
     "content_words",
     "extractive_fallback",
+    "is_filler",
     "is_lead_in",
     "Quote",
     "is_finished",
@@ -222,16 +223,28 @@ def supported_sentences(sentences: Sequence[str], chunks: Sequence[str], min_sup
     return keep
 
 
+def is_filler(sentence: str) -> bool:
+    """True when ``sentence`` says nothing: no word of two or more letters ("1.", "-"), or a Markdown code fence."""
+    text = sentence.strip()
+    return text.startswith("```") or not re.search(r"[^\W\d_]{2}", text)
+
+
 def is_lead_in(sentence: str) -> bool:
     """True when ``sentence`` only announces what follows it (it ends with ``:``, e.g. "The steps are:")."""
     return sentence.rstrip().rstrip("*`").endswith(":")
 
 
 def without_dangling_lead_ins(sentences: Sequence[str], keep: Sequence[int]) -> list[int]:
-    """``keep`` less the lead-ins (:func:`is_lead_in`) whose next sentence is not kept: a kept "The steps are:"
-    before a left-out (or missing) list promises an answer it does not give."""
-    kept = set(keep)
-    return [i for i in keep if not (is_lead_in(sentences[i]) and i + 1 not in kept)]
+    """``keep`` less the fillers (:func:`is_filler`: "1.", a code fence) and the lead-ins (:func:`is_lead_in`)
+    whose next sentence is not kept: a kept "The steps are:" before a left-out (or missing) list promises an
+    answer it does not give."""
+    kept = {i for i in keep if not is_filler(sentences[i])}
+
+    def announces_kept(i: int) -> bool:  # the next sentence that says something ("1." aside) is kept
+        nxt = next((j for j in range(i + 1, len(sentences)) if not is_filler(sentences[j])), None)
+        return nxt is not None and nxt in kept
+
+    return [i for i in keep if i in kept and (not is_lead_in(sentences[i]) or announces_kept(i))]
 
 
 def _overlap(words: set[str], text: str) -> float:
@@ -475,7 +488,7 @@ def extractive_fallback(
         end + 1 < len(spans)
         and end + 1 - j < max_sentences
         and not _asks(nxt := chunks[k][spans[end + 1][0] : spans[end + 1][1]])
-        and (lead_in or (is_finished(nxt) and not _breaks(nxt)))
+        and (lead_in or (is_finished(nxt) and not _breaks(nxt) and not is_filler(nxt)))
         and len(chunks[k][spans[j][0] : spans[end][1]].split()) < min_words
     ):
         end += 1

@@ -347,6 +347,10 @@ def test_lead_ins_are_left_out_when_what_they_announce_is() -> None:
     texts = ["Intro:", "Step one.", "More:", "Unsupported.", "Last:"]
     assert without_dangling_lead_ins(texts, [0, 1, 2, 4]) == [0, 1]  # "More:" lost its next one, "Last:" has none
     assert without_dangling_lead_ins(texts, [1, 3]) == [1, 3]
+    # fillers say nothing and go; a lead-in followed only by a filler goes with it; "No." is an answer
+    texts = ["The steps are:", "1.", "```python", "No.", "Use it."]
+    assert without_dangling_lead_ins(texts, [0, 1, 2, 3, 4]) == [0, 3, 4]  # its list goes on past "1." fillers
+    assert without_dangling_lead_ins(texts, [0, 1, 2, 4]) == [4]  # what came after the fillers was left out
 
 
 def test_unsaid_sentences_skip_what_the_answer_already_says() -> None:
@@ -394,3 +398,6 @@ def test_quotes_are_whole_sentences_not_headings() -> None:
     # the headings hold the question's words too, but a quote starts at a whole sentence and stops before a heading
     assert quote is not None and quote.text == "Python is an interpreted language. It has modules."
     assert extractive_fallback("What is Python?", ["General Python FAQ\nWhat is Python"]) is None
+    numbered = "Python is an interpreted language.\n\n6.15.\nExpression lists are tuples."
+    quote = extractive_fallback("What is Python?", [numbered], min_words=100, max_sentences=10)
+    assert quote is not None and quote.text == "Python is an interpreted language."  # not the section number after it
