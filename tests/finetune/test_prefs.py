@@ -88,30 +88,38 @@ def test_f1_verifier_on_unanswerable_questions_and_as_a_trl_reward():
 
 
 # -- on-policy pairs through the pipeline ----------------------------------------------------------
-@pytest.mark.parametrize("mode", ["rag-sequence", "rag-token"])
-def test_prefs_samples_through_the_pipeline_and_pairs_by_verifier_score(env, mode):
+def _replay_samples(ws, mode: str, samples: int, seed: int) -> list[list[str]]:
+    """The short answers `finetune prefs` samples for the first two FACTS questions, drawn here the same way (the
+    same pipeline, sampling settings and per-sample seeds), one list per question."""
     from ingest.workspace import Workspace as IW
     from rag.qa import QAPipeline
     from rag.retriever import Retriever
 
-    ws, root = env
-    samples = 3
-    # The gold answer of each question is the policy's own first sample, so every group has a clear best.
     gen = ws.base_generator()
     iws = IW(ws.home, ws.ingest)
     config = ws.qa.model_copy(update={"mode": mode, "strategy": "sample", "temperature": 1.0, "top_p": 0.95})
-    expected: list[list[str]] = []
+    groups: list[list[str]] = []
     with iws.open("facts", readonly=True) as coll:
         retriever = Retriever(iws.embedder, ws.retriever)
         for qi, (q, _, _) in enumerate(FACTS[:2]):
-            expected.append(
+            groups.append(
                 [
-                    QAPipeline(retriever, gen, config.model_copy(update={"seed": sample_seed(7, qi, j, samples)}))
-                    .answer(coll, q, k=2, abstain=False)
+                    QAPipeline(retriever, gen, config.model_copy(update={"seed": sample_seed(seed, qi, j, samples)}))
+                    .answer(coll, q, k=2, abstain=False, style="short")
                     .answer
                     for j in range(samples)
                 ]
             )
+    return groups
+
+
+@pytest.mark.parametrize("mode", ["rag-sequence", "rag-token"])
+def test_prefs_samples_through_the_pipeline_and_pairs_by_verifier_score(env, mode):
+
+    ws, root = env
+    samples = 3
+    # The gold answer of each question is the policy's own first sample, so every group has a clear best.
+    expected = _replay_samples(ws, mode, samples, seed=7)
     assert all(len({a.lower() for a in group}) >= 2 for group in expected), expected  # distinct-ish samples
     data = write_jsonl(
         root / f"q-{mode}.jsonl", [{"question": q, "answer": g[0]} for (q, _, _), g in zip(FACTS[:2], expected)]
@@ -163,28 +171,14 @@ def test_cli_prefs_bad_input_exits_2_with_a_clear_error(home, tmp_path):
 def test_prefs_samples_short_answers_whatever_the_workspace_style(training_env):
     """A workspace answering in the full style by default (the CLI's) still gets short-style pairs: the answers
     `ragqa eval` scores and the F1 verifier compares with a gold span, never full sentences with [n] markers."""
-    from ingest.workspace import Workspace as IW
     from rag.config import QAConfig
-    from rag.qa import QAPipeline
-    from rag.retriever import Retriever
 
     ws, root = training_env(
         "prefs-full", [ctx for _, _, ctx in FACTS], qa=QAConfig(max_new_tokens=4, full_max_new_tokens=24)
     )
     assert ws.qa.answer_style == "full"
     samples, mode = 3, "rag-token"
-    gen = ws.base_generator()
-    iws = IW(ws.home, ws.ingest)
-    config = ws.qa.model_copy(update={"mode": mode, "strategy": "sample", "temperature": 1.0, "top_p": 0.95})
-    short: list[list[str]] = []
-    with iws.open("facts", readonly=True) as coll:
-        retriever = Retriever(iws.embedder, ws.retriever)
-        for qi, (q, _, _) in enumerate(FACTS[:2]):
-            group = []
-            for j in range(samples):
-                pipe = QAPipeline(retriever, gen, config.model_copy(update={"seed": sample_seed(5, qi, j, samples)}))
-                group.append(pipe.answer(coll, q, k=2, abstain=False, style="short").answer)
-            short.append(group)
+    short = _replay_samples(ws, mode, samples, seed=5)
     data = write_jsonl(root / "q.jsonl", [{"question": q, "answer": g[0]} for (q, _, _), g in zip(FACTS[:2], short)])
     out = root / "pairs.jsonl"
     run_prefs(PrefsJob(data=data, collection="facts", output=out, samples=samples, mode=mode, seed=5, k=2), ws)
