@@ -100,6 +100,7 @@ def run_dpo(job: DPOJob, ws: Workspace) -> TrainResult:
         **trainer_kwargs(job, run_dir, has_eval=True),
         beta=job.beta,
         max_length=job.train.max_length,
+        precompute_ref_log_probs=job.precompute_ref,
         **rpo_loss(job.rpo_alpha),
     )
     stats = RunStats()
@@ -118,6 +119,7 @@ def run_dpo(job: DPOJob, ws: Workspace) -> TrainResult:
         "steps": int(out.global_step),
         "beta": job.beta,
         "rpo_alpha": job.rpo_alpha,
+        "precompute_ref": job.precompute_ref,
         "learning_rate": job.train.learning_rate,
         "pairs": len(rows),
         "train_pairs": len(train_rows),

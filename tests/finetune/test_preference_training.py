@@ -45,6 +45,27 @@ def test_dpo_with_the_rpo_term_trains(env):
     assert ws.adapters.get("dpo-rpo").kind == "dpo"
 
 
+def test_dpo_precomputed_reference_trains_as_the_reference_forward_does(env):
+    """The reference log-probabilities computed once before training give the same losses as a reference
+    forward pass in every step (the reference is frozen); it is the default."""
+    from finetune.dpo import run_dpo
+
+    ws, root = env
+    data = write_jsonl(
+        root / "dpo-ref.jsonl",
+        [{"question": q, "chosen": a, "rejected": "no idea at all", "contexts": [c]} for q, a, c in FACTS] * 2,
+    )
+    train = {**TRAIN, "max_steps": 4}
+    lora = {"dropout": 0.0}
+    pre = run_dpo(DPOJob(data=data, output="dpo-pre", train=train, lora=lora), ws).metrics
+    live = run_dpo(DPOJob(data=data, output="dpo-live", precompute_ref=False, train=train, lora=lora), ws).metrics
+    assert DPOJob(data=data, output="x").precompute_ref
+    assert pre["precompute_ref"] and not live["precompute_ref"]
+    assert pre["steps"] == live["steps"] >= 2
+    assert pre["train_loss"] == pytest.approx(live["train_loss"], abs=1e-3)
+    assert pre["eval_loss"] == pytest.approx(live["eval_loss"], abs=1e-3)
+
+
 def test_preference_jobs_default_to_a_gentle_loop():
     job = DPOJob(data=Path("x"), output="a")
     assert job.train.learning_rate < 4e-4 and job.train.epochs <= 1 and job.rpo_alpha > 0
