@@ -146,7 +146,7 @@ class DPOJob(BaseJob):
     precompute_ref: bool = Field(
         True,
         description="Compute the reference model's log-probabilities of every pair once, before training, instead "
-        "of a reference forward pass in every step of every epoch (the reference is frozen; ~1/3 of a step's cost).",
+        "of a reference forward pass in every step of every epoch (the reference is frozen).",
     )
     train: PreferenceTrainOptions = PreferenceTrainOptions()
 
