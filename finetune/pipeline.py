@@ -9,8 +9,8 @@ Steps, in this order, each run when the recipe has its section:
 ``sft`` / ``dpo`` / ``rlhf``
     the training jobs; each section holds exactly the fields of :class:`finetune.config.SFTJob`,
     :class:`~finetune.config.DPOJob` or :class:`~finetune.config.RLHFJob`. Missing links are filled
-    from earlier steps: ``sft.data`` from ``data``, ``dpo/rlhf.from_adapter`` from ``sft``, ``dpo.data``
-    from ``prefs`` (or the feedback preferences).
+    from earlier steps: ``sft.data`` and ``rlhf.prompts`` from ``data``, ``dpo/rlhf.from_adapter`` from
+    ``sft``, ``dpo.data`` from ``prefs`` (or the feedback preferences).
 ``prefs``
     on-policy preference pairs (``finetune.prefs.run_prefs(job, ws)`` with ``finetune.config.PrefsJob``),
     dispatched through :data:`PREFS_STEP`; skipped with a note where that module is not installed.
@@ -435,6 +435,10 @@ class Pipeline:
 
     def _step_rlhf(self) -> StepReport:
         section = dict(self.recipe.rlhf or {})
+        if "prompts" not in section:  # the data step's questions, with their gold answers for the F1 reward
+            if self.state.train is None:
+                raise PipelineError("rlhf: give rlhf.prompts or a data step")
+            section["prompts"] = str(self.state.train)
         section.setdefault("output", f"{self.recipe.name}-rlhf")
         if self.state.sft_adapter and "from_adapter" not in section:
             section["from_adapter"] = self.state.sft_adapter

@@ -106,6 +106,37 @@ def test_data_step_keeps_a_heldout_split_and_a_refusal_exits_1(
     assert not (bare_home / "adapter_defaults.json").exists()
 
 
+def test_rlhf_step_takes_the_data_steps_questions_and_the_sft_adapter(
+    bare_home, gate_files, tiny_st_model, tiny_llm, tmp_path
+):
+    env = gate_env(bare_home, tiny_st_model, tiny_llm)
+    rows = [json.loads(line) for line in gate_files["train"].read_text().splitlines()]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    one_step = {**GOOD_TRAIN, "max_steps": 1}
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        {
+            "name": "rl",
+            "workdir": "work",
+            "data": {"source": "file", "path": "pairs.jsonl", "collection": "facts"},
+            "sft": {"output": "rl-sft", "k": 2, "train": one_step},
+            "rlhf": {
+                "output": "rl-rlhf",
+                "reward": "f1",
+                "max_completion_length": 4,
+                "train": {**one_step, "batch_size": 4},
+            },
+        },
+    )
+    report = cli(["finetune", "pipeline", "--config", str(recipe)], env)
+    assert [s["step"] for s in report["steps"]] == ["data", "sft", "rlhf"]
+    assert all(s["status"] == "done" for s in report["steps"]), report["steps"]
+    meta = cli(["adapters", "show", "rl-rlhf"], env)["meta"]
+    options = meta["options"]
+    assert options["prompts"] == str(tmp_path / "work" / "train.jsonl") and options["from_adapter"] == "rl-sft"
+    assert options["reward"] == "f1" and meta["metrics"]["steps"] == 1
+
+
 def test_bad_recipes_are_clear_errors(tmp_path):
     cases = [
         ({"sft": {"data": "x.jsonl", "output": "a", "epochz": 1}}, "unknown field"),
