@@ -30,16 +30,20 @@ def env(training_env):
     return training_env("preference-training", qa=QAConfig(max_new_tokens=4))
 
 
+def _fact_pairs(path: Path) -> Path:
+    """Preference pairs of the facts: the gold answer over "no idea at all", each twice."""
+    return write_jsonl(
+        path, [{"question": q, "chosen": a, "rejected": "no idea at all", "contexts": [c]} for q, a, c in FACTS] * 2
+    )
+
+
 def test_dpo_with_the_rpo_term_trains(env):
     from finetune.dpo import rpo_loss, run_dpo
 
     ws, root = env
     assert rpo_loss(0.0) == {"loss_type": ["sigmoid"]}
     assert rpo_loss(0.5) == {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}
-    data = write_jsonl(
-        root / "dpo.jsonl",
-        [{"question": q, "chosen": a, "rejected": "no idea at all", "contexts": [c]} for q, a, c in FACTS] * 2,
-    )
+    data = _fact_pairs(root / "dpo.jsonl")
     res = run_dpo(DPOJob(data=data, output="dpo-rpo", rpo_alpha=1.0, train=TRAIN), ws)
     assert res.metrics["steps"] == 2 and res.metrics["rpo_alpha"] == 1.0
     assert ws.adapters.get("dpo-rpo").kind == "dpo"
@@ -51,10 +55,7 @@ def test_dpo_precomputed_reference_trains_as_the_reference_forward_does(env):
     from finetune.dpo import run_dpo
 
     ws, root = env
-    data = write_jsonl(
-        root / "dpo-ref.jsonl",
-        [{"question": q, "chosen": a, "rejected": "no idea at all", "contexts": [c]} for q, a, c in FACTS] * 2,
-    )
+    data = _fact_pairs(root / "dpo-ref.jsonl")
     train = {**TRAIN, "max_steps": 4}
     lora = {"dropout": 0.0}
     pre = run_dpo(DPOJob(data=data, output="dpo-pre", train=train, lora=lora), ws).metrics
