@@ -25,9 +25,11 @@ PEFT files plus ``ragqa_adapter.json`` with its recipe) is installed into the wo
 own path, ``ragqa models prepare`` with ``RAGQA_SHIPPED_ADAPTER=DIR``, and is the SFT policy and
 reference. ``--skip-base`` skips the bare model's evaluation; ``--answerable-only`` evaluates the held-out
 answerable questions only (F1 is scored on those alone; it saves the unanswerable questions' time).
-``--compare-n`` evaluates the DPO / RLHF adapters on a subset (paired with SFT by question id), and
-``--reuse`` (with ``--home``) keeps the evaluations and on-policy steps already run there with the same
-arguments and inputs (``bench-data/steps/``), so a long run can be resumed or extended.
+``--compare-n`` evaluates the DPO / RLHF adapters on a subset (paired with SFT by question id).
+``--pref-split FRAC`` keeps a seeded FRAC of the answerable training questions out of SFT (trained on the
+rest) and samples the on-policy pairs and RLHF prompts from them only, so preference training sees questions
+the SFT adapter has not memorised. ``--reuse`` (with ``--home``) keeps the evaluations and on-policy steps
+already run there with the same arguments and inputs (``bench-data/steps/``), so a long run can be resumed or extended.
 
 ``--write`` replaces the "Fine-tuning" section of BENCHMARKS.md (between ``<!-- finetune:start -->``
 and ``<!-- finetune:end -->``).
@@ -215,11 +217,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed=0,
     )
     held_path = data.held_out_path
+    sft_path, aside_path = split_for_preferences(data.sft_path, args.pref_split)
     res: dict[str, Any] = {
         "held_out_article": data.held_out_articles[0],
         "train_articles": data.train_articles,
         "train_questions": data.answerable,
         "train_unanswerable": data.unanswerable,
+        "pref_split": args.pref_split,
         "mode": args.mode,
         "n": args.n,
     }
@@ -240,7 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "finetune",
             "sft",
             "--data",
-            str(data.sft_path),
+            str(sft_path),
             "-c",
             COLLECTION,
             "--output",
@@ -307,7 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["rlhf"] = {"wall_s": rl_wall, **rl["metrics"]}
         res["rlhf_eval"] = r.evaluate(held_path, args.mode, args.n, RLHF_NAME)
     if args.on_policy:
-        run_on_policy(r, args, data.sft_path, held_path, res)
+        run_on_policy(r, args, aside_path or sft_path, held_path, res)
     if not args.home and not args.keep:
         shutil.rmtree(home, ignore_errors=True)
     return res
@@ -346,6 +350,30 @@ def run_on_policy(
         )  # fmt: skip
         res["onpolicy_reward"] = {"wall_s": rm_wall, **rm["metrics"]}
         logger.info("reward model: held-out pairwise accuracy %s", rm["metrics"].get("eval_accuracy"))
+
+
+def split_for_preferences(sft_path: pathlib.Path, share: float) -> tuple[pathlib.Path, pathlib.Path | None]:
+    """With ``share`` > 0: the SFT records minus a seeded ``share`` of the answerable ones, and those kept aside
+    (for on-policy pairs and RLHF prompts), as two files beside ``sft_path``; else ``sft_path`` and None."""
+    import random
+
+    from finetune.data import read_jsonl
+
+    if share <= 0:
+        return sft_path, None
+    if share >= 1:
+        raise SystemExit(f"--pref-split must be a share in [0, 1), got {share}")
+    records = read_jsonl(sft_path, "sft")
+    answerable = [i for i, x in enumerate(records) if x.answer and x.answer.strip() != "I don't know."]
+    aside = set(random.Random(0).sample(answerable, round(share * len(answerable))))
+    train_path, aside_path = sft_path.with_name("sft-minus-aside.jsonl"), sft_path.with_name("pref-aside.jsonl")
+    lines = [json.dumps(x.to_json(), ensure_ascii=False) + "\n" for x in records]
+    write_if_changed(train_path, "".join(line for i, line in enumerate(lines) if i not in aside))
+    write_if_changed(aside_path, "".join(lines[i] for i in sorted(aside)))
+    logger.info(
+        "--pref-split %.2f: SFT on %d records, %d questions kept aside", share, len(records) - len(aside), len(aside)
+    )
+    return train_path, aside_path
 
 
 def onpolicy_questions(args: argparse.Namespace, sft_path: pathlib.Path) -> pathlib.Path:
@@ -617,6 +645,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--pref-n", type=int, default=48, help="preference pairs")
     p.add_argument("--prompt-n", type=int, default=16, help="RLHF prompts")
     p.add_argument("--on-policy", action="store_true", help="also run prefs -> dpo and rlhf (F1 reward) from SFT")
+    p.add_argument(
+        "--pref-split",
+        type=float,
+        default=0.0,
+        help="keep this seeded share of the answerable training questions out of SFT; on-policy pairs and RLHF "
+        "prompts come from them only (not with --sft-from)",
+    )
     p.add_argument("--onpolicy-n", type=int, default=128, help="training questions sampled for on-policy training")
     p.add_argument("--samples", type=int, default=4, help="answers sampled per question (finetune prefs)")
     p.add_argument("--prefs-mode", default=None, help="RAG mode the on-policy answers are sampled in (default: --mode)")
@@ -655,6 +690,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.pref_split and args.sft_from:
+        raise SystemExit("--pref-split trains SFT without the kept-aside questions; it cannot be used with --sft-from")
     logging.basicConfig(level=logging.INFO, format=common.LOG_FORMAT)
     res = run(args)
     common.save_json(args.json, res)
