@@ -1,8 +1,8 @@
 """Validated options of the fine-tune commands: one model per command, shared LoRA and training parts.
 
 Every command takes its options on the command line or from ``--config file.yaml`` (the same
-field names; command-line options win). Defaults are the recipe measured in ``bench/finetune.py``
-on a 2-core CPU.
+field names; command-line options win). SFT's defaults are the shipped reader adapter's recipe
+(``data/adapters/reader.recipe.yaml``, measured by ``bench/reader_adapter.py`` on a 2-core AVX2 CPU).
 """
 
 from __future__ import annotations
@@ -35,21 +35,33 @@ class LoraOptions(BaseModel):
     )
     top_layers: int | None = Field(
         None,
-        ge=1,
+        ge=0,
         description="Adapt only the last N transformer blocks: back-propagation then stops below them, "
-        "which makes each step cheaper on a CPU. None = all blocks.",
+        "which makes each step cheaper on a CPU. 0 or null = all blocks.",
+    )
+
+
+class SFTLoraOptions(LoraOptions):
+    """SFT's adapter: the shipped reader's recipe (data/adapters/reader.recipe.yaml) adapts the top 16 blocks,
+    which cuts a step's cost to ~0.77x and its memory with it at the same held-out F1 (BENCHMARKS.md)."""
+
+    top_layers: int | None = Field(
+        16,
+        ge=0,
+        description="Adapt only the last N transformer blocks (all of them when the model has fewer): "
+        "back-propagation then stops below them, which makes each step cheaper on a CPU. 0 = all blocks.",
     )
 
 
 class TrainOptions(BaseModel):
     """The optimisation loop (transformers/TRL Trainer arguments)."""
 
-    # Measured recipe (bench/finetune.py): 4 epochs at 4e-4 over all blocks, rank 16.
     learning_rate: float = Field(4e-4, gt=0, description="Learning rate.")
     epochs: float = Field(4.0, gt=0, description="Epochs over the data.")
     max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1: run all epochs).")
-    batch_size: int = Field(8, ge=1, description="Examples per device step.")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    # 4 x 2 = 8 examples per optimiser step, with half the activation memory of batch 8 (the shipped recipe's).
+    batch_size: int = Field(4, ge=1, description="Examples per device step.")
+    grad_accum: int = Field(2, ge=1, description="Gradient accumulation steps.")
     max_length: int = Field(
         512, ge=16, description="Longest tokenised example; longer ones are cut from the context side."
     )
@@ -70,12 +82,26 @@ class TrainOptions(BaseModel):
     )
 
 
+class SFTTrainOptions(TrainOptions):
+    """SFT's loop: the shipped reader's recipe, measured at < 4 GiB peak RSS and 13.5 min for 293 examples on a
+    2-core AVX2 CPU (BENCHMARKS.md, "Shipped reader adapter")."""
+
+    epochs: float = Field(3.0, gt=0, description="Epochs over the data.")
+
+
 class PreferenceTrainOptions(TrainOptions):
     """The optimisation loop of DPO and RLHF: gentler than SFT's (run C of BENCHMARKS: DPO at SFT's 4e-4 x 4
     epochs drove the reward margin to 14 and held-out F1 from 0.445 to 0.318)."""
 
     learning_rate: float = Field(5e-5, gt=0, description="Learning rate.")
     epochs: float = Field(1.0, gt=0, description="Epochs over the data.")
+
+
+class RLHFTrainOptions(PreferenceTrainOptions):
+    """RLHF's loop: 8 completions per device step (2 prompts x 4 samples), as measured in BENCHMARKS.md."""
+
+    batch_size: int = Field(8, ge=1, description="Completions per device step (a multiple of num_generations).")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
 
 
 class BaseJob(BaseModel):
@@ -107,6 +133,8 @@ class RetrievalOptions(BaseModel):
 
 class SFTJob(BaseJob, RetrievalOptions):
     data: Path = Field(..., description="JSONL of {question, answer[, context|contexts]}.")
+    lora: SFTLoraOptions = SFTLoraOptions()
+    train: SFTTrainOptions = SFTTrainOptions()
     prompt_style: Literal["auto", "per-document", "stuffed"] = Field(
         "auto",
         description="per-document: one chunk per prompt, as rag-token/rag-sequence read them; stuffed: the "
@@ -173,7 +201,7 @@ class RLHFJob(BaseJob):
     )
     max_completion_length: int = Field(16, ge=1, description="Longest sampled completion (tokens).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
-    train: PreferenceTrainOptions = PreferenceTrainOptions()
+    train: RLHFTrainOptions = RLHFTrainOptions()
 
     @model_validator(mode="after")
     def _reward_source(self) -> RLHFJob:

@@ -139,6 +139,8 @@ def test_sft_trains_on_two_cpu_processes(tmp_path, home, tiny_llm):
         "1",
         "--batch-size",
         "2",
+        "--grad-accum",
+        "1",
         "--lr",
         "1e-2",
         "--logging-steps",

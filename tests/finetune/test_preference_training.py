@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 TRAIN = {
     "max_steps": 2,
+    "grad_accum": 1,  # the tests set their own loop (the default accumulates 2)
     "batch_size": 2,
     "learning_rate": 5e-3,
     "logging_steps": 1,
