@@ -76,7 +76,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         unanswerable=float(data_opts.get("unanswerable", 0.0)),
         seed=int(data_opts.get("seed", 0)),
     )
-    sft_path = data.sft_path
+    sft_path, counts = data.sft_path, data
     if args.all_articles:  # train on every article; the "held-out" questions are then seen in training
         sft_path = home / "bench-data" / "sft-all.jsonl"
         rows = squad_training_data(
@@ -87,6 +87,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             seed=int(data_opts.get("seed", 0)),
         )
         shutil.copyfile(rows.sft_path, sft_path)
+        counts = rows
     r.run("models", "prepare", "--json", timeout=1800)
     if COLLECTION not in json.dumps(r.run("collections", "list", "--json")[0]):
         r.run("ingest", str(common.SQUAD), "-c", COLLECTION, "--json")
@@ -117,8 +118,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "sft_records_sha256": sha256(sft_path),
             "train_articles": data.train_articles if not args.all_articles else "all",
             "held_out_article": data.held_out_articles[0],
-            "train_questions": data.answerable,
-            "train_unanswerable": data.unanswerable,
+            "train_questions": counts.answerable,
+            "train_unanswerable": counts.unanswerable,
             "license": "CC BY-SA 4.0 (SQuAD 2.0, Rajpurkar et al. 2018)",
         },
         "sft": {"wall_s": round(wall, 1), **sft["metrics"]},
