@@ -597,14 +597,18 @@ def test_oversized_headers_are_refused_by_the_http_layer(live):
     """Header blocks beyond the HTTP server's limit are refused before the app (uvicorn answers, not JSON)."""
     host, port = live.base.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"GET /v1/collections HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 * MB) + b"\r\n\r\n")
+        try:
+            s.sendall(b"GET /v1/collections HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 * MB) + b"\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may cut the connection before the client has sent it all: also a refusal
         try:
             reply = s.recv(4096)
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
             reply = b""
     status = int(reply.split()[1]) if reply.startswith(b"HTTP/1.1") else 0
     live.count(status or 400)
     assert reply == b"" or 400 <= status < 500, reply[:200]
+    assert httpx.get(f"{live.base}/healthz", timeout=5).status_code == 200  # and the server serves on
 
 
 # -- tenants ---------------------------------------------------------------------------------
