@@ -7,8 +7,13 @@ whole process, as in ``bench/finetune.py``:
 
 1. build the SFT records of the training articles and the held-out questions;
 2. ``ragqa ingest`` the SQuAD file into a collection, ``ragqa finetune sft --config <recipe sft part>``;
-3. ``ragqa eval`` the adapter (and, with ``--with-base``, the bare model) on the held-out article;
-4. with ``--ship DIR``: replace DIR by the new adapter, its ``ragqa_adapter.json`` extended with the
+3. when the recipe has an ``rlhf`` part: ``ragqa finetune rlhf --reward f1 --from-adapter <the SFT adapter>
+   --config <recipe rlhf part>`` on ``data.rlhf_questions`` seeded answerable training questions (RLOO with
+   the verifiable F1 reward, a KL penalty to the SFT adapter and the PPO-ptx SFT loss); the result is the
+   reader, one stacked LoRA over the base model;
+4. ``ragqa eval`` the adapter (the SFT step too, paired with it, when there is an RLHF step; with
+   ``--with-base``, the bare model) on the held-out article;
+5. with ``--ship DIR``: replace DIR by the new adapter, its ``ragqa_adapter.json`` extended with the
    recipe (text and sha256), the data hashes, the held-out figures and the cost of the run; and
    compare with the adapter shipped before (``make adapter`` retrains within 0.02 F1 of it).
 
@@ -33,14 +38,16 @@ import yaml
 from bench import common
 
 sys.path.insert(0, str(common.ROOT))  # the ragqa packages first
-from bench.finetune import COLLECTION, Runner, prepare_home
+from bench.finetune import COLLECTION, Runner, compare, prepare_home
 from finetune.squad import squad_training_data
 
 logger = logging.getLogger("bench.reader_adapter")
 
 RECIPE = common.ROOT / "data" / "adapters" / "reader.recipe.yaml"
 ADAPTER_NAME = "reader"
+SFT_NAME = "reader-sft"  # the SFT step's adapter when the recipe continues it with RLHF
 META = "ragqa_adapter.json"
+IDK = "I don't know."
 REPRODUCE_TOLERANCE = 0.02  # held-out F1 of a retrain vs the shipped adapter
 
 
@@ -59,6 +66,19 @@ def load_recipe(path: pathlib.Path) -> dict[str, Any]:
     if not isinstance(recipe, dict) or not isinstance(recipe.get("sft"), dict):
         raise SystemExit(f"{path}: a recipe needs an 'sft' mapping (options of `ragqa finetune sft`)")
     return recipe
+
+
+def rlhf_questions(sft_path: pathlib.Path, n: int, seed: int) -> pathlib.Path:
+    """``n`` seeded answerable SFT records (their gold answers give the F1 reward), written beside them."""
+    import random
+
+    from finetune.data import read_jsonl
+
+    answerable = [x for x in read_jsonl(sft_path, "sft") if x.answer and x.answer.strip() != IDK]
+    chosen = random.Random(seed).sample(answerable, min(n, len(answerable)))
+    out = sft_path.with_name("rlhf-questions.jsonl")
+    out.write_text("".join(json.dumps(x.to_json(), ensure_ascii=False) + "\n" for x in chosen), encoding="utf-8")
+    return out
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -91,23 +111,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     r.run("models", "prepare", "--json", timeout=1800)
     if COLLECTION not in json.dumps(r.run("collections", "list", "--json")[0]):
         r.run("ingest", str(common.SQUAD), "-c", COLLECTION, "--json")
+    rlhf_opts = recipe.get("rlhf")
+    sft_name = SFT_NAME if rlhf_opts else ADAPTER_NAME
     sft_config = home / "reader-sft.yaml"
     sft_config.write_text(yaml.safe_dump(recipe["sft"], sort_keys=True), encoding="utf-8")
     sft, wall = r.run(
-        "finetune",
-        "sft",
-        "--data",
-        str(sft_path),
-        "-c",
-        COLLECTION,
-        "--output",
-        ADAPTER_NAME,
-        "--config",
-        str(sft_config),
-        "--overwrite",
-        "--json",
-        timeout=4 * 3600,
-    )
+        "finetune", "sft", "--data", str(sft_path), "-c", COLLECTION, "--output", sft_name, "--config",
+        str(sft_config), "--overwrite", "--json", timeout=4 * 3600,
+    )  # fmt: skip
     mode, n = str(eval_opts.get("mode", "rag-token")), int(args.n or eval_opts.get("n", 200))
     res: dict[str, Any] = {
         "home": str(home),
@@ -123,15 +134,43 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "license": "CC BY-SA 4.0 (SQuAD 2.0, Rajpurkar et al. 2018)",
         },
         "sft": {"wall_s": round(wall, 1), **sft["metrics"]},
-        "eval": {"mode": mode, "n": n, "adapter": r.evaluate(data.held_out_path, mode, n, ADAPTER_NAME)},
+        "eval": {"mode": mode, "n": n},
         "cpu_bf16": os.environ.get("RAGQA_CPU_BF16", "auto"),
         "machine": common.machine_summary(),
         "commit": common.git_revision(),
         "date": common.today(),
     }
+    if rlhf_opts:
+        questions = rlhf_questions(sft_path, int(data_opts.get("rlhf_questions", 160)), int(data_opts.get("seed", 0)))
+        rlhf_config = home / "reader-rlhf.yaml"
+        rlhf_config.write_text(yaml.safe_dump(rlhf_opts, sort_keys=True), encoding="utf-8")
+        rl, rl_wall = r.run(
+            "finetune", "rlhf", "--prompts", str(questions), "--from-adapter", sft_name, "--output", ADAPTER_NAME,
+            "--config", str(rlhf_config), "--overwrite", "--json", timeout=4 * 3600,
+        )  # fmt: skip
+        res["data"]["rlhf_prompts_sha256"] = sha256(questions)
+        res["rlhf"] = {"wall_s": round(rl_wall, 1), **rl["metrics"]}
+        res["eval"]["sft"] = r.evaluate(data.held_out_path, mode, n, sft_name)
+    res["eval"]["adapter"] = r.evaluate(data.held_out_path, mode, n, ADAPTER_NAME)
+    if rlhf_opts:
+        res["eval"]["vs_sft"] = compare(res["eval"]["sft"], res["eval"]["adapter"])
     if args.with_base:
         res["eval"]["base"] = r.evaluate(data.held_out_path, mode, n, None)
     return res
+
+
+def _rlhf_evaluation(res: dict[str, Any]) -> dict[str, Any]:
+    """The RLHF step's cost and its held-out gain over its SFT adapter (nothing for an SFT-only recipe)."""
+    if "rlhf" not in res:
+        return {}
+    vs = res["eval"]["vs_sft"]
+    return {
+        "sft_heldout_f1": res["eval"]["sft"]["f1"],
+        "rlhf_vs_sft_f1": {k: vs[k] for k in ("diff", "low", "high", "better", "worse", "questions")},
+        "rlhf_wall_s": res["rlhf"]["wall_s"],
+        "rlhf_peak_rss_mb": res["rlhf"].get("peak_rss_mb"),
+        "rlhf_kl": res["rlhf"].get("kl_after"),
+    }
 
 
 def ship(res: dict[str, Any], dest: pathlib.Path, recipe_path: pathlib.Path) -> dict[str, Any]:
@@ -147,6 +186,9 @@ def ship(res: dict[str, Any], dest: pathlib.Path, recipe_path: pathlib.Path) -> 
     meta = json.loads((staging / META).read_text(encoding="utf-8"))
     meta["data"] = res["data"]  # the training run's own record pointed at a temporary file
     meta["recipe"] = {**res["recipe"], "text": recipe_path.read_text(encoding="utf-8")}
+    if "rlhf" in res:  # the SFT step it continues (its own adapter is not shipped: the reader stacks both)
+        meta["sft"] = {k: res["sft"].get(k) for k in ("wall_s", "steps", "train_loss", "peak_rss_mb")}
+        meta["from_adapter"] = f"{SFT_NAME} (SFT step of the recipe, stacked into this adapter)"
     styles = load_recipe(recipe_path).get("default_styles")
     if styles:  # the answer styles it is the shipped default for (rag.adapter_defaults.AdapterResolver.shipped)
         meta["default_styles"] = list(styles)
@@ -159,6 +201,7 @@ def ship(res: dict[str, Any], dest: pathlib.Path, recipe_path: pathlib.Path) -> 
         "eval_n": ev.get("n"),
         "sft_wall_s": res["sft"]["wall_s"],
         "peak_rss_mb": res["sft"].get("peak_rss_mb"),
+        **_rlhf_evaluation(res),
         "cpu_bf16": res["cpu_bf16"],
         "machine": res["machine"],
         "commit": res["commit"],
@@ -206,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         f"({res['eval']['mode']}, n={ev.get('n')}); SFT {res['sft']['wall_s'] / 60:.1f} min, "
         f"peak RSS {res['sft'].get('peak_rss_mb', 0) / 1024:.2f} GiB"
     )
+    if "rlhf" in res:
+        vs = res["eval"]["vs_sft"]
+        print(
+            f"  SFT step alone: F1 {res['eval']['sft']['f1']:.3f}; RLHF {vs['diff']:+.3f} [{vs['low']:+.3f}, "
+            f"{vs['high']:+.3f}] ({vs['better']} better / {vs['worse']} worse); RLHF {res['rlhf']['wall_s'] / 60:.1f} "
+            f"min, peak RSS {res['rlhf'].get('peak_rss_mb', 0) / 1024:.2f} GiB, KL {res['rlhf'].get('kl_after')}"
+        )
     if "base" in res["eval"]:
         print(f"bare model: held-out F1 {res['eval']['base']['f1']:.3f}")
     shipped = res.get("ship")
