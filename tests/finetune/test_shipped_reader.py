@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_shipped_reader_records_its_recipe_and_data():
     meta = read_shipped(REPO_DIR)
-    assert meta["base_model"] == "SmolLM2-135M-Instruct" and meta["kind"] == "sft"
+    assert meta["base_model"] == "SmolLM2-135M-Instruct" and meta["kind"] in ("sft", "rlhf")
     recipe = ROOT / meta["recipe"]["path"]
     assert file_sha256(recipe) == meta["recipe"]["sha256"], "the recipe changed: retrain with `make adapter`"
     assert meta["recipe"]["text"] == recipe.read_text(encoding="utf-8")
@@ -31,9 +31,13 @@ def test_shipped_reader_records_its_recipe_and_data():
     assert meta["data"]["held_out_article"] not in meta["data"]["train_articles"]
     ev = meta["evaluation"]
     assert ev["heldout_article"] == meta["data"]["held_out_article"] and ev["heldout_f1"] > 0.3
+    if meta["kind"] == "rlhf":  # SFT then RLHF: both steps are recorded, and RLHF's gain over its SFT step
+        assert "rlhf" in meta["recipe"]["text"] and meta["sft"]["steps"] > 0
+        assert len(meta["data"]["rlhf_prompts_sha256"]) == 64
+        assert ev["heldout_f1"] == pytest.approx(ev["sft_heldout_f1"] + ev["rlhf_vs_sft_f1"]["diff"])
     # It is the shipped default only for answer styles it was trained on.
     assert "short" in meta["default_styles"]
-    assert "full" not in meta["default_styles"] or meta["options"]["full_style_rate"] > 0
+    assert "full" not in meta["default_styles"] or meta["options"].get("full_style_rate", 0) > 0
 
 
 def test_shipped_reader_installs_and_changes_the_bundled_models_output(tmp_path):
