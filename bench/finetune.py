@@ -378,16 +378,23 @@ def split_for_preferences(sft_path: pathlib.Path, share: float) -> tuple[pathlib
 
 def onpolicy_questions(args: argparse.Namespace, sft_path: pathlib.Path) -> pathlib.Path:
     """``--onpolicy-n`` answerable training questions (seeded), written beside the SFT records."""
+    return sample_answerable(sft_path, args.onpolicy_n, 0, "onpolicy-questions.jsonl")
+
+
+def sample_answerable(sft_path: pathlib.Path, n: int, seed: int, name: str) -> pathlib.Path:
+    """``n`` seeded answerable SFT records (not the "I don't know." ones; their gold answers give the F1
+    reward), written as ``name`` beside ``sft_path``."""
     import random
 
     from finetune.data import read_jsonl
+    from rag.prompts import ABSTAIN_TEXT
 
     records = read_jsonl(sft_path, "sft")
-    answerable = [x for x in records if x.answer and x.answer.strip() != "I don't know."]
-    chosen = random.Random(0).sample(answerable, min(args.onpolicy_n, len(answerable)))
-    questions = sft_path.with_name("onpolicy-questions.jsonl")
-    write_if_changed(questions, "".join(json.dumps(x.to_json(), ensure_ascii=False) + "\n" for x in chosen))
-    return questions
+    answerable = [x for x in records if x.answer and x.answer.strip() != ABSTAIN_TEXT]
+    chosen = random.Random(seed).sample(answerable, min(n, len(answerable)))
+    out = sft_path.with_name(name)
+    write_if_changed(out, "".join(json.dumps(x.to_json(), ensure_ascii=False) + "\n" for x in chosen))
+    return out
 
 
 def sample_prefs(

@@ -38,7 +38,7 @@ import yaml
 from bench import common
 
 sys.path.insert(0, str(common.ROOT))  # the ragqa packages first
-from bench.finetune import COLLECTION, Runner, compare, prepare_home
+from bench.finetune import COLLECTION, Runner, compare, prepare_home, sample_answerable
 from finetune.squad import squad_training_data
 
 logger = logging.getLogger("bench.reader_adapter")
@@ -47,7 +47,6 @@ RECIPE = common.ROOT / "data" / "adapters" / "reader.recipe.yaml"
 ADAPTER_NAME = "reader"
 SFT_NAME = "reader-sft"  # the SFT step's adapter when the recipe continues it with RLHF
 META = "ragqa_adapter.json"
-IDK = "I don't know."
 REPRODUCE_TOLERANCE = 0.02  # held-out F1 of a retrain vs the shipped adapter
 
 
@@ -66,19 +65,6 @@ def load_recipe(path: pathlib.Path) -> dict[str, Any]:
     if not isinstance(recipe, dict) or not isinstance(recipe.get("sft"), dict):
         raise SystemExit(f"{path}: a recipe needs an 'sft' mapping (options of `ragqa finetune sft`)")
     return recipe
-
-
-def rlhf_questions(sft_path: pathlib.Path, n: int, seed: int) -> pathlib.Path:
-    """``n`` seeded answerable SFT records (their gold answers give the F1 reward), written beside them."""
-    import random
-
-    from finetune.data import read_jsonl
-
-    answerable = [x for x in read_jsonl(sft_path, "sft") if x.answer and x.answer.strip() != IDK]
-    chosen = random.Random(seed).sample(answerable, min(n, len(answerable)))
-    out = sft_path.with_name("rlhf-questions.jsonl")
-    out.write_text("".join(json.dumps(x.to_json(), ensure_ascii=False) + "\n" for x in chosen), encoding="utf-8")
-    return out
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -141,7 +127,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "date": common.today(),
     }
     if rlhf_opts:
-        questions = rlhf_questions(sft_path, int(data_opts.get("rlhf_questions", 160)), int(data_opts.get("seed", 0)))
+        n_questions, seed = int(data_opts.get("rlhf_questions", 160)), int(data_opts.get("seed", 0))
+        questions = sample_answerable(sft_path, n_questions, seed, "rlhf-questions.jsonl")
         rlhf_config = home / "reader-rlhf.yaml"
         rlhf_config.write_text(yaml.safe_dump(rlhf_opts, sort_keys=True), encoding="utf-8")
         rl, rl_wall = r.run(
