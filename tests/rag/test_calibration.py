@@ -11,6 +11,7 @@ from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig
 from ingest.workspace import Workspace
 from rag.abstention import AbstentionRule
 from rag.calibration import (
+    RULE_VERSION,
     Calibration,
     CalibrationRule,
     Threshold,
@@ -131,6 +132,24 @@ def test_stored_with_the_collection_and_recalibrated_after_a_change(tiny_ws):
         assert n == 1 and not is_current(read_calibration(coll), coll)
         assert calibrate_if_stale(coll, lambda: ws.embedder).generation == coll.store.generation
     assert recalibrate(ws, "c", force=True) is not None
+
+    # a calibration stored by an older rule (rule 1 sampled 120 chunks) is stale: the next change recomputes it
+    with ws.open("c") as coll:
+        old = read_calibration(coll)
+        coll.set_calibration({**old.to_dict(), "rule_version": RULE_VERSION - 1})
+        assert not is_current(read_calibration(coll), coll)
+        assert calibrate_if_stale(coll, lambda: ws.embedder).rule_version == RULE_VERSION
+
+
+def test_a_large_collection_is_sampled_deterministically(tiny_ws):
+    ws, _ = tiny_ws
+    with ws.open("c") as coll:
+        n_chunks = len(coll.store.faiss_ids())
+        rule = CalibrationRule(max_chunks=n_chunks // 2, min_answerable=1)
+        a = calibrate_collection(coll, ws.embedder, rule=rule, store=False)
+        b = calibrate_collection(coll, ws.embedder, rule=rule, store=False)
+    assert 0 < a.n_answerable <= n_chunks // 2 < n_chunks
+    assert (a.n_answerable, a.min_score, a.cap_score) == (b.n_answerable, b.min_score, b.cap_score)
 
 
 def test_a_failed_automatic_calibration_does_not_raise(tiny_ws):
