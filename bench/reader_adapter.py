@@ -11,9 +11,11 @@ whole process, as in ``bench/finetune.py``:
    --config <recipe rlhf part>`` on ``data.rlhf_questions`` seeded answerable training questions (RLOO with
    the verifiable F1 reward, a KL penalty to the SFT adapter and the PPO-ptx SFT loss); the result is the
    reader, one stacked LoRA over the base model;
-4. ``ragqa eval`` the adapter (the SFT step too, paired with it, when there is an RLHF step; with
+4. with the recipe's ``save_dtype`` (bfloat16): store the adapter's weights in that type (half the file;
+   :func:`finetune.lora.cast_adapter`), before it is evaluated;
+5. ``ragqa eval`` the adapter (the SFT step too, paired with it, when there is an RLHF step; with
    ``--with-base``, the bare model) on the held-out article;
-5. with ``--ship DIR``: replace DIR by the new adapter, its ``ragqa_adapter.json`` extended with the
+6. with ``--ship DIR``: replace DIR by the new adapter, its ``ragqa_adapter.json`` extended with the
    recipe (text and sha256), the data hashes, the held-out figures and the cost of the run; and
    compare with the adapter shipped before (``make adapter`` retrains within 0.02 F1 of it).
 
@@ -138,6 +140,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         res["data"]["rlhf_prompts_sha256"] = sha256(questions)
         res["rlhf"] = {"wall_s": round(rl_wall, 1), **rl["metrics"]}
         res["eval"]["sft"] = r.evaluate(data.held_out_path, mode, n, sft_name)
+    save_dtype = recipe.get("save_dtype")
+    if save_dtype:  # stored smaller before it is evaluated, so the figures are those of the shipped weights
+        import torch
+
+        from finetune.lora import cast_adapter
+
+        res["weights_dtype"] = save_dtype
+        res["weights_bytes"] = cast_adapter(home / "adapters" / ADAPTER_NAME, getattr(torch, save_dtype))
     res["eval"]["adapter"] = r.evaluate(data.held_out_path, mode, n, ADAPTER_NAME)
     if rlhf_opts:
         res["eval"]["vs_sft"] = compare(res["eval"]["sft"], res["eval"]["adapter"])
@@ -176,6 +186,8 @@ def ship(res: dict[str, Any], dest: pathlib.Path, recipe_path: pathlib.Path) -> 
     if "rlhf" in res:  # the SFT step it continues (its own adapter is not shipped: the reader stacks both)
         meta["sft"] = {k: res["sft"].get(k) for k in ("wall_s", "steps", "train_loss", "peak_rss_mb")}
         meta["from_adapter"] = f"{SFT_NAME} (SFT step of the recipe, stacked into this adapter)"
+    if res.get("weights_dtype"):
+        meta["weights_dtype"] = res["weights_dtype"]
     styles = load_recipe(recipe_path).get("default_styles")
     if styles:  # the answer styles it is the shipped default for (rag.adapter_defaults.AdapterResolver.shipped)
         meta["default_styles"] = list(styles)

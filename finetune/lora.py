@@ -1,4 +1,5 @@
-"""LoRA adapter algebra: merging an adapter into a base copy, and stacking two adapters into one.
+"""LoRA adapter algebra: merging an adapter into a base copy, stacking two adapters into one, and storing one
+in a smaller float type.
 
 Preference training (DPO, RLHF) starts from an SFT adapter and must stay close to it, so the SFT
 model is the reference. We merge the SFT adapter into an in-memory copy of the base weights, train
@@ -84,6 +85,20 @@ def stack_adapters(first: Path, second: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file(merged, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def cast_adapter(dir_: Path, dtype: torch.dtype) -> int:
+    """Rewrite the adapter folder's weights in ``dtype`` (e.g. bfloat16: half the file of float32); returns the new
+    file size in bytes. The loader casts them to the model's dtype, so only the stored precision changes."""
+    from safetensors.torch import save_file
+
+    dir_ = Path(dir_)
+    _, weights = _load(dir_)
+    path = dir_ / "adapter_model.safetensors"
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(tmp), metadata={"format": "pt"})
+    tmp.replace(path)
+    return path.stat().st_size
 
 
 def merge_adapter(model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:

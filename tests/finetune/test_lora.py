@@ -68,3 +68,28 @@ def test_stacking_refuses_rank_patterns(tmp_path, tiny_llm):
     (tmp_path / "b" / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(LoraStackError, match="rank"):
         stack_adapters(tmp_path / "a", tmp_path / "b", tmp_path / "ab")
+
+
+def test_a_bfloat16_adapter_halves_the_file_and_loads_into_a_float32_model(tmp_path, tiny_llm):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from finetune.lora import cast_adapter
+
+    _random_adapter(AutoModelForCausalLM.from_pretrained(tiny_llm), tmp_path / "a", r=4, alpha=8, seed=1)
+    weights = tmp_path / "a" / "adapter_model.safetensors"
+    before_size, before = weights.stat().st_size, load_file(str(weights))
+    ids = torch.randint(5, 300, (2, 10))
+    with torch.no_grad():
+        f32 = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llm), str(tmp_path / "a"))
+        expected = f32.eval()(input_ids=ids).logits
+        size = cast_adapter(tmp_path / "a", torch.bfloat16)
+        after = load_file(str(weights))
+        bf = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llm), str(tmp_path / "a"))
+        got = bf.eval()(input_ids=ids).logits
+    assert {v.dtype for v in after.values()} == {torch.bfloat16} and set(after) == set(before)
+    assert size == weights.stat().st_size < 0.6 * before_size
+    assert next(p for n, p in bf.named_parameters() if "lora_A" in n).dtype == torch.float32  # cast on loading
+    err = (got - expected).abs().max().item()
+    assert 0 < err < 0.02 * expected.abs().max().item()  # bfloat16 rounding of the adapter only
