@@ -50,6 +50,7 @@ ADAPTER_NAME = "reader"
 SFT_NAME = "reader-sft"  # the SFT step's adapter when the recipe continues it with RLHF
 META = "ragqa_adapter.json"
 REPRODUCE_TOLERANCE = 0.02  # held-out F1 of a retrain vs the shipped adapter
+SAVE_DTYPES = ("float32", "bfloat16", "float16")  # the recipe's save_dtype: the shipped weights' stored type
 
 
 def sha256(path: pathlib.Path) -> str:
@@ -66,6 +67,8 @@ def load_recipe(path: pathlib.Path) -> dict[str, Any]:
     recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(recipe, dict) or not isinstance(recipe.get("sft"), dict):
         raise SystemExit(f"{path}: a recipe needs an 'sft' mapping (options of `ragqa finetune sft`)")
+    if recipe.get("save_dtype") not in (None, *SAVE_DTYPES):  # checked before hours of training, not after
+        raise SystemExit(f"{path}: save_dtype must be one of {', '.join(SAVE_DTYPES)}, got {recipe['save_dtype']!r}")
     return recipe
 
 
