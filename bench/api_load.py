@@ -209,6 +209,7 @@ async def _ask_once(client, question: str, t0: float) -> dict[str, Any]:
 
 async def phase(client, clients: int, duration: float, questions: list[str], offset: int) -> dict[str, Any]:
     latencies, ttfts, errors = [], [], []
+    tokens: list[int] = []
     refused = [0]
     deadline = time.perf_counter() + duration
     t_start = time.perf_counter()
@@ -229,6 +230,7 @@ async def phase(client, clients: int, duration: float, questions: list[str], off
             else:
                 latencies.append(res["latency"])
                 ttfts.append(res["ttft"])
+                tokens.append(res["answer"].get("generated_tokens") or 0)
 
     await asyncio.gather(*(asker(i) for i in range(clients)))
     return {
@@ -236,6 +238,7 @@ async def phase(client, clients: int, duration: float, questions: list[str], off
         "elapsed": time.perf_counter() - t_start,
         "latencies": latencies,
         "ttfts": ttfts,
+        "tokens": tokens,
         "errors": errors,
         "refused": refused[0],
     }
@@ -270,6 +273,19 @@ def metric(text: str, name: str) -> float | None:
     return None
 
 
+def decode_delta(before: str, after: str) -> dict[str, float]:
+    """The scheduler's decode steps, rows and step seconds between two /metrics readings (one phase)."""
+
+    def delta(name: str) -> float:
+        return (metric(after, name) or 0.0) - (metric(before, name) or 0.0)
+
+    return {
+        "steps": delta("ragqa_batch_rows_count"),
+        "rows": delta("ragqa_batch_rows_sum"),
+        "seconds": delta("ragqa_decode_seconds"),
+    }
+
+
 def peak_rss_mib(pid: int) -> float | None:
     try:
         for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -301,6 +317,7 @@ async def run_config(base: str, key: str, args, seed_files, uploads, questions, 
         phases, ingest = [], None
         for n, clients in enumerate(args.clients):
             logger.warning("  %d client(s) for %.0f s", clients, args.duration)
+            before = (await client.get("/metrics")).text
             if clients == max(args.clients) and uploads:
 
                 async def uploader() -> dict[str, Any]:
@@ -314,8 +331,9 @@ async def run_config(base: str, key: str, args, seed_files, uploads, questions, 
                 )
             else:
                 res = await phase(client, clients, args.duration, questions, 1000 * n)
+            res["decode"] = decode_delta(before, (await client.get("/metrics")).text)
             phases.append(res)
-        sample = questions[:: max(1, len(questions) // args.check)][: args.check] if batching else []
+        sample = questions[:: max(1, len(questions) // args.check)][: args.check] if batching and args.check else []
         same, differ = await same_answers(client, sample)  # only where answers share batches
         metrics = (await client.get("/metrics")).text
         coll = (await client.get("/v1/collections/bench")).json()
@@ -380,6 +398,11 @@ def render(args, argv, results: dict[str, dict[str, Any]]) -> str:
                 "answers": float(len(lat)),
                 "errors": float(len(p["errors"])),
                 "refused": float(p.get("refused", 0)),
+                "tokens": (sum(p["tokens"]) / len(p["tokens"])) if p.get("tokens") else None,
+                "rows": (p["decode"]["rows"] / p["decode"]["steps"]) if p.get("decode", {}).get("steps") else None,
+                "step_ms": (1000 * p["decode"]["seconds"] / p["decode"]["steps"])
+                if p.get("decode", {}).get("steps")
+                else None,
             }[what]
 
         for what, label in (
@@ -390,6 +413,9 @@ def render(args, argv, results: dict[str, dict[str, Any]]) -> str:
             ("answers", "answers"),
             ("errors", "errors"),
             ("refused", "refused, asked again after Retry-After"),
+            ("tokens", "generated tokens per answer (mean)"),
+            ("rows", "rows per decode step (mean)"),
+            ("step_ms", "decode step (ms, mean)"),
         ):
             vals = [val(n, what) for n in names]
             ratio = common.ratio(vals[-1], vals[0]) if what in ("throughput", "p50", "p95", "ttft") else None

@@ -14,7 +14,9 @@ token against the shared :class:`transformers.DynamicCache` (``R = K`` for greed
 Cache API (transformers 5.x): ``DynamicCache(config=...)`` holds one layer object per decoder layer;
 ``Cache.reorder_cache(idx)`` does an ``index_select`` on the batch axis of every layer (the index may
 repeat rows or change the batch size — used to expand and reorder beams), and
-``Cache.batch_repeat_interleave(n)`` repeats every row ``n`` times in place.
+``Cache.batch_repeat_interleave(n)`` repeats every row ``n`` times in place. Our caches' plain
+layers are :class:`rag.kv_cache.InPlaceAppendLayer`: a decode step writes its token into spare
+columns instead of copying the whole cache.
 
 The maths lives in :mod:`rag.marginalize`; this module only runs the model.
 """
@@ -35,6 +37,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from rag.kv_cache import PLAIN_LAYER_TYPES, new_cache
 from rag.marginalize import (
     rag_sequence_doc_posterior,
     rag_sequence_fast_logprob,
@@ -184,7 +187,7 @@ def _positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 def _new_cache(model: torch.nn.Module) -> DynamicCache:
     """An empty cache for ``model`` (``nn.Module.__getattr__`` types ``model.config`` as Tensor | Module)."""
     config: Any = model.config
-    return DynamicCache(config=config)
+    return new_cache(config)
 
 
 def _dynamic_layers(cache: DynamicCache) -> list[DynamicLayer]:
@@ -391,7 +394,7 @@ def _plain_dynamic_cache(model: torch.nn.Module) -> bool:
         layers = _new_cache(model).layers
     except (AttributeError, TypeError, ValueError):
         return False
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+    return bool(layers) and all(type(layer) in PLAIN_LAYER_TYPES for layer in layers)
 
 
 def _prefix_kv(model: torch.nn.Module, ids: Sequence[int], spec: PrefixSpec, shared: int) -> PrefixKV:

@@ -89,6 +89,7 @@ from rag.decoding import (
     warm_prefix_cache,
 )
 from rag.errors import RagError
+from rag.kv_cache import PLAIN_LAYER_TYPES
 from rag.marginalize import rag_token_sequence_logprob
 from rag.prefix_cache import PrefixSpec
 from rag.serving_errors import DeadlineExceededError as ServingDeadlineError
@@ -160,7 +161,7 @@ class SchedulerClosedError(SchedulerError):
 def _layers(state: PrefillState) -> list[DynamicLayer]:
     layers: list[DynamicLayer] = []
     for layer in state.past_key_values.layers:
-        if not isinstance(layer, DynamicLayer) or type(layer) is not DynamicLayer or not layer.is_initialized:
+        if not isinstance(layer, DynamicLayer) or type(layer) not in PLAIN_LAYER_TYPES or not layer.is_initialized:
             raise TypeError(
                 f"continuous batching needs plain, filled DynamicLayer caches, got {type(layer).__name__}"
                 f"{'' if getattr(layer, 'is_initialized', False) else ' (empty)'}; sliding-window / quantized "

@@ -51,3 +51,10 @@ def test_a_server_that_keeps_refusing_is_an_error_after_the_retries() -> None:
     res = _ask(app)
     assert res["error"].startswith("503") and res["refused"] == api_load.MAX_RETRIES
     assert calls[0] == api_load.MAX_RETRIES + 1
+
+
+def test_a_phase_decode_figures_are_the_difference_of_two_metrics_readings() -> None:
+    before = "ragqa_batch_rows_count 10.0\nragqa_batch_rows_sum 40.0\nragqa_decode_seconds_total 2.0\n"
+    after = "ragqa_batch_rows_count 30.0\nragqa_batch_rows_sum 200.0\nragqa_decode_seconds_total 5.0\n"
+    assert api_load.decode_delta(before, after) == {"steps": 20.0, "rows": 160.0, "seconds": 3.0}
+    assert api_load.decode_delta("", "") == {"steps": 0.0, "rows": 0.0, "seconds": 0.0}  # the serialised server

@@ -1,0 +1,126 @@
+"""rag.kv_cache: decode steps append in place, and every result equals transformers' DynamicLayer."""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache, MistralConfig
+from transformers.cache_utils import DynamicLayer
+
+from rag.decoding import PrefillState, _advance, _new_cache, prefill
+from rag.kv_cache import DECODE_HEADROOM, InPlaceAppendLayer, new_cache
+from tests.rag.tiny_llama import tiny_llama
+
+
+def _kv(rows: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, 2, length, 4, generator=g), torch.randn(rows, 2, length, 4, generator=g)
+
+
+def _same(a: DynamicLayer, b: DynamicLayer) -> None:
+    assert a.keys is not None and b.keys is not None and a.values is not None and b.values is not None
+    assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_every_kind_of_update_matches_the_plain_layer_bit_for_bit() -> None:
+    plain, in_place = DynamicLayer(), InPlaceAppendLayer()
+    seed = 0
+
+    def update(rows: int, length: int) -> None:
+        nonlocal seed
+        seed += 1
+        k, v = _kv(rows, length, seed)
+        out_plain, out_in_place = plain.update(k, v), in_place.update(k, v)
+        assert all(torch.equal(x, y) for x, y in zip(out_plain, out_in_place))
+        _same(plain, in_place)
+
+    update(3, 7)  # prefill
+    for _ in range(DECODE_HEADROOM + 5):  # past one buffer's spare columns
+        update(3, 1)
+    for layer in (plain, in_place):
+        layer.crop(-4)  # as teacher forcing leaves it
+    _same(plain, in_place)
+    update(3, 1)
+    for layer in (plain, in_place):
+        layer.reorder_cache(torch.tensor([2, 0, 0]))  # row selection, repeats included
+    update(3, 1)
+    update(3, 5)  # a multi-token forward in the middle
+    update(3, 1)
+    for layer in (plain, in_place):  # a left slice, as the scheduler drops all-padding columns
+        assert layer.keys is not None and layer.values is not None
+        layer.keys, layer.values = layer.keys[:, :, 2:], layer.values[:, :, 2:]
+    update(3, 1)
+    update(3, 1)
+
+
+def test_decode_steps_write_into_one_buffer_and_leave_earlier_tensors_alone() -> None:
+    layer = InPlaceAppendLayer()
+    layer.update(*_kv(2, 6, 0))
+    prefilled = layer.keys
+    assert prefilled is not None
+    before = prefilled.clone()
+    layer.update(*_kv(2, 1, 1))
+    assert layer.keys is not None
+    buffer = layer.keys.data_ptr()
+    snapshot, snapshot_copy = layer.keys, layer.keys.clone()
+    for step in range(DECODE_HEADROOM - 1):  # the first step made DECODE_HEADROOM columns, it used one
+        layer.update(*_kv(2, 1, 2 + step))
+        assert layer.keys is not None and layer.keys.data_ptr() == buffer  # no copy of the cache
+    assert torch.equal(prefilled, before)  # the prefill's tensor is not the buffer
+    assert torch.equal(snapshot, snapshot_copy)  # a step writes after what an earlier view holds
+    layer.update(*_kv(2, 1, 99))  # the spare columns are used up: a new buffer
+    assert layer.keys is not None and layer.keys.data_ptr() != buffer
+    assert layer.keys.shape[-2] == 6 + DECODE_HEADROOM + 1
+
+
+def test_a_multi_token_update_never_writes_into_the_buffer() -> None:
+    """Prefix-cache entries are slices of a prefill's keys: later decode steps must not touch them."""
+    layer = InPlaceAppendLayer()
+    layer.update(*_kv(1, 4, 0))
+    layer.update(*_kv(1, 1, 1))  # now a buffer with spare columns
+    layer.update(*_kv(1, 3, 2))  # teacher forcing / a prefill chunk: concatenated
+    stored = layer.keys[0] if layer.keys is not None else None
+    assert stored is not None
+    stored_copy = stored.clone()
+    for step in range(3):
+        layer.update(*_kv(1, 1, 10 + step))
+    assert torch.equal(stored, stored_copy)
+
+
+def test_models_get_in_place_layers_and_special_layers_are_left_alone() -> None:
+    model = tiny_llama()
+    cache = _new_cache(model)
+    assert cache.layers and all(type(layer) is InPlaceAppendLayer for layer in cache.layers)
+    sliding = MistralConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        sliding_window=8,
+    )
+    assert all(type(layer) is not InPlaceAppendLayer for layer in new_cache(sliding).layers)
+
+
+def test_greedy_decoding_gives_the_same_logits_as_the_plain_cache() -> None:
+    model = tiny_llama(seed=3)
+    prompts = [[1, 5, 7, 9, 2], [4, 4, 8], [3, 11, 12, 13, 14, 15, 6]]
+    state = prefill(model, prompts, pad_token_id=0)
+    assert all(type(layer) is InPlaceAppendLayer for layer in state.past_key_values.layers)
+    plain = DynamicCache()
+    for layer_index, layer in enumerate(state.past_key_values.layers):
+        assert layer.keys is not None and layer.values is not None
+        plain.update(layer.keys.clone(), layer.values.clone(), layer_index)
+    reference = PrefillState(
+        next_logprobs=state.next_logprobs.clone(),
+        past_key_values=plain,
+        attention_mask=state.attention_mask.clone(),
+        next_positions=state.next_positions.clone(),
+    )
+    assert not any(type(layer) is InPlaceAppendLayer for layer in plain.layers)
+    for _ in range(DECODE_HEADROOM + 8):
+        tokens = state.next_logprobs.argmax(-1)
+        assert torch.equal(tokens, reference.next_logprobs.argmax(-1))
+        _advance(model, state, tokens)
+        _advance(model, reference, tokens)
+        assert torch.equal(state.next_logprobs, reference.next_logprobs)
