@@ -88,6 +88,58 @@ def _grow(tensor: torch.Tensor) -> torch.Tensor:
     return buffer
 
 
+def _install(layer: DynamicLayer, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+    """Make the first ``length`` columns of ``keys`` / ``values`` the layer's cache (their spare columns
+    become an :class:`InPlaceAppendLayer`'s buffer)."""
+    if isinstance(layer, InPlaceAppendLayer):
+        layer._key_buffer, layer._value_buffer = keys, values
+    layer.keys, layer.values = keys[:, :, :length], values[:, :, :length]
+
+
+def _spare(layer: DynamicLayer) -> int:
+    return DECODE_HEADROOM if isinstance(layer, InPlaceAppendLayer) else 0
+
+
+def gather_rows(layer: DynamicLayer, rows: torch.Tensor, first: int = 0) -> None:
+    """Keep ``rows`` (in that order, repeats allowed) and drop the first ``first`` columns, in ONE copy.
+
+    For an :class:`InPlaceAppendLayer` the copy lands in a buffer with spare columns, so the next decode
+    step does not copy again; the result equals ``index_select`` then slicing.
+    """
+    keys, values = layer.keys, layer.values
+    if keys is None or values is None:
+        raise RuntimeError("gather_rows needs a filled cache layer.")
+    length = keys.shape[-2] - first
+    out = []
+    for tensor in (keys, values):
+        buffer = tensor.new_empty((len(rows), tensor.shape[1], length + _spare(layer), tensor.shape[3]))
+        torch.index_select(tensor[:, :, first:], 0, rows.to(tensor.device), out=buffer[:, :, :length])
+        out.append(buffer)
+    _install(layer, out[0], out[1], length)
+
+
+def concat_rows(first: DynamicLayer, second: DynamicLayer) -> None:
+    """The rows of ``first`` then those of ``second`` in ``first``, right-aligned, in ONE copy.
+
+    The shorter layer's rows get zero columns on the left (the caller masks them), as
+    ``torch.cat`` after left padding would give; ``second`` is left as it was.
+    """
+    k1, v1, k2, v2 = first.keys, first.values, second.keys, second.values
+    if k1 is None or v1 is None or k2 is None or v2 is None:
+        raise RuntimeError("concat_rows needs two filled cache layers.")
+    rows1, length1, length2 = k1.shape[0], k1.shape[-2], k2.shape[-2]
+    length = max(length1, length2)
+    out = []
+    for a, b in ((k1, k2), (v1, v2)):
+        buffer = a.new_empty((rows1 + b.shape[0], a.shape[1], length + _spare(first), a.shape[3]))
+        buffer[:rows1, :, : length - length1].zero_()
+        buffer[:rows1, :, length - length1 : length].copy_(a)
+        buffer[rows1:, :, : length - length2].zero_()
+        buffer[rows1:, :, length - length2 : length].copy_(b)
+        out.append(buffer)
+    _install(first, out[0], out[1], length)
+
+
 #: Layer types that hold plain, growing keys and values (no sliding window, no recurrent state).
 PLAIN_LAYER_TYPES: tuple[type[DynamicLayer], ...] = (DynamicLayer, InPlaceAppendLayer)
 

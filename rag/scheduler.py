@@ -89,7 +89,7 @@ from rag.decoding import (
     warm_prefix_cache,
 )
 from rag.errors import RagError
-from rag.kv_cache import PLAIN_LAYER_TYPES
+from rag.kv_cache import PLAIN_LAYER_TYPES, concat_rows, gather_rows
 from rag.marginalize import rag_token_sequence_logprob
 from rag.prefix_cache import PrefixSpec
 from rag.serving_errors import DeadlineExceededError as ServingDeadlineError
@@ -198,28 +198,27 @@ def pad_state_left(state: PrefillState, columns: int) -> None:
 def concat_states(first: PrefillState, second: PrefillState) -> PrefillState:
     """Rows of ``first`` then rows of ``second`` in one state (both are consumed: do not reuse them).
 
-    The shorter one is left-padded (:func:`pad_state_left`) to the other's length, then every
-    tensor is concatenated along the batch axis.
+    The shorter one is left-padded (masked zero positions, as :func:`pad_state_left` adds) to the
+    other's length; each layer's keys and values are copied once (:func:`rag.kv_cache.concat_rows`).
 
     Returns:
         A state of ``R1 + R2`` rows whose cache is ``first``'s cache object, extended.
     """
     if first.past_key_values is second.past_key_values:
         raise ValueError("concat_states needs two different caches.")
-    length1, length2 = first.attention_mask.shape[1], second.attention_mask.shape[1]
-    pad_state_left(first, length2 - length1)
-    pad_state_left(second, length1 - length2)
     layers1, layers2 = _layers(first), _layers(second)
     if len(layers1) != len(layers2):
         raise ValueError(f"the caches have {len(layers1)} and {len(layers2)} layers: they come from different models.")
     for a, b in zip(layers1, layers2):
-        (ak, av), (bk, bv) = _kv(a), _kv(b)
-        a.keys = torch.cat([ak, bk], dim=0)
-        a.values = torch.cat([av, bv], dim=0)
+        concat_rows(a, b)
+    mask1, mask2 = first.attention_mask, second.attention_mask
+    length = max(mask1.shape[1], mask2.shape[1])
+    mask1 = torch.cat([mask1.new_zeros((mask1.shape[0], length - mask1.shape[1])), mask1], dim=-1)
+    mask2 = torch.cat([mask2.new_zeros((mask2.shape[0], length - mask2.shape[1])), mask2], dim=-1)
     return PrefillState(
         next_logprobs=torch.cat([first.next_logprobs, second.next_logprobs], dim=0),
         past_key_values=first.past_key_values,
-        attention_mask=torch.cat([first.attention_mask, second.attention_mask], dim=0),
+        attention_mask=torch.cat([mask1, mask2], dim=0),
         next_positions=torch.cat([first.next_positions, second.next_positions], dim=0),
     )
 
@@ -227,21 +226,23 @@ def concat_states(first: PrefillState, second: PrefillState) -> PrefillState:
 def keep_rows(state: PrefillState, rows: Sequence[int] | torch.Tensor) -> None:
     """Keep only ``rows`` (in that order), in place, then drop leading columns that are padding in every row.
 
+    Each layer's keys and values are copied once (:func:`rag.kv_cache.gather_rows`).
+
     Args:
         rows: indices into the current ``R`` rows, at least one.
     """
     rows = torch.as_tensor(rows, dtype=torch.long)
     if rows.numel() == 0:
         raise ValueError("keep_rows needs at least one row; drop the whole state instead.")
-    state.select_rows(rows)
-    used = state.attention_mask.bool().any(dim=0)  # (L,)
+    rows = rows.to(state.attention_mask.device)
+    mask = state.attention_mask.index_select(0, rows)
+    used = mask.bool().any(dim=0)  # (L,)
     first = int(torch.argmax(used.to(torch.int8)))  # first column some row uses
-    if first > 0:
-        for layer in _layers(state):
-            k, v = _kv(layer)
-            layer.keys = k[:, :, first:, :]
-            layer.values = v[:, :, first:, :]
-        state.attention_mask = state.attention_mask[:, first:]
+    for layer in _layers(state):
+        gather_rows(layer, rows, first)
+    state.attention_mask = mask[:, first:]
+    state.next_logprobs = state.next_logprobs.index_select(0, rows.to(state.next_logprobs.device))
+    state.next_positions = state.next_positions.index_select(0, rows)
 
 
 def _sub_state(model: torch.nn.Module, state: PrefillState, rows: Sequence[int]) -> PrefillState:

@@ -7,7 +7,7 @@ from transformers import DynamicCache, MistralConfig
 from transformers.cache_utils import DynamicLayer
 
 from rag.decoding import PrefillState, _advance, _new_cache, prefill
-from rag.kv_cache import DECODE_HEADROOM, InPlaceAppendLayer, new_cache
+from rag.kv_cache import DECODE_HEADROOM, InPlaceAppendLayer, concat_rows, gather_rows, new_cache
 from tests.rag.tiny_llama import tiny_llama
 
 
@@ -124,3 +124,43 @@ def test_greedy_decoding_gives_the_same_logits_as_the_plain_cache() -> None:
         _advance(model, state, tokens)
         _advance(model, reference, tokens)
         assert torch.equal(state.next_logprobs, reference.next_logprobs)
+
+
+def _filled(layer: DynamicLayer, rows: int, length: int, seed: int) -> DynamicLayer:
+    layer.update(*_kv(rows, length, seed))
+    layer.update(*_kv(rows, 1, seed + 1))  # an in-place layer now has its buffer
+    return layer
+
+
+def test_gather_rows_is_one_select_and_slice_and_the_next_step_does_not_copy() -> None:
+    rows = torch.tensor([3, 0, 0, 2])
+    for kind in (DynamicLayer, InPlaceAppendLayer):
+        layer = _filled(kind(), 4, 9, 0)
+        assert layer.keys is not None and layer.values is not None
+        want_k, want_v = layer.keys.index_select(0, rows)[:, :, 2:], layer.values.index_select(0, rows)[:, :, 2:]
+        gather_rows(layer, rows, first=2)
+        assert torch.equal(layer.keys, want_k) and torch.equal(layer.values, want_v)
+        pointer = layer.keys.data_ptr()
+        layer.update(*_kv(4, 1, 5))
+        assert (layer.keys.data_ptr() == pointer) == (kind is InPlaceAppendLayer)
+
+
+def test_concat_rows_right_aligns_with_zero_columns_either_way_round() -> None:
+    for kind in (DynamicLayer, InPlaceAppendLayer):
+        for length1, length2 in ((9, 5), (5, 9), (7, 7)):
+            a, b = _filled(kind(), 2, length1, 0), _filled(kind(), 3, length2, 10)
+            assert a.keys is not None and b.keys is not None and a.values is not None and b.values is not None
+            length = max(length1, length2) + 1
+
+            def padded(t: torch.Tensor, length: int = length) -> torch.Tensor:
+                return torch.cat([t.new_zeros((*t.shape[:2], length - t.shape[2], t.shape[3])), t], dim=2)
+
+            want_k = torch.cat([padded(a.keys), padded(b.keys)])
+            want_v = torch.cat([padded(a.values), padded(b.values)])
+            b_keys = b.keys.clone()
+            concat_rows(a, b)
+            assert torch.equal(a.keys, want_k) and torch.equal(a.values, want_v)
+            assert torch.equal(b.keys, b_keys)  # the second layer is read, not changed
+            pointer = a.keys.data_ptr()
+            a.update(*_kv(5, 1, 20))
+            assert (a.keys.data_ptr() == pointer) == (kind is InPlaceAppendLayer)
