@@ -21,10 +21,10 @@ leave at once.
 Batch layout (TGI v1 "batch concatenate"): one merged :class:`transformers.DynamicCache` per
 adapter group, rows right-aligned. On admit the shorter of (merged cache, new cache) is
 left-padded along the sequence axis (keys / values of every layer and the attention mask) and
-the two are concatenated along the batch axis; on leave the remaining rows are kept
-(``reorder_cache``) and leading columns that are padding in every row are dropped. Position ids
+the two are concatenated along the batch axis, one copy per layer (:mod:`rag.kv_cache`); on leave
+the remaining rows are kept and leading columns that are padding in every row are dropped. Position ids
 stay per row (``cumsum(mask) - 1`` at prefill, +1 per step), so padding never changes a row's
-logits. Helpers: :func:`pad_state_left`, :func:`concat_states`, :func:`keep_rows`.
+logits. Helpers: :func:`concat_states`, :func:`keep_rows`.
 
 Adapters — per-adapter groups: the requests of one adapter (``None`` = the base model) share a
 merged batch; a step runs one forward per group inside ``session(adapter)``, the caller's context
@@ -113,7 +113,6 @@ __all__ = [
     "concat_states",
     "keep_rows",
     "model_session",
-    "pad_state_left",
 ]
 
 #: ``session(adapter)`` -> a context manager yielding the model with ``adapter`` active (None = base model).
@@ -179,27 +178,16 @@ def _kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
     return k, v
 
 
-def pad_state_left(state: PrefillState, columns: int) -> None:
-    """Prepend ``columns`` masked positions to every row, in place.
-
-    Keys / values ``(R, H, L, D)`` of every layer get ``columns`` zero positions in front, the
-    attention mask ``(R, L)`` gets zeros; ``next_positions`` are unchanged, so logits are too.
-    """
-    if columns <= 0:
-        return
-    for layer in _layers(state):
-        k, v = _kv(layer)
-        layer.keys = torch.cat([k.new_zeros((*k.shape[:2], columns, k.shape[3])), k], dim=-2)
-        layer.values = torch.cat([v.new_zeros((*v.shape[:2], columns, v.shape[3])), v], dim=-2)
-    mask = state.attention_mask
-    state.attention_mask = torch.cat([mask.new_zeros((mask.shape[0], columns)), mask], dim=-1)
+def _pad_mask_left(mask: torch.Tensor, length: int) -> torch.Tensor:
+    """``mask`` ``(R, L)`` with ``length - L`` zero (masked) columns in front."""
+    return torch.cat([mask.new_zeros((mask.shape[0], length - mask.shape[1])), mask], dim=-1)
 
 
 def concat_states(first: PrefillState, second: PrefillState) -> PrefillState:
     """Rows of ``first`` then rows of ``second`` in one state (both are consumed: do not reuse them).
 
-    The shorter one is left-padded (masked zero positions, as :func:`pad_state_left` adds) to the
-    other's length; each layer's keys and values are copied once (:func:`rag.kv_cache.concat_rows`).
+    The shorter one is left-padded with masked zero positions to the other's length; each layer's
+    keys and values are copied once (:func:`rag.kv_cache.concat_rows`).
 
     Returns:
         A state of ``R1 + R2`` rows whose cache is ``first``'s cache object, extended.
@@ -211,10 +199,8 @@ def concat_states(first: PrefillState, second: PrefillState) -> PrefillState:
         raise ValueError(f"the caches have {len(layers1)} and {len(layers2)} layers: they come from different models.")
     for a, b in zip(layers1, layers2):
         concat_rows(a, b)
-    mask1, mask2 = first.attention_mask, second.attention_mask
-    length = max(mask1.shape[1], mask2.shape[1])
-    mask1 = torch.cat([mask1.new_zeros((mask1.shape[0], length - mask1.shape[1])), mask1], dim=-1)
-    mask2 = torch.cat([mask2.new_zeros((mask2.shape[0], length - mask2.shape[1])), mask2], dim=-1)
+    length = max(first.attention_mask.shape[1], second.attention_mask.shape[1])
+    mask1, mask2 = _pad_mask_left(first.attention_mask, length), _pad_mask_left(second.attention_mask, length)
     return PrefillState(
         next_logprobs=torch.cat([first.next_logprobs, second.next_logprobs], dim=0),
         past_key_values=first.past_key_values,
