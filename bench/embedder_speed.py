@@ -110,8 +110,8 @@ def load_time(backend: str, cache: str) -> tuple[float, float]:
     return float(first), float(with_tok)
 
 
-def make(backend: str, cache: pathlib.Path, batch_size: int = 64):
-    cfg = EmbedderConfig(batch_size=batch_size, device="cpu")
+def make(backend: str, cache: pathlib.Path, batch_size: int = 64, dtype: str = "auto"):
+    cfg = EmbedderConfig(batch_size=batch_size, device="cpu", dtype=dtype)
     if "backend" in type(cfg).model_fields:
         cfg.backend = backend
     else:
@@ -169,15 +169,16 @@ def main() -> None:
     print("ONNX build-or-load (first call in this process):", {k: round(v, 1) for k, v in builds.items()})
 
     configs = [
-        ("torch fp32 bs32", "torch", 32),
-        ("torch fp32 bs64", "torch", 64),
-        ("torch fp32 bs128", "torch", 128),
-        ("onnx fp32 bs32", "onnx", 32),
-        ("onnx fp32 bs64", "onnx", 64),
-        ("onnx int8 bs32", "onnx-int8", 32),
-        ("onnx int8 bs64", "onnx-int8", 64),
+        ("torch fp32 bs32", "torch", 32, "float32"),
+        ("torch fp32 bs64", "torch", 64, "float32"),
+        ("torch fp32 bs128", "torch", 128, "float32"),
+        ("torch bf16 bs64", "torch", 64, "bfloat16"),  # hardware bf16 on AMX / AVX512-BF16, emulated elsewhere
+        ("onnx fp32 bs32", "onnx", 32, "auto"),
+        ("onnx fp32 bs64", "onnx", 64, "auto"),
+        ("onnx int8 bs32", "onnx-int8", 32, "auto"),
+        ("onnx int8 bs64", "onnx-int8", 64, "auto"),
     ]
-    embedders = {label: make(backend, cache, bs) for label, backend, bs in configs}
+    embedders = {label: make(backend, cache, bs, dtype) for label, backend, bs, dtype in configs}
     for e in embedders.values():  # warm-up
         e.embed_documents(sample[:8])
     vectors: dict[str, np.ndarray] = {}
@@ -208,12 +209,12 @@ def main() -> None:
         f"{'backend':18s} {'tok/cpu-s':>9s} {'x torch':>7s} {'tok/s':>7s} {'x torch':>7s} {'load s':>7s} {'+tok s':>7s}"
         f" {'cos mean':>8s} {'cos min':>8s} {'R@1':>6s} {'R@4':>6s}"
     )
-    recall_cache: dict[str, tuple[float, float]] = {}
-    for label, backend, _ in configs:
+    recall_cache: dict[tuple[str, str], tuple[float, float]] = {}
+    for label, backend, _, dtype in configs:
         cos = (vectors[label] * ref).sum(axis=1)
-        if backend not in recall_cache:
-            recall_cache[backend] = recall(embedders[label], paragraphs, questions, gold)
-        r1, r4 = recall_cache[backend]
+        if (backend, dtype) not in recall_cache:
+            recall_cache[backend, dtype] = recall(embedders[label], paragraphs, questions, gold)
+        r1, r4 = recall_cache[backend, dtype]
         load, load_tok = loads.get(backend, (float("nan"), float("nan")))
         print(
             f"{label:18s} {best_cpu[label]:9.0f} {best_cpu[label] / best_cpu['torch fp32 bs64']:7.2f}"

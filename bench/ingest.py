@@ -11,7 +11,8 @@ Pipelines
                CPU without AMX (ONNX Runtime, int8 weights). Defaults otherwise: 200-token chunks, 24
                overlap, flat index. The re-ingest is the same command again on the unchanged corpus.
   ragqa torch  the same command on the torch path: ``RAGQA_CPU_BF16=1`` (torch bf16) on a CPU with AMX;
-               on a CPU without AMX bf16 is emulated (slower than fp32), so there the row forces
+               with AVX512-BF16 also ``RAGQA_INGEST__EMBEDDER__BACKEND=torch`` (bf16; auto keeps onnx-int8
+               there); without either bf16 is emulated (slower than fp32), so there the row forces
                ``RAGQA_INGEST__EMBEDDER__BACKEND=torch`` (float32) instead, and says so.
   LangChain    ``DirectoryLoader(path, glob="**/*.html", loader_cls=BSHTMLLoader)`` (SQuAD: one
                ``Document`` per paragraph, metadata title + paragraph index),
@@ -229,14 +230,19 @@ def torch_path_env() -> tuple[dict[str, str], str]:
     """The environment that puts ``ragqa`` on its torch path here, and how the report names it."""
     # read here, not via ingest.hardware: run as bench/ingest.py, "ingest" is this file
     try:
-        amx = "amx_bf16" in pathlib.Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split()
+        flags = pathlib.Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split()
     except OSError:
-        amx = False
-    if amx:
+        flags = []
+    if "amx_bf16" in flags:
         return {"RAGQA_CPU_BF16": "1"}, "torch bf16 (RAGQA_CPU_BF16=1, AMX)"
+    if "avx512_bf16" in flags:
+        return (
+            {"RAGQA_CPU_BF16": "1", "RAGQA_INGEST__EMBEDDER__BACKEND": "torch"},
+            "torch bf16 (RAGQA_INGEST__EMBEDDER__BACKEND=torch, AVX512-BF16)",
+        )
     return (
         {"RAGQA_CPU_BF16": "0", "RAGQA_INGEST__EMBEDDER__BACKEND": "torch"},
-        "torch float32 (RAGQA_INGEST__EMBEDDER__BACKEND=torch: no AMX here, bf16 would be emulated)",
+        "torch float32 (RAGQA_INGEST__EMBEDDER__BACKEND=torch: no bf16 matmuls here, bf16 would be emulated)",
     )
 
 

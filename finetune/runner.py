@@ -70,7 +70,8 @@ class Workspace:
         """A fresh generator (its own copy of the weights, so training never touches a served model)."""
         config = self.generator
         if config.dtype == "auto" and pick_device(config.device).type == "cpu":
-            # float32 master weights on a CPU; the trainer adds bf16 autocast where the CPU has AMX
+            # float32 master weights on a CPU; the trainer adds bf16 autocast where the CPU multiplies bf16
+            # (AMX, AVX512-BF16)
             config = config.model_copy(update={"dtype": "float32"})
         gen = Generator(config, self.models_dir, self.home / "adapters")
         gen.warm_up()
@@ -189,7 +190,8 @@ def trainer_kwargs(job: BaseJob, run_dir: Path, *, has_eval: bool) -> dict[str, 
         data_seed=t.seed,
         report_to="none",
         use_cpu=not cuda,
-        bf16=torch.cuda.is_bf16_supported() if cuda else cpu_fast_bf16(),  # CPU: autocast, ~1.9x a step with AMX
+        # CPU: autocast where bf16 matmuls are hardware (a step 1.9x faster with AMX, 1.2x with AVX512-BF16)
+        bf16=torch.cuda.is_bf16_supported() if cuda else cpu_fast_bf16(),
         gradient_checkpointing=t.gradient_checkpointing,
         dataloader_num_workers=0,
         disable_tqdm=False,

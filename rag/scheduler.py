@@ -33,7 +33,8 @@ manager that activates the adapter (PEFT ``set_adapter`` / ``disable_adapter()``
 forward, so it works with any PEFT version and with :mod:`rag.int8_decode` (its
 ``Int8DecodeLinear`` is wrapped by LoRA like any linear layer). Note: int8 weights are read only
 by forwards of at most ``rag.int8_decode.MAX_INT8_ROWS`` token rows; a bigger decode batch runs on
-the bf16 weights (correct, but not token-identical to an int8 solo answer and slower per row).
+the bf16 weights (correct, but not token-identical to an int8 solo answer; faster per row past the
+threshold). In bf16 anything batched may differ from solo in rounding; the equality is exact in float32.
 
 Beam search and other whole-answer jobs (e.g. :func:`rag.decoding.rag_sequence_generate`) run
 exclusively in the scheduler thread between two steps (:meth:`Scheduler.submit_call`); a

@@ -46,7 +46,9 @@ def cluster_ingest(ws: Workspace, ingester: RayIngester, paths: list[Path], **kw
 
 def config(tiny_st_model: Path, address: str | None = None, **ray: object) -> IngestConfig:
     return IngestConfig(
-        embedder=EmbedderConfig(model=str(tiny_st_model), backend="torch"),
+        # float32: bf16 (auto on CPUs with AMX / AVX512-BF16) rounds differently for different batch shapes, and the
+        # workers batch differently from one local process
+        embedder=EmbedderConfig(model=str(tiny_st_model), backend="torch", dtype="float32"),
         chunking=ChunkingConfig(chunk_tokens=40, overlap_tokens=5),
         ray=RayConfig(address=address, **ray),
     )

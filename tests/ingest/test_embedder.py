@@ -201,6 +201,15 @@ class TestOnnxTinyModel:
         emb = E.load_embedder(config("auto", model=str(tiny_st_model), device="cpu"), cache_dir=tmp_path)
         assert isinstance(emb, E.OnnxEmbedder) and emb.backend == "onnx-int8"
 
+    def test_auto_on_a_cpu_with_avx512_bf16_keeps_onnx_int8(self, tiny_st_model, tmp_path, monkeypatch):
+        # bf16 matmuls in hardware but no AMX: torch bf16 embeds no faster than onnx-int8 there (1.8x vs 1.9x fp32)
+        monkeypatch.delenv(hardware.ENV_OVERRIDE, raising=False)
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+        emb = E.load_embedder(config("auto", model=str(tiny_st_model), device="cpu"), cache_dir=tmp_path)
+        assert isinstance(emb, E.OnnxEmbedder) and emb.backend == "onnx-int8"
+        torch_emb = E.load_embedder(config("torch", model=str(tiny_st_model), device="cpu"), cache_dir=tmp_path)
+        assert torch_emb.dtype == "bfloat16"  # the torch backend, when chosen, still uses the bf16 unit
+
     def test_auto_on_a_cpu_with_amx_uses_torch_bf16(self, tiny_st_model, tmp_path, monkeypatch):
         monkeypatch.setenv(hardware.ENV_OVERRIDE, "1")
         emb = E.load_embedder(config("auto", model=str(tiny_st_model), device="cpu"), cache_dir=tmp_path)

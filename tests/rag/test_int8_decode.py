@@ -181,3 +181,11 @@ def test_float32_few_rows_read_int8_and_decoding_stays_close():
         _advance(reference, ref, torch.full((3,), token))
         _advance(model, got, torch.full((3,), token))
         assert (ref.next_logprobs.exp() - got.next_logprobs.exp()).abs().max() < 0.02
+
+
+def test_the_int8_row_limit_follows_the_cpu_bf16_unit():
+    from rag.int8_decode import default_max_rows
+
+    assert default_max_rows("amx_bf16") == 32
+    assert default_max_rows("avx512_bf16") == 4  # bf16 matmuls beat int8 past ~6 rows there
+    assert default_max_rows(None) == 4

@@ -33,7 +33,10 @@ def setup(tmp_path_factory, tiny_st_model, tiny_llm):
         ),
     )
     assert ws.ingest([docs], "c").ok
-    gen = Generator(GeneratorConfig(model=str(tiny_llm)), root / "home" / "models", root / "home" / "adapters")
+    # float32 on every CPU: these tests compare answers computed in different batch shapes (batched vs solo, cached
+    # vs uncached), exact in float32; bf16 (auto on CPUs with AMX / AVX512-BF16) rounds differently per shape
+    cfg = GeneratorConfig(model=str(tiny_llm), dtype="float32")
+    gen = Generator(cfg, root / "home" / "models", root / "home" / "adapters")
     return ws, gen
 
 
