@@ -1,7 +1,8 @@
 """The local causal LM that writes answers, with optional per-request LoRA adapters.
 
 Loads any Hugging Face causal LM folder (the bundled SmolLM2-135M-Instruct by default, converted
-once from its GGUF), bfloat16 on a GPU or an AMX CPU, else float32, and applies the model's chat template.
+once from its GGUF), bfloat16 on a GPU or a CPU with bf16 matmuls (AMX, AVX512-BF16), else float32, and applies
+the model's chat template.
 Adapters are PEFT LoRA folders under the workspace; each is loaded once and switched per request.
 """
 
@@ -39,13 +40,28 @@ def pick_device(setting: str) -> torch.device:
 
 
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 on a GPU and on a CPU with AMX (hardware bf16 matmuls, prefill ~1.8x
-    faster than float32, see :mod:`ingest.hardware`), else float32."""
+    """``auto``: bfloat16 on a GPU and on a CPU that multiplies bf16 in hardware (AMX: prefill ~1.8x faster
+    than float32; AVX512-BF16: generation ~0.5x the seconds; see :mod:`ingest.hardware`), else float32."""
     if setting == "auto":
         if device.type == "cuda":
             return torch.bfloat16
         return torch.bfloat16 if device.type == "cpu" and cpu_fast_bf16() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
+
+
+def configure_attention(device: torch.device, config: GeneratorConfig) -> bool:
+    """On a CUDA device, keep PyTorch's attention off cuDNN unless ``config.cudnn_attention`` (returns whether
+    cuDNN attention was turned off). Newer PyTorch prefers cuDNN attention on Hopper GPUs; it builds a plan per
+    sequence length, and generation changes the length at every step, so each call pays a new plan on the CPU
+    (an H200 decode step of the 135M model: 66 ms wall for 2.5 ms of GPU work, 44 ms of it in cuDNN attention
+    set-up). FlashAttention and the memory-efficient kernels take any length without planning. The switch is
+    process-wide (``torch.backends.cuda.enable_cudnn_sdp``): the generator owns the GPU in a ragqa process."""
+    if device.type != "cuda" or config.cudnn_attention:
+        return False
+    if torch.backends.cuda.cudnn_sdp_enabled():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        logger.info("cuDNN attention off for generation (generator.cudnn_attention=false): it re-plans per length")
+    return True
 
 
 class Generator:
@@ -94,6 +110,7 @@ class Generator:
                 "at a local Hugging Face model folder, or run `ragqa models prepare`."
             ) from exc
         model.to(self.device).eval()
+        configure_attention(self.device, self.config)
         self.int8_layers = self._maybe_int8_decode(model)
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token

@@ -1,0 +1,140 @@
+"""Where one decode step's time goes: wall time against device time, for the bundled model's shape.
+
+A decode step of a small model is one token per row through every layer: on a GPU it is ~1200 small
+kernels, so its wall time can be the CPU launching them (and whatever the attention backend does on the CPU)
+rather than GPU work. This script builds a randomly initialised model of SmolLM2-135M's shape (the cost of a
+forward does not depend on the weights' values), prefills ``--rows`` rows of ``--context`` tokens, then times
+decode steps (forward + log-softmax + argmax back on the host, as generation does) with transformers'
+``DynamicCache`` and with ragqa's in-place cache (:mod:`rag.kv_cache`), and profiles one step: kernels
+launched and device-busy milliseconds. ``--attention`` picks the SDPA backends (``default`` lets PyTorch
+choose, which on Hopper GPUs includes cuDNN; ``no-cudnn`` is what the generator uses, see
+``GeneratorConfig.cudnn_attention``)::
+
+    python -m bench.decode_step --device cuda --attention default,no-cudnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def launch_overhead_us(device: str) -> tuple[float, float]:
+    """(microseconds per queued tiny kernel, per kernel + host round trip) on ``device``."""
+    import torch
+
+    x = torch.zeros(1, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    for _ in range(5000):
+        x.add_(1)
+    sync()
+    queued = (time.perf_counter() - t) / 5000 * 1e6
+    t = time.perf_counter()
+    for _ in range(500):
+        x.add_(1)
+        x.item()
+    return queued, (time.perf_counter() - t) / 500 * 1e6
+
+
+def smollm2_135m_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        rope_theta=100000.0,
+    )
+
+
+def step_profile(model, cache, rows: int, context: int, device: str, steps: int = 20) -> dict[str, float]:
+    """Prefill ``rows`` x ``context`` tokens into ``cache``, then time ``steps`` decode steps and profile one."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    vocab = model.config.vocab_size
+    with torch.inference_mode():
+        model(input_ids=torch.randint(0, vocab, (rows, context), device=device), past_key_values=cache, use_cache=True)
+        token = torch.randint(0, vocab, (rows, 1), device=device)
+
+        def step() -> None:
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            out.logits[:, -1].float().log_softmax(-1).argmax(-1).cpu()
+
+        for _ in range(3):
+            step()
+        sync()
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall_ms = (time.perf_counter() - t) / steps * 1000
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            step()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    top = max(prof.key_averages(), key=lambda e: e.cpu_time_total)
+    return {
+        "wall_ms": wall_ms,
+        "kernels": float(len(kernels)),
+        "device_busy_ms": sum(e.device_time for e in kernels) / 1000,
+        "top_op": top.key,
+        "top_op_cpu_ms": top.cpu_time_total / 1000,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import contextlib
+
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from transformers import DynamicCache, LlamaForCausalLM
+
+    from rag.kv_cache import new_cache
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--rows", default="4,32,64", help="rows per step (K per rag-token answer x answers)")
+    p.add_argument("--context", type=int, default=300, help="tokens already in the cache")
+    p.add_argument("--attention", default="default,no-cudnn", help="SDPA backend choices to compare")
+    args = p.parse_args(argv)
+    device = args.device
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    torch.manual_seed(0)
+    cfg = smollm2_135m_config()
+    model = LlamaForCausalLM(cfg).to(device, dtype).eval()
+    queued, round_trip = launch_overhead_us(device)
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), torch "
+        f"{torch.__version__}, {dtype}: {queued:.1f} us per queued tiny kernel, {round_trip:.1f} us with a host sync"
+    )
+    print("| attention | cache | rows | step wall ms | kernels | device busy ms | top op (CPU ms) |")
+    print("|---|---|--:|--:|--:|--:|---|")
+    choices = {
+        "default": contextlib.nullcontext,
+        "no-cudnn": lambda: sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]),
+    }
+    for attention in args.attention.split(","):
+        for kind in ("DynamicCache", "in place"):
+            for rows in (int(r) for r in args.rows.split(",")):
+                cache = DynamicCache(config=cfg) if kind == "DynamicCache" else new_cache(cfg)
+                with choices[attention]():
+                    r = step_profile(model, cache, rows, args.context, device)
+                print(
+                    f"| {attention} | {kind} | {rows} | {r['wall_ms']:.1f} | {r['kernels']:.0f} | "
+                    f"{r['device_busy_ms']:.2f} | {r['top_op']} ({r['top_op_cpu_ms']:.1f}) |",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
