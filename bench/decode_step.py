@@ -11,6 +11,7 @@ choose, which on Hopper GPUs includes cuDNN; ``no-cudnn`` is what the generator 
 ``GeneratorConfig.cudnn_attention``)::
 
     python -m bench.decode_step --device cuda --attention default,no-cudnn
+    python -m bench.decode_step --int8-rows 1,2,4,6,8,16,32     # CPU: int8 decode copy against bf16, by rows
 """
 
 from __future__ import annotations
@@ -91,6 +92,50 @@ def step_profile(model, cache, rows: int, context: int, device: str, steps: int 
     }
 
 
+def int8_against_bf16(rows_list: list[int]) -> list[tuple[int, float, float]]:
+    """(rows, bf16 ms, int8 ms) of the linear layers of one SmolLM2-135M forward on the CPU: ``nn.Linear`` in bf16
+    against :class:`rag.int8_decode.Int8DecodeLinear` (``torch._weight_int8pack_mm``) at every row count."""
+    import torch
+    from torch import nn
+
+    from rag import int8_decode
+
+    cfg = smollm2_135m_config()
+    h, kv, ff = (
+        cfg.hidden_size,
+        cfg.hidden_size * cfg.num_key_value_heads // cfg.num_attention_heads,
+        cfg.intermediate_size,
+    )
+    per_forward = {(h, h): 2, (h, kv): 2, (h, ff): 2, (ff, h): 1}  # q, o / k, v / gate, up / down, per layer
+    counts = {shape: n * cfg.num_hidden_layers for shape, n in per_forward.items()} | {(h, cfg.vocab_size): 1}
+    torch.manual_seed(0)
+    layers = {shape: nn.Linear(*shape, bias=False).to(torch.bfloat16) for shape in counts}
+    quant = {shape: int8_decode.Int8DecodeLinear.from_linear(layer) for shape, layer in layers.items()}
+
+    def seconds(f, x, n: int = 20) -> float:
+        for _ in range(3):
+            f(x)
+        t = time.perf_counter()
+        for _ in range(n):
+            f(x)
+        return (time.perf_counter() - t) / n
+
+    previous, int8_decode.MAX_INT8_ROWS = int8_decode.MAX_INT8_ROWS, 1 << 20
+    out = []
+    try:
+        with torch.inference_mode():
+            for rows in rows_list:
+                bf16 = int8 = 0.0
+                for shape, n in counts.items():
+                    x = torch.randn(rows, shape[0], dtype=torch.bfloat16)
+                    bf16 += n * seconds(layers[shape], x)
+                    int8 += n * seconds(quant[shape], x)
+                out.append((rows, bf16 * 1000, int8 * 1000))
+    finally:
+        int8_decode.MAX_INT8_ROWS = previous
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import contextlib
 
@@ -105,7 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", default="4,32,64", help="rows per step (K per rag-token answer x answers)")
     p.add_argument("--context", type=int, default=300, help="tokens already in the cache")
     p.add_argument("--attention", default="default,no-cudnn", help="SDPA backend choices to compare")
+    p.add_argument(
+        "--int8-rows",
+        default=None,
+        help="instead: time the int8 decode copy against bf16 on the CPU at these row counts (e.g. 1,2,4,6,8,16,32)",
+    )
     args = p.parse_args(argv)
+    if args.int8_rows:
+        print("| rows | bf16 ms | int8 ms | int8 / bf16 |\n|--:|--:|--:|--:|")
+        for rows, bf16, int8 in int8_against_bf16([int(r) for r in args.int8_rows.split(",")]):
+            print(f"| {rows} | {bf16:.1f} | {int8:.1f} | {int8 / bf16:.2f} |", flush=True)
+        return 0
     device = args.device
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     torch.manual_seed(0)

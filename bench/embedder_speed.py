@@ -1,6 +1,6 @@
 """Compare embedder backends side by side in one process: speed, load time, agreement, retrieval.
 
-    .venv/bin/python bench/embedder_speed.py [--chunks 240] [--rounds 2] [--cache /tmp/ragqa-bench-cache]
+    .venv/bin/python -m bench.embedder_speed [--chunks 240] [--rounds 2] [--cache /tmp/ragqa-bench-cache]
 
 Corpus: the Python 3.11 HTML docs (tutorial, faq, howto, reference) cut into 200-token chunks with
 24 tokens of overlap (the chunker's defaults); a subset of ``--chunks`` chunks spread over the corpus
