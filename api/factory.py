@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 from api.settings import Settings
 
 if TYPE_CHECKING:  # the real imports are inside the builders: importing this module loads no model code
+    from collections.abc import Callable
+
+    from api.settings import ServingConfig
     from finetune.adapters import AdapterRegistry
     from finetune.runner import Workspace as FinetuneWorkspace
     from ingest.workspace import Workspace
@@ -23,6 +26,28 @@ if TYPE_CHECKING:  # the real imports are inside the builders: importing this mo
     from rag.qa import QAPipeline
     from rag.retriever import Retriever
     from rag.scheduler import Scheduler
+
+
+def build_scheduler(
+    generator: Generator, serving: ServingConfig, k: int, on_step: Callable[[int, float], None] | None = None
+) -> Scheduler:
+    """The continuous-batching scheduler the server runs, over ``generator`` (loaded here) with the ``serving``
+    settings for answers of ``k`` documents; ``on_step(rows, seconds)`` after each batched forward (benchmarks)."""
+    from rag.scheduler import Scheduler
+
+    gen = generator.warm_up()
+    return Scheduler(
+        gen.session,
+        max_batch_rows=serving.max_batch_rows,
+        max_queue=serving.max_queue,
+        pad_token_id=gen.tokenizer.pad_token_id,
+        max_prefills_per_step=serving.max_prefills_per_step,
+        max_prefill_tokens=serving.max_prefill_tokens,
+        max_active_requests=serving.active_answers(k),
+        admission=serving.admission == "predict",
+        admission_margin=serving.admission_margin,
+        on_step=on_step,
+    )
 
 
 @dataclass
@@ -74,21 +99,7 @@ class RagStack:
     @cached_property
     def scheduler(self) -> Scheduler:
         """The continuous-batching scheduler that owns the generator's model (the server's; ``close()`` it)."""
-        from rag.scheduler import Scheduler
-
-        s = self.settings.serving
-        gen = self.generator.warm_up()
-        return Scheduler(
-            gen.session,
-            max_batch_rows=s.max_batch_rows,
-            max_queue=s.max_queue,
-            pad_token_id=gen.tokenizer.pad_token_id,
-            max_prefills_per_step=s.max_prefills_per_step,
-            max_prefill_tokens=s.max_prefill_tokens,
-            max_active_requests=s.active_answers(self.settings.retriever.k),
-            admission=s.admission == "predict",
-            admission_margin=s.admission_margin,
-        )
+        return build_scheduler(self.generator, self.settings.serving, self.settings.retriever.k)
 
     @cached_property
     def serving_qa(self) -> QAPipeline:

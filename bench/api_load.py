@@ -50,13 +50,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    xs = sorted(values)
-    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
-
-
 def squad_items(path: pathlib.Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(file name, paragraph text) per SQuAD paragraph, and (file name, question) for the questions not
     marked impossible."""
@@ -392,9 +385,9 @@ def render(args, argv, results: dict[str, dict[str, Any]]) -> str:
             lat = p["latencies"]
             return {
                 "throughput": len(lat) / p["elapsed"] if p["elapsed"] else None,
-                "p50": pct(lat, 0.5),
-                "p95": pct(lat, 0.95),
-                "ttft": pct(p["ttfts"], 0.5),
+                "p50": common.pct(lat, 0.5),
+                "p95": common.pct(lat, 0.95),
+                "ttft": common.pct(p["ttfts"], 0.5),
                 "answers": float(len(lat)),
                 "errors": float(len(p["errors"])),
                 "refused": float(p.get("refused", 0)),

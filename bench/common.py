@@ -220,6 +220,14 @@ class Samples:
         return statistics.median(self.values) if self.values else None
 
 
+def pct(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile of ``values`` (nearest rank), None when there are none."""
+    if not values:
+        return None
+    xs = sorted(values)
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None

@@ -19,7 +19,8 @@ question stream for both:
 
 * ``serialised``: no scheduler and ``generator.prefix_cache_bytes=0``: every answer holds the model alone
   (the server with ``serving.batching=false``);
-* ``batched``: a :class:`rag.scheduler.Scheduler` built as the server builds it (``serving`` defaults) with
+* ``batched``: a :class:`rag.scheduler.Scheduler` built as the server builds it (``api.factory.build_scheduler``,
+  ``serving`` defaults: admission by predicted finish time included) with
   the prefix KV cache on.
 
 Closed-loop client threads (1, 4 and 16 by default, ``--duration`` seconds each) ask questions in turn;
@@ -175,11 +176,11 @@ class Engine:
 
 
 def build_engine(name: str, recording: dict[str, Any], args: argparse.Namespace, models_dir: pathlib.Path) -> Engine:
+    from api.factory import build_scheduler
     from api.settings import ServingConfig
     from rag.config import GeneratorConfig, QAConfig
     from rag.generator import Generator
     from rag.qa import QAPipeline
-    from rag.scheduler import Scheduler
 
     batched = name == "batched"
     gen_cfg = GeneratorConfig(
@@ -192,16 +193,11 @@ def build_engine(name: str, recording: dict[str, Any], args: argparse.Namespace,
     retriever = ReplayRetriever({r["question"].strip(): retrieval_from_json(r) for r in recording["retrievals"]})
     collection = RecordedCollection("squad", recording.get("calibration"))
     engine = Engine(name, None, collection)
-    if batched:
-        s = ServingConfig()
-        engine.scheduler = Scheduler(
-            generator.session,
-            max_batch_rows=s.max_batch_rows,
-            max_queue=s.max_queue,
-            pad_token_id=generator.tokenizer.pad_token_id,
-            max_prefills_per_step=s.max_prefills_per_step,
-            max_prefill_tokens=s.max_prefill_tokens,
-            max_active_requests=s.active_answers(int(recording["k"])),
+    if batched:  # as the server builds it (api/factory.py), with the serving defaults
+        engine.scheduler = build_scheduler(
+            generator,
+            ServingConfig(),
+            int(recording["k"]),
             on_step=lambda rows, seconds: engine.steps.append((rows, seconds)),
         )
     engine.qa = QAPipeline(retriever, generator, QAConfig(), scheduler=engine.scheduler)  # type: ignore[arg-type]
@@ -209,13 +205,6 @@ def build_engine(name: str, recording: dict[str, Any], args: argparse.Namespace,
 
 
 # -- closed-loop phases ----------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    xs = sorted(values)
-    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
 def run_phase(engine: Engine, questions: list[str], clients: int, duration: float) -> dict[str, Any]:
@@ -269,9 +258,9 @@ def run_phase(engine: Engine, questions: list[str], clients: int, duration: floa
         "wall_s": wall,
         "answers": len(latencies),
         "answers_per_s": len(latencies) / wall if wall else None,
-        "p50_s": pct(latencies, 0.5),
-        "p95_s": pct(latencies, 0.95),
-        "ttft_p50_s": pct(ttfts, 0.5),
+        "p50_s": common.pct(latencies, 0.5),
+        "p95_s": common.pct(latencies, 0.95),
+        "ttft_p50_s": common.pct(ttfts, 0.5),
         "tokens_per_answer": statistics.mean(tokens) if tokens else None,
         "steps": len(steps),
         "rows_per_step": statistics.mean(rows) if rows else None,

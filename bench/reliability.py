@@ -43,7 +43,8 @@ from collections import Counter
 from typing import Any
 
 from bench import common
-from bench.api_load import Server, free_port, pct, squad_items
+from bench.api_load import Server, free_port, squad_items
+from bench.common import pct
 
 logger = logging.getLogger("bench.reliability")
 

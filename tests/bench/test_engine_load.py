@@ -11,10 +11,9 @@ import pytest
 
 from bench import engine_load
 from ingest import hardware
-from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig
-from ingest.workspace import Workspace
 from rag.config import RetrieverConfig
 from rag.retriever import Retriever
+from tests.rag.capitals import capitals_workspace
 
 QUESTIONS = ["What is the capital of France?", "Where is the Colosseum?", "What lies at the head of the Oslofjord?"]
 
@@ -22,19 +21,7 @@ QUESTIONS = ["What is the capital of France?", "Where is the Colosseum?", "What 
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory, tiny_st_model):
     root = tmp_path_factory.mktemp("engine")
-    docs = root / "docs"
-    docs.mkdir()
-    (docs / "paris.txt").write_text("Paris is the capital of France. The Eiffel Tower was finished in 1889.")
-    (docs / "rome.txt").write_text("Rome is the capital of Italy. The Colosseum held fifty thousand people.")
-    (docs / "oslo.txt").write_text("Oslo is the capital of Norway. It lies at the head of the Oslofjord.")
-    ws = Workspace(
-        root / "home",
-        IngestConfig(
-            embedder=EmbedderConfig(model=str(tiny_st_model)),
-            chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8),
-        ),
-    )
-    assert ws.ingest([docs], "c").ok
+    ws = capitals_workspace(root, tiny_st_model)
     retriever = Retriever(ws.embedder, RetrieverConfig(k=3))
     with ws.open("c", readonly=True) as coll:
         live = {q: retriever.retrieve(coll, q, 3) for q in QUESTIONS}

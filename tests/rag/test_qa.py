@@ -8,31 +8,18 @@ import re
 import pytest
 import torch
 
-from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig
-from ingest.workspace import Workspace
 from rag.config import GeneratorConfig, QAConfig, RetrieverConfig
 from rag.generator import AdapterError, Generator
 from rag.qa import QAError, QAPipeline
 from rag.retriever import Retriever
 from rag.strategies import kept_documents
+from tests.rag.capitals import capitals_workspace
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_st_model, tiny_llm):
     root = tmp_path_factory.mktemp("qa")
-    docs = root / "docs"
-    docs.mkdir()
-    (docs / "paris.txt").write_text("Paris is the capital of France. The Eiffel Tower was finished in 1889.")
-    (docs / "rome.txt").write_text("Rome is the capital of Italy. The Colosseum held fifty thousand people.")
-    (docs / "oslo.txt").write_text("Oslo is the capital of Norway. It lies at the head of the Oslofjord.")
-    ws = Workspace(
-        root / "home",
-        IngestConfig(
-            embedder=EmbedderConfig(model=str(tiny_st_model)),
-            chunking=ChunkingConfig(chunk_tokens=64, overlap_tokens=8),
-        ),
-    )
-    assert ws.ingest([docs], "c").ok
+    ws = capitals_workspace(root, tiny_st_model)
     # float32 on every CPU: these tests compare answers computed in different batch shapes (batched vs solo, cached
     # vs uncached), exact in float32; bf16 (auto on CPUs with AMX / AVX512-BF16) rounds differently per shape
     cfg = GeneratorConfig(model=str(tiny_llm), dtype="float32")
