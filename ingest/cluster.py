@@ -34,6 +34,7 @@ import numpy as np
 from ingest.chunker import Chunker
 from ingest.collection import Collection
 from ingest.config import ChunkingConfig, EmbedderConfig, IngestConfig, LoaderConfig, RayConfig
+from ingest.embedder import chunk_tokenizer
 from ingest.errors import ClusterUnavailableError
 from ingest.pipeline import (
     FILE_ERRORS,
@@ -75,7 +76,7 @@ class FileWorker:
         key = chunking.model_dump_json()
         if key not in self._chunkers:
             emb = self.embedder
-            self._chunkers[key] = Chunker.for_tokenizer(chunking, emb.tokenizer, max_tokens=emb.max_tokens)
+            self._chunkers[key] = Chunker.for_tokenizer(chunking, chunk_tokenizer(emb), max_tokens=emb.max_tokens)
         return self._chunkers[key]
 
     def prepare(

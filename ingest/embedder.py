@@ -61,8 +61,12 @@ MULTILINGUAL_NAMES = frozenset({"multilingual-e5-small", MULTILINGUAL_CANONICAL}
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 #: What ``auto`` runs on a CPU when a cache_dir is given (see bench/embedder_speed.py for the numbers).
 AUTO_CPU_BACKEND = "onnx-int8"
-#: Padded tokens per ONNX batch (batch rows x longest row); bounds memory and cache misses.
-ONNX_TOKEN_BUDGET = 8192
+#: Padded tokens per batch (batch rows x longest row) on the CPU paths: a batch's activations should stay in
+#: the caches. Measured on MiniLM over the Python tutorial's 400 chunks and 1000 calibration queries (2-core
+#: AVX512-BF16 EPYC, best of 3, budgets interleaved): ONNX int8 1024 tokens 4.9 s vs 8192 tokens 5.8 s; torch
+#: bf16 2048 tokens 6.0 s vs 8192 tokens 6.7 s.
+ONNX_TOKEN_BUDGET = 1024
+TORCH_CPU_TOKEN_BUDGET = 2048
 _ONNX_VARIANT: dict[str, Variant] = {"onnx": "fp32", "onnx-int8": "int8"}
 #: sentence-transformers module classes the ONNX path reproduces (last part of modules.json "type").
 _ST_MODULES = frozenset({"Transformer", "Pooling", "Normalize"})
@@ -199,6 +203,11 @@ class _BaseEmbedder:
             self._hf_tokenizer = tok
         return self._hf_tokenizer
 
+    @property
+    def token_counter(self) -> Any:
+        """What the chunker counts chunk sizes with (:func:`chunk_tokenizer`): the HF tokenizer here."""
+        return self.tokenizer
+
     def embed_documents(self, texts: list[str], progress: bool = False) -> np.ndarray:
         raise NotImplementedError
 
@@ -241,6 +250,7 @@ class _PlannedEmbedder(_BaseEmbedder):
     Subclasses run the encoder (:meth:`_hidden`)."""
 
     backend: str
+    default_token_budget: int = ONNX_TOKEN_BUDGET
 
     def __init__(
         self,
@@ -251,12 +261,21 @@ class _PlannedEmbedder(_BaseEmbedder):
         dim: int,
         max_tokens: int,
         batch_size: int,
-        token_budget: int = ONNX_TOKEN_BUDGET,
+        token_budget: int | None = None,
     ) -> None:
         super().__init__(name, path, dim, max_tokens, batch_size)
         self.fast_tokenizer = fast_tokenizer
         self.pooling = pooling
-        self.token_budget = token_budget
+        self.token_budget = token_budget or self.default_token_budget
+        self._counter: RustTokenCounter | None = None
+
+    @property
+    def token_counter(self) -> RustTokenCounter:
+        """Counts in the Rust tokenizer this embedder reads with: chunking needs no transformers (nor torch),
+        which is ~2 s of a CLI ingest's start-up, and gives the HF tokenizer's counts (same tokenizer.json)."""
+        if self._counter is None:
+            self._counter = RustTokenCounter(self.fast_tokenizer)
+        return self._counter
 
     def _hidden(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """``(batch, seq)`` int64 ids and mask -> ``(batch, seq, dim)`` float32 last hidden states."""
@@ -335,6 +354,7 @@ class TransformersEmbedder(_PlannedEmbedder):
     ``dtype``), without importing sentence-transformers (~4 s of start-up on a 2-core machine)."""
 
     backend = "torch"
+    default_token_budget = TORCH_CPU_TOKEN_BUDGET
 
     def __init__(self, model: Any, fast_tokenizer: Any, pooling: str, *, dtype: str, **kw: Any) -> None:
         super().__init__(fast_tokenizer, pooling, **kw)
@@ -350,6 +370,31 @@ class TransformersEmbedder(_PlannedEmbedder):
             feeds["token_type_ids"] = torch.zeros_like(feeds["input_ids"])
         with torch.inference_mode():
             return self.model(**feeds).last_hidden_state.float().numpy()
+
+
+class RustTokenCounter:
+    """Token counts in a Rust ``tokenizers.Tokenizer`` (a copy without truncation or padding: a piece longer than
+    the embedder reads is counted in full, then split further), for the chunker. ``special_tokens`` is what the
+    tokenizer adds to every text (``[CLS]`` and ``[SEP]`` for BERT)."""
+
+    def __init__(self, fast_tokenizer: Any) -> None:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(fast_tokenizer.to_str())
+        tok.no_truncation()
+        tok.no_padding()
+        self._tok = tok
+        self.special_tokens = len(tok.encode("", add_special_tokens=True).ids)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tok.encode(text, add_special_tokens=False).ids)
+
+
+def chunk_tokenizer(embedder: Any) -> Any:
+    """What :meth:`ingest.chunker.Chunker.for_tokenizer` should count with for ``embedder``: its
+    ``token_counter`` where it has one (no transformers import), else its HF ``tokenizer``."""
+    counter = getattr(embedder, "token_counter", None)
+    return counter if counter is not None else embedder.tokenizer
 
 
 class E5TokenCounter:

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 FLUSH_EVERY_S = 30.0
 # Embed this many chunks at a time (across files) before committing their files.
 EMBED_BATCH_CHUNKS = 512
+# ... or as few as this many when the loader has nothing ready yet (the embedder would wait idle for it).
+EARLY_EMBED_CHUNKS = 64
 # Files loaded and chunked ahead of the embedder (and chunks, in multiples of the embedding batch).
 PREFETCH_FILES = 256
 PREFETCH_BATCHES = 2
@@ -234,7 +236,9 @@ def ingest_paths(
     to share one across runs); a file past a limit fails alone.
 
     With ``overlap`` (and more than one file) the next files are loaded and chunked in a second thread while
-    a batch is embedded (:class:`Prefetcher`); the results are the same as with ``overlap=False``.
+    a batch is embedded (:class:`Prefetcher`); the results are the same as with ``overlap=False``. A batch is
+    embedded when it reaches ``embed_batch_chunks``, or :data:`EARLY_EMBED_CHUNKS` while the loader has nothing
+    ready (so a small corpus does not wait for its last file before embedding its first).
     """
     t0 = time.perf_counter()
     report = IngestReport(collection=collection.name)
@@ -259,7 +263,11 @@ def ingest_paths(
             finally:
                 if bar is not None:
                     bar.update(1)
-            if batch.n_new >= embed_batch_chunks:
+            if batch.n_new >= embed_batch_chunks or (
+                prefetch is not None
+                and batch.n_new >= min(EARLY_EMBED_CHUNKS, embed_batch_chunks)
+                and not prefetch.ready()
+            ):
                 batch.commit()
         if batch.pending:
             batch.commit()
@@ -361,6 +369,11 @@ class Prefetcher:
                 self._chunks -= len(item.chunks)
                 self._cond.notify_all()
             yield item
+
+    def ready(self) -> bool:
+        """Whether the next item can be taken without waiting (one is loaded, or loading has ended)."""
+        with self._cond:
+            return bool(self._ready) or self._done
 
     def close(self) -> None:
         with self._cond:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ingest.chunker import Chunker
 from ingest.collection import Collection, SearchHit, delete_collection, list_collections
 from ingest.config import IngestConfig
+from ingest.embedder import chunk_tokenizer
 from ingest.errors import CollectionNotFoundError
 from ingest.pipeline import IngestReport, ingest_paths
 
@@ -74,7 +75,7 @@ class Workspace:
 
     def chunker_for(self, collection: Collection) -> Chunker:
         emb = self.embedder
-        return Chunker.for_tokenizer(collection.chunking, emb.tokenizer, max_tokens=emb.max_tokens)
+        return Chunker.for_tokenizer(collection.chunking, chunk_tokenizer(emb), max_tokens=emb.max_tokens)
 
     # -- collections --------------------------------------------------------------------
     def list_collections(self) -> list[str]:

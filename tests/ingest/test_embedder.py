@@ -220,6 +220,32 @@ class TestOnnxTinyModel:
         np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
         assert not list(tmp_path.glob("onnx/*/model.onnx"))  # nothing exported that will not run
 
+    def test_chunker_counts_in_the_embedders_rust_tokenizer_as_the_hf_one_does(self, tiny_st_model, tmp_path):
+        """The ONNX (and CPU torch) path hands the chunker a counter over its own Rust tokenizer: the same
+        counts and chunks as the HF tokenizer, without importing transformers for it."""
+        from ingest.chunker import Chunker
+        from ingest.config import ChunkingConfig
+        from ingest.documents import Document
+
+        emb = E.load_embedder(config("onnx", model=str(tiny_st_model)), cache_dir=tmp_path)
+        counter = E.chunk_tokenizer(emb)
+        assert isinstance(counter, E.RustTokenCounter) and emb._hf_tokenizer is None  # HF tokenizer never loaded
+        hf = emb.tokenizer
+        texts = [*TEXTS, "Ünïcödé café — “quotes”", "word " * 400, ""]
+        assert [counter.count_tokens(t) for t in texts] == [len(hf.encode(t, add_special_tokens=False)) for t in texts]
+        assert counter.special_tokens == len(hf.encode("", add_special_tokens=True)) == 2
+        doc = Document(text="\n\n".join(TEXTS * 8), source="s")
+        cfg = ChunkingConfig(chunk_tokens=40, overlap_tokens=5)
+        fast = Chunker.for_tokenizer(cfg, counter, max_tokens=emb.max_tokens).chunk(doc)
+        slow = Chunker.for_tokenizer(cfg, hf, max_tokens=emb.max_tokens).chunk(doc)
+        assert [c.text for c in fast] == [c.text for c in slow] and len(fast) > 3
+
+    def test_cpu_token_budgets_differ_by_engine(self, tiny_st_model, tmp_path):
+        onnx_emb = E.load_embedder(config("onnx", model=str(tiny_st_model)), cache_dir=tmp_path)
+        torch_emb = E.load_embedder(config("torch", model=str(tiny_st_model), device="cpu"))
+        assert onnx_emb.token_budget == E.ONNX_TOKEN_BUDGET
+        assert isinstance(torch_emb, E.TransformersEmbedder) and torch_emb.token_budget == E.TORCH_CPU_TOKEN_BUDGET
+
     def test_explicit_dtype_wins_over_detection(self, tiny_st_model, monkeypatch):
         monkeypatch.setenv(hardware.ENV_OVERRIDE, "1")
         emb = E.load_embedder(config("torch", model=str(tiny_st_model), device="cpu", dtype="float32"))

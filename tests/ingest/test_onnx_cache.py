@@ -138,3 +138,44 @@ def test_concurrent_first_builds_export_once(tiny_st_model, tmp_path):
 
     ort.InferenceSession(str(onnx_export.onnx_path(folder, "int8")), providers=["CPUExecutionProvider"])
     ort.InferenceSession(str(onnx_export.onnx_path(folder, "fp32")), providers=["CPUExecutionProvider"])
+
+
+_INGESTER = textwrap.dedent(
+    """
+    import json, pathlib, sys
+    from ingest.config import EmbedderConfig, IngestConfig, LoaderConfig
+    from ingest.workspace import Workspace
+    model, home, cache, docs = sys.argv[1:5]
+    cfg = IngestConfig(
+        embedder=EmbedderConfig(model=model, backend="onnx-int8", device="cpu"),
+        loader=LoaderConfig(isolate=False),
+        cache_dir=cache,
+    )
+    report = Workspace(pathlib.Path(home), cfg).ingest([docs], "c")
+    print(json.dumps({"chunks": report.chunks, "torch": "torch" in sys.modules,
+                      "transformers": "transformers" in sys.modules}))
+    """
+)
+
+
+@pytest.mark.integration
+def test_an_ingest_on_a_prepared_onnx_cache_imports_neither_torch_nor_transformers(tiny_st_model, tmp_path):
+    """A CLI ingest on the ONNX path: the embedder and the chunker's token counts need only onnxruntime and the
+    Rust tokenizer once the per-machine cache is prepared (torch and transformers are ~2-3 s of start-up)."""
+    cache = tmp_path / "cache"
+    Workspace(tmp_path / "prep", _onnx_config(tiny_st_model, cache_dir=str(cache))).embedder  # prepares the cache
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"d{i}.txt").write_text(f"Document {i} talks about topic {i}. " * 40, encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "-c", _INGESTER, str(tiny_st_model), str(tmp_path / "home"), str(cache), str(docs)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"chunks": got["chunks"], "torch": False, "transformers": False} and got["chunks"] >= 3

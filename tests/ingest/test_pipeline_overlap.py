@@ -146,3 +146,55 @@ def test_prefetch_stays_within_its_chunk_budget():
     items = list(prefetch)
     prefetch.close()
     assert [p.path.name for p in items] == [f"f{i}" for i in range(50)]
+
+
+def test_a_small_corpus_starts_embedding_before_its_last_file_is_loaded(ws, corpus, monkeypatch):
+    """Below one embedding batch, the chunks loaded so far are embedded while the loader is still busy
+    (instead of waiting for the last file), and the result is the one of the sequential loop."""
+    real_load = pipeline.load_and_chunk
+    line = _Timeline()
+
+    def slow_load(path, *a, **k):
+        time.sleep(0.05)  # a slow loader: the embedder finds nothing ready now and then
+        line.loads.append((time.perf_counter(), threading.current_thread().name))
+        return real_load(path, *a, **k)
+
+    def embed(texts):
+        line.embeds.append((time.perf_counter(), time.perf_counter()))
+        return ws.embedder.embed_documents(texts)
+
+    monkeypatch.setattr(pipeline, "EARLY_EMBED_CHUNKS", 4)
+    monkeypatch.setattr(pipeline, "load_and_chunk", slow_load)
+    with ws.open_or_create("early") as coll:
+        early = ingest_paths(
+            [corpus], coll, embed, lambda: ws.chunker_for(coll), ws.config.loader, embed_batch_chunks=10_000
+        )
+    monkeypatch.setattr(pipeline, "load_and_chunk", real_load)
+    assert len(line.embeds) > 1 and line.embeds[0][0] < line.loads[-1][0]
+    seq = _run(ws, "seq", corpus, overlap=False, monkeypatch=monkeypatch)
+    assert len(early.added) == len(seq.added) == 10 and early.chunks_embedded == seq.chunks_embedded
+    assert _contents(ws, "early")[0] == _contents(ws, "seq")[0]
+    # other batches: the int8 path quantises activations per batch, so vectors agree to ~1e-4, not bit for bit
+    np.testing.assert_allclose(_contents(ws, "early")[1], _contents(ws, "seq")[1], atol=1e-3)
+
+
+def test_prefetcher_ready_says_whether_next_would_wait():
+    gate = threading.Event()
+
+    def prepare(path: Path) -> pipeline.LoadedFile:
+        if path.name == "f1":
+            gate.wait(5)
+        return pipeline.LoadedFile(path, None)
+
+    prefetch = pipeline.Prefetcher([Path("f0"), Path("f1")], prepare, max_chunks=10)
+    items = iter(prefetch)
+    assert next(items).path.name == "f0"
+    assert not prefetch.ready()  # f1 is still being loaded
+    gate.set()
+    assert next(items).path.name == "f1"
+    deadline = time.monotonic() + 5
+    while not prefetch.ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert prefetch.ready()  # loading ended: next() returns at once (StopIteration)
+    assert list(items) == []
+    prefetch.close()
