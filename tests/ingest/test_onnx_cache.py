@@ -163,7 +163,10 @@ def test_an_ingest_on_a_prepared_onnx_cache_imports_neither_torch_nor_transforme
     """A CLI ingest on the ONNX path: the embedder and the chunker's token counts need only onnxruntime and the
     Rust tokenizer once the per-machine cache is prepared (torch and transformers are ~2-3 s of start-up)."""
     cache = tmp_path / "cache"
-    Workspace(tmp_path / "prep", _onnx_config(tiny_st_model, cache_dir=str(cache))).embedder  # prepares the cache
+    prepared = Workspace(
+        tmp_path / "prep", _onnx_config(tiny_st_model, cache_dir=str(cache))
+    ).embedder  # prepares the cache
+    assert isinstance(prepared, E.OnnxEmbedder)
     docs = tmp_path / "docs"
     docs.mkdir()
     for i in range(3):
