@@ -329,6 +329,9 @@ def run_on_policy(
     if args.skip_dpo and not args.reward_model_eval:  # RLHF alone needs the questions, not the pairs
         run_on_policy_rlhf(r, args, questions, held_path, res)
         return
+    if args.dpo_rounds > 1 and not args.skip_dpo:
+        run_iterated_dpo(r, args, questions, held_path, res)
+        return
     prefs, prefs_wall = sample_prefs(r, args, questions, pairs, sft_name)
     res["onpolicy_prefs"] = {"wall_s": prefs_wall, "mode": prefs_mode, "samples": args.samples, **prefs["metrics"]}
     common.save_json(args.json, res)
@@ -350,6 +353,54 @@ def run_on_policy(
         )  # fmt: skip
         res["onpolicy_reward"] = {"wall_s": rm_wall, **rm["metrics"]}
         logger.info("reward model: held-out pairwise accuracy %s", rm["metrics"].get("eval_accuracy"))
+
+
+def run_iterated_dpo(
+    r: Runner, args: argparse.Namespace, questions: pathlib.Path, held_path: pathlib.Path, res: dict[str, Any]
+) -> None:
+    """Iterated (online) DPO: the on-policy questions are cut into ``--dpo-rounds`` disjoint parts; round k samples
+    pairs on part k from round k-1's policy (round 1: SFT) and trains DPO from that policy, which is also the
+    round's frozen reference. Each round's policy is compared with SFT on the held-out questions."""
+    from finetune.data import read_jsonl
+
+    lines = questions.read_text(encoding="utf-8").splitlines(keepends=True)
+    n_rounds = args.dpo_rounds
+    if len(read_jsonl(questions, "sft")) < 2 * n_rounds:
+        raise SystemExit(f"--dpo-rounds {n_rounds} needs at least {2 * n_rounds} on-policy questions")
+    policy = res["sft_name"]
+    res["onpolicy_rounds"] = []
+    for k in range(1, n_rounds + 1):
+        part = questions.with_name(f"onpolicy-questions-r{k}.jsonl")
+        write_if_changed(part, "".join(lines[k - 1 :: n_rounds]))
+        pairs = questions.with_name(f"onpolicy-pairs-r{k}.jsonl")
+        prefs, prefs_wall = r.step(
+            f"prefs-r{k}", "finetune", "prefs", "--data", str(part), "-c", COLLECTION, "--adapter", policy,
+            "--samples", str(args.samples), "--mode", args.prefs_mode or args.mode, "--output", str(pairs), "--json",
+            inputs=(policy,),
+        )  # fmt: skip
+        out = OP_DPO_NAME if k == n_rounds else f"{OP_DPO_NAME}-r{k}"
+        dpo, dpo_wall = r.step(
+            f"dpo-r{k}", "finetune", "dpo", "--data", str(pairs), "--from-adapter", policy, "--output", out,
+            "--overwrite", "--json", *args.dpo_args.split(), inputs=(policy,),
+        )  # fmt: skip
+        entry: dict[str, Any] = {
+            "round": k,
+            "policy": policy,
+            "adapter": out,
+            "prefs": {"wall_s": prefs_wall, "samples": args.samples, **prefs["metrics"]},
+            "dpo": {"wall_s": dpo_wall, "args": args.dpo_args, **dpo["metrics"]},
+        }
+        if k == n_rounds or args.eval_every_round:
+            entry["eval"] = r.evaluate(held_path, args.mode, args.compare_n or args.n, out)
+            entry["eval"]["vs_sft"] = compare(res["after"], entry["eval"])
+        res["onpolicy_rounds"].append(entry)
+        common.save_json(args.json, res)  # partial results survive a later failure
+        policy = out
+    last = res["onpolicy_rounds"][-1]
+    res["onpolicy_prefs"] = last["prefs"] | {"mode": args.prefs_mode or args.mode}
+    res["onpolicy_dpo"] = last["dpo"] | {"rounds": n_rounds}
+    res["onpolicy_dpo_eval"] = last["eval"]
+    common.save_json(args.json, res)
 
 
 def split_for_preferences(sft_path: pathlib.Path, share: float) -> tuple[pathlib.Path, pathlib.Path | None]:
@@ -663,6 +714,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=4, help="answers sampled per question (finetune prefs)")
     p.add_argument("--prefs-mode", default=None, help="RAG mode the on-policy answers are sampled in (default: --mode)")
     p.add_argument("--dpo-args", default="", help="extra options for the on-policy `ragqa finetune dpo`")
+    p.add_argument(
+        "--dpo-rounds",
+        type=int,
+        default=1,
+        help="iterated DPO: rounds over disjoint parts of the on-policy questions, each sampling from the last policy",
+    )
+    p.add_argument("--eval-every-round", action="store_true", help="with --dpo-rounds: evaluate every round's policy")
     p.add_argument("--rlhf-args", default="", help="extra options for the on-policy `ragqa finetune rlhf`")
     p.add_argument(
         "--compare-n",

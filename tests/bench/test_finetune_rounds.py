@@ -1,0 +1,55 @@
+"""bench/finetune.py --dpo-rounds: iterated DPO samples each round's pairs from the previous round's policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from bench import finetune as B
+
+
+class _FakeRunner:
+    """Records the ragqa steps; answers as the real ones would (metrics JSON, seconds)."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
+        self.evaluated: list[str | None] = []
+
+    def step(self, key, *args, inputs=()):
+        self.steps.append((key, args, inputs))
+        return {"metrics": {"pairs": 3}}, 1.0
+
+    def evaluate(self, data, mode, n, adapter):
+        self.evaluated.append(adapter)
+        return {"f1": 0.5, "question_f1": {"q1": 0.5}}
+
+
+def _arg(args: tuple[str, ...], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_rounds_chain_policies_on_disjoint_questions(tmp_path, monkeypatch):
+    questions = tmp_path / "onpolicy-questions.jsonl"
+    rows = [{"question": f"q{i}?", "answer": f"a{i}", "context": "c"} for i in range(7)]
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    monkeypatch.setattr(B, "compare", lambda sft, other: {"delta": 0.0})
+    args = argparse.Namespace(
+        dpo_rounds=2, samples=4, prefs_mode=None, mode="rag-token", dpo_args="--epochs 2", eval_every_round=False,
+        compare_n=200, n=200, json=None,
+    )  # fmt: skip
+    res = {"sft_name": "squad-sft", "after": {"f1": 0.4}}
+    runner = _FakeRunner()
+    B.run_iterated_dpo(runner, args, questions, tmp_path / "held.json", res)  # type: ignore[arg-type]
+
+    keys = [k for k, _, _ in runner.steps]
+    assert keys == ["prefs-r1", "dpo-r1", "prefs-r2", "dpo-r2"]
+    (_, p1, _), (_, d1, _), (_, p2, _), (_, d2, _) = runner.steps
+    assert _arg(p1, "--adapter") == "squad-sft" and _arg(d1, "--from-adapter") == "squad-sft"
+    assert _arg(d1, "--output") == f"{B.OP_DPO_NAME}-r1"
+    assert _arg(p2, "--adapter") == f"{B.OP_DPO_NAME}-r1" and _arg(d2, "--from-adapter") == f"{B.OP_DPO_NAME}-r1"
+    assert _arg(d2, "--output") == B.OP_DPO_NAME
+    parts = [{json.loads(line)["question"] for line in open(_arg(p, "--data"), encoding="utf-8")} for p in (p1, p2)]
+    assert not parts[0] & parts[1] and parts[0] | parts[1] == {r["question"] for r in rows}
+    assert runner.evaluated == [B.OP_DPO_NAME]  # only the last round unless --eval-every-round
+    assert [r["round"] for r in res["onpolicy_rounds"]] == [1, 2] and res["onpolicy_dpo"]["rounds"] == 2
+    assert res["onpolicy_dpo_eval"]["vs_sft"] == {"delta": 0.0}
