@@ -15,7 +15,8 @@ Variants:
 - ``fp32``: the transformer exported with the TorchScript exporter of ``torch.onnx`` and fused with
   the ONNX Runtime transformer optimizer (attention, GELU, skip-layer-norm, embed-layer-norm).
 - ``int8``: ``fp32`` with its weight matrices dynamically quantised to int8, one scale per output
-  channel (``onnxruntime.quantization.quantize_dynamic``), except the few most sensitive ones.
+  channel (``onnxruntime.quantization.quantize_dynamic``), except the few most sensitive ones, which get
+  8-bit weights in blocks of 128 with the activations quantised per block too (``MatMulNBits``).
 
 The graph's output is the token embeddings ``(batch, seq, hidden)``; pooling and normalisation are
 done by the caller (cheap, and they follow the model's own Pooling settings).
@@ -38,7 +39,9 @@ logger = logging.getLogger(__name__)
 Variant = Literal["fp32", "int8"]
 
 #: Bump when the exported graph or the build settings change: old caches are then ignored.
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
+#: Block size of the int8 variant's block-quantised matrices (the sensitive ones, see :func:`_sensitive_nodes`).
+NBITS_BLOCK = 128
 OPSET = 17
 #: Largest absolute difference of token embeddings, ONNX fp32 vs torch fp32, accepted after export.
 EXPORT_TOLERANCE = 1e-3
@@ -238,8 +241,9 @@ def _optimize(src: pathlib.Path, dest: pathlib.Path, num_heads: int, hidden_size
     return stats
 
 
-def _fp32_nodes(path: pathlib.Path) -> list[str]:
-    """Nodes left in fp32 by the int8 variant: the FFN output projections of the first half of the layers.
+def _sensitive_nodes(path: pathlib.Path) -> list[str]:
+    """Nodes kept out of per-tensor dynamic quantisation by the int8 variant (block-quantised instead, see
+    :func:`_block_quantize`; fp32 before builder 4): the FFN output projections of the first half of the layers.
 
     Measured on all-MiniLM-L6-v2 (bench/embedder_speed.py): quantising every MatMul gives cosine 0.993
     to fp32 and loses 1.7 points of SQuAD recall@1; these 3 of 24 weight matrices carry ~40% of that
@@ -257,10 +261,12 @@ def _fp32_nodes(path: pathlib.Path) -> list[str]:
 
 
 def _quantize(src: pathlib.Path, dest: pathlib.Path) -> None:
-    """Dynamic int8 quantisation: per-channel weight scales, 7-bit range (no u8s8 saturation on AVX2)."""
+    """Dynamic int8 quantisation: per-channel weight scales, 7-bit range (no u8s8 saturation on AVX2); the
+    sensitive matrices (:func:`_sensitive_nodes`) are block-quantised instead (:func:`_block_quantize`)."""
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    sensitive = _sensitive_nodes(src)
     quantize_dynamic(
         str(src),
         str(dest),
@@ -268,10 +274,71 @@ def _quantize(src: pathlib.Path, dest: pathlib.Path) -> None:
         per_channel=True,
         reduce_range=True,
         op_types_to_quantize=["MatMul", "Attention"],
-        nodes_to_exclude=_fp32_nodes(src),
+        nodes_to_exclude=sensitive,
         # the fused contrib ops defeat ONNX shape inference; their outputs are float
         extra_options={"DefaultTensorType": TensorProto.FLOAT},
     )
+    _block_quantize(dest, sensitive)
+
+
+def _block_quantize(path: pathlib.Path, names: list[str], block: int = NBITS_BLOCK) -> int:
+    """Rewrite the float MatMuls ``names`` of the model at ``path`` (weights in initializers) as ONNX Runtime's
+    ``MatMulNBits`` with 8-bit symmetric weights, one scale per ``block`` rows of each output column, and
+    ``accuracy_level`` 4 (activations quantised to int8 per block, integer dot products). Returns how many.
+
+    Measured on all-MiniLM-L6-v2 (the three FFN output projections that per-tensor dynamic quantisation
+    hurts most, `_sensitive_nodes`): vectors as close to fp32 as with those three left in fp32 (cosine 0.9961
+    mean over the Python tutorial's chunks, top-1 neighbour of 400 queries the same 91 % of the time) and
+    the whole encoder 7 % faster on a 2-core AVX512 EPYC (int8 MatMulNBits vs fp32 MatMul)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    wanted = set(names)
+    nodes, count = [], 0
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.name not in wanted or node.input[1] not in inits:
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)  # (K, N)
+        k, n = weight.shape
+        blocks = -(-k // block)
+        padded = np.zeros((blocks * block, n), np.float32)
+        padded[:k] = weight
+        by_block = padded.reshape(blocks, block, n).transpose(2, 0, 1)  # (N, blocks, block)
+        scale = np.abs(by_block).max(axis=2) / 127.0
+        scale[scale == 0] = 1.0
+        q = np.clip(np.round(by_block / scale[:, :, None]), -127, 127).astype(np.int16) + 128  # zero point 128
+        graph.initializer.remove(inits[node.input[1]])
+        q_name, s_name = f"{node.input[1]}_q8", f"{node.input[1]}_scale"
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(q.astype(np.uint8), q_name),
+                numpy_helper.from_array(scale.reshape(-1).astype(np.float32), s_name),
+            ]
+        )
+        nodes.append(
+            helper.make_node(
+                "MatMulNBits",
+                [node.input[0], q_name, s_name],
+                list(node.output),
+                name=f"{node.name}_q8",
+                domain="com.microsoft",
+                K=k,
+                N=n,
+                bits=8,
+                block_size=block,
+                accuracy_level=4,
+            )
+        )
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(path))
+    return count
 
 
 class _BuildLock:

@@ -148,6 +148,56 @@ class TestOnnxEmbedderBatching:
 # -- ONNX export and cache on the tiny in-process model -------------------------------------------
 
 
+class TestBlockQuantize:
+    def test_matmul_becomes_8bit_block_quantised_and_stays_close(self, tmp_path):
+        """``_block_quantize`` against the float product: per-block 8-bit weights (K not a multiple of the
+        block) and per-block int8 activations keep the result within ~1 % of A @ W."""
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        rng = np.random.default_rng(0)
+        k, n = 200, 48
+        weight = rng.normal(size=(k, n)).astype(np.float32)
+        weight[:, 3] = 0.0  # an all-zero column: scale 1, not a division by zero
+        name = "/encoder/layer.0/output/dense/MatMul"
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["a", "w"], ["y"], name=name)],
+            "g",
+            [helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, k])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+            [numpy_helper.from_array(weight, "w")],
+        )
+        path = tmp_path / "m.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        assert onnx_export._block_quantize(path, [name], block=64) == 1
+        model = onnx.load(str(path))
+        assert [(x.op_type, x.domain) for x in model.graph.node] == [("MatMulNBits", "com.microsoft")]
+        assert "w" not in {i.name for i in model.graph.initializer}  # the float weights are gone
+        a = rng.normal(size=(5, k)).astype(np.float32)
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]
+        want = a @ weight
+        assert np.abs(got - want).max() <= 0.01 * np.abs(want).max()
+        assert np.abs(got[:, 3]).max() < 1e-3  # the zero column (integer kernels round a little)
+
+    def test_other_nodes_are_left_alone(self, tmp_path):
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        w = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["a", "w"], ["y"], name="keep")],
+            "g",
+            [helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
+            [w],
+        )
+        path = tmp_path / "m.onnx"
+        onnx.save(helper.make_model(graph), str(path))
+        assert onnx_export._block_quantize(path, ["other"]) == 0
+        assert [x.op_type for x in onnx.load(str(path)).graph.node] == ["MatMul"]
+
+
 class TestOnnxTinyModel:
     def test_onnx_matches_torch(self, tiny_st_model, tmp_path):
         torch_emb = E.load_embedder(config("torch", model=str(tiny_st_model), device="cpu"))
