@@ -10,8 +10,8 @@ Backends (chosen by ``EmbedderConfig.backend``, read with ``getattr`` so older c
   (:class:`TorchEmbedder`).
 - ``onnx``: the transformer exported once to ONNX, fused by the ONNX Runtime optimizer, run by ONNX
   Runtime in fp32 (same vectors as ``torch`` to ~1e-6); tokenisation with the Rust ``tokenizers``.
-- ``onnx-int8``: the same graph with int8 per-channel weights, the most sensitive three in fp32
-  (cosine ~0.996 to torch, same retrieval recall, ~1.5x faster than ``onnx``).
+- ``onnx-int8``: the same graph with int8 per-channel weights, the most sensitive three block-quantised
+  (cosine ~0.996 to torch, same retrieval recall, ~1.5x faster than ``onnx``; :mod:`ingest.onnx_export`).
 - ``auto``: ``torch`` on a GPU or on a CPU with AMX (:func:`ingest.hardware.cpu_amx_bf16`; on AVX512-BF16
   ``onnx-int8`` is as fast as torch bf16 and starts faster), else
   ``onnx-int8`` when a ``cache_dir`` is given (built on first use in ~15 s and cached, see
