@@ -659,6 +659,23 @@ def render_on_policy(res: dict[str, Any]) -> list[str]:
             f"{_f(dpo.get('rewards_margin_after'))}, preference accuracy {_f(dpo.get('accuracy_before'), '.2f')} -> "
             f"{_f(dpo.get('accuracy_after'), '.2f')}, peak RSS {dpo.get('peak_rss_mb', 0) / 1024:.2f} GiB."
         )
+    for rnd in res.get("onpolicy_rounds", []):  # iterated DPO (--dpo-rounds): the table's DPO row is the last round
+        pf, dpo, ev = rnd["prefs"], rnd["dpo"], rnd.get("eval")
+        held = (
+            ""
+            if ev is None
+            else (
+                f"; held-out F1 {_f(ev['vs_sft']['f1'])}, {ev['vs_sft']['diff']:+.3f} "
+                f"[{ev['vs_sft']['low']:+.3f}, {ev['vs_sft']['high']:+.3f}] against SFT"
+            )
+        )
+        lines.append(
+            f"- Iterated DPO round {rnd['round']}: pairs sampled from `{rnd['policy']}` on {pf['questions']} new "
+            f"questions ({pf['pairs']} pairs, {pf.get('skipped_tied')} tied, "
+            f"mean sampled F1 {_f(pf.get('mean_score'))}), "
+            f"DPO from `{rnd['policy']}` -> `{rnd['adapter']}`: {dpo.get('steps')} steps, held-out pairs' margin "
+            f"{_f(dpo.get('rewards_margin_after'))}, accuracy {_f(dpo.get('accuracy_after'), '.2f')}{held}."
+        )
     if "onpolicy_rlhf" in res:
         rl = res["onpolicy_rlhf"]
         lines.append(
