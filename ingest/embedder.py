@@ -203,11 +203,6 @@ class _BaseEmbedder:
             self._hf_tokenizer = tok
         return self._hf_tokenizer
 
-    @property
-    def token_counter(self) -> Any:
-        """What the chunker counts chunk sizes with (:func:`chunk_tokenizer`): the HF tokenizer here."""
-        return self.tokenizer
-
     def embed_documents(self, texts: list[str], progress: bool = False) -> np.ndarray:
         raise NotImplementedError
 

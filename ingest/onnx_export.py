@@ -289,7 +289,8 @@ def _block_quantize(path: pathlib.Path, names: list[str], block: int = NBITS_BLO
     Measured on all-MiniLM-L6-v2 (the three FFN output projections that per-tensor dynamic quantisation
     hurts most, `_sensitive_nodes`): vectors as close to fp32 as with those three left in fp32 (cosine 0.9961
     mean over the Python tutorial's chunks, top-1 neighbour of 400 queries the same 91 % of the time) and
-    the whole encoder 7 % faster on a 2-core AVX512 EPYC (int8 MatMulNBits vs fp32 MatMul)."""
+    the whole encoder 7-13 % faster on a 2-core AVX512 EPYC (400 tutorial / 753 docs chunks; int8 MatMulNBits vs
+    fp32 MatMul). Speed on AVX2-only CPUs is unmeasured."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
