@@ -194,8 +194,17 @@ class RLHFJob(BaseJob):
         f"to the RL loss. 0 = off; default {DEFAULT_PTX_COEF} when the prompts file has gold answers, else off.",
     )
     from_adapter: str | None = Field(None, description="Start from this SFT adapter (it is also the KL reference).")
-    algorithm: Literal["grpo", "rloo"] = Field("rloo", description="TRL's online RL trainer.")
-    beta: float = Field(0.05, ge=0, description="KL penalty coefficient to the reference policy.")
+    algorithm: Literal["grpo", "rloo", "online-dpo"] = Field(
+        "rloo",
+        description="rloo / grpo: TRL's online RL trainers; online-dpo: DPO's loss on the best and worst of each "
+        "prompt's sampled answers, resampled from the current policy every step (Guo et al. 2024).",
+    )
+    beta: float = Field(
+        0.05,
+        ge=0,
+        description="KL penalty coefficient to the reference policy (rloo / grpo); DPO's temperature "
+        "(online-dpo, must be > 0).",
+    )
     num_generations: int = Field(
         4, ge=2, description="Completions sampled per prompt (the group / leave-one-out baseline)."
     )
@@ -209,6 +218,8 @@ class RLHFJob(BaseJob):
             self.reward = "model" if self.reward_model else "f1"
         if self.reward in ("model", "both") and not self.reward_model:
             raise ValueError(f"reward={self.reward} needs --reward-model (an adapter from `ragqa finetune reward`)")
+        if self.algorithm == "online-dpo" and self.beta <= 0:
+            raise ValueError("algorithm=online-dpo needs beta > 0 (DPO's temperature against the reference)")
         return self
 
 

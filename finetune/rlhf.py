@@ -1,5 +1,13 @@
 """Online RL of the generator with a KL penalty to the reference policy (TRL's RLOOTrainer or
-GRPOTrainer, LoRA). Starting from an SFT adapter makes the SFT model the reference (see :mod:`finetune.lora`).
+GRPOTrainer, LoRA), or online DPO. Starting from an SFT adapter makes the SFT model the reference (see
+:mod:`finetune.lora`).
+
+Online DPO (``algorithm="online-dpo"``, Guo et al. 2024, "Direct Language Model Alignment from Online AI
+Feedback"): GRPO's rollout loop (sample ``num_generations`` answers per prompt from the current policy, score
+them with the reward) feeds DPO's loss instead of a policy gradient: in every group the best answer is chosen
+and the worst rejected, against the frozen reference (:class:`OnlineDPOMixin`,
+:func:`finetune.losses.online_dpo_loss`). Offline DPO (:mod:`finetune.dpo`) trains on pairs sampled once
+from the starting policy; here the pairs follow the policy as it moves.
 
 Rewards (``RLHFJob.reward``): the reward adapter (``model``), the verifiable token F1 of the answer against
 the prompt's gold answer (``f1``, :mod:`finetune.verifier`), or their sum (``both``, TRL's ``reward_funcs``
@@ -26,7 +34,7 @@ from finetune.config import DEFAULT_PTX_COEF, RLHFJob
 from finetune.data import Example, file_sha256, read_jsonl
 from finetune.errors import DataError
 from finetune.examples import cut, tokenize_pair
-from finetune.losses import IGNORE_INDEX, answer_logits
+from finetune.losses import IGNORE_INDEX, answer_logits, group_ids, online_dpo_loss
 from finetune.reward import RewardScorer
 from finetune.runner import (
     FinetuneError,
@@ -214,6 +222,44 @@ class PtxMixin:
         return loss
 
 
+class OnlineDPOMixin:
+    """Online DPO for TRL's ``GRPOTrainer``: overrides its ``_compute_loss(model, inputs)`` (TRL 1.x, called
+    from ``compute_loss`` for every micro-batch of rollouts) with :func:`finetune.losses.online_dpo_loss` on
+    the micro-batch's groups, the reference's log-probabilities being ``inputs["ref_per_token_logps"]`` (GRPO
+    computes them when ``beta > 0``; ``beta`` is DPO's temperature here). The rollouts of one optimiser step
+    must hold whole groups: the config sets ``steps_per_generation=1`` (GRPO otherwise shuffles a larger
+    generation batch across micro-batches). Logs ``online_dpo/pairs``, ``online_dpo/accuracy``,
+    ``online_dpo/margin`` and ``kl`` (the mean per-token KL estimate GRPO logs, k3).
+    """
+
+    def _compute_loss(self, model, inputs):
+        self_: Any = self  # a GRPOTrainer
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, mask = inputs["completion_ids"], inputs["completion_mask"]
+        per_token, _, _ = self_._get_per_token_logps_and_entropies(
+            model,
+            torch.cat([prompt_ids, completion_ids], dim=1),
+            torch.cat([prompt_mask, mask], dim=1),
+            completion_ids.size(1),
+        )
+        ref_token = inputs["ref_per_token_logps"]
+        loss, stats = online_dpo_loss(
+            (per_token * mask).sum(-1),
+            (ref_token * mask).sum(-1),
+            group_ids(prompt_ids, prompt_mask),
+            inputs["advantages"],
+            self_.beta,
+        )
+        mode = "train" if self_.model.training else "eval"
+        delta = (ref_token - per_token).detach()
+        kl = ((torch.exp(delta) - delta - 1) * mask).sum() / mask.sum().clamp(min=1)
+        metrics = self_._metrics[mode]
+        for key, value in stats.items():
+            metrics[f"online_dpo/{key}"].append(value)
+        metrics["kl"].append(float(kl))
+        return loss / (self_.current_gradient_accumulation_steps if mode == "train" else 1.0)
+
+
 def _trainer_classes() -> dict[str, tuple[type, type]]:
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -223,7 +269,14 @@ def _trainer_classes() -> dict[str, tuple[type, type]]:
     class PtxGRPOTrainer(PtxMixin, GRPOTrainer):
         """GRPOTrainer whose loss also holds ``ptx_coef`` x the SFT loss on gold answers."""
 
-    return {"rloo": (RLOOConfig, PtxRLOOTrainer), "grpo": (GRPOConfig, PtxGRPOTrainer)}
+    class PtxOnlineDPOTrainer(PtxMixin, OnlineDPOMixin, GRPOTrainer):
+        """GRPO's rollouts, DPO's loss on each group's best and worst answer, plus ``ptx_coef`` x the SFT loss."""
+
+    return {
+        "rloo": (RLOOConfig, PtxRLOOTrainer),
+        "grpo": (GRPOConfig, PtxGRPOTrainer),
+        "online-dpo": (GRPOConfig, PtxOnlineDPOTrainer),
+    }
 
 
 def answer_scorer(job: RLHFJob, scorer: RewardScorer | None) -> Callable[[Example, list[str]], list[float]]:
@@ -286,6 +339,8 @@ def build_trainer(job: RLHFJob, ws: Workspace, gen: Generator, model: Any, recor
         disable_dropout=True,
         log_completions=False,
     )
+    if job.algorithm == "online-dpo":
+        common["steps_per_generation"] = 1  # each micro-batch is a whole generation batch: groups stay together
     cfg_cls, trainer_cls = _trainer_classes()[job.algorithm]
     trainer = trainer_cls(
         model=cast("PreTrainedModel", model),  # start_policy returns the (merged) causal LM
@@ -365,6 +420,15 @@ def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
         "kl_after": round(after["kl"], 4),
         "train_kl": _mean_logged(history, "kl"),
         "train_ptx_sft_loss": _mean_logged(history, "ptx_sft_loss"),
+        **(
+            {
+                "train_pairs_per_step": _mean_logged(history, "online_dpo/pairs"),
+                "train_pair_accuracy": _mean_logged(history, "online_dpo/accuracy"),
+                "train_dpo_margin": _mean_logged(history, "online_dpo/margin"),
+            }
+            if job.algorithm == "online-dpo"
+            else {}
+        ),
         "length_before": round(before["length"], 2),
         "length_after": round(after["length"], 2),
         "from_adapter": job.from_adapter,

@@ -1,7 +1,8 @@
-"""The answer-only LM-head projection against a brute-force full-vocabulary projection."""
+"""The answer-only LM-head projection and online DPO's pair loss, against brute force."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -82,3 +83,53 @@ def test_answer_logits_on_a_tiny_causal_lm():
     want_logits, want_target = brute_force(full, labels)
     assert torch.allclose(logits, want_logits, atol=1e-5)
     assert torch.equal(target, want_target) and int(mask.sum()) == 5
+
+
+# --------------------------------------------------------------------------- online DPO
+
+
+def _brute_dpo(policy, ref, pairs, beta):
+    terms = []
+    for w, l_ in pairs:
+        m = beta * ((policy[w] - ref[w]) - (policy[l_] - ref[l_]))
+        terms.append(-torch.log(torch.sigmoid(m)))
+    return torch.stack(terms).mean()
+
+
+def test_online_dpo_pairs_each_groups_best_and_worst_and_skips_ties():
+    from finetune.losses import online_dpo_loss
+
+    policy = torch.tensor([-3.0, -5.0, -2.0, -7.0, -1.0, -1.5, -4.0, -6.0], requires_grad=True)
+    ref = torch.tensor([-3.5, -4.0, -2.5, -6.0, -1.0, -2.0, -4.0, -5.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    # group 0: best row 2 (0.9), worst row 3 (0.0); group 1: a tie (no pair); group 2: best 7, worst 6
+    scores = torch.tensor([0.5, 0.1, 0.9, 0.0, 0.3, 0.3, -1.0, 1.0])
+    loss, stats = online_dpo_loss(policy, ref, groups, scores, beta=0.1)
+    expected = _brute_dpo(policy, ref, [(2, 3), (7, 6)], 0.1)
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+    assert stats["pairs"] == 2.0
+    m = [0.1 * ((-2.0 + 2.5) - (-7.0 + 6.0)), 0.1 * ((-6.0 + 5.0) - (-4.0 + 4.0))]
+    assert stats["margin"] == pytest.approx(sum(m) / 2, rel=1e-5)
+    assert stats["accuracy"] == pytest.approx(0.5)
+    loss.backward()
+    assert policy.grad is not None and float(policy.grad[4].abs() + policy.grad[5].abs()) == 0.0  # the tied group
+
+
+def test_online_dpo_without_a_pair_is_a_zero_that_keeps_the_graph():
+    from finetune.losses import online_dpo_loss
+
+    policy = torch.tensor([-1.0, -2.0], requires_grad=True)
+    loss, stats = online_dpo_loss(policy, torch.zeros(2), torch.tensor([0, 0]), torch.tensor([0.4, 0.4]), beta=0.1)
+    assert float(loss) == 0.0 and stats["pairs"] == 0.0
+    loss.backward()
+    assert policy.grad is not None
+
+
+def test_group_ids_groups_rows_by_their_left_padded_prompt():
+    from finetune.losses import group_ids
+
+    ids = torch.tensor([[0, 5, 6], [7, 5, 6], [9, 9, 8], [0, 5, 6], [3, 9, 8]])
+    mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1], [0, 1, 1], [0, 1, 1]])
+    g = group_ids(ids, mask).tolist()
+    assert g[0] == g[1] == g[3]  # the same prompt whatever the padding token
+    assert len({g[0], g[2], g[4]}) == 3

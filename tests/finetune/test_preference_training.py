@@ -149,3 +149,90 @@ def test_ptx_adds_exactly_coef_times_the_sft_loss(env):
             logp = torch.log_softmax(policy(input_ids=ids[None, :n]).logits[0].float(), -1)
             nll += [-logp[t - 1, ids[t]].item() for t in range(1, n) if labels[t] != -100]
     assert float(sft) == pytest.approx(sum(nll) / len(nll), rel=1e-4)
+
+
+def test_online_dpo_trains_with_the_f1_reward_and_reports_its_pairs(env):
+    from finetune.rlhf import run_rlhf
+
+    ws, root = env
+    job = RLHFJob(
+        prompts=_gold_prompts(root),
+        output="odpo-f1",
+        algorithm="online-dpo",
+        beta=0.1,
+        num_generations=2,
+        max_completion_length=4,
+        train={**TRAIN, "batch_size": 4, "grad_accum": 2},
+    )
+    m = run_rlhf(job, ws).metrics
+    assert m["algorithm"] == "online-dpo" and m["steps"] == 2
+    assert isinstance(m["train_pairs_per_step"], float) and 0 <= m["train_pairs_per_step"] <= 2
+    assert isinstance(m["train_kl"], float) and m["train_kl"] >= 0
+    assert ws.adapters.get("odpo-f1").kind == "rlhf"
+    with pytest.raises(ValueError, match="beta > 0"):
+        RLHFJob(prompts=job.prompts, output="x", algorithm="online-dpo", beta=0.0)
+
+
+def test_online_dpo_loss_is_dpo_on_each_groups_best_and_worst_sampled_answer(env, monkeypatch):
+    """The trainer's loss on a fixed rollout batch equals DPO computed by brute force from full forwards."""
+    from finetune.data import read_jsonl as read
+    from finetune.rlhf import build_trainer
+    from finetune.runner import start_policy
+    from ingest import hardware
+
+    monkeypatch.setenv(hardware.ENV_OVERRIDE, "0")  # float32: compare the two forwards without bf16 rounding
+
+    ws, root = env
+    job = RLHFJob(
+        prompts=_gold_prompts(root),
+        output="odpo-loss",
+        algorithm="online-dpo",
+        beta=0.2,
+        ptx_coef=0.0,
+        num_generations=2,
+        max_completion_length=4,
+        lora={"dropout": 0.0},
+        train={**TRAIN, "batch_size": 4},
+    )
+    records = read(job.prompts, "prompt")
+    gen, model = start_policy(ws, None)
+    trainer, _, _ = build_trainer(job, ws, gen, model, records, root / "run-odpo")
+    assert trainer.args.steps_per_generation == 1
+    policy = trainer.model
+    policy.train()
+    trainer.current_gradient_accumulation_steps = 1  # what Trainer.train sets before the first step
+    a = gen.prompt_ids(FACTS[0][0], [FACTS[0][2]], one_shot=False)
+    b = gen.prompt_ids(FACTS[1][0], [FACTS[1][2]], one_shot=False)
+    width = max(len(a), len(b))
+    pad = gen.tokenizer.pad_token_id
+
+    def left(p):
+        return [pad] * (width - len(p)) + p, [0] * (width - len(p)) + [1] * len(p)
+
+    rows = [left(a), left(b), left(a), left(b)]  # shuffled groups: rows 0, 2 answer a; rows 1, 3 answer b
+    completions = torch.tensor([[300, 301, 302], [400, 401, 402], [310, 311, 312], [410, 411, pad]])
+    cmask = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 0]])
+    ref = -torch.rand(4, 3)  # a hand-made frozen reference
+    inputs = {
+        "prompt_ids": torch.tensor([r[0] for r in rows]),
+        "prompt_mask": torch.tensor([r[1] for r in rows]),
+        "completion_ids": completions,
+        "completion_mask": cmask,
+        "ref_per_token_logps": ref,
+        "advantages": torch.tensor([-0.7, 0.7, 0.7, -0.7]),  # a: row 2 beats row 0; b: row 1 beats row 3
+    }
+    loss = trainer.compute_loss(policy, inputs)
+    with torch.no_grad():
+        seq = []
+        for (ids, att), comp, cm in zip(rows, completions, cmask):
+            n = int(cm.sum())
+            full = torch.tensor([ids + comp[:n].tolist()])
+            logits = policy(input_ids=full, attention_mask=torch.tensor([att + [1] * n])).logits[0].float()
+            logp = torch.log_softmax(logits, -1)
+            seq.append(sum(logp[width + t - 1, int(comp[t])].item() for t in range(n)))
+        r = (ref * cmask).sum(-1).tolist()
+        terms = [
+            -torch.nn.functional.logsigmoid(torch.tensor(0.2 * ((seq[w] - r[w]) - (seq[l_] - r[l_])))).item()
+            for w, l_ in [(2, 0), (1, 3)]
+        ]
+    assert float(loss) == pytest.approx(sum(terms) / 2, rel=1e-4, abs=1e-5)
