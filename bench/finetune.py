@@ -625,9 +625,11 @@ def render_on_policy(res: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|",
         f"| SFT `{sft_name}` | {_f(after['f1'])} | {_f(after['em'])} | | | | - / {after['wall_s'] / 60:.1f} |",
     ]
+    online = res.get("onpolicy_rlhf", {}).get("algorithm") == "online-dpo"
+    rl_label = "online DPO (resampled every step)" if online else "RLHF"
     for name, key, train in (
         (f"SFT then on-policy DPO `{OP_DPO_NAME}`", "onpolicy_dpo_eval", "onpolicy_dpo"),
-        (f"SFT then RLHF, F1 reward `{OP_RLHF_NAME}`", "onpolicy_rlhf_eval", "onpolicy_rlhf"),
+        (f"SFT then {rl_label}, F1 reward `{OP_RLHF_NAME}`", "onpolicy_rlhf_eval", "onpolicy_rlhf"),
     ):
         if key not in res:
             continue
@@ -684,6 +686,13 @@ def render_on_policy(res: dict[str, Any]) -> list[str]:
             f"{_f(rl.get('reward_before'))} -> {_f(rl.get('reward_after'))}, KL to the SFT reference "
             f"{_f(rl.get('kl_before'))} -> {_f(rl.get('kl_after'))} (mean in training {_f(rl.get('train_kl'))}), "
             f"peak RSS {rl.get('peak_rss_mb', 0) / 1024:.2f} GiB."
+            + (
+                f" Online DPO: {_f(rl.get('train_pairs_per_step'), '.2f')} pairs a step (the rest of the prompts' "
+                f"answers tied), pair accuracy in training {_f(rl.get('train_pair_accuracy'), '.2f')}, implicit reward "
+                f"margin {_f(rl.get('train_dpo_margin'))}."
+                if rl.get("algorithm") == "online-dpo"
+                else ""
+            )
         )
     return lines
 
