@@ -574,7 +574,7 @@ def render(res: dict[str, Any], argv: list[str]) -> str:
             f"{_f(rl.get('length_before'), '.1f')} -> {_f(rl.get('length_after'), '.1f')} tokens, "
             f"held-out F1 {_f(res['rlhf_eval']['f1'])}, {rl['wall_s']:.0f} s.",
         ]
-    if "onpolicy_prefs" in res:
+    if "onpolicy_prefs" in res or "onpolicy_rlhf" in res:
         lines += render_on_policy(res)
     return "\n".join(lines) + "\n"
 
@@ -601,22 +601,27 @@ def render_from_adapter(res: dict[str, Any], argv: list[str]) -> str:
     ]
     if "base" in res:
         lines.append(f"Bare model: F1 {_f(res['base']['f1'])}, EM {_f(res['base']['em'])}.")
-    if "onpolicy_prefs" in res:
+    if "onpolicy_prefs" in res or "onpolicy_rlhf" in res:
         lines += render_on_policy(res)
     return "\n".join(lines) + "\n"
 
 
 def render_on_policy(res: dict[str, Any]) -> list[str]:
-    pf = res["onpolicy_prefs"]
+    """The on-policy side: the sampled pairs (when DPO ran) and every preference model against SFT."""
+    pf = res.get("onpolicy_prefs")
     sft_name = res.get("sft_name", SFT_NAME)
     after = res["after"]
-    lines = [
-        "",
-        f"On-policy pairs (`finetune prefs --adapter {sft_name} --mode {pf.get('mode')} --samples "
-        f"{pf.get('samples')}`): {pf['questions']} training questions, {pf['pairs']} pairs (best against worst "
-        f"answer by F1 against the gold answer; {pf.get('skipped_tied')} questions skipped, all samples tied), "
-        f"{pf.get('distinct_answers_per_question')} distinct answers per question, mean margin "
-        f"{_f(pf.get('mean_margin'))}, mean sampled F1 {_f(pf.get('mean_score'))}; {pf['wall_s'] / 60:.1f} min.",
+    lines = []
+    if pf is not None:
+        lines += [
+            "",
+            f"On-policy pairs (`finetune prefs --adapter {sft_name} --mode {pf.get('mode')} --samples "
+            f"{pf.get('samples')}`): {pf['questions']} training questions, {pf['pairs']} pairs (best against worst "
+            f"answer by F1 against the gold answer; {pf.get('skipped_tied')} questions skipped, all samples tied), "
+            f"{pf.get('distinct_answers_per_question')} distinct answers per question, mean margin "
+            f"{_f(pf.get('mean_margin'))}, mean sampled F1 {_f(pf.get('mean_score'))}; {pf['wall_s'] / 60:.1f} min.",
+        ]
+    lines += [
         "",
         f"Held-out F1 against SFT's {_f(after['f1'])}: mean difference over the answerable questions paired by "
         "question id, paired bootstrap 95% CI (1000 resamples; target: >= +0.03):",

@@ -53,3 +53,21 @@ def test_rounds_chain_policies_on_disjoint_questions(tmp_path, monkeypatch):
     assert runner.evaluated == [B.OP_DPO_NAME]  # only the last round unless --eval-every-round
     assert [r["round"] for r in res["onpolicy_rounds"]] == [1, 2] and res["onpolicy_dpo"]["rounds"] == 2
     assert res["onpolicy_dpo_eval"]["vs_sft"] == {"delta": 0.0}
+
+
+def test_an_online_dpo_run_renders_as_online_dpo_with_its_pairs():
+    """An RLHF-only result (no sampled pairs file) still gets its table; online DPO is named and its pairs shown."""
+    vs = {"diff": 0.006, "low": -0.033, "high": 0.047, "questions": 180, "sft_f1": 0.417, "f1": 0.424}
+    res = {
+        "sft_name": "reader",
+        "after": {"f1": 0.417, "em": 0.328, "wall_s": 120.0},
+        "onpolicy_rlhf": {
+            "algorithm": "online-dpo", "beta": 0.1, "ptx_coef": 0.5, "steps": 16, "wall_s": 600.0,
+            "train_pairs_per_step": 1.98, "train_pair_accuracy": 0.45, "train_dpo_margin": -0.032,
+        },
+        "onpolicy_rlhf_eval": {"em": 0.333, "wall_s": 130.0, "vs_sft": {**vs, "better": 14, "worse": 12}},
+    }  # fmt: skip
+    text = "\n".join(B.render_on_policy(res))
+    assert "SFT then online DPO (resampled every step), F1 reward" in text
+    assert "+0.006 [-0.033, +0.047]" in text and "not met" in text
+    assert "1.98 pairs a step" in text and "On-policy pairs" not in text
