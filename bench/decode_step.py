@@ -12,6 +12,12 @@ choose, which on Hopper GPUs includes cuDNN; ``no-cudnn`` is what the generator 
 
     python -m bench.decode_step --device cuda --attention default,no-cudnn
     python -m bench.decode_step --int8-rows 1,2,4,6,8,16,32     # CPU: int8 decode copy against bf16, by rows
+    python -m bench.decode_step --cpu-breakdown 4,32,64        # CPU: where a batched decode step's time goes
+
+``--cpu-breakdown`` builds the model as the server's generator runs it on this CPU (bf16 with the int8 decode copy
+where bf16 is fast, else float32; ``RAGQA_CPU_BF16=0`` forces float32), prefills left-padded rows of 250-400 tokens into the in-place cache (the
+scheduler's batch: every answer's rows have their own prompt lengths), and profiles decode steps (``_advance``:
+forward + log-softmax), splitting their CPU time into linear layers, attention and the rest.
 """
 
 from __future__ import annotations
@@ -120,20 +126,98 @@ def int8_against_bf16(rows_list: list[int]) -> list[tuple[int, float, float]]:
             f(x)
         return (time.perf_counter() - t) / n
 
+    # fbgemm's dynamic int8 (W8A8: per-output-channel int8 weights, each forward's activations quantised to int8
+    # with one scale): what the float32 path's int8 copy runs, timed here on bf16 inputs for comparison.
+    packed = {
+        shape: int8_decode._pack_dynamic(*int8_decode.quantize_rows(layer.weight), None)
+        for shape, layer in layers.items()
+    }
+
+    def w8a8(shape):
+        return lambda x: torch.ops.quantized.linear_dynamic(x.float(), packed[shape], True).to(torch.bfloat16)
+
     previous, int8_decode.MAX_INT8_ROWS = int8_decode.MAX_INT8_ROWS, 1 << 20
     out = []
     try:
         with torch.inference_mode():
             for rows in rows_list:
-                bf16 = int8 = 0.0
+                bf16 = int8 = dyn = 0.0
                 for shape, n in counts.items():
                     x = torch.randn(rows, shape[0], dtype=torch.bfloat16)
                     bf16 += n * seconds(layers[shape], x)
                     int8 += n * seconds(quant[shape], x)
-                out.append((rows, bf16 * 1000, int8 * 1000))
+                    dyn += n * seconds(w8a8(shape), x)
+                out.append((rows, bf16 * 1000, int8 * 1000, dyn * 1000))
     finally:
         int8_decode.MAX_INT8_ROWS = previous
     return out
+
+
+def cpu_breakdown(rows: int, steps: int = 10, seed: int = 0) -> dict[str, float]:
+    """Milliseconds of one CPU decode step of ``rows`` left-padded rows (250-400 cached tokens each), as the
+    server's generator runs it: wall time, and the profiler's CPU time in linear layers (``aten::mm`` /
+    ``aten::addmm`` / the int8 kernels), attention (``scaled_dot_product_attention``) and everything else."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import LlamaForCausalLM
+
+    from ingest.hardware import cpu_fast_bf16
+    from rag.decoding import PrefillState, _advance
+    from rag.int8_decode import convert_for_int8_decode
+    from rag.kv_cache import new_cache
+
+    torch.manual_seed(seed)
+    cfg = smollm2_135m_config()
+    cfg._attn_implementation = "sdpa"
+    dtype = torch.bfloat16 if cpu_fast_bf16() else torch.float32
+    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    if dtype == torch.bfloat16:  # int8_decode=auto: the generator adds the int8 copy to bf16 models only
+        convert_for_int8_decode(model)
+    cache = new_cache(cfg)
+    lengths = torch.randint(250, 400, (rows,))
+    width = int(lengths.max())
+    mask = (torch.arange(width)[None, :] >= (width - lengths)[:, None]).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        out = model(
+            input_ids=torch.randint(0, cfg.vocab_size, (rows, width)),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        state = PrefillState(
+            next_logprobs=out.logits[:, -1].float().log_softmax(-1),
+            past_key_values=cache,
+            attention_mask=mask,
+            next_positions=positions[:, -1:] + 1,
+        )
+        tokens = torch.randint(0, cfg.vocab_size, (rows,))
+        for _ in range(3):
+            _advance(model, state, tokens)
+        t = time.perf_counter()
+        for _ in range(steps):
+            _advance(model, state, tokens)
+        wall = (time.perf_counter() - t) / steps * 1000
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                _advance(model, state, tokens)
+    linear_ops = {"aten::mm", "aten::addmm", "aten::_weight_int8pack_mm", "quantized::linear_dynamic"}
+    linear = attention = total = 0.0
+    for e in prof.key_averages():
+        total += e.self_cpu_time_total
+        if e.key in linear_ops:
+            linear += e.self_cpu_time_total
+        elif "scaled_dot_product" in e.key or "attention" in e.key:
+            attention += e.self_cpu_time_total
+    scale = wall / total if total else 0.0  # profiler time -> share of the unprofiled wall time
+    return {
+        "dtype": str(dtype).removeprefix("torch."),
+        "wall_ms": wall,
+        "linear_ms": linear * scale,
+        "attention_ms": attention * scale,
+        "other_ms": (total - linear - attention) * scale,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,11 +239,32 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="instead: time the int8 decode copy against bf16 on the CPU at these row counts (e.g. 1,2,4,6,8,16,32)",
     )
+    p.add_argument(
+        "--cpu-breakdown",
+        default=None,
+        help="instead: split a CPU decode step of the server's batch into linear layers, attention and the rest, "
+        "at these row counts (e.g. 4,32,64)",
+    )
     args = p.parse_args(argv)
     if args.int8_rows:
-        print("| rows | bf16 ms | int8 ms | int8 / bf16 |\n|--:|--:|--:|--:|")
-        for rows, bf16, int8 in int8_against_bf16([int(r) for r in args.int8_rows.split(",")]):
-            print(f"| {rows} | {bf16:.1f} | {int8:.1f} | {int8 / bf16:.2f} |", flush=True)
+        print(
+            "| rows | bf16 ms | int8 (weight-only) ms | int8 / bf16 | W8A8 (fbgemm dynamic) ms | W8A8 / bf16 |\n"
+            "|--:|--:|--:|--:|--:|--:|"
+        )
+        for rows, bf16, int8, dyn in int8_against_bf16([int(r) for r in args.int8_rows.split(",")]):
+            print(
+                f"| {rows} | {bf16:.1f} | {int8:.1f} | {int8 / bf16:.2f} | {dyn:.1f} | {dyn / bf16:.2f} |", flush=True
+            )
+        return 0
+    if args.cpu_breakdown:
+        print("| rows | weights | step ms | linear layers ms | attention ms | rest ms |\n|--:|---|--:|--:|--:|--:|")
+        for rows in (int(r) for r in args.cpu_breakdown.split(",")):
+            b = cpu_breakdown(rows)
+            print(
+                f"| {rows} | {b['dtype']} | {b['wall_ms']:.1f} | {b['linear_ms']:.1f} | {b['attention_ms']:.1f} | "
+                f"{b['other_ms']:.1f} |",
+                flush=True,
+            )
         return 0
     device = args.device
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
