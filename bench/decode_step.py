@@ -15,15 +15,17 @@ choose, which on Hopper GPUs includes cuDNN; ``no-cudnn`` is what the generator 
     python -m bench.decode_step --cpu-breakdown 4,32,64        # CPU: where a batched decode step's time goes
 
 ``--cpu-breakdown`` builds the model as the server's generator runs it on this CPU (bf16 with the int8 decode copy
-where bf16 is fast, else float32; ``RAGQA_CPU_BF16=0`` forces float32), prefills left-padded rows of 250-400 tokens into the in-place cache (the
-scheduler's batch: every answer's rows have their own prompt lengths), and profiles decode steps (``_advance``:
-forward + log-softmax), splitting their CPU time into linear layers, attention and the rest.
+where bf16 is fast, else float32; ``RAGQA_CPU_BF16=0`` forces float32), prefills left-padded rows of 250-400 tokens
+into the in-place cache (the scheduler's batch: every answer's rows have their own prompt lengths), and profiles
+decode steps (``_advance``: forward + log-softmax), splitting their CPU time into linear layers, attention and the
+rest.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 
 def launch_overhead_us(device: str) -> tuple[float, float]:
@@ -98,9 +100,13 @@ def step_profile(model, cache, rows: int, context: int, device: str, steps: int 
     }
 
 
-def int8_against_bf16(rows_list: list[int]) -> list[tuple[int, float, float]]:
-    """(rows, bf16 ms, int8 ms) of the linear layers of one SmolLM2-135M forward on the CPU: ``nn.Linear`` in bf16
-    against :class:`rag.int8_decode.Int8DecodeLinear` (``torch._weight_int8pack_mm``) at every row count."""
+def int8_against_bf16(rows_list: list[int]) -> list[tuple[float, ...]]:
+    """Milliseconds of the linear layers of one SmolLM2-135M forward on the CPU at every row count: ``(rows, bf16,
+    int8 weight-only, W8A8 per call, per-token int matmul alone, per-token W8A8)``. bf16 is ``nn.Linear``; int8
+    weight-only is :class:`rag.int8_decode.Int8DecodeLinear` (``torch._weight_int8pack_mm``); W8A8 per call is
+    fbgemm's dynamic linear (one activation scale per call); per-token W8A8 quantises each row of the input to int8
+    in Python and multiplies with ``torch._int_mm`` (int8 x int8 -> int32), reported with and without that
+    quantisation."""
     import torch
     from torch import nn
 
@@ -136,24 +142,45 @@ def int8_against_bf16(rows_list: list[int]) -> list[tuple[int, float, float]]:
     def w8a8(shape):
         return lambda x: torch.ops.quantized.linear_dynamic(x.float(), packed[shape], True).to(torch.bfloat16)
 
+    transposed = {}
+    for shape, layer in layers.items():
+        q, scale = int8_decode.quantize_rows(layer.weight)
+        transposed[shape] = (q.t().contiguous(), scale)
+
+    def per_token(shape):
+        q_t, scale = transposed[shape]
+
+        def f(x):
+            xf = x.float()
+            x_scale = xf.abs().amax(-1, keepdim=True).clamp(min=1e-8) / 127
+            acc = torch._int_mm(torch.round(xf / x_scale).to(torch.int8), q_t)
+            return (acc.float() * x_scale * scale).to(torch.bfloat16)
+
+        return f
+
+    def int_mm_only(shape):
+        q_t = transposed[shape][0]
+        return lambda x: torch._int_mm(x, q_t)
+
     previous, int8_decode.MAX_INT8_ROWS = int8_decode.MAX_INT8_ROWS, 1 << 20
     out = []
     try:
         with torch.inference_mode():
             for rows in rows_list:
-                bf16 = int8 = dyn = 0.0
+                times = [0.0] * 5
                 for shape, n in counts.items():
                     x = torch.randn(rows, shape[0], dtype=torch.bfloat16)
-                    bf16 += n * seconds(layers[shape], x)
-                    int8 += n * seconds(quant[shape], x)
-                    dyn += n * seconds(w8a8(shape), x)
-                out.append((rows, bf16 * 1000, int8 * 1000, dyn * 1000))
+                    x8 = torch.randint(-127, 128, (rows, shape[0]), dtype=torch.int8)
+                    runs = [(layers[shape], x), (quant[shape], x), (w8a8(shape), x), (int_mm_only(shape), x8)]
+                    for i, (f, inp) in enumerate([*runs, (per_token(shape), x)]):
+                        times[i] += n * seconds(f, inp)
+                out.append((float(rows), *(t * 1000 for t in times)))
     finally:
         int8_decode.MAX_INT8_ROWS = previous
     return out
 
 
-def cpu_breakdown(rows: int, steps: int = 10, seed: int = 0) -> dict[str, float]:
+def cpu_breakdown(rows: int, steps: int = 10, seed: int = 0) -> dict[str, Any]:
     """Milliseconds of one CPU decode step of ``rows`` left-padded rows (250-400 cached tokens each), as the
     server's generator runs it: wall time, and the profiler's CPU time in linear layers (``aten::mm`` /
     ``aten::addmm`` / the int8 kernels), attention (``scaled_dot_product_attention``) and everything else."""
@@ -248,12 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.int8_rows:
         print(
-            "| rows | bf16 ms | int8 (weight-only) ms | int8 / bf16 | W8A8 (fbgemm dynamic) ms | W8A8 / bf16 |\n"
+            "| rows | bf16 ms | int8 weight-only ms (/ bf16) | W8A8, one scale per call, ms (/ bf16) | "
+            "per-token W8A8: int matmul alone ms | per-token W8A8, quantised in Python, ms (/ bf16) |\n"
             "|--:|--:|--:|--:|--:|--:|"
         )
-        for rows, bf16, int8, dyn in int8_against_bf16([int(r) for r in args.int8_rows.split(",")]):
+        for rows, bf16, int8, dyn, core, tok in int8_against_bf16([int(r) for r in args.int8_rows.split(",")]):
             print(
-                f"| {rows} | {bf16:.1f} | {int8:.1f} | {int8 / bf16:.2f} | {dyn:.1f} | {dyn / bf16:.2f} |", flush=True
+                f"| {rows:.0f} | {bf16:.1f} | {int8:.1f} ({int8 / bf16:.2f}) | {dyn:.1f} ({dyn / bf16:.2f}) | "
+                f"{core:.1f} | {tok:.1f} ({tok / bf16:.2f}) |",
+                flush=True,
             )
         return 0
     if args.cpu_breakdown:
