@@ -187,6 +187,7 @@ def build_engine(name: str, recording: dict[str, Any], args: argparse.Namespace,
         model=args.model,
         gguf_file=args.gguf_file,
         device=args.device,
+        int8_decode=getattr(args, "int8_decode", "auto"),
         **({} if batched else {"prefix_cache_bytes": 0}),
     )
     generator = Generator(gen_cfg, models_dir).warm_up()
@@ -403,6 +404,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     r.add_argument("--model", default="SmolLM2-135M-Instruct", help="generator: bundled name, folder or .gguf file")
     r.add_argument("--gguf-file", default=None, help="GGUF file inside --model when it is a folder")
     r.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
+    r.add_argument(
+        "--int8-decode",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="the generator's int8 decode copy (generator.int8_decode); the CPU dtype follows RAGQA_CPU_BF16",
+    )
     r.add_argument("--models-dir", default=None, help="where converted models are cached (default: temporary)")
     r.add_argument("--clients", default="1,4,16", help="closed-loop client counts, one phase each")
     r.add_argument("--engines", default="serialised,batched", help="which engines to run (the check needs both)")
