@@ -103,25 +103,33 @@ def test_rlhf_with_the_f1_reward_and_ptx_trains_and_reports_kl(env):
     assert isinstance(m["train_ptx_sft_loss"], float) and m["train_ptx_sft_loss"] > 0
 
 
-def test_ptx_adds_exactly_coef_times_the_sft_loss(env):
+def _online_trainer(env, **fields):
+    """A built (untrained) online trainer of the gold prompts, dropout off; returns (trainer, generator, records)."""
     from finetune.data import read_jsonl as read
-    from finetune.rlhf import build_trainer, collate_ptx, ptx_features, ptx_sft_loss
+    from finetune.rlhf import build_trainer
     from finetune.runner import start_policy
 
     ws, root = env
     job = RLHFJob(
         prompts=_gold_prompts(root),
-        output="rl-ptx",
         reward="f1",
         ptx_coef=0.0,
         num_generations=2,
         max_completion_length=4,
         lora={"dropout": 0.0},
-        train={**TRAIN, "batch_size": 2},
+        **fields,
     )
     records = read(job.prompts, "prompt")
     gen, model = start_policy(ws, None)
-    trainer, _, _ = build_trainer(job, ws, gen, model, records, root / "run-ptx")
+    trainer, _, _ = build_trainer(job, ws, gen, model, records, root / f"run-{job.output}")
+    return trainer, gen, records
+
+
+def test_ptx_adds_exactly_coef_times_the_sft_loss(env):
+    from finetune.rlhf import collate_ptx, ptx_features, ptx_sft_loss
+
+    ws, _ = env
+    trainer, gen, records = _online_trainer(env, output="rl-ptx", train={**TRAIN, "batch_size": 2})
     policy = trainer.model
     policy.train()
     gold = ptx_features(gen, records, ws.qa.max_context_tokens, ws.qa.one_shot, 256)
@@ -175,28 +183,12 @@ def test_online_dpo_trains_with_the_f1_reward_and_reports_its_pairs(env):
 
 def test_online_dpo_loss_is_dpo_on_each_groups_best_and_worst_sampled_answer(env, monkeypatch):
     """The trainer's loss on a fixed rollout batch equals DPO computed by brute force from full forwards."""
-    from finetune.data import read_jsonl as read
-    from finetune.rlhf import build_trainer
-    from finetune.runner import start_policy
     from ingest import hardware
 
     monkeypatch.setenv(hardware.ENV_OVERRIDE, "0")  # float32: compare the two forwards without bf16 rounding
-
-    ws, root = env
-    job = RLHFJob(
-        prompts=_gold_prompts(root),
-        output="odpo-loss",
-        algorithm="online-dpo",
-        beta=0.2,
-        ptx_coef=0.0,
-        num_generations=2,
-        max_completion_length=4,
-        lora={"dropout": 0.0},
-        train={**TRAIN, "batch_size": 4},
+    trainer, gen, _ = _online_trainer(
+        env, output="odpo-loss", algorithm="online-dpo", beta=0.2, train={**TRAIN, "batch_size": 4}
     )
-    records = read(job.prompts, "prompt")
-    gen, model = start_policy(ws, None)
-    trainer, _, _ = build_trainer(job, ws, gen, model, records, root / "run-odpo")
     assert trainer.args.steps_per_generation == 1
     policy = trainer.model
     policy.train()
