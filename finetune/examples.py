@@ -30,6 +30,28 @@ def contains_answer(context: str, answer: str) -> bool:
     return bool(a) and f" {a} " in f" {normalize_answer(context)} "
 
 
+def as_retrieved(own: list[str], retrieved: list[str], probe_chars: int = 120) -> list[str]:
+    """The record's own passages as the collection shows them: each one that retrieval also returned is replaced by
+    that retrieved chunk (with its ``"[title] "`` header, :func:`rag.qa.format_contexts`).
+
+    Without this a fallback prompt (the record's own passage) and a retrieved one differ in form, not only in
+    content; a reader trained on both learns the form: "I don't know." examples, whose passages never hold their
+    answer and so always come from the fallback, taught the 2026-12-04 reader to abstain on every passage without a
+    title line and on none with one. A passage matches a chunk that holds its first ``probe_chars`` characters
+    (whitespace-normalised)."""
+
+    def norm(text: str) -> str:
+        return " ".join(text.split())
+
+    shown = [norm(r) for r in retrieved]
+    out = []
+    for passage in own:
+        probe = norm(passage)[:probe_chars]
+        match = next((r for r, n in zip(retrieved, shown) if probe and probe in n), None)
+        out.append(match if match is not None else passage)
+    return out
+
+
 @dataclass
 class ContextSource:
     """Retrieves training contexts from a collection the way :class:`rag.qa.QAPipeline` does."""
@@ -182,6 +204,7 @@ def build_sft_examples(
         answer = rec.answer.strip()
         own = [cut(tok, c, max_context_tokens) for c in rec.contexts]
         retrieved = source.contexts(rec.question) if source is not None else list(own)
+        own = as_retrieved(own, retrieved)  # a fallback prompt looks like a retrieved one
         with_answer = [c for c in retrieved if contains_answer(c, answer)]
         without = [c for c in retrieved if not contains_answer(c, answer)]
         gold = (

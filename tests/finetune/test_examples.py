@@ -71,3 +71,39 @@ def test_full_style_examples_use_the_full_prompt_and_the_evidence_sentence(gen):
     # Rate 0 draws no random numbers: the examples are exactly those of the old builder.
     again, _ = build_sft_examples(gen, records, full_style_rate=0.0, **kwargs)
     assert again == short
+
+
+def test_a_fallback_passage_is_shown_as_retrieval_shows_it():
+    """The record's own passage, when retrieval returned it, is used in the retrieved chunk's form (its title line),
+    so "I don't know." examples (always from the fallback) do not differ from answerable ones by their form."""
+    from finetune.examples import as_retrieved
+
+    other = "[Mars] Mars is the fourth planet."
+    shown = "[Normans] " + CONTEXT.replace("  ", " ")
+    assert as_retrieved([CONTEXT], [other, shown]) == [shown]
+    assert as_retrieved([CONTEXT], [other]) == [CONTEXT]  # not retrieved: as it is
+    assert as_retrieved(["", CONTEXT], [shown]) == ["", shown]
+
+
+@dataclass
+class _Source:
+    chunks: list[str]
+    k: int = 2
+
+    def contexts(self, question: str) -> list[str]:
+        return list(self.chunks)
+
+
+def test_abstain_examples_read_the_retrieved_form_of_their_passage(gen):
+    shown = "[Normans] " + CONTEXT
+    records = [
+        Record("Who signed a treaty with Rollo?", "Charles III", [CONTEXT]),
+        Record("What is on Mars?", ABSTAIN_TEXT, [CONTEXT]),
+    ]
+    source = _Source(["[Other] Nothing to see here.", shown])
+    examples, report = build_sft_examples(
+        gen, records, source=source, prompt_style="per-document", max_context_tokens=200, max_length=512
+    )
+    assert report.examples == 2 and report.gold_fallback == 1  # the abstain example came from the fallback
+    prompts = [_decode(gen, ex, 0) for ex in examples]
+    assert all("[Normans]" in p for p in prompts)
