@@ -148,6 +148,13 @@ class SFTJob(BaseJob, RetrievalOptions):
         "trained to answer \"I don't know\". stuffed: share of prompts without the gold chunk (RAFT's 1-P).",
     )
     gold_fallback: bool = Field(True, description="Use the record's own context when retrieval missed the answer.")
+    fallback_as_retrieved: bool = Field(
+        False,
+        description="Show a fallback passage as retrieval returned it (with its [title] line) when retrieval returned "
+        "it, so 'I don't know.' examples (always fallbacks) do not differ from answerable ones by form. Off by "
+        "default: the shipped reader's recipe (unanswerable 1.0) was tuned without it; with it the same recipe's "
+        "reader abstains on 47% of the answerable held-out questions (BENCHMARKS.md, 'Shipped reader adapter').",
+    )
     full_style_rate: float = Field(
         0.0,
         ge=0,

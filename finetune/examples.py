@@ -37,8 +37,8 @@ def as_retrieved(own: list[str], retrieved: list[str], probe_chars: int = 120) -
     Without this a fallback prompt (the record's own passage) and a retrieved one differ in form, not only in
     content; a reader trained on both learns the form: "I don't know." examples, whose passages never hold their
     answer and so always come from the fallback, taught the 2026-12-04 reader to abstain on every passage without a
-    title line and on none with one. A passage matches a chunk that holds its first ``probe_chars`` characters
-    (whitespace-normalised)."""
+    title line and on none with one (option ``fallback_as_retrieved`` of :class:`finetune.config.SFTJob`). A passage
+    matches a chunk that holds its first ``probe_chars`` characters (whitespace-normalised)."""
 
     def norm(text: str) -> str:
         return " ".join(text.split())
@@ -166,6 +166,7 @@ def build_sft_examples(
     max_length: int,
     distractor_rate: float = 0.0,
     gold_fallback: bool = True,
+    fallback_as_retrieved: bool = False,
     one_shot: bool = False,
     seed: int = 0,
     full_style_rate: float = 0.0,
@@ -180,6 +181,8 @@ def build_sft_examples(
     none holds the answer the record's context replaces the last one, except for a
     ``distractor_rate`` share of prompts that keep only distractors (RAFT's 1-P).
     Without a collection the record's own contexts are used as they are.
+
+    ``fallback_as_retrieved``: the record's own passages in the form retrieval returned them (:func:`as_retrieved`).
 
     ``full_style_rate``: share of questions whose prompt uses the ``full`` answer style
     (:data:`rag.prompts.FULL_SYSTEM`) with the context sentence holding the answer as the target
@@ -204,7 +207,8 @@ def build_sft_examples(
         answer = rec.answer.strip()
         own = [cut(tok, c, max_context_tokens) for c in rec.contexts]
         retrieved = source.contexts(rec.question) if source is not None else list(own)
-        own = as_retrieved(own, retrieved)  # a fallback prompt looks like a retrieved one
+        if fallback_as_retrieved:
+            own = as_retrieved(own, retrieved)  # a fallback prompt looks like a retrieved one
         with_answer = [c for c in retrieved if contains_answer(c, answer)]
         without = [c for c in retrieved if not contains_answer(c, answer)]
         gold = (

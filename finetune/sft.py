@@ -100,6 +100,7 @@ def run_sft(job: SFTJob, ws: Workspace) -> TrainResult:
         max_length=job.train.max_length,
         distractor_rate=job.distractor_rate,
         gold_fallback=job.gold_fallback,
+        fallback_as_retrieved=job.fallback_as_retrieved,
         one_shot=ws.qa.one_shot,
         seed=job.train.seed,
         full_style_rate=job.full_style_rate,

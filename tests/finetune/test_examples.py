@@ -101,9 +101,11 @@ def test_abstain_examples_read_the_retrieved_form_of_their_passage(gen):
         Record("What is on Mars?", ABSTAIN_TEXT, [CONTEXT]),
     ]
     source = _Source(["[Other] Nothing to see here.", shown])
-    examples, report = build_sft_examples(
-        gen, records, source=source, prompt_style="per-document", max_context_tokens=200, max_length=512
-    )
+    kwargs = dict(source=source, prompt_style="per-document", max_context_tokens=200, max_length=512)
+    examples, report = build_sft_examples(gen, records, fallback_as_retrieved=True, **kwargs)
     assert report.examples == 2 and report.gold_fallback == 1  # the abstain example came from the fallback
     prompts = [_decode(gen, ex, 0) for ex in examples]
     assert all("[Normans]" in p for p in prompts)
+    # Off (the default, as the shipped reader was trained): the abstain example reads the untitled passage.
+    examples, _ = build_sft_examples(gen, records, **kwargs)
+    assert ["[Normans]" in _decode(gen, ex, 0) for ex in examples] == [True, False]
