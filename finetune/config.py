@@ -186,7 +186,10 @@ class DPOJob(BaseJob):
     train: PreferenceTrainOptions = PreferenceTrainOptions()
 
 
-class RLHFJob(BaseJob):
+class RLHFJob(BaseJob, RetrievalOptions):
+    """``collection`` (``-c``): show each prompt's passages as that collection's retrieval shows them (with their
+    ``[title]`` line), or retrieve one for prompts without any, so the policy trains on the prompts it answers."""
+
     prompts: Path = Field(..., description="JSONL of {question[, answer][, context|contexts]}.")
     reward: Literal["model", "f1", "both"] | None = Field(
         None,

@@ -52,6 +52,29 @@ def as_retrieved(own: list[str], retrieved: list[str], probe_chars: int = 120) -
     return out
 
 
+def prompts_as_retrieved(records: Sequence[Any], source: ContextSource) -> tuple[list[Any], int]:
+    """RLHF prompt records with their passages in the form the collection shows them (``finetune rlhf -c``).
+
+    A record's own passages become the chunks retrieval returns for them (:func:`as_retrieved`: the ``"[title] "`` line
+    included), so the policy is trained on the prompts it reads at answer time; a record without passages gets the
+    best-ranked retrieved chunk holding its gold answer, else the top chunk (the per-document prompt rag-token and
+    rag-sequence read). Returns ``(records, how many of them were changed)``."""
+    from dataclasses import replace
+
+    out, changed = [], 0
+    for rec in records:
+        retrieved = source.contexts(rec.question)
+        if rec.contexts:
+            own = [cut(source.tokenizer, c, source.max_context_tokens) for c in rec.contexts]
+            contexts = as_retrieved(own, retrieved)
+        else:
+            holding = [c for c in retrieved if rec.answer and contains_answer(c, rec.answer)]
+            contexts = (holding or retrieved)[:1]
+        changed += int(contexts != list(rec.contexts))
+        out.append(replace(rec, contexts=contexts))
+    return out, changed
+
+
 @dataclass
 class ContextSource:
     """Retrieves training contexts from a collection the way :class:`rag.qa.QAPipeline` does."""

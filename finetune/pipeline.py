@@ -10,7 +10,7 @@ Steps, in this order, each run when the recipe has its section:
     the training jobs; each section holds exactly the fields of :class:`finetune.config.SFTJob`,
     :class:`~finetune.config.DPOJob` or :class:`~finetune.config.RLHFJob`. Missing links are filled
     from earlier steps: ``sft.data`` and ``rlhf.prompts`` from ``data``, ``dpo/rlhf.from_adapter`` from
-    ``sft``, ``dpo.data`` from ``prefs`` (or the feedback preferences).
+    ``sft``, ``dpo.data`` from ``prefs`` (or the feedback preferences), ``sft/rlhf.collection`` from ``data``.
 ``prefs``
     on-policy preference pairs (``finetune.prefs.run_prefs(job, ws)`` with ``finetune.config.PrefsJob``),
     dispatched through :data:`PREFS_STEP`; skipped with a note where that module is not installed.
@@ -442,6 +442,8 @@ class Pipeline:
         section.setdefault("output", f"{self.recipe.name}-rlhf")
         if self.state.sft_adapter and "from_adapter" not in section:
             section["from_adapter"] = self.state.sft_adapter
+        if self.state.collection and "collection" not in section:  # prompts in the form inference reads them
+            section["collection"] = self.state.collection
         return self._train("rlhf", section)
 
     def _train(self, step: str, section: dict[str, Any]) -> StepReport:

@@ -33,7 +33,7 @@ import torch
 from finetune.config import DEFAULT_PTX_COEF, RLHFJob
 from finetune.data import Example, file_sha256, read_jsonl
 from finetune.errors import DataError
-from finetune.examples import cut, tokenize_pair
+from finetune.examples import cut, prompts_as_retrieved, tokenize_pair
 from finetune.losses import IGNORE_INDEX, answer_logits, group_ids, online_dpo_loss
 from finetune.reward import RewardScorer
 from finetune.runner import (
@@ -375,6 +375,11 @@ def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
     records = read_jsonl(job.prompts, "prompt", min_examples=2)
     set_threads()
     gen, model = start_policy(ws, job.from_adapter)
+    retrieved_form = 0
+    if job.collection:  # passages as retrieval shows them: the prompts the policy answers at inference
+        source = ws.context_source(job.collection, job.k, job.max_context_tokens, gen.tokenizer)
+        records, retrieved_form = prompts_as_retrieved(records, source)
+        logger.info("RLHF prompts: %d of %d shown as %r retrieves them", retrieved_form, len(records), job.collection)
     run_dir = ws.run_dir("rlhf", job.output)
     resume = prepare_run_dir(run_dir, job.resume)
     trainer, scorer, ptx_examples = build_trainer(job, ws, gen, model, records, run_dir)
@@ -413,6 +418,8 @@ def run_rlhf(job: RLHFJob, ws: Workspace) -> TrainResult:
         "steps": int(out.global_step),
         "train_loss": round(float(out.training_loss), 4),
         "prompts": len(records),
+        "prompts_collection": job.collection,
+        "prompts_retrieved_form": retrieved_form,
         "eval_prompts": len(eval_prompts),
         "reward_before": round(before["reward"], 4),
         "reward_after": round(after["reward"], 4),

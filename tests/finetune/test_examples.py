@@ -94,6 +94,26 @@ class _Source:
         return list(self.chunks)
 
 
+def test_rlhf_prompts_read_their_passages_as_retrieval_shows_them(gen):
+    """``finetune rlhf -c``: a prompt's own passage becomes its retrieved chunk (title line); a prompt without one
+    gets the top retrieved chunk holding its gold answer, else the top chunk."""
+    from finetune.data import Example
+    from finetune.examples import prompts_as_retrieved
+
+    shown = "[Normans] " + CONTEXT
+    source = _Source(["[Other] Nothing about Rollo here.", shown])
+    source.tokenizer, source.max_context_tokens = gen.tokenizer, 200
+    records = [
+        Example("Who signed a treaty with Rollo?", "Charles III", [CONTEXT]),
+        Example("Who signed a treaty with Rollo?", "Charles III"),  # no passage: the chunk holding the answer
+        Example("What is on Mars?"),  # no passage, no answer: the top chunk
+        Example("What is on Mars?", "red dust", ["Mars is red."]),  # not retrieved: kept as it is
+    ]
+    out, changed = prompts_as_retrieved(records, source)
+    assert [r.contexts for r in out] == [[shown], [shown], ["[Other] Nothing about Rollo here."], ["Mars is red."]]
+    assert changed == 3 and [r.answer for r in out] == [r.answer for r in records]
+
+
 def test_abstain_examples_read_the_retrieved_form_of_their_passage(gen):
     shown = "[Normans] " + CONTEXT
     records = [

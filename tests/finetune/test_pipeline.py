@@ -135,6 +135,8 @@ def test_rlhf_step_takes_the_data_steps_questions_and_the_sft_adapter(
     options = meta["options"]
     assert options["prompts"] == str(tmp_path / "work" / "train.jsonl") and options["from_adapter"] == "rl-sft"
     assert options["reward"] == "f1" and meta["metrics"]["steps"] == 1
+    # The data step's collection shows the prompts' passages as retrieval does (their title line), as for SFT.
+    assert options["collection"] == "facts" and meta["metrics"]["prompts_retrieved_form"] == len(rows)
 
 
 def test_bad_recipes_are_clear_errors(tmp_path):

@@ -103,6 +103,29 @@ def test_rlhf_with_the_f1_reward_and_ptx_trains_and_reports_kl(env):
     assert isinstance(m["train_ptx_sft_loss"], float) and m["train_ptx_sft_loss"] > 0
 
 
+def test_rlhf_with_a_collection_trains_on_prompts_in_their_retrieved_form(training_env):
+    """``finetune rlhf -c facts``: the prompts' passages are shown as the collection retrieves them (the file's title
+    line), as the policy reads them at answer time; the run reports how many prompts that changed."""
+    from finetune.rlhf import run_rlhf
+
+    ws, root = training_env("rlhf-retrieved", docs=[c for _, _, c in FACTS], qa=QAConfig(max_new_tokens=4))
+    job = RLHFJob(
+        prompts=_gold_prompts(root),
+        output="rl-retrieved",
+        collection="facts",
+        k=2,
+        num_generations=2,
+        max_completion_length=4,
+        train={**TRAIN, "max_steps": 1},
+    )
+    m = run_rlhf(job, ws).metrics
+    assert m["steps"] == 1 and m["prompts_collection"] == "facts" and m["prompts_retrieved_form"] == len(FACTS)
+    # Without -c the prompts hold the passages as the file gives them.
+    assert run_rlhf(job.model_copy(update={"collection": None, "output": "rl-file"}), ws).metrics[
+        "prompts_retrieved_form"
+    ] == 0
+
+
 def _online_trainer(env, **fields):
     """A built (untrained) online trainer of the gold prompts, dropout off; returns (trainer, generator, records)."""
     from finetune.data import read_jsonl as read
