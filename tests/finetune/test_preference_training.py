@@ -121,9 +121,8 @@ def test_rlhf_with_a_collection_trains_on_prompts_in_their_retrieved_form(traini
     m = run_rlhf(job, ws).metrics
     assert m["steps"] == 1 and m["prompts_collection"] == "facts" and m["prompts_retrieved_form"] == len(FACTS)
     # Without -c the prompts hold the passages as the file gives them.
-    assert run_rlhf(job.model_copy(update={"collection": None, "output": "rl-file"}), ws).metrics[
-        "prompts_retrieved_form"
-    ] == 0
+    plain = run_rlhf(job.model_copy(update={"collection": None, "output": "rl-file"}), ws).metrics
+    assert plain["prompts_retrieved_form"] == 0 and plain["prompts_collection"] is None
 
 
 def _online_trainer(env, **fields):
