@@ -323,7 +323,11 @@ def run_on_policy(
     """SFT -> on-policy prefs -> DPO, and SFT -> RLHF (F1 reward), each compared with SFT on the held-out questions;
     with ``--reward-model-eval`` also a reward model trained on the pairs, scored on the pairs it held out."""
     sft_name = res["sft_name"]
-    questions = onpolicy_questions(args, sft_path)
+    if args.onpolicy_synth:
+        questions = synth_domain_questions(r, args, held_path, sft_path)
+        res["onpolicy_source"] = "synth-heldout"
+    else:
+        questions = onpolicy_questions(args, sft_path)
     pairs = sft_path.with_name("onpolicy-pairs.jsonl")
     prefs_mode = args.prefs_mode or args.mode
     if args.skip_dpo and not args.reward_model_eval:  # RLHF alone needs the questions, not the pairs
@@ -430,6 +434,34 @@ def split_for_preferences(sft_path: pathlib.Path, share: float) -> tuple[pathlib
 def onpolicy_questions(args: argparse.Namespace, sft_path: pathlib.Path) -> pathlib.Path:
     """``--onpolicy-n`` answerable training questions (seeded), written beside the SFT records."""
     return sample_answerable(sft_path, args.onpolicy_n, 0, "onpolicy-questions.jsonl")
+
+
+def synth_domain_questions(
+    r: Runner, args: argparse.Namespace, held_path: pathlib.Path, sft_path: pathlib.Path
+) -> pathlib.Path:
+    """``--onpolicy-n`` seeded pairs that ``ragqa finetune synth`` makes from the held-out article's chunks: the user's
+    domain as a new user has it (the documents, none of their questions). The held-out questions are never used;
+    the synthetic questions are cloze / wh-forms of the chunks' own sentences, answered by the copied span."""
+    import random
+
+    from finetune.data import read_jsonl
+    from ingest.squad import read_squad
+
+    synth = sft_path.with_name("synth-all.jsonl")
+    r.step("synth", "finetune", "synth", "-c", COLLECTION, "--per-chunk", "4", "--output", str(synth), "--json")
+    paragraphs = [" ".join(p.context.split()) for a in read_squad(held_path).articles for p in a.paragraphs]
+    domain = [
+        x
+        for x in read_jsonl(synth, "sft")
+        if x.contexts and any(" ".join(x.contexts[0].split())[:80] in p for p in paragraphs)
+    ]
+    chosen = random.Random(0).sample(domain, min(args.onpolicy_n, len(domain)))
+    logger.info(
+        "--onpolicy-synth: %d of the synthetic pairs come from the held-out article; %d used", len(domain), len(chosen)
+    )
+    out = sft_path.with_name("onpolicy-synth-questions.jsonl")
+    write_if_changed(out, "".join(json.dumps(x.to_json(), ensure_ascii=False) + "\n" for x in chosen))
+    return out
 
 
 def sample_answerable(sft_path: pathlib.Path, n: int, seed: int, name: str) -> pathlib.Path:
@@ -612,6 +644,12 @@ def render_on_policy(res: dict[str, Any]) -> list[str]:
     sft_name = res.get("sft_name", SFT_NAME)
     after = res["after"]
     lines = []
+    if res.get("onpolicy_source") == "synth-heldout":
+        lines += [
+            "",
+            "Preference questions: `finetune synth` pairs from the held-out article's chunks (its text, none of its "
+            "questions; the gold answer of a pair is the span it copied).",
+        ]
     if pf is not None:
         lines += [
             "",
@@ -742,6 +780,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "prompts come from them only (not with --sft-from)",
     )
     p.add_argument("--onpolicy-n", type=int, default=128, help="training questions sampled for on-policy training")
+    p.add_argument(
+        "--onpolicy-synth",
+        action="store_true",
+        help="on-policy questions from `ragqa finetune synth` over the held-out article's chunks (its text, never its "
+        "questions): preference training on the user's domain",
+    )
     p.add_argument("--samples", type=int, default=4, help="answers sampled per question (finetune prefs)")
     p.add_argument("--prefs-mode", default=None, help="RAG mode the on-policy answers are sampled in (default: --mode)")
     p.add_argument("--dpo-args", default="", help="extra options for the on-policy `ragqa finetune dpo`")

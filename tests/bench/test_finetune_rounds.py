@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 
 from bench import finetune as B
 
@@ -71,3 +72,51 @@ def test_an_online_dpo_run_renders_as_online_dpo_with_its_pairs():
     assert "SFT then online DPO (resampled every step), F1 reward" in text
     assert "+0.006 [-0.033, +0.047]" in text and "not met" in text
     assert "1.98 pairs a step" in text and "On-policy pairs" not in text
+
+
+def test_synth_domain_questions_come_from_the_held_out_articles_chunks_only(tmp_path):
+    """--onpolicy-synth: `finetune synth` runs over the collection; only pairs whose chunk is a held-out paragraph are
+    kept (the domain's text, none of its questions), seeded, at most --onpolicy-n."""
+    held = tmp_path / "held.json"
+    held.write_text(
+        json.dumps(
+            {
+                "version": "v2.0",
+                "data": [
+                    {
+                        "title": "Southern_California",
+                        "paragraphs": [
+                            {
+                                "context": f"Southern California paragraph {i} has  long text about Los Angeles.",
+                                "qas": [],
+                            }
+                            for i in range(3)
+                        ],
+                    }
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+
+    class SynthRunner(_FakeRunner):
+        def step(self, key, *args, inputs=()):
+            super().step(key, *args, inputs=inputs)
+            rows = [
+                {"question": f"Where is paragraph {i}?", "answer": "Los Angeles", "contexts": [c]}
+                for i, c in enumerate(
+                    [f"Southern California paragraph {i} has long text about Los Angeles." for i in range(3)]
+                    + ["The Normans lived in Normandy, a region of Los Angeles."]
+                )
+            ]
+            pathlib.Path(_arg(args, "--output")).write_text("".join(json.dumps(r) + "\n" for r in rows))
+            return {"pairs": len(rows)}, 0.1
+
+    runner = SynthRunner()
+    args = argparse.Namespace(onpolicy_n=2)
+    out = B.synth_domain_questions(runner, args, held, tmp_path / "sft.jsonl")  # type: ignore[arg-type]
+    ((key, step_args, _),) = runner.steps
+    assert key == "synth" and step_args[:2] == ("finetune", "synth") and _arg(step_args, "-c") == B.COLLECTION
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(kept) == 2 and all("Southern California" in r["contexts"][0] for r in kept)
+    assert out.read_text() == B.synth_domain_questions(runner, args, held, tmp_path / "sft.jsonl").read_text()
