@@ -13,6 +13,7 @@ choose, which on Hopper GPUs includes cuDNN; ``no-cudnn`` is what the generator 
     python -m bench.decode_step --device cuda --attention default,no-cudnn
     python -m bench.decode_step --int8-rows 1,2,4,6,8,16,32     # CPU: int8 decode copy against bf16, by rows
     python -m bench.decode_step --cpu-breakdown 4,32,64        # CPU: where a batched decode step's time goes
+    python -m bench.decode_step --invariance                   # does a row's result depend on its batch?
 
 ``--cpu-breakdown`` builds the model as the server's generator runs it on this CPU (bf16 with the int8 decode copy
 where bf16 is fast, else float32; ``RAGQA_CPU_BF16=0`` forces float32), prefills left-padded rows of 250-400 tokens
@@ -247,6 +248,76 @@ def cpu_breakdown(rows: int, steps: int = 10, seed: int = 0) -> dict[str, Any]:
     }
 
 
+def linear_invariance(dtype: Any, rows: list[int], shapes: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """Is a linear layer's output for one row the same whatever the batch holds? For each weight shape of the model
+    (``(in, out)``), row 0's output at every ``rows`` count against 64 rows, bit for bit."""
+    import torch
+
+    cfg = smollm2_135m_config()
+    h, f = cfg.hidden_size, cfg.intermediate_size
+    shapes = shapes or [(h, h), (h, f), (f, h), (h, cfg.vocab_size)]
+    gen = torch.Generator().manual_seed(0)
+    equal, worst = 0, 0.0
+    for n_in, n_out in shapes:
+        w = torch.randn(n_out, n_in, generator=gen).to(dtype)
+        x = torch.randn(max(rows + [64]), n_in, generator=gen).to(dtype)
+        ref = torch.nn.functional.linear(x, w)[:1]
+        for m in rows:
+            out = torch.nn.functional.linear(x[:m], w)[:1]
+            equal += int(torch.equal(out, ref))
+            worst = max(worst, ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item())
+    return {
+        "dtype": str(dtype).replace("torch.", ""),
+        "checks": len(shapes) * len(rows),
+        "equal": equal,
+        "max_diff": worst,
+    }
+
+
+def attention_invariance(dtype: Any, context: int, pads: list[int], side: str = "left") -> dict[str, Any]:
+    """Does a decode row's attention output depend on the masked left padding in front of its tokens (what a batch
+    adds to a row that would be alone)? One query (the model's grouped heads) over ``context`` cached tokens, against
+    the same tokens behind ``p`` masked columns for every ``p`` in ``pads``: how many are bit-identical, and the
+    largest difference. ``side="right"``: the padding after the tokens instead (each row's tokens from column 0),
+    against the row behind the first of ``pads`` (the masked kernel path; an all-true mask may take another)."""
+    import torch
+    import torch.nn.functional as F
+
+    cfg = smollm2_135m_config()
+    kv, d = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+    group = cfg.num_attention_heads // kv
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, kv, group, d, generator=gen).to(dtype)  # transformers packs a decode query's GQA heads so
+    k = torch.randn(1, kv, context, d, generator=gen).to(dtype)
+    v = torch.randn(1, kv, context, d, generator=gen).to(dtype)
+
+    def padded(pad: int) -> torch.Tensor:
+        zeros = torch.zeros(1, kv, pad, d, dtype=dtype)
+        mask = torch.zeros(1, 1, 1, context + pad, dtype=torch.bool)
+        if side == "left":
+            mask[..., pad:] = True
+            return F.scaled_dot_product_attention(q, torch.cat([zeros, k], 2), torch.cat([zeros, v], 2), attn_mask=mask)
+        mask[..., :context] = True
+        return F.scaled_dot_product_attention(q, torch.cat([k, zeros], 2), torch.cat([v, zeros], 2), attn_mask=mask)
+
+    if side == "left":
+        base = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(1, 1, 1, context, dtype=torch.bool))
+    else:
+        base, pads = padded(pads[0]), pads[1:]
+    equal, worst = 0, 0.0
+    for pad in pads:
+        out = padded(pad)
+        equal += int(torch.equal(out, base))
+        worst = max(worst, (out.float() - base.float()).abs().max().item())
+    return {
+        "dtype": str(dtype).replace("torch.", ""),
+        "context": context,
+        "pads": len(pads),
+        "equal": equal,
+        "max_diff": worst,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     import contextlib
 
@@ -272,7 +343,36 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: split a CPU decode step of the server's batch into linear layers, attention and the rest, "
         "at these row counts (e.g. 4,32,64)",
     )
+    p.add_argument(
+        "--invariance",
+        action="store_true",
+        help="instead: check whether a row's linear-layer and attention outputs depend on the rest of its batch (bit "
+        "for bit, bf16 and float32): why batched greedy answers can differ from answers given alone",
+    )
     args = p.parse_args(argv)
+    if args.invariance:
+        print("| part | dtype | setting | bit-identical | largest difference |\n|---|---|---|--:|--:|")
+        for dtype in (torch.bfloat16, torch.float32):
+            li = linear_invariance(dtype, [1, 2, 4, 5, 8, 16, 32, 35, 48])
+            print(
+                f"| linear layers (4 shapes) | {li['dtype']} | row 0 of 1-48 rows vs 64 | "
+                f"{li['equal']} / {li['checks']} | {li['max_diff']:.2e} (relative) |"
+            )
+            for context in (300, 600):
+                for label, pads in (
+                    ("left pads 1-127", list(range(1, 128))),
+                    ("left pads 16-1024 by 16", list(range(16, 1025, 16))),
+                    ("right pads 16-1024 by 7 (tokens from column 0)", list(range(16, 1025, 7))),
+                ):
+                    a = attention_invariance(
+                        dtype, context, pads, side="right" if label.startswith("right") else "left"
+                    )
+                    print(
+                        f"| decode attention | {a['dtype']} | {context} tokens, {label} | {a['equal']} / {a['pads']} | "
+                        f"{a['max_diff']:.2e} |",
+                        flush=True,
+                    )
+        return 0
     if args.int8_rows:
         print(
             "| rows | bf16 ms | int8 weight-only ms (/ bf16) | W8A8, one scale per call, ms (/ bf16) | "

@@ -31,3 +31,15 @@ def test_int8_kernels_are_timed_at_every_row_count(tiny):
     rows = D.int8_against_bf16([1, 5])
     assert [r[0] for r in rows] == [1.0, 5.0]
     assert all(len(r) == 6 and all(t > 0 for t in r[1:]) for r in rows)
+
+
+def test_invariance_checks_count_bit_identical_rows():
+    """--invariance: a row with no padding is its own reference; the counts cover every row count and pad."""
+    import torch
+
+    from bench.decode_step import attention_invariance, linear_invariance
+
+    li = linear_invariance(torch.float32, [1, 2, 64], shapes=[(8, 16)])
+    assert li["checks"] == 3 and li["equal"] >= 1  # 64 rows is the reference itself
+    a = attention_invariance(torch.bfloat16, 40, [0, 16, 3])
+    assert a["pads"] == 3 and a["equal"] >= 1 and a["max_diff"] >= 0.0  # pad 0 is the reference itself
