@@ -70,6 +70,7 @@ from api.settings import Settings
 from ingest.errors import IngestError
 from rag.calibration import calibrate_if_stale
 from rag.conversation import Turn
+from rag.loop_host import MainThreadHost
 from rag.scheduler import RequestCancelledError
 from rag.serving_errors import DeadlineExceededError, ServingError
 
@@ -665,10 +666,17 @@ class RagService:
             store.close()
 
 
-def build_service(settings: Settings, *, metrics: Metrics | None = None, start_worker: bool = True) -> RagService:
-    """Load the models once and open the server's stores (called by the app's lifespan)."""
+def build_service(
+    settings: Settings,
+    *,
+    metrics: Metrics | None = None,
+    start_worker: bool = True,
+    loop_host: MainThreadHost | None = None,
+) -> RagService:
+    """Load the models once and open the server's stores (called by the app's lifespan); ``loop_host``: where the
+    batching scheduler's loop runs (``ragqa serve``: the main thread)."""
     t0 = time.perf_counter()
-    stack = RagStack(settings)
+    stack = RagStack(settings, loop_host=loop_host)
     ws = stack.workspace
     ws.collections_dir.mkdir(parents=True, exist_ok=True)
     stack.warm_up()  # load now, not on the first request
