@@ -26,7 +26,6 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.routes import adapters, ask, collections, conversations, documents, feedback, health, jobs, openai
 from api.settings import Settings
 from api.watchers import start_folder_syncs, stop_folder_syncs
-from rag.loop_host import MainThreadHost
 
 logger = logging.getLogger(__name__)
 
@@ -211,11 +210,8 @@ def mount_web_ui(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
-def create_app(
-    settings: Settings | None = None, *, start_worker: bool = True, loop_host: MainThreadHost | None = None
-) -> FastAPI:
-    """The app for ``settings`` (read from the environment when None). Models load at start-up. ``loop_host``: run
-    the batching scheduler's loop in the thread serving it (``ragqa serve``: the main thread, :mod:`rag.loop_host`)."""
+def create_app(settings: Settings | None = None, *, start_worker: bool = True) -> FastAPI:
+    """The app for ``settings`` (read from the environment when None). Models load at start-up."""
     settings = settings if settings is not None else Settings()
     metrics = Metrics()
 
@@ -227,9 +223,7 @@ def create_app(
 
         if not settings.server.auth:
             logger.warning(NO_AUTH_BANNER)
-        service = await run_in_threadpool(
-            lambda: build_service(settings, metrics=metrics, start_worker=start_worker, loop_host=loop_host)
-        )
+        service = await run_in_threadpool(lambda: build_service(settings, metrics=metrics, start_worker=start_worker))
         app.state.service = service
         folder_syncs = start_folder_syncs(service) if start_worker else []  # server.watch
         try:

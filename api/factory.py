@@ -23,23 +23,16 @@ if TYPE_CHECKING:  # the real imports are inside the builders: importing this mo
     from ingest.workspace import Workspace
     from rag.adapter_defaults import AdapterDefaults, AdapterResolver
     from rag.generator import Generator
-    from rag.loop_host import MainThreadHost
     from rag.qa import QAPipeline
     from rag.retriever import Retriever
     from rag.scheduler import Scheduler
 
 
 def build_scheduler(
-    generator: Generator,
-    serving: ServingConfig,
-    k: int,
-    on_step: Callable[[int, float], None] | None = None,
-    loop_host: MainThreadHost | None = None,
+    generator: Generator, serving: ServingConfig, k: int, on_step: Callable[[int, float], None] | None = None
 ) -> Scheduler:
     """The continuous-batching scheduler the server runs, over ``generator`` (loaded here) with the ``serving``
-    settings for answers of ``k`` documents; ``on_step(rows, seconds)`` after each batched forward (benchmarks);
-    ``loop_host``: run its loop in the thread that serves that host (``ragqa serve``: the main thread,
-    :mod:`rag.loop_host`), else in a thread of its own."""
+    settings for answers of ``k`` documents; ``on_step(rows, seconds)`` after each batched forward (benchmarks)."""
     from rag.scheduler import Scheduler
 
     gen = generator.warm_up()
@@ -54,7 +47,6 @@ def build_scheduler(
         admission=serving.admission == "predict",
         admission_margin=serving.admission_margin,
         on_step=on_step,
-        start=loop_host.start if loop_host is not None else None,
     )
 
 
@@ -63,8 +55,6 @@ class RagStack:
     """The components of one ragqa installation, built from its :class:`~api.settings.Settings`."""
 
     settings: Settings
-    #: where the scheduler's loop runs (``ragqa serve``: the main thread); None: a thread of its own
-    loop_host: MainThreadHost | None = None
 
     @classmethod
     def from_env(cls) -> RagStack:
@@ -109,9 +99,7 @@ class RagStack:
     @cached_property
     def scheduler(self) -> Scheduler:
         """The continuous-batching scheduler that owns the generator's model (the server's; ``close()`` it)."""
-        return build_scheduler(
-            self.generator, self.settings.serving, self.settings.retriever.k, loop_host=self.loop_host
-        )
+        return build_scheduler(self.generator, self.settings.serving, self.settings.retriever.k)
 
     @cached_property
     def serving_qa(self) -> QAPipeline:

@@ -70,7 +70,6 @@ from api.settings import Settings
 from ingest.errors import IngestError
 from rag.calibration import calibrate_if_stale
 from rag.conversation import Turn
-from rag.loop_host import MainThreadHost
 from rag.scheduler import RequestCancelledError
 from rag.serving_errors import DeadlineExceededError, ServingError
 
@@ -666,17 +665,10 @@ class RagService:
             store.close()
 
 
-def build_service(
-    settings: Settings,
-    *,
-    metrics: Metrics | None = None,
-    start_worker: bool = True,
-    loop_host: MainThreadHost | None = None,
-) -> RagService:
-    """Load the models once and open the server's stores (called by the app's lifespan); ``loop_host``: where the
-    batching scheduler's loop runs (``ragqa serve``: the main thread)."""
+def build_service(settings: Settings, *, metrics: Metrics | None = None, start_worker: bool = True) -> RagService:
+    """Load the models once and open the server's stores (called by the app's lifespan)."""
     t0 = time.perf_counter()
-    stack = RagStack(settings, loop_host=loop_host)
+    stack = RagStack(settings)
     ws = stack.workspace
     ws.collections_dir.mkdir(parents=True, exist_ok=True)
     stack.warm_up()  # load now, not on the first request

@@ -140,9 +140,8 @@ class ServingConfig(BaseModel):
     )
     batching: bool = Field(
         True,
-        description="Continuous batching: one scheduler loop owns the model and decodes all concurrent answers in "
-        "shared steps (rag.scheduler); `ragqa serve` runs it in the main thread with every core, other threads "
-        "compute with one (rag.loop_host). Off: every answer holds the model alone, one after the other.",
+        description="Continuous batching: one scheduler thread owns the model and decodes all concurrent answers in "
+        "shared steps (rag.scheduler). Off: every answer holds the model alone, one after the other.",
     )
     max_queue: int = Field(
         64, ge=0, description="Questions that may wait for the model; beyond it: 503 with Retry-After."

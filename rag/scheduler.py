@@ -91,7 +91,6 @@ from rag.decoding import (
 )
 from rag.errors import RagError
 from rag.kv_cache import PLAIN_LAYER_TYPES, concat_rows, gather_rows
-from rag.loop_host import LoopHandle, thread_start
 from rag.marginalize import rag_token_sequence_logprob
 from rag.prefix_cache import PrefixSpec
 from rag.serving_errors import DeadlineExceededError as ServingDeadlineError
@@ -518,7 +517,6 @@ class Scheduler:
         max_active_requests: int | None = None,
         admission: bool = False,
         admission_margin: float = 0.2,
-        start: Callable[[Callable[[], None], str], LoopHandle] | None = None,
     ) -> None:
         if max_batch_rows < 1 or max_queue < 0:
             raise ValueError("max_batch_rows must be >= 1 and max_queue >= 0.")
@@ -552,9 +550,8 @@ class Scheduler:
         self._closing = False
         self._counts: collections.Counter[str] = collections.Counter()
         self._last_step_rows = 0
-        # The loop runs in a thread of its own, or where ``start`` puts it (``ragqa serve``: the main thread,
-        # rag.loop_host.MainThreadHost).
-        self._loop = (start or thread_start)(self._run, name)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
 
     # -- public -----------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> RequestHandle:
@@ -631,14 +628,14 @@ class Scheduler:
         with self._cv:
             self._closing = True
             self._cv.notify_all()
-        if threading.get_ident() != self._loop.ident:
-            self._loop.join(timeout)
-            if self._loop.is_alive():
-                logger.warning("the scheduler loop did not stop within %s s (a forward is still running)", timeout)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("the scheduler thread did not stop within %s s (a forward is still running)", timeout)
 
     @property
     def running(self) -> bool:
-        return self._loop.is_alive()
+        return self._thread.is_alive()
 
     def __enter__(self) -> Scheduler:
         return self

@@ -48,49 +48,6 @@ def serve(
             highlight=False,
         )
     err.print(f"serving ragqa on http://{s.server.host}:{s.server.port} (docs: /docs, home: {s.home})", highlight=False)
-    if not s.serving.batching:  # answers run in request threads (one at a time): nothing to host
-        uvicorn.run(
-            create_app(s), host=s.server.host, port=s.server.port, log_level=log_level, timeout_graceful_shutdown=10
-        )
-        return
-    serve_with_main_thread_loop(s, log_level)
-
-
-def serve_with_main_thread_loop(s, log_level: str) -> None:
-    """uvicorn in a thread, the batching scheduler's loop in this (main) thread: the one thread that computes with
-    every core; other threads compute with one (:mod:`rag.loop_host`). Ctrl-C / SIGTERM shut uvicorn down
-    gracefully (the app's shutdown closes the scheduler, which ends the loop); a second one exits at once."""
-    import signal
-    import threading
-
-    import uvicorn
-
-    from api.app import create_app
-    from rag.loop_host import MainThreadHost, single_threaded_elsewhere
-
-    threads = single_threaded_elsewhere()
-    logging.getLogger(__name__).info("the scheduler computes with %d threads in the main thread", threads)
-    host = MainThreadHost()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(s, loop_host=host),
-            host=s.server.host,
-            port=s.server.port,
-            log_level=log_level,
-            timeout_graceful_shutdown=10,
-        )
+    uvicorn.run(
+        create_app(s), host=s.server.host, port=s.server.port, log_level=log_level, timeout_graceful_shutdown=10
     )
-
-    def stop(signum, frame) -> None:
-        if server.should_exit:
-            server.force_exit = True
-        server.should_exit = True
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
-    web = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    web.start()
-    host.serve(until=lambda: not web.is_alive())
-    web.join()
-    if not server.started:
-        raise typer.Exit(3)  # as uvicorn.run exits when start-up fails
