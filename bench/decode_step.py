@@ -14,6 +14,7 @@ choose, which on Hopper GPUs includes cuDNN; ``no-cudnn`` is what the generator 
     python -m bench.decode_step --int8-rows 1,2,4,6,8,16,32     # CPU: int8 decode copy against bf16, by rows
     python -m bench.decode_step --cpu-breakdown 4,32,64        # CPU: where a batched decode step's time goes
     python -m bench.decode_step --invariance                   # does a row's result depend on its batch?
+    python -m bench.decode_step --threads 3,32                 # CPU: a step in the main thread vs a worker thread
 
 ``--cpu-breakdown`` builds the model as the server's generator runs it on this CPU (bf16 with the int8 decode copy
 where bf16 is fast, else float32; ``RAGQA_CPU_BF16=0`` forces float32), prefills left-padded rows of 250-400 tokens
@@ -181,16 +182,15 @@ def int8_against_bf16(rows_list: list[int]) -> list[tuple[float, ...]]:
     return out
 
 
-def cpu_breakdown(rows: int, steps: int = 10, seed: int = 0) -> dict[str, Any]:
-    """Milliseconds of one CPU decode step of ``rows`` left-padded rows (250-400 cached tokens each), as the
-    server's generator runs it: wall time, and the profiler's CPU time in linear layers (``aten::mm`` /
-    ``aten::addmm`` / the int8 kernels), attention (``scaled_dot_product_attention``) and everything else."""
+def server_batch(rows: int, seed: int = 0) -> tuple[Any, Any, Any]:
+    """``(model, state, tokens)``: the bundled model's shape as the server's generator runs it on this CPU (bf16 with
+    the int8 decode copy where bf16 is fast, else float32; ``RAGQA_CPU_BF16=0`` forces float32), ``rows`` left-padded
+    rows of 250-400 tokens prefilled into the in-place cache (the scheduler's batch), and a token per row."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
     from transformers import LlamaForCausalLM
 
     from ingest.hardware import cpu_fast_bf16
-    from rag.decoding import PrefillState, _advance
+    from rag.decoding import PrefillState
     from rag.int8_decode import convert_for_int8_decode
     from rag.kv_cache import new_cache
 
@@ -220,7 +220,21 @@ def cpu_breakdown(rows: int, steps: int = 10, seed: int = 0) -> dict[str, Any]:
             attention_mask=mask,
             next_positions=positions[:, -1:] + 1,
         )
-        tokens = torch.randint(0, cfg.vocab_size, (rows,))
+    return model, state, torch.randint(0, cfg.vocab_size, (rows,))
+
+
+def cpu_breakdown(rows: int, steps: int = 10, seed: int = 0) -> dict[str, Any]:
+    """Milliseconds of one CPU decode step of ``rows`` left-padded rows (250-400 cached tokens each), as the
+    server's generator runs it: wall time, and the profiler's CPU time in linear layers (``aten::mm`` /
+    ``aten::addmm`` / the int8 kernels), attention (``scaled_dot_product_attention``) and everything else."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from rag.decoding import _advance
+
+    model, state, tokens = server_batch(rows, seed)
+    dtype = next(model.parameters()).dtype
+    with torch.inference_mode():
         for _ in range(3):
             _advance(model, state, tokens)
         t = time.perf_counter()
@@ -246,6 +260,57 @@ def cpu_breakdown(rows: int, steps: int = 10, seed: int = 0) -> dict[str, Any]:
         "attention_ms": attention * scale,
         "other_ms": (total - linear - attention) * scale,
     }
+
+
+def step_ms_by_thread(rows: int, steps: int = 20) -> dict[str, float]:
+    """Milliseconds of a decode step of :func:`server_batch` run in this (main) thread and in a new thread."""
+    import threading
+
+    import torch
+
+    from rag.decoding import _advance
+
+    model, state, tokens = server_batch(rows)
+    out: dict[str, float] = {}
+
+    def timed(where: str) -> None:
+        with torch.inference_mode():
+            for _ in range(3):
+                _advance(model, state, tokens)
+            t = time.perf_counter()
+            for _ in range(steps):
+                _advance(model, state, tokens)
+        out[where] = (time.perf_counter() - t) / steps * 1000
+
+    timed("main thread")
+    worker = threading.Thread(target=timed, args=("worker thread",))
+    worker.start()
+    worker.join()
+    return out
+
+
+#: OpenMP settings compared by --threads: ragqa's default (ingest/__init__.py) and GNU OpenMP's own
+THREAD_POLICIES = {"OMP_WAIT_POLICY=PASSIVE (ragqa's default)": "PASSIVE", "unset (GNU OpenMP: spin, then sleep)": None}
+
+
+def thread_placement(rows: list[int]) -> list[dict[str, Any]]:
+    """:func:`step_ms_by_thread` at each row count under each of :data:`THREAD_POLICIES`, one process per setting
+    (OpenMP reads its environment when torch loads)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    results = []
+    for label, policy in THREAD_POLICIES.items():
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+        if policy:
+            env["OMP_WAIT_POLICY"] = policy
+        for n in rows:
+            cmd = [sys.executable, "-m", "bench.decode_step", "--threads-worker", str(n)]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            results.append({"policy": label, "rows": n, **json.loads(done.stdout.strip().splitlines()[-1])})
+    return results
 
 
 def linear_invariance(dtype: Any, rows: list[int], shapes: list[tuple[int, int]] | None = None) -> dict[str, Any]:
@@ -349,7 +414,24 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: check whether a row's linear-layer and attention outputs depend on the rest of its batch (bit "
         "for bit, bf16 and float32): why batched greedy answers can differ from answers given alone",
     )
+    p.add_argument(
+        "--threads",
+        default=None,
+        help="instead: a decode step at these row counts in the main thread and in a worker thread, with ragqa's "
+        "OpenMP setting and GNU OpenMP's own (e.g. 3,32)",
+    )
+    p.add_argument("--threads-worker", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.threads_worker:
+        import json
+
+        print(json.dumps(step_ms_by_thread(args.threads_worker)))
+        return 0
+    if args.threads:
+        print("| OpenMP wait policy | rows | main thread ms | worker thread ms |\n|---|--:|--:|--:|")
+        for r in thread_placement([int(x) for x in args.threads.split(",")]):
+            print(f"| {r['policy']} | {r['rows']} | {r['main thread']:.1f} | {r['worker thread']:.1f} |", flush=True)
+        return 0
     if args.invariance:
         print("| part | dtype | setting | bit-identical | largest difference |\n|---|---|---|--:|--:|")
         for dtype in (torch.bfloat16, torch.float32):

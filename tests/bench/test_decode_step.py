@@ -43,3 +43,8 @@ def test_invariance_checks_count_bit_identical_rows():
     assert li["checks"] == 3 and li["equal"] >= 1  # 64 rows is the reference itself
     a = attention_invariance(torch.bfloat16, 40, [0, 16, 3])
     assert a["pads"] == 3 and a["equal"] >= 1 and a["max_diff"] >= 0.0  # pad 0 is the reference itself
+
+
+def test_a_step_is_timed_in_the_main_thread_and_in_a_worker_thread(tiny):
+    ms = D.step_ms_by_thread(rows=2, steps=2)
+    assert set(ms) == {"main thread", "worker thread"} and all(v > 0 for v in ms.values())
