@@ -223,6 +223,21 @@ def server_batch(rows: int, seed: int = 0) -> tuple[Any, Any, Any]:
     return model, state, torch.randint(0, cfg.vocab_size, (rows,))
 
 
+def mean_step_ms(model: Any, state: Any, tokens: Any, steps: int, warmup: int = 3) -> float:
+    """Mean milliseconds of a decode step (``_advance``: forward + log-softmax) after ``warmup`` untimed ones."""
+    import torch
+
+    from rag.decoding import _advance
+
+    with torch.inference_mode():
+        for _ in range(warmup):
+            _advance(model, state, tokens)
+        t = time.perf_counter()
+        for _ in range(steps):
+            _advance(model, state, tokens)
+    return (time.perf_counter() - t) / steps * 1000
+
+
 def cpu_breakdown(rows: int, steps: int = 10, seed: int = 0) -> dict[str, Any]:
     """Milliseconds of one CPU decode step of ``rows`` left-padded rows (250-400 cached tokens each), as the
     server's generator runs it: wall time, and the profiler's CPU time in linear layers (``aten::mm`` /
@@ -234,16 +249,10 @@ def cpu_breakdown(rows: int, steps: int = 10, seed: int = 0) -> dict[str, Any]:
 
     model, state, tokens = server_batch(rows, seed)
     dtype = next(model.parameters()).dtype
-    with torch.inference_mode():
+    wall = mean_step_ms(model, state, tokens, steps)
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(3):
             _advance(model, state, tokens)
-        t = time.perf_counter()
-        for _ in range(steps):
-            _advance(model, state, tokens)
-        wall = (time.perf_counter() - t) / steps * 1000
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(3):
-                _advance(model, state, tokens)
     linear_ops = {"aten::mm", "aten::addmm", "aten::_weight_int8pack_mm", "quantized::linear_dynamic"}
     linear = attention = total = 0.0
     for e in prof.key_averages():
@@ -266,21 +275,11 @@ def step_ms_by_thread(rows: int, steps: int = 20) -> dict[str, float]:
     """Milliseconds of a decode step of :func:`server_batch` run in this (main) thread and in a new thread."""
     import threading
 
-    import torch
-
-    from rag.decoding import _advance
-
     model, state, tokens = server_batch(rows)
     out: dict[str, float] = {}
 
     def timed(where: str) -> None:
-        with torch.inference_mode():
-            for _ in range(3):
-                _advance(model, state, tokens)
-            t = time.perf_counter()
-            for _ in range(steps):
-                _advance(model, state, tokens)
-        out[where] = (time.perf_counter() - t) / steps * 1000
+        out[where] = mean_step_ms(model, state, tokens, steps)
 
     timed("main thread")
     worker = threading.Thread(target=timed, args=("worker thread",))
