@@ -13,7 +13,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rag.evaluate import normalize_answer
@@ -59,8 +59,6 @@ def prompts_as_retrieved(records: Sequence[Any], source: ContextSource) -> tuple
     included), so the policy is trained on the prompts it reads at answer time; a record without passages gets the
     best-ranked retrieved chunk holding its gold answer, else the top chunk (the per-document prompt rag-token and
     rag-sequence read). Returns ``(records, how many of them were changed)``."""
-    from dataclasses import replace
-
     out, changed = [], 0
     for rec in records:
         retrieved = source.contexts(rec.question)
