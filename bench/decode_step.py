@@ -26,6 +26,7 @@ rest.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -183,8 +184,9 @@ def int8_against_bf16(rows_list: list[int]) -> list[tuple[float, ...]]:
 
 
 def server_batch(rows: int, seed: int = 0) -> tuple[Any, Any, Any]:
-    """``(model, state, tokens)``: the bundled model's shape as the server's generator runs it on this CPU (bf16 with
-    the int8 decode copy where bf16 is fast, else float32; ``RAGQA_CPU_BF16=0`` forces float32), ``rows`` left-padded
+    """``(model, state, tokens)``: the bundled model's shape as the server's generator runs it on this CPU (bf16 where
+    bf16 is fast, else float32; ``RAGQA_CPU_BF16=0`` forces float32; with the int8 decode copy unless
+    ``RAGQA_GENERATOR__INT8_DECODE=off``), ``rows`` left-padded
     rows of 250-400 tokens prefilled into the in-place cache (the scheduler's batch), and a token per row."""
     import torch
     from transformers import LlamaForCausalLM
@@ -199,7 +201,7 @@ def server_batch(rows: int, seed: int = 0) -> tuple[Any, Any, Any]:
     cfg._attn_implementation = "sdpa"
     dtype = torch.bfloat16 if cpu_fast_bf16() else torch.float32
     model = LlamaForCausalLM(cfg).to(dtype).eval()
-    if dtype == torch.bfloat16:  # int8_decode=auto: the generator adds the int8 copy to bf16 models only
+    if os.environ.get("RAGQA_GENERATOR__INT8_DECODE", "auto") != "off":  # as the generator does on a CPU
         convert_for_int8_decode(model)
     cache = new_cache(cfg)
     lengths = torch.randint(250, 400, (rows,))

@@ -476,8 +476,9 @@ def decode_weight_bytes(model) -> int:
 
     total, replaced = 0, set()
     for module in model.modules():
-        if isinstance(module, Int8DecodeLinear) and module.weight_int8.numel():
-            total += module.weight_int8.numel() + module.weight_scale.numel() * module.weight_scale.element_size()
+        if isinstance(module, Int8DecodeLinear) and (module.weight_int8.numel() or module._packed is not None):
+            int8 = module.weight_int8.numel() or module.weight.numel()  # float32: fbgemm's packed copy holds it
+            total += int8 + module.weight_scale.numel() * module.weight_scale.element_size()
             replaced.add(id(module.weight))
     return total + sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in replaced)
 

@@ -67,8 +67,9 @@ class Workspace:
         )
 
     def base_generator(self) -> Generator:
-        """A fresh generator (its own copy of the weights, so training never touches a served model)."""
-        config = self.generator
+        """A fresh generator (its own copy of the weights, so training never touches a served model), without the int8
+        decode copy: training differentiates through the weights, which the int8 kernels cannot."""
+        config = self.generator.model_copy(update={"int8_decode": "off"})
         if config.dtype == "auto" and pick_device(config.device).type == "cpu":
             # float32 master weights on a CPU; the trainer adds bf16 autocast where the CPU multiplies bf16
             # (AMX, AVX512-BF16)

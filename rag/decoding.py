@@ -128,6 +128,13 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return next(model.parameters()).dtype
+
+
 def _pad_token_id(model: torch.nn.Module, pad_token_id: int | None) -> int:
     """The id written into padded positions; its value never matters because it is masked."""
     if pad_token_id is not None:
@@ -366,8 +373,8 @@ def _prefill_rows(
 def _full_weights() -> Iterator[None]:
     """Forwards inside use the model's full-precision weights even when short.
 
-    :mod:`rag.int8_decode` serves forwards of at most ``MAX_INT8_ROWS`` token rows from an int8 copy
-    (decode steps); an uncached prefill is always longer. The cached path's forwards (a prefix
+    :mod:`rag.int8_decode` serves short forwards from an int8 copy (:func:`rag.int8_decode.reads_int8`: bf16, at
+    most ``MAX_INT8_ROWS`` token rows; float32, one token per sequence); an uncached prefill never is one. The cached path's forwards (a prefix
     alone, the question suffix) can be short, and must use the weights the uncached prefill uses to
     stay lossless. The model runs in one thread, so switching the module's threshold is safe.
     """
@@ -935,7 +942,7 @@ def _generate_prefix_kwargs(
         cache, columns = _assemble_prefix_cache(model, prompt_ids, prefix)
     if cache is None:
         return {}
-    if len(prompt_ids) * (max(len(p) for p in prompt_ids) - columns) <= _int8_rows() and _has_int8_layers(model):
+    if _reads_int8(model, len(prompt_ids), max(len(p) for p in prompt_ids) - columns) and _has_int8_layers(model):
         # generate's first forward would be short enough for the int8 decode weights, unlike the
         # uncached prompt forward: not lossless, so generate prefills the prompts itself
         return {}
@@ -944,10 +951,11 @@ def _generate_prefix_kwargs(
     return {"past_key_values": cache}
 
 
-def _int8_rows() -> int:
-    from rag.int8_decode import MAX_INT8_ROWS
+def _reads_int8(model: torch.nn.Module, sequences: int, tokens: int) -> bool:
+    """Whether a forward of ``sequences`` x ``tokens`` new tokens reads the int8 decode weights (if the model has them)."""
+    from rag.int8_decode import reads_int8
 
-    return MAX_INT8_ROWS
+    return reads_int8(sequences, tokens, _model_dtype(model))
 
 
 def _row_stopping(stop: Callable[[list[int]], bool], prompt_len: int):

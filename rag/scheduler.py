@@ -31,10 +31,12 @@ merged batch; a step runs one forward per group inside ``session(adapter)``, the
 manager that activates the adapter (PEFT ``set_adapter`` / ``disable_adapter()``; pass
 ``Generator.session``, or :func:`model_session` for a bare model). Groups never mix adapters in a
 forward, so it works with any PEFT version and with :mod:`rag.int8_decode` (its
-``Int8DecodeLinear`` is wrapped by LoRA like any linear layer). Note: int8 weights are read only
-by forwards of at most ``rag.int8_decode.MAX_INT8_ROWS`` token rows; a bigger decode batch runs on
-the bf16 weights (correct, but not token-identical to an int8 solo answer; faster per row past the
-threshold). In bf16 anything batched may differ from solo in rounding; the equality is exact in float32.
+``Int8DecodeLinear`` is wrapped by LoRA like any linear layer). Note: a bf16 model reads its int8
+weights only in forwards of at most ``rag.int8_decode.MAX_INT8_ROWS`` token rows; a bigger decode batch
+runs on the bf16 weights (correct, but not token-identical to an int8 solo answer; faster per row past
+the threshold), and bf16 rounds differently in different batch shapes. A float32 model reads its int8
+copy in every decode step, with per-row activation scales (each row's result is bit-identical alone or
+batched), so there batched answers equal solo ones.
 
 Beam search and other whole-answer jobs (e.g. :func:`rag.decoding.rag_sequence_generate`) run
 exclusively in the scheduler thread between two steps (:meth:`Scheduler.submit_call`); a

@@ -162,6 +162,7 @@ def test_reward_model_learns_preferences(env, reward_model):
     assert m["steps"] == 8 and m["eval_pairs"] >= 1 and 0.0 <= m["eval_accuracy"] <= 1.0
     assert AdapterRegistry(ws.home / "adapters").get("rm").kind == "reward"
     gen = ws.base_generator()
+    assert gen.int8_layers == 0  # training differentiates through the weights: never the int8 decode copy
     scorer = RewardScorer(ws, "rm", gen)
     q, a, c = FACTS[0]
     good, bad = scorer.score(q, [c], [a, "I think it might be something else entirely, hard to say."])
