@@ -373,10 +373,11 @@ def _prefill_rows(
 def _full_weights() -> Iterator[None]:
     """Forwards inside use the model's full-precision weights even when short.
 
-    :mod:`rag.int8_decode` serves short forwards from an int8 copy (:func:`rag.int8_decode.reads_int8`: bf16, at
-    most ``MAX_INT8_ROWS`` token rows; float32, one token per sequence); an uncached prefill never is one. The cached path's forwards (a prefix
-    alone, the question suffix) can be short, and must use the weights the uncached prefill uses to
-    stay lossless. The model runs in one thread, so switching the module's threshold is safe.
+    :mod:`rag.int8_decode` serves short forwards from an int8 copy (:func:`rag.int8_decode.reads_int8`:
+    bf16, at most ``MAX_INT8_ROWS`` token rows; float32, one token per sequence); an uncached prefill
+    never is one. The cached path's forwards (a prefix alone, the question suffix) can be short, and
+    must use the weights the uncached prefill uses to stay lossless. The model runs in one thread, so
+    switching the module's threshold is safe.
     """
     from rag import int8_decode
 
@@ -952,7 +953,7 @@ def _generate_prefix_kwargs(
 
 
 def _reads_int8(model: torch.nn.Module, sequences: int, tokens: int) -> bool:
-    """Whether a forward of ``sequences`` x ``tokens`` new tokens reads the int8 decode weights (if the model has them)."""
+    """Whether a forward of ``sequences`` x ``tokens`` new tokens reads the int8 decode weights (if it has them)."""
     from rag.int8_decode import reads_int8
 
     return reads_int8(sequences, tokens, _model_dtype(model))
