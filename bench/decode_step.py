@@ -12,6 +12,7 @@ choose, which on Hopper GPUs includes cuDNN; ``no-cudnn`` is what the generator 
 
     python -m bench.decode_step --device cuda --attention default,no-cudnn
     python -m bench.decode_step --int8-rows 1,2,4,6,8,16,32     # CPU: int8 decode copy against bf16, by rows
+    python -m bench.decode_step --int8-float32 1,4,16,64        # CPU: the float32 model's int8 copy, by rows
     python -m bench.decode_step --cpu-breakdown 4,32,64        # CPU: where a batched decode step's time goes
     python -m bench.decode_step --invariance                   # does a row's result depend on its batch?
     python -m bench.decode_step --threads 3,32                 # CPU: a step in the main thread vs a worker thread
@@ -183,10 +184,57 @@ def int8_against_bf16(rows_list: list[int]) -> list[tuple[float, ...]]:
     return out
 
 
+def int8_against_float32(rows_list: list[int]) -> list[tuple[float, float, float, float]]:
+    """Milliseconds of the linear layers of one SmolLM2-135M decode step (one token per row) in float32 on the CPU:
+    ``(rows, float32, int8 per-row scales, int8 one scale per call)``. float32 is ``nn.Linear``; per-row scales is
+    :class:`rag.int8_decode.Int8DecodeLinear` on a float32 weight (fbgemm's dynamic linear, each row scaled by its
+    own max |x| against a fixed grid: what ``generator.int8_decode=on`` runs for float32 models); one scale per call
+    is fbgemm's dynamic linear as it comes (a row's result depends on its batch)."""
+    import torch
+    from torch import nn
+
+    from rag import int8_decode
+
+    cfg = smollm2_135m_config()
+    h, kv, ff = (
+        cfg.hidden_size,
+        cfg.hidden_size * cfg.num_key_value_heads // cfg.num_attention_heads,
+        cfg.intermediate_size,
+    )
+    per_forward = {(h, h): 2, (h, kv): 2, (h, ff): 2, (ff, h): 1}
+    counts = {shape: n * cfg.num_hidden_layers for shape, n in per_forward.items()} | {(h, cfg.vocab_size): 1}
+    torch.manual_seed(0)
+    layers = {shape: nn.Linear(*shape, bias=False) for shape in counts}
+    quant = {shape: int8_decode.Int8DecodeLinear.from_linear(layer) for shape, layer in layers.items()}
+
+    def per_call(shape):
+        packed = quant[shape]._packed
+        return lambda x: torch.ops.quantized.linear_dynamic(x.view(-1, shape[0]), packed, True)
+
+    def seconds(f, x, n: int = 10) -> float:
+        for _ in range(2):
+            f(x)
+        t = time.perf_counter()
+        for _ in range(n):
+            f(x)
+        return (time.perf_counter() - t) / n
+
+    out = []
+    with torch.inference_mode():
+        for rows in rows_list:
+            times = [0.0] * 3
+            for shape, n in counts.items():
+                x = torch.randn(rows, 1, shape[0])
+                for i, f in enumerate((layers[shape], quant[shape], per_call(shape))):
+                    times[i] += n * seconds(f, x)
+            out.append((float(rows), *(t * 1000 for t in times)))
+    return out
+
+
 def server_batch(rows: int, seed: int = 0) -> tuple[Any, Any, Any]:
     """``(model, state, tokens)``: the bundled model's shape as the server's generator runs it on this CPU (bf16 where
-    bf16 is fast, else float32; ``RAGQA_CPU_BF16=0`` forces float32; with the int8 decode copy unless
-    ``RAGQA_GENERATOR__INT8_DECODE=off``), ``rows`` left-padded
+    bf16 is fast, else float32; ``RAGQA_CPU_BF16=0`` forces float32; the int8 decode copy as
+    ``RAGQA_GENERATOR__INT8_DECODE`` says: auto = bf16 only), ``rows`` left-padded
     rows of 250-400 tokens prefilled into the in-place cache (the scheduler's batch), and a token per row."""
     import torch
     from transformers import LlamaForCausalLM
@@ -201,7 +249,8 @@ def server_batch(rows: int, seed: int = 0) -> tuple[Any, Any, Any]:
     cfg._attn_implementation = "sdpa"
     dtype = torch.bfloat16 if cpu_fast_bf16() else torch.float32
     model = LlamaForCausalLM(cfg).to(dtype).eval()
-    if os.environ.get("RAGQA_GENERATOR__INT8_DECODE", "auto") != "off":  # as the generator does on a CPU
+    setting = os.environ.get("RAGQA_GENERATOR__INT8_DECODE", "auto")  # as the generator does on a CPU
+    if setting == "on" or (setting == "auto" and dtype == torch.bfloat16):
         convert_for_int8_decode(model)
     cache = new_cache(cfg)
     lengths = torch.randint(250, 400, (rows,))
@@ -404,6 +453,12 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: time the int8 decode copy against bf16 on the CPU at these row counts (e.g. 1,2,4,6,8,16,32)",
     )
     p.add_argument(
+        "--int8-float32",
+        default=None,
+        help="instead: time a float32 model's int8 decode copy (per-row and per-call activation scales) against "
+        "float32 on the CPU at these row counts (e.g. 1,4,16,64)",
+    )
+    p.add_argument(
         "--cpu-breakdown",
         default=None,
         help="instead: split a CPU decode step of the server's batch into linear layers, attention and the rest, "
@@ -467,6 +522,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {rows:.0f} | {bf16:.1f} | {int8:.1f} ({int8 / bf16:.2f}) | {dyn:.1f} ({dyn / bf16:.2f}) | "
                 f"{core:.1f} | {tok:.1f} ({tok / bf16:.2f}) |",
                 flush=True,
+            )
+        return 0
+    if args.int8_float32:
+        print(
+            "| rows | float32 ms | int8, per-row scales, ms (/ float32) | int8, one scale per call, ms (/ float32) |\n"
+            "|--:|--:|--:|--:|"
+        )
+        for rows, f32, row, call in int8_against_float32([int(r) for r in args.int8_float32.split(",")]):
+            print(
+                f"| {rows:.0f} | {f32:.1f} | {row:.1f} ({row / f32:.2f}) | {call:.1f} ({call / f32:.2f}) |", flush=True
             )
         return 0
     if args.cpu_breakdown:

@@ -18,7 +18,11 @@ same fixed grid, the integer accumulation is exact, and the row is multiplied ba
 symmetric int8 activations, as LLM.int8() / SmoothQuant's per-token mode). A row's result is then bit-identical
 alone or in any batch. The float32 path reads the copy in every forward of one token per sequence (decode steps,
 whatever the batch size: measured 0.23-0.43x the float32 time of the 135M model's linear layers at 1-64 rows on a
-2-core AVX2 EPYC); prefill (several tokens per sequence) keeps the float32 weights.
+2-core AVX2 EPYC); prefill (several tokens per sequence) keeps the float32 weights. It is opt-in for float32
+(``generator.int8_decode=on``; ``auto`` is bf16 only): end to end it gives 1.1-1.25x the answers/s there, but the int8
+rounding of activations turns float32's ~1e-7 differences between batch shapes (attention over left padding, prefill
+shapes) into different roundings, so batched greedy answers equal solo ones far less often (10/32 against 32/32,
+BENCHMARKS.md "CPU paths"), and held-out F1 moved -0.013 / -0.027 (rag-token / rag-sequence, 60 questions).
 
 The module is an ``nn.Linear`` subclass with the same parameters, so PEFT wraps it like any
 linear layer (LoRA adds its update on top) and ``state_dict`` is unchanged; the int8 copy is a

@@ -34,9 +34,11 @@ forward, so it works with any PEFT version and with :mod:`rag.int8_decode` (its
 ``Int8DecodeLinear`` is wrapped by LoRA like any linear layer). Note: a bf16 model reads its int8
 weights only in forwards of at most ``rag.int8_decode.MAX_INT8_ROWS`` token rows; a bigger decode batch
 runs on the bf16 weights (correct, but not token-identical to an int8 solo answer; faster per row past
-the threshold), and bf16 rounds differently in different batch shapes. A float32 model reads its int8
-copy in every decode step, with per-row activation scales (each row's result is bit-identical alone or
-batched), so there batched answers equal solo ones.
+the threshold), and bf16 rounds differently in different batch shapes. A float32 model with the int8 copy
+(``int8_decode=on``) reads it in every decode step with per-row activation scales: each linear layer's row
+is bit-identical alone or batched, but the int8 rounding of activations amplifies float32's ~1e-7
+batch-shape differences (attention over left padding, prefill shapes), so batched answers differ from
+solo ones more often than in plain float32, where they are equal (50/50 in ``bench/api_load.py``).
 
 Beam search and other whole-answer jobs (e.g. :func:`rag.decoding.rag_sequence_generate`) run
 exclusively in the scheduler thread between two steps (:meth:`Scheduler.submit_call`); a

@@ -33,6 +33,12 @@ def test_int8_kernels_are_timed_at_every_row_count(tiny):
     assert all(len(r) == 6 and all(t > 0 for t in r[1:]) for r in rows)
 
 
+def test_float32_int8_kernels_are_timed_at_every_row_count():
+    rows = D.int8_against_float32([1, 3])
+    assert [r[0] for r in rows] == [1.0, 3.0]
+    assert all(len(r) == 4 and all(t > 0 for t in r[1:]) for r in rows)
+
+
 def test_invariance_checks_count_bit_identical_rows():
     """--invariance: a row with no padding is its own reference; the counts cover every row count and pad."""
     import torch
