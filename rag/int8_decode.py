@@ -22,7 +22,8 @@ whatever the batch size: measured 0.23-0.43x the float32 time of the 135M model'
 (``generator.int8_decode=on``; ``auto`` is bf16 only): end to end it gives 1.1-1.25x the answers/s there, but the int8
 rounding of activations turns float32's ~1e-7 differences between batch shapes (attention over left padding, prefill
 shapes) into different roundings, so batched greedy answers equal solo ones far less often (10/32 against 32/32,
-BENCHMARKS.md "CPU paths"), and held-out F1 moved -0.013 / -0.027 (rag-token / rag-sequence, 60 questions).
+BENCHMARKS.md "CPU paths"), the prompt-prefix cache keeps the tokens but log-probabilities only to ~1e-2, and
+held-out F1 moved -0.013 / -0.027 (rag-token / rag-sequence, 60 questions).
 
 The module is an ``nn.Linear`` subclass with the same parameters, so PEFT wraps it like any
 linear layer (LoRA adds its update on top) and ``state_dict`` is unchanged; the int8 copy is a
