@@ -104,6 +104,26 @@ def step_profile(model, cache, rows: int, context: int, device: str, steps: int 
     }
 
 
+def linear_shapes() -> dict[tuple[int, int], int]:
+    """``{(in, out): count}`` of the linear layers in one SmolLM2-135M forward (q, o / k, v / gate, up / down per
+    layer, and the vocabulary head)."""
+    cfg = smollm2_135m_config()
+    h, ff = cfg.hidden_size, cfg.intermediate_size
+    kv = cfg.hidden_size * cfg.num_key_value_heads // cfg.num_attention_heads
+    per_forward = {(h, h): 2, (h, kv): 2, (h, ff): 2, (ff, h): 1}
+    return {shape: n * cfg.num_hidden_layers for shape, n in per_forward.items()} | {(h, cfg.vocab_size): 1}
+
+
+def seconds_per_call(f, x, n: int = 20, warmup: int = 3) -> float:
+    """Mean seconds of ``f(x)`` over ``n`` calls after ``warmup``."""
+    for _ in range(warmup):
+        f(x)
+    t = time.perf_counter()
+    for _ in range(n):
+        f(x)
+    return (time.perf_counter() - t) / n
+
+
 def int8_against_bf16(rows_list: list[int]) -> list[tuple[float, ...]]:
     """Milliseconds of the linear layers of one SmolLM2-135M forward on the CPU at every row count: ``(rows, bf16,
     int8 weight-only, W8A8 per call, per-token int matmul alone, per-token W8A8)``. bf16 is ``nn.Linear``; int8
@@ -116,25 +136,10 @@ def int8_against_bf16(rows_list: list[int]) -> list[tuple[float, ...]]:
 
     from rag import int8_decode
 
-    cfg = smollm2_135m_config()
-    h, kv, ff = (
-        cfg.hidden_size,
-        cfg.hidden_size * cfg.num_key_value_heads // cfg.num_attention_heads,
-        cfg.intermediate_size,
-    )
-    per_forward = {(h, h): 2, (h, kv): 2, (h, ff): 2, (ff, h): 1}  # q, o / k, v / gate, up / down, per layer
-    counts = {shape: n * cfg.num_hidden_layers for shape, n in per_forward.items()} | {(h, cfg.vocab_size): 1}
+    counts = linear_shapes()
     torch.manual_seed(0)
     layers = {shape: nn.Linear(*shape, bias=False).to(torch.bfloat16) for shape in counts}
     quant = {shape: int8_decode.Int8DecodeLinear.from_linear(layer) for shape, layer in layers.items()}
-
-    def seconds(f, x, n: int = 20) -> float:
-        for _ in range(3):
-            f(x)
-        t = time.perf_counter()
-        for _ in range(n):
-            f(x)
-        return (time.perf_counter() - t) / n
 
     # fbgemm's dynamic int8 (W8A8: per-output-channel int8 weights, each forward's activations quantised to int8
     # with one scale): what the float32 path's int8 copy runs, timed here on bf16 inputs for comparison.
@@ -177,7 +182,7 @@ def int8_against_bf16(rows_list: list[int]) -> list[tuple[float, ...]]:
                     x8 = torch.randint(-127, 128, (rows, shape[0]), dtype=torch.int8)
                     runs = [(layers[shape], x), (quant[shape], x), (w8a8(shape), x), (int_mm_only(shape), x8)]
                     for i, (f, inp) in enumerate([*runs, (per_token(shape), x)]):
-                        times[i] += n * seconds(f, inp)
+                        times[i] += n * seconds_per_call(f, inp)
                 out.append((float(rows), *(t * 1000 for t in times)))
     finally:
         int8_decode.MAX_INT8_ROWS = previous
@@ -195,14 +200,7 @@ def int8_against_float32(rows_list: list[int]) -> list[tuple[float, float, float
 
     from rag import int8_decode
 
-    cfg = smollm2_135m_config()
-    h, kv, ff = (
-        cfg.hidden_size,
-        cfg.hidden_size * cfg.num_key_value_heads // cfg.num_attention_heads,
-        cfg.intermediate_size,
-    )
-    per_forward = {(h, h): 2, (h, kv): 2, (h, ff): 2, (ff, h): 1}
-    counts = {shape: n * cfg.num_hidden_layers for shape, n in per_forward.items()} | {(h, cfg.vocab_size): 1}
+    counts = linear_shapes()
     torch.manual_seed(0)
     layers = {shape: nn.Linear(*shape, bias=False) for shape in counts}
     quant = {shape: int8_decode.Int8DecodeLinear.from_linear(layer) for shape, layer in layers.items()}
@@ -211,14 +209,6 @@ def int8_against_float32(rows_list: list[int]) -> list[tuple[float, float, float
         packed = quant[shape]._packed
         return lambda x: torch.ops.quantized.linear_dynamic(x.view(-1, shape[0]), packed, True)
 
-    def seconds(f, x, n: int = 10) -> float:
-        for _ in range(2):
-            f(x)
-        t = time.perf_counter()
-        for _ in range(n):
-            f(x)
-        return (time.perf_counter() - t) / n
-
     out = []
     with torch.inference_mode():
         for rows in rows_list:
@@ -226,7 +216,7 @@ def int8_against_float32(rows_list: list[int]) -> list[tuple[float, float, float
             for shape, n in counts.items():
                 x = torch.randn(rows, 1, shape[0])
                 for i, f in enumerate((layers[shape], quant[shape], per_call(shape))):
-                    times[i] += n * seconds(f, x)
+                    times[i] += n * seconds_per_call(f, x, n=10, warmup=2)
             out.append((float(rows), *(t * 1000 for t in times)))
     return out
 
