@@ -33,6 +33,7 @@ non-persistent buffer. If the weight changes (merging an adapter into it), call
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 
@@ -113,7 +114,8 @@ class Int8DecodeLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is not None and x.dtype == torch.float32:
-            if x.numel() and reads_int8(x.numel() // (self.in_features * _tokens(x)), _tokens(x), x.dtype):
+            tokens = _tokens(x)
+            if x.numel() and reads_int8(x.numel() // (self.in_features * tokens), tokens, x.dtype):
                 out = _per_row_dynamic(x.reshape(-1, self.in_features), self._packed)
                 if self.bias is not None:
                     out = out + self.bias
@@ -150,16 +152,11 @@ def _tokens(x: torch.Tensor) -> int:
     return x.shape[-2] if x.dim() >= 2 else 1
 
 
-_ANCHORS: dict[int, torch.Tensor] = {}
-
-
+@functools.cache
 def _anchor(width: int) -> torch.Tensor:
-    """The ``(1, width)`` row holding -1 and +1 that pins fbgemm's activation range to [-1, 1]."""
-    row = _ANCHORS.get(width)
-    if row is None:
-        row = torch.zeros(1, width)
-        row[0, 0], row[0, -1] = -1.0, 1.0
-        _ANCHORS[width] = row
+    """The ``(1, width)`` row holding -1 and +1 that pins fbgemm's activation range to [-1, 1] (one per width)."""
+    row = torch.zeros(1, width)
+    row[0, 0], row[0, -1] = -1.0, 1.0
     return row
 
 
