@@ -64,6 +64,7 @@ __all__ = [
     "rag_sequence_generate",
     "rag_sequence_sample",
     "rag_token_generate",
+    "prefill_reference_logprob",
     "rag_token_reference_logprob",
     "score_continuations",
 ]
@@ -216,12 +217,16 @@ class PrefillState:
         past_key_values: the model's cache, batch size R.
         attention_mask: ``(R, L + t)`` long, 0 on the left padding.
         next_positions: ``(R, 1)`` long, position id of the next token of each row.
+        scored: ``(R, T)`` float32, teacher-forced log p(ids_i | prompt_r, ids_<i) of the fixed continuation
+            ``ids`` a prefill was asked to score (``score_ids``; computed in the prefill's own forward, the
+            cache holding only the prompts), or None. Row selection and concatenation drop it.
     """
 
     next_logprobs: torch.Tensor
     past_key_values: DynamicCache
     attention_mask: torch.Tensor
     next_positions: torch.Tensor
+    scored: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:
@@ -238,17 +243,19 @@ class PrefillState:
         self.next_logprobs = self.next_logprobs.index_select(0, rows.to(self.next_logprobs.device))
         self.attention_mask = self.attention_mask.index_select(0, rows)
         self.next_positions = self.next_positions.index_select(0, rows)
+        self.scored = None
 
 
-def _forward(model: torch.nn.Module, **kwargs: object) -> torch.Tensor:
-    """One forward; returns float32 logits of the last position, ``(R, V)``."""
+def _forward(model: torch.nn.Module, keep: int = 1, **kwargs: object) -> torch.Tensor:
+    """One forward; returns float32 logits of the last position, ``(R, V)``, or of the last ``keep > 1``
+    positions, ``(R, keep, V)``."""
     # a PeftModel's forward takes **kwargs and hands them to the wrapped model: ask the wrapped model,
     # or a prefill with an adapter would project every prompt position through the vocabulary head
     inner: torch.nn.Module = cast(Any, model).get_base_model() if hasattr(model, "get_base_model") else model
     if _accepts_logits_to_keep(type(inner)):  # type: ignore[arg-type]  # torch's Module.__hash__ stub: classes are hashable
-        kwargs["logits_to_keep"] = 1
+        kwargs["logits_to_keep"] = keep
     out = model(**kwargs, use_cache=True)
-    return out.logits[:, -1, :].float()
+    return out.logits[:, -1, :].float() if keep == 1 else out.logits[:, -keep:, :].float()
 
 
 @torch.inference_mode()
@@ -258,6 +265,7 @@ def prefill(
     *,
     pad_token_id: int | None = None,
     prefix: PrefixSpec | None = None,
+    score_ids: Sequence[int] | None = None,
 ) -> PrefillState:
     """Run the K prompts once, as one left-padded batch, and keep their KV cache.
 
@@ -266,6 +274,9 @@ def prefill(
         prompt_ids: K lists of token ids.
         prefix: reuse cached KV states of the prompts' leading ``prefix.lengths[k]`` tokens
             (see :func:`_assemble_prefix_cache`); the rest runs as one forward. None: no reuse.
+        score_ids: a fixed continuation (e.g. the abstention reply) to teacher-force after every prompt in
+            the same forward: ``state.scored`` gets its ``(K, T)`` log-probabilities and the cache is cut
+            back to the prompts (see :func:`_prefill_rows`). None: nothing scored.
 
     Returns:
         :class:`PrefillState` with ``next_logprobs`` ``(K, V)``: log p(first answer token | prompt_k),
@@ -273,9 +284,8 @@ def prefill(
         (left padding, attention mask, positions) is exactly that of the uncached path.
     """
     _check_prompts(prompt_ids)
-    if prefix is None:
-        return _prefill_rows(model, prompt_ids, None, pad_token_id)
-    return _prefill_rows(model, prompt_ids, _row_prefixes(prompt_ids, prefix), pad_token_id)
+    rows = None if prefix is None else _row_prefixes(prompt_ids, prefix)
+    return _prefill_rows(model, prompt_ids, rows, pad_token_id, score_ids)
 
 
 @torch.inference_mode()
@@ -284,11 +294,13 @@ def prefill_many(
     requests: Sequence[tuple[Sequence[Sequence[int]], PrefixSpec | None]],
     *,
     pad_token_id: int | None = None,
+    score_ids: Sequence[int] | None = None,
 ) -> PrefillState:
     """Prefill the prompts of several requests as ONE left-padded batch: one forward for all of them.
 
     Args:
         requests: ``(prompt_ids, prefix)`` per request (``prefix`` as in :func:`prefill`, None = no reuse).
+        score_ids: a fixed continuation scored after every row in the same forward (as in :func:`prefill`).
 
     Returns:
         One :class:`PrefillState` whose rows are the requests' prompts in order (request 0's K_0 rows,
@@ -307,7 +319,7 @@ def prefill_many(
         prompt_ids.extend(prompts)
         rows.extend(_row_prefixes(prompts, spec) if spec is not None else [_RowPrefix(None, 0, 0)] * len(prompts))
     with _full_weights():
-        return _prefill_rows(model, prompt_ids, rows, pad_token_id)
+        return _prefill_rows(model, prompt_ids, rows, pad_token_id, score_ids)
 
 
 @dataclass(frozen=True)
@@ -335,16 +347,34 @@ def _prefill_rows(
     prompt_ids: Sequence[Sequence[int]],
     rows: Sequence[_RowPrefix] | None,
     pad_token_id: int | None,
+    score_ids: Sequence[int] | None = None,
 ) -> PrefillState:
-    """The prefill of :func:`prefill` / :func:`prefill_many`: ``rows`` None = the plain uncached path."""
+    """The prefill of :func:`prefill` / :func:`prefill_many`: ``rows`` None = the plain uncached path.
+
+    With ``score_ids`` (T tokens) the forward also reads ``score_ids[:-1]`` after every prompt and keeps
+    the logits of the last T positions: the prompt's last one gives ``next_logprobs`` and, with the
+    others, the continuation's log-probabilities (causal attention: appended tokens never reach the
+    prompt's positions). The T - 1 appended cache columns are cropped off again. One forward instead of
+    a prefill plus a teacher-forced one, which also copied the whole cache to append T - 1 columns.
+    """
     device = _model_device(model)
     input_ids, attention_mask = left_pad(prompt_ids, _pad_token_id(model, pad_token_id), device)
+    extra = len(score_ids) - 1 if score_ids else 0
+    if extra:
+        appended = torch.as_tensor(list(score_ids[:-1]), dtype=torch.long, device=device)  # type: ignore[index]
+        input_ids = torch.cat([input_ids, appended.unsqueeze(0).expand(input_ids.shape[0], -1)], dim=-1)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], extra))], dim=-1)
     position_ids = _positions_from_mask(attention_mask)
     cache: DynamicCache | None
     if rows is None:
         cache, cached = _new_cache(model), 0
         logits = _forward(
-            model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache
+            model,
+            keep=extra + 1,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
         )
     else:
         with _full_weights():
@@ -353,16 +383,30 @@ def _prefill_rows(
                 cache = _new_cache(model)
             logits = _forward(
                 model,
+                keep=extra + 1,
                 input_ids=input_ids[:, cached:],
                 attention_mask=attention_mask,
                 position_ids=position_ids[:, cached:],
                 past_key_values=cache,
             )
+    scored = None
+    if extra:
+        cache.crop(-extra)
+        attention_mask, position_ids = attention_mask[:, :-extra], position_ids[:, :-extra]
+        logprobs = torch.log_softmax(logits, dim=-1)  # (R, T, V)
+        ids = torch.as_tensor(list(score_ids), dtype=torch.long, device=logprobs.device)  # type: ignore[arg-type]
+        scored = logprobs.gather(-1, ids.expand(logprobs.shape[0], -1).unsqueeze(-1)).squeeze(-1)
+        next_logprobs = logprobs[:, 0].contiguous()
+    else:
+        next_logprobs = torch.log_softmax(logits, dim=-1)
+        if score_ids:  # a one-token continuation: the prompt's own next-token distribution scores it
+            scored = next_logprobs[:, list(score_ids)]
     return PrefillState(
-        next_logprobs=torch.log_softmax(logits, dim=-1),
+        next_logprobs=next_logprobs,
         past_key_values=cache,
         attention_mask=attention_mask,
         next_positions=position_ids[:, -1:] + 1,
+        scored=scored,
     )
 
 
@@ -1068,6 +1112,18 @@ def rag_token_reference_logprob(
     return float(rag_token_sequence_logprob(_score_fixed(model, state, reference_ids), doc_logprobs))
 
 
+def prefill_reference_logprob(state: PrefillState, doc_logprobs: torch.Tensor) -> float | None:
+    """log p(reference|x) under RAG-Token from a prefill that scored the reference (``score_ids``), else None.
+
+    Args:
+        state: the K rows right after :func:`prefill` / :func:`prefill_many` (its ``scored`` rows).
+        doc_logprobs: ``(K,)`` log p(z|x), on the device of ``state``.
+    """
+    if state.scored is None:
+        return None
+    return float(rag_token_sequence_logprob(state.scored, doc_logprobs))
+
+
 def choose_rag_token(
     next_logprobs: torch.Tensor,
     doc_logprobs: torch.Tensor,
@@ -1190,8 +1246,8 @@ def rag_token_generate(
             except eos tokens; ignored for beam search, whose tokens are final only at the end.
         length_penalty: beam search ranks finished beams by ``logprob / len**length_penalty``.
         reference_ids: a fixed continuation (e.g. the abstention text) whose RAG-Token log-probability
-            is computed from the same prefill (one extra forward of K rows x len tokens, then the
-            cache is cropped back) and returned as ``reference_logprob``.
+            is computed in the prefill's own forward (``prefill(score_ids=...)``) and returned as
+            ``reference_logprob``.
         stop: called with the tokens chosen so far after each step (greedy / sample); True ends the
             answer there, like an eos token (e.g. once the first sentence is complete).
         prefix: reuse cached prompt-prefix KV states in the prefill (see :func:`prefill`).
@@ -1209,9 +1265,9 @@ def rag_token_generate(
     if strategy == "beam" and num_beams < 1:
         raise ValueError("num_beams must be >= 1.")
     eos = set(_eos_list(eos_token_ids))
-    state = prefill(model, prompt_ids, pad_token_id=pad_token_id, prefix=prefix)
+    state = prefill(model, prompt_ids, pad_token_id=pad_token_id, prefix=prefix, score_ids=reference_ids or None)
     doc = doc_logprobs.to(device=state.next_logprobs.device, dtype=torch.float32)
-    reference = rag_token_reference_logprob(model, state, reference_ids, doc) if reference_ids else None
+    reference = prefill_reference_logprob(state, doc)
     if strategy == "beam":
         out = _rag_token_beam(model, state, doc, max_new_tokens, eos, num_beams, length_penalty)
         return dataclasses.replace(out, reference_logprob=reference)

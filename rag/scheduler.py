@@ -9,9 +9,9 @@ Between steps, waiting requests are admitted FIFO while rows are free (``max_bat
 most ``max_prefills_per_step`` per step). The requests of one adapter admitted in the same step
 are prefilled TOGETHER, in one forward over all their rows (:func:`rag.decoding.prefill_many`:
 each row = its cached prompt prefix KV + its uncached suffix, left-padded, positions from the
-mask, so each row equals its solo prefill); their reference continuations ("I don't know.") are
-scored in one more forward, their first tokens chosen, and their rows join the batch in one
-concatenation. A request with its own ``prefill_fn`` is prefilled alone. Chunked prefill
+mask, so each row equals its solo prefill); the same forward scores their reference continuation
+("I don't know."; requests with different references are prefilled apart), their first tokens are chosen, and their rows
+join the batch in one concatenation. A request with its own ``prefill_fn`` is prefilled alone. Chunked prefill
 (``max_prefill_tokens``): the cache-missing prompt prefixes of admitted requests are computed
 one whole prefix at a time, at most about that many tokens between two decode steps, so a cold
 question does not stall the answers already decoding for its whole prefill; the request joins
@@ -83,12 +83,9 @@ from rag.decoding import (
     RagTokenStepper,
     _advance,
     _check_prompts,
-    _dynamic_layers,
-    _has_int8_layers,
-    _new_cache,
-    _score_fixed,
     prefill,
     prefill_many,
+    prefill_reference_logprob,
     rag_token_generate,
     rag_token_reference_logprob,
     warm_prefix_cache,
@@ -234,21 +231,6 @@ def keep_rows(state: PrefillState, rows: Sequence[int] | torch.Tensor) -> None:
     state.attention_mask = mask[:, first:]
     state.next_logprobs = state.next_logprobs.index_select(0, rows.to(state.next_logprobs.device))
     state.next_positions = state.next_positions.index_select(0, rows)
-
-
-def _sub_state(model: torch.nn.Module, state: PrefillState, rows: Sequence[int]) -> PrefillState:
-    """A new state holding copies of ``rows`` of ``state`` (``state`` is left as it was)."""
-    index = torch.as_tensor(list(rows), dtype=torch.long, device=state.attention_mask.device)
-    cache = _new_cache(model)
-    for new, layer in zip(_dynamic_layers(cache), _layers(state)):
-        k, v = _kv(layer)
-        new.update(k.index_select(0, index), v.index_select(0, index))
-    return PrefillState(
-        next_logprobs=state.next_logprobs.index_select(0, index.to(state.next_logprobs.device)),
-        past_key_values=cache,
-        attention_mask=state.attention_mask.index_select(0, index),
-        next_positions=state.next_positions.index_select(0, index),
-    )
 
 
 # --------------------------------------------------------------------------- sessions
@@ -830,21 +812,28 @@ class Scheduler:
     def _admit_all(self, jobs: list[_Job]) -> None:
         """Admit ``jobs``: solo calls and ``prefill_fn`` requests one by one, the other requests of
         one adapter prefilled together in one forward (:meth:`_admit_batch`)."""
-        batches: dict[str | None, list[_Job]] = {}
+        by_adapter: dict[str | None, dict[tuple[int, ...], list[_Job]]] = {}
         for job in jobs:
             if job.request is not None and job.request.prefill_fn is None:
-                batches.setdefault(job.request.adapter, []).append(job)
+                by_reference = by_adapter.setdefault(job.request.adapter, {})
+                by_reference.setdefault(tuple(job.request.reference_ids or ()), []).append(job)
             else:
                 self._admit(job)
-        for adapter, batch in batches.items():
-            if len(batch) == 1:
-                self._admit(batch[0])
-            else:
-                self._admit_batch(adapter, batch)
+        for adapter, by_reference in by_adapter.items():
+            # one forward scores one reference: requests without one ride along with the first that has one
+            unscored = by_reference.pop((), [])
+            batches = list(by_reference.values()) or [[]]
+            batches[0].extend(unscored)
+            for batch in batches:
+                if len(batch) == 1:
+                    self._admit(batch[0])
+                else:
+                    self._admit_batch(adapter, batch)
 
     def _admit_batch(self, adapter: str | None, jobs: list[_Job]) -> None:
-        """Prefill the requests ``jobs`` (all of ``adapter``) in ONE forward, score their references,
-        choose their first tokens and append the rows of those that go on to the adapter's group."""
+        """Prefill the requests ``jobs`` (all of ``adapter``; one reference continuation among them, or none) in
+        ONE forward that also scores the reference, choose their first tokens and append the rows of those that go
+        on to the adapter's group."""
         now = time.monotonic()
         live: list[_Job] = []
         for job in jobs:
@@ -874,10 +863,20 @@ class Scheduler:
                     return
                 requests = [cast(GenerationRequest, job.request) for job in ready]
                 state = prefill_many(
-                    model, [(r.prompt_ids, spec) for r, spec in zip(requests, specs)], pad_token_id=self.pad_token_id
+                    model,
+                    [(r.prompt_ids, spec) for r, spec in zip(requests, specs)],
+                    pad_token_id=self.pad_token_id,
+                    score_ids=next((r.reference_ids for r in requests if r.reference_ids), None),  # at most one
                 )
                 docs = [r.doc_logprobs.to(device=state.next_logprobs.device, dtype=torch.float32) for r in requests]
-                references = self._references(model, state, requests, docs)
+                scored = state.scored
+                starts = list(itertools.accumulate((r.num_rows for r in requests), initial=0))
+                references = [
+                    float(rag_token_sequence_logprob(scored[starts[i] : starts[i + 1]], doc))
+                    if scored is not None and request.reference_ids
+                    else None
+                    for i, (request, doc) in enumerate(zip(requests, docs))
+                ]
         except Exception as exc:  # find the culprit: admit each alone, so only its own request fails
             logger.warning("a batched prefill of %d requests failed (%s); admitting them one by one", len(live), exc)
             for job in live:
@@ -908,35 +907,6 @@ class Scheduler:
         if len(rows) < state.num_rows:
             keep_rows(state, rows)
         self._join(adapter, state, members)
-
-    def _references(
-        self,
-        model: torch.nn.Module,
-        state: PrefillState,
-        requests: list[GenerationRequest],
-        docs: list[torch.Tensor],
-    ) -> list[float | None]:
-        """Each request's RAG-Token log p(reference|x) from the batched prefill ``state`` (left as it was):
-        one teacher-forced forward over all rows per distinct reference (they are all the abstention
-        reply in practice). With int8 decode weights each request is scored alone, as its solo answer
-        is (a short forward reads the int8 copy)."""
-        out: list[float | None] = [None] * len(requests)
-        starts = list(itertools.accumulate((r.num_rows for r in requests), initial=0))
-        if _has_int8_layers(model):
-            for i, (request, doc) in enumerate(zip(requests, docs)):
-                if request.reference_ids:
-                    sub = _sub_state(model, state, range(starts[i], starts[i + 1]))
-                    out[i] = rag_token_reference_logprob(model, sub, request.reference_ids, doc)
-            return out
-        by_reference: dict[tuple[int, ...], list[int]] = {}
-        for i, request in enumerate(requests):
-            if request.reference_ids:
-                by_reference.setdefault(tuple(request.reference_ids), []).append(i)
-        for reference, members in by_reference.items():
-            scores = _score_fixed(model, state, reference)  # (R, T)
-            for i in members:
-                out[i] = float(rag_token_sequence_logprob(scores[starts[i] : starts[i + 1]], docs[i]))
-        return out
 
     def _stepper(self, request: GenerationRequest, doc: torch.Tensor) -> RagTokenStepper:
         return RagTokenStepper(
@@ -990,11 +960,9 @@ class Scheduler:
             with self.session(request.adapter) as model:
                 state = self._prefill(job, model)
                 doc = request.doc_logprobs.to(device=state.next_logprobs.device, dtype=torch.float32)
-                reference = (
-                    rag_token_reference_logprob(model, state, request.reference_ids, doc)
-                    if request.reference_ids
-                    else None
-                )
+                reference = prefill_reference_logprob(state, doc)
+                if reference is None and request.reference_ids:  # a prefill_fn's state scored nothing
+                    reference = rag_token_reference_logprob(model, state, request.reference_ids, doc)
             stepper = self._stepper(request, doc)
             token = self._choose(handle, stepper, state.next_logprobs)
         except Exception as exc:
@@ -1012,7 +980,13 @@ class Scheduler:
             state = request.prefill_fn(model, request.prompt_ids)
         else:
             prefix = self._prefix(job, model)
-            state = prefill(model, request.prompt_ids, pad_token_id=self.pad_token_id, prefix=prefix)
+            state = prefill(
+                model,
+                request.prompt_ids,
+                pad_token_id=self.pad_token_id,
+                prefix=prefix,
+                score_ids=request.reference_ids or None,
+            )
         if state.num_rows != request.num_rows:
             raise ValueError(f"prefill_fn returned {state.num_rows} rows for {request.num_rows} prompts.")
         return state

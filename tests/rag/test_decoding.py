@@ -155,6 +155,24 @@ class TestPrefillAndScoring:
                         else:
                             assert scores[k, c, i].item() == 0.0
 
+    @pytest.mark.parametrize("ids", [[7, 3, 11, 5], [9]])
+    def test_prefill_scores_a_continuation_in_its_own_forward_and_keeps_only_the_prompts(self, model, ids) -> None:
+        plain = prefill(model, PROMPTS)
+        scored = prefill(model, PROMPTS, score_ids=ids)
+        assert plain.scored is None and scored.scored is not None and scored.scored.shape == (len(PROMPTS), len(ids))
+        for k, prompt in enumerate(PROMPTS):
+            for i, token in enumerate(ids):
+                expected = math.log(_next_probs(model, prompt + ids[:i])[token].item())
+                assert math.isclose(scored.scored[k, i].item(), expected, abs_tol=1e-4)
+        # the state is the plain prefill's: same layout, cache cut back to the prompts, same next step
+        torch.testing.assert_close(scored.next_logprobs, plain.next_logprobs, atol=1e-5, rtol=1e-5)
+        assert torch.equal(scored.attention_mask, plain.attention_mask)
+        assert torch.equal(scored.next_positions, plain.next_positions)
+        assert scored.past_key_values.get_seq_length() == plain.past_key_values.get_seq_length()
+        for state in (plain, scored):
+            _advance(model, state, torch.full((len(PROMPTS),), 13))
+        torch.testing.assert_close(scored.next_logprobs, plain.next_logprobs, atol=1e-5, rtol=1e-5)
+
 
 # --------------------------------------------------------------------------- RAG-Token
 

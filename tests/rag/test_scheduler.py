@@ -355,10 +355,12 @@ class TestBatchedPrefill:
             blocker.result(WAIT)
         finally:
             hook.remove()
-        # one prefill forward per adapter over all its requests' rows (the question suffixes only)
-        assert (4 + 1 + 2, 5) in forwards  # adapter "a": 7 rows, widest uncached suffix = 5 tokens
-        assert (3 + 2, 3) in forwards  # the base model: 5 rows
-        assert len({h.admitted_at for h in handles[:3]}) == 1
+        # one prefill forward per adapter and reference over all its requests' rows (the question suffixes, then
+        # the reference but its last token, scored in the same forward); a request without a reference rides along
+        assert (4 + 1, 3 + 2) in forwards  # adapter "a", reference [5, 9, 2]: 5 rows, widest suffix 3 tokens
+        assert (2, 5) in forwards  # adapter "a", reference [3]: its own forward
+        assert (3 + 2, 3 + 1) in forwards  # the base model: 5 rows, reference [8, 8] and none
+        assert len({h.admitted_at for h in handles[:2]}) == 1  # prefilled together
         assert scheduler.stats().completed == len(reqs) + 1
 
 
