@@ -211,8 +211,14 @@ def concat_states(first: PrefillState, second: PrefillState) -> PrefillState:
     )
 
 
+#: keep_rows drops the leading columns that are padding in every row once there are at least this many: dropping
+#: them copies every row (:func:`rag.kv_cache.gather_rows`), keeping them costs each step a little attention.
+TRIM_COLUMNS = 32
+
+
 def keep_rows(state: PrefillState, rows: Sequence[int] | torch.Tensor) -> None:
-    """Keep only ``rows`` (in that order), in place, then drop leading columns that are padding in every row.
+    """Keep only ``rows`` (in that order), in place, then drop leading columns that are padding in every row
+    (when there are at least :data:`TRIM_COLUMNS` of them).
 
     Each layer's keys and values are copied once (:func:`rag.kv_cache.gather_rows`).
 
@@ -226,6 +232,8 @@ def keep_rows(state: PrefillState, rows: Sequence[int] | torch.Tensor) -> None:
     mask = state.attention_mask.index_select(0, rows)
     used = mask.bool().any(dim=0)  # (L,)
     first = int(torch.argmax(used.to(torch.int8)))  # first column some row uses
+    if first < TRIM_COLUMNS:
+        first = 0  # a few padding columns stay (masked) rather than every row being copied to drop them
     for layer in _layers(state):
         gather_rows(layer, rows, first)
     state.attention_mask = mask[:, first:]

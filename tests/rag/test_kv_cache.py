@@ -164,3 +164,50 @@ def test_concat_rows_right_aligns_with_zero_columns_either_way_round() -> None:
             pointer = a.keys.data_ptr()
             a.update(*_kv(5, 1, 20))
             assert (a.keys.data_ptr() == pointer) == (kind is InPlaceAppendLayer)
+
+
+def test_rows_join_a_batch_in_place_while_its_spare_rows_last() -> None:
+    """After one copy (which leaves ROW_HEADROOM spare rows), a request no longer than the batch joins by writing
+    only its own rows; the result equals the copying join's, and decode steps go on in the same buffer."""
+    batch, copied = _filled(InPlaceAppendLayer(), 2, 9, 0), _filled(DynamicLayer(), 2, 9, 0)
+    seed = 100
+    joined_in_place = 0
+    for rows, length in ((2, 6), (3, 10), (1, 4), (2, 11), (4, 3), (2, 12), (1, 12)):
+        seed += 2
+        new, new_copy = _filled(InPlaceAppendLayer(), rows, length, seed), _filled(DynamicLayer(), rows, length, seed)
+        assert batch.keys is not None
+        pointer, capacity = batch.keys.data_ptr(), batch._key_buffer.shape[0] if batch._key_buffer is not None else 0
+        fits = batch.keys.shape[0] + rows <= capacity and new.keys.shape[-2] <= batch.keys.shape[-2]
+        concat_rows(batch, new)
+        concat_rows(copied, new_copy)
+        _same(batch, copied)
+        assert (batch.keys.data_ptr() == pointer) == fits
+        joined_in_place += fits
+        step = _kv(batch.keys.shape[0], 1, seed + 1)
+        batch.update(*step)
+        copied.update(*step)
+        _same(batch, copied)
+    assert joined_in_place >= 3
+
+
+def test_rows_leave_a_batch_by_moving_the_later_rows_up_in_its_buffer() -> None:
+    for kept in ([0, 1, 3, 4, 6], [2, 3, 4, 5, 6], [0, 1, 2], [1, 6], [5]):
+        batch = _filled(InPlaceAppendLayer(), 7, 9, 0)
+        assert batch.keys is not None and batch.values is not None
+        rows = torch.tensor(kept)
+        want_k, want_v = batch.keys.index_select(0, rows), batch.values.index_select(0, rows)
+        pointer = batch.keys.data_ptr()
+        gather_rows(batch, rows)
+        assert torch.equal(batch.keys, want_k) and torch.equal(batch.values, want_v)
+        assert batch.keys.data_ptr() == pointer  # compacted within the buffer, no new one
+        step = _kv(len(kept), 1, 3)
+        batch.update(*step)
+        assert torch.equal(batch.keys[:, :, -1:], step[0]) and batch.keys.data_ptr() == pointer
+    # reordering, repeats or dropped columns still go through one copy into a new buffer
+    for kept, first in (([2, 0], 0), ([1, 1], 0), ([0, 2], 3)):
+        batch = _filled(InPlaceAppendLayer(), 3, 9, 0)
+        assert batch.keys is not None
+        want = batch.keys.index_select(0, torch.tensor(kept))[:, :, first:]
+        pointer = batch.keys.data_ptr()
+        gather_rows(batch, torch.tensor(kept), first)
+        assert torch.equal(batch.keys, want) and batch.keys.data_ptr() != pointer

@@ -11,6 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaForCausalLM
 
+from rag import scheduler as scheduler_module
 from rag.decoding import _advance, prefill, prefill_many, rag_token_generate
 from rag.prefix_cache import PrefixKVCache, PrefixSpec
 from rag.scheduler import (
@@ -144,12 +145,16 @@ class TestBatchLayout:
         )
         torch.testing.assert_close(merged.next_positions, torch.cat([sep_a.next_positions, sep_b.next_positions]))
 
-    def test_keep_rows_drops_columns_padded_in_every_row(self, model):
+    @pytest.mark.parametrize("trim", [0, scheduler_module.TRIM_COLUMNS])
+    def test_keep_rows_drops_columns_padded_in_every_row(self, model, monkeypatch, trim):
+        """Nine all-padding columns: dropped when the threshold allows it, else kept (masked); same logits."""
+        monkeypatch.setattr(scheduler_module, "TRIM_COLUMNS", trim)
         merged = concat_states(prefill(model, [[3, 4]]), prefill(model, [PROMPTS_4B[1]]))  # lengths 2 and 11
         alone = prefill(model, [[3, 4]])
         keep_rows(merged, [0])
-        assert merged.attention_mask.shape == (1, 2)
-        assert merged.past_key_values.get_seq_length() == 2
+        width = 2 if trim <= 9 else 11
+        assert merged.attention_mask.shape == (1, width)
+        assert merged.past_key_values.get_seq_length() == width
         _advance(model, merged, torch.tensor([7]))
         _advance(model, alone, torch.tensor([7]))
         torch.testing.assert_close(merged.next_logprobs, alone.next_logprobs, atol=1e-5, rtol=0)
