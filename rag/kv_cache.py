@@ -179,12 +179,14 @@ def _compact(layer: InPlaceAppendLayer, kept: list[int]) -> bool:
             runs.append((destination, source, 1))
     for buffer in cast(tuple[torch.Tensor, torch.Tensor], buffers):
         for destination, source, n in runs:
-            if destination == source:
-                continue
-            block = buffer[source : source + n, :, :length]
-            if source < destination + n:  # overlapping rows: read them out first
-                block = block.clone()
-            buffer[destination : destination + n, :, :length].copy_(block)
+            shift = source - destination
+            # in pieces of at most ``shift`` rows, first to last: a piece never overlaps the rows it is copied to,
+            # and the rows it overwrites were already moved
+            for start in range(0, n if shift else 0, shift or 1):
+                size = min(shift, n - start)
+                buffer[destination + start : destination + start + size, :, :length].copy_(
+                    buffer[source + start : source + start + size, :, :length]
+                )
     _install(layer, buffers[0], buffers[1], len(kept), length)
     return True
 
