@@ -195,7 +195,7 @@ class Generator:
 
         The prefix (system turn, optional worked example, the user turn up to the end of its context
         blocks) is the same for every question over the same contexts, so its KV state is cacheable
-        (:mod:`rag.prefix_cache`); the suffix is ``"\n\nQuestion: ..."`` and the assistant header.
+        (:mod:`rag.prefix_cache`); the suffix is the question (after ``"\n\nQuestion:"``) and the assistant header.
         ``style`` chooses the system message (:func:`rag.prompts.system_message`).
         """
         head, context, tail = self._prompt_segments(question, contexts, one_shot, style)
@@ -207,9 +207,10 @@ class Generator:
         """``(shared head, context block, question tail)`` token ids, each tokenized on its own.
 
         The split points are token boundaries of the joint tokenization: the head ends before the
-        last user turn's text (after a special token / newline) and the context block ends before
-        ``"\n\nQuestion:"``, where a byte-level BPE pre-tokenizer always splits. Measured on the
-        bundled SmolLM2 tokenizer: identical to the joint ids for every SQuAD paragraph. A template
+        last user turn's text (after a special token / newline) and the context block ends with
+        ``"\n\nQuestion:"`` (:data:`rag.prompts.CONTEXT_END`), before the space that starts the question,
+        where a byte-level BPE pre-tokenizer always splits. Measured on the bundled SmolLM2 tokenizer:
+        identical to the joint ids for every SQuAD paragraph and question. A template
         that rewrites the user text gets no split (empty head and context).
         """
         tok = self.tokenizer

@@ -25,8 +25,11 @@ PROMPT_TEMPLATE_VERSION = 1
 """Bump on any change to how prompts are rendered: cached prompt-prefix KV states
 (:mod:`rag.prefix_cache`) are keyed by it, besides the prompt's token ids."""
 
-QUESTION_MARKER = "\n\nQuestion: "
-"""Where the question-dependent part of the user message starts (everything before it is cacheable)."""
+CONTEXT_END = "\n\nQuestion:"
+"""The end of the question-independent (cacheable) part of the user message. The question follows after a
+space, which a byte-level BPE pre-tokenizer always splits from the ":" (measured on the bundled tokenizer: the
+two parts tokenized apart give the joint ids for all 950 public SQuAD questions), so the marker's 4 tokens are
+part of every chunk's cached prefix instead of being prefilled again for every question and chunk."""
 
 SYSTEM = (
     "Answer with a few words copied from the context. If the context does not contain the answer, reply: I don't know."
@@ -57,7 +60,7 @@ def user_message(question: str, contexts: Sequence[str]) -> str:
 def user_message_parts(question: str, contexts: Sequence[str]) -> tuple[str, str]:
     """The user message split where the question starts: ``(context part, question part)``."""
     blocks = "\n\n".join(c.strip() for c in contexts)
-    return f"Context:\n{blocks}", f"{QUESTION_MARKER}{question.strip()}"
+    return f"Context:\n{blocks}{CONTEXT_END}", f" {question.strip()}"
 
 
 def system_message(style: str) -> str:
