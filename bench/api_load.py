@@ -341,6 +341,27 @@ async def run_config(base: str, key: str, args, seed_files, uploads, questions, 
     }
 
 
+def bandwidth_bound(models_dir: pathlib.Path) -> dict[str, Any]:
+    """The server's generator as it loads it here (dtype and int8 copy from this environment), its bytes read per
+    decode step and this machine's memory bandwidth (``bench.qa``'s measures): the bound on decode steps/s."""
+    from api.settings import Settings
+    from bench.qa import decode_weight_bytes, memory_bandwidth_gbs
+    from rag.generator import Generator
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generator = Generator(Settings(home=pathlib.Path(tmp)).generator, models_dir)
+        model = generator.model
+        weight_bytes = decode_weight_bytes(model)
+        dtype = str(next(model.parameters()).dtype) + (" + int8 decode copy" if generator.int8_layers else "")
+    bandwidth = memory_bandwidth_gbs()
+    return {
+        "bandwidth_gbs": bandwidth,
+        "weight_bytes": weight_bytes,
+        "dtype": dtype,
+        "bound_steps_per_s": bandwidth * 1e9 / weight_bytes,
+    }
+
+
 def check_searchable(home: pathlib.Path, paragraphs: list[tuple[str, str]]) -> tuple[int, list[str]]:
     """Each uploaded paragraph's document exists and its own text finds it in the top 3."""
     os.environ["RAGQA_HOME"] = str(home)
@@ -448,6 +469,20 @@ def render(args, argv, results: dict[str, dict[str, Any]]) -> str:
         "QA settings (mode rag-token, k 4, greedy); each server has its own fresh workspace with the same documents.",
         *extra,
     ]
+    bound = getattr(args, "bound", None)
+    if bound and "batched" in results:
+        measured = ", ".join(
+            f"{clients} client{'s' if clients > 1 else ''} {p['decode']['steps'] / p['decode']['seconds']:.1f} steps/s "
+            f"of {p['decode']['rows'] / p['decode']['steps']:.1f} rows"
+            for clients, p in zip(args.clients, results["batched"]["phases"])
+            if p.get("decode", {}).get("seconds")
+        )
+        notes.append(
+            "- Decode against the memory-bandwidth bound (batched server): numpy copy "
+            f"{bound['bandwidth_gbs']:.1f} GB/s, {bound['weight_bytes'] / 1e6:.0f} MB of weights read per decode "
+            f"step ({bound['dtype']}), so at most {bound['bound_steps_per_s']:.1f} steps/s; "
+            f"measured (decode seconds only): {measured}."
+        )
     for name in names:
         errs = [e for p in results[name]["phases"] for e in p["errors"]]
         if errs:
@@ -520,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         res["searchable"] = check_searchable(home, uploads)
         results[name] = res
         shutil.rmtree(tmp, ignore_errors=True)
+    if args.models_from:
+        args.bound = bandwidth_bound(pathlib.Path(args.models_from))
     body = render(args, argv, results)
     print(body)
     if args.write:

@@ -8,6 +8,7 @@ import json
 import httpx
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
+from safetensors.torch import load_file
 
 from bench import api_load
 
@@ -58,3 +59,15 @@ def test_a_phase_decode_figures_are_the_difference_of_two_metrics_readings() -> 
     after = "ragqa_batch_rows_count 30.0\nragqa_batch_rows_sum 200.0\nragqa_decode_seconds_total 5.0\n"
     assert api_load.decode_delta(before, after) == {"steps": 20.0, "rows": 160.0, "seconds": 3.0}
     assert api_load.decode_delta("", "") == {"steps": 0.0, "rows": 0.0, "seconds": 0.0}  # the serialised server
+
+
+def test_the_decode_bound_is_the_bandwidth_over_the_bytes_a_step_reads(tiny_llm, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("RAGQA_GENERATOR__MODEL", str(tiny_llm))
+    monkeypatch.setenv("RAGQA_CPU_BF16", "0")
+    monkeypatch.setenv("RAGQA_GENERATOR__INT8_DECODE", "off")
+    bound = api_load.bandwidth_bound(tmp_path)
+    params = sum(t.numel() for t in load_file(tiny_llm / "model.safetensors").values())
+    assert bound["dtype"] == "torch.float32"
+    assert params * 4 * 0.5 <= bound["weight_bytes"] <= params * 4  # tied embedding / head counted once
+    assert bound["bandwidth_gbs"] > 0
+    assert bound["bound_steps_per_s"] == bound["bandwidth_gbs"] * 1e9 / bound["weight_bytes"]
