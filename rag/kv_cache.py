@@ -18,7 +18,8 @@ buffer that a later step writes into.
 Rows work the same way for the scheduler's batch (:mod:`rag.scheduler`): :func:`concat_rows` and
 :func:`gather_rows` give the buffer :data:`ROW_HEADROOM` spare rows, and a request whose prompt is no
 longer than the batch's columns joins by writing its rows into them (left-padded with zeros) instead
-of copying every row of the batch into a new buffer.
+of copying every row of the batch into a new buffer; one that leaves is closed up by moving the rows
+after it up within the buffer.
 
 Exactness: attention reads the same numbers in the same order (a strided view instead of a
 contiguous copy), so logits equal the plain layer's (tested bit for bit). ``crop`` and the other
