@@ -239,6 +239,7 @@ def keep_rows(state: PrefillState, rows: Sequence[int] | torch.Tensor) -> None:
     state.attention_mask = mask[:, first:]
     state.next_logprobs = state.next_logprobs.index_select(0, rows.to(state.next_logprobs.device))
     state.next_positions = state.next_positions.index_select(0, rows)
+    state.scored = None  # the prefill's scores belong to the rows it had
 
 
 # --------------------------------------------------------------------------- sessions
