@@ -1112,16 +1112,16 @@ def rag_token_reference_logprob(
     return float(rag_token_sequence_logprob(_score_fixed(model, state, reference_ids), doc_logprobs))
 
 
-def prefill_reference_logprob(state: PrefillState, doc_logprobs: torch.Tensor) -> float | None:
+def prefill_reference_logprob(scored: torch.Tensor | None, doc_logprobs: torch.Tensor) -> float | None:
     """log p(reference|x) under RAG-Token from a prefill that scored the reference (``score_ids``), else None.
 
     Args:
-        state: the K rows right after :func:`prefill` / :func:`prefill_many` (its ``scored`` rows).
-        doc_logprobs: ``(K,)`` log p(z|x), on the device of ``state``.
+        scored: one request's K rows of ``PrefillState.scored`` (``(K, T)``), or None when nothing was scored.
+        doc_logprobs: ``(K,)`` log p(z|x), on the same device.
     """
-    if state.scored is None:
+    if scored is None:
         return None
-    return float(rag_token_sequence_logprob(state.scored, doc_logprobs))
+    return float(rag_token_sequence_logprob(scored, doc_logprobs))
 
 
 def choose_rag_token(
@@ -1267,7 +1267,7 @@ def rag_token_generate(
     eos = set(_eos_list(eos_token_ids))
     state = prefill(model, prompt_ids, pad_token_id=pad_token_id, prefix=prefix, score_ids=reference_ids or None)
     doc = doc_logprobs.to(device=state.next_logprobs.device, dtype=torch.float32)
-    reference = prefill_reference_logprob(state, doc)
+    reference = prefill_reference_logprob(state.scored, doc)
     if strategy == "beam":
         out = _rag_token_beam(model, state, doc, max_new_tokens, eos, num_beams, length_penalty)
         return dataclasses.replace(out, reference_logprob=reference)

@@ -92,7 +92,6 @@ from rag.decoding import (
 )
 from rag.errors import RagError
 from rag.kv_cache import PLAIN_LAYER_TYPES, concat_rows, gather_rows
-from rag.marginalize import rag_token_sequence_logprob
 from rag.prefix_cache import PrefixSpec
 from rag.serving_errors import DeadlineExceededError as ServingDeadlineError
 from rag.serving_errors import ServerBusyError
@@ -881,7 +880,7 @@ class Scheduler:
                 scored = state.scored
                 starts = list(itertools.accumulate((r.num_rows for r in requests), initial=0))
                 references = [
-                    float(rag_token_sequence_logprob(scored[starts[i] : starts[i + 1]], doc))
+                    prefill_reference_logprob(scored[starts[i] : starts[i + 1]], doc)
                     if scored is not None and request.reference_ids
                     else None
                     for i, (request, doc) in enumerate(zip(requests, docs))
@@ -969,7 +968,7 @@ class Scheduler:
             with self.session(request.adapter) as model:
                 state = self._prefill(job, model)
                 doc = request.doc_logprobs.to(device=state.next_logprobs.device, dtype=torch.float32)
-                reference = prefill_reference_logprob(state, doc)
+                reference = prefill_reference_logprob(state.scored, doc)
                 if reference is None and request.reference_ids:  # a prefill_fn's state scored nothing
                     reference = rag_token_reference_logprob(model, state, request.reference_ids, doc)
             stepper = self._stepper(request, doc)
